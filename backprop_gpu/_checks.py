@@ -1,0 +1,138 @@
+"""Input checks shared by layers, losses and optimizers: cheap, and with messages that say
+who complained, what was expected and what came."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .backend import Backend, array_library, to_numpy
+
+
+def batch(
+    backend: Backend, inputs: Any, n_features: int, dtype: Any, where: str
+) -> Any:
+    """``inputs`` as a (batch, n_features) array of ``dtype`` on ``backend``'s device."""
+    x = backend.asarray(inputs, dtype, what=f"{where} inputs")
+    if x.ndim != 2:
+        hint = " (one sample? use x.reshape(1, -1))" if x.ndim == 1 else ""
+        raise ValueError(
+            f"{where} expected a 2-D batch of shape (batch, {n_features}), "
+            f"got a {x.ndim}-D array of shape {tuple(x.shape)}{hint}"
+        )
+    if x.shape[1] != n_features:
+        raise ValueError(
+            f"{where} expected inputs with {n_features} features (shape (batch, {n_features})), "
+            f"got shape {tuple(x.shape)}"
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"{where} got an empty batch (shape {tuple(x.shape)})")
+    return x
+
+
+def like(backend: Backend, values: Any, ref: Any, where: str, what: str) -> Any:
+    """``values`` on ``backend`` with the same shape and dtype as array ``ref``."""
+    v = backend.asarray(values, ref.dtype, what=f"{where} {what}")
+    if tuple(v.shape) != tuple(ref.shape):
+        raise ValueError(
+            f"{where} expected {what} of shape {tuple(ref.shape)}, got {tuple(v.shape)}"
+        )
+    return v
+
+
+def labels(
+    backend: Backend,
+    y_true: Any,
+    n_samples: int,
+    n_classes: int,
+    dtype: Any,
+    where: str,
+) -> Any:
+    """Check class labels and return them on the device: int64 indices (N,), or one-hot
+    (N, C) cast to ``dtype``.
+
+    (N, 1) integer labels are accepted as (N,). Host labels are checked on the host before the
+    copy; device labels cost one device-to-host sync for the range check (CuPy would otherwise
+    wrap an out-of-range index silently).
+    """
+    on_host = array_library(y_true) in ("numpy", None)
+    y = (
+        np.asarray(y_true)
+        if on_host
+        else backend.asarray(y_true, what=f"{where} y_true")
+    )
+    if y.ndim == 2 and y.shape[1] == 1 and y.shape[0] == n_samples:
+        y = y[:, 0] if on_host else backend.xp.reshape(y, (n_samples,))
+    if y.ndim not in (1, 2) or y.shape[0] != n_samples:
+        raise ValueError(
+            f"{where} expected y_true as {n_samples} class indices, shape ({n_samples},), or "
+            f"one-hot of shape ({n_samples}, {n_classes}); got shape {tuple(y.shape)} "
+            f"for {n_samples} samples"
+        )
+    if y.ndim == 2 and y.shape[1] != n_classes:
+        raise ValueError(
+            f"{where} expected one-hot y_true with {n_classes} columns (one per class), "
+            f"got shape {tuple(y.shape)}"
+        )
+    host = y if on_host else None
+    kind = dtype_kind(y.dtype)
+    if y.ndim == 1:
+        if kind not in "iu":
+            raise TypeError(
+                f"{where} expected integer class indices in y_true, got dtype {y.dtype} "
+                "(convert with y.astype(int), or pass one-hot rows)"
+            )
+        host = host if host is not None else _host_range(backend, y)
+        lo, hi = (int(host.min()), int(host.max())) if host.size else (0, 0)
+        if lo < 0 or hi >= n_classes:
+            raise ValueError(
+                f"{where} expected class indices in [0, {n_classes - 1}] for {n_classes} "
+                f"classes, got values from {lo} to {hi}"
+            )
+    elif on_host and kind in "iubf" and not np.all((y == 0) | (y == 1)):
+        raise ValueError(f"{where} expected one-hot y_true holding only 0 and 1")
+    elif kind not in "iubf":
+        raise TypeError(f"{where} expected numeric one-hot y_true, got dtype {y.dtype}")
+    if y.ndim == 1:
+        return backend.asarray(y, backend.xp.int64, what=f"{where} y_true")
+    return backend.asarray(y, dtype, what=f"{where} y_true")
+
+
+def dtype_kind(dtype: Any) -> str:
+    """NumPy's one-letter kind ("f", "i", "u", "b", ...) for any backend's dtype."""
+    kind = getattr(dtype, "kind", None)
+    return (
+        kind if isinstance(kind, str) else np.dtype(str(dtype).rsplit(".", 1)[-1]).kind
+    )
+
+
+def _host_range(backend: Backend, y: Any) -> np.ndarray:
+    xp = backend.xp
+    return to_numpy(xp.stack([xp.min(y), xp.max(y)]))
+
+
+def positive_finite(value: float, where: str) -> float:
+    if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{where} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def in_range(value: float, lo: float, hi: float, where: str) -> float:
+    """``lo <= value < hi``."""
+    if not isinstance(value, int | float) or not (lo <= value < hi):
+        raise ValueError(f"{where} must be in [{lo}, {hi}), got {value!r}")
+    return float(value)
+
+
+def floats(backend: Backend, inputs: Any, where: str, ndim: int | None = None) -> Any:
+    """``inputs`` on the device as a floating array (integers become float32)."""
+    x = backend.asarray(inputs, what=f"{where} inputs")
+    if dtype_kind(x.dtype) != "f":
+        x = backend.asarray(x, backend.xp.float32)
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(
+            f"{where} expected a {ndim}-D array (batch, features), got shape {tuple(x.shape)}"
+        )
+    return x

@@ -1,0 +1,63 @@
+"""Activation functions: no parameters, a forward and a backward each."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _checks
+from .backend import Backend, get_backend
+
+
+class Activation:
+    """Base: remembers the backend active when built; ``output`` and ``dinputs`` as in nnfs."""
+
+    def __init__(self) -> None:
+        self.backend: Backend = get_backend()
+        self.inputs: Any = None
+        self.output: Any = None
+        self.dinputs: Any = None
+
+    def _dvalues(self, dvalues: Any) -> Any:
+        if self.output is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        where = f"{type(self).__name__}.backward"
+        return _checks.like(self.backend, dvalues, self.output, where, "dvalues")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class ReLU(Activation):
+    """``max(0, x)`` elementwise; the gradient passes where the input was positive."""
+
+    def forward(self, inputs: Any) -> Any:
+        self.inputs = _checks.floats(self.backend, inputs, "ReLU.forward")
+        self.output = self.backend.xp.maximum(self.inputs, 0)
+        return self.output
+
+    def backward(self, dvalues: Any) -> Any:
+        dvalues = self._dvalues(dvalues)
+        self.dinputs = self.backend.xp.where(self.inputs > 0, dvalues, 0)
+        return self.dinputs
+
+
+class Softmax(Activation):
+    """Row-wise softmax of (batch, classes) logits, shifted by the row maximum so exp never
+    overflows (logits of +-1e4 stay finite)."""
+
+    def forward(self, inputs: Any) -> Any:
+        xp = self.backend.xp
+        self.inputs = _checks.floats(self.backend, inputs, "Softmax.forward", ndim=2)
+        exp = xp.exp(self.inputs - xp.max(self.inputs, axis=1, keepdims=True))
+        self.output = exp / xp.sum(exp, axis=1, keepdims=True)
+        return self.output
+
+    def backward(self, dvalues: Any) -> Any:
+        # Jacobian-vector product row by row: J = diag(s) - s s^T, so
+        # dinputs = s * (dvalues - sum(dvalues * s)), without building the (C, C) Jacobians.
+        dvalues = self._dvalues(dvalues)
+        s = self.output
+        self.dinputs = s * (
+            dvalues - self.backend.xp.sum(dvalues * s, axis=1, keepdims=True)
+        )
+        return self.dinputs

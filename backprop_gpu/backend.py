@@ -1,0 +1,297 @@
+"""The ``xp`` layer: which array library (NumPy, CuPy or array-api-strict) does the math.
+
+Every layer, loss and optimizer is written once against ``backend.xp``. This module is the only
+place that imports an array library by name (NumPy aside, which is the host format).
+
+Selection, in order of precedence:
+
+1. ``use_backend(name)`` (scoped, per thread / per async task through a context variable),
+2. ``set_backend(name)`` (process-wide default),
+3. the ``BACKPROP_GPU_BACKEND`` environment variable, read when the package is imported,
+4. ``"auto"``: CuPy when it imports, sees a device and runs a tiny matmul; NumPy otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "BACKEND_NAMES",
+    "Backend",
+    "asarray",
+    "detect_gpu",
+    "get_backend",
+    "set_backend",
+    "to_numpy",
+    "use_backend",
+]
+
+logger = logging.getLogger("backprop_gpu")
+
+BACKEND_NAMES = ("auto", "numpy", "cupy", "array_api_strict")
+ENV_VAR = "BACKPROP_GPU_BACKEND"
+INSTALL_HINT = (
+    "install CuPy for your CUDA version with `pip install backprop-gpu[cuda12]` "
+    "(or `[cuda13]`), or use set_backend('numpy')"
+)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One array library on one device.
+
+    ``name`` is ``"numpy"``, ``"cupy"`` or ``"array_api_strict"``; ``xp`` is the module whose
+    functions do the math; ``device`` is where arrays live (``"cpu"`` for NumPy);
+    ``reason`` says why ``auto`` chose this backend (empty when chosen by name).
+    """
+
+    name: str
+    xp: Any = field(repr=False)
+    device: Any
+    reason: str = ""
+    array_type: type = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "array_type", type(self.xp.asarray(0)))
+
+    def owns(self, a: Any) -> bool:
+        """True when ``a`` is an array of this backend on this backend's device."""
+        return (
+            isinstance(a, self.array_type) and _device_of(self.name, a) == self.device
+        )
+
+    def asarray(self, a: Any, dtype: Any = None, *, what: str = "array") -> Any:
+        """Move array-like ``a`` (host data or this backend's array) onto this backend's device.
+
+        Host data (NumPy arrays, lists, scalars) is copied to the device once. An array that
+        already lives here is returned as is (cast when ``dtype`` differs). An array from another
+        backend or device raises ``ValueError`` naming ``what``; nothing is moved implicitly.
+        """
+        if isinstance(a, self.array_type):
+            here = _device_of(self.name, a)
+            if here != self.device:
+                raise ValueError(
+                    f"{what} is on device {here!r} but this {self.name} backend works on "
+                    f"{self.device!r}; move it explicitly (bg.to_numpy, then bg.asarray)"
+                )
+            if dtype is not None and a.dtype != dtype:
+                a = (
+                    self.xp.astype(a, dtype)
+                    if self.name == "array_api_strict"
+                    else a.astype(dtype)
+                )
+            return a
+        other = array_library(a)
+        if other is not None and other != "numpy":
+            raise ValueError(
+                f"{what} is a {other} array but this layer works on the {self.name} backend "
+                f"({self.device!r}); move it with bg.to_numpy(a) first, or build the layer "
+                f"under bg.use_backend({other!r})"
+            )
+        host = np.asarray(a)
+        if host.dtype.kind not in "biuf":
+            raise TypeError(f"{what} must hold numbers, got dtype {host.dtype}")
+        if self.name == "numpy":
+            return host if dtype is None else host.astype(dtype, copy=False)
+        if dtype is None:
+            dtype = getattr(self.xp, host.dtype.name)
+        if self.name == "cupy":
+            with self.device:
+                return self.xp.asarray(host, dtype=dtype)
+        return self.xp.asarray(host, dtype=dtype, device=self.device)
+
+    def arange(self, n: int) -> Any:
+        """``0, 1, ..., n-1`` as an int64 array on this backend's device."""
+        if self.name == "array_api_strict":
+            return self.xp.arange(n, dtype=self.xp.int64, device=self.device)
+        if self.name == "cupy":
+            with self.device:
+                return self.xp.arange(n, dtype=self.xp.int64)
+        return self.xp.arange(n, dtype=self.xp.int64)
+
+    def dtype(self, name: Any) -> Any:
+        """This backend's dtype object for a name such as ``"float32"`` (or a NumPy dtype)."""
+        return getattr(self.xp, np.dtype(name).name)
+
+
+def array_library(a: Any) -> str | None:
+    """Name of the array library ``a`` belongs to (``"numpy"``, ``"cupy"``, ...) or None."""
+    if isinstance(a, np.ndarray | np.generic):
+        return "numpy"
+    module = type(a).__module__.split(".")[0]
+    if module in ("cupy", "array_api_strict"):
+        return module
+    return None
+
+
+def _device_of(name: str, a: Any) -> Any:
+    return "cpu" if name == "numpy" else a.device
+
+
+def to_numpy(a: Any) -> np.ndarray:
+    """Copy any backend's array (or array-like) to a host ``numpy.ndarray``."""
+    lib = array_library(a)
+    if lib == "cupy":
+        return a.get()  # type: ignore[no-any-return]
+    if lib == "array_api_strict":
+        import array_api_strict
+
+        return np.asarray(a.to_device(array_api_strict.Device("CPU_DEVICE")))
+    return np.asarray(a)
+
+
+# --- detection -----------------------------------------------------------------------------
+
+
+def detect_gpu() -> tuple[Any, str]:
+    """Try CuPy: return ``(cupy_module, "")`` when a GPU works, else ``(None, reason)``.
+
+    Never raises. A CuPy that imports but finds no driver or device returns quickly.
+    """
+    try:
+        import cupy
+    except Exception as e:  # ImportError, or a broken CUDA install failing at import
+        return None, f"CuPy is not importable ({type(e).__name__}: {e}); {INSTALL_HINT}"
+    try:
+        if not cupy.is_available():
+            return None, _why_no_device(cupy)
+        a = cupy.ones((2, 2), dtype=cupy.float32)
+        (a @ a).sum()
+        cupy.cuda.Device().synchronize()
+    except Exception as e:
+        return (
+            None,
+            f"CuPy sees a device but a test matmul failed ({type(e).__name__}: {e})",
+        )
+    return cupy, ""
+
+
+def _why_no_device(cupy: Any) -> str:
+    runtime = cupy.cuda.runtime
+    try:
+        driver = runtime.driverGetVersion()
+    except Exception:
+        driver = 0
+    if driver == 0:
+        return (
+            "CuPy is installed but no NVIDIA driver was found (no GPU on this machine?); "
+            "install the NVIDIA driver, or use the numpy backend"
+        )
+    try:
+        count = runtime.getDeviceCount()
+    except Exception as e:
+        need = runtime.runtimeGetVersion()
+        return (
+            f"CuPy is installed but CUDA failed ({e}); the driver supports CUDA "
+            f"{driver // 1000}.{driver % 1000 // 10} and CuPy was built for "
+            f"{need // 1000}.{need % 1000 // 10}: update the driver or install the matching "
+            "cupy-cudaXXx wheel"
+        )
+    if count == 0:
+        return "CuPy is installed but reports no CUDA device"
+    return "CuPy is installed but cupy.is_available() is False"
+
+
+# --- construction and selection ---------------------------------------------------------
+
+
+def _make(name: str) -> Backend:
+    if name not in BACKEND_NAMES:
+        raise ValueError(
+            f"unknown backend {name!r}; valid names are {', '.join(BACKEND_NAMES)}"
+        )
+    if name == "numpy":
+        return Backend("numpy", np, "cpu")
+    if name == "array_api_strict":
+        try:
+            import array_api_strict
+        except ImportError as e:
+            raise RuntimeError(
+                "backend 'array_api_strict' needs the array-api-strict package "
+                "(pip install backprop-gpu[test])"
+            ) from e
+        return Backend(
+            "array_api_strict", array_api_strict, array_api_strict.Device("device1")
+        )
+    cupy, reason = detect_gpu()
+    if cupy is not None:
+        return Backend(
+            "cupy",
+            cupy,
+            cupy.cuda.Device(),
+            reason="" if name == "cupy" else "auto: CUDA device works",
+        )
+    if name == "cupy":
+        raise RuntimeError(f"backend 'cupy' was requested but cannot run: {reason}")
+    logger.info("backprop_gpu: using NumPy: %s", reason)
+    return Backend("numpy", np, "cpu", reason=f"auto: {reason}")
+
+
+_lock = threading.Lock()
+_env_choice = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+_default: Backend | None = None
+_scoped: contextvars.ContextVar[Backend | None] = contextvars.ContextVar(
+    "backprop_gpu_backend", default=None
+)
+
+
+def get_backend() -> Backend:
+    """The active backend: the innermost ``use_backend``, else the process default.
+
+    The default is resolved on first use from ``BACKPROP_GPU_BACKEND`` (``auto`` if unset).
+    """
+    scoped = _scoped.get()
+    if scoped is not None:
+        return scoped
+    global _default
+    if _default is None:
+        with _lock:
+            if _default is None:
+                try:
+                    _default = _make(_env_choice)
+                except ValueError as e:
+                    raise ValueError(f"{ENV_VAR}={_env_choice!r}: {e}") from None
+    return _default
+
+
+def set_backend(name: str = "auto") -> Backend:
+    """Make ``name`` the process-wide backend and return it.
+
+    Inside a ``use_backend`` block it changes that block's backend only (the block restores
+    the previous one on exit). ``"cupy"`` without a working GPU raises ``RuntimeError``.
+    """
+    backend = _make(name)
+    if _scoped.get() is not None:
+        _scoped.set(backend)
+    else:
+        global _default
+        _default = backend
+    return backend
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[Backend]:
+    """Run a block on backend ``name``; the previous one comes back on exit, also on error.
+
+    The choice is held in a context variable, so two threads can use different backends at once.
+    """
+    token = _scoped.set(_make(name))
+    try:
+        yield _scoped.get()  # type: ignore[misc]
+    finally:
+        _scoped.reset(token)
+
+
+def asarray(a: Any, dtype: Any = None) -> Any:
+    """Array-like ``a`` as an array on the active backend's device (see ``Backend.asarray``)."""
+    backend = get_backend()
+    return backend.asarray(a, None if dtype is None else backend.dtype(dtype))

@@ -1,0 +1,38 @@
+"""The ``backend`` fixture: every numeric test runs on NumPy, on array-api-strict's fake
+device (the GPU stand-in: no implicit host copies, no mixing devices) and, where a CUDA GPU
+works, on CuPy (marked ``gpu``).
+
+Without a GPU the CuPy cases skip and say why. With ``BACKPROP_GPU_REQUIRE_GPU=1`` (set by
+``nox -s tests_gpu``) they are never skipped: a missing GPU fails them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+import backprop_gpu as bg
+from backprop_gpu.backend import detect_gpu
+
+REQUIRE_GPU = os.environ.get("BACKPROP_GPU_REQUIRE_GPU") == "1"
+_cupy, GPU_REASON = detect_gpu()
+GPU_OK = _cupy is not None
+
+_gpu_marks = [pytest.mark.gpu]
+if not GPU_OK and not REQUIRE_GPU:
+    _gpu_marks.append(pytest.mark.skip(reason=f"needs a working CUDA GPU: {GPU_REASON}"))
+
+BACKENDS = [
+    pytest.param("numpy", id="numpy"),
+    pytest.param("array_api_strict", id="strict"),
+    pytest.param("cupy", id="cupy", marks=_gpu_marks),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> Iterator[bg.Backend]:
+    """The backend under test, active for the test's duration."""
+    with bg.use_backend(request.param) as b:
+        yield b

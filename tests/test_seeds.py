@@ -1,0 +1,62 @@
+"""The two notebook chapters in ../shared/seeds, reproduced number for number."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import backprop_gpu as bg
+
+INPUTS = np.array([[1, 2, 3, 2.5], [2.0, 5.0, -1.0, 2], [-1.5, 2.7, 3.3, -0.8]])
+WEIGHTS = np.array(
+    [[0.2, 0.8, -0.5, 1], [0.5, -0.91, 0.26, -0.5], [-0.26, -0.27, 0.17, 0.87]]
+).T
+BIASES = np.array([[2, 3, 0.5]])
+
+# As printed in 004_*.txt (numpy's repr of the float64 results).
+DINPUTS = """array([[ 0.9449 ,  2.09495, -1.67995,  6.26995],
+       [ 1.728  ,  7.066  , -4.416  ,  9.074  ],
+       [ 0.80074,  0.16457, -0.42732,  0.90712]])"""
+DWEIGHTS = """array([[20.485 , -0.3665,  2.746 ],
+       [57.907 ,  5.2577,  5.8402],
+       [10.153 ,  7.0983,  7.0408],
+       [28.672 ,  2.1842,  6.3417]])"""
+DBIASES = "array([[15.11 ,  2.261,  2.611]])"
+NEW_WEIGHTS = """[[ 0.179515   0.5003665 -0.262746 ]
+ [ 0.742093  -0.9152577 -0.2758402]
+ [-0.510153   0.2529017  0.1629592]
+ [ 0.971328  -0.5021842  0.8636583]]"""
+NEW_BIASES = "[[1.98489  2.997739 0.497389]]"
+LAYER_OUTPUTS = np.array([[4.8, 1.21, 2.385], [8.9, -1.81, 0.2], [1.41, 1.051, 0.026]])
+
+
+def test_single_neuron_gradients(backend: bg.Backend) -> None:
+    # 000_*.txt: x = [1, -2, 3], w = [-3, -1, 2], b = 1, ReLU, dvalue 1.0
+    neuron = bg.Dense(3, 1, weights=[[-3.0], [-1.0], [2.0]], biases=[[1.0]])
+    relu = bg.ReLU()
+    z = neuron.forward([[1.0, -2.0, 3.0]])
+    assert bg.to_numpy(relu.forward(z)).tolist() == [[6.0]]
+    neuron.backward(relu.backward([[1.0]]))
+    assert bg.to_numpy(relu.dinputs).tolist() == [[1.0]]  # d/dz relu = 1.0
+    assert bg.to_numpy(neuron.dinputs).tolist() == [[-3.0, -1.0, 2.0]]  # dx
+    assert bg.to_numpy(neuron.dweights).tolist() == [[1.0], [-2.0], [3.0]]  # dw
+    assert bg.to_numpy(neuron.dbiases).tolist() == [[1.0]]  # db
+
+
+def test_layer_backprop_and_sgd_step(backend: bg.Backend) -> None:
+    # 004_*.txt: 3 samples, 4 inputs, 3 neurons; the ReLU output is the incoming gradient
+    dense = bg.Dense(4, 3, weights=WEIGHTS, biases=BIASES)
+    relu = bg.ReLU()
+    relu.forward(dense.forward(INPUTS))
+    np.testing.assert_allclose(bg.to_numpy(dense.output), LAYER_OUTPUTS, rtol=1e-14)
+    dense.backward(relu.backward(relu.output))
+    assert repr(bg.to_numpy(dense.dinputs)) == DINPUTS
+    assert repr(bg.to_numpy(dense.dweights)) == DWEIGHTS
+    assert repr(bg.to_numpy(dense.dbiases)) == DBIASES
+
+    bg.SGD(learning_rate=0.001).update_params(dense)
+    assert str(bg.to_numpy(dense.weights)) == NEW_WEIGHTS
+    assert str(bg.to_numpy(dense.biases)) == NEW_BIASES
+    # bit-for-bit the seed's own `weights += -0.001 * dweights`
+    expected = WEIGHTS + -0.001 * (INPUTS.T @ np.maximum(0, INPUTS @ WEIGHTS + BIASES))
+    assert np.array_equal(bg.to_numpy(dense.weights), expected)
+    assert np.array_equal(WEIGHTS[0], [0.2, 0.5, -0.26])  # the caller's array is untouched
