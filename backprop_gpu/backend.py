@@ -64,10 +64,11 @@ class Backend:
         object.__setattr__(self, "array_type", type(self.xp.asarray(0)))
 
     def owns(self, a: Any) -> bool:
-        """True when ``a`` is an array of this backend on this backend's device."""
-        return (
-            isinstance(a, self.array_type) and _device_of(self.name, a) == self.device
-        )
+        """True when ``a`` is an array of this backend on this backend's device (for NumPy,
+        the scalars its reductions return count too)."""
+        if self.name == "numpy":
+            return isinstance(a, np.ndarray | np.generic)
+        return isinstance(a, self.array_type) and _device_of(self.name, a) == self.device
 
     def asarray(self, a: Any, dtype: Any = None, *, what: str = "array") -> Any:
         """Move array-like ``a`` (host data or this backend's array) onto this backend's device.

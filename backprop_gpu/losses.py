@@ -58,17 +58,9 @@ class CategoricalCrossEntropy(Loss):
     clipped to [1e-7, 1 - 1e-7] as in the book."""
 
     def forward(self, y_pred: Any, y_true: Any) -> Any:
-        xp = self.backend.xp
-        p = _checks.floats(
-            self.backend, y_pred, "CategoricalCrossEntropy.forward", ndim=2
-        )
-        y = self._labels(y_true, p, "CategoricalCrossEntropy.forward")
-        p = xp.clip(p, EPS, 1 - EPS)
-        if y.ndim == 1:
-            correct = xp.take_along_axis(p, y[:, None], axis=1)[:, 0]
-        else:
-            correct = xp.sum(p * y, axis=1)
-        return xp.mean(-xp.log(correct))
+        where = "CategoricalCrossEntropy.forward"
+        p = _checks.floats(self.backend, y_pred, where, ndim=2)
+        return _mean_cross_entropy(self.backend.xp, p, self._labels(y_true, p, where))
 
     def backward(self, dvalues: Any, y_true: Any) -> Any:
         """``dvalues`` are the predictions (N, C); dinputs = -onehot / p / N.
@@ -77,12 +69,9 @@ class CategoricalCrossEntropy(Loss):
         that underflowed to 0 gives a large finite gradient rather than -inf.
         """
         xp = self.backend.xp
-        p = _checks.floats(
-            self.backend, dvalues, "CategoricalCrossEntropy.backward", ndim=2
-        )
-        onehot = self._onehot(
-            self._labels(y_true, p, "CategoricalCrossEntropy.backward"), p
-        )
+        where = "CategoricalCrossEntropy.backward"
+        p = _checks.floats(self.backend, dvalues, where, ndim=2)
+        onehot = self._onehot(self._labels(y_true, p, where), p)
         self.dinputs = -onehot / xp.clip(p, EPS, 1 - EPS) / p.shape[0]
         return self.dinputs
 
@@ -99,21 +88,30 @@ class SoftmaxCrossEntropy(Loss):
 
     def __init__(self, *, validate: bool = True) -> None:
         super().__init__(validate=validate)
-        self.output: Any = None
         self.activation = Softmax()
-        self.loss = CategoricalCrossEntropy(validate=validate)
-        self.activation.backend = self.loss.backend = self.backend
+        self.activation.backend = self.backend
+        self.output: Any = None
 
     def forward(self, inputs: Any, y_true: Any) -> Any:
-        self.output = self.activation.forward(inputs)
-        return self.loss.forward(self.output, y_true)
+        where = "SoftmaxCrossEntropy.forward"
+        logits = _checks.floats(self.backend, inputs, where, ndim=2)
+        y = self._labels(y_true, logits, where)
+        self.output = self.activation.forward(logits)
+        return _mean_cross_entropy(self.backend.xp, self.output, y)
 
     def backward(self, dvalues: Any, y_true: Any) -> Any:
-        p = _checks.floats(
-            self.backend, dvalues, "SoftmaxCrossEntropy.backward", ndim=2
-        )
-        onehot = self._onehot(
-            self._labels(y_true, p, "SoftmaxCrossEntropy.backward"), p
-        )
+        where = "SoftmaxCrossEntropy.backward"
+        p = _checks.floats(self.backend, dvalues, where, ndim=2)
+        onehot = self._onehot(self._labels(y_true, p, where), p)
         self.dinputs = (p - onehot) / p.shape[0]
         return self.dinputs
+
+
+def _mean_cross_entropy(xp: Any, p: Any, y: Any) -> Any:
+    """Mean of -log(clipped p of the true class); ``y`` int64 indices (N,) or one-hot (N, C)."""
+    p = xp.clip(p, EPS, 1 - EPS)
+    if y.ndim == 1:
+        correct = xp.take_along_axis(p, y[:, None], axis=1)[:, 0]
+    else:
+        correct = xp.sum(p * y, axis=1)
+    return xp.mean(-xp.log(correct))

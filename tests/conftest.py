@@ -24,6 +24,15 @@ _gpu_marks = [pytest.mark.gpu]
 if not GPU_OK and not REQUIRE_GPU:
     _gpu_marks.append(pytest.mark.skip(reason=f"needs a working CUDA GPU: {GPU_REASON}"))
 
+
+
+def gpu_only(test):  # type: ignore[no-untyped-def]
+    """Mark a test that needs CuPy on a GPU (skips with the reason, or fails if required)."""
+    for mark in _gpu_marks:
+        test = mark(test)
+    return test
+
+
 BACKENDS = [
     pytest.param("numpy", id="numpy"),
     pytest.param("array_api_strict", id="strict"),

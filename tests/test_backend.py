@@ -1,0 +1,266 @@
+"""Backend selection, device transfer and the errors that keep devices apart."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import types
+
+import numpy as np
+import pytest
+
+import backprop_gpu as bg
+from backprop_gpu import backend as backend_mod
+
+from .conftest import GPU_OK, GPU_REASON, gpu_only
+
+
+def _run(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter (the env var is read at import time)."""
+    full_env = {k: v for k, v in os.environ.items() if k != backend_mod.ENV_VAR} | env
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=120
+    )
+
+
+def test_unknown_name_lists_valid_ones() -> None:
+    with pytest.raises(ValueError, match=r"unknown backend 'torch'.*auto, numpy, cupy"):
+        bg.set_backend("torch")
+    with pytest.raises(ValueError, match="valid names"), bg.use_backend("jax"):
+        pass
+
+
+def test_auto_without_cupy_falls_back_to_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "cupy", None)  # makes `import cupy` raise ImportError
+    with bg.use_backend("auto") as b:
+        assert b.name == "numpy" and b.xp is np
+        assert "CuPy is not importable" in b.reason and "cuda12" in b.reason
+        assert bg.get_backend() is b
+
+
+def test_explicit_cupy_without_cupy_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    with pytest.raises(RuntimeError, match=r"'cupy' was requested.*not importable.*pip install"):
+        bg.set_backend("cupy")
+
+
+def _fake_cupy(*, available: bool, matmul_fails: bool = False, driver: int = 0) -> object:
+    class Runtime:
+        @staticmethod
+        def driverGetVersion() -> int:
+            return driver
+
+        @staticmethod
+        def runtimeGetVersion() -> int:
+            return 12090
+
+        @staticmethod
+        def getDeviceCount() -> int:
+            if driver and driver < 12000:
+                raise RuntimeError("cudaErrorInsufficientDriver")
+            return 0
+
+    def ones(shape: tuple[int, ...], dtype: object) -> np.ndarray:
+        if matmul_fails:
+            raise RuntimeError("CUDA_ERROR_NO_BINARY_FOR_GPU")
+        return np.ones(shape)
+
+    cuda = types.SimpleNamespace(runtime=Runtime, Device=lambda: None)
+    return types.SimpleNamespace(
+        is_available=lambda: available, ones=ones, float32=np.float32, cuda=cuda
+    )
+
+
+@pytest.mark.parametrize(
+    ("fake", "reason"),
+    [
+        (dict(available=False, driver=0), "no NVIDIA driver"),
+        (dict(available=False, driver=11040), r"driver supports CUDA 11\.4.*built for 12\.9"),
+        (dict(available=False, driver=12090), "reports no CUDA device"),
+        (dict(available=True, matmul_fails=True), "test matmul failed.*NO_BINARY"),
+    ],
+)
+def test_auto_explains_each_fallback(
+    monkeypatch: pytest.MonkeyPatch, fake: dict[str, object], reason: str
+) -> None:
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(**fake))  # type: ignore[arg-type]
+    with bg.use_backend("auto") as b:
+        assert b.name == "numpy"
+        assert b.reason.startswith("auto: ")
+        assert __import__("re").search(reason, b.reason), b.reason
+    with pytest.raises(RuntimeError, match=reason):
+        bg.set_backend("cupy")
+
+
+def test_auto_with_the_real_cupy_install() -> None:
+    """CI installs cupy-cuda12x: no driver or device here must give NumPy, quietly and fast."""
+    pytest.importorskip("cupy")
+    result = _run(
+        "import time, warnings; warnings.simplefilter('error'); t = time.perf_counter();"
+        "import backprop_gpu as bg; b = bg.get_backend();"
+        "print(b.name, round(time.perf_counter() - t, 3)); print(b.reason)",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # quiet: the fallback is logged at INFO, not printed
+    name, seconds = result.stdout.splitlines()[0].split()
+    reason = result.stdout.splitlines()[1]
+    if GPU_OK:
+        assert name == "cupy"
+    else:
+        assert name == "numpy" and reason == f"auto: {GPU_REASON}"
+        assert float(seconds) < 10
+
+
+@pytest.mark.skipif(GPU_OK, reason="this machine has a GPU")
+def test_explicit_cupy_without_gpu_raises_with_cause_and_fix() -> None:
+    pytest.importorskip("cupy")
+    with pytest.raises(RuntimeError, match="'cupy' was requested but cannot run") as err:
+        bg.set_backend("cupy")
+    assert GPU_REASON in str(err.value)
+
+
+@pytest.mark.parametrize(("value", "expected"), [("numpy", "numpy"), ("auto", None)])
+def test_environment_variable(value: str, expected: str | None) -> None:
+    result = _run("import backprop_gpu as bg; print(bg.get_backend().name)", **{
+        backend_mod.ENV_VAR: value
+    })
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (expected or ("cupy" if GPU_OK else "numpy"))
+
+
+def test_environment_variable_errors_name_the_variable() -> None:
+    bad = _run("import backprop_gpu as bg; bg.get_backend()", BACKPROP_GPU_BACKEND="gpu")
+    assert bad.returncode != 0
+    assert "BACKPROP_GPU_BACKEND='gpu'" in bad.stderr and "valid names" in bad.stderr
+    if not GPU_OK:
+        forced = _run("import backprop_gpu as bg; bg.Dense(2, 2)", BACKPROP_GPU_BACKEND="cupy")
+        assert forced.returncode != 0 and "'cupy' was requested" in forced.stderr
+
+
+def test_import_touches_no_backend() -> None:
+    result = _run(
+        "import sys, backprop_gpu; print('cupy' in sys.modules, 'array_api_strict' in sys.modules)",
+        BACKPROP_GPU_BACKEND="auto",
+    )
+    assert result.stdout.split() == ["False", "False"], result.stderr
+
+
+def test_use_backend_restores_on_exit_and_on_error() -> None:
+    before = bg.get_backend()
+    with bg.use_backend("array_api_strict") as b:
+        assert bg.get_backend() is b and b.name == "array_api_strict"
+        with bg.use_backend("numpy"):
+            assert bg.get_backend().name == "numpy"
+        assert bg.get_backend() is b
+    assert bg.get_backend() is before
+    with pytest.raises(ZeroDivisionError), bg.use_backend("array_api_strict"):
+        1 / 0  # noqa: B018
+    assert bg.get_backend() is before
+
+
+def test_set_backend_inside_a_scope_stays_in_that_scope() -> None:
+    before = bg.get_backend()
+    with bg.use_backend("numpy"):
+        assert bg.set_backend("array_api_strict").name == "array_api_strict"
+        assert bg.get_backend().name == "array_api_strict"
+    assert bg.get_backend() is before
+
+
+def test_set_backend_changes_the_process_default() -> None:
+    before = backend_mod._default
+    try:
+        b = bg.set_backend("array_api_strict")
+        assert bg.get_backend() is b
+        seen: list[str] = []
+        t = threading.Thread(target=lambda: seen.append(bg.get_backend().name))
+        t.start()
+        t.join()
+        assert seen == ["array_api_strict"]  # a default, so other threads see it too
+    finally:
+        backend_mod._default = before
+
+
+def test_threads_get_their_own_scoped_backend() -> None:
+    barrier = threading.Barrier(2)
+    seen: dict[str, list[str]] = {}
+
+    def work(name: str) -> None:
+        with bg.use_backend(name):
+            barrier.wait()  # both scopes are open at once
+            layer = bg.Dense(3, 2, seed=0)
+            seen[name] = [bg.get_backend().name, layer.backend.name]
+            barrier.wait()
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in ("numpy", "array_api_strict")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {"numpy": ["numpy"] * 2, "array_api_strict": ["array_api_strict"] * 2}
+
+
+def test_asarray_and_to_numpy_round_trip(backend: bg.Backend) -> None:
+    host = np.arange(6, dtype=np.float32).reshape(2, 3)
+    a = bg.asarray(host)
+    assert backend.owns(a) and a.dtype == backend.xp.float32
+    assert bg.asarray(a) is a  # already on the device: no copy
+    b = bg.asarray([[1, 2]], dtype="float64")
+    assert b.dtype == backend.xp.float64
+    back = bg.to_numpy(a)
+    assert isinstance(back, np.ndarray) and np.array_equal(back, host)
+    assert bg.to_numpy([1.5, 2.5]).tolist() == [1.5, 2.5]
+
+
+def test_strict_arrays_never_convert_implicitly() -> None:
+    """The GPU stand-in refuses what CuPy refuses: this is why tests run on it."""
+    with bg.use_backend("array_api_strict"):
+        a = bg.asarray([1.0, 2.0])
+    with pytest.raises(RuntimeError, match="Can't convert"):
+        np.asarray(a)
+    assert bg.to_numpy(a).tolist() == [1.0, 2.0]
+
+
+def test_layer_refuses_an_array_from_another_device() -> None:
+    with bg.use_backend("array_api_strict"):
+        device_array = bg.asarray(np.ones((2, 3)))
+    with bg.use_backend("numpy"):
+        layer = bg.Dense(3, 2)
+    with pytest.raises(ValueError, match=r"Dense.forward inputs is a array_api_strict array.*numpy"):
+        layer.forward(device_array)
+
+    import array_api_strict as xps
+
+    cpu_array = xps.asarray(np.ones((2, 3)), device=xps.Device("CPU_DEVICE"))
+    with bg.use_backend("array_api_strict"):
+        layer = bg.Dense(3, 2)
+        relu = bg.ReLU()
+    with pytest.raises(ValueError, match=r"Dense.forward inputs is on device .*CPU_DEVICE"):
+        layer.forward(cpu_array)
+    with pytest.raises(ValueError, match=r"ReLU.forward inputs is on device"):
+        relu.forward(cpu_array)
+    # host data is fine: moved to the layer's device
+    assert bg.to_numpy(layer.forward(np.ones((2, 3)))).shape == (2, 2)
+
+
+def test_layer_keeps_the_backend_it_was_built_on() -> None:
+    with bg.use_backend("array_api_strict"):
+        layer = bg.Dense(3, 2, seed=0)
+    with bg.use_backend("numpy"):
+        out = layer.forward(np.ones((4, 3)))  # host data goes to the layer's device
+    assert layer.backend.owns(out) and not isinstance(out, np.ndarray)
+
+
+@gpu_only
+def test_cupy_backend_on_a_real_gpu() -> None:
+    with bg.use_backend("cupy") as b:
+        import cupy
+
+        a = bg.asarray(np.ones((2, 2)))
+        assert isinstance(a, cupy.ndarray) and b.owns(a)
+        assert bg.to_numpy(a @ a).tolist() == [[2.0, 2.0], [2.0, 2.0]]
+    with bg.use_backend("numpy"):
+        layer = bg.Dense(2, 2)
+    with pytest.raises(ValueError, match="cupy array"):
+        layer.forward(a)
