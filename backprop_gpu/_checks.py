@@ -11,9 +11,7 @@ import numpy as np
 from .backend import Backend, array_library, to_numpy
 
 
-def batch(
-    backend: Backend, inputs: Any, n_features: int, dtype: Any, where: str
-) -> Any:
+def batch(backend: Backend, inputs: Any, n_features: int, dtype: Any, where: str) -> Any:
     """``inputs`` as a (batch, n_features) array of ``dtype`` on ``backend``'s device."""
     x = backend.asarray(inputs, dtype, what=f"{where} inputs")
     if x.ndim != 2:
@@ -58,11 +56,7 @@ def labels(
     wrap an out-of-range index silently).
     """
     on_host = array_library(y_true) in ("numpy", None)
-    y = (
-        np.asarray(y_true)
-        if on_host
-        else backend.asarray(y_true, what=f"{where} y_true")
-    )
+    y = np.asarray(y_true) if on_host else backend.asarray(y_true, what=f"{where} y_true")
     if y.ndim == 2 and y.shape[1] == 1 and y.shape[0] == n_samples:
         y = y[:, 0] if on_host else backend.xp.reshape(y, (n_samples,))
     if y.ndim not in (1, 2) or y.shape[0] != n_samples:
@@ -103,9 +97,7 @@ def labels(
 def dtype_kind(dtype: Any) -> str:
     """NumPy's one-letter kind ("f", "i", "u", "b", ...) for any backend's dtype."""
     kind = getattr(dtype, "kind", None)
-    return (
-        kind if isinstance(kind, str) else np.dtype(str(dtype).rsplit(".", 1)[-1]).kind
-    )
+    return kind if isinstance(kind, str) else np.dtype(str(dtype).rsplit(".", 1)[-1]).kind
 
 
 def _host_range(backend: Backend, y: Any) -> np.ndarray:

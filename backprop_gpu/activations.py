@@ -57,7 +57,5 @@ class Softmax(Activation):
         # dinputs = s * (dvalues - sum(dvalues * s)), without building the (C, C) Jacobians.
         dvalues = self._dvalues(dvalues)
         s = self.output
-        self.dinputs = s * (
-            dvalues - self.backend.xp.sum(dvalues * s, axis=1, keepdims=True)
-        )
+        self.dinputs = s * (dvalues - self.backend.xp.sum(dvalues * s, axis=1, keepdims=True))
         return self.dinputs

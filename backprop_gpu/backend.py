@@ -58,7 +58,7 @@ class Backend:
     xp: Any = field(repr=False)
     device: Any
     reason: str = ""
-    array_type: type = field(init=False, repr=False, compare=False)
+    array_type: Any = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "array_type", type(self.xp.asarray(0)))
@@ -85,11 +85,7 @@ class Backend:
                     f"{self.device!r}; move it explicitly (bg.to_numpy, then bg.asarray)"
                 )
             if dtype is not None and a.dtype != dtype:
-                a = (
-                    self.xp.astype(a, dtype)
-                    if self.name == "array_api_strict"
-                    else a.astype(dtype)
-                )
+                a = self.xp.astype(a, dtype) if self.name == "array_api_strict" else a.astype(dtype)
             return a
         other = array_library(a)
         if other is not None and other != "numpy":
@@ -207,9 +203,7 @@ def _why_no_device(cupy: Any) -> str:
 
 def _make(name: str) -> Backend:
     if name not in BACKEND_NAMES:
-        raise ValueError(
-            f"unknown backend {name!r}; valid names are {', '.join(BACKEND_NAMES)}"
-        )
+        raise ValueError(f"unknown backend {name!r}; valid names are {', '.join(BACKEND_NAMES)}")
     if name == "numpy":
         return Backend("numpy", np, "cpu")
     if name == "array_api_strict":
@@ -220,9 +214,7 @@ def _make(name: str) -> Backend:
                 "backend 'array_api_strict' needs the array-api-strict package "
                 "(pip install backprop-gpu[test])"
             ) from e
-        return Backend(
-            "array_api_strict", array_api_strict, array_api_strict.Device("device1")
-        )
+        return Backend("array_api_strict", array_api_strict, array_api_strict.Device("device1"))
     cupy, reason = detect_gpu()
     if cupy is not None:
         return Backend(

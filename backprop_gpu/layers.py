@@ -45,18 +45,14 @@ class Dense:
             if not isinstance(n, int | np.integer) or isinstance(n, bool) or n < 1:
                 raise ValueError(f"Dense: {name} must be a positive integer, got {n!r}")
         if init not in INITS:
-            raise ValueError(
-                f"Dense: init must be one of {', '.join(INITS)}, got {init!r}"
-            )
+            raise ValueError(f"Dense: init must be one of {', '.join(INITS)}, got {init!r}")
         self.n_inputs, self.n_neurons, self.init = int(n_inputs), int(n_neurons), init
         self.backend: Backend = get_backend()
         if dtype is None:
             dtype = to_numpy(weights).dtype if weights is not None else np.float32
         self.dtype_name = np.dtype(dtype).name
         if np.dtype(dtype).kind != "f":
-            raise ValueError(
-                f"Dense: dtype must be a floating type, got {self.dtype_name}"
-            )
+            raise ValueError(f"Dense: dtype must be a floating type, got {self.dtype_name}")
         self.dtype = self.backend.dtype(dtype)
         if weights is None:
             weights = _draw(init, self.n_inputs, self.n_neurons, seed)
@@ -71,15 +67,11 @@ class Dense:
         self.dinputs: Any = None
 
     def _param(self, value: Any, shape: tuple[int, int], name: str) -> Any:
-        host = to_numpy(value).astype(
-            self.dtype_name
-        )  # a copy: the caller's array is not updated
+        host = to_numpy(value).astype(self.dtype_name)  # a copy: the caller's array is not updated
         if name == "biases" and host.ndim == 1:
             host = host.reshape(1, -1)
         if host.shape != shape:
-            raise ValueError(
-                f"Dense: expected {name} of shape {shape}, got {host.shape}"
-            )
+            raise ValueError(f"Dense: expected {name} of shape {shape}, got {host.shape}")
         return self.backend.asarray(host)
 
     def forward(self, inputs: Any) -> Any:
@@ -98,9 +90,7 @@ class Dense:
         """
         if self.inputs is None:
             raise RuntimeError("Dense.backward called before forward")
-        dvalues = _checks.like(
-            self.backend, dvalues, self.output, "Dense.backward", "dvalues"
-        )
+        dvalues = _checks.like(self.backend, dvalues, self.output, "Dense.backward", "dvalues")
         self.dweights = self.inputs.T @ dvalues
         self.dbiases = self.backend.xp.sum(dvalues, axis=0, keepdims=True)
         self.dinputs = dvalues @ self.weights.T

@@ -37,9 +37,7 @@ class Loss:
         if self.validate:
             return _checks.labels(self.backend, y_true, n, c, pred.dtype, where)
         y = self.backend.asarray(y_true)
-        return (
-            self.backend.xp.reshape(y, (n,)) if y.ndim == 2 and y.shape[1] == 1 else y
-        )
+        return self.backend.xp.reshape(y, (n,)) if y.ndim == 2 and y.shape[1] == 1 else y
 
     def _onehot(self, y: Any, pred: Any) -> Any:
         """(N, C) one-hot of ``pred``'s dtype from indices (N,), or ``y`` if already one-hot."""

@@ -18,10 +18,12 @@ from typing import Any
 
 from . import _checks
 
+_SINGULAR = {"weights": "weight", "biases": "bias"}
+
 
 def _state_name(param: str, kind: str) -> str:
     """``("weights", "momentums")`` -> ``"weight_momentums"``, the book's attribute names."""
-    return f"{param.removesuffix('s')}_{kind}"
+    return f"{_SINGULAR.get(param, param)}_{kind}"
 
 
 class Optimizer:
@@ -29,26 +31,16 @@ class Optimizer:
 
     def __init__(self, learning_rate: float, decay: float = 0.0) -> None:
         name = type(self).__name__
-        self.learning_rate = _checks.positive_finite(
-            learning_rate, f"{name}: learning_rate"
-        )
-        if (
-            not isinstance(decay, int | float)
-            or not decay >= 0
-            or decay == float("inf")
-        ):
-            raise ValueError(
-                f"{name}: decay must be a finite number >= 0, got {decay!r}"
-            )
+        self.learning_rate = _checks.positive_finite(learning_rate, f"{name}: learning_rate")
+        if not isinstance(decay, int | float) or not decay >= 0 or decay == float("inf"):
+            raise ValueError(f"{name}: decay must be a finite number >= 0, got {decay!r}")
         self.decay = float(decay)
         self.current_learning_rate = self.learning_rate
         self.iterations = 0
 
     def pre_update_params(self) -> None:
         if self.decay:
-            self.current_learning_rate = self.learning_rate / (
-                1.0 + self.decay * self.iterations
-            )
+            self.current_learning_rate = self.learning_rate / (1.0 + self.decay * self.iterations)
 
     def update_params(self, layer: Any) -> None:
         """Update every parameter of ``layer`` in place from its gradient."""
@@ -84,9 +76,7 @@ class SGD(Optimizer):
     w += v`` (``weight_momentums`` holds ``v``), which equals PyTorch's SGD when decay is 0.
     """
 
-    def __init__(
-        self, learning_rate: float = 1.0, decay: float = 0.0, momentum: float = 0.0
-    ):
+    def __init__(self, learning_rate: float = 1.0, decay: float = 0.0, momentum: float = 0.0):
         super().__init__(learning_rate, decay)
         self.momentum = _checks.in_range(momentum, 0.0, 1.0, "SGD: momentum")
 
@@ -104,6 +94,5 @@ class SGD(Optimizer):
 
     def __repr__(self) -> str:
         return (
-            f"SGD(learning_rate={self.learning_rate}, decay={self.decay}, "
-            f"momentum={self.momentum})"
+            f"SGD(learning_rate={self.learning_rate}, decay={self.decay}, momentum={self.momentum})"
         )

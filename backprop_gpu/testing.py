@@ -44,9 +44,7 @@ def assert_gradient_close(
     largest absolute difference."""
     analytic = to_numpy(analytic)
     if analytic.shape != numeric.shape:
-        raise AssertionError(
-            f"{name}: analytic shape {analytic.shape} != {numeric.shape}"
-        )
+        raise AssertionError(f"{name}: analytic shape {analytic.shape} != {numeric.shape}")
     err = np.abs(analytic - numeric)
     if not np.all(err <= atol + rtol * np.abs(numeric)):
         i = np.unravel_index(np.argmax(err - rtol * np.abs(numeric)), err.shape)
@@ -83,14 +81,13 @@ def check_layer(
     layer.forward(x)
     layer.backward(r)
     analytic = {
-        g: to_numpy(getattr(layer, g))
-        for g in ["dinputs"] + ["d" + p for p in _params(layer)]
+        g: to_numpy(getattr(layer, g)) for g in ["dinputs"] + ["d" + p for p in _params(layer)]
     }
     numeric = {"dinputs": numerical_gradient(total, x, eps)}
     for p in _params(layer):
         original = getattr(layer, p)
 
-        def with_param(v: np.ndarray, p: str = p) -> float:
+        def with_param(v: np.ndarray, p: str = p, original: Any = original) -> float:
             setattr(layer, p, backend.asarray(v, original.dtype))
             return total(x)
 
@@ -98,10 +95,7 @@ def check_layer(
             numeric["d" + p] = numerical_gradient(with_param, to_numpy(original), eps)
         finally:
             setattr(layer, p, original)
-    return {
-        g: assert_gradient_close(analytic[g], numeric[g], g, rtol, atol)
-        for g in analytic
-    }
+    return {g: assert_gradient_close(analytic[g], numeric[g], g, rtol, atol) for g in analytic}
 
 
 def check_loss(

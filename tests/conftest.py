@@ -25,7 +25,6 @@ if not GPU_OK and not REQUIRE_GPU:
     _gpu_marks.append(pytest.mark.skip(reason=f"needs a working CUDA GPU: {GPU_REASON}"))
 
 
-
 def gpu_only(test):  # type: ignore[no-untyped-def]
     """Mark a test that needs CuPy on a GPU (skips with the reason, or fails if required)."""
     for mark in _gpu_marks:
@@ -45,3 +44,8 @@ def backend(request: pytest.FixtureRequest) -> Iterator[bg.Backend]:
     """The backend under test, active for the test's duration."""
     with bg.use_backend(request.param) as b:
         yield b
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if REQUIRE_GPU and not GPU_OK:
+        pytest.exit(f"BACKPROP_GPU_REQUIRE_GPU=1 but no usable GPU: {GPU_REASON}", returncode=1)

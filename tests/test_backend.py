@@ -123,9 +123,9 @@ def test_explicit_cupy_without_gpu_raises_with_cause_and_fix() -> None:
 
 @pytest.mark.parametrize(("value", "expected"), [("numpy", "numpy"), ("auto", None)])
 def test_environment_variable(value: str, expected: str | None) -> None:
-    result = _run("import backprop_gpu as bg; print(bg.get_backend().name)", **{
-        backend_mod.ENV_VAR: value
-    })
+    result = _run(
+        "import backprop_gpu as bg; print(bg.get_backend().name)", **{backend_mod.ENV_VAR: value}
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == (expected or ("cupy" if GPU_OK else "numpy"))
 
@@ -227,7 +227,9 @@ def test_layer_refuses_an_array_from_another_device() -> None:
         device_array = bg.asarray(np.ones((2, 3)))
     with bg.use_backend("numpy"):
         layer = bg.Dense(3, 2)
-    with pytest.raises(ValueError, match=r"Dense.forward inputs is a array_api_strict array.*numpy"):
+    with pytest.raises(
+        ValueError, match=r"Dense.forward inputs is a array_api_strict array.*numpy"
+    ):
         layer.forward(device_array)
 
     import array_api_strict as xps

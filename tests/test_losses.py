@@ -137,7 +137,9 @@ def test_validate_false_skips_label_checks(backend: bg.Backend) -> None:
 
 
 def test_loss_rejects_bad_predictions(backend: bg.Backend) -> None:
-    with pytest.raises(ValueError, match=r"SoftmaxCrossEntropy.forward expected a 2-D array.*got shape \(3,\)"):
+    with pytest.raises(
+        ValueError, match=r"SoftmaxCrossEntropy.forward expected a 2-D array.*got shape \(3,\)"
+    ):
         bg.SoftmaxCrossEntropy().forward(np.ones(3), [0])
     with pytest.raises(ValueError, match=r"3 class indices.*got shape \(4,\)"):
         bg.SoftmaxCrossEntropy().forward(P, [0, 1, 1, 2])

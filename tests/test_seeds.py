@@ -7,9 +7,7 @@ import numpy as np
 import backprop_gpu as bg
 
 INPUTS = np.array([[1, 2, 3, 2.5], [2.0, 5.0, -1.0, 2], [-1.5, 2.7, 3.3, -0.8]])
-WEIGHTS = np.array(
-    [[0.2, 0.8, -0.5, 1], [0.5, -0.91, 0.26, -0.5], [-0.26, -0.27, 0.17, 0.87]]
-).T
+WEIGHTS = np.array([[0.2, 0.8, -0.5, 1], [0.5, -0.91, 0.26, -0.5], [-0.26, -0.27, 0.17, 0.87]]).T
 BIASES = np.array([[2, 3, 0.5]])
 
 # As printed in 004_*.txt (numpy's repr of the float64 results).

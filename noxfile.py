@@ -1,0 +1,52 @@
+"""Sessions: ``nox -s tests`` (NumPy + the GPU stand-in), ``tests_gpu`` (CuPy on a real GPU:
+fails, never skips, without one), ``lint``, ``typecheck``, ``bench``."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.default_venv_backend = "venv"
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    session.install(".[test]")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def tests_gpu(session: nox.Session) -> None:
+    """The ``gpu``-marked tests on CuPy. A machine without a working GPU fails this session."""
+    session.install(".[test,cuda12]")
+    session.run(
+        "python", "-c", "import backprop_gpu as bg; print(bg.set_backend('cupy'))"
+    )  # raises, naming the cause, when CuPy cannot run
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-m",
+        "gpu",
+        *session.posargs,
+        env={"BACKPROP_GPU_REQUIRE_GPU": "1"},
+    )
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    session.install("mypy", "numpy")
+    session.run("mypy", "backprop_gpu")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    session.install(".", "threadpoolctl")
+    session.run("python", "benchmarks/step.py", *session.posargs)

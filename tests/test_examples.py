@@ -1,0 +1,45 @@
+"""The examples run as scripts and print what they promise."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def run(name: str, *args: str) -> str:
+    env = os.environ | {"BACKPROP_GPU_BACKEND": "auto"}
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_seed_single_neuron_prints_the_seed_numbers() -> None:
+    out = run("seed_single_neuron.py")
+    assert "d/dz relu = 1.0" in out
+    assert "-3.0 1.0 -1.0 -2.0 2.0 3.0" in out.splitlines()
+
+
+def test_seed_layer_backprop_prints_the_seed_numbers() -> None:
+    from .test_seeds import DBIASES, DINPUTS, DWEIGHTS, NEW_BIASES, NEW_WEIGHTS
+
+    out = run("seed_layer_backprop.py")
+    for printed in (DINPUTS, DWEIGHTS, DBIASES, NEW_WEIGHTS, NEW_BIASES):
+        assert printed in out
+
+
+def test_train_spiral_learns() -> None:
+    out = run("train_spiral.py", "--epochs", "2001", "--print-every", "500")
+    assert re.search(r"^backend: (numpy|cupy)", out)
+    last = re.findall(r"acc: ([\d.]+), loss: ([\d.]+)", out)[-1]
+    assert float(last[0]) > 0.85 and float(last[1]) < 0.35, out

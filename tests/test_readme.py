@@ -1,0 +1,22 @@
+"""The README's API tour runs as written and trains."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from pathlib import Path
+
+import backprop_gpu as bg
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_tour_runs_and_learns() -> None:
+    tour = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[0]
+    out = io.StringIO()
+    with bg.use_backend("numpy"), contextlib.redirect_stdout(out):
+        exec(compile(tour, str(README), "exec"), {})
+    loss, acc, shape = out.getvalue().splitlines()[0].split() + out.getvalue().splitlines()[1:]
+    assert float(loss) < 0.2 and float(acc) > 0.9
+    assert shape == "(2, 64)"
