@@ -225,10 +225,13 @@ def _make(name: str) -> Backend:
         )
     if name == "cupy":
         raise RuntimeError(f"backend 'cupy' was requested but cannot run: {reason}")
-    logger.info("backprop_gpu: using NumPy: %s", reason)
+    if reason not in _logged:  # once per distinct reason, not at every use_backend("auto")
+        _logged.add(reason)
+        logger.info("backprop_gpu: using NumPy: %s", reason)
     return Backend("numpy", np, "cpu", reason=f"auto: {reason}")
 
 
+_logged: set[str] = set()
 _lock = threading.Lock()
 _env_choice = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
 _default: Backend | None = None

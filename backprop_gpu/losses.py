@@ -20,8 +20,9 @@ class Loss:
     """Base: remembers the backend active when built.
 
     ``validate=False`` skips the label checks (shape, integer dtype, range), for callers that
-    already checked them once for a whole data set; for labels already on a GPU the range
-    check costs one device-to-host sync per call.
+    already checked them once for a whole data set. Host labels are checked on the host before
+    the copy; labels already on a GPU cost one device-to-host sync the first time a given
+    array is seen (the same array passed again is not checked again).
     """
 
     # True when ``backward`` takes the loss's own ``output`` (not its input) as ``dvalues``
@@ -31,11 +32,12 @@ class Loss:
         self.backend: Backend = get_backend()
         self.validate = validate
         self.dinputs: Any = None
+        self._check_labels = _checks.LabelChecker()
 
     def _labels(self, y_true: Any, pred: Any, where: str) -> Any:
         n, c = pred.shape
         if self.validate:
-            return _checks.labels(self.backend, y_true, n, c, pred.dtype, where)
+            return self._check_labels(self.backend, y_true, n, c, pred.dtype, where)
         y = self.backend.asarray(y_true)
         return self.backend.xp.reshape(y, (n,)) if y.ndim == 2 and y.shape[1] == 1 else y
 

@@ -19,6 +19,7 @@ class Accuracy:
     def __init__(self, *, validate: bool = True) -> None:
         self.backend: Backend = get_backend()
         self.validate = validate
+        self._check_labels = _checks.LabelChecker()
 
     def calculate(self, predictions: Any, y_true: Any) -> Any:
         xp = self.backend.xp
@@ -33,9 +34,8 @@ class Accuracy:
                 f"Accuracy expected predictions of shape (N, C) or (N,), got {tuple(pred.shape)}"
             )
         if self.validate and n_classes is not None:
-            y = _checks.labels(
-                self.backend, y_true, pred.shape[0], n_classes, xp.float32, "Accuracy"
-            )
+            n = pred.shape[0]
+            y = self._check_labels(self.backend, y_true, n, n_classes, xp.float32, "Accuracy")
         else:
             y = self.backend.asarray(y_true, what="Accuracy y_true")
             if y.ndim == 2 and y.shape[1] == 1:

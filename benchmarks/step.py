@@ -65,6 +65,7 @@ LEARNING_RATE = 0.01
 MOMENTUM = 0.9
 SEED = 0
 TARGET_RATIO = 1.5
+NOISY_SPREAD = 1.25  # max / min of the per-round ratios above which a row is flagged as noisy
 
 
 @dataclass(frozen=True)
@@ -230,13 +231,16 @@ def time_calls(fn: Callable[[], None], n: int, sync: Callable[[], None]) -> floa
 
 
 def calibrate(fn: Callable[[], None], sync: Callable[[], None], seconds: float) -> int:
-    """Calls per round so that a round takes about ``seconds``."""
+    """Calls per round so that a round takes about ``seconds``.
+
+    Doubles the calls until they take a quarter of a round, then re-times that many twice and
+    keeps the fastest, so one stall of the machine does not shrink the rounds.
+    """
     n = 1
-    while True:
-        per_call = time_calls(fn, n, sync)
-        if per_call * n >= seconds / 4:
-            return max(1, round(seconds / per_call))
+    while (per_call := time_calls(fn, n, sync)) * n < seconds / 4:
         n *= 2
+    per_call = min(per_call, *(time_calls(fn, n, sync) for _ in range(2)))
+    return max(1, round(seconds / per_call))
 
 
 def verdict(ratio: float, target: float | None) -> str:
@@ -366,6 +370,12 @@ def print_table(results: Sequence[Result]) -> None:
         print(
             f"{r.model:<16} {r.batch:>5} {r.step_ms:>9.3f} {r.floor_ms:>9.3f} {r.ratio:>6.2f} "
             f"{r.ratio_min:>6.2f} {r.ratio_max:>6.2f}  {target}"
+        )
+    noisy = [f"{r.model}@{r.batch}" for r in results if r.ratio_max > NOISY_SPREAD * r.ratio_min]
+    if noisy:
+        print(
+            f"\nwarning: the per-round ratio varied by more than {NOISY_SPREAD:g}x for "
+            f"{', '.join(noisy)}: the machine was busy or throttled; rerun before trusting those"
         )
 
 

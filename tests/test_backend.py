@@ -266,3 +266,16 @@ def test_cupy_backend_on_a_real_gpu() -> None:
         layer = bg.Dense(2, 2)
     with pytest.raises(ValueError, match="cupy array"):
         layer.forward(a)
+
+
+def test_auto_fallback_is_logged_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    monkeypatch.setattr(backend_mod, "_logged", set())
+    with caplog.at_level("INFO", logger="backprop_gpu"):
+        for _ in range(3):
+            with bg.use_backend("auto"):
+                pass
+    records = [r for r in caplog.records if r.name == "backprop_gpu"]
+    assert len(records) == 1 and "CuPy is not importable" in records[0].getMessage()

@@ -143,3 +143,23 @@ def test_loss_rejects_bad_predictions(backend: bg.Backend) -> None:
         bg.SoftmaxCrossEntropy().forward(np.ones(3), [0])
     with pytest.raises(ValueError, match=r"3 class indices.*got shape \(4,\)"):
         bg.SoftmaxCrossEntropy().forward(P, [0, 1, 1, 2])
+
+
+def test_device_labels_are_range_checked_once_per_array(
+    backend: bg.Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Passing the same device labels every step costs one device-to-host sync, not one each."""
+    from backprop_gpu import _checks
+
+    syncs = []
+    real = _checks._host_range
+    monkeypatch.setattr(_checks, "_host_range", lambda b, y: syncs.append(1) or real(b, y))
+    loss = bg.SoftmaxCrossEntropy()
+    y = bg.asarray(Y)
+    for _ in range(3):
+        loss.forward(P, y)
+        loss.backward(loss.output, y)
+    expected_syncs = 0 if backend.name == "numpy" else 1  # NumPy labels are host labels
+    assert len(syncs) == expected_syncs
+    loss.forward(P, bg.asarray(Y))  # a new array is checked again
+    assert len(syncs) == 2 * expected_syncs
