@@ -4,11 +4,12 @@ who complained, what was expected and what came."""
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import numpy as np
 
-from .backend import Backend, array_library, to_numpy
+from .backend import Backend, array_library, dtype_name, to_numpy
 
 
 def batch(backend: Backend, inputs: Any, n_features: int, dtype: Any, where: str) -> Any:
@@ -57,8 +58,9 @@ def labels(
     """
     on_host = array_library(y_true) in ("numpy", None)
     y = np.asarray(y_true) if on_host else backend.asarray(y_true, what=f"{where} y_true")
-    if y.ndim == 2 and y.shape[1] == 1 and y.shape[0] == n_samples:
-        y = y[:, 0] if on_host else backend.xp.reshape(y, (n_samples,))
+    if y.ndim == 2 and y.shape[1] == 1 and (n_classes > 1 or dtype_kind(y.dtype) in "iu"):
+        # (N, 1) class indices; with a single class, float (N, 1) rows are one-hot
+        y = y[:, 0] if on_host else backend.xp.reshape(y, (y.shape[0],))
     if y.ndim not in (1, 2) or y.shape[0] != n_samples:
         raise ValueError(
             f"{where} expected y_true as {n_samples} class indices, shape ({n_samples},), or "
@@ -85,10 +87,13 @@ def labels(
                 f"{where} expected class indices in [0, {n_classes - 1}] for {n_classes} "
                 f"classes, got values from {lo} to {hi}"
             )
-    elif on_host and kind in "iubf" and not np.all((y == 0) | (y == 1)):
-        raise ValueError(f"{where} expected one-hot y_true holding only 0 and 1")
     elif kind not in "iubf":
         raise TypeError(f"{where} expected numeric one-hot y_true, got dtype {y.dtype}")
+    elif not (_one_hot_ok(np, y) if on_host else bool(_one_hot_ok(backend.xp, y))):
+        raise ValueError(
+            f"{where} expected one-hot y_true: each row all 0 but a single 1 (or pass class "
+            "indices of shape (N,))"
+        )
     if y.ndim == 1:
         return backend.asarray(y, backend.xp.int64, what=f"{where} y_true")
     return backend.asarray(y, dtype, what=f"{where} y_true")
@@ -96,14 +101,19 @@ def labels(
 
 def dtype_kind(dtype: Any) -> str:
     """NumPy's one-letter kind ("f", "i", "u", "b", ...) for any backend's dtype."""
-    kind = getattr(dtype, "kind", None)
-    return kind if isinstance(kind, str) else np.dtype(str(dtype).rsplit(".", 1)[-1]).kind
+    try:
+        return str(np.dtype(dtype).kind)
+    except TypeError:
+        return str(np.dtype(dtype_name(dtype)).kind)
 
 
 class LabelChecker:
     """``labels`` that remembers the last device array that passed, so a training loop giving
     the same device labels every step pays the range check's device-to-host sync once.
-    (Labels changed in place on the device after that are not checked again.)"""
+
+    It keeps a reference to that array (labels are small) and compares by identity: labels
+    changed in place on the device after passing are not checked again. Host arrays are
+    always checked (cheaply, on the host), since reusing a host buffer is common."""
 
     def __init__(self) -> None:
         self._last: tuple[Any, tuple[Any, ...], Any] | None = None
@@ -120,20 +130,31 @@ class LabelChecker:
         return y
 
 
+def _one_hot_ok(xp: Any, y: Any) -> Any:
+    """True (a 0-d array) when every entry is 0 or 1 and every row sums to 1."""
+    if dtype_kind(y.dtype) == "b":
+        y = xp.astype(y, xp.int64)
+    return xp.all((y == 0) | (y == 1)) & xp.all(xp.sum(y, axis=1) == 1)
+
+
 def _host_range(backend: Backend, y: Any) -> np.ndarray:
     xp = backend.xp
     return to_numpy(xp.stack([xp.min(y), xp.max(y)]))
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def positive_finite(value: float, where: str) -> float:
-    if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+    if not _is_number(value) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{where} must be a positive finite number, got {value!r}")
     return float(value)
 
 
 def in_range(value: float, lo: float, hi: float, where: str) -> float:
     """``lo <= value < hi``."""
-    if not isinstance(value, int | float) or not (lo <= value < hi):
+    if not _is_number(value) or not (lo <= value < hi):
         raise ValueError(f"{where} must be in [{lo}, {hi}), got {value!r}")
     return float(value)
 
@@ -148,3 +169,23 @@ def floats(backend: Backend, inputs: Any, where: str, ndim: int | None = None) -
             f"{where} expected a {ndim}-D array (batch, features), got shape {tuple(x.shape)}"
         )
     return x
+
+
+def non_negative_finite(value: float, where: str) -> float:
+    if not _is_number(value) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{where} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def targets(backend: Backend, y_true: Any, n: int, outputs: int, dtype: Any, where: str) -> Any:
+    """Real-valued targets of shape (n, outputs) and ``dtype`` on the device; (n,) is
+    accepted when there is one output."""
+    y = backend.asarray(y_true, dtype, what=f"{where} y_true")
+    if y.ndim == 1 and outputs == 1 and y.shape[0] == n:
+        y = backend.xp.reshape(y, (n, 1))
+    if tuple(y.shape) != (n, outputs):
+        raise ValueError(
+            f"{where} expected y_true of shape ({n}, {outputs}) like the predictions, "
+            f"got {tuple(y.shape)}"
+        )
+    return y

@@ -9,7 +9,13 @@ from .backend import Backend, get_backend
 
 
 class Activation:
-    """Base: remembers the backend active when built; ``output`` and ``dinputs`` as in nnfs."""
+    """Base: remembers the backend active when built; ``output`` and ``dinputs`` as in nnfs.
+
+    ``forward(inputs, training=True)``: ``training`` is part of every layer's interface (the
+    Model passes it) and only matters to Dropout.
+    """
+
+    params: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.backend: Backend = get_backend()
@@ -23,6 +29,9 @@ class Activation:
         where = f"{type(self).__name__}.backward"
         return _checks.like(self.backend, dvalues, self.output, where, "dvalues")
 
+    def get_config(self) -> dict[str, Any]:
+        return {}
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -30,7 +39,7 @@ class Activation:
 class ReLU(Activation):
     """``max(0, x)`` elementwise; the gradient passes where the input was positive."""
 
-    def forward(self, inputs: Any) -> Any:
+    def forward(self, inputs: Any, training: bool = True) -> Any:
         self.inputs = _checks.floats(self.backend, inputs, "ReLU.forward")
         self.output = self.backend.xp.maximum(self.inputs, 0)
         return self.output
@@ -47,7 +56,7 @@ class Softmax(Activation):
     """Row-wise softmax of (batch, classes) logits, shifted by the row maximum so exp never
     overflows (logits of +-1e4 stay finite)."""
 
-    def forward(self, inputs: Any) -> Any:
+    def forward(self, inputs: Any, training: bool = True) -> Any:
         xp = self.backend.xp
         self.inputs = _checks.floats(self.backend, inputs, "Softmax.forward", ndim=2)
         exp = xp.exp(self.inputs - xp.max(self.inputs, axis=1, keepdims=True))
@@ -60,4 +69,34 @@ class Softmax(Activation):
         dvalues = self._dvalues(dvalues)
         s = self.output
         self.dinputs = s * (dvalues - self.backend.xp.sum(dvalues * s, axis=1, keepdims=True))
+        return self.dinputs
+
+
+class Sigmoid(Activation):
+    """``1 / (1 + exp(-x))``, computed from ``exp(-|x|)`` so it never overflows; the gradient
+    is ``s * (1 - s)``. For binary outputs (N, outputs) with BinaryCrossEntropy."""
+
+    def forward(self, inputs: Any, training: bool = True) -> Any:
+        xp = self.backend.xp
+        self.inputs = _checks.floats(self.backend, inputs, "Sigmoid.forward")
+        e = xp.exp(-xp.abs(self.inputs))  # in (0, 1]
+        self.output = xp.where(self.inputs >= 0, 1 / (1 + e), e / (1 + e))
+        return self.output
+
+    def backward(self, dvalues: Any) -> Any:
+        dvalues = self._dvalues(dvalues)
+        self.dinputs = dvalues * (1 - self.output) * self.output
+        return self.dinputs
+
+
+class Linear(Activation):
+    """The identity, ``y = x``: the output activation for regression."""
+
+    def forward(self, inputs: Any, training: bool = True) -> Any:
+        self.inputs = _checks.floats(self.backend, inputs, "Linear.forward")
+        self.output = self.inputs
+        return self.output
+
+    def backward(self, dvalues: Any) -> Any:
+        self.dinputs = self._dvalues(dvalues)
         return self.dinputs

@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -90,7 +90,7 @@ class Backend:
         other = array_library(a)
         if other is not None and other != "numpy":
             raise ValueError(
-                f"{what} is a {other} array but this layer works on the {self.name} backend "
+                f"{what} comes from {other} but this layer works on the {self.name} backend "
                 f"({self.device!r}); move it with bg.to_numpy(a) first, or build the layer "
                 f"under bg.use_backend({other!r})"
             )
@@ -115,9 +115,40 @@ class Backend:
                 return self.xp.arange(n, dtype=self.xp.int64)
         return self.xp.arange(n, dtype=self.xp.int64)
 
+    def random(self, seed: int | None = None) -> Any:
+        """A generator of uniform [0, 1) arrays on this device: ``.random(shape, dtype)``.
+
+        NumPy and CuPy use their own ``default_rng(seed)`` (so the streams differ between
+        them); array-api-strict, which has no random module, draws on the host and copies.
+        """
+        if self.name == "cupy":
+            with self.device:
+                return self.xp.random.default_rng(seed)
+        return _HostRandom(self, seed)
+
     def dtype(self, name: Any) -> Any:
         """This backend's dtype object for a name such as ``"float32"`` (or a NumPy dtype)."""
-        return getattr(self.xp, np.dtype(name).name)
+        return getattr(self.xp, dtype_name(name))
+
+
+class _HostRandom:
+    """``numpy.random.Generator`` draws, copied to the backend's device (NumPy: no copy)."""
+
+    def __init__(self, backend: Backend, seed: int | None) -> None:
+        self.backend = backend
+        self.generator = np.random.default_rng(seed)
+
+    def random(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        host_dtype = np.dtype(dtype_name(dtype))
+        return self.backend.asarray(self.generator.random(shape, dtype=host_dtype))
+
+
+def dtype_name(dtype: Any) -> str:
+    """``"float32"`` for any backend's float32 dtype object (or a NumPy type or name)."""
+    try:
+        return str(np.dtype(dtype).name)
+    except TypeError:  # array-api-strict's dtypes print as "array_api_strict.float32"
+        return str(np.dtype(str(dtype).rsplit(".", 1)[-1]).name)
 
 
 def array_library(a: Any) -> str | None:
@@ -143,7 +174,7 @@ def to_numpy(a: Any) -> np.ndarray:
         import array_api_strict
 
         return np.asarray(a.to_device(array_api_strict.Device("CPU_DEVICE")))
-    return np.asarray(a)
+    return np.array(a, copy=True)  # a copy on NumPy too, so every backend behaves alike
 
 
 # --- detection -----------------------------------------------------------------------------
@@ -159,8 +190,15 @@ def detect_gpu() -> tuple[Any, str]:
     except Exception as e:  # ImportError, or a broken CUDA install failing at import
         return None, f"CuPy is not importable ({type(e).__name__}: {e}); {INSTALL_HINT}"
     try:
-        if not cupy.is_available():
+        available = cupy.is_available()
+    except Exception as e:
+        return None, f"CuPy is installed but cannot query CUDA ({type(e).__name__}: {e})"
+    if not available:
+        try:
             return None, _why_no_device(cupy)
+        except Exception as e:
+            return None, f"CuPy is installed but CUDA is unusable ({type(e).__name__}: {e})"
+    try:
         a = cupy.ones((2, 2), dtype=cupy.float32)
         (a @ a).sum()
         cupy.cuda.Device().synchronize()
@@ -215,14 +253,13 @@ def _make(name: str) -> Backend:
                 "(pip install backprop-gpu[test])"
             ) from e
         return Backend("array_api_strict", array_api_strict, array_api_strict.Device("device1"))
-    cupy, reason = detect_gpu()
-    if cupy is not None:
-        return Backend(
-            "cupy",
-            cupy,
-            cupy.cuda.Device(),
-            reason="" if name == "cupy" else "auto: CUDA device works",
-        )
+    global _gpu
+    if _gpu is None:  # detect once: a working GPU stays working for the process
+        cupy, reason = detect_gpu()
+        if cupy is not None:
+            _gpu = Backend("cupy", cupy, cupy.cuda.Device())
+    if _gpu is not None:
+        return _gpu if name == "cupy" else replace(_gpu, reason="auto: CUDA device works")
     if name == "cupy":
         raise RuntimeError(f"backend 'cupy' was requested but cannot run: {reason}")
     if reason not in _logged:  # once per distinct reason, not at every use_backend("auto")
@@ -231,6 +268,7 @@ def _make(name: str) -> Backend:
     return Backend("numpy", np, "cpu", reason=f"auto: {reason}")
 
 
+_gpu: Backend | None = None
 _logged: set[str] = set()
 _lock = threading.Lock()
 _env_choice = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
@@ -254,8 +292,8 @@ def get_backend() -> Backend:
             if _default is None:
                 try:
                     _default = _make(_env_choice)
-                except ValueError as e:
-                    raise ValueError(f"{ENV_VAR}={_env_choice!r}: {e}") from None
+                except (ValueError, RuntimeError) as e:
+                    raise type(e)(f"{ENV_VAR}={_env_choice!r}: {e} (or unset {ENV_VAR})") from None
     return _default
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from . import _checks
-from .backend import Backend, get_backend, to_numpy
+from .backend import Backend, dtype_name, get_backend, to_numpy
 
 INITS = ("nnfs", "he", "glorot")
 
@@ -26,6 +26,11 @@ class Dense:
     weights on every backend) and biases start at zero. ``init`` picks the draw: ``"nnfs"``
     (0.01 * normal, as in the book), ``"he"`` (normal * sqrt(2 / n_inputs), for ReLU stacks) or
     ``"glorot"`` (uniform in +-sqrt(6 / (n_inputs + n_neurons))).
+
+    Regularisation as in the book: ``weight_regularizer_l1`` / ``_l2`` and
+    ``bias_regularizer_l1`` / ``_l2`` (lambdas, default 0) add ``lambda * sign(w)`` and
+    ``2 * lambda * w`` to the gradients in ``backward``; the loss's ``regularization_loss``
+    reports the matching penalty ``lambda * sum(|w|)`` + ``lambda * sum(w**2)``.
     """
 
     params = ("weights", "biases")  # each has a gradient named "d" + name
@@ -40,6 +45,10 @@ class Dense:
         dtype: Any = None,
         seed: int | np.random.Generator | None = None,
         init: str = "nnfs",
+        weight_regularizer_l1: float = 0.0,
+        weight_regularizer_l2: float = 0.0,
+        bias_regularizer_l1: float = 0.0,
+        bias_regularizer_l2: float = 0.0,
     ) -> None:
         for name, n in (("n_inputs", n_inputs), ("n_neurons", n_neurons)):
             if not isinstance(n, int | np.integer) or isinstance(n, bool) or n < 1:
@@ -47,11 +56,25 @@ class Dense:
         if init not in INITS:
             raise ValueError(f"Dense: init must be one of {', '.join(INITS)}, got {init!r}")
         self.n_inputs, self.n_neurons, self.init = int(n_inputs), int(n_neurons), init
+        self.name = f"Dense({self.n_inputs}, {self.n_neurons})"  # names the layer in errors
+        self.weight_regularizer_l1 = _checks.non_negative_finite(
+            weight_regularizer_l1, "Dense: weight_regularizer_l1"
+        )
+        self.weight_regularizer_l2 = _checks.non_negative_finite(
+            weight_regularizer_l2, "Dense: weight_regularizer_l2"
+        )
+        self.bias_regularizer_l1 = _checks.non_negative_finite(
+            bias_regularizer_l1, "Dense: bias_regularizer_l1"
+        )
+        self.bias_regularizer_l2 = _checks.non_negative_finite(
+            bias_regularizer_l2, "Dense: bias_regularizer_l2"
+        )
         self.backend: Backend = get_backend()
-        if dtype is None:
-            dtype = to_numpy(weights).dtype if weights is not None else np.float32
-        self.dtype_name = np.dtype(dtype).name
-        if np.dtype(dtype).kind != "f":
+        if dtype is None:  # float32, or the given weights' floating dtype
+            given = to_numpy(weights).dtype if weights is not None else None
+            dtype = given if given is not None and given.kind == "f" else np.float32
+        self.dtype_name = dtype_name(dtype)
+        if np.dtype(self.dtype_name).kind != "f":
             raise ValueError(f"Dense: dtype must be a floating type, got {self.dtype_name}")
         self.dtype = self.backend.dtype(dtype)
         if weights is None:
@@ -74,10 +97,11 @@ class Dense:
             raise ValueError(f"Dense: expected {name} of shape {shape}, got {host.shape}")
         return self.backend.asarray(host)
 
-    def forward(self, inputs: Any) -> Any:
-        """(batch, n_inputs) -> (batch, n_neurons); also kept as ``self.output``."""
+    def forward(self, inputs: Any, training: bool = True) -> Any:
+        """(batch, n_inputs) -> (batch, n_neurons); also kept as ``self.output``.
+        (``training`` is accepted for a uniform layer interface and ignored.)"""
         self.inputs = _checks.batch(
-            self.backend, inputs, self.n_inputs, self.dtype, "Dense.forward"
+            self.backend, inputs, self.n_inputs, self.dtype, f"{self.name}.forward"
         )
         self.output = self.inputs @ self.weights + self.biases
         return self.output
@@ -89,18 +113,105 @@ class Dense:
         ``dinputs`` = dvalues @ weights.T, and returns ``dinputs`` (batch, n_inputs).
         """
         if self.inputs is None:
-            raise RuntimeError("Dense.backward called before forward")
-        dvalues = _checks.like(self.backend, dvalues, self.output, "Dense.backward", "dvalues")
+            raise RuntimeError(f"{self.name}.backward called before forward")
+        where = f"{self.name}.backward"
+        dvalues = _checks.like(self.backend, dvalues, self.output, where, "dvalues")
+        xp = self.backend.xp
         self.dweights = self.inputs.T @ dvalues
-        self.dbiases = self.backend.xp.sum(dvalues, axis=0, keepdims=True)
+        self.dbiases = xp.sum(dvalues, axis=0, keepdims=True)
+        for grad, param, l1, l2 in (
+            (self.dweights, self.weights, self.weight_regularizer_l1, self.weight_regularizer_l2),
+            (self.dbiases, self.biases, self.bias_regularizer_l1, self.bias_regularizer_l2),
+        ):
+            if l1:
+                grad += l1 * xp.sign(param)
+            if l2:
+                grad += 2 * l2 * param
         self.dinputs = dvalues @ self.weights.T
         return self.dinputs
 
+    def regularization_loss(self) -> Any:
+        """``l1 * sum(|w|) + l2 * sum(w**2)`` over weights and biases (0.0 when all are off)."""
+        xp = self.backend.xp
+        total: Any = 0.0
+        for param, l1, l2 in (
+            (self.weights, self.weight_regularizer_l1, self.weight_regularizer_l2),
+            (self.biases, self.bias_regularizer_l1, self.bias_regularizer_l2),
+        ):
+            if l1:
+                total = total + l1 * xp.sum(xp.abs(param))
+            if l2:
+                total = total + l2 * xp.sum(param * param)
+        return total
+
+    def get_config(self) -> dict[str, Any]:
+        """The constructor's arguments, parameters aside (for checkpoints)."""
+        return {
+            "n_inputs": self.n_inputs,
+            "n_neurons": self.n_neurons,
+            "dtype": self.dtype_name,
+            "init": self.init,
+            "weight_regularizer_l1": self.weight_regularizer_l1,
+            "weight_regularizer_l2": self.weight_regularizer_l2,
+            "bias_regularizer_l1": self.bias_regularizer_l1,
+            "bias_regularizer_l2": self.bias_regularizer_l2,
+        }
+
     def __repr__(self) -> str:
+        regs = "".join(
+            f", {k}={v}" for k, v in self.get_config().items() if "regularizer" in k and v
+        )
         return (
-            f"Dense({self.n_inputs}, {self.n_neurons}, dtype={self.dtype_name}, "
+            f"Dense({self.n_inputs}, {self.n_neurons}, dtype={self.dtype_name}{regs}, "
             f"backend={self.backend.name})"
         )
+
+
+class Dropout:
+    """Inverted dropout: in training, zero each input with probability ``rate`` and scale the
+    survivors by ``1 / (1 - rate)`` so the expected output equals the input; in inference
+    (``training=False``) pass inputs through unchanged.
+
+    The mask is drawn on the layer's device from a generator seeded with ``seed``
+    (``Backend.random``), so a seeded run drops the same units each time.
+    """
+
+    params: tuple[str, ...] = ()
+
+    def __init__(self, rate: float, *, seed: int | None = None) -> None:
+        self.rate = _checks.in_range(rate, 0.0, 1.0, "Dropout: rate")
+        self.seed = seed
+        self.backend: Backend = get_backend()
+        self.rng = self.backend.random(seed)
+        self.inputs: Any = None
+        self.output: Any = None
+        self.mask: Any = None
+        self.dinputs: Any = None
+
+    def forward(self, inputs: Any, training: bool = True) -> Any:
+        self.inputs = _checks.floats(self.backend, inputs, "Dropout.forward")
+        if not training or not self.rate:
+            self.mask = None
+            self.output = self.inputs
+            return self.output
+        xp = self.backend.xp
+        keep = self.rng.random(tuple(self.inputs.shape), self.inputs.dtype) >= self.rate
+        self.mask = xp.astype(keep, self.inputs.dtype) / (1 - self.rate)
+        self.output = self.inputs * self.mask
+        return self.output
+
+    def backward(self, dvalues: Any) -> Any:
+        if self.output is None:
+            raise RuntimeError("Dropout.backward called before forward")
+        dvalues = _checks.like(self.backend, dvalues, self.output, "Dropout.backward", "dvalues")
+        self.dinputs = dvalues if self.mask is None else dvalues * self.mask
+        return self.dinputs
+
+    def get_config(self) -> dict[str, Any]:
+        return {"rate": self.rate, "seed": self.seed}
+
+    def __repr__(self) -> str:
+        return f"Dropout(rate={self.rate})"
 
 
 def _draw(init: str, n_inputs: int, n_neurons: int, seed: Any) -> np.ndarray:

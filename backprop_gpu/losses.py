@@ -7,6 +7,7 @@ Labels (``y_true``) are class indices of shape (N,) (or (N, 1)) or one-hot rows 
 
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 from . import _checks
@@ -16,7 +17,7 @@ from .backend import Backend, get_backend
 EPS = 1e-7  # the book's clip: predictions are kept in [EPS, 1 - EPS] before the log
 
 
-class Loss:
+class Loss(abc.ABC):
     """Base: remembers the backend active when built.
 
     ``validate=False`` skips the label checks (shape, integer dtype, range), for callers that
@@ -33,6 +34,26 @@ class Loss:
         self.validate = validate
         self.dinputs: Any = None
         self._check_labels = _checks.LabelChecker()
+
+    def regularization_loss(self, *layers: Any) -> Any:
+        """The layers' summed L1/L2 penalties (``Dense.regularization_loss``), reported apart
+        from the data loss, as in the book. 0.0 when no layer is regularised."""
+        total: Any = 0.0
+        for layer in layers:
+            if hasattr(layer, "regularization_loss"):
+                total = total + layer.regularization_loss()
+        return total
+
+    @abc.abstractmethod
+    def forward(self, y_pred: Any, y_true: Any) -> Any:
+        """The mean loss over the batch, a 0-d device array."""
+
+    @abc.abstractmethod
+    def backward(self, dvalues: Any, y_true: Any) -> Any:
+        """Set and return ``dinputs``, the gradient of the mean loss."""
+
+    def get_config(self) -> dict[str, Any]:
+        return {}
 
     def _labels(self, y_true: Any, pred: Any, where: str) -> Any:
         n, c = pred.shape
@@ -115,3 +136,75 @@ def _mean_cross_entropy(xp: Any, p: Any, y: Any) -> Any:
     else:
         correct = xp.sum(p * y, axis=1)
     return xp.mean(-xp.log(correct))
+
+
+class _RegressionLoss(Loss):
+    """Base for losses on real-valued targets shaped like the predictions (N, outputs);
+    targets (N,) are accepted for a single output. The loss is the mean over outputs, then
+    over samples."""
+
+    def _pair(self, y_pred: Any, y_true: Any, where: str) -> tuple[Any, Any]:
+        pred = _checks.floats(self.backend, y_pred, where, ndim=2)
+        return pred, _checks.targets(
+            self.backend, y_true, pred.shape[0], pred.shape[1], pred.dtype, where
+        )
+
+
+class BinaryCrossEntropy(_RegressionLoss):
+    """``-(y log p + (1 - y) log(1 - p))`` for independent binary outputs ``p`` in (0, 1)
+    (a Sigmoid's output), p clipped to [1e-7, 1 - 1e-7] as in the book."""
+
+    def forward(self, y_pred: Any, y_true: Any) -> Any:
+        xp = self.backend.xp
+        p, y = self._pair(y_pred, y_true, "BinaryCrossEntropy.forward")
+        p = xp.clip(p, EPS, 1 - EPS)
+        return xp.mean(-(y * xp.log(p) + (1 - y) * xp.log(1 - p)))
+
+    def backward(self, dvalues: Any, y_true: Any) -> Any:
+        """dinputs = -(y / p - (1 - y) / (1 - p)) / outputs / N, with ``p`` clipped."""
+        xp = self.backend.xp
+        p, y = self._pair(dvalues, y_true, "BinaryCrossEntropy.backward")
+        p = xp.clip(p, EPS, 1 - EPS)
+        self.dinputs = -(y / p - (1 - y) / (1 - p)) / (p.shape[0] * p.shape[1])
+        return self.dinputs
+
+
+class MeanSquaredError(_RegressionLoss):
+    """``mean((y - p) ** 2)``; dinputs = -2 (y - p) / outputs / N."""
+
+    def forward(self, y_pred: Any, y_true: Any) -> Any:
+        p, y = self._pair(y_pred, y_true, "MeanSquaredError.forward")
+        return self.backend.xp.mean((y - p) ** 2)
+
+    def backward(self, dvalues: Any, y_true: Any) -> Any:
+        p, y = self._pair(dvalues, y_true, "MeanSquaredError.backward")
+        self.dinputs = -2 * (y - p) / (p.shape[0] * p.shape[1])
+        return self.dinputs
+
+
+class MeanAbsoluteError(_RegressionLoss):
+    """``mean(|y - p|)``; dinputs = sign(p - y) / outputs / N.
+
+    (The book prints ``sign(y - p)``, the gradient's negative; finite differences agree with
+    ``sign(p - y)``.)"""
+
+    def forward(self, y_pred: Any, y_true: Any) -> Any:
+        p, y = self._pair(y_pred, y_true, "MeanAbsoluteError.forward")
+        return self.backend.xp.mean(self.backend.xp.abs(y - p))
+
+    def backward(self, dvalues: Any, y_true: Any) -> Any:
+        p, y = self._pair(dvalues, y_true, "MeanAbsoluteError.backward")
+        self.dinputs = self.backend.xp.sign(p - y) / (p.shape[0] * p.shape[1])
+        return self.dinputs
+
+
+LOSSES = {
+    cls.__name__: cls
+    for cls in (
+        CategoricalCrossEntropy,
+        SoftmaxCrossEntropy,
+        BinaryCrossEntropy,
+        MeanSquaredError,
+        MeanAbsoluteError,
+    )
+}

@@ -1,11 +1,16 @@
-"""Accuracy for class predictions."""
+"""Accuracy: the share of right answers, for classes, binary outputs and regression.
+
+Each ``calculate(predictions, y_true)`` returns a 0-d device array (``float()`` reads it).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from . import _checks
-from .backend import Backend, get_backend
+from .backend import Backend, get_backend, to_numpy
 
 
 class Accuracy:
@@ -48,5 +53,63 @@ class Accuracy:
             )
         return xp.mean(xp.astype(pred == xp.astype(y, pred.dtype), xp.float32))
 
+    def init(self, y: Any) -> None:
+        """Nothing to learn from the targets (the Model calls this before training)."""
+
+    def get_config(self) -> dict[str, Any]:
+        return {}
+
     def __repr__(self) -> str:
-        return "Accuracy()"
+        return f"{type(self).__name__}()"
+
+
+class BinaryAccuracy(Accuracy):
+    """For independent binary outputs (N, outputs) in (0, 1), a Sigmoid's output: the share of
+    outputs on the right side of 0.5. Targets are 0/1 of the same shape ((N,) for one output).
+    """
+
+    def calculate(self, predictions: Any, y_true: Any) -> Any:
+        xp = self.backend.xp
+        pred = _checks.floats(self.backend, predictions, "BinaryAccuracy predictions", ndim=2)
+        y = _checks.targets(
+            self.backend, y_true, pred.shape[0], pred.shape[1], pred.dtype, "BinaryAccuracy"
+        )
+        return xp.mean(xp.astype((pred > 0.5) == (y > 0.5), xp.float32))
+
+
+class RegressionAccuracy(Accuracy):
+    """The share of predictions within ``precision`` of the target. ``precision`` defaults to
+    ``std(y) / 250``, learnt from the training targets by ``init(y)``, as in the book."""
+
+    def __init__(self, precision: float | None = None, *, divisor: float = 250.0) -> None:
+        super().__init__()
+        self.divisor = _checks.positive_finite(divisor, "RegressionAccuracy: divisor")
+        self.precision = (
+            None
+            if precision is None
+            else _checks.positive_finite(precision, "RegressionAccuracy: precision")
+        )
+
+    def init(self, y: Any, reinit: bool = False) -> None:
+        """Set ``precision = std(y) / divisor`` unless already set (or ``reinit``)."""
+        if self.precision is None or reinit:
+            std = float(np.std(to_numpy(y)))
+            self.precision = std / self.divisor if std > 0 else 1e-7
+
+    def calculate(self, predictions: Any, y_true: Any) -> Any:
+        xp = self.backend.xp
+        if self.precision is None:
+            raise RuntimeError(
+                "RegressionAccuracy: no precision yet; pass precision= or call init(y_train)"
+            )
+        pred = _checks.floats(self.backend, predictions, "RegressionAccuracy predictions", ndim=2)
+        y = _checks.targets(
+            self.backend, y_true, pred.shape[0], pred.shape[1], pred.dtype, "RegressionAccuracy"
+        )
+        return xp.mean(xp.astype(xp.abs(pred - y) < self.precision, xp.float32))
+
+    def get_config(self) -> dict[str, Any]:
+        return {"precision": self.precision, "divisor": self.divisor}
+
+
+ACCURACIES = {cls.__name__: cls for cls in (Accuracy, BinaryAccuracy, RegressionAccuracy)}

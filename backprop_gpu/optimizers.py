@@ -1,4 +1,4 @@
-"""Optimizers, used the nnfs way::
+"""Optimizers, in order of increasing complexity, used the nnfs way::
 
     optimizer.pre_update_params()        # learning-rate decay
     for layer in trainable_layers:
@@ -7,36 +7,45 @@
 
 or ``optimizer.step(layers)`` for the same three calls. A trainable layer lists its parameter
 names in ``params`` (``("weights", "biases")`` for Dense); the gradient of ``weights`` is
-``dweights``. Optimizer state lives on the layer, next to the parameter, as in the book
-(``weight_momentums``), created on the parameter's device the first time it is needed.
+``dweights``. Optimizer state lives on the layer, next to the parameter, under the book's
+names (``weight_momentums``, ``bias_cache``), created on the parameter's device the first
+time it is needed. Every update is in place, so a parameter keeps its array and dtype.
 """
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Iterable
 from typing import Any
 
 from . import _checks
+from .backend import array_library, dtype_name
 
 _SINGULAR = {"weights": "weight", "biases": "bias"}
 
 
-def _state_name(param: str, kind: str) -> str:
+def state_name(param: str, kind: str) -> str:
     """``("weights", "momentums")`` -> ``"weight_momentums"``, the book's attribute names."""
     return f"{_SINGULAR.get(param, param)}_{kind}"
 
 
-class Optimizer:
-    """Base: learning rate with the book's decay, ``lr_t = lr / (1 + decay * iterations)``."""
+class Optimizer(abc.ABC):
+    """Base: learning rate with the book's decay, ``lr_t = lr / (1 + decay * iterations)``.
+
+    Subclasses define ``_update`` (the rule for one parameter) and list the per-parameter
+    state they keep in ``state_kinds`` (used by checkpoints).
+    """
+
+    state_kinds: tuple[str, ...] = ()
 
     def __init__(self, learning_rate: float, decay: float = 0.0) -> None:
-        name = type(self).__name__
-        self.learning_rate = _checks.positive_finite(learning_rate, f"{name}: learning_rate")
-        if not isinstance(decay, int | float) or not decay >= 0 or decay == float("inf"):
-            raise ValueError(f"{name}: decay must be a finite number >= 0, got {decay!r}")
-        self.decay = float(decay)
+        self.learning_rate = _checks.positive_finite(learning_rate, self._arg("learning_rate"))
+        self.decay = _checks.non_negative_finite(decay, self._arg("decay"))
         self.current_learning_rate = self.learning_rate
         self.iterations = 0
+
+    def _arg(self, name: str) -> str:
+        return f"{type(self).__name__}: {name}"
 
     def pre_update_params(self) -> None:
         if self.decay:
@@ -44,55 +53,199 @@ class Optimizer:
 
     def update_params(self, layer: Any) -> None:
         """Update every parameter of ``layer`` in place from its gradient."""
-        for name in layer.params:
-            grad = getattr(layer, "d" + name)
-            if grad is None:
-                raise RuntimeError(
-                    f"{type(self).__name__}.update_params: {layer!r} has no d{name}; "
-                    "call backward before updating"
-                )
-            self._update(layer, name, getattr(layer, name), grad)
+        for name, param, grad in self._gradients(layer):
+            self._update(layer, name, param, grad)
 
+    def _gradients(self, layer: Any) -> list[tuple[str, Any, Any]]:
+        """``(name, param, grad)`` for each parameter, checked before anything is changed:
+        a gradient must exist and match its parameter's shape, dtype and device."""
+        checked = []
+        for name in layer.params:
+            param, grad = getattr(layer, name), getattr(layer, "d" + name, None)
+            where = f"{type(self).__name__}.update_params: {layer!r} d{name}"
+            if grad is None:
+                raise RuntimeError(f"{where} is missing; call backward before updating")
+            if (
+                not layer.backend.owns(grad)
+                or grad.shape != param.shape
+                or grad.dtype != param.dtype
+            ):
+                source = array_library(grad) or type(grad).__name__
+                raise ValueError(
+                    f"{where} must match {name}: expected shape {tuple(param.shape)}, "
+                    f"{dtype_name(param.dtype)} on {layer.backend.device}; got shape "
+                    f"{tuple(grad.shape)}, {dtype_name(grad.dtype)} from {source}"
+                )
+            checked.append((name, param, grad))
+        return checked
+
+    @abc.abstractmethod
     def _update(self, layer: Any, name: str, param: Any, grad: Any) -> None:
-        raise NotImplementedError  # each optimizer defines its rule
+        """Apply the rule to ``param`` (in place) given its gradient ``grad``."""
 
     def post_update_params(self) -> None:
         self.iterations += 1
 
     def step(self, layers: Iterable[Any]) -> None:
         """``pre_update_params``, ``update_params`` on each layer that has ``params``,
-        ``post_update_params``."""
+        ``post_update_params``. Every gradient is checked before any parameter changes."""
+        checked = [
+            (layer, self._gradients(layer)) for layer in layers if getattr(layer, "params", ())
+        ]
         self.pre_update_params()
-        for layer in layers:
-            if getattr(layer, "params", ()):
-                self.update_params(layer)
+        for layer, gradients in checked:
+            for name, param, grad in gradients:
+                self._update(layer, name, param, grad)
         self.post_update_params()
+
+    def _state(self, layer: Any, name: str, kind: str, like: Any) -> Any:
+        """The layer's ``<param>_<kind>`` state, zeros on ``like``'s device the first time."""
+        attr = state_name(name, kind)
+        value = getattr(layer, attr, None)
+        if value is None:
+            value = layer.backend.xp.zeros_like(like)
+            setattr(layer, attr, value)
+        return value
+
+    def get_config(self) -> dict[str, Any]:
+        """The constructor's arguments (what ``repr`` shows and checkpoints store)."""
+        return {"learning_rate": self.learning_rate, "decay": self.decay}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
 
 
 class SGD(Optimizer):
-    """Stochastic gradient descent with the book's decay and (optional) momentum.
+    """Stochastic gradient descent with the book's decay and optional momentum.
 
-    Without momentum: ``w -= lr_t * dw``. With momentum: ``v = momentum * v - lr_t * dw;
-    w += v`` (``weight_momentums`` holds ``v``), which equals PyTorch's SGD when decay is 0.
+    Without momentum: ``w -= lr_t * dw``. With momentum the velocity ``v`` (kept in
+    ``weight_momentums``) is ``v = momentum * v - lr_t * dw`` and ``w += v``, which equals
+    PyTorch's SGD when decay is 0. ``nesterov=True`` looks ahead: ``w += momentum * v - lr_t * dw``
+    with the new ``v`` (PyTorch's ``SGD(nesterov=True)`` when decay is 0).
     """
 
-    def __init__(self, learning_rate: float = 1.0, decay: float = 0.0, momentum: float = 0.0):
+    def __init__(
+        self,
+        learning_rate: float = 1.0,
+        decay: float = 0.0,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+    ) -> None:
         super().__init__(learning_rate, decay)
-        self.momentum = _checks.in_range(momentum, 0.0, 1.0, "SGD: momentum")
+        self.momentum = _checks.in_range(momentum, 0.0, 1.0, self._arg("momentum"))
+        if nesterov and not self.momentum:
+            raise ValueError("SGD: nesterov=True needs a momentum > 0, got momentum=0")
+        self.nesterov = bool(nesterov)
+        self.state_kinds = ("momentums",) if self.momentum else ()
 
     def _update(self, layer: Any, name: str, param: Any, grad: Any) -> None:
+        lr = self.current_learning_rate
         if not self.momentum:
-            param -= self.current_learning_rate * grad
+            param -= lr * grad
             return
-        state = _state_name(name, "momentums")
-        velocity = getattr(layer, state, None)
-        if velocity is None:
-            velocity = layer.backend.xp.zeros_like(param)
-        velocity = self.momentum * velocity - self.current_learning_rate * grad
-        setattr(layer, state, velocity)
-        param += velocity
+        velocity = self._state(layer, name, "momentums", param)
+        velocity *= self.momentum
+        velocity -= lr * grad
+        if self.nesterov:
+            param += self.momentum * velocity - lr * grad
+        else:
+            param += velocity
 
-    def __repr__(self) -> str:
-        return (
-            f"SGD(learning_rate={self.learning_rate}, decay={self.decay}, momentum={self.momentum})"
-        )
+    def get_config(self) -> dict[str, Any]:
+        return super().get_config() | {"momentum": self.momentum, "nesterov": self.nesterov}
+
+
+class Adagrad(Optimizer):
+    """Per-parameter learning rates from the sum of squared gradients:
+    ``cache += dw**2; w -= lr_t * dw / (sqrt(cache) + epsilon)``."""
+
+    state_kinds = ("cache",)
+
+    def __init__(self, learning_rate: float = 1.0, decay: float = 0.0, epsilon: float = 1e-7):
+        super().__init__(learning_rate, decay)
+        self.epsilon = _checks.positive_finite(epsilon, self._arg("epsilon"))
+
+    def _update(self, layer: Any, name: str, param: Any, grad: Any) -> None:
+        cache = self._state(layer, name, "cache", param)
+        cache += grad**2
+        param -= self.current_learning_rate * grad / (layer.backend.xp.sqrt(cache) + self.epsilon)
+
+    def get_config(self) -> dict[str, Any]:
+        return super().get_config() | {"epsilon": self.epsilon}
+
+
+class RMSprop(Optimizer):
+    """Adagrad with a moving average of squared gradients:
+    ``cache = rho * cache + (1 - rho) * dw**2; w -= lr_t * dw / (sqrt(cache) + epsilon)``."""
+
+    state_kinds = ("cache",)
+
+    def __init__(
+        self,
+        learning_rate: float = 0.001,
+        decay: float = 0.0,
+        epsilon: float = 1e-7,
+        rho: float = 0.9,
+    ) -> None:
+        super().__init__(learning_rate, decay)
+        self.epsilon = _checks.positive_finite(epsilon, self._arg("epsilon"))
+        self.rho = _checks.in_range(rho, 0.0, 1.0, self._arg("rho"))
+
+    def _update(self, layer: Any, name: str, param: Any, grad: Any) -> None:
+        cache = self._state(layer, name, "cache", param)
+        cache *= self.rho
+        cache += (1 - self.rho) * grad**2
+        param -= self.current_learning_rate * grad / (layer.backend.xp.sqrt(cache) + self.epsilon)
+
+    def get_config(self) -> dict[str, Any]:
+        return super().get_config() | {"epsilon": self.epsilon, "rho": self.rho}
+
+
+class Adam(Optimizer):
+    """RMSprop plus momentum, both bias-corrected (``t`` = iterations + 1)::
+
+        m = beta_1 * m + (1 - beta_1) * dw          # weight_momentums
+        c = beta_2 * c + (1 - beta_2) * dw**2       # weight_cache
+        w -= lr_t * (m / (1 - beta_1**t)) / (sqrt(c / (1 - beta_2**t)) + epsilon)
+
+    epsilon is added after the square root of the corrected cache, as in the book.
+    """
+
+    state_kinds = ("momentums", "cache")
+
+    def __init__(
+        self,
+        learning_rate: float = 0.001,
+        decay: float = 0.0,
+        epsilon: float = 1e-7,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+    ) -> None:
+        super().__init__(learning_rate, decay)
+        self.epsilon = _checks.positive_finite(epsilon, self._arg("epsilon"))
+        self.beta_1 = _checks.in_range(beta_1, 0.0, 1.0, self._arg("beta_1"))
+        self.beta_2 = _checks.in_range(beta_2, 0.0, 1.0, self._arg("beta_2"))
+
+    def _update(self, layer: Any, name: str, param: Any, grad: Any) -> None:
+        xp = layer.backend.xp
+        momentums = self._state(layer, name, "momentums", param)
+        cache = self._state(layer, name, "cache", param)
+        momentums *= self.beta_1
+        momentums += (1 - self.beta_1) * grad
+        cache *= self.beta_2
+        cache += (1 - self.beta_2) * grad**2
+        t = self.iterations + 1
+        corrected_m = momentums / (1 - self.beta_1**t)
+        corrected_c = cache / (1 - self.beta_2**t)
+        param -= self.current_learning_rate * corrected_m / (xp.sqrt(corrected_c) + self.epsilon)
+
+    def get_config(self) -> dict[str, Any]:
+        return super().get_config() | {
+            "epsilon": self.epsilon,
+            "beta_1": self.beta_1,
+            "beta_2": self.beta_2,
+        }
+
+
+OPTIMIZERS = {cls.__name__: cls for cls in (SGD, Adagrad, RMSprop, Adam)}

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import to_numpy
+from .backend import dtype_name, to_numpy
 
 
 def numerical_gradient(
@@ -72,6 +72,12 @@ def check_layer(
     The layer's parameters are left as they were.
     """
     backend = layer.backend
+    for p in _params(layer):
+        if dtype_name(getattr(layer, p).dtype) != "float64":
+            raise TypeError(
+                f"check_layer: {layer!r} {p} are {dtype_name(getattr(layer, p).dtype)}; finite "
+                "differences need float64 parameters (build it with dtype='float64')"
+            )
     x = np.array(to_numpy(inputs), dtype=np.float64)
     r = np.random.default_rng(seed).standard_normal(to_numpy(layer.forward(x)).shape)
 

@@ -67,10 +67,35 @@ def _fake_cupy(*, available: bool, matmul_fails: bool = False, driver: int = 0) 
             raise RuntimeError("CUDA_ERROR_NO_BINARY_FOR_GPU")
         return np.ones(shape)
 
-    cuda = types.SimpleNamespace(runtime=Runtime, Device=lambda: None)
+    syncs = []
+    device = types.SimpleNamespace(synchronize=lambda: syncs.append(1))
+    cuda = types.SimpleNamespace(runtime=Runtime, Device=lambda: device)
     return types.SimpleNamespace(
-        is_available=lambda: available, ones=ones, float32=np.float32, cuda=cuda
+        is_available=lambda: available,
+        ones=ones,
+        asarray=np.asarray,
+        float32=np.float32,
+        cuda=cuda,
+        syncs=syncs,
     )
+
+
+@pytest.fixture(autouse=True)
+def _no_cached_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test detects afresh (a fake CuPy must not leak a cached GPU backend)."""
+    monkeypatch.setattr(backend_mod, "_gpu", None)
+
+
+def test_auto_picks_a_working_cupy_and_detects_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _fake_cupy(available=True)
+    monkeypatch.setitem(sys.modules, "cupy", fake)  # type: ignore[arg-type]
+    with bg.use_backend("auto") as b:
+        assert b.name == "cupy" and b.xp is fake and b.reason == "auto: CUDA device works"
+    assert fake.syncs == [1]  # the test matmul was synchronised
+    for name in ("cupy", "auto", "cupy"):
+        with bg.use_backend(name) as b:
+            assert b.name == "cupy"
+    assert fake.syncs == [1]  # detected once per process, not at every scope
 
 
 @pytest.mark.parametrize(
@@ -137,6 +162,7 @@ def test_environment_variable_errors_name_the_variable() -> None:
     if not GPU_OK:
         forced = _run("import backprop_gpu as bg; bg.Dense(2, 2)", BACKPROP_GPU_BACKEND="cupy")
         assert forced.returncode != 0 and "'cupy' was requested" in forced.stderr
+        assert "BACKPROP_GPU_BACKEND='cupy'" in forced.stderr and "or unset" in forced.stderr
 
 
 def test_import_touches_no_backend() -> None:
@@ -228,7 +254,7 @@ def test_layer_refuses_an_array_from_another_device() -> None:
     with bg.use_backend("numpy"):
         layer = bg.Dense(3, 2)
     with pytest.raises(
-        ValueError, match=r"Dense.forward inputs is a array_api_strict array.*numpy"
+        ValueError, match=r"Dense\(\d+, \d+\)\.forward inputs comes from array_api_strict.*numpy"
     ):
         layer.forward(device_array)
 
@@ -238,7 +264,9 @@ def test_layer_refuses_an_array_from_another_device() -> None:
     with bg.use_backend("array_api_strict"):
         layer = bg.Dense(3, 2)
         relu = bg.ReLU()
-    with pytest.raises(ValueError, match=r"Dense.forward inputs is on device .*CPU_DEVICE"):
+    with pytest.raises(
+        ValueError, match=r"Dense\(\d+, \d+\)\.forward inputs is on device .*CPU_DEVICE"
+    ):
         layer.forward(cpu_array)
     with pytest.raises(ValueError, match=r"ReLU.forward inputs is on device"):
         relu.forward(cpu_array)
@@ -264,7 +292,7 @@ def test_cupy_backend_on_a_real_gpu() -> None:
         assert bg.to_numpy(a @ a).tolist() == [[2.0, 2.0], [2.0, 2.0]]
     with bg.use_backend("numpy"):
         layer = bg.Dense(2, 2)
-    with pytest.raises(ValueError, match="cupy array"):
+    with pytest.raises(ValueError, match="comes from cupy"):
         layer.forward(a)
 
 

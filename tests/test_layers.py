@@ -97,6 +97,11 @@ def test_backward_matches_finite_differences(backend: bg.Backend, make: object) 
     assert set(errors) == {"dinputs"} | {"d" + p for p in getattr(layer, "params", ())}
 
 
+def test_gradient_checker_refuses_float32_parameters() -> None:
+    with pytest.raises(TypeError, match="check_layer: .* weights are float32; .*float64"):
+        check_layer(bg.Dense(2, 2, seed=0), np.ones((1, 2)))
+
+
 def test_gradient_checker_catches_a_wrong_backward(backend: bg.Backend) -> None:
     class LeakyWrong(bg.ReLU):
         def backward(self, dvalues: object) -> object:
@@ -110,10 +115,13 @@ def test_gradient_checker_catches_a_wrong_backward(backend: bg.Backend) -> None:
 @pytest.mark.parametrize(
     ("x", "match"),
     [
-        (np.ones((2, 5)), r"Dense.forward expected inputs with 4 features .*got shape \(2, 5\)"),
-        (np.ones(4), r"Dense.forward expected a 2-D batch.*1-D.*reshape\(1, -1\)"),
-        (np.ones((2, 2, 4)), r"Dense.forward expected a 2-D batch.*3-D .*\(2, 2, 4\)"),
-        (np.ones((0, 4)), "Dense.forward got an empty batch"),
+        (
+            np.ones((2, 5)),
+            r"Dense\(\d+, \d+\)\.forward expected inputs with 4 features .*got shape \(2, 5\)",
+        ),
+        (np.ones(4), r"Dense\(\d+, \d+\)\.forward expected a 2-D batch.*1-D.*reshape\(1, -1\)"),
+        (np.ones((2, 2, 4)), r"Dense\(\d+, \d+\)\.forward expected a 2-D batch.*3-D .*\(2, 2, 4\)"),
+        (np.ones((0, 4)), r"Dense\(4, 3\)\.forward got an empty batch"),
         (np.ones((4, 2)), r"expected inputs with 4 features.*\(4, 2\)"),  # transposed
     ],
 )
@@ -140,10 +148,12 @@ def test_dense_rejects_bad_construction() -> None:
 
 def test_backward_checks_order_and_shape(backend: bg.Backend) -> None:
     d = bg.Dense(3, 2, seed=0)
-    with pytest.raises(RuntimeError, match="Dense.backward called before forward"):
+    with pytest.raises(RuntimeError, match=r"Dense\(3, 2\)\.backward called before forward"):
         d.backward(np.ones((1, 2)))
     d.forward(np.ones((4, 3)))
-    with pytest.raises(ValueError, match=r"Dense.backward expected dvalues of shape \(4, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"Dense\(3, 2\)\.backward expected dvalues of shape \(4, 2\)"
+    ):
         d.backward(np.ones((4, 3)))
     with pytest.raises(RuntimeError, match="ReLU.backward called before forward"):
         bg.ReLU().backward(np.ones((1, 2)))
@@ -153,4 +163,6 @@ def test_repr_names_the_layer() -> None:
     with bg.use_backend("numpy"):
         assert repr(bg.Dense(2, 64)) == "Dense(2, 64, dtype=float32, backend=numpy)"
     assert repr(bg.ReLU()) == "ReLU()"
-    assert repr(bg.SGD(0.5, momentum=0.9)) == "SGD(learning_rate=0.5, decay=0.0, momentum=0.9)"
+    assert repr(bg.SGD(0.5, momentum=0.9)) == (
+        "SGD(learning_rate=0.5, decay=0.0, momentum=0.9, nesterov=False)"
+    )

@@ -103,7 +103,9 @@ BAD_LABELS = [
     ([0.0, 1.0, 2.0], TypeError, r"integer class indices.*float64.*astype\(int\)"),
     ([0, 1], ValueError, r"3 class indices, shape \(3,\).*got shape \(2,\) for 3 samples"),
     (np.eye(4)[[0, 1, 2]], ValueError, r"one-hot y_true with 3 columns.*\(3, 4\)"),
-    (np.full((3, 3), 0.5), ValueError, "one-hot y_true holding only 0 and 1"),
+    (np.full((3, 3), 0.5), ValueError, "one-hot y_true: each row all 0 but a single 1"),
+    (np.array([[1, 1, 0], [0, 1, 0], [0, 0, 1]]), ValueError, "each row all 0 but a single 1"),
+    (np.array([[0, 0, 0], [0, 1, 0], [0, 0, 1]]), ValueError, "each row all 0 but a single 1"),
     (np.array(["a", "b", "c"]), TypeError, r"integer class indices.*<U1"),
 ]
 
@@ -127,6 +129,15 @@ def test_out_of_range_labels_on_the_device_are_caught(backend: bg.Backend) -> No
         bg.SoftmaxCrossEntropy().forward(P, bg.asarray(np.array([0.0, 1.0, 2.0])))
     ok = bg.SoftmaxCrossEntropy().forward(P, bg.asarray(Y))
     assert float(ok) == pytest.approx(float(bg.SoftmaxCrossEntropy().forward(P, Y)))
+
+
+def test_bad_one_hot_labels_on_the_device_are_caught(backend: bg.Backend) -> None:
+    for bad in (np.full((3, 3), 2.0), np.array([[1.0, 1, 0], [0, 1, 0], [0, 0, 1]])):
+        with pytest.raises(ValueError, match="each row all 0 but a single 1"):
+            bg.CategoricalCrossEntropy().forward(P, bg.asarray(bad))
+    assert float(bg.CategoricalCrossEntropy().forward(P, bg.asarray(ONEHOT))) == pytest.approx(
+        0.38506088005216804, rel=1e-12
+    )
 
 
 def test_validate_false_skips_label_checks(backend: bg.Backend) -> None:

@@ -59,7 +59,10 @@ def test_sgd_with_momentum_and_decay(backend: bg.Backend) -> None:
 
 def test_momentum_matches_pytorch() -> None:
     """With decay 0 the book's momentum rule is PyTorch's SGD (independent implementation)."""
-    torch = pytest.importorskip("torch")
+    try:
+        import torch
+    except (ImportError, OSError) as e:  # OSError: a half-installed torch
+        pytest.skip(f"PyTorch is not importable here: {e}")
     w = torch.tensor(W0, requires_grad=True)
     opt_t = torch.optim.SGD([w], lr=0.3, momentum=0.9)
     layer, _ = _run(bg.SGD(learning_rate=0.3, momentum=0.9))
@@ -81,8 +84,43 @@ def test_step_updates_only_trainable_layers(backend: bg.Backend) -> None:
 
 
 def test_update_before_backward_is_an_error(backend: bg.Backend) -> None:
-    with pytest.raises(RuntimeError, match="has no dweights; call backward before updating"):
+    with pytest.raises(RuntimeError, match=r"Dense\(2, 2.*dweights is missing; call backward"):
         bg.SGD().update_params(bg.Dense(2, 2))
+
+
+@pytest.mark.parametrize(
+    ("grad", "match"),
+    [
+        (
+            np.ones((1, 2), dtype=np.float32),
+            r"expected shape \(2, 2\), float32.*got shape \(1, 2\)",
+        ),
+        (np.ones((2, 2), dtype=np.float64), r"float32 on .*got shape \(2, 2\), float64"),
+    ],
+)
+def test_bad_gradients_change_nothing(backend: bg.Backend, grad: np.ndarray, match: str) -> None:
+    """A wrong gradient is refused before any parameter, state or counter changes."""
+    dense1, dense2 = bg.Dense(2, 2, seed=0), bg.Dense(2, 2, seed=1)
+    for layer in (dense1, dense2):
+        layer.dweights = bg.asarray(np.ones((2, 2), dtype=np.float32))
+        layer.dbiases = bg.asarray(np.ones((1, 2), dtype=np.float32))
+    dense2.dweights = bg.asarray(grad)
+    before = [bg.to_numpy(p) for p in (dense1.weights, dense1.biases, dense2.weights)]
+    opt = bg.SGD(learning_rate=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match=match):
+        opt.step([dense1, dense2])
+    after = [bg.to_numpy(p) for p in (dense1.weights, dense1.biases, dense2.weights)]
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+    assert opt.iterations == 0 and getattr(dense1, "weight_momentums", None) is None
+
+
+def test_gradient_from_another_device_is_named() -> None:
+    with bg.use_backend("array_api_strict"):
+        layer = bg.Dense(2, 2, seed=0)
+    layer.dweights = np.ones((2, 2), dtype=np.float32)  # a host array, not on device1
+    layer.dbiases = layer.biases
+    with pytest.raises(ValueError, match=r"dweights must match weights.*from numpy"):
+        bg.SGD().update_params(layer)
 
 
 def test_float32_parameters_stay_float32(backend: bg.Backend) -> None:
@@ -92,6 +130,11 @@ def test_float32_parameters_stay_float32(backend: bg.Backend) -> None:
     bg.SGD(learning_rate=0.1, momentum=0.5).step([layer])
     assert layer.weights.dtype == backend.xp.float32
     assert layer.weight_momentums.dtype == backend.xp.float32
+
+
+def test_numpy_scalars_are_accepted() -> None:
+    opt = bg.SGD(learning_rate=np.float32(0.5), momentum=np.float64(0.9), decay=np.int64(0))
+    assert (opt.learning_rate, opt.momentum, opt.decay) == (0.5, 0.9, 0.0)
 
 
 @pytest.mark.parametrize(
@@ -106,6 +149,7 @@ def test_float32_parameters_stay_float32(backend: bg.Backend) -> None:
         ({"momentum": -0.1}, r"momentum must be in \[0.0, 1.0\), got -0.1"),
         ({"decay": -1e-3}, "SGD: decay must be a finite number >= 0, got -0.001"),
         ({"decay": math.nan}, "decay must be a finite number >= 0, got nan"),
+        ({"learning_rate": True}, "learning_rate must be a positive finite number, got True"),
     ],
 )
 def test_bad_settings_are_named(kwargs: dict[str, object], match: str) -> None:

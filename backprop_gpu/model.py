@@ -1,0 +1,517 @@
+"""``Model``: a stack of layers with a loss, an optimizer and an accuracy, trained in
+mini-batches (the book's Model class, on any backend).
+
+    model = Model([Dense(2, 64), ReLU(), Dense(64, 3), Softmax()])
+    model.set(loss=CategoricalCrossEntropy(), optimizer=Adam(), accuracy=Accuracy())
+    model.finalize()
+    history = model.train(X, y, epochs=10, batch_size=128, validation_data=(X_val, y_val))
+
+Data come in as host arrays (or arrays already on the model's device). ``train`` checks them
+once, on the host where they live there (shapes, NaN/Inf, label range), copies them to the
+device once, and then runs every step on the device with no host synchronisation: metrics are
+summed on the device and read once per epoch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from . import _checks, checkpoint
+from .activations import Linear, ReLU, Sigmoid, Softmax
+from .backend import Backend, array_library, to_numpy
+from .layers import Dense, Dropout
+from .losses import (
+    LOSSES,
+    CategoricalCrossEntropy,
+    Loss,
+    SoftmaxCrossEntropy,
+)
+from .metrics import ACCURACIES, Accuracy
+from .optimizers import OPTIMIZERS, Optimizer, state_name
+
+LAYERS: dict[str, type] = {
+    cls.__name__: cls for cls in (Dense, Dropout, ReLU, Softmax, Sigmoid, Linear)
+}
+CLASS_LOSSES = (CategoricalCrossEntropy, SoftmaxCrossEntropy)
+
+History = list[dict[str, float]]
+
+
+class Model:
+    """Layers run in order; ``set`` the loss, optimizer and accuracy; ``finalize``; train."""
+
+    def __init__(self, layers: Iterable[Any] = ()) -> None:
+        self.layers: list[Any] = []
+        self.loss: Loss | None = None
+        self.optimizer: Optimizer | None = None
+        self.accuracy: Any = None
+        self.epochs_trained = 0
+        self._finalized = False
+        for layer in layers:
+            self.add(layer)
+
+    # --- building ------------------------------------------------------------------------
+
+    def add(self, layer: Any) -> Model:
+        if not (
+            callable(getattr(layer, "forward", None)) and callable(getattr(layer, "backward", None))
+        ):
+            raise TypeError(f"Model.add expected a layer with forward and backward, got {layer!r}")
+        self.layers.append(layer)
+        self._finalized = False
+        return self
+
+    def set(
+        self, *, loss: Loss | None = None, optimizer: Optimizer | None = None, accuracy: Any = None
+    ) -> Model:
+        """Set any of the loss, optimizer and accuracy (the others are kept)."""
+        if loss is not None:
+            if not isinstance(loss, Loss):
+                raise TypeError(f"Model.set: loss must be a backprop_gpu Loss, got {loss!r}")
+            self.loss = loss
+        if optimizer is not None:
+            if not isinstance(optimizer, Optimizer):
+                raise TypeError(f"Model.set: optimizer must be an Optimizer, got {optimizer!r}")
+            self.optimizer = optimizer
+        if accuracy is not None:
+            self.accuracy = accuracy
+        self._finalized = False
+        return self
+
+    def finalize(self) -> Model:
+        """Check the stack and prepare training: layer sizes chain, one backend throughout,
+        and softmax + categorical cross-entropy use the fused backward (as in the book)."""
+        if not self.layers:
+            raise ValueError("Model.finalize: the model has no layers; add some first")
+        if self.loss is None:
+            raise ValueError("Model.finalize: no loss; call model.set(loss=...)")
+        backends = {layer.backend for layer in self.layers} | {self.loss.backend}
+        if len(backends) > 1:
+            names = sorted(f"{b.name} ({b.device})" for b in backends)
+            raise ValueError(
+                f"Model.finalize: layers and loss were built on different backends: {names}; "
+                "build them all under one backend"
+            )
+        self.backend: Backend = self.loss.backend
+        dense = [layer for layer in self.layers if isinstance(layer, Dense)]
+        for a, b in itertools.pairwise(dense):
+            if a.n_neurons != b.n_inputs:
+                raise ValueError(
+                    f"Model.finalize: {a!r} gives {a.n_neurons} outputs but the next Dense "
+                    f"expects {b.n_inputs} inputs"
+                )
+        self.trainable_layers = [layer for layer in self.layers if getattr(layer, "params", ())]
+        self.n_inputs = dense[0].n_inputs if dense else None
+        self.n_outputs = dense[-1].n_neurons if dense else None
+        self.dtype = dense[0].dtype if dense else self.backend.xp.float32
+        fused = isinstance(self.layers[-1], Softmax) and type(self.loss) is CategoricalCrossEntropy
+        self._fused = SoftmaxCrossEntropy(validate=False) if fused else None
+        if self._fused is not None:
+            self._fused.backend = self._fused.activation.backend = self.backend
+        if self.accuracy is None:
+            self.accuracy = Accuracy() if isinstance(self.loss, CLASS_LOSSES) else None
+        self._finalized = True
+        return self
+
+    def _ready(self, what: str, *, train: bool = False) -> None:
+        if not self._finalized:
+            raise RuntimeError(
+                f"Model.{what}: call model.set(loss=..., optimizer=..., accuracy=...) and "
+                "model.finalize() first"
+            )
+        if train and self.optimizer is None:
+            raise RuntimeError(f"Model.{what}: no optimizer; call model.set(optimizer=...)")
+
+    # --- the passes ----------------------------------------------------------------------
+
+    def forward(self, X: Any, training: bool) -> Any:
+        for layer in self.layers:
+            X = layer.forward(X, training=training)
+        return X
+
+    def backward(self, output: Any, y: Any) -> None:
+        """Backpropagate the loss of ``output`` against ``y`` through every layer."""
+        assert self.loss is not None
+        layers = self.layers
+        if self._fused is not None:  # Softmax layer + CCE: (p - onehot) / N straight away
+            self._fused.backward(output, y)
+            layers[-1].dinputs = dvalues = self._fused.dinputs
+            layers = layers[:-1]
+        elif isinstance(self.loss, SoftmaxCrossEntropy):
+            dvalues = self.loss.backward(self.loss.output, y)
+        else:
+            dvalues = self.loss.backward(output, y)
+        for layer in reversed(layers):
+            dvalues = layer.backward(dvalues)
+
+    def _predictions(self, output: Any) -> Any:
+        """What the network predicts: probabilities when the loss applies the softmax."""
+        if isinstance(self.loss, SoftmaxCrossEntropy):
+            return self.loss.activation.forward(output)
+        return output
+
+    # --- data ----------------------------------------------------------------------------
+
+    def _prepare(self, X: Any, y: Any, where: str) -> tuple[Any, Any]:
+        """Check X and y once (on the host where they are host data) and move them to the
+        device; the per-step label checks are then skipped."""
+        x_dev = self._inputs(X, where)
+        n = x_dev.shape[0]
+        y_len = (y.shape[0] if y.ndim else 0) if hasattr(y, "ndim") else len(y)
+        if y_len != n:
+            raise ValueError(f"{where}: X has {n} samples but y has {y_len}; they must match")
+        assert self.loss is not None
+        if isinstance(self.loss, CLASS_LOSSES):
+            if self.n_outputs is None:
+                raise ValueError(f"{where}: no Dense layer, so the number of classes is unknown")
+            y_dev = _checks.labels(self.backend, y, n, self.n_outputs, self.dtype, f"{where} y")
+        else:
+            outputs = self.n_outputs or 1
+            y_dev = _checks.targets(self.backend, y, n, outputs, self.dtype, f"{where} y")
+            _finite(self.backend, y_dev, f"{where}: y")
+        return x_dev, y_dev
+
+    def _inputs(self, X: Any, where: str) -> Any:
+        on_host = array_library(X) in ("numpy", None)
+        x = np.asarray(X) if on_host else self.backend.asarray(X, what=f"{where} X")
+        if x.ndim != 2:
+            hint = " (one sample? use X.reshape(1, -1))" if x.ndim == 1 else ""
+            raise ValueError(
+                f"{where}: expected X of shape (samples, {self.n_inputs}), got {x.ndim}-D "
+                f"shape {tuple(x.shape)}{hint}"
+            )
+        if self.n_inputs is not None and x.shape[1] != self.n_inputs:
+            raise ValueError(
+                f"{where}: expected X with {self.n_inputs} features (the first Dense's "
+                f"n_inputs), got shape {tuple(x.shape)}"
+            )
+        if x.shape[0] == 0:
+            raise ValueError(f"{where}: X is empty (shape {tuple(x.shape)})")
+        x = self.backend.asarray(x, self.dtype, what=f"{where} X")
+        _finite(self.backend, x, f"{where}: X")
+        return x
+
+    @staticmethod
+    def _batch_size(batch_size: int | None, n: int, where: str) -> int:
+        if batch_size is None:
+            return n
+        if not isinstance(batch_size, int | np.integer) or batch_size <= 0:
+            raise ValueError(f"{where}: batch_size must be a positive integer, got {batch_size!r}")
+        return int(batch_size)
+
+    # --- training and inference ----------------------------------------------------------
+
+    def train(
+        self,
+        X: Any,
+        y: Any,
+        *,
+        epochs: int = 1,
+        batch_size: int | None = None,
+        validation_data: tuple[Any, Any] | None = None,
+        print_every: int | None = 1,
+        shuffle: bool = True,
+        seed: int | None = None,
+        on_epoch_end: Callable[[dict[str, float]], None] | None = None,
+    ) -> History:
+        """Train for ``epochs`` passes over (X, y) in mini-batches of ``batch_size`` (all of X
+        when None; the last batch may be smaller) and return the history: one dict per epoch
+        with ``epoch``, ``loss`` (data loss), ``regularization_loss``, ``accuracy``,
+        ``learning_rate`` and, with ``validation_data``, ``val_loss`` and ``val_accuracy``.
+
+        Epoch ``e`` (counting every epoch this model has trained) is shuffled with
+        ``numpy.random.default_rng([seed, e])``, so a run is repeatable and a run resumed from
+        a checkpoint shuffles as the uninterrupted one would. ``print_every`` prints a summary
+        every that many epochs (None or 0: silent); ``on_epoch_end`` gets each epoch's dict.
+        """
+        self._ready("train", train=True)
+        assert self.loss is not None and self.optimizer is not None
+        if not isinstance(epochs, int) or epochs < 0:
+            raise ValueError(f"Model.train: epochs must be an integer >= 0, got {epochs!r}")
+        X_dev, y_dev = self._prepare(X, y, "Model.train")
+        n = X_dev.shape[0]
+        size = self._batch_size(batch_size, n, "Model.train")
+        val = None
+        if validation_data is not None:
+            if not isinstance(validation_data, tuple | list) or len(validation_data) != 2:
+                raise ValueError("Model.train: validation_data must be a pair (X_val, y_val)")
+            val = self._prepare(*validation_data, "Model.train validation_data")
+        if self.accuracy is not None:
+            self.accuracy.init(y)
+        if seed is None:
+            seed = int(np.random.default_rng().integers(2**31))
+        xp = self.backend.xp
+        history: History = []
+        with _Unchecked(self.loss, self.accuracy):
+            for _ in range(epochs):
+                epoch = self.epochs_trained
+                order = None
+                if shuffle:
+                    perm = np.random.default_rng([seed, epoch]).permutation(n)
+                    order = self.backend.asarray(perm)  # one small copy per epoch
+                sums = [0.0, 0.0, 0.0]  # data loss, regularization loss, accuracy (on device)
+                for start in range(0, n, size):
+                    if order is None:
+                        Xb, yb = X_dev[start : start + size], y_dev[start : start + size]
+                    else:
+                        idx = order[start : start + size]
+                        Xb, yb = xp.take(X_dev, idx, axis=0), xp.take(y_dev, idx, axis=0)
+                    step = self._train_step(Xb, yb)
+                    sums = [s + v * Xb.shape[0] for s, v in zip(sums, step, strict=True)]
+                loss, reg, acc = (float(v) / n for v in _host_values(self.backend, sums))
+                self.epochs_trained += 1
+                row = {
+                    "epoch": float(self.epochs_trained),
+                    "loss": loss,
+                    "regularization_loss": reg,
+                    "accuracy": acc,
+                    "learning_rate": self.optimizer.current_learning_rate,
+                }
+                if val is not None:
+                    val_metrics = self._evaluate(*val, size)
+                    row |= {
+                        "val_loss": val_metrics["loss"],
+                        "val_accuracy": val_metrics["accuracy"],
+                    }
+                history.append(row)
+                if print_every and (
+                    self.epochs_trained % print_every == 0 or len(history) == epochs
+                ):
+                    print(_summary(row))
+                if on_epoch_end is not None:
+                    on_epoch_end(row)
+        return history
+
+    def _train_step(self, Xb: Any, yb: Any) -> tuple[Any, Any, Any]:
+        assert self.loss is not None and self.optimizer is not None
+        output = self.forward(Xb, training=True)
+        data_loss = self.loss.forward(output, yb)
+        reg_loss = self.loss.regularization_loss(*self.trainable_layers)
+        self.backward(output, yb)
+        self.optimizer.step(self.trainable_layers)
+        acc = self._accuracy(output, yb)
+        return data_loss, reg_loss, acc
+
+    def _accuracy(self, output: Any, y: Any) -> Any:
+        return 0.0 if self.accuracy is None else self.accuracy.calculate(output, y)
+
+    def evaluate(self, X: Any, y: Any, *, batch_size: int | None = None) -> dict[str, float]:
+        """Loss and accuracy over (X, y) in inference mode (Dropout off), without training."""
+        self._ready("evaluate")
+        X_dev, y_dev = self._prepare(X, y, "Model.evaluate")
+        size = self._batch_size(batch_size, X_dev.shape[0], "Model.evaluate")
+        with _Unchecked(self.loss, self.accuracy):
+            return self._evaluate(X_dev, y_dev, size)
+
+    def _evaluate(self, X_dev: Any, y_dev: Any, size: int) -> dict[str, float]:
+        assert self.loss is not None
+        n = X_dev.shape[0]
+        sums = [0.0, 0.0]
+        for start in range(0, n, size):
+            Xb, yb = X_dev[start : start + size], y_dev[start : start + size]
+            output = self.forward(Xb, training=False)
+            loss = self.loss.forward(output, yb)
+            sums = [
+                s + v * Xb.shape[0]
+                for s, v in zip(sums, (loss, self._accuracy(output, yb)), strict=True)
+            ]
+        loss_sum, acc_sum = _host_values(self.backend, sums)
+        return {"loss": float(loss_sum) / n, "accuracy": float(acc_sum) / n}
+
+    def predict(self, X: Any, *, batch_size: int | None = None) -> Any:
+        """The network's outputs for X (probabilities when the loss is SoftmaxCrossEntropy),
+        in inference mode, as a device array (samples, outputs); ``bg.to_numpy`` to read."""
+        self._ready("predict")
+        X_dev = self._inputs(X, "Model.predict")
+        n = X_dev.shape[0]
+        size = self._batch_size(batch_size, n, "Model.predict")
+        outs = [
+            self._predictions(self.forward(X_dev[s : s + size], training=False))
+            for s in range(0, n, size)
+        ]
+        return outs[0] if len(outs) == 1 else self.backend.xp.concat(outs, axis=0)
+
+    # --- checkpoints ---------------------------------------------------------------------
+
+    def _parameter_arrays(self) -> dict[str, np.ndarray]:
+        return {
+            f"layers.{i}.{name}": to_numpy(getattr(layer, name))
+            for i, layer in enumerate(self.layers)
+            for name in getattr(layer, "params", ())
+        }
+
+    def save_parameters(self, path: str | os.PathLike[str]) -> None:
+        """Write the layers' parameters (weights and biases) to ``path`` (.npz), atomically."""
+        shapes = [type(layer).__name__ for layer in self.layers]
+        checkpoint.save(path, self._parameter_arrays(), {"kind": "parameters", "layers": shapes})
+
+    def load_parameters(self, path: str | os.PathLike[str]) -> None:
+        """Load parameters saved by ``save_parameters`` or ``save`` (from any backend) into
+        this model's layers. Everything is checked first: on any mismatch the model is left
+        unchanged and ``CheckpointError`` names the problem."""
+        arrays, _ = checkpoint.load(path)
+        self._assign(self._checked_parameters(arrays, path))
+
+    def _checked_parameters(
+        self, arrays: dict[str, np.ndarray], path: Any
+    ) -> list[tuple[Any, str, Any]]:
+        updates = []
+        expected = self._parameter_arrays()
+        for key, current in expected.items():
+            if key not in arrays:
+                raise checkpoint.CheckpointError(f"{path}: missing array {key!r}")
+            if arrays[key].shape != current.shape:
+                raise checkpoint.CheckpointError(
+                    f"{path}: {key} has shape {arrays[key].shape}, the model needs {current.shape}"
+                )
+        extra = sorted(
+            k
+            for k in arrays
+            if k.startswith("layers.")
+            and k.split(".")[-1] in ("weights", "biases")
+            and k not in expected
+        )
+        if extra:
+            raise checkpoint.CheckpointError(
+                f"{path}: arrays {extra} have no matching layer in this model"
+            )
+        for key in expected:
+            _, i, name = key.split(".")
+            layer = self.layers[int(i)]
+            value = self.backend.asarray(arrays[key], getattr(layer, name).dtype)
+            updates.append((layer, name, value))
+        return updates
+
+    @staticmethod
+    def _assign(updates: list[tuple[Any, str, Any]]) -> None:
+        for layer, name, value in updates:
+            setattr(layer, name, value)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the whole model to one .npz, atomically: architecture, loss, accuracy and
+        optimizer as JSON, parameters and optimizer state as arrays, and the epoch count, so
+        ``Model.load`` can resume training exactly."""
+        self._ready("save")
+        assert self.loss is not None
+        arrays = self._parameter_arrays()
+        meta: dict[str, Any] = {
+            "kind": "model",
+            "layers": [_spec(layer) for layer in self.layers],
+            "loss": _spec(self.loss),
+            "accuracy": None if self.accuracy is None else _spec(self.accuracy),
+            "epochs_trained": self.epochs_trained,
+            "optimizer": None,
+        }
+        if self.optimizer is not None:
+            opt = self.optimizer
+            meta["optimizer"] = _spec(opt) | {
+                "iterations": opt.iterations,
+                "current_learning_rate": opt.current_learning_rate,
+            }
+            for i, layer in enumerate(self.layers):
+                for name in getattr(layer, "params", ()):
+                    for kind in opt.state_kinds:
+                        state = getattr(layer, state_name(name, kind), None)
+                        if state is not None:
+                            arrays[f"optimizer.{i}.{state_name(name, kind)}"] = to_numpy(state)
+        checkpoint.save(path, arrays, meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Model:
+        """Rebuild a model saved by ``save`` on the active backend, ready to train on."""
+        arrays, meta = checkpoint.load(path)
+        if meta.get("kind") != "model":
+            raise checkpoint.CheckpointError(
+                f"{path}: holds {meta.get('kind')!r}, not a whole model; use load_parameters"
+            )
+        try:
+            model = cls([_build(spec, LAYERS) for spec in meta["layers"]])
+            model.set(
+                loss=_build(meta["loss"], LOSSES),
+                accuracy=None if meta["accuracy"] is None else _build(meta["accuracy"], ACCURACIES),
+            )
+            opt_meta = meta["optimizer"]
+            if opt_meta is not None:
+                model.set(optimizer=_build(opt_meta, OPTIMIZERS))
+            model.finalize()
+        except (KeyError, TypeError, ValueError) as e:
+            raise checkpoint.CheckpointError(f"{path}: cannot rebuild the model: {e}") from e
+        model._assign(model._checked_parameters(arrays, path))
+        model.epochs_trained = int(meta["epochs_trained"])
+        if opt_meta is not None:
+            opt = model.optimizer
+            assert opt is not None
+            opt.iterations = int(opt_meta["iterations"])
+            opt.current_learning_rate = float(opt_meta["current_learning_rate"])
+            for key, value in arrays.items():
+                if key.startswith("optimizer."):
+                    _, i, attr = key.split(".")
+                    layer = model.layers[int(i)]
+                    setattr(layer, attr, model.backend.asarray(value, layer.dtype))
+        return model
+
+    def __repr__(self) -> str:
+        inner = ", ".join(repr(layer) for layer in self.layers)
+        return f"Model([{inner}], loss={self.loss!r}, optimizer={self.optimizer!r})"
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+class _Unchecked:
+    """Turn off the per-call label checks of a loss and accuracy for a block (the Model has
+    checked the whole data set once), and restore them after."""
+
+    def __init__(self, *objects: Any) -> None:
+        self.objects = [o for o in objects if o is not None and hasattr(o, "validate")]
+
+    def __enter__(self) -> None:
+        self.saved = [o.validate for o in self.objects]
+        for o in self.objects:
+            o.validate = False
+
+    def __exit__(self, *exc: object) -> None:
+        for o, v in zip(self.objects, self.saved, strict=True):
+            o.validate = v
+
+
+def _finite(backend: Backend, a: Any, where: str) -> None:
+    """Raise if ``a`` holds NaN or Inf: on the host for host data, one sync otherwise."""
+    xp = backend.xp
+    if not bool(xp.all(xp.isfinite(a))):
+        bad = int(to_numpy(xp.sum(xp.astype(~xp.isfinite(a), xp.int64))))
+        raise ValueError(f"{where} holds {bad} NaN or infinite values; clean the data first")
+
+
+def _host_values(backend: Backend, values: list[Any]) -> np.ndarray:
+    """Several device scalars to the host in one copy."""
+    xp = backend.xp
+    arrays = [backend.asarray(v) if isinstance(v, float) else v for v in values]
+    return to_numpy(xp.stack([xp.astype(a, xp.float64) for a in arrays]))
+
+
+def _spec(obj: Any) -> dict[str, Any]:
+    return {"class": type(obj).__name__, "config": obj.get_config()}
+
+
+def _build(spec: dict[str, Any], registry: Mapping[str, Any]) -> Any:
+    name = spec["class"]
+    if name not in registry:
+        raise ValueError(f"unknown class {name!r}; known: {', '.join(registry)}")
+    return registry[name](**spec["config"])
+
+
+def _summary(row: dict[str, float]) -> str:
+    text = (
+        f"epoch {int(row['epoch'])}: loss {row['loss']:.4f} "
+        f"(reg {row['regularization_loss']:.4f}), acc {row['accuracy']:.4f}, "
+        f"lr {row['learning_rate']:.6g}"
+    )
+    if "val_loss" in row:
+        text += f", val_loss {row['val_loss']:.4f}, val_acc {row['val_accuracy']:.4f}"
+    return text
