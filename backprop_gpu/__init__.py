@@ -3,22 +3,43 @@
 The math is written once against an ``xp`` array module chosen by :mod:`backprop_gpu.backend`.
 """
 
-from .activations import ReLU, Softmax
+from .activations import Linear, ReLU, Sigmoid, Softmax
 from .backend import Backend, asarray, get_backend, set_backend, to_numpy, use_backend
-from .layers import Dense
-from .losses import CategoricalCrossEntropy, SoftmaxCrossEntropy
-from .metrics import Accuracy
-from .optimizers import SGD
+from .checkpoint import CheckpointError
+from .layers import Dense, Dropout
+from .losses import (
+    BinaryCrossEntropy,
+    CategoricalCrossEntropy,
+    MeanAbsoluteError,
+    MeanSquaredError,
+    SoftmaxCrossEntropy,
+)
+from .metrics import Accuracy, BinaryAccuracy, RegressionAccuracy
+from .model import Model
+from .optimizers import SGD, Adagrad, Adam, RMSprop
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SGD",
     "Accuracy",
+    "Adagrad",
+    "Adam",
     "Backend",
+    "BinaryAccuracy",
+    "BinaryCrossEntropy",
     "CategoricalCrossEntropy",
+    "CheckpointError",
     "Dense",
+    "Dropout",
+    "Linear",
+    "MeanAbsoluteError",
+    "MeanSquaredError",
+    "Model",
+    "RMSprop",
+    "RegressionAccuracy",
     "ReLU",
+    "Sigmoid",
     "Softmax",
     "SoftmaxCrossEntropy",
     "asarray",

@@ -188,6 +188,13 @@ class Dropout:
         self.mask: Any = None
         self.dinputs: Any = None
 
+    def reseed(self, epoch: int) -> None:
+        """Restart the mask stream from (seed, epoch); the Model calls this at each epoch so a
+        run resumed from a checkpoint drops the same units as an uninterrupted one."""
+        if self.seed is not None:
+            state = np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0]
+            self.rng = self.backend.random(int(state))
+
     def forward(self, inputs: Any, training: bool = True) -> Any:
         self.inputs = _checks.floats(self.backend, inputs, "Dropout.forward")
         if not training or not self.rate:

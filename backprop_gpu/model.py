@@ -250,16 +250,20 @@ class Model:
         with _Unchecked(self.loss, self.accuracy):
             for _ in range(epochs):
                 epoch = self.epochs_trained
+                for layer in self.layers:
+                    if hasattr(layer, "reseed"):
+                        layer.reseed(epoch)
                 order = None
                 if shuffle:
                     perm = np.random.default_rng([seed, epoch]).permutation(n)
                     order = self.backend.asarray(perm)  # one small copy per epoch
                 sums = [0.0, 0.0, 0.0]  # data loss, regularization loss, accuracy (on device)
                 for start in range(0, n, size):
+                    stop = min(start + size, n)  # the last batch may be partial
                     if order is None:
-                        Xb, yb = X_dev[start : start + size], y_dev[start : start + size]
+                        Xb, yb = X_dev[start:stop, ...], y_dev[start:stop, ...]
                     else:
-                        idx = order[start : start + size]
+                        idx = order[start:stop]
                         Xb, yb = xp.take(X_dev, idx, axis=0), xp.take(y_dev, idx, axis=0)
                     step = self._train_step(Xb, yb)
                     sums = [s + v * Xb.shape[0] for s, v in zip(sums, step, strict=True)]
@@ -313,7 +317,8 @@ class Model:
         n = X_dev.shape[0]
         sums = [0.0, 0.0]
         for start in range(0, n, size):
-            Xb, yb = X_dev[start : start + size], y_dev[start : start + size]
+            stop = min(start + size, n)
+            Xb, yb = X_dev[start:stop, ...], y_dev[start:stop, ...]
             output = self.forward(Xb, training=False)
             loss = self.loss.forward(output, yb)
             sums = [
@@ -331,7 +336,7 @@ class Model:
         n = X_dev.shape[0]
         size = self._batch_size(batch_size, n, "Model.predict")
         outs = [
-            self._predictions(self.forward(X_dev[s : s + size], training=False))
+            self._predictions(self.forward(X_dev[s : min(s + size, n), ...], training=False))
             for s in range(0, n, size)
         ]
         return outs[0] if len(outs) == 1 else self.backend.xp.concat(outs, axis=0)
