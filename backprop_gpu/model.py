@@ -27,11 +27,12 @@ from .backend import Backend, array_library, to_numpy
 from .layers import Dense, Dropout
 from .losses import (
     LOSSES,
+    BinaryCrossEntropy,
     CategoricalCrossEntropy,
     Loss,
     SoftmaxCrossEntropy,
 )
-from .metrics import ACCURACIES, Accuracy
+from .metrics import ACCURACIES, Accuracy, BinaryAccuracy
 from .optimizers import OPTIMIZERS, Optimizer, state_name
 
 LAYERS: dict[str, type] = {
@@ -113,8 +114,10 @@ class Model:
         self._fused = SoftmaxCrossEntropy(validate=False) if fused else None
         if self._fused is not None:
             self._fused.backend = self._fused.activation.backend = self.backend
-        if self.accuracy is None:
-            self.accuracy = Accuracy() if isinstance(self.loss, CLASS_LOSSES) else None
+        if self.accuracy is None and isinstance(self.loss, CLASS_LOSSES):
+            self.accuracy = Accuracy()  # the obvious one; regression must choose its own
+        elif self.accuracy is None and isinstance(self.loss, BinaryCrossEntropy):
+            self.accuracy = BinaryAccuracy()
         self._finalized = True
         return self
 
@@ -126,6 +129,11 @@ class Model:
             )
         if train and self.optimizer is None:
             raise RuntimeError(f"Model.{what}: no optimizer; call model.set(optimizer=...)")
+        if what in ("train", "evaluate") and self.accuracy is None:
+            raise RuntimeError(
+                f"Model.{what}: no accuracy for {self.loss!r}; call "
+                "model.set(accuracy=RegressionAccuracy()) (or another accuracy)"
+            )
 
     # --- the passes ----------------------------------------------------------------------
 
@@ -302,7 +310,7 @@ class Model:
         return data_loss, reg_loss, acc
 
     def _accuracy(self, output: Any, y: Any) -> Any:
-        return 0.0 if self.accuracy is None else self.accuracy.calculate(output, y)
+        return self.accuracy.calculate(output, y)
 
     def evaluate(self, X: Any, y: Any, *, batch_size: int | None = None) -> dict[str, float]:
         """Loss and accuracy over (X, y) in inference mode (Dropout off), without training."""

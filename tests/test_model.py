@@ -256,8 +256,18 @@ def test_bad_validation_data() -> None:
         classifier().train(X, Y, validation_data=(X[:, :1], Y), print_every=0)
 
 
-def test_nan_in_regression_targets_is_refused() -> None:
+def test_regression_needs_an_accuracy() -> None:
     model = bg.Model([bg.Dense(1, 1), bg.Linear()])
     model.set(loss=bg.MeanSquaredError(), optimizer=bg.SGD(0.1)).finalize()
+    with pytest.raises(RuntimeError, match=r"no accuracy for MeanSquaredError\(\).*Regression"):
+        model.train(np.ones((3, 1)), np.ones(3), print_every=0)
+    binary = bg.Model([bg.Dense(1, 1), bg.Sigmoid()]).set(loss=bg.BinaryCrossEntropy()).finalize()
+    assert isinstance(binary.accuracy, bg.BinaryAccuracy)
+
+
+def test_nan_in_regression_targets_is_refused() -> None:
+    model = bg.Model([bg.Dense(1, 1), bg.Linear()])
+    model.set(loss=bg.MeanSquaredError(), optimizer=bg.SGD(0.1), accuracy=bg.RegressionAccuracy())
+    model.finalize()
     with pytest.raises(ValueError, match="Model.train: y holds 1 NaN"):
         model.train(np.ones((3, 1)), np.array([1.0, math.nan, 2.0]), print_every=0)

@@ -20,3 +20,15 @@ def test_readme_tour_runs_and_learns() -> None:
     loss, acc, shape = out.getvalue().splitlines()[0].split() + out.getvalue().splitlines()[1:]
     assert float(loss) < 0.2 and float(acc) > 0.9
     assert shape == "(2, 64)"
+
+
+def test_readme_model_section_runs(tmp_path: object, monkeypatch: object) -> None:
+    block = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[1]
+    monkeypatch.chdir(tmp_path)  # type: ignore[attr-defined]
+    out = io.StringIO()
+    with bg.use_backend("numpy"), contextlib.redirect_stdout(out):
+        namespace: dict[str, object] = {}
+        exec(compile(block, str(README), "exec"), namespace)
+    val_accuracy, test_accuracy = map(float, out.getvalue().splitlines()[-1].split())
+    assert val_accuracy == test_accuracy > 0.93
+    assert namespace["probabilities"].shape == (5, 10)  # type: ignore[attr-defined]
