@@ -278,7 +278,7 @@ class Model:
                 loss, reg, acc = (float(v) / n for v in _host_values(self.backend, sums))
                 self.epochs_trained += 1
                 row = {
-                    "epoch": float(self.epochs_trained),
+                    "epoch": self.epochs_trained,
                     "loss": loss,
                     "regularization_loss": reg,
                     "accuracy": acc,

@@ -32,3 +32,14 @@ def test_readme_model_section_runs(tmp_path: object, monkeypatch: object) -> Non
     val_accuracy, test_accuracy = map(float, out.getvalue().splitlines()[-1].split())
     assert val_accuracy == test_accuracy > 0.93
     assert namespace["probabilities"].shape == (5, 10)  # type: ignore[attr-defined]
+
+
+def test_readme_sweep_runs(tmp_path: object, monkeypatch: object) -> None:
+    block = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[2]
+    monkeypatch.chdir(tmp_path)  # type: ignore[attr-defined]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(block, str(README), "exec"), {})
+    lines = out.getvalue().splitlines()
+    assert [line.split()[0] for line in lines] == ["0.01", "0.02"]
+    assert all(0.3 < float(line.split()[1]) <= 1 for line in lines)

@@ -1,0 +1,180 @@
+"""The ``backprop-gpu`` command: ``info``, ``train``, ``evaluate``, ``predict``.
+
+Exit codes: 0 ok, 2 usage errors (unknown names, malformed values, bad config files),
+1 failures (a run folder that exists, nothing to resume, an unwritable folder, no GPU for
+``--backend cupy``, a damaged checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import experiment
+from .checkpoint import CheckpointError
+from .experiment import Config, ConfigError, RunError
+
+D = Config()  # the defaults, shown in --help
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="backprop-gpu", description="Train and use backprop_gpu models from the shell."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    info = commands.add_parser("info", help="versions, and the backend auto picks and why")
+    info.add_argument("--json", action="store_true", help="print JSON")
+
+    train = commands.add_parser(
+        "train",
+        help="train on a built-in data set and record the run in a folder",
+        description="Train on a built-in data set; flags override --config, which overrides "
+        "the defaults shown.",
+    )
+    add = train.add_argument
+    add("--config", type=Path, metavar="FILE.toml", help="settings file (same keys as the flags)")
+    add("--dataset", choices=experiment.DATASETS, help=f"(default: {D.dataset})")
+    add("--hidden", metavar="SIZES", help="hidden layer sizes, e.g. 128,64 (default: 64,64)")
+    add("--activation", choices=tuple(experiment.ACTIVATIONS), help=f"(default: {D.activation})")
+    add("--optimizer", choices=tuple(experiment.OPTIMIZERS), help=f"(default: {D.optimizer})")
+    add("--lr", type=float, help=f"learning rate (default: per optimizer, {experiment.DEFAULT_LR})")
+    add("--decay", type=float, help=f"learning-rate decay (default: {D.decay})")
+    add("--momentum", type=float, help=f"SGD momentum (default: {D.momentum})")
+    add("--l2", type=float, help=f"L2 weight regularisation (default: {D.l2})")
+    add(
+        "--dropout", type=float, help=f"dropout rate after each hidden layer (default: {D.dropout})"
+    )
+    add("--epochs", type=int, help=f"(default: {D.epochs})")
+    add("--batch-size", type=int, dest="batch_size", help=f"(default: {D.batch_size})")
+    add("--samples", type=int, help=f"samples for generated data sets (default: {D.samples})")
+    add("--seed", type=int, help=f"(default: {D.seed})")
+    add("--backend", choices=("auto", "numpy", "cupy"), help=f"(default: {D.backend})")
+    add("--out", metavar="RUN_DIR", help="run folder (default: runs/<dataset>-<date>-<time>)")
+    add("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    add("--quiet", action="store_true", help="no progress output")
+    add("--no-plots", action="store_true", help="skip the PNG plots")
+
+    evaluate = commands.add_parser("evaluate", help="a run's model on its validation data")
+    evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    evaluate.add_argument("--last", action="store_true", help="checkpoint.npz, not best.npz")
+
+    predict = commands.add_parser("predict", help="a run's model on inputs from a .npy file")
+    predict.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    predict.add_argument("--input", type=Path, required=True, metavar="FILE.npy")
+    predict.add_argument("--output", type=Path, metavar="FILE.npy", help="save outputs here")
+    predict.add_argument("--last", action="store_true", help="checkpoint.npz, not best.npz")
+    return parser
+
+
+SETTINGS = [f.name for f in dataclasses.fields(Config)]
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        import tomllib  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:  # Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef,unused-ignore]
+        except ImportError:
+            raise ConfigError("--config needs Python >= 3.11 or `pip install tomli`") from None
+    try:
+        with path.open("rb") as f:
+            values: dict[str, Any] = tomllib.load(f)
+            return values
+    except OSError as e:
+        raise ConfigError(f"--config {path}: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"--config {path}: not valid TOML ({e})") from None
+
+
+def _train(args: argparse.Namespace, argv: list[str]) -> int:
+    given = {k: getattr(args, k) for k in SETTINGS if getattr(args, k, None) is not None}
+    interactive = sys.stdout.isatty() and not args.quiet
+    options: dict[str, Any] = {
+        "report": None if args.quiet else print,
+        "progress": interactive,
+        "plots": not args.no_plots,
+        "command": ["backprop-gpu", *argv],
+    }
+    if args.resume:
+        if args.out is None:
+            raise ConfigError("--resume needs --out RUN_DIR, the run to continue")
+        file_values = _read_toml(args.config) if args.config else {}
+        summary = experiment.resume(args.out, {**file_values, **given}, **options)
+    else:
+        values = _read_toml(args.config) if args.config else {}
+        where = f"--config {args.config}" if args.config else "flags"
+        config = Config.from_mapping({**values, **given}, where=where)
+        summary = experiment.run(config, **options)
+    final = summary["final"]
+    if final:
+        print(
+            f"done: {summary['epochs']} epochs in {summary['wall_seconds']:.1f} s, "
+            f"val_loss {final['val_loss']:.4f}, val_acc {final['val_accuracy']:.4f}; "
+            f"run folder: {summary['run']}"
+        )
+    else:
+        print(f"nothing to do: the run already has {summary['epochs']} epochs; {summary['run']}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    found = experiment.info()
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    for name, version in found["versions"].items():
+        print(f"{name}: {version}")
+    backend = found["backend"]
+    print(f"backend (auto): {backend['name']} on {backend['device']}")
+    if backend["reason"]:
+        print(f"why: {backend['reason']}")
+    for device in found.get("devices", []):
+        print(
+            f"GPU {device['id']}: {device['name']}, {device['memory_free'] / 2**30:.1f} GiB free "
+            f"of {device['memory_total'] / 2**30:.1f} GiB"
+        )
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    try:
+        inputs = np.load(args.input, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise RunError(f"--input {args.input}: cannot read a .npy array ({e})") from None
+    outputs = experiment.predict(args.run_dir, inputs, best=not args.last)
+    if args.output is not None:
+        np.save(args.output, outputs)
+        print(f"wrote {args.output} {outputs.shape}")
+    else:
+        np.savetxt(sys.stdout, outputs, fmt="%.6g")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    args = parser.parse_args(argv)  # exits with 2 on usage errors
+    try:
+        if args.command == "info":
+            return _info(args)
+        if args.command == "train":
+            return _train(args, argv)
+        if args.command == "evaluate":
+            print(json.dumps(experiment.evaluate(args.run_dir, best=not args.last)))
+            return 0
+        return _predict(args)
+    except ConfigError as e:
+        parser.exit(2, f"backprop-gpu: error: {e}\n")
+    except (RunError, CheckpointError, RuntimeError, OSError, ValueError) as e:
+        print(f"backprop-gpu: {e}", file=sys.stderr)
+        return 1
+    return 0

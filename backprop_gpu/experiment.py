@@ -1,0 +1,546 @@
+"""Scripted experiments: one function, ``run(config)``, trains a model on a built-in data set
+and records the run in a folder, so a sweep is a Python loop or a shell loop over the
+``backprop-gpu`` command, which calls this.
+
+A run folder holds:
+
+- ``config.json``: every resolved setting, the backend and why it was chosen, package
+  versions, the command line and the start time;
+- ``metrics.csv`` and ``metrics.jsonl``: one row per epoch, flushed as each epoch ends (a
+  killed run keeps its history);
+- ``checkpoint.npz``: the whole model after the last epoch (atomic; ``resume`` continues from
+  it) and ``best.npz`` when the validation loss was lowest;
+- ``summary.json``: final and best metrics, wall time and samples per second;
+- ``loss.png``, ``accuracy.png`` and, for 2-D data, ``decision_boundary.png`` (``plot`` extra).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as dt
+import itertools
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__, datasets
+from .activations import Linear, ReLU, Sigmoid
+from .backend import to_numpy, use_backend
+from .layers import Dense, Dropout
+from .losses import MeanSquaredError, SoftmaxCrossEntropy
+from .metrics import Accuracy, RegressionAccuracy
+from .model import Model
+from .optimizers import SGD, Adagrad, Adam, RMSprop
+
+DATASETS = ("spiral", "vertical", "sine", "digits")
+ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "linear": Linear}
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "rmsprop": RMSprop, "adagrad": Adagrad}
+DEFAULT_LR = {"sgd": 1.0, "adam": 0.02, "rmsprop": 0.001, "adagrad": 1.0}
+
+
+class ConfigError(ValueError):
+    """A setting that is unknown or of the wrong type or value (a usage error)."""
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or continue: folder exists, no checkpoint, unwritable, ..."""
+
+
+@dataclasses.dataclass
+class Config:
+    """Every setting of a run. ``lr=None`` takes the optimizer's default (``DEFAULT_LR``)."""
+
+    dataset: str = "spiral"
+    hidden: tuple[int, ...] = (64, 64)
+    activation: str = "relu"
+    optimizer: str = "adam"
+    lr: float | None = None
+    decay: float = 1e-4
+    momentum: float = 0.0
+    l2: float = 0.0
+    dropout: float = 0.0
+    epochs: int = 300
+    batch_size: int = 64
+    samples: int = 1000
+    seed: int = 0
+    backend: str = "auto"
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        choices = {
+            "dataset": DATASETS,
+            "activation": tuple(ACTIVATIONS),
+            "optimizer": tuple(OPTIMIZERS),
+            "backend": ("auto", "numpy", "cupy"),
+        }
+        for key, valid in choices.items():
+            if getattr(self, key) not in valid:
+                raise ConfigError(
+                    f"{key}: unknown {key} {getattr(self, key)!r}; valid: {', '.join(valid)}"
+                )
+        if not self.hidden or any(not isinstance(h, int) or h < 1 for h in self.hidden):
+            raise ConfigError(f"hidden: expected positive layer sizes, got {self.hidden!r}")
+        for key in ("epochs", "batch_size", "samples"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        for key in ("decay", "momentum", "l2", "dropout"):
+            if not math.isfinite(getattr(self, key)) or getattr(self, key) < 0:
+                raise ConfigError(f"{key}: must be a finite number >= 0, got {getattr(self, key)}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr: must be a positive finite number, got {self.lr}")
+        if self.dropout >= 1 or self.momentum >= 1:
+            raise ConfigError("dropout and momentum must be < 1")
+        if self.momentum and self.optimizer != "sgd":
+            raise ConfigError(
+                f"momentum: only the sgd optimizer has momentum, not {self.optimizer}"
+            )
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], where: str = "config") -> Config:
+        """Build from a dict (a TOML file, JSON, flags), checking every key and type."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(fields)}"
+            )
+        kwargs = {key: _coerce(key, value, where) for key, value in values.items()}
+        return cls(**kwargs)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "hidden": list(self.hidden)}
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "dataset": (str,), "activation": (str,), "optimizer": (str,), "backend": (str,),
+    "out": (str,), "lr": (int, float), "decay": (int, float), "momentum": (int, float),
+    "l2": (int, float), "dropout": (int, float), "epochs": (int,), "batch_size": (int,),
+    "samples": (int,), "seed": (int,),
+}  # fmt: skip
+
+
+def parse_hidden(value: Any) -> tuple[int, ...]:
+    """``"64,64"``, ``[64, 64]`` or ``64`` -> ``(64, 64)``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value,)
+    if isinstance(value, str):
+        try:
+            return tuple(int(part) for part in value.split(",") if part.strip())
+        except ValueError:
+            raise ConfigError(
+                f"hidden: expected comma-separated layer sizes such as 64,64; got {value!r}"
+            ) from None
+    if isinstance(value, list | tuple) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        return tuple(value)
+    raise ConfigError(f"hidden: expected layer sizes such as [64, 64] or '64,64'; got {value!r}")
+
+
+def _coerce(key: str, value: Any, where: str) -> Any:
+    if key == "hidden":
+        return parse_hidden(value)
+    if value is None and key in ("lr", "out"):
+        return None
+    types = _TYPES[key]
+    if isinstance(value, bool) or not isinstance(value, types):
+        expected = " or ".join(t.__name__ for t in types)
+        raise ConfigError(
+            f"{where}: {key} must be {expected}, got {type(value).__name__} {value!r}"
+        )
+    return float(value) if float in types else value  # type: ignore[arg-type]
+
+
+# --- data and model ------------------------------------------------------------------------
+
+
+def load_data(config: Config) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``X_train, y_train, X_val, y_val`` for the configured data set (host arrays)."""
+    n, seed = config.samples, config.seed
+    if config.dataset == "digits":
+        return datasets.load_digits()
+    if config.dataset == "sine":
+        X, y = datasets.sine_data(n)
+        X_val = np.random.default_rng(seed + 1).random((max(n // 5, 1), 1)).astype(np.float32)
+        return X, y, X_val, np.sin(2 * np.pi * X_val).astype(np.float32)
+    make = datasets.spiral_data if config.dataset == "spiral" else datasets.vertical_data
+    per_class = max(n // 3, 1)
+    X, y = make(per_class, 3, seed=seed)
+    X_val, y_val = make(max(per_class // 5, 1), 3, seed=seed + 1)
+    return X, y, X_val, y_val
+
+
+def build_model(config: Config, n_inputs: int, n_outputs: int) -> Model:
+    """Dense layers of ``hidden`` sizes with the activation (and dropout) after each, then a
+    Dense output: logits with softmax cross-entropy, or a Linear output with MSE for sine."""
+    layers: list[Any] = []
+    sizes = [n_inputs, *config.hidden]
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+        init = "he" if config.activation == "relu" else "glorot"
+        layers.append(Dense(a, b, init=init, seed=config.seed + i, weight_regularizer_l2=config.l2))
+        layers.append(ACTIVATIONS[config.activation]())
+        if config.dropout:
+            layers.append(Dropout(config.dropout, seed=config.seed + i))
+    layers.append(Dense(sizes[-1], n_outputs, init="glorot", seed=config.seed + len(sizes)))
+    lr = config.lr if config.lr is not None else DEFAULT_LR[config.optimizer]
+    kwargs: dict[str, Any] = {"learning_rate": lr, "decay": config.decay}
+    if config.optimizer == "sgd":
+        kwargs["momentum"] = config.momentum
+    model = Model(layers)
+    if config.dataset == "sine":
+        model.add(Linear())
+        model.set(loss=MeanSquaredError(), accuracy=RegressionAccuracy())
+    else:
+        model.set(loss=SoftmaxCrossEntropy(), accuracy=Accuracy())
+    model.set(optimizer=OPTIMIZERS[config.optimizer](**kwargs))
+    return model.finalize()
+
+
+# --- the run folder ------------------------------------------------------------------------
+
+
+def default_out(config: Config) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path("runs") / f"{config.dataset}-{stamp}"
+    suffix = 1
+    while path.exists():
+        suffix += 1
+        path = Path("runs") / f"{config.dataset}-{stamp}-{suffix}"
+    return path
+
+
+def versions() -> dict[str, str]:
+    found = {
+        "backprop_gpu": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
+    for name in ("cupy", "matplotlib", "tqdm", "sklearn"):
+        module = sys.modules.get(name)
+        if module is not None:
+            found[name] = getattr(module, "__version__", "?")
+    return found
+
+
+def _prepare_folder(out: Path, resume: bool) -> None:
+    if resume:
+        if not (out / "checkpoint.npz").is_file():
+            raise RunError(f"{out}: nothing to resume (no checkpoint.npz in it)")
+        return
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise RunError(
+            f"{out} already exists and is not empty; pass --resume to continue that run or "
+            "choose another --out"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise RunError(f"cannot write the run folder {out}: {e.strerror or e}") from e
+
+
+class _MetricsWriter:
+    """Appends one row per epoch to metrics.csv and metrics.jsonl, flushed at once."""
+
+    COLUMNS = ("epoch", "loss", "regularization_loss", "accuracy", "learning_rate",
+               "val_loss", "val_accuracy", "seconds")  # fmt: skip
+
+    def __init__(self, out: Path) -> None:
+        csv_path = out / "metrics.csv"
+        new = not csv_path.exists()
+        self.csv_file = csv_path.open("a", newline="")
+        self.jsonl_file = (out / "metrics.jsonl").open("a")
+        self.writer = csv.DictWriter(self.csv_file, fieldnames=self.COLUMNS)
+        if new:
+            self.writer.writeheader()
+
+    def write(self, row: dict[str, float]) -> None:
+        self.writer.writerow({k: row.get(k, "") for k in self.COLUMNS})
+        self.jsonl_file.write(json.dumps(row) + "\n")
+        for f in (self.csv_file, self.jsonl_file):
+            f.flush()
+            os.fsync(f.fileno())
+
+    def close(self) -> None:
+        self.csv_file.close()
+        self.jsonl_file.close()
+
+
+def read_metrics(out: Path) -> list[dict[str, float]]:
+    path = Path(out) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+# --- running -------------------------------------------------------------------------------
+
+
+def run(
+    config: Config | Mapping[str, Any],
+    *,
+    report: Callable[[str], None] | None = print,
+    progress: bool = False,
+    plots: bool = True,
+    command: list[str] | None = None,
+) -> dict[str, Any]:
+    """Train as ``config`` says (a ``Config`` or a dict of its keys), record the run in its
+    folder (``config.out``, else a new ``runs/<dataset>-<time>``) and return the summary.
+
+    An existing, non-empty folder is refused (``RunError``); use ``resume`` to continue it.
+    ``report`` gets one line per epoch (None: silent); ``progress=True`` shows a tqdm bar
+    instead when tqdm is installed; ``plots=False`` skips the PNG files.
+    """
+    if not isinstance(config, Config):
+        config = Config.from_mapping(config)
+    out = Path(config.out) if config.out else default_out(config)
+    _prepare_folder(out, resume=False)
+    config = dataclasses.replace(config, out=str(out))
+    return _execute(config, False, report, progress, plots, command)
+
+
+def resume(
+    run_dir: str | os.PathLike[str],
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    report: Callable[[str], None] | None = print,
+    progress: bool = False,
+    plots: bool = True,
+    command: list[str] | None = None,
+) -> dict[str, Any]:
+    """Continue the run in ``run_dir`` from its checkpoint, with its saved settings, up to
+    ``epochs`` epochs in all (``overrides={"epochs": N}`` raises the target; any other setting
+    that differs from the saved one is refused). The continued metrics equal those of an
+    uninterrupted run: optimizer state, epoch count, shuffling and dropout all carry on."""
+    run_dir = Path(run_dir)
+    saved = _saved_config(run_dir)
+    for key, value in (overrides or {}).items():
+        value = Config.from_mapping({**saved.as_dict(), key: value}).as_dict()[key]
+        if key == "epochs":
+            saved = dataclasses.replace(saved, epochs=value)
+        elif key != "out" and value != saved.as_dict()[key]:
+            what = "a different architecture" if key in ARCHITECTURE else "a different setting"
+            raise RunError(
+                f"{run_dir}: {key}={value!r} is {what} from the run's {key}="
+                f"{saved.as_dict()[key]!r}; a resumed run keeps its settings (only epochs may "
+                "change)"
+            )
+    _prepare_folder(run_dir, resume=True)
+    config = dataclasses.replace(saved, out=str(run_dir))
+    return _execute(config, True, report, progress, plots, command)
+
+
+ARCHITECTURE = ("dataset", "hidden", "activation", "dropout", "samples")
+
+
+def _execute(
+    config: Config,
+    resuming: bool,
+    report: Callable[[str], None] | None,
+    progress: bool,
+    plots: bool,
+    command: list[str] | None,
+) -> dict[str, Any]:
+    out = Path(str(config.out))
+    with use_backend(config.backend) as backend:
+        X, y, X_val, y_val = load_data(config)
+        n_outputs = 1 if config.dataset == "sine" else int(y.max()) + 1
+        fresh = build_model(config, X.shape[1], n_outputs)
+        if resuming:
+            model = Model.load(out / "checkpoint.npz")
+            _check_same_architecture(model, fresh, out)
+        else:
+            model = fresh
+            _write_json(out / "config.json", {
+                "config": config.as_dict(),
+                "backend": {"name": backend.name, "device": str(backend.device),
+                            "reason": backend.reason},
+                "versions": versions(),
+                "command": command if command is not None else sys.argv,
+                "started": dt.datetime.now().isoformat(timespec="seconds"),
+            })  # fmt: skip
+        history = read_metrics(out) if resuming else []
+        remaining = max(config.epochs - model.epochs_trained, 0)
+        best = min((r.get("val_loss", math.inf) for r in history), default=math.inf)
+        writer = _MetricsWriter(out)
+        bar = _progress_bar(remaining, progress)
+        started = epoch_started = time.perf_counter()
+
+        def on_epoch_end(row: dict[str, float]) -> None:
+            nonlocal best, epoch_started
+            now = time.perf_counter()
+            row = {**row, "seconds": now - epoch_started}
+            epoch_started = now
+            writer.write(row)
+            history.append(row)
+            model.save(out / "checkpoint.npz")
+            if row["val_loss"] < best:
+                best = row["val_loss"]
+                model.save(out / "best.npz")
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['accuracy']:.3f}",
+                                val_acc=f"{row['val_accuracy']:.3f}")  # fmt: skip
+            elif report is not None:
+                report(_line(row, config.epochs))
+
+        try:
+            model.train(
+                X, y, epochs=remaining, batch_size=config.batch_size,
+                validation_data=(X_val, y_val), print_every=0, seed=config.seed,
+                on_epoch_end=on_epoch_end,
+            )  # fmt: skip
+        finally:
+            writer.close()
+            if bar is not None:
+                bar.close()
+        seconds = time.perf_counter() - started
+        summary = _summary(config, history, seconds, len(X) * remaining, backend.name)
+        _write_json(out / "summary.json", summary)
+        if plots:
+            two_d = model if X.shape[1] == 2 else None
+            summary["plots"] = _plots(out, history, two_d, X, y, report)
+    return summary
+
+
+def _saved_config(run_dir: Path) -> Config:
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise RunError(f"{run_dir}: no config.json in it (is it a run folder?)")
+    return Config.from_mapping(json.loads(path.read_text())["config"], where=str(path))
+
+
+def _check_same_architecture(loaded: Model, expected: Model, out: Path) -> None:
+    shapes = [(type(lyr).__name__, getattr(lyr, "n_inputs", None), getattr(lyr, "n_neurons", None))
+              for lyr in loaded.layers]  # fmt: skip
+    wanted = [(type(lyr).__name__, getattr(lyr, "n_inputs", None), getattr(lyr, "n_neurons", None))
+              for lyr in expected.layers]  # fmt: skip
+    if shapes != wanted:
+        raise RunError(
+            f"{out}: the checkpoint's architecture {shapes} differs from the config's {wanted}"
+        )
+
+
+def _progress_bar(total: int, wanted: bool) -> Any:
+    if not wanted:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="epoch", dynamic_ncols=True)
+
+
+def _line(row: dict[str, float], epochs: int) -> str:
+    return (
+        f"epoch {int(row['epoch'])}/{epochs}: loss {row['loss']:.4f}, acc {row['accuracy']:.4f}, "
+        f"val_loss {row['val_loss']:.4f}, val_acc {row['val_accuracy']:.4f}, "
+        f"lr {row['learning_rate']:.4g}"
+    )
+
+
+def _summary(
+    config: Config, history: list[dict[str, float]], seconds: float, samples: int, backend: str
+) -> dict[str, Any]:
+    final = history[-1] if history else {}
+    best = min(history, key=lambda r: r["val_loss"]) if history else {}
+    return {
+        "run": config.out,
+        "dataset": config.dataset,
+        "backend": backend,
+        "epochs": int(final.get("epoch", 0)),
+        "final": final,
+        "best": best,
+        "wall_seconds": seconds,
+        "samples_per_second": samples / seconds if seconds > 0 else None,
+    }
+
+
+def _plots(
+    out: Path,
+    history: list[dict[str, float]],
+    model: Model | None,
+    X: np.ndarray,
+    y: np.ndarray,
+    report: Callable[[str], None] | None,
+) -> list[str]:
+    from . import plots
+
+    try:
+        written = plots.write_all(out, history, model, X, y)
+    except ImportError:
+        if report is not None:
+            report("note: plots skipped (matplotlib missing: pip install 'backprop-gpu[plot]')")
+        return []
+    return [p.name for p in written]
+
+
+def info() -> dict[str, Any]:
+    """What ``backprop-gpu info`` prints: versions, the backend ``auto`` picks and why, and
+    the GPU's name and memory when there is one."""
+    found: dict[str, Any] = {"versions": versions()}
+    try:
+        import cupy
+
+        found["versions"]["cupy"] = cupy.__version__
+    except Exception as e:
+        found["versions"]["cupy"] = f"not importable ({type(e).__name__})"
+    with use_backend("auto") as backend:
+        pass
+    found["backend"] = {"name": backend.name, "device": str(backend.device),
+                        "reason": backend.reason}  # fmt: skip
+    if backend.name == "cupy":
+        runtime = backend.xp.cuda.runtime
+        devices = []
+        for i in range(runtime.getDeviceCount()):
+            props = runtime.getDeviceProperties(i)
+            with backend.xp.cuda.Device(i):
+                free, total = runtime.memGetInfo()
+            devices.append({"id": i, "name": props["name"].decode(), "memory_total": total,
+                            "memory_free": free})  # fmt: skip
+        found["devices"] = devices
+    return found
+
+
+def predict(
+    run_dir: str | os.PathLike[str], inputs: np.ndarray, *, best: bool = True
+) -> np.ndarray:
+    """Outputs of a run's model (best.npz if present and ``best``, else checkpoint.npz)."""
+    model = _load_run_model(Path(run_dir), best)
+    return to_numpy(model.predict(inputs))
+
+
+def evaluate(run_dir: str | os.PathLike[str], *, best: bool = True) -> dict[str, float]:
+    """The run's model on its validation data: ``{"loss": ..., "accuracy": ...}``."""
+    run_dir = Path(run_dir)
+    config = _saved_config(run_dir)
+    model = _load_run_model(run_dir, best)
+    _, _, X_val, y_val = load_data(config)
+    return model.evaluate(X_val, y_val)
+
+
+def _load_run_model(run_dir: Path, best: bool) -> Model:
+    for name in ("best.npz", "checkpoint.npz") if best else ("checkpoint.npz",):
+        if (run_dir / name).is_file():
+            return Model.load(run_dir / name)
+    raise RunError(f"{run_dir}: no checkpoint.npz in it (is it a run folder?)")

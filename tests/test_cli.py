@@ -1,0 +1,340 @@
+"""The ``backprop-gpu`` command and ``backprop_gpu.experiment``, driven as a user would."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import backprop_gpu as bg
+from backprop_gpu import cli, experiment
+
+from .conftest import GPU_OK, GPU_REASON
+
+QUICK = ["--epochs", "3", "--samples", "150", "--hidden", "16", "--batch-size", "32"]
+
+
+def command(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "BACKPROP_GPU_BACKEND"}
+    return subprocess.run(
+        [sys.executable, "-m", "backprop_gpu", *args],
+        capture_output=True, text=True, timeout=300, cwd=cwd, env=env,
+    )  # fmt: skip
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def quick_run(out: Path, *extra: str) -> int:
+    return cli.main(["train", *QUICK, "--out", str(out), "--quiet", *extra])
+
+
+# --- train and the run folder ----------------------------------------------------------
+
+
+def test_train_writes_a_complete_run_folder(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = command("train", *QUICK, "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("epoch 1/3: loss ") and "\r" not in result.stdout  # plain lines
+    assert lines[-1].startswith("done: 3 epochs in ") and str(out) in lines[-1]
+    names = {p.name for p in out.iterdir()}
+    assert names == {
+        "config.json", "metrics.csv", "metrics.jsonl", "checkpoint.npz", "best.npz",
+        "summary.json", "loss.png", "accuracy.png", "decision_boundary.png",
+    }  # fmt: skip
+
+    config = json.loads((out / "config.json").read_text())
+    assert (
+        config["config"]
+        == experiment.Config(
+            epochs=3, samples=150, hidden=(16,), batch_size=32, out=str(out)
+        ).as_dict()
+    )
+    assert config["backend"]["name"] == ("cupy" if GPU_OK else "numpy")
+    assert config["backend"]["reason"].startswith("auto: ")
+    assert config["versions"]["numpy"] == np.__version__
+    assert config["command"][:2] == ["backprop-gpu", "train"] and "started" in config
+
+    with (out / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    jsonl = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3] == [r["epoch"] for r in jsonl]
+    for row, record in zip(rows, jsonl, strict=True):
+        assert float(row["val_loss"]) == pytest.approx(record["val_loss"], rel=1e-12)
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs"] == 3 and summary["final"] == jsonl[-1]
+    assert summary["best"]["val_loss"] == min(r["val_loss"] for r in jsonl)
+    assert summary["samples_per_second"] > 0 and summary["wall_seconds"] > 0
+    model = bg.Model.load(out / "checkpoint.npz")
+    assert model.epochs_trained == 3 and model.layers[0].n_neurons == 16
+
+
+def test_plots_are_real_images(tmp_path: Path) -> None:
+    assert quick_run(tmp_path / "run") == 0
+    for name in ("loss.png", "accuracy.png", "decision_boundary.png"):
+        assert png_size(tmp_path / "run" / name) == (640, 400)
+        assert (tmp_path / "run" / name).stat().st_size > 10_000  # drawn, not blank
+
+
+def test_missing_matplotlib_is_a_note_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [m for m in sys.modules if m.startswith("matplotlib")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    notes: list[str] = []
+    summary = experiment.run(
+        {"epochs": 2, "samples": 90, "out": str(tmp_path / "run")}, report=notes.append
+    )
+    assert summary["plots"] == [] and summary["epochs"] == 2
+    assert notes[-1] == "note: plots skipped (matplotlib missing: pip install 'backprop-gpu[plot]')"
+    assert not list((tmp_path / "run").glob("*.png"))
+
+
+def test_every_dataset_trains(tmp_path: Path) -> None:
+    for dataset in ("vertical", "sine", "digits"):
+        out = tmp_path / dataset
+        assert quick_run(out, "--dataset", dataset, "--no-plots") == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["dataset"] == dataset and summary["epochs"] == 3
+    assert experiment.Config().dataset == "spiral"
+
+
+def test_library_use_returns_the_summary(tmp_path: Path) -> None:
+    summary = experiment.run(
+        {"epochs": 2, "samples": 90, "hidden": [8, 8], "optimizer": "sgd", "momentum": 0.5,
+         "out": str(tmp_path / "a")},
+        report=None, plots=False,
+    )  # fmt: skip
+    assert summary["epochs"] == 2 and summary["run"] == str(tmp_path / "a")
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())["config"]
+    assert saved["hidden"] == [8, 8] and saved["optimizer"] == "sgd" and saved["momentum"] == 0.5
+
+
+def test_progress_bar_on_a_terminal_plain_lines_otherwise(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    experiment.run({"epochs": 3, "samples": 90, "out": str(tmp_path / "a")}, progress=True)
+    captured = capsys.readouterr()
+    assert "epoch 1/3" not in captured.out  # the bar replaces the per-epoch lines
+    assert "3/3" in captured.err and "epoch" in captured.err  # tqdm draws on stderr
+    experiment.run({"epochs": 3, "samples": 90, "out": str(tmp_path / "b")}, progress=False)
+    assert capsys.readouterr().out.count("\n") >= 3
+
+
+def test_a_killed_run_keeps_its_history(tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    def killed_after_two(line: str) -> None:
+        seen.append(line)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        experiment.run(
+            {"epochs": 5, "samples": 90, "out": str(tmp_path / "a")}, report=killed_after_two
+        )
+    rows = experiment.read_metrics(tmp_path / "a")
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert bg.Model.load(tmp_path / "a" / "checkpoint.npz").epochs_trained == 2
+
+
+# --- resume and refusals ------------------------------------------------------------------
+
+
+def test_resume_continues_exactly(tmp_path: Path) -> None:
+    settings = ["--samples", "150", "--hidden", "16", "--dropout", "0.2", "--no-plots", "--quiet"]
+    assert cli.main(["train", *settings, "--epochs", "4", "--out", str(tmp_path / "full")]) == 0
+    assert cli.main(["train", *settings, "--epochs", "2", "--out", str(tmp_path / "part")]) == 0
+    assert cli.main(["train", "--resume", "--epochs", "4", "--out", str(tmp_path / "part")]) == 0
+    full = experiment.read_metrics(tmp_path / "full")
+    part = experiment.read_metrics(tmp_path / "part")
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in full]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in part] == strip
+    with open(tmp_path / "part" / "metrics.csv") as f:
+        assert len(list(csv.DictReader(f))) == 4  # appended, one header
+
+
+def test_existing_run_folder_is_never_overwritten(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert quick_run(out, "--no-plots") == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert quick_run(out) == 1
+    assert "already exists and is not empty; pass --resume" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "message"),
+    [
+        ("empty", [], "nothing to resume (no checkpoint.npz in it)"),
+        ("none", [], "no config.json in it"),
+        (
+            "run",
+            ["--hidden", "32"],
+            "hidden=[32] is a different architecture from the run's hidden=[16]",
+        ),
+        ("run", ["--lr", "0.5"], "lr=0.5 is a different setting"),
+    ],
+)
+def test_bad_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], setup: str, args: list[str], message: str
+) -> None:
+    out = tmp_path / "run"
+    if setup == "run":
+        assert quick_run(out, "--no-plots") == 0
+    elif setup == "empty":
+        out.mkdir()
+        (out / "config.json").write_text(
+            json.dumps({"config": experiment.Config(out=str(out)).as_dict()})
+        )
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", "--out", str(out), "--quiet", *args]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_unwritable_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    assert quick_run(tmp_path / "file" / "run") == 1
+    assert "cannot write the run folder" in capsys.readouterr().err
+
+
+# --- usage errors: exit code 2 ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--dataset", "mnist"], "invalid choice: 'mnist' (choose from 'spiral', 'vert"),
+        (["train", "--optimizer", "lbfgs"], "choose from 'sgd', 'adam', 'rmsprop', 'adagrad'"),
+        (["train", "--activation", "tanh"], "choose from 'relu', 'sigmoid', 'linear'"),
+        (["train", "--hidden", "64,x"], "hidden: expected comma-separated layer sizes"),
+        (["train", "--hidden", "0"], "hidden: expected positive layer sizes"),
+        (["train", "--epochs", "ten"], "invalid int value: 'ten'"),
+        (["train", "--momentum", "0.9"], "only the sgd optimizer has momentum"),
+        (["train", "--resume"], "--resume needs --out RUN_DIR"),
+        (["fly"], "invalid choice: 'fly'"),
+    ],
+)
+def test_usage_errors_exit_2(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(args)
+    assert exit_info.value.code == 2
+    assert message.replace("'", "") in capsys.readouterr().err.replace("'", "")  # 3.12 drops '
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('datset = "spiral"', "unknown key(s) datset; valid keys: dataset, hidden"),
+        ('epochs = "ten"', "epochs must be int, got str 'ten'"),
+        ("lr = true", "lr must be int or float, got bool True"),
+        ("hidden = [64, 1.5]", "hidden: expected layer sizes"),
+        ("epochs = [", "not valid TOML"),
+    ],
+)
+def test_bad_config_files_name_the_key(
+    tmp_path: Path, toml: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "sweep.toml"
+    path.write_text(toml + "\n")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--config", str(path), "--out", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_flags_override_the_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "sweep.toml"
+    path.write_text('dataset = "vertical"\nhidden = [12]\nepochs = 9\nsamples = 90\n')
+    assert cli.main(["train", "--config", str(path), "--epochs", "2", "--out",
+                     str(tmp_path / "run"), "--quiet", "--no-plots"]) == 0  # fmt: skip
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    assert (saved["dataset"], saved["hidden"], saved["epochs"]) == ("vertical", [12], 2)
+
+
+def test_help_shows_defaults() -> None:
+    result = command("train", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for expected in ("(default: spiral)", "(default: 300)", "(default: 64,64)", "--resume"):
+        assert expected in text
+
+
+def test_cupy_without_a_gpu_is_a_failure_exit_1(tmp_path: Path) -> None:
+    if GPU_OK:
+        pytest.skip("this machine has a GPU")
+    result = command("train", *QUICK, "--backend", "cupy", "--out", str(tmp_path / "run"))
+    assert result.returncode == 1
+    assert "'cupy' was requested but cannot run" in result.stderr
+
+
+# --- info, evaluate, predict --------------------------------------------------------------
+
+
+def test_info_reports_the_backend_and_why() -> None:
+    result = command("info")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert f"backprop_gpu: {bg.__version__}" in out and f"numpy: {np.__version__}" in out
+    if GPU_OK:
+        assert "backend (auto): cupy" in out and "GPU 0:" in out
+    else:
+        assert "backend (auto): numpy on cpu" in out
+        assert f"why: auto: {GPU_REASON}" in out
+    as_json = json.loads(command("info", "--json").stdout)
+    assert as_json["backend"]["name"] == ("cupy" if GPU_OK else "numpy")
+
+
+def test_info_with_cupy_installed_but_no_gpu() -> None:
+    pytest.importorskip("cupy")
+    if GPU_OK:
+        pytest.skip("this machine has a GPU")
+    out = command("info").stdout
+    assert "cupy: 1" in out or "cupy: 2" in out  # the real wheel's version, imported
+    assert "why: auto: CuPy is installed but" in out
+
+
+def test_evaluate_and_predict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert quick_run(out, "--no-plots") == 0
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(out)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    best = json.loads((out / "summary.json").read_text())["best"]
+    assert metrics["loss"] == pytest.approx(best["val_loss"], rel=1e-6)
+    assert metrics["accuracy"] == pytest.approx(best["val_accuracy"], rel=1e-6)
+
+    X = np.random.default_rng(0).uniform(-1, 1, (7, 2)).astype(np.float32)
+    np.save(tmp_path / "x.npy", X)
+    assert cli.main(["predict", str(out), "--input", str(tmp_path / "x.npy"),
+                     "--output", str(tmp_path / "p.npy")]) == 0  # fmt: skip
+    probs = np.load(tmp_path / "p.npy")
+    assert probs.shape == (7, 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
+    np.testing.assert_allclose(probs, experiment.predict(out, X), rtol=1e-6)
+
+    np.save(tmp_path / "bad.npy", np.ones((2, 5)))
+    assert cli.main(["predict", str(out), "--input", str(tmp_path / "bad.npy")]) == 1
+    assert "expected X with 2 features" in capsys.readouterr().err
+    assert cli.main(["evaluate", str(tmp_path)]) == 1
+    assert "no config.json in it" in capsys.readouterr().err
