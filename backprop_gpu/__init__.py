@@ -15,7 +15,7 @@ from .losses import (
     SoftmaxCrossEntropy,
 )
 from .metrics import Accuracy, BinaryAccuracy, RegressionAccuracy
-from .model import Model
+from .model import Model, NonFiniteLossError
 from .optimizers import SGD, Adagrad, Adam, RMSprop
 
 __version__ = "0.1.0"
@@ -36,6 +36,7 @@ __all__ = [
     "MeanAbsoluteError",
     "MeanSquaredError",
     "Model",
+    "NonFiniteLossError",
     "RMSprop",
     "ReLU",
     "RegressionAccuracy",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,11 @@ from .backend import Backend, array_library, dtype_name, to_numpy
 
 
 def batch(backend: Backend, inputs: Any, n_features: int, dtype: Any, where: str) -> Any:
-    """``inputs`` as a (batch, n_features) array of ``dtype`` on ``backend``'s device."""
+    """``inputs`` as a (batch, n_features) array of ``dtype`` on ``backend``'s device.
+    Integer host data is cast with a warning (pixels 0-255 usually want scaling first)."""
+    if array_library(inputs) in ("numpy", None):
+        inputs = np.asarray(inputs)
+        warn_if_integer(inputs.dtype, where)
     x = backend.asarray(inputs, dtype, what=f"{where} inputs")
     if x.ndim != 2:
         hint = " (one sample? use x.reshape(1, -1))" if x.ndim == 1 else ""
@@ -29,6 +34,16 @@ def batch(backend: Backend, inputs: Any, n_features: int, dtype: Any, where: str
     if x.shape[0] == 0:
         raise ValueError(f"{where} got an empty batch (shape {tuple(x.shape)})")
     return x
+
+
+def warn_if_integer(dtype: Any, where: str) -> None:
+    if np.dtype(dtype).kind in "iub":
+        warnings.warn(
+            f"{where}: inputs have integer dtype {np.dtype(dtype)}; casting them to floats "
+            "(scale pixel values to [0, 1] first if that is what they are)",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def like(backend: Backend, values: Any, ref: Any, where: str, what: str) -> Any:

@@ -85,6 +85,8 @@ class Backend:
                     f"{self.device!r}; move it explicitly (bg.to_numpy, then bg.asarray)"
                 )
             if dtype is not None and a.dtype != dtype:
+                if getattr(a.dtype, "kind", "f") not in "biuf":  # NumPy or CuPy: a numpy dtype
+                    raise TypeError(f"{what} must hold numbers, got dtype {a.dtype}")
                 a = self.xp.astype(a, dtype) if self.name == "array_api_strict" else a.astype(dtype)
             return a
         other = array_library(a)

@@ -10,11 +10,20 @@ from __future__ import annotations
 import abc
 from typing import Any
 
+import numpy as np
+
 from . import _checks
 from .activations import Softmax
-from .backend import Backend, get_backend
+from .backend import Backend, dtype_name, get_backend
 
 EPS = 1e-7  # the book's clip: predictions are kept in [EPS, 1 - EPS] before the log
+
+
+def clipped(xp: Any, p: Any) -> Any:
+    """``p`` clipped to [EPS, 1 - EPS]; in float16, where 1 - 1e-7 rounds to 1, EPS widens to
+    the spacing just below 1 so log(1 - p) stays finite."""
+    eps = max(EPS, float(np.finfo(dtype_name(p.dtype)).epsneg))
+    return xp.clip(p, eps, 1 - eps)
 
 
 class Loss(abc.ABC):
@@ -93,7 +102,7 @@ class CategoricalCrossEntropy(Loss):
         where = "CategoricalCrossEntropy.backward"
         p = _checks.floats(self.backend, dvalues, where, ndim=2)
         onehot = self._onehot(self._labels(y_true, p, where), p)
-        self.dinputs = -onehot / xp.clip(p, EPS, 1 - EPS) / p.shape[0]
+        self.dinputs = -onehot / clipped(xp, p) / p.shape[0]
         return self.dinputs
 
 
@@ -130,7 +139,7 @@ class SoftmaxCrossEntropy(Loss):
 
 def _mean_cross_entropy(xp: Any, p: Any, y: Any) -> Any:
     """Mean of -log(clipped p of the true class); ``y`` int64 indices (N,) or one-hot (N, C)."""
-    p = xp.clip(p, EPS, 1 - EPS)
+    p = clipped(xp, p)
     if y.ndim == 1:
         correct = xp.take_along_axis(p, y[:, None], axis=1)[:, 0]
     else:
@@ -157,14 +166,14 @@ class BinaryCrossEntropy(_RegressionLoss):
     def forward(self, y_pred: Any, y_true: Any) -> Any:
         xp = self.backend.xp
         p, y = self._pair(y_pred, y_true, "BinaryCrossEntropy.forward")
-        p = xp.clip(p, EPS, 1 - EPS)
+        p = clipped(xp, p)
         return xp.mean(-(y * xp.log(p) + (1 - y) * xp.log(1 - p)))
 
     def backward(self, dvalues: Any, y_true: Any) -> Any:
         """dinputs = -(y / p - (1 - y) / (1 - p)) / outputs / N, with ``p`` clipped."""
         xp = self.backend.xp
         p, y = self._pair(dvalues, y_true, "BinaryCrossEntropy.backward")
-        p = xp.clip(p, EPS, 1 - EPS)
+        p = clipped(xp, p)
         self.dinputs = -(y / p - (1 - y) / (1 - p)) / (p.shape[0] * p.shape[1])
         return self.dinputs
 

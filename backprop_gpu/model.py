@@ -15,6 +15,7 @@ summed on the device and read once per epoch.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -41,6 +42,10 @@ LAYERS: dict[str, type] = {
 CLASS_LOSSES = (CategoricalCrossEntropy, SoftmaxCrossEntropy)
 
 History = list[dict[str, float]]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss (see ``Model.train(on_nonfinite=...)``)."""
 
 
 class Model:
@@ -226,6 +231,7 @@ class Model:
         shuffle: bool = True,
         seed: int | None = None,
         on_epoch_end: Callable[[dict[str, float]], None] | None = None,
+        on_nonfinite: str = "raise",
     ) -> History:
         """Train for ``epochs`` passes over (X, y) in mini-batches of ``batch_size`` (all of X
         when None; the last batch may be smaller) and return the history: one dict per epoch
@@ -236,11 +242,20 @@ class Model:
         ``numpy.random.default_rng([seed, e])``, so a run is repeatable and a run resumed from
         a checkpoint shuffles as the uninterrupted one would. ``print_every`` prints a summary
         every that many epochs (None or 0: silent); ``on_epoch_end`` gets each epoch's dict.
+
+        The loss is checked at every epoch's report: when it is NaN or infinite, parameters
+        and optimizer state go back to the end of the last finite epoch, and then
+        ``on_nonfinite="raise"`` raises ``NonFiniteLossError`` naming the epoch and step,
+        while ``"stop"`` ends training quietly and returns the finite history.
         """
         self._ready("train", train=True)
         assert self.loss is not None and self.optimizer is not None
         if not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"Model.train: epochs must be an integer >= 0, got {epochs!r}")
+        if on_nonfinite not in ("raise", "stop"):
+            raise ValueError(
+                f"Model.train: on_nonfinite must be 'raise' or 'stop', got {on_nonfinite!r}"
+            )
         X_dev, y_dev = self._prepare(X, y, "Model.train")
         n = X_dev.shape[0]
         size = self._batch_size(batch_size, n, "Model.train")
@@ -265,8 +280,10 @@ class Model:
                 if shuffle:
                     perm = np.random.default_rng([seed, epoch]).permutation(n)
                     order = self.backend.asarray(perm)  # one small copy per epoch
+                saved = self._snapshot()
                 sums = [0.0, 0.0, 0.0]  # data loss, regularization loss, accuracy (on device)
-                for start in range(0, n, size):
+                first_bad = self.backend.asarray(np.array(-1.0))  # first non-finite step
+                for k, start in enumerate(range(0, n, size)):
                     stop = min(start + size, n)  # the last batch may be partial
                     if order is None:
                         Xb, yb = X_dev[start:stop, ...], y_dev[start:stop, ...]
@@ -275,7 +292,20 @@ class Model:
                         Xb, yb = xp.take(X_dev, idx, axis=0), xp.take(y_dev, idx, axis=0)
                     step = self._train_step(Xb, yb)
                     sums = [s + v * Xb.shape[0] for s, v in zip(sums, step, strict=True)]
-                loss, reg, acc = (float(v) / n for v in _host_values(self.backend, sums))
+                    bad = ~xp.isfinite(step[0])
+                    first_bad = xp.where(bad & (first_bad < 0), float(k + 1), first_bad)
+                *totals, bad_step = _host_values(self.backend, [*sums, first_bad])
+                loss, reg, acc = (float(v) / n for v in totals)
+                if not all(math.isfinite(v) for v in (loss, reg, acc)):
+                    self._restore(saved)
+                    where = f"epoch {epoch + 1}, step {int(bad_step)} of {-(-n // size)}"
+                    if on_nonfinite == "stop":
+                        return history
+                    raise NonFiniteLossError(
+                        f"Model.train: the loss became {loss} at {where}; parameters and "
+                        f"optimizer state are back at the end of epoch {epoch}. Lower the "
+                        "learning rate, or check the data and the loss's inputs"
+                    )
                 self.epochs_trained += 1
                 row = {
                     "epoch": self.epochs_trained,
@@ -298,6 +328,28 @@ class Model:
                 if on_epoch_end is not None:
                     on_epoch_end(row)
         return history
+
+    def _snapshot(self) -> dict[str, Any]:
+        """Device copies of every parameter and optimizer state, and the counters."""
+        assert self.optimizer is not None
+        xp = self.backend.xp
+        arrays = {}
+        for i, layer in enumerate(self.layers):
+            for name in getattr(layer, "params", ()):
+                attrs = [name] + [state_name(name, k) for k in self.optimizer.state_kinds]
+                for attr in attrs:
+                    value = getattr(layer, attr, None)
+                    if value is not None:
+                        arrays[(i, attr)] = xp.asarray(value, copy=True)
+        counters = (self.optimizer.iterations, self.optimizer.current_learning_rate)
+        return {"arrays": arrays, "counters": counters, "epochs": self.epochs_trained}
+
+    def _restore(self, saved: dict[str, Any]) -> None:
+        assert self.optimizer is not None
+        for (i, attr), value in saved["arrays"].items():
+            setattr(self.layers[i], attr, value)
+        self.optimizer.iterations, self.optimizer.current_learning_rate = saved["counters"]
+        self.epochs_trained = saved["epochs"]
 
     def _train_step(self, Xb: Any, yb: Any) -> tuple[Any, Any, Any]:
         assert self.loss is not None and self.optimizer is not None

@@ -18,6 +18,8 @@ import abc
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+
 from . import _checks
 from .backend import array_library, dtype_name
 
@@ -43,6 +45,7 @@ class Optimizer(abc.ABC):
         self.decay = _checks.non_negative_finite(decay, self._arg("decay"))
         self.current_learning_rate = self.learning_rate
         self.iterations = 0
+        self._dtypes_ok: set[Any] = set()
 
     def _arg(self, name: str) -> str:
         return f"{type(self).__name__}: {name}"
@@ -62,6 +65,8 @@ class Optimizer(abc.ABC):
         checked = []
         for name in layer.params:
             param, grad = getattr(layer, name), getattr(layer, "d" + name, None)
+            if param.dtype not in self._dtypes_ok:
+                self._check_dtype(param.dtype)
             where = f"{type(self).__name__}.update_params: {layer!r} d{name}"
             if grad is None:
                 raise RuntimeError(f"{where} is missing; call backward before updating")
@@ -78,6 +83,19 @@ class Optimizer(abc.ABC):
                 )
             checked.append((name, param, grad))
         return checked
+
+    def _check_dtype(self, dtype: Any) -> None:
+        """epsilon must not vanish in the parameters' dtype (1e-50 is 0 in float32)."""
+        epsilon = getattr(self, "epsilon", None)
+        if epsilon is not None:
+            name = dtype_name(dtype)
+            tiny = float(np.finfo(name).tiny)
+            if epsilon < tiny:
+                raise ValueError(
+                    f"{type(self).__name__}: epsilon={epsilon!r} is not representable in {name} "
+                    f"(smallest normal {tiny:.3g}); use a larger epsilon or float64 parameters"
+                )
+        self._dtypes_ok.add(dtype)
 
     @abc.abstractmethod
     def _update(self, layer: Any, name: str, param: Any, grad: Any) -> None:
