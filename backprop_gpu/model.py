@@ -192,6 +192,8 @@ class Model:
     def _inputs(self, X: Any, where: str) -> Any:
         on_host = array_library(X) in ("numpy", None)
         x = np.asarray(X) if on_host else self.backend.asarray(X, what=f"{where} X")
+        if on_host:
+            _checks.warn_if_integer(x.dtype, where)
         if x.ndim != 2:
             hint = " (one sample? use X.reshape(1, -1))" if x.ndim == 1 else ""
             raise ValueError(
@@ -257,6 +259,7 @@ class Model:
                 f"Model.train: on_nonfinite must be 'raise' or 'stop', got {on_nonfinite!r}"
             )
         X_dev, y_dev = self._prepare(X, y, "Model.train")
+        self.optimizer.check_dtype(self.dtype)  # e.g. an epsilon that is 0 in float32
         n = X_dev.shape[0]
         size = self._batch_size(batch_size, n, "Model.train")
         val = None

@@ -66,7 +66,7 @@ class Optimizer(abc.ABC):
         for name in layer.params:
             param, grad = getattr(layer, name), getattr(layer, "d" + name, None)
             if param.dtype not in self._dtypes_ok:
-                self._check_dtype(param.dtype)
+                self.check_dtype(param.dtype)
             where = f"{type(self).__name__}.update_params: {layer!r} d{name}"
             if grad is None:
                 raise RuntimeError(f"{where} is missing; call backward before updating")
@@ -84,7 +84,7 @@ class Optimizer(abc.ABC):
             checked.append((name, param, grad))
         return checked
 
-    def _check_dtype(self, dtype: Any) -> None:
+    def check_dtype(self, dtype: Any) -> None:
         """epsilon must not vanish in the parameters' dtype (1e-50 is 0 in float32)."""
         epsilon = getattr(self, "epsilon", None)
         if epsilon is not None:

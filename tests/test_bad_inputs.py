@@ -1,0 +1,240 @@
+"""The bad-input battery: every mistake gets an exception that names who complained, what was
+expected and what came, and leaves the model exactly as it was (parameters, optimizer state,
+counters); the inputs that are merely unusual are accepted. On every backend."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+import backprop_gpu as bg
+
+RNG = np.random.default_rng(0)
+X = RNG.standard_normal((20, 4)).astype(np.float32)
+Y = RNG.integers(0, 3, 20)
+
+
+def trained_model() -> bg.Model:
+    """4 -> 8 -> 3 with SGD momentum, one epoch in, so there is optimizer state to corrupt."""
+    model = bg.Model([bg.Dense(4, 8, seed=0, init="he"), bg.ReLU(), bg.Dense(8, 3, seed=1)])
+    model.set(loss=bg.SoftmaxCrossEntropy(), optimizer=bg.SGD(0.1, momentum=0.9))
+    model.finalize()
+    model.train(X, Y, epochs=1, batch_size=8, print_every=0, seed=0)
+    return model
+
+
+def state(model: bg.Model) -> dict[str, Any]:
+    arrays = {
+        f"{i}.{attr}": bg.to_numpy(getattr(layer, attr))
+        for i, layer in enumerate(model.layers)
+        for attr in ("weights", "biases", "weight_momentums", "bias_momentums")
+        if getattr(layer, attr, None) is not None
+    }
+    opt = model.optimizer
+    return arrays | {"counters": (opt.iterations, opt.current_learning_rate, model.epochs_trained)}
+
+
+def assert_same(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert np.array_equal(a[key], b[key]), key
+
+
+def other_device_array(backend: bg.Backend) -> Any:
+    """An array the backend must refuse: from array-api-strict's fake device or its CPU."""
+    import array_api_strict as xps
+
+    device = xps.Device("CPU_DEVICE") if backend.name == "array_api_strict" else None
+    return xps.asarray(X, device=device or xps.Device("device1"))
+
+
+TRAIN_CASES: list[tuple[str, Callable[[Any], tuple[Any, Any]], type, str]] = [
+    ("wrong feature count", lambda b: (X[:, :3], Y), ValueError,
+     r"Model.train: expected X with 4 features \(the first Dense's n_inputs\), got shape \(20, 3\)"),
+    ("transposed X", lambda b: (X.T, Y), ValueError,
+     r"expected X with 4 features .*got shape \(4, 20\)"),
+    ("one sample, 1-D", lambda b: (X[0], Y[:1]), ValueError,
+     r"expected X of shape \(samples, 4\), got 1-D shape \(4,\) \(one sample\? use X.reshape\(1, -1\)\)"),
+    ("3-D input", lambda b: (X[None], Y), ValueError, r"got 3-D shape \(1, 20, 4\)"),
+    ("empty batch", lambda b: (X[:0], Y[:0]), ValueError, r"X is empty \(shape \(0, 4\)\)"),
+    ("len(X) != len(y)", lambda b: (X, Y[:-1]), ValueError, "X has 20 samples but y has 19"),
+    ("labels out of range", lambda b: (X, np.where(Y == 2, 3, Y)), ValueError,
+     r"y expected class indices in \[0, 2\] for 3 classes, got values from 0 to 3"),
+    ("negative labels", lambda b: (X, Y - 1), ValueError, r"got values from -1 to 1"),
+    ("float labels", lambda b: (X, Y.astype(np.float64)), TypeError,
+     r"expected integer class indices in y_true, got dtype float64 \(convert with y.astype"),
+    ("labels starting at 1", lambda b: (X, Y + 1), ValueError, r"got values from 1 to 3"),
+    ("labels as characters", lambda b: (X, np.array(list("abc" * 7))[:20]), TypeError,
+     r"integer class indices in y_true, got dtype <U1"),
+    ("one-hot, wrong class count", lambda b: (X, np.eye(4)[Y]), ValueError,
+     r"one-hot y_true with 3 columns \(one per class\), got shape \(20, 4\)"),
+    ("one-hot, not 0/1", lambda b: (X, np.eye(3)[Y] * 0.5), ValueError,
+     "one-hot y_true: each row all 0 but a single 1"),
+    ("NaN in X", lambda b: (np.where(np.arange(80).reshape(20, 4) == 5, np.nan, X), Y),
+     ValueError, r"Model.train: X holds 1 NaN or infinite values"),
+    ("Inf in X", lambda b: (np.where(X > 1.5, np.inf, X), Y), ValueError,
+     r"X holds \d+ NaN or infinite values"),
+    ("array from another device", lambda b: (other_device_array(b), Y), ValueError,
+     r"Model.train X (comes from array_api_strict|is on device).* numpy|Model.train X is on dev"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "match"),
+    [pytest.param(make, err, match, id=name) for name, make, err, match in TRAIN_CASES],
+)
+def test_bad_training_data(
+    backend: bg.Backend, make: Callable[[Any], tuple[Any, Any]], error: type, match: str
+) -> None:
+    model = trained_model()
+    before = state(model)
+    X_bad, y_bad = make(backend)
+    with pytest.raises(error, match=match):
+        model.train(X_bad, y_bad, epochs=1, batch_size=8, print_every=0)
+    assert_same(before, state(model))
+    with pytest.raises(error, match=match.replace("Model.train", "Model.evaluate")):
+        model.evaluate(X_bad, y_bad)
+    assert_same(before, state(model))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"batch_size": 0}, ValueError, "batch_size must be a positive integer, got 0"),
+        ({"batch_size": -1}, ValueError, "batch_size must be a positive integer, got -1"),
+        ({"epochs": -1}, ValueError, "epochs must be an integer >= 0, got -1"),
+        ({"on_nonfinite": "ignore"}, ValueError, "on_nonfinite must be 'raise' or 'stop'"),
+        ({"validation_data": (X[:, :2], Y)}, ValueError, "validation_data: expected X with 4"),
+    ],
+)
+def test_bad_training_settings(
+    backend: bg.Backend, kwargs: dict[str, Any], error: type, match: str
+) -> None:
+    model = trained_model()
+    before = state(model)
+    with pytest.raises(error, match=match):
+        model.train(X, Y, print_every=0, **kwargs)
+    assert_same(before, state(model))
+
+
+def test_epsilon_not_representable_in_float32(backend: bg.Backend) -> None:
+    model = trained_model()
+    before = state(model)
+    model.set(optimizer=bg.Adam(epsilon=1e-50)).finalize()
+    with pytest.raises(ValueError, match=r"Adam: epsilon=1e-50 is not representable in float32"):
+        model.train(X, Y, print_every=0)
+    after = state(model)
+    after["counters"] = before["counters"]  # the new optimizer has its own counters
+    assert_same(before, after)
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: bg.SGD(learning_rate=math.inf), "SGD: learning_rate must be a positive finite"),
+        (lambda: bg.Adam(learning_rate=math.nan), "Adam: learning_rate must be a positive finite"),
+        (lambda: bg.RMSprop(learning_rate=0), "RMSprop: learning_rate must be a positive finite"),
+        (lambda: bg.Adagrad(learning_rate=-1), "Adagrad: learning_rate must be a positive finite"),
+        (lambda: bg.SGD(momentum=1.5), r"SGD: momentum must be in \[0.0, 1.0\), got 1.5"),
+        (lambda: bg.Dropout(1.0), r"Dropout: rate must be in \[0.0, 1.0\), got 1.0"),
+        (lambda: bg.Dense(4, 3, weight_regularizer_l2=-1), "weight_regularizer_l2 must be"),
+    ],
+)
+def test_bad_settings(make: Callable[[], Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+@pytest.mark.parametrize(
+    ("x", "match"),
+    [
+        (X[:, :3], r"Dense\(4, 8\).forward expected inputs with 4 features"),
+        (X[0], r"Dense\(4, 8\).forward expected a 2-D batch.*reshape\(1, -1\)"),
+        (X[None], r"Dense\(4, 8\).forward expected a 2-D batch .* 3-D"),
+        (X[:0], r"Dense\(4, 8\).forward got an empty batch"),
+    ],
+)
+def test_bad_layer_inputs_leave_the_layer_alone(
+    backend: bg.Backend, x: np.ndarray, match: str
+) -> None:
+    model = trained_model()
+    before = state(model)
+    with pytest.raises(ValueError, match=match):
+        model.layers[0].forward(x)
+    assert_same(before, state(model))
+
+
+# --- unusual but fine ------------------------------------------------------------------
+
+
+def test_column_labels_are_accepted(backend: bg.Backend) -> None:
+    a = trained_model().train(X, Y, print_every=0, seed=1)
+    b = trained_model().train(X, Y.reshape(-1, 1), print_every=0, seed=1)
+    assert a == b
+
+
+def test_integer_inputs_are_cast_with_a_warning(backend: bg.Backend) -> None:
+    pixels = RNG.integers(0, 255, (20, 4)).astype(np.uint8)
+    model = trained_model()
+    with pytest.warns(UserWarning, match="integer dtype uint8; casting them to floats"):
+        model.train(pixels, Y, print_every=0)
+    with pytest.warns(UserWarning, match=r"Dense\(4, 8\).forward: inputs have integer dtype"):
+        model.layers[0].forward(pixels)
+    assert model.layers[0].output.dtype == backend.xp.float32
+
+
+def test_float64_inputs_into_a_float32_model(backend: bg.Backend) -> None:
+    model = trained_model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # cast quietly, once
+        history = model.train(X.astype(np.float64), Y, print_every=0)
+    assert math.isfinite(history[0]["loss"])
+    assert model.layers[0].weights.dtype == backend.xp.float32
+
+
+def test_python_lists_work_like_arrays(backend: bg.Backend) -> None:
+    a = trained_model().train(X, Y, print_every=0, seed=2)
+    b = trained_model().train(X.tolist(), Y.tolist(), print_every=0, seed=2)
+    assert a == b
+
+
+def test_batch_larger_than_the_data(backend: bg.Backend) -> None:
+    model = trained_model()
+    model.train(X, Y, batch_size=1000, print_every=0)
+    assert model.optimizer.iterations == 3 + 1  # 3 batches of 8 before, one batch of 20 now
+
+
+# --- NaN / Inf during training -------------------------------------------------------------
+
+
+def exploding() -> bg.Model:
+    model = bg.Model([bg.Dense(4, 8, seed=0, init="he"), bg.ReLU(), bg.Dense(8, 3, seed=1)])
+    model.set(loss=bg.SoftmaxCrossEntropy(), optimizer=bg.SGD(learning_rate=1e38)).finalize()
+    return model
+
+
+def test_nonfinite_loss_raises_naming_epoch_and_step(backend: bg.Backend) -> None:
+    model = exploding()
+    before = state(model)
+    with (
+        warnings.catch_warnings(),
+        pytest.raises(bg.NonFiniteLossError, match=r"became nan at epoch 1, step 2 of 3"),
+    ):
+        warnings.simplefilter("ignore", RuntimeWarning)  # NumPy's overflow notes
+        model.train(X, Y, epochs=2, batch_size=8, print_every=0, seed=0)
+    assert_same(before, state(model))  # back at the last finite state
+
+
+def test_nonfinite_loss_stop_keeps_the_last_finite_parameters(backend: bg.Backend) -> None:
+    model = trained_model()
+    model.optimizer.learning_rate = model.optimizer.current_learning_rate = 1e38
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        history = model.train(X, Y, epochs=3, batch_size=8, print_every=0, on_nonfinite="stop")
+    assert history == [] and model.epochs_trained == 1
+    assert all(np.isfinite(v).all() for k, v in state(model).items() if k != "counters")
