@@ -55,11 +55,13 @@ def other_device_array(backend: bg.Backend) -> Any:
 
 TRAIN_CASES: list[tuple[str, Callable[[Any], tuple[Any, Any]], type, str]] = [
     ("wrong feature count", lambda b: (X[:, :3], Y), ValueError,
-     r"Model.train: expected X with 4 features \(the first Dense's n_inputs\), got shape \(20, 3\)"),
+     r"Model.train: expected X with 4 features \(the first Dense's n_inputs\), "
+     r"got shape \(20, 3\)"),
     ("transposed X", lambda b: (X.T, Y), ValueError,
      r"expected X with 4 features .*got shape \(4, 20\)"),
     ("one sample, 1-D", lambda b: (X[0], Y[:1]), ValueError,
-     r"expected X of shape \(samples, 4\), got 1-D shape \(4,\) \(one sample\? use X.reshape\(1, -1\)\)"),
+     r"expected X of shape \(samples, 4\), got 1-D shape \(4,\) "
+     r"\(one sample\? use X.reshape\(1, -1\)\)"),
     ("3-D input", lambda b: (X[None], Y), ValueError, r"got 3-D shape \(1, 20, 4\)"),
     ("empty batch", lambda b: (X[:0], Y[:0]), ValueError, r"X is empty \(shape \(0, 4\)\)"),
     ("len(X) != len(y)", lambda b: (X, Y[:-1]), ValueError, "X has 20 samples but y has 19"),
