@@ -70,6 +70,15 @@ class Backend:
             return isinstance(a, np.ndarray | np.generic)
         return isinstance(a, self.array_type) and _device_of(self.name, a) == self.device
 
+    def ready(self, a: Any, dtype: Any = None) -> bool:
+        """The per-step fast path: ``a`` is already this backend's array, on its device
+        (and of ``dtype``), so nothing needs converting or checking further."""
+        return (
+            type(a) is self.array_type
+            and (dtype is None or a.dtype == dtype)
+            and (self.name == "numpy" or a.device == self.device)
+        )
+
     def asarray(self, a: Any, dtype: Any = None, *, what: str = "array") -> Any:
         """Move array-like ``a`` (host data or this backend's array) onto this backend's device.
 

@@ -106,11 +106,13 @@ class Dense:
         self.output = self.inputs @ self.weights + self.biases
         return self.output
 
-    def backward(self, dvalues: Any) -> Any:
+    def backward(self, dvalues: Any, need_dinputs: bool = True) -> Any:
         """Chain ``dvalues`` (batch, n_neurons), the loss gradient w.r.t. ``output``.
 
         Sets ``dweights`` = inputs.T @ dvalues, ``dbiases`` = column sums of dvalues and
         ``dinputs`` = dvalues @ weights.T, and returns ``dinputs`` (batch, n_inputs).
+        ``need_dinputs=False`` skips that last product (None instead): the first layer's
+        dinputs feed nothing, and the Model saves that matrix product.
         """
         if self.inputs is None:
             raise RuntimeError(f"{self.name}.backward called before forward")
@@ -127,7 +129,7 @@ class Dense:
                 grad += l1 * xp.sign(param)
             if l2:
                 grad += 2 * l2 * param
-        self.dinputs = dvalues @ self.weights.T
+        self.dinputs = dvalues @ self.weights.T if need_dinputs else None
         return self.dinputs
 
     def regularization_loss(self) -> Any:

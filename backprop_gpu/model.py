@@ -159,8 +159,14 @@ class Model:
             dvalues = self.loss.backward(self.loss.output, y)
         else:
             dvalues = self.loss.backward(output, y)
-        for layer in reversed(layers):
+        for layer in reversed(layers[1:]):
             dvalues = layer.backward(dvalues)
+        if not layers:
+            return
+        if isinstance(layers[0], Dense):
+            layers[0].backward(dvalues, need_dinputs=False)  # nothing consumes them
+        else:
+            layers[0].backward(dvalues)
 
     def _predictions(self, output: Any) -> Any:
         """What the network predicts: probabilities when the loss applies the softmax."""

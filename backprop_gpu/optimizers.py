@@ -67,14 +67,15 @@ class Optimizer(abc.ABC):
             param, grad = getattr(layer, name), getattr(layer, "d" + name, None)
             if param.dtype not in self._dtypes_ok:
                 self.check_dtype(param.dtype)
-            where = f"{type(self).__name__}.update_params: {layer!r} d{name}"
             if grad is None:
+                where = f"{type(self).__name__}.update_params: {layer!r} d{name}"
                 raise RuntimeError(f"{where} is missing; call backward before updating")
             if (
                 not layer.backend.owns(grad)
                 or grad.shape != param.shape
                 or grad.dtype != param.dtype
             ):
+                where = f"{type(self).__name__}.update_params: {layer!r} d{name}"
                 source = array_library(grad) or type(grad).__name__
                 raise ValueError(
                     f"{where} must match {name}: expected shape {tuple(param.shape)}, "

@@ -271,3 +271,20 @@ def test_nan_in_regression_targets_is_refused() -> None:
     model.finalize()
     with pytest.raises(ValueError, match="Model.train: y holds 1 NaN"):
         model.train(np.ones((3, 1)), np.array([1.0, math.nan, 2.0]), print_every=0)
+
+
+def test_model_skips_the_first_layers_dinputs(backend: bg.Backend) -> None:
+    """The fast path (no dX for the first layer) gives the reference path's gradients."""
+    model = classifier()
+    model.train(X, Y, epochs=1, batch_size=300, shuffle=False, print_every=0)
+    first = model.layers[0]
+    assert first.dinputs is None and model.layers[2].dinputs is not None
+    reference = bg.Dense(2, 32, weights=bg.to_numpy(first.weights), biases=first.biases)
+    reference.forward(first.inputs)
+    dvalues = bg.to_numpy(model.layers[1].dinputs)
+    reference.backward(dvalues)
+    fast = bg.Dense(2, 32, weights=bg.to_numpy(first.weights), biases=first.biases)
+    fast.forward(first.inputs)
+    assert fast.backward(dvalues, need_dinputs=False) is None and fast.dinputs is None
+    assert np.array_equal(bg.to_numpy(fast.dweights), bg.to_numpy(reference.dweights))
+    assert np.array_equal(bg.to_numpy(fast.dbiases), bg.to_numpy(reference.dbiases))
