@@ -16,9 +16,9 @@ from .backend import Backend, array_library, dtype_name, to_numpy
 def batch(backend: Backend, inputs: Any, n_features: int, dtype: Any, where: str) -> Any:
     """``inputs`` as a (batch, n_features) array of ``dtype`` on ``backend``'s device.
     Integer host data is cast with a warning (pixels 0-255 usually want scaling first)."""
-    if backend.ready(inputs, dtype) and inputs.ndim == 2 and inputs.shape[1] == n_features:
-        if inputs.shape[0]:
-            return inputs
+    ready = backend.ready(inputs, dtype) and inputs.ndim == 2
+    if ready and inputs.shape[1] == n_features and inputs.shape[0]:
+        return inputs
     if array_library(inputs) in ("numpy", None):
         inputs = np.asarray(inputs)
         warn_if_integer(inputs.dtype, where)
@@ -181,9 +181,9 @@ def in_range(value: float, lo: float, hi: float, where: str) -> float:
 
 def floats(backend: Backend, inputs: Any, where: str, ndim: int | None = None) -> Any:
     """``inputs`` on the device as a floating array (integers become float32)."""
-    if backend.ready(inputs) and (ndim is None or inputs.ndim == ndim):
-        if dtype_kind(inputs.dtype) == "f":
-            return inputs
+    ready = backend.ready(inputs) and (ndim is None or inputs.ndim == ndim)
+    if ready and dtype_kind(inputs.dtype) == "f":
+        return inputs
     x = backend.asarray(inputs, what=f"{where} inputs")
     if dtype_kind(x.dtype) != "f":
         x = backend.asarray(x, backend.xp.float32)
