@@ -128,25 +128,30 @@ def dtype_kind(dtype: Any) -> str:
 
 
 class LabelChecker:
-    """``labels`` that remembers the last device array that passed, so a training loop giving
-    the same device labels every step pays the range check's device-to-host sync once.
+    """``labels`` with a memory, so a training loop pays for the checks as little as it can.
 
-    It keeps a reference to that array (labels are small) and compares by identity: labels
-    changed in place on the device after passing are not checked again. Host arrays are
-    always checked (cheaply, on the host), since reusing a host buffer is common."""
+    - Labels already on the device that passed are remembered by identity: giving the same
+      array every step costs the range check's device-to-host sync once. (Labels changed in
+      place on the device after that are not checked again.)
+    - Host labels that passed are reused by the next call only, which is the backward of the
+      same step: a loss's forward checks and copies them, its backward does not again. The
+      following step checks afresh, since refilling a host buffer between steps is common.
+    """
 
     def __init__(self) -> None:
-        self._last: tuple[Any, tuple[Any, ...], Any] | None = None
+        self._last: tuple[Any, tuple[Any, ...], Any, bool] | None = None
 
     def __call__(
         self, backend: Backend, y_true: Any, n_samples: int, n_classes: int, dtype: Any, where: str
     ) -> Any:
         key = (backend, n_samples, n_classes, dtype)
-        if self._last is not None and self._last[0] is y_true and self._last[1] == key:
-            return self._last[2]
+        last = self._last
+        if last is not None and last[0] is y_true and last[1] == key:
+            if last[3]:  # host labels: good for this one reuse
+                self._last = None
+            return last[2]
         y = labels(backend, y_true, n_samples, n_classes, dtype, where)
-        if array_library(y_true) not in ("numpy", None):
-            self._last = (y_true, key, y)
+        self._last = (y_true, key, y, array_library(y_true) in ("numpy", None))
         return y
 
 
