@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
 import backprop_gpu as bg
-from backprop_gpu.testing import check_layer
+from backprop_gpu.testing import assert_gradient_close, check_layer, numerical_gradient
 
 RNG = np.random.default_rng(7)
 
@@ -166,3 +168,234 @@ def test_repr_names_the_layer() -> None:
     assert repr(bg.SGD(0.5, momentum=0.9)) == (
         "SGD(learning_rate=0.5, decay=0.0, momentum=0.9, nesterov=False)"
     )
+
+
+# --- L1/L2 regularisation on Dense ---------------------------------------------------------
+
+W_REG = np.array([[0.5, -1.25, 0.75], [-0.3, 2.0, -0.6]])  # no zeros: away from the L1 kink
+B_REG = np.array([[0.2, -0.4, 1.5]])
+LAMBDAS = {
+    "weight_regularizer_l1": 0.01,
+    "weight_regularizer_l2": 0.02,
+    "bias_regularizer_l1": 0.03,
+    "bias_regularizer_l2": 0.04,
+}
+
+
+def _penalty(w: np.ndarray, b: np.ndarray, l1w: float, l2w: float, l1b: float, l2b: float) -> float:
+    return float(
+        l1w * np.abs(w).sum() + l2w * (w**2).sum() + l1b * np.abs(b).sum() + l2b * (b**2).sum()
+    )
+
+
+@pytest.mark.parametrize(
+    "lambdas",
+    [
+        LAMBDAS,
+        {"weight_regularizer_l1": 0.1},
+        {"weight_regularizer_l2": 0.1},
+        {"bias_regularizer_l1": 0.1},
+        {"bias_regularizer_l2": 0.1},
+    ],
+    ids=["all", "w_l1", "w_l2", "b_l1", "b_l2"],
+)
+def test_regularised_backward_adds_the_penalty_gradients(
+    backend: bg.Backend, lambdas: dict[str, float]
+) -> None:
+    lam = {k: lambdas.get(k, 0.0) for k in LAMBDAS}
+    d = bg.Dense(2, 3, weights=W_REG, biases=B_REG, **lambdas)
+    x = np.array([[1.0, -2.0], [0.5, 3.0], [-1.5, 0.25], [2.0, 1.0]])
+    g = np.array([[0.1, -0.2, 0.3], [0.4, 0.5, -0.6], [-0.7, 0.8, 0.9], [1.0, -1.1, 1.2]])
+    d.forward(x)
+    d.backward(g)
+    dw = x.T @ g + lam["weight_regularizer_l1"] * np.sign(W_REG)
+    dw += 2 * lam["weight_regularizer_l2"] * W_REG
+    db = g.sum(0, keepdims=True) + lam["bias_regularizer_l1"] * np.sign(B_REG)
+    db += 2 * lam["bias_regularizer_l2"] * B_REG
+    np.testing.assert_allclose(bg.to_numpy(d.dweights), dw, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(bg.to_numpy(d.dbiases), db, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(bg.to_numpy(d.dinputs), g @ W_REG.T, rtol=1e-13)  # unchanged
+    # with a zero upstream gradient only the penalty's gradient is left
+    d.backward(np.zeros((4, 3)))
+    np.testing.assert_allclose(bg.to_numpy(d.dweights), dw - x.T @ g, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        bg.to_numpy(d.dbiases), db - g.sum(0, keepdims=True), rtol=1e-12, atol=1e-15
+    )
+    reg = d.regularization_loss()
+    assert backend.owns(reg)
+    assert float(reg) == pytest.approx(_penalty(W_REG, B_REG, *lam.values()), rel=1e-13)
+
+
+def test_regularization_loss_is_zero_without_lambdas(backend: bg.Backend) -> None:
+    d = bg.Dense(2, 3, weights=W_REG, biases=B_REG)
+    assert float(d.regularization_loss()) == 0.0
+    d.forward(np.ones((1, 2)))
+    d.backward(np.ones((1, 3)))
+    np.testing.assert_allclose(bg.to_numpy(d.dweights), np.ones((2, 3)), rtol=1e-15)
+
+
+def test_loss_sums_the_regularisation_of_its_layers(backend: bg.Backend) -> None:
+    w2 = np.array([[1.0, -0.5], [0.25, 0.5], [-2.0, 0.1]])
+    b2 = np.array([[-0.3, 0.6]])
+    dense1 = bg.Dense(2, 3, weights=W_REG, biases=B_REG, **LAMBDAS)
+    dense2 = bg.Dense(3, 2, weights=w2, biases=b2, weight_regularizer_l2=0.5)
+    loss = bg.SoftmaxCrossEntropy()
+    total = loss.regularization_loss(dense1, bg.ReLU(), dense2)
+    expected = _penalty(W_REG, B_REG, *LAMBDAS.values()) + 0.5 * (w2**2).sum()
+    assert backend.owns(total)
+    assert float(total) == pytest.approx(expected, rel=1e-13)
+    assert float(loss.regularization_loss(bg.Dense(2, 2, seed=0), bg.ReLU())) == 0.0
+
+
+def test_regularised_gradient_matches_finite_differences(backend: bg.Backend) -> None:
+    """d(data loss + regularisation loss)/d(weights, biases) by float64 central differences
+    equals what Dense.backward leaves in dweights / dbiases after the loss's backward."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((6, 2))
+    y = rng.integers(0, 3, 6)
+    dense = bg.Dense(2, 3, weights=W_REG, biases=B_REG, **LAMBDAS)
+    loss = bg.SoftmaxCrossEntropy()
+
+    def objective() -> float:
+        data = loss.forward(dense.forward(x), y)
+        return float(data) + float(loss.regularization_loss(dense))
+
+    objective()
+    loss.backward(loss.output, y)
+    dense.backward(loss.dinputs)
+    analytic = {"weights": bg.to_numpy(dense.dweights), "biases": bg.to_numpy(dense.dbiases)}
+    for name in ("weights", "biases"):
+        original = getattr(dense, name)
+
+        def f(v: np.ndarray, name: str = name) -> float:
+            setattr(dense, name, bg.asarray(v))
+            return objective()
+
+        try:
+            numeric = numerical_gradient(f, bg.to_numpy(original))
+        finally:
+            setattr(dense, name, original)
+        assert_gradient_close(analytic[name], numeric, "d" + name, rtol=1e-6, atol=1e-9)
+        # and the penalty really is part of it: the data gradient alone differs
+        assert not np.allclose(analytic[name], numeric - _penalty_grad(name, bg.to_numpy(original)))
+
+
+def _penalty_grad(name: str, p: np.ndarray) -> np.ndarray:
+    prefix = "weight" if name == "weights" else "bias"
+    l1, l2 = LAMBDAS[f"{prefix}_regularizer_l1"], LAMBDAS[f"{prefix}_regularizer_l2"]
+    return l1 * np.sign(p) + 2 * l2 * p
+
+
+@pytest.mark.parametrize("name", list(LAMBDAS))
+@pytest.mark.parametrize("value", [-0.01, float("nan"), float("inf")])
+def test_bad_regularisation_lambdas_are_named(name: str, value: float) -> None:
+    with pytest.raises(ValueError, match=rf"Dense: {name} must be a finite number >= 0, got"):
+        bg.Dense(2, 2, **{name: value})  # type: ignore[arg-type]
+
+
+# --- Dropout ---------------------------------------------------------------------------------
+
+
+def test_dropout_zeroes_or_scales_in_training(backend: bg.Backend) -> None:
+    rate = 0.3
+    x = np.random.default_rng(0).uniform(0.5, 1.5, (200, 200))  # no zeros in the input
+    drop = bg.Dropout(rate, seed=1)
+    out = drop.forward(x)
+    assert backend.owns(out) and out.dtype == backend.xp.float64
+    o = bg.to_numpy(out)
+    kept = o != 0
+    # every output is 0 or input / (1 - rate)
+    np.testing.assert_allclose(o[kept], x[kept] / (1 - rate), rtol=1e-15)
+    # exactly input * mask, the mask being 0 or 1 / (1 - rate)
+    np.testing.assert_array_equal(o, x * (kept / (1 - rate)))
+    assert abs((1 - kept.mean()) - rate) < 0.02  # share dropped near rate
+    assert o.mean() == pytest.approx(x.mean(), rel=0.02)  # inverted dropout keeps the mean
+    g = np.random.default_rng(1).standard_normal((200, 200))
+    dinputs = drop.backward(g)
+    assert backend.owns(dinputs)
+    np.testing.assert_array_equal(bg.to_numpy(dinputs), g * (kept / (1 - rate)))  # same mask
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_dropout_keeps_the_input_dtype(backend: bg.Backend, dtype: str) -> None:
+    x = np.full((50, 40), 2.0, dtype=dtype)
+    drop = bg.Dropout(0.5, seed=3)
+    o = bg.to_numpy(drop.forward(x))
+    assert o.dtype == np.dtype(dtype)
+    assert set(np.unique(o).tolist()) == {0.0, 4.0}
+    assert bg.to_numpy(drop.backward(np.ones_like(x))).dtype == np.dtype(dtype)
+
+
+def test_dropout_passes_through_in_inference(backend: bg.Backend) -> None:
+    x = np.random.default_rng(2).standard_normal((30, 20))
+    drop = bg.Dropout(0.5, seed=0)
+    np.testing.assert_array_equal(bg.to_numpy(drop.forward(x, training=False)), x)
+    g = np.random.default_rng(3).standard_normal((30, 20))
+    np.testing.assert_array_equal(bg.to_numpy(drop.backward(g)), g)
+    # and rate 0 in training is the identity too
+    np.testing.assert_array_equal(bg.to_numpy(bg.Dropout(0.0).forward(x)), x)
+
+
+def test_dropout_seed_fixes_the_mask(backend: bg.Backend) -> None:
+    x = np.ones((40, 50))
+    first = bg.to_numpy(bg.Dropout(0.4, seed=7).forward(x))
+    again = bg.to_numpy(bg.Dropout(0.4, seed=7).forward(x))
+    other = bg.to_numpy(bg.Dropout(0.4, seed=8).forward(x))
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first == 0, other == 0)
+    drop = bg.Dropout(0.4, seed=7)
+    drop.forward(x)
+    assert not np.array_equal(bg.to_numpy(drop.forward(x)), first)  # the stream moves on
+
+
+@pytest.mark.parametrize("rate", [1.0, -0.1, 1.5, float("nan")])
+def test_dropout_rejects_bad_rates(rate: float) -> None:
+    with pytest.raises(ValueError, match=r"Dropout: rate must be in \[0.0, 1.0\), got"):
+        bg.Dropout(rate)
+
+
+def test_dropout_backward_before_forward_is_an_error(backend: bg.Backend) -> None:
+    with pytest.raises(RuntimeError, match="Dropout.backward called before forward"):
+        bg.Dropout(0.5).backward(np.ones((2, 2)))
+
+
+# --- Sigmoid and Linear ----------------------------------------------------------------------
+
+
+def test_sigmoid_and_linear_forward_match_formulas(backend: bg.Backend) -> None:
+    z = np.array([[-3.0, -0.5, 0.0], [0.25, 2.0, 10.0]])
+    s = bg.Sigmoid()
+    out = s.forward(z)
+    assert backend.owns(out) and out.dtype == backend.xp.float64
+    np.testing.assert_allclose(bg.to_numpy(out), 1 / (1 + np.exp(-z)), rtol=1e-15)
+    g = np.array([[1.0, 2.0, -1.0], [0.5, -3.0, 4.0]])
+    sig = 1 / (1 + np.exp(-z))
+    np.testing.assert_allclose(bg.to_numpy(s.backward(g)), g * sig * (1 - sig), rtol=1e-13)
+    lin = bg.Linear()
+    np.testing.assert_array_equal(bg.to_numpy(lin.forward(z)), z)
+    np.testing.assert_array_equal(bg.to_numpy(lin.backward(g)), g)
+    assert backend.owns(lin.dinputs)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sigmoid_is_stable_for_huge_inputs(backend: bg.Backend, dtype: str) -> None:
+    z = np.array([[1000.0, -1000.0, 0.0, 50.0, -50.0]], dtype=dtype)
+    s = bg.Sigmoid()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an overflow RuntimeWarning would fail the test
+        out = bg.to_numpy(s.forward(z))
+        grad = bg.to_numpy(s.backward(np.ones_like(z)))
+    assert out.dtype == np.dtype(dtype) and np.all(np.isfinite(out)) and np.all(np.isfinite(grad))
+    expected = np.array(
+        [[1.0, 0.0, 0.5, 1 / (1 + np.exp(-50.0)), np.exp(-50.0) / (1 + np.exp(-50.0))]]
+    )
+    np.testing.assert_allclose(out, expected, rtol=1e-6 if dtype == "float32" else 1e-15)
+    assert grad[0, 0] == 0.0 and grad[0, 1] == 0.0 and grad[0, 2] == 0.25
+
+
+@pytest.mark.parametrize("make", [bg.Sigmoid, bg.Linear])
+def test_sigmoid_and_linear_match_finite_differences(backend: bg.Backend, make: type) -> None:
+    layer = make()
+    x = 3 * RNG.standard_normal((5, 4))
+    errors = check_layer(layer, x)
+    assert set(errors) == {"dinputs"}

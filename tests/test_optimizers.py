@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
 
 import backprop_gpu as bg
+from backprop_gpu.optimizers import OPTIMIZERS, Optimizer, state_name
 
 W0 = np.array([[0.5, -1.0], [2.0, 0.25]])
 B0 = np.array([[0.1, -0.2]])
@@ -18,11 +20,11 @@ GRADS = [  # three steps of fixed gradients (dweights, dbiases)
 ]
 
 
-def _run(optimizer: bg.SGD) -> tuple[bg.Dense, list[float]]:
-    layer = bg.Dense(2, 2, weights=W0, biases=B0)
+def _run(optimizer: Optimizer, dtype: str = "float64") -> tuple[bg.Dense, list[float]]:
+    layer = bg.Dense(2, 2, weights=W0, biases=B0, dtype=dtype)
     rates = []
     for dw, db in GRADS:
-        layer.dweights, layer.dbiases = bg.asarray(dw), bg.asarray(db)
+        layer.dweights, layer.dbiases = bg.asarray(dw, layer.dtype), bg.asarray(db, layer.dtype)
         optimizer.pre_update_params()
         rates.append(optimizer.current_learning_rate)
         optimizer.update_params(layer)
@@ -155,3 +157,225 @@ def test_numpy_scalars_are_accepted() -> None:
 def test_bad_settings_are_named(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         bg.SGD(**kwargs)  # type: ignore[arg-type]
+
+
+# --- Adagrad, RMSprop, Adam and Nesterov: the book's rules by hand over three steps ---------
+
+DECAY = 0.1
+RATES = [0.5 / (1 + DECAY * t) for t in range(3)]  # lr_t = lr / (1 + decay * t), lr = 0.5
+
+
+def _hand_adagrad(p0: np.ndarray, i: int, eps: float) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    p, cache = p0.copy(), np.zeros_like(p0)
+    for lr, grads in zip(RATES, GRADS, strict=True):
+        g = grads[i]
+        cache = cache + g**2
+        p = p - lr * g / (np.sqrt(cache) + eps)
+    return p, {"cache": cache}
+
+
+def _hand_rmsprop(
+    p0: np.ndarray, i: int, eps: float, rho: float
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    p, cache = p0.copy(), np.zeros_like(p0)
+    for lr, grads in zip(RATES, GRADS, strict=True):
+        g = grads[i]
+        cache = rho * cache + (1 - rho) * g**2
+        p = p - lr * g / (np.sqrt(cache) + eps)
+    return p, {"cache": cache}
+
+
+def _hand_adam(
+    p0: np.ndarray, i: int, eps: float, b1: float, b2: float
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    p, m, c = p0.copy(), np.zeros_like(p0), np.zeros_like(p0)
+    for t, (lr, grads) in enumerate(zip(RATES, GRADS, strict=True), start=1):
+        g = grads[i]
+        m = b1 * m + (1 - b1) * g
+        c = b2 * c + (1 - b2) * g**2
+        m_hat, c_hat = m / (1 - b1**t), c / (1 - b2**t)
+        p = p - lr * m_hat / (np.sqrt(c_hat) + eps)  # epsilon after the square root
+    return p, {"momentums": m, "cache": c}
+
+
+def _hand_nesterov(p0: np.ndarray, i: int, mu: float) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    p, v = p0.copy(), np.zeros_like(p0)
+    for lr, grads in zip(RATES, GRADS, strict=True):
+        g = grads[i]
+        v = mu * v - lr * g
+        p = p + mu * v - lr * g  # look ahead with the new velocity
+    return p, {"momentums": v}
+
+
+# (optimizer, hand rule); eps = 0.1 so epsilon visibly changes every update
+HAND_RULES = [
+    pytest.param(
+        lambda: bg.Adagrad(learning_rate=0.5, decay=DECAY, epsilon=0.1),
+        lambda p0, i: _hand_adagrad(p0, i, 0.1),
+        id="adagrad",
+    ),
+    pytest.param(
+        lambda: bg.RMSprop(learning_rate=0.5, decay=DECAY, epsilon=0.1, rho=0.8),
+        lambda p0, i: _hand_rmsprop(p0, i, 0.1, 0.8),
+        id="rmsprop",
+    ),
+    pytest.param(
+        lambda: bg.Adam(learning_rate=0.5, decay=DECAY, epsilon=0.1, beta_1=0.8, beta_2=0.9),
+        lambda p0, i: _hand_adam(p0, i, 0.1, 0.8, 0.9),
+        id="adam",
+    ),
+    pytest.param(
+        lambda: bg.SGD(learning_rate=0.5, decay=DECAY, momentum=0.7, nesterov=True),
+        lambda p0, i: _hand_nesterov(p0, i, 0.7),
+        id="nesterov",
+    ),
+]
+
+
+@pytest.mark.parametrize(("make", "hand"), HAND_RULES)
+def test_rule_matches_hand_computed_updates(backend: bg.Backend, make: Any, hand: Any) -> None:
+    opt = make()
+    layer, rates = _run(opt)
+    assert opt.iterations == 3
+    assert rates == pytest.approx(RATES, rel=1e-15)
+    for i, (p0, param) in enumerate([(W0, "weights"), (B0, "biases")]):
+        expected, states = hand(p0, i)
+        got = getattr(layer, param)
+        assert backend.owns(got) and got.dtype == backend.xp.float64
+        np.testing.assert_allclose(bg.to_numpy(got), expected, rtol=1e-13, atol=1e-15)
+        assert set(states) == set(opt.state_kinds)
+        for kind, value in states.items():
+            state = getattr(layer, state_name(param, kind))  # e.g. weight_cache, bias_momentums
+            assert backend.owns(state)  # optimizer state stays on the device
+            np.testing.assert_allclose(bg.to_numpy(state), value, rtol=1e-13, atol=1e-15)
+
+
+def test_first_steps_in_closed_form(backend: bg.Backend) -> None:
+    """Step 1 by hand, no loop: Adagrad and Adam move each weight by lr * g / (|g| + eps)
+    (Adam's corrected m / sqrt(c) is g / |g|); RMSprop by lr * g / (sqrt(1 - rho) |g| + eps)."""
+    g = GRADS[0][0]
+    cases = [
+        (bg.Adagrad(learning_rate=0.3, epsilon=0.01), 0.3 * g / (np.abs(g) + 0.01)),
+        (bg.Adam(learning_rate=0.3, epsilon=0.01), 0.3 * g / (np.abs(g) + 0.01)),
+        (
+            bg.RMSprop(learning_rate=0.3, epsilon=0.01, rho=0.75),
+            0.3 * g / (0.5 * np.abs(g) + 0.01),
+        ),
+    ]
+    for opt, step in cases:
+        layer = bg.Dense(2, 2, weights=W0, biases=B0)
+        layer.dweights, layer.dbiases = bg.asarray(g), bg.asarray(GRADS[0][1])
+        opt.step([layer])
+        np.testing.assert_allclose(bg.to_numpy(layer.weights), W0 - step, rtol=1e-12)
+
+
+def test_adam_bias_correction_uses_the_step_count(backend: bg.Backend) -> None:
+    """A constant gradient g: the corrected m and c are g and g**2 at every step t, so each
+    update is exactly lr * g / (|g| + eps); without bias correction (or with t off by one) the
+    steps would differ."""
+    opt = bg.Adam(learning_rate=0.1, epsilon=0.5, beta_1=0.5, beta_2=0.75)
+    layer = bg.Dense(2, 2, weights=W0, biases=B0)
+    g = np.array([[1.0, -2.0], [0.5, 4.0]])
+    step = 0.1 * g / (np.abs(g) + 0.5)
+    for t in range(1, 4):
+        layer.dweights, layer.dbiases = bg.asarray(g), bg.asarray(np.zeros((1, 2)))
+        opt.step([layer])
+        np.testing.assert_allclose(bg.to_numpy(layer.weights), W0 - t * step, rtol=1e-13)
+        np.testing.assert_allclose(bg.to_numpy(layer.weight_momentums), (1 - 0.5**t) * g)
+        np.testing.assert_allclose(bg.to_numpy(layer.weight_cache), (1 - 0.75**t) * g**2)
+    np.testing.assert_array_equal(bg.to_numpy(layer.biases), B0)  # zero gradient, no move
+
+
+@pytest.mark.parametrize(("make", "hand"), HAND_RULES)
+def test_float32_parameters_and_state_stay_float32(
+    backend: bg.Backend, make: Any, hand: Any
+) -> None:
+    opt = make()
+    layer, _ = _run(opt, dtype="float32")
+    for i, param in enumerate(("weights", "biases")):
+        got = getattr(layer, param)
+        assert got.dtype == backend.xp.float32
+        for kind in opt.state_kinds:
+            state = getattr(layer, state_name(param, kind))
+            assert state.dtype == backend.xp.float32 and backend.owns(state)
+        expected, _ = hand((W0, B0)[i], i)
+        np.testing.assert_allclose(bg.to_numpy(got), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_nesterov_matches_pytorch() -> None:
+    """With decay 0, ``nesterov=True`` is PyTorch's ``SGD(nesterov=True)``."""
+    try:
+        import torch
+    except (ImportError, OSError) as e:  # OSError: a half-installed torch
+        pytest.skip(f"PyTorch is not importable here: {e}")
+    w, b = torch.tensor(W0, requires_grad=True), torch.tensor(B0, requires_grad=True)
+    opt_t = torch.optim.SGD([w, b], lr=0.3, momentum=0.9, nesterov=True)
+    layer, _ = _run(bg.SGD(learning_rate=0.3, momentum=0.9, nesterov=True))
+    for dw, db in GRADS:
+        w.grad, b.grad = torch.tensor(dw), torch.tensor(db)
+        opt_t.step()
+    np.testing.assert_allclose(bg.to_numpy(layer.weights), w.detach().numpy(), rtol=1e-13)
+    np.testing.assert_allclose(bg.to_numpy(layer.biases), b.detach().numpy(), rtol=1e-13)
+    plain, _ = _run(bg.SGD(learning_rate=0.3, momentum=0.9))  # nesterov really changes things
+    assert not np.allclose(bg.to_numpy(plain.weights), w.detach().numpy())
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "match"),
+    [
+        (bg.Adagrad, {"epsilon": 0}, "Adagrad: epsilon must be a positive finite number, got 0"),
+        (bg.Adagrad, {"epsilon": -1e-7}, "Adagrad: epsilon must be a positive finite number"),
+        (bg.RMSprop, {"epsilon": math.nan}, "RMSprop: epsilon must be a positive .*got nan"),
+        (bg.Adam, {"epsilon": 0.0}, "Adam: epsilon must be a positive finite number, got 0.0"),
+        (bg.Adam, {"epsilon": math.inf}, "Adam: epsilon must be a positive .*got inf"),
+        (bg.RMSprop, {"rho": 1.0}, r"RMSprop: rho must be in \[0.0, 1.0\), got 1.0"),
+        (bg.RMSprop, {"rho": -0.1}, r"RMSprop: rho must be in \[0.0, 1.0\), got -0.1"),
+        (bg.RMSprop, {"rho": math.nan}, r"RMSprop: rho must be in \[0.0, 1.0\), got nan"),
+        (bg.Adam, {"beta_1": 1.0}, r"Adam: beta_1 must be in \[0.0, 1.0\), got 1.0"),
+        (bg.Adam, {"beta_1": -0.5}, r"Adam: beta_1 must be in \[0.0, 1.0\), got -0.5"),
+        (bg.Adam, {"beta_2": 1.0}, r"Adam: beta_2 must be in \[0.0, 1.0\), got 1.0"),
+        (bg.Adam, {"beta_2": 1.5}, r"Adam: beta_2 must be in \[0.0, 1.0\), got 1.5"),
+        (bg.Adam, {"learning_rate": 0}, "Adam: learning_rate must be a positive finite"),
+        (bg.Adagrad, {"decay": -1.0}, "Adagrad: decay must be a finite number >= 0"),
+        (bg.SGD, {"nesterov": True}, "SGD: nesterov=True needs a momentum > 0, got momentum=0"),
+        (bg.SGD, {"nesterov": True, "momentum": 0.0}, "nesterov=True needs a momentum > 0"),
+    ],
+)
+def test_bad_settings_of_every_optimizer_are_named(
+    cls: type, kwargs: dict[str, object], match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        cls(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("opt", "config"),
+    [
+        (
+            bg.SGD(0.5, decay=0.01, momentum=0.9, nesterov=True),
+            {"learning_rate": 0.5, "decay": 0.01, "momentum": 0.9, "nesterov": True},
+        ),
+        (
+            bg.Adagrad(0.25, decay=1e-4, epsilon=1e-6),
+            {"learning_rate": 0.25, "decay": 1e-4, "epsilon": 1e-6},
+        ),
+        (
+            bg.RMSprop(0.02, decay=1e-5, epsilon=1e-6, rho=0.95),
+            {"learning_rate": 0.02, "decay": 1e-5, "epsilon": 1e-6, "rho": 0.95},
+        ),
+        (
+            bg.Adam(0.05, decay=5e-7, epsilon=1e-8, beta_1=0.8, beta_2=0.99),
+            {"learning_rate": 0.05, "decay": 5e-7, "epsilon": 1e-8, "beta_1": 0.8, "beta_2": 0.99},
+        ),
+    ],
+    ids=["sgd", "adagrad", "rmsprop", "adam"],
+)
+def test_config_and_repr_round_trip(opt: Optimizer, config: dict[str, object]) -> None:
+    assert opt.get_config() == config
+    rebuilt = type(opt)(**opt.get_config())
+    assert rebuilt.get_config() == config
+    assert repr(rebuilt) == repr(opt)
+    args = ", ".join(f"{k}={v!r}" for k, v in config.items())
+    assert repr(opt) == f"{type(opt).__name__}({args})"
+    evaluated = eval(repr(opt), dict(OPTIMIZERS))
+    assert type(evaluated) is type(opt) and evaluated.get_config() == config
