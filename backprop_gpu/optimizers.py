@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _checks
+from . import _checks, kernels
 from .backend import array_library, dtype_name
 
 _SINGULAR = {"weights": "weight", "biases": "bias"}
@@ -164,6 +164,9 @@ class SGD(Optimizer):
             param -= lr * grad
             return
         velocity = self._state(layer, name, "momentums", param)
+        args = (param, velocity, grad, lr, self.momentum, self.nesterov)
+        if kernels.sgd_momentum(layer.backend, *args):  # the same, fused in one pass
+            return
         velocity *= self.momentum
         velocity -= lr * grad
         if self.nesterov:

@@ -1,0 +1,173 @@
+"""Fused elementwise kernels: optional fast paths for the hot spots of a training step.
+
+Each function here does in one pass what the plain ``xp`` reference code in the layers does in
+several (compare, cast, multiply, ...), and returns ``None`` (or ``False``) when it has no
+kernel for the backend, so the caller runs its reference code instead:
+
+- CuPy: CUDA C kernels (``RawKernel``), compiled by CuPy on first use. ``CUDA_SOURCE`` is the
+  whole source; CI compiles it to PTX with NVRTC on a machine with no GPU.
+- NumPy: Numba, when installed (the ``fast`` extra), single-threaded (BLAS owns the cores),
+  compiled on first use and cached.
+
+The per-element arithmetic of every kernel is written once more as a plain Python function
+(``*_element``), the "twin" that the CPU tests hold against the reference path; the Numba
+kernels are those same functions, compiled. ``BACKPROP_GPU_KERNELS=0`` (or setting
+``kernels.enabled = False``) turns every fast path off.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+from .backend import Backend, dtype_name
+
+enabled = os.environ.get("BACKPROP_GPU_KERNELS", "1") != "0"
+
+# --- the per-element arithmetic (the twins) -------------------------------------------------
+
+
+def relu_backward_element(d: float, x: float) -> float:
+    """ReLU's gradient: pass ``d`` where the input was positive, else 0."""
+    return d if x > 0 else 0.0
+
+
+def sgd_momentum_element(
+    w: float, v: float, g: float, lr: float, momentum: float, nesterov: bool
+) -> tuple[float, float]:
+    """One parameter's SGD step: ``v = momentum * v - lr * g``; ``w += v`` (Nesterov: ``w +=
+    momentum * v - lr * g``). Returns the new (w, v)."""
+    v = momentum * v - lr * g
+    return (w + (momentum * v - lr * g if nesterov else v)), v
+
+
+# --- CUDA ---------------------------------------------------------------------------------
+
+CUDA_SOURCE = r"""
+template <typename T>
+__device__ void relu_backward(const T* d, const T* x, T* out, long long n) {
+    long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    if (i < n) out[i] = x[i] > T(0) ? d[i] : T(0);
+}
+
+template <typename T>
+__device__ void sgd_momentum(T* w, T* v, const T* g, T lr, T momentum, int nesterov,
+                             long long n) {
+    long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    if (i < n) {
+        T vi = momentum * v[i] - lr * g[i];
+        v[i] = vi;
+        w[i] += nesterov ? momentum * vi - lr * g[i] : vi;
+    }
+}
+
+extern "C" {
+__global__ void relu_backward_f32(const float* d, const float* x, float* out, long long n) {
+    relu_backward<float>(d, x, out, n);
+}
+__global__ void relu_backward_f64(const double* d, const double* x, double* out,
+                                  long long n) {
+    relu_backward<double>(d, x, out, n);
+}
+__global__ void sgd_momentum_f32(float* w, float* v, const float* g, float lr,
+                                 float momentum, int nesterov, long long n) {
+    sgd_momentum<float>(w, v, g, lr, momentum, nesterov, n);
+}
+__global__ void sgd_momentum_f64(double* w, double* v, const double* g, double lr,
+                                 double momentum, int nesterov, long long n) {
+    sgd_momentum<double>(w, v, g, lr, momentum, nesterov, n);
+}
+}
+"""
+KERNEL_NAMES = ("relu_backward_f32", "relu_backward_f64", "sgd_momentum_f32", "sgd_momentum_f64")
+_SUFFIX = {"float32": "f32", "float64": "f64"}
+_THREADS = 256
+
+
+@cache
+def _cuda_module() -> Any:
+    import cupy
+
+    return cupy.RawModule(code=CUDA_SOURCE, options=("-std=c++14",))
+
+
+def _launch(name: str, n: int, *args: Any) -> None:
+    kernel = _cuda_module().get_function(name)
+    kernel(((n + _THREADS - 1) // _THREADS,), (_THREADS,), (*args, np.int64(n)))
+
+
+# --- Numba ----------------------------------------------------------------------------------
+
+
+@cache
+def _numba() -> Any:
+    """The compiled CPU kernels, or None without Numba."""
+    try:
+        import numba
+    except ImportError:
+        return None
+    element = numba.njit(inline="always")
+    relu = element(relu_backward_element)
+    sgd = element(sgd_momentum_element)
+
+    @numba.njit(cache=True, nogil=True)
+    def relu_backward(d: Any, x: Any, out: Any) -> None:
+        d, x, o = d.ravel(), x.ravel(), out.ravel()
+        for i in range(o.size):
+            o[i] = relu(d[i], x[i])
+
+    @numba.njit(cache=True, nogil=True)
+    def sgd_momentum(w: Any, v: Any, g: Any, lr: Any, momentum: Any, nesterov: bool) -> None:
+        w, v, g = w.ravel(), v.ravel(), g.ravel()
+        for i in range(w.size):
+            w[i], v[i] = sgd(w[i], v[i], g[i], lr, momentum, nesterov)
+
+    return relu_backward, sgd_momentum
+
+
+def _which(backend: Backend, *arrays: Any) -> str | None:
+    """ "cuda", "numba" or None for these arrays (contiguous, float32/float64)."""
+    if not enabled or dtype_name(arrays[0].dtype) not in _SUFFIX:
+        return None
+    if backend.name == "cupy":
+        return "cuda" if all(a.flags.c_contiguous for a in arrays) else None
+    if backend.name == "numpy" and _numba() is not None:
+        return "numba" if all(a.flags.c_contiguous for a in arrays) else None
+    return None
+
+
+# --- the fast paths ---------------------------------------------------------------------------
+
+
+def relu_backward(backend: Backend, dvalues: Any, inputs: Any) -> Any:
+    """``dvalues`` where ``inputs > 0``, else 0, in one pass; None without a kernel."""
+    kind = _which(backend, dvalues, inputs)
+    if kind is None or dvalues.dtype != inputs.dtype:
+        return None
+    out = backend.xp.empty_like(dvalues)
+    if kind == "cuda":
+        _launch(f"relu_backward_{_SUFFIX[dtype_name(out.dtype)]}", out.size, dvalues, inputs, out)
+    else:
+        _numba()[0](dvalues, inputs, out)
+    return out
+
+
+def sgd_momentum(
+    backend: Backend, param: Any, velocity: Any, grad: Any, lr: float, momentum: float,
+    nesterov: bool,
+) -> bool:  # fmt: skip
+    """Update ``param`` and ``velocity`` in place in one pass; False without a kernel."""
+    kind = _which(backend, param, velocity, grad)
+    if kind is None:
+        return False
+    scalar = np.dtype(dtype_name(param.dtype)).type  # lr and momentum in the parameters' dtype
+    args = (param, velocity, grad, scalar(lr), scalar(momentum))
+    if kind == "cuda":
+        _launch(f"sgd_momentum_{_SUFFIX[dtype_name(param.dtype)]}", param.size, *args,
+                np.int32(nesterov))  # fmt: skip
+    else:
+        _numba()[1](*args, bool(nesterov))
+    return True
