@@ -14,6 +14,7 @@ Selection, in order of precedence:
 from __future__ import annotations
 
 import contextlib
+import functools
 import contextvars
 import logging
 import os
@@ -154,6 +155,7 @@ class _HostRandom:
         return self.backend.asarray(self.generator.random(shape, dtype=host_dtype))
 
 
+@functools.cache  # NumPy's dtype.name is slow (microseconds), and this runs every step
 def dtype_name(dtype: Any) -> str:
     """``"float32"`` for any backend's float32 dtype object (or a NumPy type or name)."""
     try:
