@@ -155,9 +155,15 @@ class _HostRandom:
         return self.backend.asarray(self.generator.random(shape, dtype=host_dtype))
 
 
-@functools.cache  # NumPy's dtype.name is slow (microseconds), and this runs every step
 def dtype_name(dtype: Any) -> str:
     """``"float32"`` for any backend's float32 dtype object (or a NumPy type or name)."""
+    return _dtype_name(type(dtype), dtype)
+
+
+@functools.cache  # NumPy's dtype.name is slow (microseconds), and this runs every step
+def _dtype_name(kind: type, dtype: Any) -> str:
+    # ``kind`` is in the cache key so dtypes of different libraries, which hash alike, are
+    # never compared with each other (array-api-strict warns when they are)
     try:
         return str(np.dtype(dtype).name)
     except TypeError:  # array-api-strict's dtypes print as "array_api_strict.float32"
