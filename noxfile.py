@@ -48,5 +48,10 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    session.install(".", "threadpoolctl")
-    session.run("python", "benchmarks/step.py", *session.posargs)
+    """The performance suite: ``python -m benchmarks``, its options after ``--``.
+
+    E.g. ``nox -s bench -- --quick --json bench.json``. PyTorch is an optional contender: it is
+    compared when importable (``nox -s bench`` reuses a venv where you installed a CPU torch).
+    """
+    session.install(".", "threadpoolctl", "scikit-learn")
+    session.run("python", "-m", "benchmarks", *session.posargs)

@@ -14,8 +14,8 @@ Selection, in order of precedence:
 from __future__ import annotations
 
 import contextlib
-import functools
 import contextvars
+import functools
 import logging
 import os
 import threading
@@ -157,13 +157,13 @@ class _HostRandom:
 
 def dtype_name(dtype: Any) -> str:
     """``"float32"`` for any backend's float32 dtype object (or a NumPy type or name)."""
-    return _dtype_name(type(dtype), dtype)
+    return _dtype_name(type(dtype).__qualname__, dtype)  # type first: see below
 
 
 @functools.cache  # NumPy's dtype.name is slow (microseconds), and this runs every step
-def _dtype_name(kind: type, dtype: Any) -> str:
-    # ``kind`` is in the cache key so dtypes of different libraries, which hash alike, are
-    # never compared with each other (array-api-strict warns when they are)
+def _dtype_name(kind: str, dtype: Any) -> str:
+    # ``kind`` (the dtype's class name) comes first in the cache key, so dtypes of different
+    # libraries, which hash alike, are never compared (array-api-strict warns when they are)
     try:
         return str(np.dtype(dtype).name)
     except TypeError:  # array-api-strict's dtypes print as "array_api_strict.float32"

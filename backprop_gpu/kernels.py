@@ -1,18 +1,18 @@
-"""Fused elementwise kernels: optional fast paths for the hot spots of a training step.
+"""Fused elementwise kernels for the GPU: the hot spots of a training step in one pass.
 
 Each function here does in one pass what the plain ``xp`` reference code in the layers does in
 several (compare, cast, multiply, ...), and returns ``None`` (or ``False``) when it has no
-kernel for the backend, so the caller runs its reference code instead:
+kernel for the backend, so the caller runs its reference code instead. The kernels are CUDA C
+(``CUDA_SOURCE``, run through ``cupy.RawModule``), compiled by CuPy on first use; CI compiles
+the same source to PTX with NVRTC on a machine with no GPU.
 
-- CuPy: CUDA C kernels (``RawKernel``), compiled by CuPy on first use. ``CUDA_SOURCE`` is the
-  whole source; CI compiles it to PTX with NVRTC on a machine with no GPU.
-- NumPy: Numba, when installed (the ``fast`` extra), single-threaded (BLAS owns the cores),
-  compiled on first use and cached.
+The per-element arithmetic of every kernel is also written as a plain Python function
+(``*_element``), the "twin" that the CPU tests hold against the reference path.
+``BACKPROP_GPU_KERNELS=0`` (or ``kernels.enabled = False``) turns the kernels off.
 
-The per-element arithmetic of every kernel is written once more as a plain Python function
-(``*_element``), the "twin" that the CPU tests hold against the reference path; the Numba
-kernels are those same functions, compiled. ``BACKPROP_GPU_KERNELS=0`` (or setting
-``kernels.enabled = False``) turns every fast path off.
+On NumPy there is no fused path: a Numba build of these kernels was measured (the benchmark
+suite, [784, 256, 256, 10]) at 5-15 % faster per step but 127 MiB more resident memory
+(LLVM), so it was not adopted.
 """
 
 from __future__ import annotations
@@ -99,44 +99,14 @@ def _launch(name: str, n: int, *args: Any) -> None:
     kernel(((n + _THREADS - 1) // _THREADS,), (_THREADS,), (*args, np.int64(n)))
 
 
-# --- Numba ----------------------------------------------------------------------------------
-
-
-@cache
-def _numba() -> Any:
-    """The compiled CPU kernels, or None without Numba."""
-    try:
-        import numba
-    except ImportError:
-        return None
-    element = numba.njit(inline="always")
-    relu = element(relu_backward_element)
-    sgd = element(sgd_momentum_element)
-
-    @numba.njit(cache=True, nogil=True)
-    def relu_backward(d: Any, x: Any, out: Any) -> None:
-        d, x, o = d.ravel(), x.ravel(), out.ravel()
-        for i in range(o.size):
-            o[i] = relu(d[i], x[i])
-
-    @numba.njit(cache=True, nogil=True)
-    def sgd_momentum(w: Any, v: Any, g: Any, lr: Any, momentum: Any, nesterov: bool) -> None:
-        w, v, g = w.ravel(), v.ravel(), g.ravel()
-        for i in range(w.size):
-            w[i], v[i] = sgd(w[i], v[i], g[i], lr, momentum, nesterov)
-
-    return relu_backward, sgd_momentum
-
-
-def _which(backend: Backend, *arrays: Any) -> str | None:
-    """ "cuda", "numba" or None for these arrays (contiguous, float32/float64)."""
-    if not enabled or dtype_name(arrays[0].dtype) not in _SUFFIX:
-        return None
-    if backend.name == "cupy":
-        return "cuda" if all(a.flags.c_contiguous for a in arrays) else None
-    if backend.name == "numpy" and _numba() is not None:
-        return "numba" if all(a.flags.c_contiguous for a in arrays) else None
-    return None
+def _on_gpu(backend: Backend, *arrays: Any) -> bool:
+    """A kernel applies: CuPy, float32/float64, C-contiguous arrays."""
+    return (
+        enabled
+        and backend.name == "cupy"
+        and dtype_name(arrays[0].dtype) in _SUFFIX
+        and all(a.flags.c_contiguous for a in arrays)
+    )
 
 
 # --- the fast paths ---------------------------------------------------------------------------
@@ -144,14 +114,10 @@ def _which(backend: Backend, *arrays: Any) -> str | None:
 
 def relu_backward(backend: Backend, dvalues: Any, inputs: Any) -> Any:
     """``dvalues`` where ``inputs > 0``, else 0, in one pass; None without a kernel."""
-    kind = _which(backend, dvalues, inputs)
-    if kind is None or dvalues.dtype != inputs.dtype:
+    if not _on_gpu(backend, dvalues, inputs) or dvalues.dtype != inputs.dtype:
         return None
     out = backend.xp.empty_like(dvalues)
-    if kind == "cuda":
-        _launch(f"relu_backward_{_SUFFIX[dtype_name(out.dtype)]}", out.size, dvalues, inputs, out)
-    else:
-        _numba()[0](dvalues, inputs, out)
+    _launch(f"relu_backward_{_SUFFIX[dtype_name(out.dtype)]}", out.size, dvalues, inputs, out)
     return out
 
 
@@ -160,14 +126,11 @@ def sgd_momentum(
     nesterov: bool,
 ) -> bool:  # fmt: skip
     """Update ``param`` and ``velocity`` in place in one pass; False without a kernel."""
-    kind = _which(backend, param, velocity, grad)
-    if kind is None:
+    if not _on_gpu(backend, param, velocity, grad):
         return False
     scalar = np.dtype(dtype_name(param.dtype)).type  # lr and momentum in the parameters' dtype
-    args = (param, velocity, grad, scalar(lr), scalar(momentum))
-    if kind == "cuda":
-        _launch(f"sgd_momentum_{_SUFFIX[dtype_name(param.dtype)]}", param.size, *args,
-                np.int32(nesterov))  # fmt: skip
-    else:
-        _numba()[1](*args, bool(nesterov))
+    _launch(
+        f"sgd_momentum_{_SUFFIX[dtype_name(param.dtype)]}", param.size,
+        param, velocity, grad, scalar(lr), scalar(momentum), np.int32(nesterov),
+    )  # fmt: skip
     return True

@@ -103,7 +103,8 @@ class Dense:
         self.inputs = _checks.batch(
             self.backend, inputs, self.n_inputs, self.dtype, f"{self.name}.forward"
         )
-        self.output = self.inputs @ self.weights + self.biases
+        self.output = self.inputs @ self.weights
+        self.output += self.biases  # in place: the product is a fresh array, no copy needed
         return self.output
 
     def backward(self, dvalues: Any, need_dinputs: bool = True) -> Any:
