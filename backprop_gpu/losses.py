@@ -8,6 +8,7 @@ Labels (``y_true``) are class indices of shape (N,) (or (N, 1)) or one-hot rows 
 from __future__ import annotations
 
 import abc
+import functools
 from typing import Any
 
 import numpy as np
@@ -22,8 +23,13 @@ EPS = 1e-7  # the book's clip: predictions are kept in [EPS, 1 - EPS] before the
 def clipped(xp: Any, p: Any) -> Any:
     """``p`` clipped to [EPS, 1 - EPS]; in float16, where 1 - 1e-7 rounds to 1, EPS widens to
     the spacing just below 1 so log(1 - p) stays finite."""
-    eps = max(EPS, float(np.finfo(dtype_name(p.dtype)).epsneg))
+    eps = _clip_eps(dtype_name(p.dtype))
     return xp.clip(p, eps, 1 - eps)
+
+
+@functools.cache
+def _clip_eps(dtype: str) -> float:
+    return max(EPS, float(np.finfo(dtype).epsneg))
 
 
 class Loss(abc.ABC):
