@@ -41,8 +41,8 @@ logger = logging.getLogger("backprop_gpu")
 BACKEND_NAMES = ("auto", "numpy", "cupy", "array_api_strict")
 ENV_VAR = "BACKPROP_GPU_BACKEND"
 INSTALL_HINT = (
-    "install CuPy for your CUDA version with `pip install backprop-gpu[cuda12]` "
-    "(or `[cuda13]`), or use set_backend('numpy')"
+    "install CuPy for your CUDA version (the cuda12 or cuda13 extra: pip install '.[cuda12]' "
+    "in a checkout of backprop_gpu, or pip install cupy-cuda12x), or use set_backend('numpy')"
 )
 
 
@@ -269,7 +269,7 @@ def _make(name: str) -> Backend:
         except ImportError as e:
             raise RuntimeError(
                 "backend 'array_api_strict' needs the array-api-strict package "
-                "(pip install backprop-gpu[test])"
+                "(the test extra: pip install '.[test]' in a checkout of backprop_gpu)"
             ) from e
         return Backend("array_api_strict", array_api_strict, array_api_strict.Device("device1"))
     global _gpu

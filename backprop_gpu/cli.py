@@ -137,6 +137,8 @@ def _info(args: argparse.Namespace) -> int:
     print(f"backend (auto): {backend['name']} on {backend['device']}")
     if backend["reason"]:
         print(f"why: {backend['reason']}")
+    if found["env"]:
+        print(f"BACKPROP_GPU_BACKEND={found['env']}: train uses it unless --backend says otherwise")
     for device in found.get("devices", []):
         print(
             f"GPU {device['id']}: {device['name']}, {device['memory_free'] / 2**30:.1f} GiB free "
@@ -152,8 +154,9 @@ def _predict(args: argparse.Namespace) -> int:
         raise RunError(f"--input {args.input}: cannot read a .npy array ({e})") from None
     outputs = experiment.predict(args.run_dir, inputs, best=not args.last)
     if args.output is not None:
-        np.save(args.output, outputs)
-        print(f"wrote {args.output} {outputs.shape}")
+        path = args.output if args.output.suffix == ".npy" else Path(f"{args.output}.npy")
+        np.save(path, outputs)  # (np.save itself appends .npy to other names)
+        print(f"wrote {path} {outputs.shape}")
     else:
         np.savetxt(sys.stdout, outputs, fmt="%.6g")
     return 0
@@ -174,7 +177,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _predict(args)
     except ConfigError as e:
         parser.exit(2, f"backprop-gpu: error: {e}\n")
-    except (RunError, CheckpointError, RuntimeError, OSError, ValueError) as e:
+    except (RunError, CheckpointError, RuntimeError, OSError, ValueError, ImportError) as e:
         print(f"backprop-gpu: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        where = f" {args.out}" if getattr(args, "out", None) else " the run folder"
+        print(
+            f"\nbackprop-gpu: interrupted; the metrics and the last checkpoint in{where} are "
+            "kept: continue with backprop-gpu train --resume --out RUN_DIR",
+            file=sys.stderr,
+        )
+        return 130
     return 0

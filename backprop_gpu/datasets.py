@@ -63,12 +63,15 @@ def load_digits(
     into train and test sets by a fixed stratified shuffle (the same split every call).
 
     Returns ``X_train, y_train, X_test, y_test``: X float32 (n, 64) scaled to [0, 1], y int64.
-    Needs the ``data`` extra (``pip install backprop-gpu[data]``), which brings scikit-learn.
+    Needs the ``data`` extra (``pip install '.[data]'``), which brings scikit-learn.
     """
     try:
         from sklearn.datasets import load_digits as sklearn_digits
     except ImportError as e:
-        raise ImportError("load_digits needs scikit-learn: pip install 'backprop-gpu[data]'") from e
+        raise ImportError(
+            "load_digits needs scikit-learn: install the data extra (pip install '.[data]' in a "
+            "checkout of backprop_gpu, or pip install scikit-learn)"
+        ) from e
     if not 0 < test_fraction < 1:
         raise ValueError(f"load_digits: test_fraction must be in (0, 1), got {test_fraction}")
     digits = sklearn_digits()

@@ -72,7 +72,10 @@ class Config:
     batch_size: int = 64
     samples: int = 1000
     seed: int = 0
-    backend: str = "auto"
+    # the environment variable, as everywhere in backprop_gpu; --backend / the file override it
+    backend: str = dataclasses.field(
+        default_factory=lambda: os.environ.get("BACKPROP_GPU_BACKEND", "auto").strip() or "auto"
+    )
     out: str | None = None
 
     def __post_init__(self) -> None:
@@ -87,8 +90,10 @@ class Config:
         }
         for key, valid in choices.items():
             if getattr(self, key) not in valid:
+                source = " (from BACKPROP_GPU_BACKEND?)" if key == "backend" else ""
                 raise ConfigError(
-                    f"{key}: unknown {key} {getattr(self, key)!r}; valid: {', '.join(valid)}"
+                    f"{key}: unknown {key} {getattr(self, key)!r}{source}; "
+                    f"valid: {', '.join(valid)}"
                 )
         if not self.hidden or any(not isinstance(h, int) or h < 1 for h in self.hidden):
             raise ConfigError(f"hidden: expected positive layer sizes, got {self.hidden!r}")
@@ -100,8 +105,11 @@ class Config:
                 raise ConfigError(f"{key}: must be a finite number >= 0, got {getattr(self, key)}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"lr: must be a positive finite number, got {self.lr}")
-        if self.dropout >= 1 or self.momentum >= 1:
-            raise ConfigError("dropout and momentum must be < 1")
+        for key in ("dropout", "momentum"):
+            if getattr(self, key) >= 1:
+                raise ConfigError(f"{key}: must be < 1, got {getattr(self, key)}")
+        if self.seed < 0:
+            raise ConfigError(f"seed: must be an integer >= 0, got {self.seed}")
         if self.momentum and self.optimizer != "sgd":
             raise ConfigError(
                 f"momentum: only the sgd optimizer has momentum, not {self.optimizer}"
@@ -111,6 +119,7 @@ class Config:
     def from_mapping(cls, values: Mapping[str, Any], where: str = "config") -> Config:
         """Build from a dict (a TOML file, JSON, flags), checking every key and type."""
         fields = {f.name: f for f in dataclasses.fields(cls)}
+        values = {key.replace("-", "_"): value for key, value in values.items()}  # batch-size
         unknown = sorted(set(values) - set(fields))
         if unknown:
             raise ConfigError(
@@ -315,8 +324,14 @@ def run(
         config = Config.from_mapping(config)
     out = Path(config.out) if config.out else default_out(config)
     _prepare_folder(out, resume=False)
-    config = dataclasses.replace(config, out=str(out))
-    return _execute(config, False, report, progress, plots, command)
+    lr = config.lr if config.lr is not None else DEFAULT_LR[config.optimizer]
+    config = dataclasses.replace(config, out=str(out), lr=lr)  # config.json: the value used
+    try:
+        return _execute(config, False, report, progress, plots, command)
+    except BaseException:
+        if not any(out.iterdir()):  # failed before writing anything: leave no empty folder
+            out.rmdir()
+        raise
 
 
 def resume(
@@ -369,6 +384,14 @@ def _execute(
         if resuming:
             model = Model.load(out / "checkpoint.npz")
             _check_same_architecture(model, fresh, out)
+            recorded = json.loads((out / "config.json").read_text())
+            recorded["config"] = config.as_dict()  # the raised epoch target, if any
+            recorded.setdefault("resumed", []).append({
+                "command": command if command is not None else sys.argv,
+                "at": dt.datetime.now().isoformat(timespec="seconds"),
+                "from_epoch": model.epochs_trained,
+            })  # fmt: skip
+            _write_json(out / "config.json", recorded)
         else:
             model = fresh
             _write_json(out / "config.json", {
@@ -490,7 +513,9 @@ def _plots(
         written = plots.write_all(out, history, model, X, y)
     except ImportError:
         if report is not None:
-            report("note: plots skipped (matplotlib missing: pip install 'backprop-gpu[plot]')")
+            report(
+                "note: plots skipped (matplotlib missing: the plot extra, pip install '.[plot]')"
+            )
         return []
     return [p.name for p in written]
 
@@ -509,6 +534,7 @@ def info() -> dict[str, Any]:
         pass
     found["backend"] = {"name": backend.name, "device": str(backend.device),
                         "reason": backend.reason}  # fmt: skip
+    found["env"] = os.environ.get("BACKPROP_GPU_BACKEND")
     if backend.name == "cupy":
         runtime = backend.xp.cuda.runtime
         devices = []

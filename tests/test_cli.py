@@ -56,12 +56,10 @@ def test_train_writes_a_complete_run_folder(tmp_path: Path) -> None:
     }  # fmt: skip
 
     config = json.loads((out / "config.json").read_text())
-    assert (
-        config["config"]
-        == experiment.Config(
-            epochs=3, samples=150, hidden=(16,), batch_size=32, out=str(out)
-        ).as_dict()
-    )
+    expected = experiment.Config(
+        epochs=3, samples=150, hidden=(16,), batch_size=32, out=str(out), lr=0.02
+    )  # every resolved setting: Adam's default learning rate is written out
+    assert config["config"] == expected.as_dict()
     assert config["backend"]["name"] == ("cupy" if GPU_OK else "numpy")
     assert config["backend"]["reason"].startswith("auto: ")
     assert config["versions"]["numpy"] == np.__version__
@@ -100,7 +98,10 @@ def test_missing_matplotlib_is_a_note_not_a_crash(
         {"epochs": 2, "samples": 90, "out": str(tmp_path / "run")}, report=notes.append
     )
     assert summary["plots"] == [] and summary["epochs"] == 2
-    assert notes[-1] == "note: plots skipped (matplotlib missing: pip install 'backprop-gpu[plot]')"
+    assert (
+        notes[-1]
+        == "note: plots skipped (matplotlib missing: the plot extra, pip install '.[plot]')"
+    )
     assert not list((tmp_path / "run").glob("*.png"))
 
 
@@ -166,6 +167,8 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in part] == strip
     with open(tmp_path / "part" / "metrics.csv") as f:
         assert len(list(csv.DictReader(f))) == 4  # appended, one header
+    recorded = json.loads((tmp_path / "part" / "config.json").read_text())
+    assert recorded["config"]["epochs"] == 4 and recorded["resumed"][0]["from_epoch"] == 2
 
 
 def test_existing_run_folder_is_never_overwritten(
@@ -229,6 +232,8 @@ def test_unwritable_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         (["train", "--epochs", "ten"], "invalid int value: 'ten'"),
         (["train", "--momentum", "0.9"], "only the sgd optimizer has momentum"),
         (["train", "--resume"], "--resume needs --out RUN_DIR"),
+        (["train", "--seed", "-1"], "seed: must be an integer >= 0, got -1"),
+        (["train", "--dropout", "1.5"], "dropout: must be < 1, got 1.5"),
         (["fly"], "invalid choice: 'fly'"),
     ],
 )
@@ -265,11 +270,45 @@ def test_bad_config_files_name_the_key(
 
 def test_flags_override_the_config_file(tmp_path: Path) -> None:
     path = tmp_path / "sweep.toml"
-    path.write_text('dataset = "vertical"\nhidden = [12]\nepochs = 9\nsamples = 90\n')
+    path.write_text('dataset = "vertical"\nhidden = [12]\nepochs = 9\nbatch-size = 30\n')
     assert cli.main(["train", "--config", str(path), "--epochs", "2", "--out",
                      str(tmp_path / "run"), "--quiet", "--no-plots"]) == 0  # fmt: skip
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
     assert (saved["dataset"], saved["hidden"], saved["epochs"]) == ("vertical", [12], 2)
+    assert saved["batch_size"] == 30  # keys may be spelt like the flags, with a hyphen
+
+
+def test_the_shipped_sweep_file_works(tmp_path: Path) -> None:
+    sweep = Path(__file__).resolve().parents[1] / "examples" / "sweep.toml"
+    out = tmp_path / "run"
+    args = ["train", "--config", str(sweep), "--epochs", "2", "--out", str(out), "--quiet"]
+    assert cli.main([*args, "--no-plots"]) == 0
+    assert json.loads((out / "config.json").read_text())["config"]["epochs"] == 2
+
+
+def test_the_environment_variable_picks_the_backend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BACKPROP_GPU_BACKEND", "numpy")
+    assert quick_run(tmp_path / "a", "--no-plots") == 0
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["config"]["backend"] == "numpy"
+    monkeypatch.setenv("BACKPROP_GPU_BACKEND", "gpu")
+    with pytest.raises(SystemExit) as exit_info:
+        quick_run(tmp_path / "b")
+    assert exit_info.value.code == 2
+    assert "backend: unknown backend 'gpu' (from BACKPROP_GPU_BACKEND?)" in capsys.readouterr().err
+    assert quick_run(tmp_path / "c", "--backend", "numpy", "--no-plots") == 0  # the flag wins
+
+
+def test_a_run_that_fails_at_once_leaves_no_empty_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # the data extra is missing
+    out = tmp_path / "run"
+    assert quick_run(out, "--dataset", "digits") == 1
+    err = capsys.readouterr().err
+    assert "load_digits needs scikit-learn: install the data extra" in err
+    assert "Traceback" not in err and not out.exists()
 
 
 def test_help_shows_defaults() -> None:
@@ -327,7 +366,8 @@ def test_evaluate_and_predict(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     X = np.random.default_rng(0).uniform(-1, 1, (7, 2)).astype(np.float32)
     np.save(tmp_path / "x.npy", X)
     assert cli.main(["predict", str(out), "--input", str(tmp_path / "x.npy"),
-                     "--output", str(tmp_path / "p.npy")]) == 0  # fmt: skip
+                     "--output", str(tmp_path / "p")]) == 0  # fmt: skip
+    assert f"wrote {tmp_path / 'p.npy'} (7, 3)" in capsys.readouterr().out
     probs = np.load(tmp_path / "p.npy")
     assert probs.shape == (7, 3)
     np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)

@@ -55,5 +55,5 @@ def test_load_digits_split_is_fixed_and_stratified() -> None:
 
 def test_load_digits_names_the_missing_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
-    with pytest.raises(ImportError, match=r"scikit-learn: pip install 'backprop-gpu\[data\]'"):
+    with pytest.raises(ImportError, match=r"scikit-learn: install the data extra \(pip install"):
         datasets.load_digits()
