@@ -76,6 +76,8 @@ def labels(
     copy; device labels cost one device-to-host sync for the range check (CuPy would otherwise
     wrap an out-of-range index silently).
     """
+    if n_samples == 0:
+        raise ValueError(f"{where} got an empty batch (0 samples)")
     on_host = array_library(y_true) in ("numpy", None)
     y = np.asarray(y_true) if on_host else backend.asarray(y_true, what=f"{where} y_true")
     if y.ndim == 2 and y.shape[1] == 1 and (n_classes > 1 or dtype_kind(y.dtype) in "iu"):
@@ -208,6 +210,8 @@ def non_negative_finite(value: float, where: str) -> float:
 def targets(backend: Backend, y_true: Any, n: int, outputs: int, dtype: Any, where: str) -> Any:
     """Real-valued targets of shape (n, outputs) and ``dtype`` on the device; (n,) is
     accepted when there is one output."""
+    if n == 0:
+        raise ValueError(f"{where} got an empty batch (0 samples)")
     y = backend.asarray(y_true, dtype, what=f"{where} y_true")
     if y.ndim == 1 and outputs == 1 and y.shape[0] == n:
         y = backend.xp.reshape(y, (n, 1))

@@ -46,7 +46,7 @@ INSTALL_HINT = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Backend:
     """One array library on one device.
 
@@ -63,6 +63,16 @@ class Backend:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "array_type", type(self.xp.asarray(0)))
+
+    # Two backends are the same when their library and device are: how ``auto`` got there
+    # (``reason``) does not matter, and a CuPy Device is not hashable, its text is.
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Backend):
+            return NotImplemented
+        return (self.name, str(self.device)) == (other.name, str(other.device))
+
+    def __hash__(self) -> int:
+        return hash((self.name, str(self.device)))
 
     def owns(self, a: Any) -> bool:
         """True when ``a`` is an array of this backend on this backend's device (for NumPy,
@@ -272,23 +282,25 @@ def _make(name: str) -> Backend:
                 "(the test extra: pip install '.[test]' in a checkout of backprop_gpu)"
             ) from e
         return Backend("array_api_strict", array_api_strict, array_api_strict.Device("device1"))
-    global _gpu
-    if _gpu is None:  # detect once: a working GPU stays working for the process
+    global _detected
+    if _detected is None:  # detect once per process, and log a fallback once
         cupy, reason = detect_gpu()
-        if cupy is not None:
-            _gpu = Backend("cupy", cupy, cupy.cuda.Device())
-    if _gpu is not None:
-        return _gpu if name == "cupy" else replace(_gpu, reason="auto: CUDA device works")
+        # the device current at detection (device 0 unless the program chose another)
+        _detected = (
+            Backend("cupy", cupy, cupy.cuda.Device()) if cupy is not None else None,
+            reason,
+        )
+        if cupy is None:
+            logger.info("backprop_gpu: auto uses NumPy: %s", reason)
+    gpu, reason = _detected
+    if gpu is not None:
+        return gpu if name == "cupy" else replace(gpu, reason="auto: CUDA device works")
     if name == "cupy":
         raise RuntimeError(f"backend 'cupy' was requested but cannot run: {reason}")
-    if reason not in _logged:  # once per distinct reason, not at every use_backend("auto")
-        _logged.add(reason)
-        logger.info("backprop_gpu: using NumPy: %s", reason)
     return Backend("numpy", np, "cpu", reason=f"auto: {reason}")
 
 
-_gpu: Backend | None = None
-_logged: set[str] = set()
+_detected: tuple[Backend | None, str] | None = None  # (the CuPy backend or None, why not)
 _lock = threading.Lock()
 _env_choice = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
 _default: Backend | None = None

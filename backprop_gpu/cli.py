@@ -21,7 +21,7 @@ from . import experiment
 from .checkpoint import CheckpointError
 from .experiment import Config, ConfigError, RunError
 
-D = Config()  # the defaults, shown in --help
+D = Config(backend="auto")  # the defaults, shown in --help (not read from the environment)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -74,7 +74,7 @@ class Config:
     seed: int = 0
     # the environment variable, as everywhere in backprop_gpu; --backend / the file override it
     backend: str = dataclasses.field(
-        default_factory=lambda: os.environ.get("BACKPROP_GPU_BACKEND", "auto").strip() or "auto"
+        default_factory=lambda: os.environ.get("BACKPROP_GPU_BACKEND", "").strip().lower() or "auto"
     )
     out: str | None = None
 

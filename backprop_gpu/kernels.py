@@ -31,8 +31,9 @@ enabled = os.environ.get("BACKPROP_GPU_KERNELS", "1") != "0"
 
 
 def relu_backward_element(d: float, x: float) -> float:
-    """ReLU's gradient: pass ``d`` where the input was positive, else 0."""
-    return d if x > 0 else 0.0
+    """ReLU's gradient: ``d`` times the 0/1 mask of positive inputs (so, like the reference,
+    an infinite ``d`` on a masked input gives NaN rather than 0)."""
+    return d * (1.0 if x > 0 else 0.0)
 
 
 def sgd_momentum_element(
@@ -50,7 +51,7 @@ CUDA_SOURCE = r"""
 template <typename T>
 __device__ void relu_backward(const T* d, const T* x, T* out, long long n) {
     long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
-    if (i < n) out[i] = x[i] > T(0) ? d[i] : T(0);
+    if (i < n) out[i] = d[i] * (x[i] > T(0) ? T(1) : T(0));
 }
 
 template <typename T>
@@ -95,6 +96,8 @@ def _cuda_module() -> Any:
 
 
 def _launch(name: str, n: int, *args: Any) -> None:
+    if n == 0:  # a grid of 0 blocks is an invalid launch
+        return
     kernel = _cuda_module().get_function(name)
     kernel(((n + _THREADS - 1) // _THREADS,), (_THREADS,), (*args, np.int64(n)))
 

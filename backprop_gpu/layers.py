@@ -70,9 +70,10 @@ class Dense:
             bias_regularizer_l2, "Dense: bias_regularizer_l2"
         )
         self.backend: Backend = get_backend()
-        if dtype is None:  # float32, or the given weights' floating dtype
-            given = to_numpy(weights).dtype if weights is not None else None
-            dtype = given if given is not None and given.kind == "f" else np.float32
+        if dtype is None:  # float32, or the floating dtype of the given weights (or biases)
+            given = [to_numpy(a).dtype for a in (weights, biases) if a is not None]
+            floats = [g for g in given if g.kind == "f"]
+            dtype = floats[0] if floats else np.float32
         self.dtype_name = dtype_name(dtype)
         if np.dtype(self.dtype_name).kind != "f":
             raise ValueError(f"Dense: dtype must be a floating type, got {self.dtype_name}")

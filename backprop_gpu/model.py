@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -75,17 +75,17 @@ class Model:
     def set(
         self, *, loss: Loss | None = None, optimizer: Optimizer | None = None, accuracy: Any = None
     ) -> Model:
-        """Set any of the loss, optimizer and accuracy (the others are kept)."""
-        if loss is not None:
-            if not isinstance(loss, Loss):
-                raise TypeError(f"Model.set: loss must be a backprop_gpu Loss, got {loss!r}")
-            self.loss = loss
-        if optimizer is not None:
-            if not isinstance(optimizer, Optimizer):
-                raise TypeError(f"Model.set: optimizer must be an Optimizer, got {optimizer!r}")
-            self.optimizer = optimizer
-        if accuracy is not None:
-            self.accuracy = accuracy
+        """Set any of the loss, optimizer and accuracy (the others are kept). Everything is
+        checked before anything changes."""
+        if loss is not None and not isinstance(loss, Loss):
+            raise TypeError(f"Model.set: loss must be a backprop_gpu Loss, got {loss!r}")
+        if optimizer is not None and not isinstance(optimizer, Optimizer):
+            raise TypeError(f"Model.set: optimizer must be an Optimizer, got {optimizer!r}")
+        if accuracy is not None and not callable(getattr(accuracy, "calculate", None)):
+            raise TypeError(f"Model.set: accuracy must have calculate(), got {accuracy!r}")
+        self.loss = loss if loss is not None else self.loss
+        self.optimizer = optimizer if optimizer is not None else self.optimizer
+        self.accuracy = accuracy if accuracy is not None else self.accuracy
         self._finalized = False
         return self
 
@@ -192,10 +192,12 @@ class Model:
         else:
             outputs = self.n_outputs or 1
             y_dev = _checks.targets(self.backend, y, n, outputs, self.dtype, f"{where} y")
-            _finite(self.backend, y_dev, f"{where}: y")
+            _finite(self.backend.xp, y_dev, f"{where}: y")
         return x_dev, y_dev
 
-    def _inputs(self, X: Any, where: str) -> Any:
+    def _inputs(self, X: Any, where: str, *, sync_ok: bool = True) -> Any:
+        """X checked and on the device. NaN/Inf are looked for on the host before the copy;
+        data already on the device costs a sync for that, skipped when not ``sync_ok``."""
         on_host = array_library(X) in ("numpy", None)
         x = np.asarray(X) if on_host else self.backend.asarray(X, what=f"{where} X")
         if on_host:
@@ -213,8 +215,11 @@ class Model:
             )
         if x.shape[0] == 0:
             raise ValueError(f"{where}: X is empty (shape {tuple(x.shape)})")
+        if on_host:
+            _finite(np, x, f"{where}: X")
         x = self.backend.asarray(x, self.dtype, what=f"{where} X")
-        _finite(self.backend, x, f"{where}: X")
+        if not on_host and sync_ok:
+            _finite(self.backend.xp, x, f"{where}: X")
         return x
 
     @staticmethod
@@ -339,24 +344,21 @@ class Model:
         return history
 
     def _snapshot(self) -> dict[str, Any]:
-        """Device copies of every parameter and optimizer state, and the counters."""
+        """Device copies of every parameter and optimizer state (None where not created
+        yet), and the counters, for ``_restore`` after a non-finite loss."""
         assert self.optimizer is not None
         xp = self.backend.xp
-        arrays = {}
-        for i, layer in enumerate(self.layers):
-            for name in getattr(layer, "params", ()):
-                attrs = [name] + [state_name(name, k) for k in self.optimizer.state_kinds]
-                for attr in attrs:
-                    value = getattr(layer, attr, None)
-                    if value is not None:
-                        arrays[(i, attr)] = xp.asarray(value, copy=True)
+        arrays = [
+            (layer, attr, None if value is None else xp.asarray(value, copy=True))
+            for _, layer, attr, _ in self._slots(with_state=True)
+            for value in [getattr(layer, attr, None)]
+        ]
         counters = (self.optimizer.iterations, self.optimizer.current_learning_rate)
         return {"arrays": arrays, "counters": counters, "epochs": self.epochs_trained}
 
     def _restore(self, saved: dict[str, Any]) -> None:
         assert self.optimizer is not None
-        for (i, attr), value in saved["arrays"].items():
-            setattr(self.layers[i], attr, value)
+        self._assign(saved["arrays"])
         self.optimizer.iterations, self.optimizer.current_learning_rate = saved["counters"]
         self.epochs_trained = saved["epochs"]
 
@@ -401,7 +403,7 @@ class Model:
         """The network's outputs for X (probabilities when the loss is SoftmaxCrossEntropy),
         in inference mode, as a device array (samples, outputs); ``bg.to_numpy`` to read."""
         self._ready("predict")
-        X_dev = self._inputs(X, "Model.predict")
+        X_dev = self._inputs(X, "Model.predict", sync_ok=False)  # predict never waits
         n = X_dev.shape[0]
         size = self._batch_size(batch_size, n, "Model.predict")
         outs = [
@@ -412,59 +414,70 @@ class Model:
 
     # --- checkpoints ---------------------------------------------------------------------
 
-    def _parameter_arrays(self) -> dict[str, np.ndarray]:
+    def _slots(self, with_state: bool) -> Iterator[tuple[str, Any, str, Any]]:
+        """``(key, layer, attribute, parameter)`` for every parameter and, ``with_state``,
+        every optimizer-state slot beside it; ``key`` is the array's name in a checkpoint."""
+        kinds = self.optimizer.state_kinds if with_state and self.optimizer is not None else ()
+        for i, layer in enumerate(self.layers):
+            for name in getattr(layer, "params", ()):
+                param = getattr(layer, name)
+                yield f"layers.{i}.{name}", layer, name, param
+                for kind in kinds:
+                    attr = state_name(name, kind)
+                    yield f"optimizer.{i}.{attr}", layer, attr, param
+
+    def _host_arrays(self, with_state: bool) -> dict[str, np.ndarray]:
+        """Parameters (and optimizer state that exists) as host arrays, by checkpoint key."""
         return {
-            f"layers.{i}.{name}": to_numpy(getattr(layer, name))
-            for i, layer in enumerate(self.layers)
-            for name in getattr(layer, "params", ())
+            key: to_numpy(value)
+            for key, layer, attr, _ in self._slots(with_state)
+            if (value := getattr(layer, attr, None)) is not None
         }
 
     def save_parameters(self, path: str | os.PathLike[str]) -> None:
         """Write the layers' parameters (weights and biases) to ``path`` (.npz), atomically."""
-        shapes = [type(layer).__name__ for layer in self.layers]
-        checkpoint.save(path, self._parameter_arrays(), {"kind": "parameters", "layers": shapes})
+        names = [type(layer).__name__ for layer in self.layers]
+        checkpoint.save(path, self._host_arrays(False), {"kind": "parameters", "layers": names})
 
     def load_parameters(self, path: str | os.PathLike[str]) -> None:
         """Load parameters saved by ``save_parameters`` or ``save`` (from any backend) into
         this model's layers. Everything is checked first: on any mismatch the model is left
         unchanged and ``CheckpointError`` names the problem."""
         arrays, _ = checkpoint.load(path)
-        self._assign(self._checked_parameters(arrays, path))
+        self._assign(self._checked(arrays, path, with_state=False))
 
-    def _checked_parameters(
-        self, arrays: dict[str, np.ndarray], path: Any
+    def _checked(
+        self, arrays: dict[str, np.ndarray], path: Any, with_state: bool
     ) -> list[tuple[Any, str, Any]]:
-        updates = []
-        expected = self._parameter_arrays()
-        for key, current in expected.items():
+        """``(layer, attribute, device array or None)`` for every slot, after checking that
+        every parameter is there, every array has its parameter's shape and none is extra.
+        Optimizer state missing from the file was never created: it comes back as None."""
+        updates, known = [], set()
+        for key, layer, attr, param in self._slots(with_state):
+            known.add(key)
             if key not in arrays:
-                raise checkpoint.CheckpointError(f"{path}: missing array {key!r}")
-            if arrays[key].shape != current.shape:
+                if key.startswith("layers."):
+                    raise checkpoint.CheckpointError(f"{path}: missing array {key!r}")
+                updates.append((layer, attr, None))
+                continue
+            if arrays[key].shape != tuple(param.shape):
                 raise checkpoint.CheckpointError(
-                    f"{path}: {key} has shape {arrays[key].shape}, the model needs {current.shape}"
+                    f"{path}: {key} has shape {arrays[key].shape}, the model needs "
+                    f"{tuple(param.shape)}"
                 )
-        extra = sorted(
-            k
-            for k in arrays
-            if k.startswith("layers.")
-            and k.split(".")[-1] in ("weights", "biases")
-            and k not in expected
-        )
+            updates.append((layer, attr, layer.backend.asarray(arrays[key], param.dtype)))
+        families = ("layers.", "optimizer.") if with_state else ("layers.",)
+        extra = sorted(k for k in arrays if k.startswith(families) and k not in known)
         if extra:
             raise checkpoint.CheckpointError(
-                f"{path}: arrays {extra} have no matching layer in this model"
+                f"{path}: arrays {extra} have no matching slot in this model"
             )
-        for key in expected:
-            _, i, name = key.split(".")
-            layer = self.layers[int(i)]
-            value = self.backend.asarray(arrays[key], getattr(layer, name).dtype)
-            updates.append((layer, name, value))
         return updates
 
     @staticmethod
     def _assign(updates: list[tuple[Any, str, Any]]) -> None:
-        for layer, name, value in updates:
-            setattr(layer, name, value)
+        for layer, attr, value in updates:
+            setattr(layer, attr, value)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the whole model to one .npz, atomically: architecture, loss, accuracy and
@@ -472,7 +485,6 @@ class Model:
         ``Model.load`` can resume training exactly."""
         self._ready("save")
         assert self.loss is not None
-        arrays = self._parameter_arrays()
         meta: dict[str, Any] = {
             "kind": "model",
             "layers": [_spec(layer) for layer in self.layers],
@@ -487,17 +499,13 @@ class Model:
                 "iterations": opt.iterations,
                 "current_learning_rate": opt.current_learning_rate,
             }
-            for i, layer in enumerate(self.layers):
-                for name in getattr(layer, "params", ()):
-                    for kind in opt.state_kinds:
-                        state = getattr(layer, state_name(name, kind), None)
-                        if state is not None:
-                            arrays[f"optimizer.{i}.{state_name(name, kind)}"] = to_numpy(state)
-        checkpoint.save(path, arrays, meta)
+        checkpoint.save(path, self._host_arrays(with_state=True), meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Model:
-        """Rebuild a model saved by ``save`` on the active backend, ready to train on."""
+        """Rebuild a model saved by ``save`` on the active backend, ready to train on.
+        A file that does not fit (unknown class, missing or misshapen array, ...) raises
+        ``CheckpointError``."""
         arrays, meta = checkpoint.load(path)
         if meta.get("kind") != "model":
             raise checkpoint.CheckpointError(
@@ -505,28 +513,23 @@ class Model:
             )
         try:
             model = cls([_build(spec, LAYERS) for spec in meta["layers"]])
+            accuracy = meta["accuracy"]
             model.set(
                 loss=_build(meta["loss"], LOSSES),
-                accuracy=None if meta["accuracy"] is None else _build(meta["accuracy"], ACCURACIES),
+                accuracy=None if accuracy is None else _build(accuracy, ACCURACIES),
             )
             opt_meta = meta["optimizer"]
             if opt_meta is not None:
                 model.set(optimizer=_build(opt_meta, OPTIMIZERS))
+                opt = model.optimizer
+                assert opt is not None
+                opt.iterations = int(opt_meta["iterations"])
+                opt.current_learning_rate = float(opt_meta["current_learning_rate"])
             model.finalize()
+            model.epochs_trained = int(meta["epochs_trained"])
         except (KeyError, TypeError, ValueError) as e:
-            raise checkpoint.CheckpointError(f"{path}: cannot rebuild the model: {e}") from e
-        model._assign(model._checked_parameters(arrays, path))
-        model.epochs_trained = int(meta["epochs_trained"])
-        if opt_meta is not None:
-            opt = model.optimizer
-            assert opt is not None
-            opt.iterations = int(opt_meta["iterations"])
-            opt.current_learning_rate = float(opt_meta["current_learning_rate"])
-            for key, value in arrays.items():
-                if key.startswith("optimizer."):
-                    _, i, attr = key.split(".")
-                    layer = model.layers[int(i)]
-                    setattr(layer, attr, model.backend.asarray(value, layer.dtype))
+            raise checkpoint.CheckpointError(f"{path}: cannot rebuild the model: {e!r}") from e
+        model._assign(model._checked(arrays, path, with_state=True))
         return model
 
     def __repr__(self) -> str:
@@ -554,9 +557,8 @@ class _Unchecked:
             o.validate = v
 
 
-def _finite(backend: Backend, a: Any, where: str) -> None:
-    """Raise if ``a`` holds NaN or Inf: on the host for host data, one sync otherwise."""
-    xp = backend.xp
+def _finite(xp: Any, a: Any, where: str) -> None:
+    """Raise if ``a`` holds NaN or Inf (a device-to-host sync when ``a`` is on a GPU)."""
     if not bool(xp.all(xp.isfinite(a))):
         bad = int(to_numpy(xp.sum(xp.astype(~xp.isfinite(a), xp.int64))))
         raise ValueError(f"{where} holds {bad} NaN or infinite values; clean the data first")

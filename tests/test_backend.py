@@ -82,8 +82,8 @@ def _fake_cupy(*, available: bool, matmul_fails: bool = False, driver: int = 0) 
 
 @pytest.fixture(autouse=True)
 def _no_cached_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test detects afresh (a fake CuPy must not leak a cached GPU backend)."""
-    monkeypatch.setattr(backend_mod, "_gpu", None)
+    """Each test detects afresh (a fake CuPy must not leak a cached detection)."""
+    monkeypatch.setattr(backend_mod, "_detected", None)
 
 
 def test_auto_picks_a_working_cupy_and_detects_once(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -300,10 +300,36 @@ def test_auto_fallback_is_logged_once(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setitem(sys.modules, "cupy", None)
-    monkeypatch.setattr(backend_mod, "_logged", set())
+    calls = []
+    real = backend_mod.detect_gpu
+    monkeypatch.setattr(backend_mod, "detect_gpu", lambda: calls.append(1) or real())
     with caplog.at_level("INFO", logger="backprop_gpu"):
         for _ in range(3):
             with bg.use_backend("auto"):
                 pass
+    assert len(calls) == 1  # a failed detection is remembered too
     records = [r for r in caplog.records if r.name == "backprop_gpu"]
     assert len(records) == 1 and "CuPy is not importable" in records[0].getMessage()
+
+
+def test_backends_compare_by_library_and_device() -> None:
+    """A CuPy Device is unhashable and ``reason`` differs between ``auto`` and a name: the
+    Model's same-backend check must still work."""
+
+    class Device:  # like cupy.cuda.Device: no hash
+        __hash__ = None  # type: ignore[assignment]
+
+        def __repr__(self) -> str:
+            return "<CUDA Device 0>"
+
+    fake = types.SimpleNamespace(asarray=np.asarray)
+    a = bg.Backend("cupy", fake, Device(), reason="auto: CUDA device works")
+    b = bg.Backend("cupy", fake, Device())
+    assert a == b and len({a, b}) == 1
+    assert bg.Backend("numpy", np, "cpu", reason="auto: x") == bg.Backend("numpy", np, "cpu")
+    with bg.use_backend("auto"):
+        dense = bg.Dense(2, 3)
+    with bg.use_backend("numpy"):
+        model = bg.Model([dense]).set(loss=bg.SoftmaxCrossEntropy())
+    if not GPU_OK:
+        model.finalize()  # auto's NumPy and a named NumPy are one backend

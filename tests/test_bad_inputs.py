@@ -240,3 +240,38 @@ def test_nonfinite_loss_stop_keeps_the_last_finite_parameters(backend: bg.Backen
         history = model.train(X, Y, epochs=3, batch_size=8, print_every=0, on_nonfinite="stop")
     assert history == [] and model.epochs_trained == 1
     assert all(np.isfinite(v).all() for k, v in state(model).items() if k != "counters")
+
+
+def test_nonfinite_restore_brings_back_uncreated_optimizer_state(backend: bg.Backend) -> None:
+    """In the first epoch the momentums do not exist yet: after a NaN they must not either,
+    so training again with a sane learning rate starts clean."""
+    model = exploding()
+    model.set(optimizer=bg.SGD(learning_rate=1e38, momentum=0.9)).finalize()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        model.train(X, Y, epochs=1, batch_size=8, print_every=0, on_nonfinite="stop")
+    assert getattr(model.layers[0], "weight_momentums", None) is None
+    model.optimizer.learning_rate = model.optimizer.current_learning_rate = 0.01
+    history = model.train(X, Y, epochs=2, batch_size=8, print_every=0)
+    assert all(math.isfinite(row["loss"]) for row in history)
+
+
+def test_a_failed_set_changes_nothing() -> None:
+    model = trained_model()
+    loss, optimizer = model.loss, model.optimizer
+    with pytest.raises(TypeError, match="Model.set: optimizer must be an Optimizer, got 'adam'"):
+        model.set(loss=bg.MeanSquaredError(), optimizer="adam")  # type: ignore[arg-type]
+    assert model.loss is loss and model.optimizer is optimizer
+
+
+def test_losses_refuse_an_empty_batch(backend: bg.Backend) -> None:
+    empty = np.zeros((0, 3), np.float32)
+    with pytest.raises(ValueError, match=r"SoftmaxCrossEntropy.forward got an empty batch"):
+        bg.SoftmaxCrossEntropy().forward(empty, np.zeros(0, np.int64))
+    with pytest.raises(ValueError, match=r"MeanSquaredError.forward got an empty batch"):
+        bg.MeanSquaredError().forward(empty, empty)
+
+
+def test_explicit_float64_biases_set_the_dtype(backend: bg.Backend) -> None:
+    dense = bg.Dense(2, 3, biases=np.zeros((1, 3)))  # float64 biases, no weights, no dtype
+    assert dense.weights.dtype == dense.biases.dtype == backend.xp.float64

@@ -177,3 +177,29 @@ def _npz(arrays: dict[str, np.ndarray]) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)  # type: ignore[arg-type]
     return buffer.getvalue()
+
+
+def test_bad_optimizer_arrays_are_refused_before_anything_changes(tmp_path: Path) -> None:
+    path = tmp_path / "m.npz"
+    trained().save(path)
+    arrays, meta = checkpoint.load(path)
+    cases = {
+        "optimizer.0.weight_cache": np.ones((1, 3), np.float32),  # wrong shape
+        "optimizer.7.weight_cache": np.ones((2, 32), np.float32),  # no such layer
+        "optimizer.0.weights": np.ones((2, 32), np.float32),  # not a state slot
+    }
+    for key, value in cases.items():
+        checkpoint.save(path, {**arrays, key: value}, meta)
+        with pytest.raises(bg.CheckpointError, match="has shape|no matching slot"):
+            bg.Model.load(path)
+    del meta["epochs_trained"]
+    checkpoint.save(path, arrays, meta)
+    with pytest.raises(bg.CheckpointError, match="cannot rebuild the model: KeyError"):
+        bg.Model.load(path)
+
+
+def test_load_parameters_into_a_model_not_finalized(tmp_path: Path) -> None:
+    trained().save_parameters(tmp_path / "p.npz")
+    model = bg.Model([bg.Dense(2, 32), bg.ReLU(), bg.Dense(32, 3)])
+    model.load_parameters(tmp_path / "p.npz")
+    assert bg.to_numpy(model.layers[0].weights).std() > 0.05  # the trained he-init weights
