@@ -107,7 +107,7 @@ class Backend:
             if dtype is not None and a.dtype != dtype:
                 if getattr(a.dtype, "kind", "f") not in "biuf":  # NumPy or CuPy: a numpy dtype
                     raise TypeError(f"{what} must hold numbers, got dtype {a.dtype}")
-                a = self.xp.astype(a, dtype) if self.name == "array_api_strict" else a.astype(dtype)
+                a = self.xp.astype(a, dtype)  # NumPy >= 2, CuPy >= 14 and the standard
             return a
         other = array_library(a)
         if other is not None and other != "numpy":

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from . import _checks
-from .backend import Backend, dtype_name, get_backend, to_numpy
+from .backend import Backend, array_library, dtype_name, get_backend, to_numpy
 
 INITS = ("nnfs", "he", "glorot")
 
@@ -57,18 +57,11 @@ class Dense:
             raise ValueError(f"Dense: init must be one of {', '.join(INITS)}, got {init!r}")
         self.n_inputs, self.n_neurons, self.init = int(n_inputs), int(n_neurons), init
         self.name = f"Dense({self.n_inputs}, {self.n_neurons})"  # names the layer in errors
-        self.weight_regularizer_l1 = _checks.non_negative_finite(
-            weight_regularizer_l1, "Dense: weight_regularizer_l1"
-        )
-        self.weight_regularizer_l2 = _checks.non_negative_finite(
-            weight_regularizer_l2, "Dense: weight_regularizer_l2"
-        )
-        self.bias_regularizer_l1 = _checks.non_negative_finite(
-            bias_regularizer_l1, "Dense: bias_regularizer_l1"
-        )
-        self.bias_regularizer_l2 = _checks.non_negative_finite(
-            bias_regularizer_l2, "Dense: bias_regularizer_l2"
-        )
+        check = _checks.non_negative_finite
+        self.weight_regularizer_l1 = check(weight_regularizer_l1, "Dense: weight_regularizer_l1")
+        self.weight_regularizer_l2 = check(weight_regularizer_l2, "Dense: weight_regularizer_l2")
+        self.bias_regularizer_l1 = check(bias_regularizer_l1, "Dense: bias_regularizer_l1")
+        self.bias_regularizer_l2 = check(bias_regularizer_l2, "Dense: bias_regularizer_l2")
         self.backend: Backend = get_backend()
         if dtype is None:  # float32, or the floating dtype of the given weights (or biases)
             given = [to_numpy(a).dtype for a in (weights, biases) if a is not None]
@@ -91,6 +84,12 @@ class Dense:
         self.dinputs: Any = None
 
     def _param(self, value: Any, shape: tuple[int, int], name: str) -> Any:
+        library = array_library(value)
+        if library not in ("numpy", None) and not self.backend.owns(value):
+            raise ValueError(
+                f"Dense: {name} come from {library} but the layer is built on "
+                f"{self.backend.name}; pass host data or an array of that backend"
+            )
         host = to_numpy(value).astype(self.dtype_name)  # a copy: the caller's array is not updated
         if name == "biases" and host.ndim == 1:
             host = host.reshape(1, -1)

@@ -333,3 +333,12 @@ def test_backends_compare_by_library_and_device() -> None:
         model = bg.Model([dense]).set(loss=bg.SoftmaxCrossEntropy())
     if not GPU_OK:
         model.finalize()  # auto's NumPy and a named NumPy are one backend
+
+
+def test_dense_refuses_parameters_from_another_backend() -> None:
+    with bg.use_backend("array_api_strict"):
+        device_weights = bg.asarray(np.ones((2, 3)))
+    with bg.use_backend("numpy"), pytest.raises(ValueError, match="weights come from array_api"):
+        bg.Dense(2, 3, weights=device_weights)
+    with bg.use_backend("array_api_strict"):
+        assert bg.Dense(2, 3, weights=device_weights).weights.dtype == device_weights.dtype
