@@ -81,6 +81,12 @@ class Backend:
             return isinstance(a, np.ndarray | np.generic)
         return isinstance(a, self.array_type) and _device_of(self.name, a) == self.device
 
+    def synchronize(self) -> None:
+        """Wait until the device has finished the work queued so far (for timing; a no-op on
+        host backends)."""
+        if self.name == "cupy":
+            self.device.synchronize()
+
     def ready(self, a: Any, dtype: Any = None) -> bool:
         """The per-step fast path: ``a`` is already this backend's array, on its device
         (and of ``dtype``), so nothing needs converting or checking further."""

@@ -90,10 +90,7 @@ def bg_sync() -> Callable[[], None]:
     """Wait for queued device work (CuPy); a no-op on host backends."""
     import backprop_gpu as bg
 
-    backend = bg.get_backend()
-    if backend.name == "cupy":
-        return backend.xp.cuda.Device().synchronize  # type: ignore[no-any-return]
-    return lambda: None
+    return bg.get_backend().synchronize
 
 
 def dtype_report(arrays: dict[str, Any], expected: str = "float32") -> dict[str, Any]:

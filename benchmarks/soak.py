@@ -39,9 +39,7 @@ def rss_mib() -> float:
 
 
 def sync() -> None:
-    backend = bg.get_backend()
-    if backend.name == "cupy":
-        backend.xp.cuda.Device().synchronize()
+    bg.get_backend().synchronize()
 
 
 def hand_loop(steps: int, warmup: int) -> tuple[float, float, float, float]:

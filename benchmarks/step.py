@@ -212,10 +212,7 @@ def build_floor(case: Case) -> Callable[[], None]:
 
 def device_sync() -> Callable[[], None]:
     """Wait for queued device work (CuPy); a no-op on host backends."""
-    backend = bg.get_backend()
-    if backend.name == "cupy":
-        return backend.xp.cuda.Device().synchronize  # type: ignore[no-any-return]
-    return lambda: None
+    return bg.get_backend().synchronize
 
 
 def time_calls(fn: Callable[[], None], n: int, sync: Callable[[], None]) -> float:

@@ -342,3 +342,8 @@ def test_dense_refuses_parameters_from_another_backend() -> None:
         bg.Dense(2, 3, weights=device_weights)
     with bg.use_backend("array_api_strict"):
         assert bg.Dense(2, 3, weights=device_weights).weights.dtype == device_weights.dtype
+
+
+def test_synchronize_is_safe_everywhere(backend: bg.Backend) -> None:
+    bg.asarray(np.ones(3)) * 2
+    assert backend.synchronize() is None  # waits on a GPU, nothing to wait for elsewhere
