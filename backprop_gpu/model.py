@@ -282,7 +282,6 @@ class Model:
             self.accuracy.init(y)
         if seed is None:
             seed = int(np.random.default_rng().integers(2**31))
-        xp = self.backend.xp
         history: History = []
         with _Unchecked(self.loss, self.accuracy):
             for _ in range(epochs):
@@ -295,21 +294,7 @@ class Model:
                     perm = np.random.default_rng([seed, epoch]).permutation(n)
                     order = self.backend.asarray(perm)  # one small copy per epoch
                 saved = self._snapshot()
-                sums = [0.0, 0.0, 0.0]  # data loss, regularization loss, accuracy (on device)
-                first_bad = self.backend.asarray(np.array(-1.0))  # first non-finite step
-                for k, start in enumerate(range(0, n, size)):
-                    stop = min(start + size, n)  # the last batch may be partial
-                    if order is None:
-                        Xb, yb = X_dev[start:stop, ...], y_dev[start:stop, ...]
-                    else:
-                        idx = order[start:stop]
-                        Xb, yb = xp.take(X_dev, idx, axis=0), xp.take(y_dev, idx, axis=0)
-                    step = self._train_step(Xb, yb)
-                    sums = [s + v * Xb.shape[0] for s, v in zip(sums, step, strict=True)]
-                    bad = ~xp.isfinite(step[0])
-                    first_bad = xp.where(bad & (first_bad < 0), float(k + 1), first_bad)
-                *totals, bad_step = _host_values(self.backend, [*sums, first_bad])
-                loss, reg, acc = (float(v) / n for v in totals)
+                loss, reg, acc, bad_step = self._epoch(X_dev, y_dev, size, order)
                 if not all(math.isfinite(v) for v in (loss, reg, acc)):
                     self._restore(saved)
                     where = f"epoch {epoch + 1}, step {int(bad_step)} of {-(-n // size)}"
@@ -342,6 +327,26 @@ class Model:
                 if on_epoch_end is not None:
                     on_epoch_end(row)
         return history
+
+    def _epoch(self, X_dev: Any, y_dev: Any, size: int, order: Any) -> tuple[float, ...]:
+        """One pass over the data in batches (in ``order``, if given). Returns the epoch's
+        mean data loss, regularisation loss and accuracy, and the first step whose loss was
+        not finite (-1 if none), read from the device in one copy at the end."""
+        xp, n = self.backend.xp, X_dev.shape[0]
+        sums: list[Any] = [0.0, 0.0, 0.0]  # data loss, regularization loss, accuracy
+        first_bad = self.backend.asarray(np.array(-1.0))
+        for k, start in enumerate(range(0, n, size)):
+            stop = min(start + size, n)  # the last batch may be partial
+            if order is None:
+                Xb, yb = X_dev[start:stop, ...], y_dev[start:stop, ...]
+            else:
+                idx = order[start:stop]
+                Xb, yb = xp.take(X_dev, idx, axis=0), xp.take(y_dev, idx, axis=0)
+            step = self._train_step(Xb, yb)
+            sums = [s + v * Xb.shape[0] for s, v in zip(sums, step, strict=True)]
+            first_bad = xp.where(~xp.isfinite(step[0]) & (first_bad < 0), float(k + 1), first_bad)
+        *totals, bad_step = _host_values(self.backend, [*sums, first_bad])
+        return (*(float(v) / n for v in totals), float(bad_step))
 
     def _snapshot(self) -> dict[str, Any]:
         """Device copies of every parameter and optimizer state (None where not created
