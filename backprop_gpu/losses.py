@@ -147,10 +147,8 @@ def _mean_cross_entropy(backend: Backend, p: Any, y: Any) -> Any:
     """Mean of -log(clipped p of the true class); ``y`` int64 indices (N,) or one-hot (N, C)."""
     xp, n = backend.xp, p.shape[0]
     p = clipped(xp, p)
-    if y.ndim == 1:
-        correct = p[backend.arange(n), y]  # the book's p[range(N), y]
-    else:
-        correct = xp.sum(p * y, axis=1)
+    # indices: the book's p[range(N), y]; one-hot: the row sums of p * y
+    correct = p[backend.arange(n), y] if y.ndim == 1 else xp.sum(p * y, axis=1)
     return -xp.sum(xp.log(correct)) / n  # the mean, without xp.mean's slower wrapper
 
 
