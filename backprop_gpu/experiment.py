@@ -453,11 +453,15 @@ def _saved_config(run_dir: Path) -> Config:
     return Config.from_mapping(json.loads(path.read_text())["config"], where=str(path))
 
 
+def _architecture(model: Model) -> list[tuple[str, Any, Any]]:
+    return [
+        (type(layer).__name__, getattr(layer, "n_inputs", None), getattr(layer, "n_neurons", None))
+        for layer in model.layers
+    ]
+
+
 def _check_same_architecture(loaded: Model, expected: Model, out: Path) -> None:
-    shapes = [(type(lyr).__name__, getattr(lyr, "n_inputs", None), getattr(lyr, "n_neurons", None))
-              for lyr in loaded.layers]  # fmt: skip
-    wanted = [(type(lyr).__name__, getattr(lyr, "n_inputs", None), getattr(lyr, "n_neurons", None))
-              for lyr in expected.layers]  # fmt: skip
+    shapes, wanted = _architecture(loaded), _architecture(expected)
     if shapes != wanted:
         raise RunError(
             f"{out}: the checkpoint's architecture {shapes} differs from the config's {wanted}"
