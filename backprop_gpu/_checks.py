@@ -129,6 +129,13 @@ def dtype_kind(dtype: Any) -> str:
         return str(np.dtype(dtype_name(dtype)).kind)
 
 
+def unchecked_labels(backend: Backend, y_true: Any, where: str) -> Any:
+    """Labels on the device without the checks (the caller checked them already); (N, 1)
+    class indices become (N,)."""
+    y = backend.asarray(y_true, what=f"{where} y_true")
+    return backend.xp.reshape(y, (y.shape[0],)) if y.ndim == 2 and y.shape[1] == 1 else y
+
+
 class LabelChecker:
     """``labels`` with a memory, so a training loop pays for the checks as little as it can.
 

@@ -74,8 +74,7 @@ class Loss(abc.ABC):
         n, c = pred.shape
         if self.validate:
             return self._check_labels(self.backend, y_true, n, c, pred.dtype, where)
-        y = self.backend.asarray(y_true)
-        return self.backend.xp.reshape(y, (n,)) if y.ndim == 2 and y.shape[1] == 1 else y
+        return _checks.unchecked_labels(self.backend, y_true, where)
 
     def _onehot(self, y: Any, pred: Any) -> Any:
         """(N, C) one-hot of ``pred``'s dtype from indices (N,), or ``y`` if already one-hot."""

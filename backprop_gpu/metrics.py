@@ -42,9 +42,7 @@ class Accuracy:
             n = pred.shape[0]
             y = self._check_labels(self.backend, y_true, n, n_classes, xp.float32, "Accuracy")
         else:
-            y = self.backend.asarray(y_true, what="Accuracy y_true")
-            if y.ndim == 2 and y.shape[1] == 1:
-                y = xp.reshape(y, (-1,))
+            y = _checks.unchecked_labels(self.backend, y_true, "Accuracy")
         if y.ndim == 2:
             y = xp.argmax(y, axis=1)
         if tuple(y.shape) != tuple(pred.shape):
