@@ -191,8 +191,12 @@ class Model:
             y_dev = _checks.labels(self.backend, y, n, self.n_outputs, self.dtype, f"{where} y")
         else:
             outputs = self.n_outputs or 1
+            on_host = array_library(y) in ("numpy", None)
+            if on_host and np.asarray(y).dtype.kind in "biuf":  # like X: on the host, first
+                _finite(np, np.asarray(y), f"{where}: y")
             y_dev = _checks.targets(self.backend, y, n, outputs, self.dtype, f"{where} y")
-            _finite(self.backend.xp, y_dev, f"{where}: y")
+            if not on_host:
+                _finite(self.backend.xp, y_dev, f"{where}: y")
         return x_dev, y_dev
 
     def _inputs(self, X: Any, where: str, *, sync_ok: bool = True) -> Any:
