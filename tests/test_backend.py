@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -171,6 +172,21 @@ def test_import_touches_no_backend() -> None:
         BACKPROP_GPU_BACKEND="auto",
     )
     assert result.stdout.split() == ["False", "False"], result.stderr
+
+
+def test_auto_without_a_driver_does_not_import_cupy() -> None:
+    """No CUDA driver library: ``auto`` says so without importing CuPy (16 MiB, 0.1 s)."""
+    if backend_mod._driver_library_present():
+        pytest.skip("this machine has a CUDA driver library")
+    result = _run(
+        "import sys, backprop_gpu as bg; b = bg.get_backend(); "
+        "print(b.name, 'cupy' in sys.modules); print(b.reason)",
+        BACKPROP_GPU_BACKEND="auto",
+    )
+    first, reason = result.stdout.splitlines()
+    assert first == "numpy False", result.stderr
+    installed = importlib.util.find_spec("cupy") is not None
+    assert ("no NVIDIA driver was found" if installed else "CuPy is not installed") in reason
 
 
 def test_use_backend_restores_on_exit_and_on_error() -> None:
