@@ -3,6 +3,7 @@
 The math is written once against an ``xp`` array module chosen by :mod:`backprop_gpu.backend`.
 """
 
+from . import _malloc
 from .activations import Linear, ReLU, Sigmoid, Softmax
 from .backend import Backend, asarray, get_backend, set_backend, to_numpy, use_backend
 from .checkpoint import CheckpointError
@@ -19,6 +20,8 @@ from .model import Model, NonFiniteLossError
 from .optimizers import SGD, Adagrad, Adam, RMSprop
 
 __version__ = "0.1.0"
+
+_malloc.tune()  # keep freed arrays in the process: no page faults each step
 
 __all__ = [
     "SGD",

@@ -189,6 +189,16 @@ def test_auto_without_a_driver_does_not_import_cupy() -> None:
     assert ("no NVIDIA driver was found" if installed else "CuPy is not installed") in reason
 
 
+def test_malloc_is_tuned_on_glibc_unless_turned_off() -> None:
+    """Freed arrays stay in the process (no page faults each step); BACKPROP_GPU_MALLOC=0
+    leaves malloc alone."""
+    code = "import backprop_gpu._malloc as m, backprop_gpu; print(m.tuned)"
+    glibc = os.confstr("CS_GNU_LIBC_VERSION") if hasattr(os, "confstr") else None
+    expected = "True" if glibc and glibc.startswith("glibc") else "False"
+    assert _run(code).stdout.strip() == expected
+    assert _run(code, BACKPROP_GPU_MALLOC="0").stdout.strip() == "False"
+
+
 def test_use_backend_restores_on_exit_and_on_error() -> None:
     before = bg.get_backend()
     with bg.use_backend("array_api_strict") as b:
