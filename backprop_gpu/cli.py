@@ -137,6 +137,8 @@ def _info(args: argparse.Namespace) -> int:
     print(f"backend (auto): {backend['name']} on {backend['device']}")
     if backend["reason"]:
         print(f"why: {backend['reason']}")
+    print(f"CPU kernels (C extension): {found['cpu']['c_kernels']}")
+    print(f"malloc tuned: {found['cpu']['malloc_tuned']}")
     if found["env"]:
         print(f"BACKPROP_GPU_BACKEND={found['env']}: train uses it unless --backend says otherwise")
     for device in found.get("devices", []):

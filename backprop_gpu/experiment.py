@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, datasets
+from . import __version__, _malloc, datasets, kernels
 from .activations import Linear, ReLU, Sigmoid
 from .backend import to_numpy, use_backend
 from .layers import Dense, Dropout
@@ -525,8 +525,9 @@ def _plots(
 
 
 def info() -> dict[str, Any]:
-    """What ``backprop-gpu info`` prints: versions, the backend ``auto`` picks and why, and
-    the GPU's name and memory when there is one."""
+    """What ``backprop-gpu info`` prints: versions, the backend ``auto`` picks and why, whether
+    the CPU's C kernels and the malloc tuning are in use, and the GPU's name and memory when
+    there is one."""
     found: dict[str, Any] = {"versions": versions()}
     try:
         import cupy
@@ -539,6 +540,12 @@ def info() -> dict[str, Any]:
     found["backend"] = {"name": backend.name, "device": str(backend.device),
                         "reason": backend.reason}  # fmt: skip
     found["env"] = os.environ.get("BACKPROP_GPU_BACKEND")
+    found["cpu"] = {
+        "c_kernels": ("on" if kernels.enabled else "off (BACKPROP_GPU_KERNELS=0)")
+        if kernels.HAVE_C
+        else "not built (no C compiler at install): the plain NumPy code runs",
+        "malloc_tuned": _malloc.tuned,
+    }
     if backend.name == "cupy":
         runtime = backend.xp.cuda.runtime
         devices = []

@@ -1,18 +1,24 @@
-"""Fused elementwise kernels for the GPU: the hot spots of a training step in one pass.
+"""Fused kernels: the hot spots of a training step in one pass, on the GPU and on the CPU.
 
 Each function here does in one pass what the plain ``xp`` reference code in the layers does in
 several (compare, cast, multiply, ...), and returns ``None`` (or ``False``) when it has no
-kernel for the backend, so the caller runs its reference code instead. The kernels are CUDA C
-(``CUDA_SOURCE``, run through ``cupy.RawModule``), compiled by CuPy on first use; CI compiles
-the same source to PTX with NVRTC on a machine with no GPU.
+kernel for the backend and arrays, so the caller runs its reference code instead.
 
-The per-element arithmetic of every kernel is also written as a plain Python function
-(``*_element``), the "twin" that the CPU tests hold against the reference path.
-``BACKPROP_GPU_KERNELS=0`` (or ``kernels.enabled = False``) turns the kernels off.
+- GPU: CUDA C (``CUDA_SOURCE``, run through ``cupy.RawModule``), compiled by CuPy on first use;
+  CI compiles the same source to PTX with NVRTC on a machine with no GPU. The per-element
+  arithmetic of every CUDA kernel is also written as a plain Python function (``*_element``),
+  the "twin" that the CPU tests hold against the reference path.
+- CPU: ``backprop_gpu._cpu``, a small C extension (``_cpu.c``) built at install time when a
+  C compiler is there (the package works without it). Its loops follow the reference's
+  arithmetic in the same order and dtype, so the tests compare them with the reference
+  directly. It pays where NumPy needs several passes or many calls: softmax cross-entropy
+  (forward and gradient), the ReLU gradient and the optimizer updates (``python -m benchmarks``
+  measures the step with and without it: ``BACKPROP_GPU_KERNELS=0``).
 
-On NumPy there is no fused path: a Numba build of these kernels was measured (the benchmark
-suite, [784, 256, 256, 10]) at 5-15 % faster per step but 127 MiB more resident memory
-(LLVM), so it was not adopted.
+``BACKPROP_GPU_KERNELS=0`` (or ``kernels.enabled = False``) turns every kernel off.
+
+A Numba build of the CPU kernels was measured too ([784, 256, 256, 10]: 5-15 % faster per
+step) but costs 127 MiB more resident memory (LLVM), so the C extension was chosen instead.
 """
 
 from __future__ import annotations
@@ -24,6 +30,13 @@ from typing import Any
 import numpy as np
 
 from .backend import Backend, dtype_name
+
+try:
+    from . import _cpu
+
+    HAVE_C = True
+except ImportError:  # installed without a C compiler: the reference code runs
+    HAVE_C = False
 
 enabled = os.environ.get("BACKPROP_GPU_KERNELS", "1") != "0"
 
@@ -112,15 +125,75 @@ def _on_gpu(backend: Backend, *arrays: Any) -> bool:
     )
 
 
+def _on_cpu(backend: Backend, first: Any, *others: Any) -> bool:
+    """The C extension applies: NumPy, float32/float64 C-contiguous arrays of one dtype."""
+    return (
+        HAVE_C
+        and enabled
+        and backend.name == "numpy"
+        and first.dtype in _CPU_DTYPES
+        and _cpu_ready(first)
+        and all(a.dtype == first.dtype and _cpu_ready(a) for a in others)
+    )
+
+
+def _cpu_ready(a: Any) -> bool:
+    return type(a) is np.ndarray and a.flags.c_contiguous and a.flags.aligned
+
+
+def _int64_indices(y: Any) -> bool:
+    return _cpu_ready(y) and y.ndim == 1 and y.dtype == np.int64
+
+
+_CPU_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 # --- the fast paths ---------------------------------------------------------------------------
+
+
+def relu_forward(backend: Backend, inputs: Any) -> Any:
+    """``max(inputs, 0)`` (NaN stays NaN) on the CPU; None without a kernel."""
+    if not _on_cpu(backend, inputs):
+        return None
+    out = np.empty_like(inputs)
+    _cpu.relu_forward(inputs, out)
+    return out
 
 
 def relu_backward(backend: Backend, dvalues: Any, inputs: Any) -> Any:
     """``dvalues`` where ``inputs > 0``, else 0, in one pass; None without a kernel."""
-    if not _on_gpu(backend, dvalues, inputs) or dvalues.dtype != inputs.dtype:
+    if dvalues.dtype != inputs.dtype:
+        return None
+    if _on_cpu(backend, dvalues, inputs):
+        out = np.empty_like(dvalues)
+        _cpu.relu_backward(dvalues, inputs, out)
+        return out
+    if not _on_gpu(backend, dvalues, inputs):
         return None
     out = backend.xp.empty_like(dvalues)
     _launch(f"relu_backward_{_SUFFIX[dtype_name(out.dtype)]}", out.size, dvalues, inputs, out)
+    return out
+
+
+def softmax_cross_entropy(backend: Backend, logits: Any, y: Any, eps: float) -> Any:
+    """``(probabilities, mean loss)`` of softmax + cross-entropy over class indices ``y``
+    (checked labels, int64 (N,)) in one pass over the rows, the loss a NumPy scalar of the
+    logits' dtype, the probability of the true class clipped to [eps, 1 - eps] before the
+    log; None without a kernel."""
+    if not _on_cpu(backend, logits) or not _int64_indices(y):
+        return None
+    probabilities = np.empty_like(logits)
+    total = _cpu.softmax_ce_forward(logits, y, probabilities, eps)
+    return probabilities, logits.dtype.type(total / logits.shape[0])
+
+
+def softmax_cross_entropy_backward(backend: Backend, probabilities: Any, y: Any) -> Any:
+    """``(probabilities - onehot(y)) / N`` for int64 class indices ``y``; None without a
+    kernel."""
+    if not _on_cpu(backend, probabilities) or not _int64_indices(y):
+        return None
+    out = np.empty_like(probabilities)
+    _cpu.softmax_ce_backward(probabilities, y, out)
     return out
 
 
@@ -129,11 +202,37 @@ def sgd_momentum(
     nesterov: bool,
 ) -> bool:  # fmt: skip
     """Update ``param`` and ``velocity`` in place in one pass; False without a kernel."""
+    if _on_cpu(backend, param, velocity, grad):
+        _cpu.sgd_momentum(param, velocity, grad, lr, momentum, nesterov)
+        return True
     if not _on_gpu(backend, param, velocity, grad):
         return False
     scalar = np.dtype(dtype_name(param.dtype)).type  # lr and momentum in the parameters' dtype
     _launch(
         f"sgd_momentum_{_SUFFIX[dtype_name(param.dtype)]}", param.size,
         param, velocity, grad, scalar(lr), scalar(momentum), np.int32(nesterov),
+    )  # fmt: skip
+    return True
+
+
+def sgd(backend: Backend, param: Any, grad: Any, lr: float) -> bool:
+    """``param -= lr * grad`` in place on the CPU; False without a kernel."""
+    if not _on_cpu(backend, param, grad):
+        return False
+    _cpu.sgd(param, grad, lr)
+    return True
+
+
+def adam(
+    backend: Backend, param: Any, momentums: Any, cache: Any, grad: Any, *, lr: float,
+    beta_1: float, beta_2: float, epsilon: float, t: int,
+) -> bool:  # fmt: skip
+    """Adam's update of ``param``, ``momentums`` and ``cache`` in place, in one pass on the
+    CPU (the scalars computed as the reference computes them); False without a kernel."""
+    if not _on_cpu(backend, param, momentums, cache, grad):
+        return False
+    _cpu.adam(
+        param, momentums, cache, grad, lr, beta_1, 1 - beta_1, beta_2, 1 - beta_2,
+        1 - beta_1**t, 1 - beta_2**t, epsilon,
     )  # fmt: skip
     return True

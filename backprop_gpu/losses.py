@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _checks
+from . import _checks, kernels
 from .activations import Softmax
 from .backend import Backend, dtype_name, get_backend
 
@@ -131,14 +131,21 @@ class SoftmaxCrossEntropy(Loss):
         where = "SoftmaxCrossEntropy.forward"
         logits = _checks.floats(self.backend, inputs, where, ndim=2)
         y = self._labels(y_true, logits, where)
+        eps = _clip_eps(dtype_name(logits.dtype))
+        fused = kernels.softmax_cross_entropy(self.backend, logits, y, eps)  # one pass, if any
+        if fused is not None:
+            self.output, loss = fused
+            self.activation.inputs, self.activation.output = logits, self.output
+            return loss
         self.output = self.activation.forward(logits)
         return _mean_cross_entropy(self.backend, self.output, y)
 
     def backward(self, dvalues: Any, y_true: Any) -> Any:
         where = "SoftmaxCrossEntropy.backward"
         p = _checks.floats(self.backend, dvalues, where, ndim=2)
-        onehot = self._onehot(self._labels(y_true, p, where), p)
-        self.dinputs = (p - onehot) / p.shape[0]
+        y = self._labels(y_true, p, where)
+        fused = kernels.softmax_cross_entropy_backward(self.backend, p, y)  # one pass, if any
+        self.dinputs = (p - self._onehot(y, p)) / p.shape[0] if fused is None else fused
         return self.dinputs
 
 

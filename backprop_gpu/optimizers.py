@@ -161,7 +161,8 @@ class SGD(Optimizer):
     def _update(self, layer: Any, name: str, param: Any, grad: Any) -> None:
         lr = self.current_learning_rate
         if not self.momentum:
-            param -= lr * grad
+            if not kernels.sgd(layer.backend, param, grad, lr):  # in one pass, if it can
+                param -= lr * grad
             return
         velocity = self._state(layer, name, "momentums", param)
         args = (param, velocity, grad, lr, self.momentum, self.nesterov)
@@ -253,14 +254,19 @@ class Adam(Optimizer):
         xp = layer.backend.xp
         momentums = self._state(layer, name, "momentums", param)
         cache = self._state(layer, name, "cache", param)
+        lr, t = self.current_learning_rate, self.iterations + 1
+        if kernels.adam(
+            layer.backend, param, momentums, cache, grad, lr=lr, beta_1=self.beta_1,
+            beta_2=self.beta_2, epsilon=self.epsilon, t=t,
+        ):  # fmt: skip
+            return  # the same, fused in one pass
         momentums *= self.beta_1
         momentums += (1 - self.beta_1) * grad
         cache *= self.beta_2
         cache += (1 - self.beta_2) * grad**2
-        t = self.iterations + 1
         corrected_m = momentums / (1 - self.beta_1**t)
         corrected_c = cache / (1 - self.beta_2**t)
-        param -= self.current_learning_rate * corrected_m / (xp.sqrt(corrected_c) + self.epsilon)
+        param -= lr * corrected_m / (xp.sqrt(corrected_c) + self.epsilon)
 
     def get_config(self) -> dict[str, Any]:
         return super().get_config() | {

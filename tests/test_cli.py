@@ -14,15 +14,17 @@ import numpy as np
 import pytest
 
 import backprop_gpu as bg
-from backprop_gpu import cli, experiment
+from backprop_gpu import cli, experiment, kernels
 
 from .conftest import GPU_OK, GPU_REASON
 
 QUICK = ["--epochs", "3", "--samples", "150", "--hidden", "16", "--batch-size", "32"]
 
 
-def command(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "BACKPROP_GPU_BACKEND"}
+def command(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "BACKPROP_GPU_BACKEND"} | (env or {})
     return subprocess.run(
         [sys.executable, "-m", "backprop_gpu", *args],
         capture_output=True, text=True, timeout=300, cwd=cwd, env=env,
@@ -342,6 +344,12 @@ def test_info_reports_the_backend_and_why() -> None:
         assert f"why: auto: {GPU_REASON}" in out
     as_json = json.loads(command("info", "--json").stdout)
     assert as_json["backend"]["name"] == ("cupy" if GPU_OK else "numpy")
+    c_kernels = "on" if kernels.HAVE_C else "not built (no C compiler at install)"
+    assert f"CPU kernels (C extension): {c_kernels}" in out
+    off = command("info", "--json", env={"BACKPROP_GPU_KERNELS": "0", "BACKPROP_GPU_MALLOC": "0"})
+    cpu = json.loads(off.stdout)["cpu"]
+    assert cpu["malloc_tuned"] is False
+    assert cpu["c_kernels"].startswith("off" if kernels.HAVE_C else "not built")
 
 
 def test_info_with_cupy_installed_but_no_gpu() -> None:

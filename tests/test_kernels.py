@@ -1,5 +1,6 @@
-"""The fused GPU kernels: their CUDA source compiles (no GPU needed), their per-element twins
-equal the plain xp reference path, and on a GPU the kernels themselves do too."""
+"""The fused kernels. GPU: the CUDA source compiles (no GPU needed), the per-element twins
+equal the plain xp reference path, and on a GPU the kernels themselves do too. CPU: the C
+extension's loops equal the reference on the same inputs."""
 
 from __future__ import annotations
 
@@ -78,11 +79,174 @@ def test_sgd_momentum_twin_equals_the_reference(
     assert np.array_equal(twin[1], bg.to_numpy(layer.weight_momentums))
 
 
-def test_no_kernel_off_the_gpu(backend: bg.Backend) -> None:
-    """NumPy and the stand-in run the reference code: the kernels decline."""
-    x = bg.asarray(RNG.standard_normal((4, 4)).astype(np.float32))
-    assert kernels.relu_backward(backend, x, x) is None
-    assert not kernels.sgd_momentum(backend, x, x, x, 0.1, 0.9, False)
+def test_no_kernel_on_the_stand_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """array-api-strict runs the reference code: every kernel declines."""
+    with bg.use_backend("array_api_strict") as backend:
+        x = bg.asarray(RNG.standard_normal((4, 4)).astype(np.float32))
+        y = bg.asarray(np.array([0, 1, 2, 3]))
+        assert kernels.relu_forward(backend, x) is None
+        assert kernels.relu_backward(backend, x, x) is None
+        assert kernels.softmax_cross_entropy(backend, x, y, 1e-7) is None
+        assert kernels.softmax_cross_entropy_backward(backend, x, y) is None
+        assert not kernels.sgd_momentum(backend, x, x, x, 0.1, 0.9, False)
+        assert not kernels.sgd(backend, x, x, 0.1)
+        assert not kernels.adam(
+            backend, x, x, x, x, lr=0.1, beta_1=0.9, beta_2=0.99, epsilon=1e-7, t=1
+        )
+
+
+# --- the C extension, on NumPy ----------------------------------------------------------------
+
+REQUIRE_EXT = os.environ.get("BACKPROP_GPU_REQUIRE_EXT") == "1"
+needs_ext = pytest.mark.skipif(
+    not kernels.HAVE_C and not REQUIRE_EXT,
+    reason="backprop_gpu._cpu was not built (no C compiler at install time)",
+)
+
+
+def test_c_extension_is_built_where_required() -> None:
+    """CI sets BACKPROP_GPU_REQUIRE_EXT=1: an install that silently skipped the C build fails."""
+    if not REQUIRE_EXT:
+        pytest.skip("BACKPROP_GPU_REQUIRE_EXT is not set")
+    assert kernels.HAVE_C, "backprop_gpu._cpu did not build at install time"
+
+
+def _awkward(shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """Normal draws with the edge cases the reference defines: exact zeros (the ReLU kink),
+    +-inf and NaN."""
+    a = RNG.standard_normal(shape).astype(dtype)
+    flat = a.reshape(-1)
+    flat[:3] = 0.0
+    flat[3:6] = [np.inf, -np.inf, np.nan]
+    return a
+
+
+def _both(monkeypatch: pytest.MonkeyPatch, run):  # type: ignore[no-untyped-def]
+    """``run()`` with the kernels (checking they ran) and then as the reference."""
+    fast = run()
+    monkeypatch.setattr(kernels, "enabled", False)
+    ref = run()
+    monkeypatch.setattr(kernels, "enabled", True)
+    return fast, ref
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_c_relu_equals_the_reference(dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with bg.use_backend("numpy") as backend:
+        x, d = _awkward((37, 19), dtype), _awkward((37, 19), dtype)[::-1].copy()
+        assert kernels.relu_forward(backend, x) is not None
+        assert kernels.relu_backward(backend, d, x) is not None
+
+        def run() -> tuple[np.ndarray, np.ndarray]:
+            relu = bg.ReLU()
+            return relu.forward(x), relu.backward(d)
+
+        (out, dx), (out_ref, dx_ref) = _both(monkeypatch, run)
+        assert out.dtype == dx.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(out, out_ref)  # NaN where the reference has NaN
+        np.testing.assert_array_equal(dx, dx_ref)
+        assert np.isnan(dx).any()  # inf * 0 at a masked input: NaN, as the reference
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("classes", [1, 3, 10, 257])
+def test_c_softmax_cross_entropy_equals_the_reference(
+    dtype: str, classes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with bg.use_backend("numpy"):
+        logits = (RNG.standard_normal((64, classes)) * 30).astype(dtype)
+        logits[0] = 1e4  # ties and a huge shift
+        logits[1, 0] = -1e4  # a probability that underflows: the clip matters
+        y = RNG.integers(0, classes, 64)
+        y[1] = 0
+
+        def run() -> tuple[object, np.ndarray, np.ndarray]:
+            loss = bg.SoftmaxCrossEntropy()
+            value = loss.forward(logits, y)
+            return value, loss.output, loss.backward(loss.output, y)
+
+        (value, p, dz), (value_ref, p_ref, dz_ref) = _both(monkeypatch, run)
+        rtol = 2e-6 if dtype == "float32" else 1e-13
+        assert type(value) is type(value_ref) is np.dtype(dtype).type
+        np.testing.assert_allclose(value, value_ref, rtol=rtol)
+        np.testing.assert_allclose(p, p_ref, rtol=rtol, atol=1e-30)
+        np.testing.assert_array_equal(dz, (p - np.eye(classes, dtype=dtype)[y]) / 64)
+        # p - 1 cancels where p is near 1: an absolute tolerance of a few roundings of 1 / N
+        np.testing.assert_allclose(dz, dz_ref, rtol=rtol, atol=4 * np.finfo(dtype).eps / 64)
+
+
+@needs_ext
+def test_c_softmax_cross_entropy_keeps_nan_and_refuses_bad_labels() -> None:
+    """A NaN logit gives a NaN loss and NaN row (as the reference), and the C loop checks the
+    labels' range itself, since a wrong index would read outside the row."""
+    from backprop_gpu import _cpu
+
+    with bg.use_backend("numpy") as backend:
+        logits = RNG.standard_normal((3, 4)).astype(np.float32)
+        logits[1, 2] = np.nan
+        fused = kernels.softmax_cross_entropy(backend, logits, np.array([0, 1, 2]), 1e-7)
+        assert fused is not None
+        p, loss = fused
+        assert np.isnan(loss) and np.isnan(p[1]).all() and np.isfinite(p[[0, 2]]).all()
+        out = np.empty_like(logits)
+        with pytest.raises(ValueError, match=r"y_true\[2\] = 4 is not a class index in \[0, 4\)"):
+            _cpu.softmax_ce_forward(logits, np.array([0, 1, 4]), out, 1e-7)
+        with pytest.raises(ValueError, match=r"y_true\[0\] = -1"):
+            _cpu.softmax_ce_backward(logits, np.array([-1, 1, 2]), out)
+        with pytest.raises(TypeError, match="y_true must be a C-contiguous.* int64"):
+            _cpu.softmax_ce_backward(logits, np.array([0, 1, 2], dtype=np.int32), out)
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: bg.SGD(0.3),
+        lambda: bg.SGD(0.3, decay=0.1, momentum=0.8),
+        lambda: bg.SGD(0.3, momentum=0.8, nesterov=True),
+        lambda: bg.Adam(0.01, decay=0.1, beta_1=0.8, beta_2=0.95, epsilon=1e-4),
+    ],
+    ids=["sgd", "momentum", "nesterov", "adam"],
+)
+def test_c_optimizer_updates_equal_the_reference(
+    dtype: str,
+    make,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    """Three steps (so momentum, cache and bias correction all matter), bit for bit."""
+    w0 = RNG.standard_normal((31, 7))
+    grads = [RNG.standard_normal((31, 7)).astype(dtype) for _ in range(3)]
+
+    def run() -> list[np.ndarray]:
+        with bg.use_backend("numpy"):
+            layer = bg.Dense(31, 7, weights=w0, dtype=dtype)
+            optimizer = make()
+            for g in grads:
+                layer.dweights, layer.dbiases = g, g[:1].copy()
+                optimizer.step([layer])
+            state = [getattr(layer, k, None) for k in ("weight_momentums", "weight_cache")]
+            return [layer.weights, layer.biases, *(s for s in state if s is not None)]
+
+    fast, ref = _both(monkeypatch, run)
+    assert len(fast) == len(ref)
+    for a, b in zip(fast, ref, strict=True):
+        assert a.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(a, b)
+
+
+@needs_ext
+def test_c_path_declines_what_it_cannot_take() -> None:
+    """Strided views, mixed dtypes and integer arrays go to the reference code."""
+    with bg.use_backend("numpy") as backend:
+        x = RNG.standard_normal((8, 6)).astype(np.float32)
+        assert kernels.relu_forward(backend, x[:, ::2]) is None
+        assert kernels.relu_backward(backend, x, x.astype(np.float64)) is None
+        assert kernels.relu_forward(backend, x.astype(np.float16)) is None
+        assert kernels.softmax_cross_entropy(backend, x, np.zeros(8, np.int32), 1e-7) is None
+        assert not kernels.sgd(backend, x, x.T.copy().T, 0.1)
 
 
 # --- the CUDA build, on a GPU ----------------------------------------------------------------

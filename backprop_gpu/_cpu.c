@@ -1,0 +1,319 @@
+/* backprop_gpu._cpu: the elementwise hot spots of a training step, fused into single passes
+ * over C-contiguous float32 / float64 NumPy arrays (an optional accelerator for the NumPy
+ * backend; backprop_gpu/kernels.py decides when to call it and falls back to the plain xp
+ * code, the reference, otherwise).
+ *
+ * Every function repeats the reference's arithmetic in the reference's order and dtype (the
+ * scalars are cast to the arrays' dtype first, as NumPy does), and the build turns off FMA
+ * contraction, so the results are the reference's bit for bit, or within a rounding where a
+ * sum is accumulated in double (softmax_ce_forward's loss). tests/test_kernels.py holds each
+ * one against the reference.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#define NPY_NO_DEPRECATED_API NPY_2_0_API_VERSION
+#include <numpy/arrayobject.h>
+#include <math.h>
+#include <stdint.h>
+
+/* --- argument checks ------------------------------------------------------------------- */
+
+/* `obj` as a C-contiguous, aligned ndarray of `type` (NPY_FLOAT / NPY_DOUBLE / NPY_INT64)
+ * holding `size` elements (any size when size < 0), writeable if asked; NULL with a
+ * TypeError/ValueError naming the argument otherwise. */
+static PyArrayObject *checked(PyObject *obj, const char *name, int type, npy_intp size,
+                              int writeable) {
+    if (!PyArray_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a numpy.ndarray, got %s", name,
+                     Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    PyArrayObject *a = (PyArrayObject *)obj;
+    if (PyArray_TYPE(a) != type || !PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a) ||
+        (writeable && !PyArray_ISWRITEABLE(a))) {
+        PyErr_Format(PyExc_TypeError,
+                     "%s must be a C-contiguous, aligned%s array of %s", name,
+                     writeable ? ", writeable" : "",
+                     type == NPY_FLOAT ? "float32" : type == NPY_DOUBLE ? "float64" : "int64");
+        return NULL;
+    }
+    if (size >= 0 && PyArray_SIZE(a) != size) {
+        PyErr_Format(PyExc_ValueError, "%s must have %zd elements, got %zd", name,
+                     (Py_ssize_t)size, (Py_ssize_t)PyArray_SIZE(a));
+        return NULL;
+    }
+    return a;
+}
+
+/* The float type of the first array (NPY_FLOAT or NPY_DOUBLE), or -1 with a TypeError. */
+static int float_type(PyObject *obj, const char *name) {
+    if (PyArray_Check(obj)) {
+        int type = PyArray_TYPE((PyArrayObject *)obj);
+        if (type == NPY_FLOAT || type == NPY_DOUBLE) return type;
+    }
+    PyErr_Format(PyExc_TypeError, "%s must be a float32 or float64 numpy.ndarray", name);
+    return -1;
+}
+
+static int check_nargs(Py_ssize_t nargs, Py_ssize_t want, const char *fn) {
+    if (nargs == want) return 0;
+    PyErr_Format(PyExc_TypeError, "%s takes %zd arguments, got %zd", fn, want, nargs);
+    return -1;
+}
+
+/* --- the loops, written once for both float types ------------------------------------ */
+
+#define DEFINE_LOOPS(T, S, EXP, SQRT)                                                       \
+    static void relu_forward_##S(const T *restrict x, T *restrict out, npy_intp n) {        \
+        for (npy_intp i = 0; i < n; i++) out[i] = x[i] < (T)0 ? (T)0 : x[i]; /* NaN stays */ \
+    }                                                                                       \
+    static void relu_backward_##S(const T *restrict d, const T *restrict x,                 \
+                                  T *restrict out, npy_intp n) {                            \
+        /* d times the 0/1 mask, as the reference: inf * 0 gives NaN, not 0 */              \
+        for (npy_intp i = 0; i < n; i++) out[i] = d[i] * (T)(x[i] > (T)0);                  \
+    }                                                                                       \
+    /* softmax of each row into p, and the summed -log(clip(p[true class])) in double */    \
+    static double softmax_ce_forward_##S(const T *z, const int64_t *y, T *p, npy_intp n,    \
+                                         npy_intp c, T eps) {                               \
+        double loss = 0.0;                                                                  \
+        for (npy_intp r = 0; r < n; r++) {                                                  \
+            const T *zr = z + r * c;                                                        \
+            T *pr = p + r * c;                                                              \
+            T top = zr[0];                                                                  \
+            for (npy_intp j = 1; j < c; j++) top = zr[j] > top || isnan(zr[j]) ? zr[j] : top; \
+            T sum = 0;                                                                      \
+            for (npy_intp j = 0; j < c; j++) sum += (pr[j] = EXP(zr[j] - top));             \
+            for (npy_intp j = 0; j < c; j++) pr[j] /= sum;                                  \
+            T q = pr[y[r]];                                                                 \
+            q = q < eps ? eps : q > (T)1 - eps ? (T)1 - eps : q; /* the book's clip */      \
+            loss -= log((double)q);                                                         \
+        }                                                                                   \
+        return loss;                                                                        \
+    }                                                                                       \
+    /* (p - onehot(y)) / N */                                                               \
+    static void softmax_ce_backward_##S(const T *p, const int64_t *y, T *out, npy_intp n,   \
+                                        npy_intp c) {                                       \
+        const T count = (T)n;                                                               \
+        for (npy_intp r = 0; r < n; r++) {                                                  \
+            for (npy_intp j = 0; j < c; j++) out[r * c + j] = p[r * c + j] / count;         \
+            out[r * c + y[r]] = (p[r * c + y[r]] - (T)1) / count;                           \
+        }                                                                                   \
+    }                                                                                       \
+    /* v = momentum * v - lr * g; w += v (nesterov: w += momentum * v - lr * g) */          \
+    static void sgd_momentum_##S(T *restrict w, T *restrict v, const T *restrict g, T lr,   \
+                                 T mom, int nesterov, npy_intp n) {                         \
+        for (npy_intp i = 0; i < n; i++) {                                                  \
+            T vi = v[i] * mom - lr * g[i];                                                  \
+            v[i] = vi;                                                                      \
+            w[i] += nesterov ? mom * vi - lr * g[i] : vi;                                   \
+        }                                                                                   \
+    }                                                                                       \
+    static void sgd_##S(T *restrict w, const T *restrict g, T lr, npy_intp n) {             \
+        for (npy_intp i = 0; i < n; i++) w[i] -= lr * g[i];                                 \
+    }                                                                                       \
+    /* m = b1 m + (1 - b1) g; c = b2 c + (1 - b2) g^2;                                      \
+       w -= lr * (m / (1 - b1^t)) / (sqrt(c / (1 - b2^t)) + eps) */                         \
+    static void adam_##S(T *restrict w, T *restrict m, T *restrict c, const T *restrict g,  \
+                         T lr, T b1, T one_b1, T b2, T one_b2, T fix1, T fix2, T eps,       \
+                         npy_intp n) {                                                      \
+        for (npy_intp i = 0; i < n; i++) {                                                  \
+            T mi = m[i] * b1 + one_b1 * g[i];                                               \
+            T ci = c[i] * b2 + one_b2 * (g[i] * g[i]);                                      \
+            m[i] = mi;                                                                      \
+            c[i] = ci;                                                                      \
+            w[i] -= lr * (mi / fix1) / (SQRT(ci / fix2) + eps);                             \
+        }                                                                                   \
+    }
+
+DEFINE_LOOPS(float, f32, expf, sqrtf)
+DEFINE_LOOPS(double, f64, exp, sqrt)
+
+/* --- the Python functions ------------------------------------------------------------ */
+
+#define DATA(a, T) ((T *)PyArray_DATA(a))
+
+static PyObject *relu_forward(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (check_nargs(nargs, 2, "relu_forward") < 0) return NULL;
+    int t = float_type(args[0], "x");
+    if (t < 0) return NULL;
+    PyArrayObject *x = checked(args[0], "x", t, -1, 0);
+    if (!x) return NULL;
+    npy_intp n = PyArray_SIZE(x);
+    PyArrayObject *out = checked(args[1], "out", t, n, 1);
+    if (!out) return NULL;
+    if (t == NPY_FLOAT) relu_forward_f32(DATA(x, float), DATA(out, float), n);
+    else relu_forward_f64(DATA(x, double), DATA(out, double), n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *relu_backward(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (check_nargs(nargs, 3, "relu_backward") < 0) return NULL;
+    int t = float_type(args[0], "dvalues");
+    if (t < 0) return NULL;
+    PyArrayObject *d = checked(args[0], "dvalues", t, -1, 0);
+    if (!d) return NULL;
+    npy_intp n = PyArray_SIZE(d);
+    PyArrayObject *x = checked(args[1], "inputs", t, n, 0);
+    PyArrayObject *out = x ? checked(args[2], "out", t, n, 1) : NULL;
+    if (!out) return NULL;
+    if (t == NPY_FLOAT) relu_backward_f32(DATA(d, float), DATA(x, float), DATA(out, float), n);
+    else relu_backward_f64(DATA(d, double), DATA(x, double), DATA(out, double), n);
+    Py_RETURN_NONE;
+}
+
+/* (n, c) logits and n labels; the labels must lie in [0, c) (checked here too: an index
+ * outside would read out of bounds). */
+static int rows_and_labels(PyObject *const *args, int t, PyArrayObject **z, PyArrayObject **y,
+                           npy_intp *n, npy_intp *c) {
+    if (!(*z = checked(args[0], "logits", t, -1, 0))) return -1;
+    if (PyArray_NDIM(*z) != 2) {
+        PyErr_SetString(PyExc_ValueError, "logits must be 2-D (batch, classes)");
+        return -1;
+    }
+    *n = PyArray_DIM(*z, 0);
+    *c = PyArray_DIM(*z, 1);
+    if (!(*y = checked(args[1], "y_true", NPY_INT64, *n, 0))) return -1;
+    const int64_t *labels = DATA(*y, int64_t);
+    for (npy_intp r = 0; r < *n; r++) {
+        if (labels[r] < 0 || labels[r] >= *c) {
+            PyErr_Format(PyExc_ValueError, "y_true[%zd] = %lld is not a class index in [0, %zd)",
+                         (Py_ssize_t)r, (long long)labels[r], (Py_ssize_t)*c);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *softmax_ce_forward(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (check_nargs(nargs, 4, "softmax_ce_forward") < 0) return NULL;
+    int t = float_type(args[0], "logits");
+    PyArrayObject *z, *y, *p;
+    npy_intp n, c;
+    if (t < 0 || rows_and_labels(args, t, &z, &y, &n, &c) < 0) return NULL;
+    if (!(p = checked(args[2], "out", t, n * c, 1))) return NULL;
+    double eps = PyFloat_AsDouble(args[3]);
+    if (eps == -1.0 && PyErr_Occurred()) return NULL;
+    double loss;
+    if (t == NPY_FLOAT)
+        loss = softmax_ce_forward_f32(DATA(z, float), DATA(y, int64_t), DATA(p, float), n, c,
+                                      (float)eps);
+    else
+        loss = softmax_ce_forward_f64(DATA(z, double), DATA(y, int64_t), DATA(p, double), n, c,
+                                      eps);
+    return PyFloat_FromDouble(loss);
+}
+
+static PyObject *softmax_ce_backward(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (check_nargs(nargs, 3, "softmax_ce_backward") < 0) return NULL;
+    int t = float_type(args[0], "probabilities");
+    PyArrayObject *p, *y, *out;
+    npy_intp n, c;
+    if (t < 0 || rows_and_labels(args, t, &p, &y, &n, &c) < 0) return NULL;
+    if (!(out = checked(args[2], "out", t, n * c, 1))) return NULL;
+    if (t == NPY_FLOAT)
+        softmax_ce_backward_f32(DATA(p, float), DATA(y, int64_t), DATA(out, float), n, c);
+    else
+        softmax_ce_backward_f64(DATA(p, double), DATA(y, int64_t), DATA(out, double), n, c);
+    Py_RETURN_NONE;
+}
+
+/* Python floats args[first:first + count] into doubles; -1 with the error set otherwise. */
+static int doubles(PyObject *const *args, Py_ssize_t first, Py_ssize_t count, double *out) {
+    for (Py_ssize_t i = 0; i < count; i++) {
+        out[i] = PyFloat_AsDouble(args[first + i]);
+        if (out[i] == -1.0 && PyErr_Occurred()) return -1;
+    }
+    return 0;
+}
+
+static PyObject *sgd_momentum(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    /* (weights, velocity, grad, lr, momentum, nesterov) */
+    if (check_nargs(nargs, 6, "sgd_momentum") < 0) return NULL;
+    int t = float_type(args[0], "param");
+    if (t < 0) return NULL;
+    PyArrayObject *w = checked(args[0], "param", t, -1, 1);
+    if (!w) return NULL;
+    npy_intp n = PyArray_SIZE(w);
+    PyArrayObject *v = checked(args[1], "velocity", t, n, 1);
+    PyArrayObject *g = v ? checked(args[2], "grad", t, n, 0) : NULL;
+    double s[2];
+    if (!g || doubles(args, 3, 2, s) < 0) return NULL;
+    int nesterov = PyObject_IsTrue(args[5]);
+    if (nesterov < 0) return NULL;
+    if (t == NPY_FLOAT)
+        sgd_momentum_f32(DATA(w, float), DATA(v, float), DATA(g, float), (float)s[0],
+                         (float)s[1], nesterov, n);
+    else
+        sgd_momentum_f64(DATA(w, double), DATA(v, double), DATA(g, double), s[0], s[1],
+                         nesterov, n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *sgd(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    /* (weights, grad, lr) */
+    if (check_nargs(nargs, 3, "sgd") < 0) return NULL;
+    int t = float_type(args[0], "param");
+    if (t < 0) return NULL;
+    PyArrayObject *w = checked(args[0], "param", t, -1, 1);
+    if (!w) return NULL;
+    npy_intp n = PyArray_SIZE(w);
+    PyArrayObject *g = checked(args[1], "grad", t, n, 0);
+    double lr;
+    if (!g || doubles(args, 2, 1, &lr) < 0) return NULL;
+    if (t == NPY_FLOAT) sgd_f32(DATA(w, float), DATA(g, float), (float)lr, n);
+    else sgd_f64(DATA(w, double), DATA(g, double), lr, n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *adam(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    /* (weights, momentums, cache, grad, lr, beta_1, 1 - beta_1, beta_2, 1 - beta_2,
+        1 - beta_1**t, 1 - beta_2**t, epsilon): the scalars as the reference computes them */
+    if (check_nargs(nargs, 12, "adam") < 0) return NULL;
+    int t = float_type(args[0], "param");
+    if (t < 0) return NULL;
+    PyArrayObject *w = checked(args[0], "param", t, -1, 1);
+    if (!w) return NULL;
+    npy_intp n = PyArray_SIZE(w);
+    PyArrayObject *m = checked(args[1], "momentums", t, n, 1);
+    PyArrayObject *c = m ? checked(args[2], "cache", t, n, 1) : NULL;
+    PyArrayObject *g = c ? checked(args[3], "grad", t, n, 0) : NULL;
+    double s[8];
+    if (!g || doubles(args, 4, 8, s) < 0) return NULL;
+    if (t == NPY_FLOAT)
+        adam_f32(DATA(w, float), DATA(m, float), DATA(c, float), DATA(g, float), (float)s[0],
+                 (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6],
+                 (float)s[7], n);
+    else
+        adam_f64(DATA(w, double), DATA(m, double), DATA(c, double), DATA(g, double), s[0], s[1],
+                 s[2], s[3], s[4], s[5], s[6], s[7], n);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"relu_forward", (PyCFunction)(void (*)(void))relu_forward, METH_FASTCALL,
+     "relu_forward(x, out): out = max(x, 0)"},
+    {"relu_backward", (PyCFunction)(void (*)(void))relu_backward, METH_FASTCALL,
+     "relu_backward(dvalues, inputs, out): out = dvalues * (inputs > 0)"},
+    {"softmax_ce_forward", (PyCFunction)(void (*)(void))softmax_ce_forward, METH_FASTCALL,
+     "softmax_ce_forward(logits, y, out, eps) -> summed loss: out = softmax(logits), "
+     "returns sum(-log(clip(out[i, y[i]], eps, 1 - eps)))"},
+    {"softmax_ce_backward", (PyCFunction)(void (*)(void))softmax_ce_backward, METH_FASTCALL,
+     "softmax_ce_backward(probabilities, y, out): out = (probabilities - onehot(y)) / N"},
+    {"sgd_momentum", (PyCFunction)(void (*)(void))sgd_momentum, METH_FASTCALL,
+     "sgd_momentum(param, velocity, grad, lr, momentum, nesterov): in place"},
+    {"sgd", (PyCFunction)(void (*)(void))sgd, METH_FASTCALL, "sgd(param, grad, lr): in place"},
+    {"adam", (PyCFunction)(void (*)(void))adam, METH_FASTCALL,
+     "adam(param, momentums, cache, grad, lr, b1, 1 - b1, b2, 1 - b2, 1 - b1**t, 1 - b2**t, "
+     "eps): in place"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_cpu",
+    "Fused single-pass loops for the NumPy backend (see backprop_gpu.kernels).", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__cpu(void) {
+    import_array();
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,35 @@
+# Types of the optional C extension built from _cpu.c (see backprop_gpu/kernels.py).
+# Every array: a C-contiguous, aligned numpy.ndarray; floats all float32 or all float64.
+import numpy as np
+
+def relu_forward(x: np.ndarray, out: np.ndarray, /) -> None: ...
+def relu_backward(dvalues: np.ndarray, inputs: np.ndarray, out: np.ndarray, /) -> None: ...
+def softmax_ce_forward(
+    logits: np.ndarray, y: np.ndarray, out: np.ndarray, eps: float, /
+) -> float: ...
+def softmax_ce_backward(probabilities: np.ndarray, y: np.ndarray, out: np.ndarray, /) -> None: ...
+def sgd_momentum(
+    param: np.ndarray,
+    velocity: np.ndarray,
+    grad: np.ndarray,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    /,
+) -> None: ...
+def sgd(param: np.ndarray, grad: np.ndarray, lr: float, /) -> None: ...
+def adam(
+    param: np.ndarray,
+    momentums: np.ndarray,
+    cache: np.ndarray,
+    grad: np.ndarray,
+    lr: float,
+    beta_1: float,
+    one_minus_beta_1: float,
+    beta_2: float,
+    one_minus_beta_2: float,
+    bias_fix_1: float,
+    bias_fix_2: float,
+    epsilon: float,
+    /,
+) -> None: ...
