@@ -78,6 +78,14 @@ def labels(
     """
     if n_samples == 0:
         raise ValueError(f"{where} got an empty batch (0 samples)")
+    if (  # the common case, checked in a few steps: a host vector of integer labels
+        type(y_true) is np.ndarray
+        and y_true.shape == (n_samples,)
+        and y_true.dtype.kind in "iu"
+        and y_true.min() >= 0
+        and y_true.max() < n_classes
+    ):
+        return backend.asarray(y_true, backend.xp.int64, what=f"{where} y_true")
     on_host = array_library(y_true) in ("numpy", None)
     y = np.asarray(y_true) if on_host else backend.asarray(y_true, what=f"{where} y_true")
     if y.ndim == 2 and y.shape[1] == 1 and (n_classes > 1 or dtype_kind(y.dtype) in "iu"):

@@ -1,7 +1,8 @@
 /* backprop_gpu._cpu: the elementwise hot spots of a training step, fused into single passes
  * over C-contiguous float32 / float64 NumPy arrays (an optional accelerator for the NumPy
  * backend; backprop_gpu/kernels.py decides when to call it and falls back to the plain xp
- * code, the reference, otherwise).
+ * code, the reference, otherwise). Arrays it cannot take (another type, dtype, layout or
+ * shape) raise TypeError before anything is written, and the caller runs the reference.
  *
  * Every function repeats the reference's arithmetic in the reference's order and dtype (the
  * scalars are cast to the arrays' dtype first, as NumPy does), and the build turns off FMA
@@ -23,7 +24,7 @@
  * TypeError/ValueError naming the argument otherwise. */
 static PyArrayObject *checked(PyObject *obj, const char *name, int type, npy_intp size,
                               int writeable) {
-    if (!PyArray_Check(obj)) {
+    if (!PyArray_CheckExact(obj)) { /* not a subclass either: np.ma would lose its mask */
         PyErr_Format(PyExc_TypeError, "%s must be a numpy.ndarray, got %s", name,
                      Py_TYPE(obj)->tp_name);
         return NULL;
@@ -72,10 +73,27 @@ static int check_nargs(Py_ssize_t nargs, Py_ssize_t want, const char *fn) {
         /* d times the 0/1 mask, as the reference: inf * 0 gives NaN, not 0 */              \
         for (npy_intp i = 0; i < n; i++) out[i] = d[i] * (T)(x[i] > (T)0);                  \
     }                                                                                       \
+    /* out[r, j] += b[j]: a Dense layer's biases, added in place to its (n, c) product */   \
+    static void add_bias_##S(T *restrict out, const T *restrict b, npy_intp n, npy_intp c) { \
+        for (npy_intp r = 0; r < n; r++)                                                    \
+            for (npy_intp j = 0; j < c; j++) out[r * c + j] += b[j];                        \
+    }                                                                                       \
+    /* out[j] = sum over rows of d[r, j], row after row as NumPy's axis-0 sum adds them */  \
+    static void column_sums_##S(const T *restrict d, T *restrict out, npy_intp n,          \
+                                npy_intp c) {                                               \
+        for (npy_intp j = 0; j < c; j++) out[j] = n ? d[j] : (T)0;                          \
+        for (npy_intp r = 1; r < n; r++)                                                    \
+            for (npy_intp j = 0; j < c; j++) out[j] += d[r * c + j];                        \
+    }                                                                                       \
     /* softmax of each row into p, and the summed -log(clip(p[true class])) in double */    \
     static double softmax_ce_forward_##S(const T *z, const int64_t *y, T *p, npy_intp n,    \
                                          npy_intp c, T eps) {                               \
-        double loss = 0.0;                                                                  \
+        /* float32: -log of a product of up to 32 clipped q in double (each q in [eps, 1],  \
+           eps >= 1e-7, so the product stays above 1e-224), one log per 32 rows, exact      \
+           enough for a float32 loss; float64: one log per row (a product near 1 would lose \
+           digits of a tiny loss) */                                                        \
+        const npy_intp every = sizeof(T) == 4 ? 32 : 1;                                     \
+        double loss = 0.0, product = 1.0;                                                   \
         for (npy_intp r = 0; r < n; r++) {                                                  \
             const T *zr = z + r * c;                                                        \
             T *pr = p + r * c;                                                              \
@@ -86,9 +104,13 @@ static int check_nargs(Py_ssize_t nargs, Py_ssize_t want, const char *fn) {
             for (npy_intp j = 0; j < c; j++) pr[j] /= sum;                                  \
             T q = pr[y[r]];                                                                 \
             q = q < eps ? eps : q > (T)1 - eps ? (T)1 - eps : q; /* the book's clip */      \
-            loss -= log((double)q);                                                         \
+            product *= (double)q;                                                           \
+            if ((r + 1) % every == 0) {                                                     \
+                loss -= log(product);                                                       \
+                product = 1.0;                                                              \
+            }                                                                               \
         }                                                                                   \
-        return loss;                                                                        \
+        return loss - log(product);                                                         \
     }                                                                                       \
     /* (p - onehot(y)) / N */                                                               \
     static void softmax_ce_backward_##S(const T *p, const int64_t *y, T *out, npy_intp n,   \
@@ -161,18 +183,64 @@ static PyObject *relu_backward(PyObject *self, PyObject *const *args, Py_ssize_t
     Py_RETURN_NONE;
 }
 
+/* A 2-D (n, c) array argument, its shape in *n, *c. */
+static PyArrayObject *matrix(PyObject *obj, const char *name, int t, int writeable, npy_intp *n,
+                             npy_intp *c) {
+    PyArrayObject *a = checked(obj, name, t, -1, writeable);
+    if (a && PyArray_NDIM(a) != 2) {
+        PyErr_Format(PyExc_TypeError, "%s must be 2-D, got %d-D", name, PyArray_NDIM(a));
+        return NULL;
+    }
+    if (a) {
+        *n = PyArray_DIM(a, 0);
+        *c = PyArray_DIM(a, 1);
+    }
+    return a;
+}
+
+static PyObject *add_bias(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    /* (out (n, c), biases (c elements)): out += biases, row by row */
+    if (check_nargs(nargs, 2, "add_bias") < 0) return NULL;
+    int t = float_type(args[0], "out");
+    npy_intp n, c;
+    PyArrayObject *out = t < 0 ? NULL : matrix(args[0], "out", t, 1, &n, &c);
+    PyArrayObject *b = out ? checked(args[1], "biases", t, c, 0) : NULL;
+    if (!b) return NULL;
+    if (t == NPY_FLOAT) add_bias_f32(DATA(out, float), DATA(b, float), n, c);
+    else add_bias_f64(DATA(out, double), DATA(b, double), n, c);
+    Py_RETURN_NONE;
+}
+
+static PyObject *column_sums(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    /* (d (n, c), out (c elements)): out = d.sum(axis=0) */
+    if (check_nargs(nargs, 2, "column_sums") < 0) return NULL;
+    int t = float_type(args[0], "d");
+    npy_intp n, c;
+    PyArrayObject *d = t < 0 ? NULL : matrix(args[0], "d", t, 0, &n, &c);
+    PyArrayObject *out = d ? checked(args[1], "out", t, c, 1) : NULL;
+    if (!out) return NULL;
+    if (t == NPY_FLOAT) column_sums_f32(DATA(d, float), DATA(out, float), n, c);
+    else column_sums_f64(DATA(d, double), DATA(out, double), n, c);
+    Py_RETURN_NONE;
+}
+
 /* (n, c) logits and n labels; the labels must lie in [0, c) (checked here too: an index
  * outside would read out of bounds). */
 static int rows_and_labels(PyObject *const *args, int t, PyArrayObject **z, PyArrayObject **y,
                            npy_intp *n, npy_intp *c) {
     if (!(*z = checked(args[0], "logits", t, -1, 0))) return -1;
     if (PyArray_NDIM(*z) != 2) {
-        PyErr_SetString(PyExc_ValueError, "logits must be 2-D (batch, classes)");
+        PyErr_SetString(PyExc_TypeError, "logits must be 2-D (batch, classes)");
         return -1;
     }
     *n = PyArray_DIM(*z, 0);
     *c = PyArray_DIM(*z, 1);
-    if (!(*y = checked(args[1], "y_true", NPY_INT64, *n, 0))) return -1;
+    if (!(*y = checked(args[1], "y_true", NPY_INT64, -1, 0))) return -1;
+    if (PyArray_NDIM(*y) != 1 || PyArray_DIM(*y, 0) != *n) { /* e.g. one-hot rows */
+        PyErr_Format(PyExc_TypeError, "y_true must be %zd class indices, shape (%zd,)",
+                     (Py_ssize_t)*n, (Py_ssize_t)*n);
+        return -1;
+    }
     const int64_t *labels = DATA(*y, int64_t);
     for (npy_intp r = 0; r < *n; r++) {
         if (labels[r] < 0 || labels[r] >= *c) {
@@ -294,6 +362,10 @@ static PyMethodDef methods[] = {
      "relu_forward(x, out): out = max(x, 0)"},
     {"relu_backward", (PyCFunction)(void (*)(void))relu_backward, METH_FASTCALL,
      "relu_backward(dvalues, inputs, out): out = dvalues * (inputs > 0)"},
+    {"add_bias", (PyCFunction)(void (*)(void))add_bias, METH_FASTCALL,
+     "add_bias(out, biases): out += biases (out (n, c), biases c elements)"},
+    {"column_sums", (PyCFunction)(void (*)(void))column_sums, METH_FASTCALL,
+     "column_sums(d, out): out = d.sum(axis=0) (d (n, c), out c elements)"},
     {"softmax_ce_forward", (PyCFunction)(void (*)(void))softmax_ce_forward, METH_FASTCALL,
      "softmax_ce_forward(logits, y, out, eps) -> summed loss: out = softmax(logits), "
      "returns sum(-log(clip(out[i, y[i]], eps, 1 - eps)))"},

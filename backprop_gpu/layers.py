@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _checks
+from . import _checks, kernels
 from .backend import Backend, array_library, dtype_name, get_backend, to_numpy
 
 INITS = ("nnfs", "he", "glorot")
@@ -104,7 +104,8 @@ class Dense:
             self.backend, inputs, self.n_inputs, self.dtype, f"{self.name}.forward"
         )
         self.output = self.inputs @ self.weights
-        self.output += self.biases  # in place: the product is a fresh array, no copy needed
+        if not kernels.add_bias(self.backend, self.output, self.biases):  # C on NumPy, if built
+            self.output += self.biases  # in place: the product is a fresh array, no copy needed
         return self.output
 
     def backward(self, dvalues: Any, need_dinputs: bool = True) -> Any:
@@ -121,7 +122,9 @@ class Dense:
         dvalues = _checks.like(self.backend, dvalues, self.output, where, "dvalues")
         xp = self.backend.xp
         self.dweights = self.inputs.T @ dvalues
-        self.dbiases = xp.sum(dvalues, axis=0, keepdims=True)
+        self.dbiases = kernels.column_sums(self.backend, dvalues)  # C on NumPy, if built
+        if self.dbiases is None:
+            self.dbiases = xp.sum(dvalues, axis=0, keepdims=True)
         for grad, param, l1, l2 in (
             (self.dweights, self.weights, self.weight_regularizer_l1, self.weight_regularizer_l2),
             (self.dbiases, self.biases, self.bias_regularizer_l1, self.bias_regularizer_l2),

@@ -150,6 +150,38 @@ def test_c_relu_equals_the_reference(dtype: str, monkeypatch: pytest.MonkeyPatch
 
 
 @needs_ext
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # inf * 0 in the product
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(1, 8), (300, 3), (1000, 64), (37, 1)])
+def test_c_dense_bias_add_and_sum_equal_the_reference(
+    dtype: str, shape: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dense.forward's ``+ biases`` and backward's column sums, bit for bit (NaN and inf too)."""
+    n, c = shape
+    with bg.use_backend("numpy") as backend:
+        x, dv = RNG.standard_normal((n, 4)).astype(dtype), _awkward((n, c), dtype) * 1e3
+        biases = RNG.standard_normal((1, c))
+        assert kernels.column_sums(backend, dv) is not None
+        assert kernels.add_bias(backend, dv.copy(), biases.astype(dtype))
+
+        def run() -> tuple[np.ndarray, ...]:
+            layer = bg.Dense(4, c, biases=biases, dtype=dtype, seed=0)
+            out = layer.forward(x).copy()
+            layer.backward(dv)
+            return out, layer.dbiases, layer.dweights
+
+        (out, db, dw), (out_ref, db_ref, dw_ref) = _both(monkeypatch, run)
+        np.testing.assert_array_equal(out, out_ref)
+        np.testing.assert_array_equal(db, db_ref)
+        np.testing.assert_array_equal(dw, dw_ref)
+        assert db.shape == (1, c) and db.dtype == np.dtype(dtype)
+        # the sum itself, against an independent float64 sum
+        finite = np.nan_to_num(dv, nan=0.0, posinf=0.0, neginf=0.0)
+        sums = kernels.column_sums(backend, finite)
+        np.testing.assert_allclose(sums[0], finite.astype(np.float64).sum(0), rtol=1e-4, atol=1e-2)
+
+
+@needs_ext
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("classes", [1, 3, 10, 257])
 def test_c_softmax_cross_entropy_equals_the_reference(
@@ -247,6 +279,8 @@ def test_c_path_declines_what_it_cannot_take() -> None:
         assert kernels.relu_forward(backend, x.astype(np.float16)) is None
         assert kernels.softmax_cross_entropy(backend, x, np.zeros(8, np.int32), 1e-7) is None
         assert not kernels.sgd(backend, x, x.T.copy().T, 0.1)
+        assert kernels.column_sums(backend, x.T) is None
+        assert not kernels.add_bias(backend, x, np.zeros((1, 6), np.float64))
 
 
 # --- the CUDA build, on a GPU ----------------------------------------------------------------
