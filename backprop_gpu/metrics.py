@@ -49,7 +49,9 @@ class Accuracy:
             raise ValueError(
                 f"Accuracy expected {pred.shape[0]} labels, got y_true of shape {tuple(y.shape)}"
             )
-        return xp.mean(xp.astype(pred == xp.astype(y, pred.dtype), xp.float32))
+        # the mean of 0/1 as a float32 count / N: exact, and cheaper than xp.mean on NumPy
+        correct = xp.sum(xp.astype(pred == xp.astype(y, pred.dtype), xp.float32))
+        return correct / pred.shape[0]
 
     def init(self, y: Any) -> None:
         """Nothing to learn from the targets (the Model calls this before training)."""

@@ -335,22 +335,24 @@ class Model:
     def _epoch(self, X_dev: Any, y_dev: Any, size: int, order: Any) -> tuple[float, ...]:
         """One pass over the data in batches (in ``order``, if given). Returns the epoch's
         mean data loss, regularisation loss and accuracy, and the first step whose loss was
-        not finite (-1 if none), read from the device in one copy at the end."""
+        not finite (-1 if none). Each step's values stay on the device until the end of the
+        epoch, then come to the host in one copy."""
         xp, n = self.backend.xp, X_dev.shape[0]
-        sums: list[Any] = [0.0, 0.0, 0.0]  # data loss, regularization loss, accuracy
-        first_bad = self.backend.asarray(np.array(-1.0))
-        for k, start in enumerate(range(0, n, size)):
+        steps: list[tuple[Any, Any, Any]] = []  # (data loss, regularization loss, accuracy)
+        for start in range(0, n, size):
             stop = min(start + size, n)  # the last batch may be partial
             if order is None:
                 Xb, yb = X_dev[start:stop, ...], y_dev[start:stop, ...]
             else:
                 idx = order[start:stop]
                 Xb, yb = xp.take(X_dev, idx, axis=0), xp.take(y_dev, idx, axis=0)
-            step = self._train_step(Xb, yb)
-            sums = [s + v * Xb.shape[0] for s, v in zip(sums, step, strict=True)]
-            first_bad = xp.where(~xp.isfinite(step[0]) & (first_bad < 0), float(k + 1), first_bad)
-        *totals, bad_step = _host_values(self.backend, [*sums, first_bad])
-        return (*(float(v) / n for v in totals), float(bad_step))
+            steps.append(self._train_step(Xb, yb))
+        values = _host_values(self.backend, [v for step in steps for v in step])
+        values = values.reshape(len(steps), 3)
+        sizes = np.minimum(size, n - np.arange(0, n, size))  # samples in each step
+        totals = (values * sizes[:, None]).sum(axis=0) / n  # means weighted by batch size
+        bad = np.flatnonzero(~np.isfinite(values[:, 0]))
+        return (*(float(v) for v in totals), float(bad[0] + 1 if bad.size else -1))
 
     def _snapshot(self) -> dict[str, Any]:
         """Device copies of every parameter and optimizer state (None where not created
@@ -574,10 +576,13 @@ def _finite(xp: Any, a: Any, where: str) -> None:
 
 
 def _host_values(backend: Backend, values: list[Any]) -> np.ndarray:
-    """Several device scalars to the host in one copy."""
-    xp = backend.xp
-    arrays = [backend.asarray(v) if isinstance(v, float) else v for v in values]
-    return to_numpy(xp.stack([xp.astype(a, xp.float64) for a in arrays]))
+    """Device scalars (and Python floats) to the host as float64, the device ones in one copy."""
+    out = np.array([v if isinstance(v, float | int) else np.nan for v in values], np.float64)
+    on_device = [i for i, v in enumerate(values) if not isinstance(v, float | int)]
+    if on_device:
+        xp = backend.xp
+        out[on_device] = to_numpy(xp.stack([xp.astype(values[i], xp.float64) for i in on_device]))
+    return out
 
 
 def _spec(obj: Any) -> dict[str, Any]:
