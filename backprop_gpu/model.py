@@ -287,6 +287,7 @@ class Model:
         if seed is None:
             seed = int(np.random.default_rng().integers(2**31))
         history: History = []
+        saved = None
         with _Unchecked(self.loss, self.accuracy):
             for _ in range(epochs):
                 epoch = self.epochs_trained
@@ -297,7 +298,7 @@ class Model:
                 if shuffle:
                     perm = np.random.default_rng([seed, epoch]).permutation(n)
                     order = self.backend.asarray(perm)  # one small copy per epoch
-                saved = self._snapshot()
+                saved = self._snapshot(saved)
                 loss, reg, acc, bad_step = self._epoch(X_dev, y_dev, size, order)
                 if not all(math.isfinite(v) for v in (loss, reg, acc)):
                     self._restore(saved)
@@ -354,16 +355,25 @@ class Model:
         bad = np.flatnonzero(~np.isfinite(values[:, 0]))
         return (*(float(v) for v in totals), float(bad[0] + 1 if bad.size else -1))
 
-    def _snapshot(self) -> dict[str, Any]:
+    def _snapshot(self, previous: dict[str, Any] | None = None) -> dict[str, Any]:
         """Device copies of every parameter and optimizer state (None where not created
-        yet), and the counters, for ``_restore`` after a non-finite loss."""
+        yet), and the counters, for ``_restore`` after a non-finite loss. The arrays of a
+        ``previous`` snapshot are overwritten where they fit, so one copy of the parameters is
+        kept, not two at each epoch's start."""
         assert self.optimizer is not None
         xp = self.backend.xp
-        arrays = [
-            (layer, attr, None if value is None else xp.asarray(value, copy=True))
-            for _, layer, attr, _ in self._slots(with_state=True)
-            for value in [getattr(layer, attr, None)]
-        ]
+        arrays, old = [], {}
+        if previous is not None:
+            old = {(id(layer), attr): copy for layer, attr, copy in previous["arrays"]}
+        for _, layer, attr, _ in self._slots(with_state=True):
+            value, copy = getattr(layer, attr, None), old.get((id(layer), attr))
+            if value is None:
+                copy = None
+            elif copy is not None and copy is not value and _same_kind(copy, value):
+                copy[...] = value
+            else:
+                copy = xp.asarray(value, copy=True)
+            arrays.append((layer, attr, copy))
         counters = (self.optimizer.iterations, self.optimizer.current_learning_rate)
         return {"arrays": arrays, "counters": counters, "epochs": self.epochs_trained}
 
@@ -573,6 +583,10 @@ def _finite(xp: Any, a: Any, where: str) -> None:
     if not bool(xp.all(xp.isfinite(a))):
         bad = int(to_numpy(xp.sum(xp.astype(~xp.isfinite(a), xp.int64))))
         raise ValueError(f"{where} holds {bad} NaN or infinite values; clean the data first")
+
+
+def _same_kind(a: Any, b: Any) -> bool:
+    return bool(a.shape == b.shape and a.dtype == b.dtype)
 
 
 def _host_values(backend: Backend, values: list[Any]) -> np.ndarray:

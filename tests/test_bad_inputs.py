@@ -242,6 +242,24 @@ def test_nonfinite_loss_stop_keeps_the_last_finite_parameters(backend: bg.Backen
     assert all(np.isfinite(v).all() for k, v in state(model).items() if k != "counters")
 
 
+def test_nonfinite_in_a_later_epoch_restores_the_epoch_before(backend: bg.Backend) -> None:
+    """The snapshot's arrays are reused from epoch to epoch: a NaN in epoch 3 must bring back
+    exactly the end of epoch 2, momentums included."""
+    model = trained_model()
+    seen: dict[str, Any] = {}
+
+    def explode_after_two(row: dict[str, float]) -> None:
+        if row["epoch"] == 3:  # the model's third epoch in all, the second of this call
+            model.optimizer.learning_rate = model.optimizer.current_learning_rate = 1e38
+            seen.update(state(model))
+
+    with warnings.catch_warnings(), pytest.raises(bg.NonFiniteLossError, match="epoch 4"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        model.train(X, Y, epochs=4, batch_size=8, print_every=0, on_epoch_end=explode_after_two)
+    assert seen and model.epochs_trained == 3
+    assert_same(seen, state(model))
+
+
 def test_nonfinite_restore_brings_back_uncreated_optimizer_state(backend: bg.Backend) -> None:
     """In the first epoch the momentums do not exist yet: after a NaN they must not either,
     so training again with a sane learning rate starts clean."""
