@@ -85,20 +85,29 @@ static int check_nargs(Py_ssize_t nargs, Py_ssize_t want, const char *fn) {
         for (npy_intp r = 1; r < n; r++)                                                    \
             for (npy_intp j = 0; j < c; j++) out[j] += d[r * c + j];                        \
     }                                                                                       \
-    /* softmax of each row into p, and the summed -log(clip(p[true class])) in double */    \
+    /* softmax of each row into p, and the summed -log(clip(p[true class])) in double;      \
+       *correct counts the rows whose argmax (the first largest logit, or the first NaN,    \
+       as numpy.argmax) is the true class */                                                \
     static double softmax_ce_forward_##S(const T *z, const int64_t *y, T *p, npy_intp n,    \
-                                         npy_intp c, T eps) {                               \
+                                         npy_intp c, T eps, npy_intp *correct) {            \
         /* float32: -log of a product of up to 32 clipped q in double (each q in [eps, 1],  \
            eps >= 1e-7, so the product stays above 1e-224), one log per 32 rows, exact      \
            enough for a float32 loss; float64: one log per row (a product near 1 would lose \
            digits of a tiny loss) */                                                        \
         const npy_intp every = sizeof(T) == 4 ? 32 : 1;                                     \
         double loss = 0.0, product = 1.0;                                                   \
+        *correct = 0;                                                                       \
         for (npy_intp r = 0; r < n; r++) {                                                  \
             const T *zr = z + r * c;                                                        \
             T *pr = p + r * c;                                                              \
             T top = zr[0];                                                                  \
-            for (npy_intp j = 1; j < c; j++) top = zr[j] > top || isnan(zr[j]) ? zr[j] : top; \
+            npy_intp arg = 0;                                                               \
+            for (npy_intp j = 1; j < c && !isnan(top); j++)                                 \
+                if (zr[j] > top || isnan(zr[j])) {                                          \
+                    top = zr[j];                                                            \
+                    arg = j;                                                                \
+                }                                                                           \
+            *correct += arg == y[r];                                                        \
             T sum = 0;                                                                      \
             for (npy_intp j = 0; j < c; j++) sum += (pr[j] = EXP(zr[j] - top));             \
             for (npy_intp j = 0; j < c; j++) pr[j] /= sum;                                  \
@@ -262,13 +271,14 @@ static PyObject *softmax_ce_forward(PyObject *self, PyObject *const *args, Py_ss
     double eps = PyFloat_AsDouble(args[3]);
     if (eps == -1.0 && PyErr_Occurred()) return NULL;
     double loss;
+    npy_intp correct;
     if (t == NPY_FLOAT)
         loss = softmax_ce_forward_f32(DATA(z, float), DATA(y, int64_t), DATA(p, float), n, c,
-                                      (float)eps);
+                                      (float)eps, &correct);
     else
         loss = softmax_ce_forward_f64(DATA(z, double), DATA(y, int64_t), DATA(p, double), n, c,
-                                      eps);
-    return PyFloat_FromDouble(loss);
+                                      eps, &correct);
+    return Py_BuildValue("(dn)", loss, (Py_ssize_t)correct);
 }
 
 static PyObject *softmax_ce_backward(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -367,8 +377,9 @@ static PyMethodDef methods[] = {
     {"column_sums", (PyCFunction)(void (*)(void))column_sums, METH_FASTCALL,
      "column_sums(d, out): out = d.sum(axis=0) (d (n, c), out c elements)"},
     {"softmax_ce_forward", (PyCFunction)(void (*)(void))softmax_ce_forward, METH_FASTCALL,
-     "softmax_ce_forward(logits, y, out, eps) -> summed loss: out = softmax(logits), "
-     "returns sum(-log(clip(out[i, y[i]], eps, 1 - eps)))"},
+     "softmax_ce_forward(logits, y, out, eps) -> (summed loss, correct): out = "
+     "softmax(logits), loss = sum(-log(clip(out[i, y[i]], eps, 1 - eps))), correct = "
+     "count(argmax(logits[i]) == y[i])"},
     {"softmax_ce_backward", (PyCFunction)(void (*)(void))softmax_ce_backward, METH_FASTCALL,
      "softmax_ce_backward(probabilities, y, out): out = (probabilities - onehot(y)) / N"},
     {"sgd_momentum", (PyCFunction)(void (*)(void))sgd_momentum, METH_FASTCALL,

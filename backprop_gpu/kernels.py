@@ -185,17 +185,19 @@ def relu_backward(backend: Backend, dvalues: Any, inputs: Any) -> Any:
 
 
 def softmax_cross_entropy(backend: Backend, logits: Any, y: Any, eps: float) -> Any:
-    """``(probabilities, mean loss)`` of softmax + cross-entropy over class indices ``y``
-    (checked labels, int64 (N,)) in one pass over the rows, the loss a NumPy scalar of the
-    logits' dtype, the probability of the true class clipped to [eps, 1 - eps] before the
-    log; None without a kernel."""
+    """``(probabilities, mean loss, correct)`` of softmax + cross-entropy over class indices
+    ``y`` (int64 (N,)) in one pass over the rows: the loss a NumPy scalar of the logits' dtype,
+    the probability of the true class clipped to [eps, 1 - eps] before the log; ``correct``
+    the number of rows whose ``argmax`` is the true class (for the accuracy, free here). None
+    without a kernel."""
     if not _on_cpu(backend):
         return None
     probabilities = np.empty_like(logits)
-    total = _c(_cpu.softmax_ce_forward, logits, y, probabilities, eps)
-    if total is DECLINED:
+    result = _c(_cpu.softmax_ce_forward, logits, y, probabilities, eps)
+    if result is DECLINED:
         return None
-    return probabilities, logits.dtype.type(total / logits.shape[0])
+    total, correct = result
+    return probabilities, logits.dtype.type(total / logits.shape[0]), correct
 
 
 def softmax_cross_entropy_backward(backend: Backend, probabilities: Any, y: Any) -> Any:

@@ -126,6 +126,10 @@ class SoftmaxCrossEntropy(Loss):
         self.activation = Softmax()
         self.activation.backend = self.backend
         self.output: Any = None
+        # the number of rows whose largest logit is the true class, when the last forward ran
+        # the fused CPU kernel (which finds the row maxima anyway); None otherwise. The Model
+        # reads it for its accuracy instead of a second pass over the logits.
+        self.correct: int | None = None
 
     def forward(self, inputs: Any, y_true: Any) -> Any:
         where = "SoftmaxCrossEntropy.forward"
@@ -134,9 +138,10 @@ class SoftmaxCrossEntropy(Loss):
         eps = _clip_eps(dtype_name(logits.dtype))
         fused = kernels.softmax_cross_entropy(self.backend, logits, y, eps)  # one pass, if any
         if fused is not None:
-            self.output, loss = fused
+            self.output, loss, self.correct = fused
             self.activation.inputs, self.activation.output = logits, self.output
             return loss
+        self.correct = None
         self.output = self.activation.forward(logits)
         return _mean_cross_entropy(self.backend, self.output, y)
 

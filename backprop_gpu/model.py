@@ -394,6 +394,14 @@ class Model:
         return data_loss, reg_loss, acc
 
     def _accuracy(self, output: Any, y: Any) -> Any:
+        loss = self.loss
+        if (  # the fused CPU kernel counted the argmax hits already: the same value, as float32
+            type(self.accuracy) is Accuracy
+            and isinstance(loss, SoftmaxCrossEntropy)
+            and loss.correct is not None
+            and loss.activation.inputs is output
+        ):
+            return np.float32(loss.correct) / output.shape[0]
         return self.accuracy.calculate(output, y)
 
     def evaluate(self, X: Any, y: Any, *, batch_size: int | None = None) -> dict[str, float]:

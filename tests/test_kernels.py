@@ -210,6 +210,45 @@ def test_c_softmax_cross_entropy_equals_the_reference(
 
 
 @needs_ext
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_c_softmax_cross_entropy_counts_argmax_hits_as_numpy(dtype: str) -> None:
+    """The fused forward also counts rows whose argmax is the label: ties go to the first
+    largest logit and a NaN row to its first NaN, as numpy.argmax."""
+    with bg.use_backend("numpy") as backend:
+        logits = RNG.integers(-2, 3, (500, 4)).astype(dtype)  # many ties
+        logits[:7, 1] = np.nan
+        logits[7:9] = [[np.nan, 0, np.nan, 1], [np.inf, np.inf, 0, -np.inf]]
+        y = RNG.integers(0, 4, 500)
+        y[:9] = [1, 1, 1, 0, 1, 2, 3, 0, 1]
+        fused = kernels.softmax_cross_entropy(backend, logits, y, 1e-7)
+        assert fused is not None
+        assert fused[2] == int(np.sum(np.argmax(logits, axis=1) == y))
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_model_accuracy_from_the_fused_loss_equals_accuracy_calculate(
+    dtype: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Model.train reads its accuracy off the fused loss kernel: the history is the same, bit
+    for bit, as with Accuracy.calculate on the reference path."""
+    X = RNG.standard_normal((96, 5)).astype(dtype)
+    y = RNG.integers(0, 4, 96)
+
+    def run() -> list[float]:
+        with bg.use_backend("numpy"):
+            model = bg.Model([bg.Dense(5, 16, seed=0, dtype=dtype), bg.ReLU(),
+                              bg.Dense(16, 4, seed=1, dtype=dtype)])  # fmt: skip
+            model.set(loss=bg.SoftmaxCrossEntropy(), optimizer=bg.SGD(0.5, momentum=0.9))
+            history = model.finalize().train(X, y, epochs=4, batch_size=10, print_every=0, seed=1)
+            assert (model.loss.correct is not None) == kernels.enabled
+            return [row["accuracy"] for row in history]
+
+    fast, ref = _both(monkeypatch, run)
+    assert fast == ref and len(set(fast)) > 1
+
+
+@needs_ext
 def test_c_softmax_cross_entropy_keeps_nan_and_refuses_bad_labels() -> None:
     """A NaN logit gives a NaN loss and NaN row (as the reference), and the C loop checks the
     labels' range itself, since a wrong index would read outside the row."""
@@ -220,7 +259,7 @@ def test_c_softmax_cross_entropy_keeps_nan_and_refuses_bad_labels() -> None:
         logits[1, 2] = np.nan
         fused = kernels.softmax_cross_entropy(backend, logits, np.array([0, 1, 2]), 1e-7)
         assert fused is not None
-        p, loss = fused
+        p, loss, _ = fused
         assert np.isnan(loss) and np.isnan(p[1]).all() and np.isfinite(p[[0, 2]]).all()
         out = np.empty_like(logits)
         with pytest.raises(ValueError, match=r"y_true\[2\] = 4 is not a class index in \[0, 4\)"):
