@@ -1,5 +1,6 @@
 """Sessions: ``nox -s tests`` (NumPy + the GPU stand-in), ``tests_gpu`` (CuPy on a real GPU:
-fails, never skips, without one), ``lint``, ``typecheck``, ``bench``."""
+fails, never skips, without one), ``tests_mpi`` (several ranks under mpiexec), ``lint``,
+``typecheck``, ``bench``."""
 
 from __future__ import annotations
 
@@ -32,6 +33,16 @@ def tests_gpu(session: nox.Session) -> None:
         *session.posargs,
         env={"BACKPROP_GPU_REQUIRE_GPU": "1"},
     )
+
+
+@nox.session
+def tests_mpi(session: nox.Session) -> None:
+    """The MPI tests (2 and 3 ranks under the mpich wheel's mpiexec); fails without MPI."""
+    session.install(".[test,mpi]")
+    session.run(
+        "python", "-m", "pytest", "tests/test_distributed.py", *session.posargs,
+        env={"BACKPROP_GPU_REQUIRE_MPI": "1"},
+    )  # fmt: skip
 
 
 @nox.session

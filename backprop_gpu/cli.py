@@ -61,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
     add("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     add("--quiet", action="store_true", help="no progress output")
     add("--no-plots", action="store_true", help="skip the PNG plots")
+    add(
+        "--distributed",
+        action="store_true",
+        help="data-parallel over MPI: start with mpiexec -n RANKS (needs the mpi extra)",
+    )
 
     evaluate = commands.add_parser("evaluate", help="a run's model on its validation data")
     evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
@@ -103,6 +108,7 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
         "progress": interactive,
         "plots": not args.no_plots,
         "command": ["backprop-gpu", *argv],
+        "distributed": args.distributed,
     }
     if args.resume:
         if args.out is None:
@@ -115,6 +121,8 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
         config = Config.from_mapping({**values, **given}, where=where)
         summary = experiment.run(config, **options)
     final = summary["final"]
+    if summary.get("rank", 0) != 0:
+        return 0  # rank 0 reports for the whole job
     if final:
         print(
             f"done: {summary['epochs']} epochs in {summary['wall_seconds']:.1f} s, "
@@ -139,6 +147,13 @@ def _info(args: argparse.Namespace) -> int:
         print(f"why: {backend['reason']}")
     print(f"CPU kernels (C extension): {found['cpu']['c_kernels']}")
     print(f"malloc tuned: {found['cpu']['malloc_tuned']}")
+    mpi = found["mpi"]
+    if mpi["available"]:
+        print(
+            f"MPI: {mpi['library']} (mpi4py {mpi['mpi4py']}); CuPy arrays: {mpi['cupy_transport']}"
+        )
+    else:
+        print(f"MPI: not available ({mpi['why']})")
     if found["env"]:
         print(f"BACKPROP_GPU_BACKEND={found['env']}: train uses it unless --backend says otherwise")
     for device in found.get("devices", []):

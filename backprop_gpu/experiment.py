@@ -35,6 +35,8 @@ import numpy as np
 from . import __version__, _malloc, datasets, kernels
 from .activations import Linear, ReLU, Sigmoid
 from .backend import to_numpy, use_backend
+from .distributed import Context, transport
+from .distributed import info as distributed_info
 from .layers import Dense, Dropout
 from .losses import MeanSquaredError, SoftmaxCrossEntropy
 from .metrics import Accuracy, RegressionAccuracy
@@ -312,6 +314,7 @@ def run(
     progress: bool = False,
     plots: bool = True,
     command: list[str] | None = None,
+    distributed: bool = False,
 ) -> dict[str, Any]:
     """Train as ``config`` says (a ``Config`` or a dict of its keys), record the run in its
     folder (``config.out``, else a new ``runs/<dataset>-<time>``) and return the summary.
@@ -319,17 +322,28 @@ def run(
     An existing, non-empty folder is refused (``RunError``); use ``resume`` to continue it.
     ``report`` gets one line per epoch (None: silent); ``progress=True`` shows a tqdm bar
     instead when tqdm is installed; ``plots=False`` skips the PNG files.
+
+    ``distributed=True``: data-parallel over MPI (started under ``mpiexec``); every rank
+    trains, rank 0 alone names, writes and reports the run folder.
     """
     if not isinstance(config, Config):
         config = Config.from_mapping(config)
-    out = Path(config.out) if config.out else default_out(config)
-    _prepare_folder(out, resume=False)
+    settings = config
+    dist = Context() if distributed else None
+    root = dist is None or dist.is_root
+
+    def prepare() -> Path:
+        out = Path(settings.out) if settings.out else default_out(settings)
+        _prepare_folder(out, resume=False)
+        return out
+
+    out = dist.root_result(prepare) if dist is not None else prepare()
     lr = config.lr if config.lr is not None else DEFAULT_LR[config.optimizer]
     config = dataclasses.replace(config, out=str(out), lr=lr)  # config.json: the value used
     try:
-        return _execute(config, False, report, progress, plots, command)
+        return _execute(config, False, report, progress, plots, command, dist)
     except BaseException:
-        if not any(out.iterdir()):  # failed before writing anything: leave no empty folder
+        if root and not any(out.iterdir()):  # failed before writing: leave no empty folder
             out.rmdir()
         raise
 
@@ -342,12 +356,24 @@ def resume(
     progress: bool = False,
     plots: bool = True,
     command: list[str] | None = None,
+    distributed: bool = False,
 ) -> dict[str, Any]:
     """Continue the run in ``run_dir`` from its checkpoint, with its saved settings, up to
     ``epochs`` epochs in all (``overrides={"epochs": N}`` raises the target; any other setting
     that differs from the saved one is refused). The continued metrics equal those of an
-    uninterrupted run: optimizer state, epoch count, shuffling and dropout all carry on."""
+    uninterrupted run: optimizer state, epoch count, shuffling and dropout all carry on.
+    ``distributed=True`` as in ``run`` (only rank 0 reads the folder)."""
     run_dir = Path(run_dir)
+    dist = Context() if distributed else None
+    if dist is not None:
+        config = dist.root_result(lambda: _resumed_config(run_dir, overrides))
+        return _execute(config, True, report, progress, plots, command, dist)
+    return _execute(_resumed_config(run_dir, overrides), True, report, progress, plots, command)
+
+
+def _resumed_config(run_dir: Path, overrides: Mapping[str, Any] | None) -> Config:
+    """The saved settings of the run in ``run_dir`` with ``overrides`` (only epochs may
+    change), after checking there is a checkpoint to resume from."""
     saved = _saved_config(run_dir)
     for key, value in (overrides or {}).items():
         value = Config.from_mapping({**saved.as_dict(), key: value}).as_dict()[key]
@@ -361,8 +387,7 @@ def resume(
                 "change)"
             )
     _prepare_folder(run_dir, resume=True)
-    config = dataclasses.replace(saved, out=str(run_dir))
-    return _execute(config, True, report, progress, plots, command)
+    return dataclasses.replace(saved, out=str(run_dir))
 
 
 ARCHITECTURE = ("dataset", "hidden", "activation", "dropout", "samples")
@@ -375,38 +400,53 @@ def _execute(
     progress: bool,
     plots: bool,
     command: list[str] | None,
+    dist: Context | None = None,
 ) -> dict[str, Any]:
     out = Path(str(config.out))
+    root = dist is None or dist.is_root  # only rank 0 reads and writes the run folder
     with use_backend(config.backend) as backend:
         X, y, X_val, y_val = load_data(config)
         n_outputs = 1 if config.dataset == "sine" else int(y.max()) + 1
-        fresh = build_model(config, X.shape[1], n_outputs)
-        if resuming:
-            model = Model.load(out / "checkpoint.npz")
-            _check_same_architecture(model, fresh, out)
-            recorded = json.loads((out / "config.json").read_text())
-            recorded["config"] = config.as_dict()  # the raised epoch target, if any
-            recorded.setdefault("resumed", []).append({
-                "command": command if command is not None else sys.argv,
-                "at": dt.datetime.now().isoformat(timespec="seconds"),
-                "from_epoch": model.epochs_trained,
-            })  # fmt: skip
-            _write_json(out / "config.json", recorded)
-        else:
-            model = fresh
-            _write_json(out / "config.json", {
-                "config": config.as_dict(),
-                "backend": {"name": backend.name, "device": str(backend.device),
-                            "reason": backend.reason},
-                "versions": versions(),
-                "command": command if command is not None else sys.argv,
-                "started": dt.datetime.now().isoformat(timespec="seconds"),
-            })  # fmt: skip
-        history = read_metrics(out) if resuming else []
-        remaining = max(config.epochs - model.epochs_trained, 0)
+        model = build_model(config, X.shape[1], n_outputs)
+        history: list[dict[str, float]] = []
+
+        def open_run() -> int:
+            """Load the checkpoint when resuming and record the run; the epochs done."""
+            nonlocal model, history
+            if resuming:
+                loaded = Model.load(out / "checkpoint.npz")
+                _check_same_architecture(loaded, model, out)
+                model = loaded
+                recorded = json.loads((out / "config.json").read_text())
+                recorded["config"] = config.as_dict()  # the raised epoch target, if any
+                recorded.setdefault("resumed", []).append({
+                    "command": command if command is not None else sys.argv,
+                    "at": dt.datetime.now().isoformat(timespec="seconds"),
+                    "from_epoch": model.epochs_trained,
+                })  # fmt: skip
+                _write_json(out / "config.json", recorded)
+                history = read_metrics(out)
+            else:
+                _write_json(out / "config.json", {
+                    "config": config.as_dict(),
+                    "backend": {"name": backend.name, "device": str(backend.device),
+                                "reason": backend.reason},
+                    "distributed": None if dist is None else {
+                        "ranks": dist.size, "transport": transport(backend.name),
+                        "processes": dist.processes},
+                    "versions": versions(),
+                    "command": command if command is not None else sys.argv,
+                    "started": dt.datetime.now().isoformat(timespec="seconds"),
+                })  # fmt: skip
+            return model.epochs_trained
+
+        # rank 0's epoch count (the others get its parameters and state in Model.train)
+        done = dist.root_result(open_run) if dist is not None else open_run()
+        remaining = max(config.epochs - done, 0)
         best = min((r.get("val_loss", math.inf) for r in history), default=math.inf)
-        writer = _MetricsWriter(out)
-        bar = _progress_bar(remaining, progress)
+        writer = _MetricsWriter(out) if root else None
+        bar = _progress_bar(remaining, progress) if root else None
+        report = report if root else None
         started = epoch_started = time.perf_counter()
 
         def on_epoch_end(row: dict[str, float]) -> None:
@@ -414,8 +454,10 @@ def _execute(
             now = time.perf_counter()
             row = {**row, "seconds": now - epoch_started}
             epoch_started = now
-            writer.write(row)
             history.append(row)
+            if writer is None:  # not rank 0
+                return
+            writer.write(row)
             model.save(out / "checkpoint.npz")
             if row["val_loss"] < best:
                 best = row["val_loss"]
@@ -431,18 +473,21 @@ def _execute(
             model.train(
                 X, y, epochs=remaining, batch_size=config.batch_size,
                 validation_data=(X_val, y_val), print_every=0, seed=config.seed,
-                on_epoch_end=on_epoch_end,
+                on_epoch_end=on_epoch_end, distributed=dist or False,
             )  # fmt: skip
         finally:
-            writer.close()
+            if writer is not None:
+                writer.close()
             if bar is not None:
                 bar.close()
         seconds = time.perf_counter() - started
         summary = _summary(config, history, seconds, len(X) * remaining, backend.name)
-        _write_json(out / "summary.json", summary)
-        if plots:
-            two_d = model if X.shape[1] == 2 else None
-            summary["plots"] = _plots(out, history, two_d, X, y, report)
+        if root:
+            _write_json(out / "summary.json", summary)
+            if plots:
+                two_d = model if X.shape[1] == 2 else None
+                summary["plots"] = _plots(out, history, two_d, X, y, report)
+        summary["rank"] = 0 if dist is None else dist.rank  # (not in summary.json)
     return summary
 
 
@@ -546,6 +591,7 @@ def info() -> dict[str, Any]:
         else "not built (no C compiler at install): the plain NumPy code runs",
         "malloc_tuned": _malloc.tuned,
     }
+    found["mpi"] = distributed_info()
     if backend.name == "cupy":
         runtime = backend.xp.cuda.runtime
         devices = []

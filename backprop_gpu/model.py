@@ -14,9 +14,11 @@ summed on the device and read once per epoch.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -25,6 +27,7 @@ import numpy as np
 from . import _checks, checkpoint
 from .activations import Linear, ReLU, Sigmoid, Softmax
 from .backend import Backend, array_library, to_numpy
+from .distributed import Context, DistributedError, fingerprint, shard_bounds
 from .layers import Dense, Dropout
 from .losses import (
     LOSSES,
@@ -249,6 +252,7 @@ class Model:
         seed: int | None = None,
         on_epoch_end: Callable[[dict[str, float]], None] | None = None,
         on_nonfinite: str = "raise",
+        distributed: bool | Context = False,
     ) -> History:
         """Train for ``epochs`` passes over (X, y) in mini-batches of ``batch_size`` (all of X
         when None; the last batch may be smaller) and return the history: one dict per epoch
@@ -264,6 +268,14 @@ class Model:
         and optimizer state go back to the end of the last finite epoch, and then
         ``on_nonfinite="raise"`` raises ``NonFiniteLossError`` naming the epoch and step,
         while ``"stop"`` ends training quietly and returns the finite history.
+
+        ``distributed=True`` (or a ``distributed.Context``) trains data-parallel over MPI, the
+        script started under ``mpiexec -n R``: every rank passes the same model, data and
+        arguments (checked by hash at start), rank 0's parameters are broadcast, each global
+        batch of ``batch_size`` is split across the ranks, gradients are summed in one
+        allreduce a step, and the metrics are reduced across ranks. Only rank 0 prints;
+        ``on_epoch_end`` runs on every rank (write files from rank 0 only). See
+        :mod:`backprop_gpu.distributed`.
         """
         self._ready("train", train=True)
         assert self.loss is not None and self.optimizer is not None
@@ -284,8 +296,16 @@ class Model:
             val = self._prepare(*validation_data, "Model.train validation_data")
         if self.accuracy is not None:
             self.accuracy.init(y)
+        settings = {"epochs": epochs, "batch_size": size, "shuffle": shuffle, "seed": seed,
+                    "on_nonfinite": on_nonfinite}  # fmt: skip
+        dist = self._distributed(distributed, X_dev, y_dev, val, settings)
         if seed is None:
             seed = int(np.random.default_rng().integers(2**31))
+            if dist is not None:
+                seed = dist.root_result(lambda: seed)  # rank 0's draw, so all shuffle alike
+        guard = dist.abort_on_error if dist is not None else contextlib.nullcontext
+        if dist is not None and not dist.is_root:
+            print_every = 0
         history: History = []
         saved = None
         with _Unchecked(self.loss, self.accuracy):
@@ -299,7 +319,8 @@ class Model:
                     perm = np.random.default_rng([seed, epoch]).permutation(n)
                     order = self.backend.asarray(perm)  # one small copy per epoch
                 saved = self._snapshot(saved)
-                loss, reg, acc, bad_step = self._epoch(X_dev, y_dev, size, order)
+                with guard():
+                    loss, reg, acc, bad_step = self._epoch(X_dev, y_dev, size, order, dist)
                 if not all(math.isfinite(v) for v in (loss, reg, acc)):
                     self._restore(saved)
                     where = f"epoch {epoch + 1}, step {int(bad_step)} of {-(-n // size)}"
@@ -310,50 +331,105 @@ class Model:
                         f"optimizer state are back at the end of epoch {epoch}. Lower the "
                         "learning rate, or check the data and the loss's inputs"
                     )
-                self.epochs_trained += 1
-                row = {
-                    "epoch": self.epochs_trained,
-                    "loss": loss,
-                    "regularization_loss": reg,
-                    "accuracy": acc,
-                    "learning_rate": self.optimizer.current_learning_rate,
-                }
-                if val is not None:
-                    val_metrics = self._evaluate(*val, size)
-                    row |= {
-                        "val_loss": val_metrics["loss"],
-                        "val_accuracy": val_metrics["accuracy"],
-                    }
-                history.append(row)
-                if print_every and (
-                    self.epochs_trained % print_every == 0 or len(history) == epochs
-                ):
-                    print(_summary(row))
-                if on_epoch_end is not None:
-                    on_epoch_end(row)
+                with guard():
+                    row = self._epoch_row(loss, reg, acc, val, size, dist)
+                    history.append(row)
+                    if print_every and (
+                        self.epochs_trained % print_every == 0 or len(history) == epochs
+                    ):
+                        print(_summary(row))
+                    if on_epoch_end is not None:
+                        on_epoch_end(row)
         return history
 
-    def _epoch(self, X_dev: Any, y_dev: Any, size: int, order: Any) -> tuple[float, ...]:
+    def _epoch_row(
+        self, loss: float, reg: float, acc: float, val: Any, size: int, dist: Context | None
+    ) -> dict[str, float]:
+        """Count the finished epoch and return its history row (validation metrics too)."""
+        assert self.optimizer is not None
+        self.epochs_trained += 1
+        row = {
+            "epoch": self.epochs_trained,
+            "loss": loss,
+            "regularization_loss": reg,
+            "accuracy": acc,
+            "learning_rate": self.optimizer.current_learning_rate,
+        }
+        if val is not None:
+            X_val, y_val = val
+            val_metrics = self._evaluate(X_val, y_val, size, dist)
+            row |= {"val_loss": val_metrics["loss"], "val_accuracy": val_metrics["accuracy"]}
+        return row
+
+    def _distributed(
+        self,
+        distributed: bool | Context,
+        X_dev: Any,
+        y_dev: Any,
+        val: Any,
+        settings: dict[str, Any],
+    ) -> Context | None:
+        """The MPI context for ``train(distributed=...)``, after checking on every rank that
+        all ranks agree on the model, the data and the arguments, and that the global batch
+        gives every rank a sample; then rank 0's parameters and state are broadcast."""
+        if distributed is False or distributed is None:
+            return None
+        dist = distributed if isinstance(distributed, Context) else Context()
+        dist.bind(self.backend)
+        spec = {
+            "model": [_spec(o) for o in (*self.layers, self.loss, self.optimizer, self.accuracy)
+                      if o is not None],
+            "train": settings,
+            "data": fingerprint(self.backend, X_dev, y_dev),
+            "validation": None if val is None else fingerprint(self.backend, *val),
+        }  # fmt: skip
+        dist.check_same("the model, the data or the Model.train arguments", spec)
+        if settings["batch_size"] < dist.size:
+            raise DistributedError(
+                f"Model.train: the global batch_size {settings['batch_size']} is smaller than "
+                f"the {dist.size} ranks; every rank needs a sample each step: use a "
+                f"batch_size of at least {dist.size}"
+            )
+        dist.broadcast_model(self)
+        if dist.is_root:
+            print(dist.describe(), file=sys.stderr, flush=True)
+        return dist
+
+    def _epoch(
+        self, X_dev: Any, y_dev: Any, size: int, order: Any, dist: Context | None = None
+    ) -> tuple[float, ...]:
         """One pass over the data in batches (in ``order``, if given). Returns the epoch's
         mean data loss, regularisation loss and accuracy, and the first step whose loss was
         not finite (-1 if none). Each step's values stay on the device until the end of the
-        epoch, then come to the host in one copy."""
+        epoch, then come to the host in one copy. Distributed, each rank takes its slice of
+        every batch and the sums are reduced across ranks at the end."""
         xp, n = self.backend.xp, X_dev.shape[0]
         steps: list[tuple[Any, Any, Any]] = []  # (data loss, regularization loss, accuracy)
+        local = []  # samples this rank took in each step
         for start in range(0, n, size):
             stop = min(start + size, n)  # the last batch may be partial
+            lo, hi = start, stop
+            if dist is not None:
+                lo, hi = (start + b for b in shard_bounds(stop - start, dist.rank, dist.size))
             if order is None:
-                Xb, yb = X_dev[start:stop, ...], y_dev[start:stop, ...]
+                Xb, yb = X_dev[lo:hi, ...], y_dev[lo:hi, ...]
             else:
-                idx = order[start:stop]
+                idx = order[lo:hi]
                 Xb, yb = xp.take(X_dev, idx, axis=0), xp.take(y_dev, idx, axis=0)
-            steps.append(self._train_step(Xb, yb))
+            steps.append(self._train_step(Xb, yb, dist, (hi - lo) / (stop - start)))
+            local.append(hi - lo)
         values = _host_values(self.backend, [v for step in steps for v in step])
         values = values.reshape(len(steps), 3)
         sizes = np.minimum(size, n - np.arange(0, n, size))  # samples in each step
-        totals = (values * sizes[:, None]).sum(axis=0) / n  # means weighted by batch size
-        bad = np.flatnonzero(~np.isfinite(values[:, 0]))
-        return (*(float(v) for v in totals), float(bad[0] + 1 if bad.size else -1))
+        taken = np.array(local, dtype=np.float64)
+        loss_sum, acc_sum = (values[:, [0, 2]] * taken[:, None]).sum(axis=0)
+        reg = float((values[:, 1] * sizes).sum() / n)  # the same on every rank
+        bad = np.flatnonzero(~np.isfinite(values[:, 0]) & (taken > 0))
+        first_bad = float(bad[0] + 1 if bad.size else math.inf)
+        if dist is not None:
+            loss_sum, acc_sum = dist.sum([loss_sum, acc_sum])
+            first_bad = dist.min(first_bad)
+        return loss_sum / n, reg, acc_sum / n, first_bad if math.isfinite(first_bad) else -1.0
 
     def _snapshot(self, previous: dict[str, Any] | None = None) -> dict[str, Any]:
         """Device copies of every parameter and optimizer state (None where not created
@@ -383,14 +459,27 @@ class Model:
         self.optimizer.iterations, self.optimizer.current_learning_rate = saved["counters"]
         self.epochs_trained = saved["epochs"]
 
-    def _train_step(self, Xb: Any, yb: Any) -> tuple[Any, Any, Any]:
+    def _train_step(
+        self, Xb: Any, yb: Any, dist: Context | None = None, share: float = 1.0
+    ) -> tuple[Any, Any, Any]:
+        """Forward, loss, backward and update on one batch; (data loss, regularisation loss,
+        accuracy) as device scalars. Distributed, (Xb, yb) is this rank's ``share`` of the
+        global batch and the gradients are summed across ranks before the update."""
         assert self.loss is not None and self.optimizer is not None
-        output = self.forward(Xb, training=True)
-        data_loss = self.loss.forward(output, yb)
         reg_loss = self.loss.regularization_loss(*self.trainable_layers)
-        self.backward(output, yb)
+        if Xb.shape[0] == 0:  # a rank with no sample in a last batch smaller than the ranks
+            data_loss = acc = 0.0
+            for layer in self.trainable_layers:
+                for name in layer.params:
+                    setattr(layer, "d" + name, None)  # zeros in the allreduce
+        else:
+            output = self.forward(Xb, training=True)
+            data_loss = self.loss.forward(output, yb)
+            self.backward(output, yb)
+            acc = self._accuracy(output, yb)
+        if dist is not None:
+            dist.allreduce_gradients(self.trainable_layers, share)
         self.optimizer.step(self.trainable_layers)
-        acc = self._accuracy(output, yb)
         return data_loss, reg_loss, acc
 
     def _accuracy(self, output: Any, y: Any) -> Any:
@@ -412,12 +501,17 @@ class Model:
         with _Unchecked(self.loss, self.accuracy):
             return self._evaluate(X_dev, y_dev, size)
 
-    def _evaluate(self, X_dev: Any, y_dev: Any, size: int) -> dict[str, float]:
+    def _evaluate(
+        self, X_dev: Any, y_dev: Any, size: int, dist: Context | None = None
+    ) -> dict[str, float]:
+        """Mean loss and accuracy over (X_dev, y_dev); distributed, each rank evaluates its
+        slice and the sums are reduced."""
         assert self.loss is not None
         n = X_dev.shape[0]
+        lo, hi = (0, n) if dist is None else shard_bounds(n, dist.rank, dist.size)
         sums = [0.0, 0.0]
-        for start in range(0, n, size):
-            stop = min(start + size, n)
+        for start in range(lo, hi, size):
+            stop = min(start + size, hi)
             Xb, yb = X_dev[start:stop, ...], y_dev[start:stop, ...]
             output = self.forward(Xb, training=False)
             loss = self.loss.forward(output, yb)
@@ -426,6 +520,8 @@ class Model:
                 for s, v in zip(sums, (loss, self._accuracy(output, yb)), strict=True)
             ]
         loss_sum, acc_sum = _host_values(self.backend, sums)
+        if dist is not None:
+            loss_sum, acc_sum = dist.sum([loss_sum, acc_sum])
         return {"loss": float(loss_sum) / n, "accuracy": float(acc_sum) / n}
 
     def predict(self, X: Any, *, batch_size: int | None = None) -> Any:

@@ -1,0 +1,65 @@
+"""A small training job for the MPI tests (tests/test_distributed.py), run as
+``mpiexec -n R python tests/mpi_job.py MODE OUT`` or as plain ``python`` (one process).
+
+MODE: ``train`` (the equivalence run: float64, L2, momentum, shuffling, a last batch smaller
+than the global batch), ``raise`` (rank 1 raises in epoch 3), ``kill`` (rank 1 is killed by
+SIGKILL in epoch 3), ``small-batch`` (a global batch smaller than the ranks), ``disagree``
+(rank 1 builds another model), ``single`` (train without MPI, for comparison).
+Rank 0 saves the model to OUT after every epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import numpy as np
+
+import backprop_gpu as bg
+
+EPOCHS, BATCH = 4, 20
+
+
+def build(hidden: int = 16) -> bg.Model:
+    model = bg.Model([
+        bg.Dense(6, hidden, seed=0, init="he", dtype="float64", weight_regularizer_l2=1e-3),
+        bg.ReLU(),
+        bg.Dense(hidden, 4, seed=1, dtype="float64"),
+    ])  # fmt: skip
+    model.set(loss=bg.SoftmaxCrossEntropy(), optimizer=bg.SGD(0.2, decay=1e-2, momentum=0.9))
+    return model.finalize()
+
+
+def main(mode: str, out: str) -> None:
+    rng = np.random.default_rng(7)
+    X, y = rng.standard_normal((103, 6)), rng.integers(0, 4, 103)  # 103 = 5 x 20 + 3
+    X_val, y_val = rng.standard_normal((9, 6)), rng.integers(0, 4, 9)
+    if mode == "single":
+        model = build()
+        model.train(X, y, epochs=EPOCHS, batch_size=BATCH, validation_data=(X_val, y_val),
+                    print_every=0, seed=3)  # fmt: skip
+        model.save(out)
+        return
+    from mpi4py import MPI
+
+    rank = MPI.COMM_WORLD.Get_rank()
+    model = build(hidden=17 if mode == "disagree" and rank == 1 else 16)
+
+    def on_epoch_end(row: dict[str, float]) -> None:
+        if rank == 0:
+            model.save(out)
+            print(f"epoch {row['epoch']} loss {row['loss']:.6f}", flush=True)
+        if rank == 1 and row["epoch"] == 2:
+            if mode == "raise":
+                raise RuntimeError("a failure injected on rank 1")
+            if mode == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    model.train(X, y, epochs=EPOCHS, batch_size=1 if mode == "small-batch" else BATCH,
+                validation_data=(X_val, y_val), print_every=1, seed=3,
+                on_epoch_end=on_epoch_end, distributed=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

@@ -1,0 +1,221 @@
+"""Data-parallel training over MPI: equivalence with one process, faults, misuse.
+
+The multi-rank tests start ``mpiexec -n R`` on tests/mpi_job.py (or the command line); they
+need mpi4py and an ``mpiexec`` (``pip install '.[mpi]'``) and skip without them, unless
+``BACKPROP_GPU_REQUIRE_MPI=1`` (CI sets it) makes the missing install fail instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import backprop_gpu as bg
+from backprop_gpu import distributed, experiment
+from backprop_gpu.distributed import shard_bounds
+
+JOB = str(Path(__file__).with_name("mpi_job.py"))
+REQUIRE_MPI = os.environ.get("BACKPROP_GPU_REQUIRE_MPI") == "1"
+
+
+def _mpiexec() -> list[str] | None:
+    """The launcher beside this Python (the mpich wheel's) or on PATH, with Open MPI's flag
+    for more ranks than cores."""
+    found = Path(sys.executable).with_name("mpiexec")
+    path = str(found) if found.exists() else shutil.which("mpiexec")
+    if path is None or importlib.util.find_spec("mpi4py") is None:
+        return None
+    version = subprocess.run([path, "--version"], capture_output=True, text=True).stdout
+    return [path, "--oversubscribe"] if "Open MPI" in version else [path]
+
+
+MPIEXEC = _mpiexec()
+needs_mpi = pytest.mark.skipif(
+    MPIEXEC is None and not REQUIRE_MPI,
+    reason="needs mpi4py and mpiexec: pip install '.[mpi]'",
+)
+
+
+def mpirun(ranks: int, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    assert MPIEXEC is not None, "BACKPROP_GPU_REQUIRE_MPI=1 but mpi4py or mpiexec is missing"
+    env = os.environ | {"BACKPROP_GPU_BACKEND": "numpy", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [*MPIEXEC, "-n", str(ranks), *args],
+        capture_output=True, text=True, timeout=timeout, env=env,
+    )  # fmt: skip
+
+
+def arrays(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files if k.startswith(("layers.", "optimizer."))}
+
+
+# --- pieces, in this process ------------------------------------------------------------
+
+
+@given(st.integers(0, 500), st.integers(1, 9))
+def test_shard_bounds_cover_a_batch_once(n: int, size: int) -> None:
+    parts = [shard_bounds(n, rank, size) for rank in range(size)]
+    assert parts[0][0] == 0 and parts[-1][1] == n
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(parts))
+    lengths = [hi - lo for lo, hi in parts]
+    assert max(lengths) - min(lengths) <= 1 and lengths == sorted(lengths, reverse=True)
+
+
+def test_transport_per_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert distributed.transport("numpy") == "host"
+    assert distributed.transport("array_api_strict") == "host-staged"
+    monkeypatch.setenv("BACKPROP_GPU_MPI_CUDA_AWARE", "1")
+    assert distributed.transport("cupy") == "cuda-aware"
+    monkeypatch.setenv("BACKPROP_GPU_MPI_CUDA_AWARE", "0")
+    assert distributed.transport("cupy") == "host-staged"
+
+
+def test_without_mpi4py_the_error_names_the_extra() -> None:
+    code = (
+        "import sys; sys.modules['mpi4py'] = None\n"
+        "import numpy as np, backprop_gpu as bg\n"
+        "m = bg.Model([bg.Dense(2, 3)]).set(loss=bg.SoftmaxCrossEntropy(), optimizer=bg.SGD())\n"
+        "m.finalize().train(np.zeros((4, 2)), np.zeros(4, int), distributed=True)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "distributed training needs mpi4py" in result.stderr
+    assert "pip install 'backprop-gpu[mpi]'" in result.stderr
+    cli = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.modules['mpi4py'] = None\n"
+         "from backprop_gpu.cli import main; sys.exit(main(sys.argv[1:]))",
+         "train", "--epochs", "1", "--distributed", "--out", "unused-run-dir"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert cli.returncode == 1 and "backprop-gpu[mpi]" in cli.stderr
+    assert not Path("unused-run-dir").exists()
+
+
+@needs_mpi
+def test_one_rank_equals_plain_training(backend: bg.Backend) -> None:
+    """distributed=True in a single process (MPI's singleton) follows the plain run exactly,
+    on NumPy and on the stand-in, whose arrays must go through the host-staged allreduce
+    without any implicit conversion."""
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((50, 5)), rng.integers(0, 3, 50)
+
+    def run(dist: bool) -> tuple[list[dict[str, float]], dict[str, Any]]:
+        model = bg.Model([bg.Dense(5, 8, seed=0, dtype="float64"), bg.ReLU(),
+                          bg.Dense(8, 3, seed=1, dtype="float64")])  # fmt: skip
+        model.set(loss=bg.SoftmaxCrossEntropy(), optimizer=bg.Adam(0.05)).finalize()
+        history = model.train(X, y, epochs=3, batch_size=16, print_every=0, seed=2,
+                              validation_data=(X[:7], y[:7]), distributed=dist)  # fmt: skip
+        return history, {k: bg.to_numpy(v) for k, v in model._host_arrays(True).items()}
+
+    (h1, p1), (h2, p2) = run(False), run(True)
+    assert [r["loss"] for r in h1] == pytest.approx([r["loss"] for r in h2], rel=1e-12)
+    assert [r["val_accuracy"] for r in h1] == [r["val_accuracy"] for r in h2]
+    for key in p1:
+        np.testing.assert_allclose(p2[key], p1[key], rtol=1e-12, atol=1e-15)
+
+
+# --- several ranks, under mpiexec ---------------------------------------------------------
+
+
+@needs_mpi
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_ranks_with_global_batch_equal_one_process(ranks: int, tmp_path: Path) -> None:
+    """R ranks with global batch B end with the parameters and momentums of one process with
+    batch B (float64, 4 epochs of 103 samples: shuffled, L2, a last batch of 3 split unevenly),
+    and report the same history."""
+    single = subprocess.run([sys.executable, JOB, "single", str(tmp_path / "one.npz")],
+                            capture_output=True, text=True)  # fmt: skip
+    assert single.returncode == 0, single.stderr
+    result = mpirun(ranks, sys.executable, JOB, "train", str(tmp_path / "many.npz"))
+    assert result.returncode == 0, result.stderr
+    one, many = arrays(tmp_path / "one.npz"), arrays(tmp_path / "many.npz")
+    assert one.keys() == many.keys() and len(one) == 8
+    for key in one:
+        np.testing.assert_allclose(many[key], one[key], rtol=1e-6, atol=1e-12, err_msg=key)
+    assert result.stdout.count("epoch 4: loss") == 1  # only rank 0 prints
+    assert f"{ranks} rank(s) on numpy, transport host" in result.stderr
+
+
+@needs_mpi
+def test_a_rank_that_raises_stops_the_job_naming_it(tmp_path: Path) -> None:
+    out = tmp_path / "model.npz"
+    started = time.monotonic()
+    result = mpirun(2, sys.executable, JOB, "raise", str(out), timeout=60)
+    assert time.monotonic() - started < 30  # no hang
+    assert result.returncode != 0
+    assert "rank 1 of 2 failed: RuntimeError: a failure injected on rank 1" in result.stderr
+    assert "aborting all 2 ranks" in result.stderr
+    assert bg.Model.load(out).epochs_trained in (1, 2)  # rank 0's last checkpoint is whole
+
+
+@needs_mpi
+def test_a_rank_that_dies_stops_the_job(tmp_path: Path) -> None:
+    """SIGKILL on rank 1: the launcher ends the job, naming the dead process's PID, which the
+    job's first line maps to its rank; rank 0's checkpoint stays loadable."""
+    out = tmp_path / "model.npz"
+    started = time.monotonic()
+    result = mpirun(2, sys.executable, JOB, "kill", str(out), timeout=60)
+    assert time.monotonic() - started < 30
+    assert result.returncode != 0
+    ranks = dict(re.findall(r"rank (\d+) = [^:,()]+:(\d+)", result.stderr))
+    pid_of = {pid: rank for rank, pid in ranks.items()}
+    killed = re.findall(r"PID (\d+)|pid (\d+)", result.stdout + result.stderr)
+    named = {a or b for a, b in killed}
+    assert len(ranks) == 2 and any(pid_of.get(pid) == "1" for pid in named), result.stdout
+    assert bg.Model.load(out).epochs_trained in (1, 2)
+
+
+@needs_mpi
+@pytest.mark.parametrize(
+    ("mode", "message"),
+    [
+        ("small-batch", "the global batch_size 1 is smaller than the 2 ranks"),
+        ("disagree", "ranks disagree on the model, the data or the Model.train arguments: "
+                     "rank(s) [1] differ from rank 0"),
+    ],
+)  # fmt: skip
+def test_misuse_stops_every_rank_with_a_message(mode: str, message: str, tmp_path: Path) -> None:
+    result = mpirun(2, sys.executable, JOB, mode, str(tmp_path / "m.npz"), timeout=60)
+    assert result.returncode != 0
+    assert result.stderr.count(message) == 2  # said by both ranks
+    assert not (tmp_path / "m.npz").exists()
+
+
+@needs_mpi
+def test_command_line_distributed_run_matches_a_single_process(tmp_path: Path) -> None:
+    """``mpiexec -n 2 backprop-gpu train --distributed`` records the run once (rank 0) with the
+    metrics of a one-process run (float32, so to a float32 rounding)."""
+    args = ["train", "--dataset", "spiral", "--epochs", "3", "--no-plots", "--quiet"]
+    single = subprocess.run([sys.executable, "-m", "backprop_gpu", *args, "--out",
+                             str(tmp_path / "one")], capture_output=True, text=True)  # fmt: skip
+    assert single.returncode == 0, single.stderr
+    many = mpirun(2, sys.executable, "-m", "backprop_gpu", *args, "--distributed", "--out",
+                  str(tmp_path / "two"))  # fmt: skip
+    assert many.returncode == 0, many.stderr
+    a = experiment.read_metrics(tmp_path / "one")
+    b = experiment.read_metrics(tmp_path / "two")
+    assert len(a) == len(b) == 3
+    for row_a, row_b in zip(a, b, strict=True):
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert row_b[key] == pytest.approx(row_a[key], rel=1e-5), key
+    recorded = json.loads((tmp_path / "two" / "config.json").read_text())["distributed"]
+    assert recorded["ranks"] == 2 and recorded["transport"] == "host"
+    again = ["train", "--resume", "--out", str(tmp_path / "two"), "--epochs", "4"]
+    resumed = mpirun(2, sys.executable, "-m", "backprop_gpu", *again, "--distributed", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(experiment.read_metrics(tmp_path / "two")) == 4
