@@ -31,15 +31,15 @@ static PyArrayObject *checked(PyObject *obj, const char *name, int type, npy_int
     }
     PyArrayObject *a = (PyArrayObject *)obj;
     if (PyArray_TYPE(a) != type || !PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a) ||
-        (writeable && !PyArray_ISWRITEABLE(a))) {
+        !PyArray_ISNOTSWAPPED(a) || (writeable && !PyArray_ISWRITEABLE(a))) {
         PyErr_Format(PyExc_TypeError,
-                     "%s must be a C-contiguous, aligned%s array of %s", name,
+                     "%s must be a C-contiguous, aligned, native-byte-order%s array of %s", name,
                      writeable ? ", writeable" : "",
                      type == NPY_FLOAT ? "float32" : type == NPY_DOUBLE ? "float64" : "int64");
         return NULL;
     }
-    if (size >= 0 && PyArray_SIZE(a) != size) {
-        PyErr_Format(PyExc_ValueError, "%s must have %zd elements, got %zd", name,
+    if (size >= 0 && PyArray_SIZE(a) != size) { /* a TypeError too: the caller declines */
+        PyErr_Format(PyExc_TypeError, "%s must have %zd elements, got %zd", name,
                      (Py_ssize_t)size, (Py_ssize_t)PyArray_SIZE(a));
         return NULL;
     }
@@ -66,7 +66,8 @@ static int check_nargs(Py_ssize_t nargs, Py_ssize_t want, const char *fn) {
 
 #define DEFINE_LOOPS(T, S, EXP, SQRT)                                                       \
     static void relu_forward_##S(const T *restrict x, T *restrict out, npy_intp n) {        \
-        for (npy_intp i = 0; i < n; i++) out[i] = x[i] < (T)0 ? (T)0 : x[i]; /* NaN stays */ \
+        /* as np.maximum(x, 0): NaN stays NaN, -0.0 becomes +0.0 */                          \
+        for (npy_intp i = 0; i < n; i++) out[i] = x[i] > (T)0 || isnan(x[i]) ? x[i] : (T)0; \
     }                                                                                       \
     static void relu_backward_##S(const T *restrict d, const T *restrict x,                 \
                                   T *restrict out, npy_intp n) {                            \
@@ -94,7 +95,7 @@ static int check_nargs(Py_ssize_t nargs, Py_ssize_t want, const char *fn) {
            eps >= 1e-7, so the product stays above 1e-224), one log per 32 rows, exact      \
            enough for a float32 loss; float64: one log per row (a product near 1 would lose \
            digits of a tiny loss) */                                                        \
-        const npy_intp every = sizeof(T) == 4 ? 32 : 1;                                     \
+        const npy_intp every = sizeof(T) == 4 && eps >= (T)1e-9 ? 32 : 1;                   \
         double loss = 0.0, product = 1.0;                                                   \
         *correct = 0;                                                                       \
         for (npy_intp r = 0; r < n; r++) {                                                  \

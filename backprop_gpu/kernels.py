@@ -150,14 +150,20 @@ DECLINED = object()
 def add_bias(backend: Backend, out: Any, biases: Any) -> bool:
     """``out += biases`` in place, (N, C) + (1, C), on the CPU; False without a kernel.
     (NumPy's broadcast add runs its inner loop over C only: slow when C is small.)"""
-    return _on_cpu(backend) and _c(_cpu.add_bias, out, biases) is not DECLINED
+    if (
+        not _on_cpu(backend)
+        or out.ndim != 2
+        or biases.shape not in ((out.shape[1],), (1, out.shape[1]))
+    ):
+        return False  # (other bias shapes: the reference broadcasts them, or refuses them)
+    return _c(_cpu.add_bias, out, biases) is not DECLINED
 
 
 def column_sums(backend: Backend, values: Any) -> Any:
     """``sum(values, axis=0, keepdims=True)``, (N, C) -> (1, C), adding row after row as
     NumPy does, on the CPU; None without a kernel."""
-    if not _on_cpu(backend) or values.ndim != 2:
-        return None
+    if not _on_cpu(backend) or values.ndim != 2 or values.shape[1] == 1:
+        return None  # one column: NumPy sums it pairwise (contiguous), not row after row
     out = np.empty((1, values.shape[1]), values.dtype)
     return None if _c(_cpu.column_sums, values, out) is DECLINED else out
 

@@ -126,10 +126,11 @@ class SoftmaxCrossEntropy(Loss):
         self.activation = Softmax()
         self.activation.backend = self.backend
         self.output: Any = None
-        # the number of rows whose largest logit is the true class, when the last forward ran
-        # the fused CPU kernel (which finds the row maxima anyway); None otherwise. The Model
-        # reads it for its accuracy instead of a second pass over the logits.
+        # the number of rows of ``logits`` (the last forward's input) whose largest logit is
+        # the true class, when that forward ran the fused CPU kernel (which finds the row
+        # maxima anyway); None otherwise. The Model reads it for its accuracy.
         self.correct: int | None = None
+        self.logits: Any = None
 
     def forward(self, inputs: Any, y_true: Any) -> Any:
         where = "SoftmaxCrossEntropy.forward"
@@ -137,6 +138,7 @@ class SoftmaxCrossEntropy(Loss):
         y = self._labels(y_true, logits, where)
         eps = _clip_eps(dtype_name(logits.dtype))
         fused = kernels.softmax_cross_entropy(self.backend, logits, y, eps)  # one pass, if any
+        self.logits = logits
         if fused is not None:
             self.output, loss, self.correct = fused
             self.activation.inputs, self.activation.output = logits, self.output

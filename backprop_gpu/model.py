@@ -488,7 +488,7 @@ class Model:
             type(self.accuracy) is Accuracy
             and isinstance(loss, SoftmaxCrossEntropy)
             and loss.correct is not None
-            and loss.activation.inputs is output
+            and loss.logits is output
         ):
             return np.float32(loss.correct) / output.shape[0]
         return self.accuracy.calculate(output, y)
