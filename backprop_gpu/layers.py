@@ -194,11 +194,13 @@ class Dropout:
         self.mask: Any = None
         self.dinputs: Any = None
 
-    def reseed(self, epoch: int) -> None:
+    def reseed(self, epoch: int, rank: int = 0) -> None:
         """Restart the mask stream from (seed, epoch); the Model calls this at each epoch so a
-        run resumed from a checkpoint drops the same units as an uninterrupted one."""
+        run resumed from a checkpoint drops the same units as an uninterrupted one. In
+        distributed training each rank (after 0) gets its own stream: (seed, epoch, rank)."""
         if self.seed is not None:
-            state = np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0]
+            key = [self.seed, epoch, rank] if rank else [self.seed, epoch]
+            state = np.random.SeedSequence(key).generate_state(1)[0]
             self.rng = self.backend.random(int(state))
 
     def forward(self, inputs: Any, training: bool = True) -> Any:

@@ -313,7 +313,7 @@ class Model:
                 epoch = self.epochs_trained
                 for layer in self.layers:
                     if hasattr(layer, "reseed"):
-                        layer.reseed(epoch)
+                        layer.reseed(epoch, 0 if dist is None else dist.rank)
                 order = None
                 if shuffle:
                     perm = np.random.default_rng([seed, epoch]).permutation(n)

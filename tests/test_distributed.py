@@ -85,6 +85,16 @@ def test_transport_per_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     assert distributed.transport("cupy") == "host-staged"
 
 
+def test_dropout_masks_differ_per_rank_and_rank_0_keeps_the_plain_stream() -> None:
+    def mask(rank: int | None) -> np.ndarray:
+        layer = bg.Dropout(0.5, seed=1)
+        layer.reseed(4) if rank is None else layer.reseed(4, rank)
+        return bg.to_numpy(layer.forward(np.ones((8, 50)))) > 0
+
+    assert np.array_equal(mask(None), mask(0))
+    assert not np.array_equal(mask(0), mask(1)) and not np.array_equal(mask(1), mask(2))
+
+
 def test_without_mpi4py_the_error_names_the_extra() -> None:
     code = (
         "import sys; sys.modules['mpi4py'] = None\n"
