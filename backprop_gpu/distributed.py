@@ -28,13 +28,15 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 
 from .backend import Backend, dtype_name, get_backend, to_numpy
+
+T = TypeVar("T")
 
 INSTALL_HINT = (
     "install the mpi extra: pip install 'backprop-gpu[mpi]' (mpi4py and the mpich wheel, which "
@@ -67,13 +69,13 @@ class Context:
         self.size: int = self.comm.Get_size()
         self.backend: Backend = get_backend()
         self.transport = transport(self.backend.name)
-        self._buffer: Any = None  # the flat gradient buffer, reused every step
+        self._buffers: dict[str, Any] = {}  # the flat gradient buffer of each dtype, reused
         # (host, PID) of every rank: MPICH's launcher names a killed rank by its PID only
         self.processes = self.comm.allgather((self.MPI.Get_processor_name(), os.getpid()))
 
     def bind(self, backend: Backend) -> None:
         """Work on ``backend``'s arrays (the model's); picks the transport."""
-        self.backend, self.transport, self._buffer = backend, transport(backend.name), None
+        self.backend, self.transport, self._buffers = backend, transport(backend.name), {}
 
     def describe(self) -> str:
         """One line on the job: ranks, where each runs (host:PID) and the transport."""
@@ -103,20 +105,45 @@ class Context:
                 "rank with the same script, settings and data"
             )
 
-    def root_result(self, action: Any) -> Any:
-        """Run ``action()`` on rank 0 only and return its result on every rank; if it raised,
-        every rank raises the same type with the same message."""
+    def root_result(self, action: Callable[[], T]) -> T:
+        """Run ``action()`` on rank 0 only and return its result on every rank. If it raised,
+        rank 0 raises it and every other rank raises the same type with the same message
+        (or a DistributedError quoting it, when that type cannot be rebuilt)."""
         outcome: tuple[str, Any] = ("ok", None)
+        error: BaseException | None = None
         if self.is_root:
             try:
                 outcome = ("ok", action())
-            except Exception as e:
-                outcome = ("error", (type(e), str(e)))
+            except BaseException as e:  # KeyboardInterrupt too: the others must not wait
+                error, outcome = e, ("error", (type(e), str(e)))
         kind, payload = self.comm.bcast(outcome, root=0)
+        if error is not None:
+            raise error
         if kind == "error":
             error_type, message = payload
-            raise error_type(message)
-        return payload
+            raise _rebuilt(error_type, message, "rank 0")
+        return payload  # type: ignore[no-any-return]
+
+    def together(self, action: Callable[[], T]) -> T:
+        """Run ``action()`` on every rank; if it raised on any, every rank raises: the failing
+        ones their own error, the others a DistributedError naming the failing ranks and why
+        (so no rank goes on to wait in a collective call for one that stopped)."""
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            result = action()
+        except BaseException as e:
+            error = e
+        failures = self.comm.allgather(
+            None if error is None else f"{type(error).__name__}: {error}"
+        )
+        if error is not None:
+            raise error
+        failed = {rank: why for rank, why in enumerate(failures) if why is not None}
+        if failed:
+            reasons = "; ".join(f"rank {rank}: {why}" for rank, why in failed.items())
+            raise DistributedError(f"stopping: other ranks failed ({reasons})")
+        return result  # type: ignore[no-any-return]
 
     def broadcast_model(self, model: Any) -> None:
         """Parameters, optimizer state and counters from rank 0 to every rank, so all start
@@ -137,30 +164,40 @@ class Context:
 
     def allreduce_gradients(self, layers: Sequence[Any], weight: float) -> None:
         """Replace every layer's gradients (``d<param>``) by the sum over ranks of
-        ``weight * gradient``, in one Allreduce over a flat buffer. A layer whose gradient is
-        None (the rank had no samples this step) contributes zeros."""
+        ``weight * gradient``, in one Allreduce over a flat buffer (one per dtype, for a model
+        that mixes them). A gradient that is None (the rank had no samples this step)
+        contributes zeros."""
+        groups: dict[str, list[tuple[Any, str, Any]]] = {}
+        for layer in layers:
+            for name in layer.params:
+                param = getattr(layer, name)
+                groups.setdefault(dtype_name(param.dtype), []).append((layer, name, param))
+        for dtype, slots in groups.items():
+            self._allreduce_group(dtype, slots, weight)
+
+    def _allreduce_group(
+        self, dtype: str, slots: list[tuple[Any, str, Any]], weight: float
+    ) -> None:
         xp = self.backend.xp
-        slots = [(layer, name, getattr(layer, name)) for layer in layers for name in layer.params]
-        total = sum(int(np.prod(param.shape)) for _, _, param in slots)
-        dtype = slots[0][2].dtype
-        buffer = self._buffer
-        if buffer is None or buffer.shape[0] != total or buffer.dtype != dtype:
-            zeros = np.zeros(total, dtype=dtype_name(dtype))
-            buffer = self._buffer = self.backend.asarray(zeros)  # on the device, once
+        sizes = [int(np.prod(param.shape)) for _, _, param in slots]
+        buffer = self._buffers.get(dtype)
+        if buffer is None or buffer.shape[0] != sum(sizes):
+            zeros = np.zeros(sum(sizes), dtype=dtype)
+            buffer = self._buffers[dtype] = self.backend.asarray(zeros)  # on the device, once
         offset = 0
-        for layer, name, param in slots:
-            size = int(np.prod(param.shape))
+        for (layer, name, _), size in zip(slots, sizes, strict=True):
             grad = getattr(layer, "d" + name, None)
             part = buffer[offset : offset + size]
             if grad is None or weight == 0:
                 part[...] = 0
+            elif self.backend.name == "numpy":  # one pass, no temporary (7 MiB a step saved)
+                np.multiply(grad.reshape(size), weight, out=part)
             else:
                 part[...] = xp.reshape(grad, (size,)) * weight
             offset += size
         self._allreduce(buffer)
         offset = 0
-        for layer, name, param in slots:
-            size = int(np.prod(param.shape))
+        for (layer, name, param), size in zip(slots, sizes, strict=True):
             setattr(layer, "d" + name, xp.reshape(buffer[offset : offset + size], param.shape))
             offset += size
 
@@ -196,7 +233,7 @@ class Context:
         except BaseException as e:  # KeyboardInterrupt too: a half-stopped job hangs
             if self.size == 1:  # nobody to wait for it: a plain exception is kinder
                 raise
-            self.abort(e)
+            self.abort(e, 130 if isinstance(e, KeyboardInterrupt) else 1)
 
     def abort(self, error: BaseException, code: int = 1) -> NoReturn:
         detail = "".join(traceback.format_exception(error)).rstrip()
@@ -209,6 +246,23 @@ class Context:
         )
         self.comm.Abort(code)
         raise SystemExit(code)  # not reached: Abort ends the process
+
+
+def check_batch(batch_size: int, ranks: int, where: str) -> None:
+    """A global batch must give every rank at least one sample."""
+    if batch_size < ranks:
+        raise DistributedError(
+            f"{where}: the global batch_size {batch_size} is smaller than the {ranks} ranks; "
+            f"every rank needs a sample each step: use a batch_size of at least {ranks}"
+        )
+
+
+def _rebuilt(error_type: type[BaseException], message: str, where: str) -> BaseException:
+    """Another rank's error, as its own type where that takes just a message."""
+    try:
+        return error_type(message)
+    except Exception:
+        return DistributedError(f"{where} failed: {error_type.__name__}: {message}")
 
 
 def shard_bounds(n: int, rank: int, size: int) -> tuple[int, int]:
@@ -246,7 +300,7 @@ def cuda_aware() -> bool:
     gpu_query = getattr(library, "MPIX_GPU_query_support", None)
     if gpu_query is not None:
         supported = ctypes.c_int(0)
-        mpix_gpu_support_cuda = 1  # MPICH's enum value for CUDA
+        mpix_gpu_support_cuda = 0  # MPICH's MPIX_GPU_SUPPORT_CUDA (mpi.h)
         if gpu_query(mpix_gpu_support_cuda, ctypes.byref(supported)) == 0:
             return bool(supported.value)
     return False

@@ -35,7 +35,7 @@ import numpy as np
 from . import __version__, _malloc, datasets, kernels
 from .activations import Linear, ReLU, Sigmoid
 from .backend import to_numpy, use_backend
-from .distributed import Context, transport
+from .distributed import Context, check_batch, transport
 from .distributed import info as distributed_info
 from .layers import Dense, Dropout
 from .losses import MeanSquaredError, SoftmaxCrossEntropy
@@ -337,6 +337,8 @@ def run(
         _prepare_folder(out, resume=False)
         return out
 
+    if dist is not None:  # before any folder is made: a misuse leaves nothing behind
+        check_batch(config.batch_size, dist.size, "--distributed")
     out = dist.root_result(prepare) if dist is not None else prepare()
     lr = config.lr if config.lr is not None else DEFAULT_LR[config.optimizer]
     config = dataclasses.replace(config, out=str(out), lr=lr)  # config.json: the value used
@@ -405,14 +407,21 @@ def _execute(
     out = Path(str(config.out))
     root = dist is None or dist.is_root  # only rank 0 reads and writes the run folder
     with use_backend(config.backend) as backend:
-        X, y, X_val, y_val = load_data(config)
-        n_outputs = 1 if config.dataset == "sine" else int(y.max()) + 1
-        model = build_model(config, X.shape[1], n_outputs)
+
+        def load() -> tuple[Any, ...]:
+            X, y, X_val, y_val = load_data(config)
+            n_outputs = 1 if config.dataset == "sine" else int(y.max()) + 1
+            return X, y, X_val, y_val, build_model(config, X.shape[1], n_outputs)
+
+        # each rank loads; if one fails, all stop (none waits for it in a collective)
+        X, y, X_val, y_val, model = dist.together(load) if dist is not None else load()
         history: list[dict[str, float]] = []
+        writer: _MetricsWriter | None = None
 
         def open_run() -> int:
-            """Load the checkpoint when resuming and record the run; the epochs done."""
-            nonlocal model, history
+            """Load the checkpoint when resuming, record the run and open its metrics files;
+            the epochs done."""
+            nonlocal model, history, writer
             if resuming:
                 loaded = Model.load(out / "checkpoint.npz")
                 _check_same_architecture(loaded, model, out)
@@ -438,13 +447,13 @@ def _execute(
                     "command": command if command is not None else sys.argv,
                     "started": dt.datetime.now().isoformat(timespec="seconds"),
                 })  # fmt: skip
-            return model.epochs_trained
+            writer = _MetricsWriter(out)
+            return int(model.epochs_trained)
 
         # rank 0's epoch count (the others get its parameters and state in Model.train)
         done = dist.root_result(open_run) if dist is not None else open_run()
         remaining = max(config.epochs - done, 0)
         best = min((r.get("val_loss", math.inf) for r in history), default=math.inf)
-        writer = _MetricsWriter(out) if root else None
         bar = _progress_bar(remaining, progress) if root else None
         report = report if root else None
         started = epoch_started = time.perf_counter()

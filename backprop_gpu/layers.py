@@ -189,18 +189,20 @@ class Dropout:
         self.seed = seed
         self.backend: Backend = get_backend()
         self.rng = self.backend.random(seed)
+        # (global batch size, first row, end row): set by Model.train in distributed training,
+        # so each rank draws the mask of the whole batch and keeps its own rows, as one
+        # process would (None: the mask is drawn for the inputs alone)
+        self.rows: tuple[int, int, int] | None = None
         self.inputs: Any = None
         self.output: Any = None
         self.mask: Any = None
         self.dinputs: Any = None
 
-    def reseed(self, epoch: int, rank: int = 0) -> None:
+    def reseed(self, epoch: int) -> None:
         """Restart the mask stream from (seed, epoch); the Model calls this at each epoch so a
-        run resumed from a checkpoint drops the same units as an uninterrupted one. In
-        distributed training each rank (after 0) gets its own stream: (seed, epoch, rank)."""
+        run resumed from a checkpoint drops the same units as an uninterrupted one."""
         if self.seed is not None:
-            key = [self.seed, epoch, rank] if rank else [self.seed, epoch]
-            state = np.random.SeedSequence(key).generate_state(1)[0]
+            state = np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0]
             self.rng = self.backend.random(int(state))
 
     def forward(self, inputs: Any, training: bool = True) -> Any:
@@ -210,7 +212,12 @@ class Dropout:
             self.output = self.inputs
             return self.output
         xp = self.backend.xp
-        keep = self.rng.random(tuple(self.inputs.shape), self.inputs.dtype) >= self.rate
+        if self.rows is None:
+            keep = self.rng.random(tuple(self.inputs.shape), self.inputs.dtype) >= self.rate
+        else:
+            total, lo, hi = self.rows
+            shape = (total, *self.inputs.shape[1:])
+            keep = (self.rng.random(shape, self.inputs.dtype) >= self.rate)[lo:hi, ...]
         self.mask = xp.astype(keep, self.inputs.dtype) / (1 - self.rate)
         self.output = self.inputs * self.mask
         return self.output

@@ -27,7 +27,7 @@ import numpy as np
 from . import _checks, checkpoint
 from .activations import Linear, ReLU, Sigmoid, Softmax
 from .backend import Backend, array_library, to_numpy
-from .distributed import Context, DistributedError, fingerprint, shard_bounds
+from .distributed import Context, check_batch, fingerprint, shard_bounds
 from .layers import Dense, Dropout
 from .losses import (
     LOSSES,
@@ -277,51 +277,40 @@ class Model:
         ``on_epoch_end`` runs on every rank (write files from rank 0 only). See
         :mod:`backprop_gpu.distributed`.
         """
-        self._ready("train", train=True)
-        assert self.loss is not None and self.optimizer is not None
-        if not isinstance(epochs, int) or epochs < 0:
-            raise ValueError(f"Model.train: epochs must be an integer >= 0, got {epochs!r}")
-        if on_nonfinite not in ("raise", "stop"):
-            raise ValueError(
-                f"Model.train: on_nonfinite must be 'raise' or 'stop', got {on_nonfinite!r}"
-            )
-        X_dev, y_dev = self._prepare(X, y, "Model.train")
-        self.optimizer.check_dtype(self.dtype)  # e.g. an epsilon that is 0 in float32
-        n = X_dev.shape[0]
-        size = self._batch_size(batch_size, n, "Model.train")
-        val = None
-        if validation_data is not None:
-            if not isinstance(validation_data, tuple | list) or len(validation_data) != 2:
-                raise ValueError("Model.train: validation_data must be a pair (X_val, y_val)")
-            val = self._prepare(*validation_data, "Model.train validation_data")
-        if self.accuracy is not None:
-            self.accuracy.init(y)
-        settings = {"epochs": epochs, "batch_size": size, "shuffle": shuffle, "seed": seed,
-                    "on_nonfinite": on_nonfinite}  # fmt: skip
-        dist = self._distributed(distributed, X_dev, y_dev, val, settings)
+        dist = _context(distributed)
+        if dist is None:
+            X_dev, y_dev, val, size = self._train_inputs(X, y, epochs, batch_size,
+                                                         validation_data, on_nonfinite)  # fmt: skip
+        else:  # every rank checks its own inputs; if any fails, all stop with the reasons
+            X_dev, y_dev, val, size = dist.together(lambda: self._train_inputs(
+                X, y, epochs, batch_size, validation_data, on_nonfinite))  # fmt: skip
+            settings = {"epochs": epochs, "batch_size": size, "shuffle": shuffle,
+                        "seed": seed, "on_nonfinite": on_nonfinite}  # fmt: skip
+            self._distribute(dist, X_dev, y_dev, val, settings)
+            if seed is None:
+                seed = dist.root_result(lambda: int(np.random.default_rng().integers(2**31)))
+            if not dist.is_root:
+                print_every = 0
         if seed is None:
             seed = int(np.random.default_rng().integers(2**31))
-            if dist is not None:
-                seed = dist.root_result(lambda: seed)  # rank 0's draw, so all shuffle alike
         guard = dist.abort_on_error if dist is not None else contextlib.nullcontext
-        if dist is not None and not dist.is_root:
-            print_every = 0
+        n = X_dev.shape[0]
         history: History = []
         saved = None
         with _Unchecked(self.loss, self.accuracy):
             for _ in range(epochs):
                 epoch = self.epochs_trained
-                for layer in self.layers:
-                    if hasattr(layer, "reseed"):
-                        layer.reseed(epoch, 0 if dist is None else dist.rank)
-                order = None
-                if shuffle:
-                    perm = np.random.default_rng([seed, epoch]).permutation(n)
-                    order = self.backend.asarray(perm)  # one small copy per epoch
-                saved = self._snapshot(saved)
-                with guard():
+                with guard():  # on several ranks: a rank that raises aborts the whole job
+                    for layer in self.layers:
+                        if hasattr(layer, "reseed"):
+                            layer.reseed(epoch)
+                    order = None
+                    if shuffle:
+                        perm = np.random.default_rng([seed, epoch]).permutation(n)
+                        order = self.backend.asarray(perm)  # one small copy per epoch
+                    saved = self._snapshot(saved)
                     loss, reg, acc, bad_step = self._epoch(X_dev, y_dev, size, order, dist)
-                if not all(math.isfinite(v) for v in (loss, reg, acc)):
+                if not all(math.isfinite(v) for v in (loss, reg, acc)):  # (alike on all ranks)
                     self._restore(saved)
                     where = f"epoch {epoch + 1}, step {int(bad_step)} of {-(-n // size)}"
                     if on_nonfinite == "stop":
@@ -342,6 +331,38 @@ class Model:
                         on_epoch_end(row)
         return history
 
+    def _train_inputs(
+        self,
+        X: Any,
+        y: Any,
+        epochs: int,
+        batch_size: int | None,
+        validation_data: Any,
+        on_nonfinite: str,
+    ) -> tuple[Any, Any, Any, int]:
+        """``train``'s checks: (X, y) and the validation pair on the device, and the batch
+        size; raises naming the bad argument."""
+        self._ready("train", train=True)
+        assert self.loss is not None and self.optimizer is not None
+        if not isinstance(epochs, int) or epochs < 0:
+            raise ValueError(f"Model.train: epochs must be an integer >= 0, got {epochs!r}")
+        if on_nonfinite not in ("raise", "stop"):
+            raise ValueError(
+                f"Model.train: on_nonfinite must be 'raise' or 'stop', got {on_nonfinite!r}"
+            )
+        X_dev, y_dev = self._prepare(X, y, "Model.train")
+        self.optimizer.check_dtype(self.dtype)  # e.g. an epsilon that is 0 in float32
+        size = self._batch_size(batch_size, X_dev.shape[0], "Model.train")
+        val = None
+        if validation_data is not None:
+            if not isinstance(validation_data, tuple | list) or len(validation_data) != 2:
+                raise ValueError("Model.train: validation_data must be a pair (X_val, y_val)")
+            X_val, y_val = validation_data
+            val = self._prepare(X_val, y_val, "Model.train validation_data")
+        if self.accuracy is not None:
+            self.accuracy.init(y)
+        return X_dev, y_dev, val, size
+
     def _epoch_row(
         self, loss: float, reg: float, acc: float, val: Any, size: int, dist: Context | None
     ) -> dict[str, float]:
@@ -361,39 +382,26 @@ class Model:
             row |= {"val_loss": val_metrics["loss"], "val_accuracy": val_metrics["accuracy"]}
         return row
 
-    def _distributed(
-        self,
-        distributed: bool | Context,
-        X_dev: Any,
-        y_dev: Any,
-        val: Any,
-        settings: dict[str, Any],
-    ) -> Context | None:
-        """The MPI context for ``train(distributed=...)``, after checking on every rank that
-        all ranks agree on the model, the data and the arguments, and that the global batch
-        gives every rank a sample; then rank 0's parameters and state are broadcast."""
-        if distributed is False or distributed is None:
-            return None
-        dist = distributed if isinstance(distributed, Context) else Context()
+    def _distribute(
+        self, dist: Context, X_dev: Any, y_dev: Any, val: Any, settings: dict[str, Any]
+    ) -> None:
+        """Before distributed training: check on every rank that all ranks agree on the
+        model, the data and the arguments, and that the global batch gives every rank a
+        sample; then broadcast rank 0's parameters and optimizer state."""
         dist.bind(self.backend)
         spec = {
             "model": [_spec(o) for o in (*self.layers, self.loss, self.optimizer, self.accuracy)
                       if o is not None],
+            "backend": self.backend.name,
             "train": settings,
             "data": fingerprint(self.backend, X_dev, y_dev),
             "validation": None if val is None else fingerprint(self.backend, *val),
         }  # fmt: skip
         dist.check_same("the model, the data or the Model.train arguments", spec)
-        if settings["batch_size"] < dist.size:
-            raise DistributedError(
-                f"Model.train: the global batch_size {settings['batch_size']} is smaller than "
-                f"the {dist.size} ranks; every rank needs a sample each step: use a "
-                f"batch_size of at least {dist.size}"
-            )
+        check_batch(settings["batch_size"], dist.size, "Model.train")
         dist.broadcast_model(self)
         if dist.is_root:
             print(dist.describe(), file=sys.stderr, flush=True)
-        return dist
 
     def _epoch(
         self, X_dev: Any, y_dev: Any, size: int, order: Any, dist: Context | None = None
@@ -416,8 +424,14 @@ class Model:
             else:
                 idx = order[lo:hi]
                 Xb, yb = xp.take(X_dev, idx, axis=0), xp.take(y_dev, idx, axis=0)
+            for layer in self.layers:
+                if isinstance(layer, Dropout) and dist is not None:
+                    layer.rows = (stop - start, lo - start, hi - start)  # its rows of the mask
             steps.append(self._train_step(Xb, yb, dist, (hi - lo) / (stop - start)))
             local.append(hi - lo)
+        for layer in self.layers:
+            if isinstance(layer, Dropout):
+                layer.rows = None
         values = _host_values(self.backend, [v for step in steps for v in step])
         values = values.reshape(len(steps), 3)
         sizes = np.minimum(size, n - np.arange(0, n, size))  # samples in each step
@@ -687,6 +701,12 @@ def _finite(xp: Any, a: Any, where: str) -> None:
     if not bool(xp.all(xp.isfinite(a))):
         bad = int(to_numpy(xp.sum(xp.astype(~xp.isfinite(a), xp.int64))))
         raise ValueError(f"{where} holds {bad} NaN or infinite values; clean the data first")
+
+
+def _context(distributed: bool | Context) -> Context | None:
+    if isinstance(distributed, Context):
+        return distributed
+    return Context() if distributed else None
 
 
 def _same_kind(a: Any, b: Any) -> bool:

@@ -1,10 +1,11 @@
 """A small training job for the MPI tests (tests/test_distributed.py), run as
 ``mpiexec -n R python tests/mpi_job.py MODE OUT`` or as plain ``python`` (one process).
 
-MODE: ``train`` (the equivalence run: float64, L2, momentum, shuffling, a last batch smaller
-than the global batch), ``raise`` (rank 1 raises in epoch 3), ``kill`` (rank 1 is killed by
-SIGKILL in epoch 3), ``small-batch`` (a global batch smaller than the ranks), ``disagree``
-(rank 1 builds another model), ``single`` (train without MPI, for comparison).
+MODE: ``train`` (the equivalence run: float64, L2, seeded Dropout, momentum, shuffling, a
+last batch smaller than the global batch), ``raise`` (rank 1 raises in epoch 2), ``kill``
+(rank 1 is killed by SIGKILL in epoch 2), ``small-batch`` (a global batch smaller than the
+ranks), ``disagree`` (rank 1 builds another model), ``bad-data`` (rank 1's data has a column
+too many, so only rank 1's input checks fail), ``single`` (train without MPI, to compare).
 Rank 0 saves the model to OUT after every epoch.
 """
 
@@ -25,6 +26,7 @@ def build(hidden: int = 16) -> bg.Model:
     model = bg.Model([
         bg.Dense(6, hidden, seed=0, init="he", dtype="float64", weight_regularizer_l2=1e-3),
         bg.ReLU(),
+        bg.Dropout(0.25, seed=5),
         bg.Dense(hidden, 4, seed=1, dtype="float64"),
     ])  # fmt: skip
     model.set(loss=bg.SoftmaxCrossEntropy(), optimizer=bg.SGD(0.2, decay=1e-2, momentum=0.9))
@@ -56,6 +58,8 @@ def main(mode: str, out: str) -> None:
             if mode == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
 
+    if mode == "bad-data" and rank == 1:
+        X = np.hstack([X, X[:, :1]])
     model.train(X, y, epochs=EPOCHS, batch_size=1 if mode == "small-batch" else BATCH,
                 validation_data=(X_val, y_val), print_every=1, seed=3,
                 on_epoch_end=on_epoch_end, distributed=True)  # fmt: skip

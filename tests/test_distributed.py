@@ -85,14 +85,24 @@ def test_transport_per_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     assert distributed.transport("cupy") == "host-staged"
 
 
-def test_dropout_masks_differ_per_rank_and_rank_0_keeps_the_plain_stream() -> None:
-    def mask(rank: int | None) -> np.ndarray:
-        layer = bg.Dropout(0.5, seed=1)
-        layer.reseed(4) if rank is None else layer.reseed(4, rank)
-        return bg.to_numpy(layer.forward(np.ones((8, 50)))) > 0
+def test_dropout_rows_are_those_of_the_whole_batch_mask() -> None:
+    """A rank's Dropout keeps its rows of the mask one process draws for the whole batch."""
+    whole, part = bg.Dropout(0.5, seed=1), bg.Dropout(0.5, seed=1)
+    full = bg.to_numpy(whole.forward(np.ones((10, 7))))
+    part.rows = (10, 4, 7)
+    np.testing.assert_array_equal(bg.to_numpy(part.forward(np.ones((3, 7)))), full[4:7])
 
-    assert np.array_equal(mask(None), mask(0))
-    assert not np.array_equal(mask(0), mask(1)) and not np.array_equal(mask(1), mask(2))
+
+def test_another_ranks_error_is_rebuilt_or_quoted() -> None:
+    from backprop_gpu.distributed import _rebuilt
+
+    again = _rebuilt(bg.CheckpointError, "run/checkpoint.npz: missing", "rank 0")
+    assert type(again) is bg.CheckpointError and str(again) == "run/checkpoint.npz: missing"
+    import json as json_module
+
+    odd = _rebuilt(json_module.JSONDecodeError, "Expecting value: line 1", "rank 0")
+    assert isinstance(odd, distributed.DistributedError)
+    assert str(odd) == "rank 0 failed: JSONDecodeError: Expecting value: line 1"
 
 
 def test_without_mpi4py_the_error_names_the_extra() -> None:
@@ -117,22 +127,24 @@ def test_without_mpi4py_the_error_names_the_extra() -> None:
 
 
 @needs_mpi
-def test_one_rank_equals_plain_training(backend: bg.Backend) -> None:
+@pytest.mark.parametrize("second", ["float64", "float32"])
+def test_one_rank_equals_plain_training(backend: bg.Backend, second: str) -> None:
     """distributed=True in a single process (MPI's singleton) follows the plain run exactly,
     on NumPy and on the stand-in, whose arrays must go through the host-staged allreduce
-    without any implicit conversion."""
+    without any implicit conversion; a model mixing dtypes gets a buffer per dtype."""
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((50, 5)), rng.integers(0, 3, 50)
 
     def run(dist: bool) -> tuple[list[dict[str, float]], dict[str, Any]]:
         model = bg.Model([bg.Dense(5, 8, seed=0, dtype="float64"), bg.ReLU(),
-                          bg.Dense(8, 3, seed=1, dtype="float64")])  # fmt: skip
+                          bg.Dense(8, 3, seed=1, dtype=second)])  # fmt: skip
         model.set(loss=bg.SoftmaxCrossEntropy(), optimizer=bg.Adam(0.05)).finalize()
         history = model.train(X, y, epochs=3, batch_size=16, print_every=0, seed=2,
                               validation_data=(X[:7], y[:7]), distributed=dist)  # fmt: skip
         return history, {k: bg.to_numpy(v) for k, v in model._host_arrays(True).items()}
 
     (h1, p1), (h2, p2) = run(False), run(True)
+    assert len(h1) == 3
     assert [r["loss"] for r in h1] == pytest.approx([r["loss"] for r in h2], rel=1e-12)
     assert [r["val_accuracy"] for r in h1] == [r["val_accuracy"] for r in h2]
     for key in p1:
@@ -197,12 +209,16 @@ def test_a_rank_that_dies_stops_the_job(tmp_path: Path) -> None:
         ("small-batch", "the global batch_size 1 is smaller than the 2 ranks"),
         ("disagree", "ranks disagree on the model, the data or the Model.train arguments: "
                      "rank(s) [1] differ from rank 0"),
+        ("bad-data", "Model.train: expected X with 6 features"),
     ],
 )  # fmt: skip
 def test_misuse_stops_every_rank_with_a_message(mode: str, message: str, tmp_path: Path) -> None:
+    started = time.monotonic()
     result = mpirun(2, sys.executable, JOB, mode, str(tmp_path / "m.npz"), timeout=60)
-    assert result.returncode != 0
+    assert time.monotonic() - started < 30 and result.returncode != 0  # no rank left waiting
     assert result.stderr.count(message) == 2  # said by both ranks
+    if mode == "bad-data":  # rank 1's own error, and rank 0 names rank 1 as the reason
+        assert "stopping: other ranks failed (rank 1: ValueError: Model.train" in result.stderr
     assert not (tmp_path / "m.npz").exists()
 
 
@@ -229,3 +245,8 @@ def test_command_line_distributed_run_matches_a_single_process(tmp_path: Path) -
     resumed = mpirun(2, sys.executable, "-m", "backprop_gpu", *again, "--distributed", "--quiet")
     assert resumed.returncode == 0, resumed.stderr
     assert len(experiment.read_metrics(tmp_path / "two")) == 4
+    small = ["--batch-size", "1", "--distributed", "--out", str(tmp_path / "three")]
+    refused = mpirun(2, sys.executable, "-m", "backprop_gpu", *args, *small)
+    assert refused.returncode == 1
+    assert refused.stderr.count("--distributed: the global batch_size 1 is smaller than") == 2
+    assert not (tmp_path / "three").exists()  # nothing left behind
