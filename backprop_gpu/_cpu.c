@@ -164,6 +164,19 @@ DEFINE_LOOPS(double, f64, exp, sqrt)
 
 #define DATA(a, T) ((T *)PyArray_DATA(a))
 
+/* The loops below touch no Python object: a long one runs without the GIL, so other Python
+ * threads go on meanwhile (as NumPy's own loops allow). */
+#define LOOP(count, ...)                                                                      \
+    do {                                                                                      \
+        if ((count) >= 16384) {                                                               \
+            Py_BEGIN_ALLOW_THREADS __VA_ARGS__;                                                \
+            Py_END_ALLOW_THREADS                                                              \
+        } else {                                                                              \
+            __VA_ARGS__;                                                                      \
+        }                                                                                     \
+    } while (0)
+
+
 static PyObject *relu_forward(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (check_nargs(nargs, 2, "relu_forward") < 0) return NULL;
     int t = float_type(args[0], "x");
@@ -173,8 +186,10 @@ static PyObject *relu_forward(PyObject *self, PyObject *const *args, Py_ssize_t 
     npy_intp n = PyArray_SIZE(x);
     PyArrayObject *out = checked(args[1], "out", t, n, 1);
     if (!out) return NULL;
-    if (t == NPY_FLOAT) relu_forward_f32(DATA(x, float), DATA(out, float), n);
-    else relu_forward_f64(DATA(x, double), DATA(out, double), n);
+    LOOP(n, {
+        if (t == NPY_FLOAT) relu_forward_f32(DATA(x, float), DATA(out, float), n);
+        else relu_forward_f64(DATA(x, double), DATA(out, double), n);
+    });
     Py_RETURN_NONE;
 }
 
@@ -188,8 +203,10 @@ static PyObject *relu_backward(PyObject *self, PyObject *const *args, Py_ssize_t
     PyArrayObject *x = checked(args[1], "inputs", t, n, 0);
     PyArrayObject *out = x ? checked(args[2], "out", t, n, 1) : NULL;
     if (!out) return NULL;
-    if (t == NPY_FLOAT) relu_backward_f32(DATA(d, float), DATA(x, float), DATA(out, float), n);
-    else relu_backward_f64(DATA(d, double), DATA(x, double), DATA(out, double), n);
+    LOOP(n, {
+        if (t == NPY_FLOAT) relu_backward_f32(DATA(d, float), DATA(x, float), DATA(out, float), n);
+        else relu_backward_f64(DATA(d, double), DATA(x, double), DATA(out, double), n);
+    });
     Py_RETURN_NONE;
 }
 
@@ -216,8 +233,10 @@ static PyObject *add_bias(PyObject *self, PyObject *const *args, Py_ssize_t narg
     PyArrayObject *out = t < 0 ? NULL : matrix(args[0], "out", t, 1, &n, &c);
     PyArrayObject *b = out ? checked(args[1], "biases", t, c, 0) : NULL;
     if (!b) return NULL;
-    if (t == NPY_FLOAT) add_bias_f32(DATA(out, float), DATA(b, float), n, c);
-    else add_bias_f64(DATA(out, double), DATA(b, double), n, c);
+    LOOP(n * c, {
+        if (t == NPY_FLOAT) add_bias_f32(DATA(out, float), DATA(b, float), n, c);
+        else add_bias_f64(DATA(out, double), DATA(b, double), n, c);
+    });
     Py_RETURN_NONE;
 }
 
@@ -229,8 +248,10 @@ static PyObject *column_sums(PyObject *self, PyObject *const *args, Py_ssize_t n
     PyArrayObject *d = t < 0 ? NULL : matrix(args[0], "d", t, 0, &n, &c);
     PyArrayObject *out = d ? checked(args[1], "out", t, c, 1) : NULL;
     if (!out) return NULL;
-    if (t == NPY_FLOAT) column_sums_f32(DATA(d, float), DATA(out, float), n, c);
-    else column_sums_f64(DATA(d, double), DATA(out, double), n, c);
+    LOOP(n * c, {
+        if (t == NPY_FLOAT) column_sums_f32(DATA(d, float), DATA(out, float), n, c);
+        else column_sums_f64(DATA(d, double), DATA(out, double), n, c);
+    });
     Py_RETURN_NONE;
 }
 
@@ -273,12 +294,14 @@ static PyObject *softmax_ce_forward(PyObject *self, PyObject *const *args, Py_ss
     if (eps == -1.0 && PyErr_Occurred()) return NULL;
     double loss;
     npy_intp correct;
-    if (t == NPY_FLOAT)
-        loss = softmax_ce_forward_f32(DATA(z, float), DATA(y, int64_t), DATA(p, float), n, c,
-                                      (float)eps, &correct);
-    else
-        loss = softmax_ce_forward_f64(DATA(z, double), DATA(y, int64_t), DATA(p, double), n, c,
-                                      eps, &correct);
+    LOOP(n * c, {
+        if (t == NPY_FLOAT)
+            loss = softmax_ce_forward_f32(DATA(z, float), DATA(y, int64_t), DATA(p, float), n, c,
+                                          (float)eps, &correct);
+        else
+            loss = softmax_ce_forward_f64(DATA(z, double), DATA(y, int64_t), DATA(p, double), n, c,
+                                          eps, &correct);
+    });
     return Py_BuildValue("(dn)", loss, (Py_ssize_t)correct);
 }
 
@@ -289,10 +312,12 @@ static PyObject *softmax_ce_backward(PyObject *self, PyObject *const *args, Py_s
     npy_intp n, c;
     if (t < 0 || rows_and_labels(args, t, &p, &y, &n, &c) < 0) return NULL;
     if (!(out = checked(args[2], "out", t, n * c, 1))) return NULL;
-    if (t == NPY_FLOAT)
-        softmax_ce_backward_f32(DATA(p, float), DATA(y, int64_t), DATA(out, float), n, c);
-    else
-        softmax_ce_backward_f64(DATA(p, double), DATA(y, int64_t), DATA(out, double), n, c);
+    LOOP(n * c, {
+        if (t == NPY_FLOAT)
+            softmax_ce_backward_f32(DATA(p, float), DATA(y, int64_t), DATA(out, float), n, c);
+        else
+            softmax_ce_backward_f64(DATA(p, double), DATA(y, int64_t), DATA(out, double), n, c);
+    });
     Py_RETURN_NONE;
 }
 
@@ -319,12 +344,14 @@ static PyObject *sgd_momentum(PyObject *self, PyObject *const *args, Py_ssize_t 
     if (!g || doubles(args, 3, 2, s) < 0) return NULL;
     int nesterov = PyObject_IsTrue(args[5]);
     if (nesterov < 0) return NULL;
-    if (t == NPY_FLOAT)
-        sgd_momentum_f32(DATA(w, float), DATA(v, float), DATA(g, float), (float)s[0],
-                         (float)s[1], nesterov, n);
-    else
-        sgd_momentum_f64(DATA(w, double), DATA(v, double), DATA(g, double), s[0], s[1],
-                         nesterov, n);
+    LOOP(n, {
+        if (t == NPY_FLOAT)
+            sgd_momentum_f32(DATA(w, float), DATA(v, float), DATA(g, float), (float)s[0],
+                             (float)s[1], nesterov, n);
+        else
+            sgd_momentum_f64(DATA(w, double), DATA(v, double), DATA(g, double), s[0], s[1],
+                             nesterov, n);
+    });
     Py_RETURN_NONE;
 }
 
@@ -339,8 +366,10 @@ static PyObject *sgd(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     PyArrayObject *g = checked(args[1], "grad", t, n, 0);
     double lr;
     if (!g || doubles(args, 2, 1, &lr) < 0) return NULL;
-    if (t == NPY_FLOAT) sgd_f32(DATA(w, float), DATA(g, float), (float)lr, n);
-    else sgd_f64(DATA(w, double), DATA(g, double), lr, n);
+    LOOP(n, {
+        if (t == NPY_FLOAT) sgd_f32(DATA(w, float), DATA(g, float), (float)lr, n);
+        else sgd_f64(DATA(w, double), DATA(g, double), lr, n);
+    });
     Py_RETURN_NONE;
 }
 
@@ -358,13 +387,15 @@ static PyObject *adam(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     PyArrayObject *g = c ? checked(args[3], "grad", t, n, 0) : NULL;
     double s[8];
     if (!g || doubles(args, 4, 8, s) < 0) return NULL;
-    if (t == NPY_FLOAT)
-        adam_f32(DATA(w, float), DATA(m, float), DATA(c, float), DATA(g, float), (float)s[0],
-                 (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6],
-                 (float)s[7], n);
-    else
-        adam_f64(DATA(w, double), DATA(m, double), DATA(c, double), DATA(g, double), s[0], s[1],
-                 s[2], s[3], s[4], s[5], s[6], s[7], n);
+    LOOP(n, {
+        if (t == NPY_FLOAT)
+            adam_f32(DATA(w, float), DATA(m, float), DATA(c, float), DATA(g, float), (float)s[0],
+                     (float)s[1], (float)s[2], (float)s[3], (float)s[4], (float)s[5], (float)s[6],
+                     (float)s[7], n);
+        else
+            adam_f64(DATA(w, double), DATA(m, double), DATA(c, double), DATA(g, double), s[0], s[1],
+                     s[2], s[3], s[4], s[5], s[6], s[7], n);
+    });
     Py_RETURN_NONE;
 }
 
