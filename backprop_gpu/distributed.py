@@ -75,7 +75,8 @@ class Context:
 
     def bind(self, backend: Backend) -> None:
         """Work on ``backend``'s arrays (the model's); picks the transport."""
-        self.backend, self.transport, self._buffers = backend, transport(backend.name), {}
+        if backend is not self.backend or not self._buffers:
+            self.backend, self.transport, self._buffers = backend, transport(backend.name), {}
 
     def describe(self) -> str:
         """One line on the job: ranks, where each runs (host:PID) and the transport."""
@@ -246,6 +247,76 @@ class Context:
         )
         self.comm.Abort(code)
         raise SystemExit(code)  # not reached: Abort ends the process
+
+
+class DistributedOptimizer:
+    """An optimizer for the nnfs hand-written loop across ranks: gradients are summed over the
+    ranks, each weighted by the rank's share of the global batch, before every update.
+
+    ::
+
+        opt = DistributedOptimizer(bg.SGD(0.1, momentum=0.9))  # under mpiexec -n R
+        opt.broadcast(layers)                 # once: rank 0's parameters (and state) to all
+        lo, hi = shard_bounds(len(batch), opt.rank, opt.size)   # this rank's rows of a batch
+        ...forward / backward on those rows...
+        opt.step(layers)                      # one allreduce of every gradient, then the update
+
+    ``share`` (this rank's rows / the global batch) defaults to ``1 / size``: pass it when the
+    parts differ. The nnfs calls work too: ``update_params(layer)`` allreduces that layer's
+    gradients (one call per layer) before updating it. Other attributes (``iterations``,
+    ``current_learning_rate``, ...) are the wrapped optimizer's.
+    """
+
+    def __init__(self, optimizer: Any, context: Context | None = None) -> None:
+        self.optimizer = optimizer
+        self.context = context if context is not None else Context()
+        self.rank, self.size = self.context.rank, self.context.size
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.optimizer, name)
+
+    def broadcast(self, layers: Sequence[Any]) -> None:
+        """Rank 0's parameters, optimizer state and counters to every rank."""
+        from .optimizers import state_name
+
+        trainable = [layer for layer in layers if getattr(layer, "params", ())]
+        opt = self.optimizer
+        slots = [(i, layer, attr, getattr(layer, name))
+                 for i, layer in enumerate(trainable) for name in layer.params
+                 for attr in (name, *(state_name(name, k) for k in opt.state_kinds))]  # fmt: skip
+        state = None
+        if self.context.is_root:
+            arrays = {(i, attr): to_numpy(v) for i, layer, attr, _ in slots
+                      if (v := getattr(layer, attr, None)) is not None}  # fmt: skip
+            state = (arrays, opt.iterations, opt.current_learning_rate)
+        arrays, iterations, lr = self.context.comm.bcast(state, root=0)
+        if self.context.is_root:
+            return
+        for i, layer, attr, param in slots:
+            value = arrays.get((i, attr))
+            if value is not None and value.shape != tuple(param.shape):
+                raise DistributedError(f"rank 0's {attr} of layer {i} has shape {value.shape}, "
+                                       f"this rank's {tuple(param.shape)}")  # fmt: skip
+            setattr(
+                layer, attr, None if value is None else layer.backend.asarray(value, param.dtype)
+            )
+        opt.iterations, opt.current_learning_rate = iterations, lr
+
+    def _sum(self, layers: Sequence[Any], share: float | None) -> None:
+        trainable = [layer for layer in layers if getattr(layer, "params", ())]
+        if trainable:
+            self.context.bind(trainable[0].backend)  # (no-op after the first call)
+            self.context.allreduce_gradients(trainable, 1 / self.size if share is None else share)
+
+    def step(self, layers: Sequence[Any], share: float | None = None) -> None:
+        """One allreduce of every layer's gradients, then the wrapped optimizer's ``step``."""
+        self._sum(layers, share)
+        self.optimizer.step(layers)
+
+    def update_params(self, layer: Any, share: float | None = None) -> None:
+        """Allreduce this layer's gradients, then update it (the nnfs call)."""
+        self._sum([layer], share)
+        self.optimizer.update_params(layer)
 
 
 def check_batch(batch_size: int, ranks: int, where: str) -> None:

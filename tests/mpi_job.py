@@ -5,7 +5,8 @@ MODE: ``train`` (the equivalence run: float64, L2, seeded Dropout, momentum, shu
 last batch smaller than the global batch), ``raise`` (rank 1 raises in epoch 2), ``kill``
 (rank 1 is killed by SIGKILL in epoch 2), ``small-batch`` (a global batch smaller than the
 ranks), ``disagree`` (rank 1 builds another model), ``bad-data`` (rank 1's data has a column
-too many, so only rank 1's input checks fail), ``single`` (train without MPI, to compare).
+too many, so only rank 1's input checks fail), ``single`` (train without MPI, to compare),
+``hand`` / ``hand-single`` (the nnfs hand-written loop with DistributedOptimizer / alone).
 Rank 0 saves the model to OUT after every epoch.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from typing import Any
 
 import numpy as np
 
@@ -33,10 +35,54 @@ def build(hidden: int = 16) -> bg.Model:
     return model.finalize()
 
 
+def hand_loop(X: np.ndarray, y: np.ndarray, out: str, distributed: bool) -> None:
+    """The nnfs loop over the public API; distributed, each rank takes its rows of every
+    batch and DistributedOptimizer sums the gradients."""
+    from backprop_gpu.distributed import DistributedOptimizer, shard_bounds
+
+    layers = [bg.Dense(6, 16, seed=0, dtype="float64", weight_regularizer_l2=1e-3), bg.ReLU(),
+              bg.Dense(16, 4, seed=1, dtype="float64")]  # fmt: skip
+    loss = bg.SoftmaxCrossEntropy()
+    optimizer: Any = bg.Adam(0.01, decay=1e-2)
+    rank, size = 0, 1
+    if distributed:
+        optimizer = DistributedOptimizer(optimizer)
+        rank, size = optimizer.rank, optimizer.size
+        if rank == 1:  # a different start, which the broadcast must overwrite
+            layers[0].weights *= 2
+        optimizer.broadcast(layers)
+    dense = [layers[0], layers[2]]
+    for _ in range(EPOCHS):
+        for start in range(0, len(X), BATCH):
+            stop = min(start + BATCH, len(X))
+            lo, hi = (start + b for b in shard_bounds(stop - start, rank, size))
+            out_ = X[lo:hi]
+            for layer in layers:
+                out_ = layer.forward(out_)
+            loss.forward(out_, y[lo:hi])
+            grad = loss.backward(loss.output, y[lo:hi])
+            for layer in reversed(layers):
+                grad = layer.backward(grad)
+            optimizer.pre_update_params()
+            for layer in dense:
+                if distributed:  # this rank's share of the batch weights its gradients
+                    optimizer.update_params(layer, (hi - lo) / (stop - start))
+                else:
+                    optimizer.update_params(layer)
+            optimizer.post_update_params()
+    if rank == 0:
+        names = ("weights", "biases", "weight_momentums", "weight_cache")
+        np.savez(out, **{f"layers.{i}.{n}": getattr(d, n) for i, d in enumerate(dense)
+                         for n in names})  # fmt: skip
+
+
 def main(mode: str, out: str) -> None:
     rng = np.random.default_rng(7)
     X, y = rng.standard_normal((103, 6)), rng.integers(0, 4, 103)  # 103 = 5 x 20 + 3
     X_val, y_val = rng.standard_normal((9, 6)), rng.integers(0, 4, 9)
+    if mode in ("hand", "hand-single"):
+        hand_loop(X, y, out, distributed=mode == "hand")
+        return
     if mode == "single":
         model = build()
         model.train(X, y, epochs=EPOCHS, batch_size=BATCH, validation_data=(X_val, y_val),

@@ -174,6 +174,21 @@ def test_ranks_with_global_batch_equal_one_process(ranks: int, tmp_path: Path) -
 
 
 @needs_mpi
+def test_hand_written_loop_with_distributed_optimizer_equals_one_process(tmp_path: Path) -> None:
+    """The nnfs loop, each rank on its rows of every batch, DistributedOptimizer (Adam, per-layer
+    allreduce, uneven last batch, rank 1 starting from other weights until the broadcast)."""
+    single = subprocess.run([sys.executable, JOB, "hand-single", str(tmp_path / "one.npz")],
+                            capture_output=True, text=True)  # fmt: skip
+    assert single.returncode == 0, single.stderr
+    result = mpirun(2, sys.executable, JOB, "hand", str(tmp_path / "two.npz"))
+    assert result.returncode == 0, result.stderr
+    one, two = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
+    assert len(one.files) == 8
+    for key in one.files:
+        np.testing.assert_allclose(two[key], one[key], rtol=1e-6, atol=1e-12, err_msg=key)
+
+
+@needs_mpi
 def test_a_rank_that_raises_stops_the_job_naming_it(tmp_path: Path) -> None:
     out = tmp_path / "model.npz"
     started = time.monotonic()
