@@ -35,6 +35,7 @@ from typing import Any, NoReturn, TypeVar
 import numpy as np
 
 from .backend import Backend, dtype_name, get_backend, to_numpy
+from .optimizers import state_name
 
 T = TypeVar("T")
 
@@ -75,7 +76,7 @@ class Context:
 
     def bind(self, backend: Backend) -> None:
         """Work on ``backend``'s arrays (the model's); picks the transport."""
-        if backend is not self.backend or not self._buffers:
+        if backend is not self.backend:
             self.backend, self.transport, self._buffers = backend, transport(backend.name), {}
 
     def describe(self) -> str:
@@ -146,20 +147,36 @@ class Context:
             raise DistributedError(f"stopping: other ranks failed ({reasons})")
         return result  # type: ignore[no-any-return]
 
-    def broadcast_model(self, model: Any) -> None:
-        """Parameters, optimizer state and counters from rank 0 to every rank, so all start
-        identical (once, at start)."""
+    def broadcast_state(self, layers: Sequence[Any], optimizer: Any, extra: Any = None) -> Any:
+        """Rank 0's parameters, optimizer state (None where rank 0 has none yet) and counters
+        to every rank, so all start identical (once, at start); returns rank 0's ``extra``."""
+        trainable = [layer for layer in layers if getattr(layer, "params", ())]
+        kinds = optimizer.state_kinds if optimizer is not None else ()
+        slots = [(i, layer, attr, getattr(layer, name))
+                 for i, layer in enumerate(trainable) for name in layer.params
+                 for attr in (name, *(state_name(name, kind) for kind in kinds))]  # fmt: skip
         state = None
         if self.is_root:
-            opt = model.optimizer
-            counters = (opt.iterations, opt.current_learning_rate) if opt is not None else None
-            state = (model._host_arrays(with_state=True), counters, model.epochs_trained)
-        arrays, counters, epochs = self.comm.bcast(state, root=0)
-        if not self.is_root:
-            model._assign(model._checked(arrays, "rank 0's model", with_state=True))
-            if counters is not None:
-                model.optimizer.iterations, model.optimizer.current_learning_rate = counters
-            model.epochs_trained = epochs
+            arrays = {(i, attr): to_numpy(value) for i, layer, attr, _ in slots
+                      if (value := getattr(layer, attr, None)) is not None}  # fmt: skip
+            counters = None
+            if optimizer is not None:
+                counters = (optimizer.iterations, optimizer.current_learning_rate)
+            state = (arrays, counters, extra)
+        arrays, counters, extra = self.comm.bcast(state, root=0)
+        if self.is_root:
+            return extra
+        for i, layer, attr, param in slots:
+            value = arrays.get((i, attr))
+            if value is not None and value.shape != tuple(param.shape):
+                raise DistributedError(f"rank 0's {attr} of layer {i} has shape {value.shape}, "
+                                       f"this rank's {tuple(param.shape)}")  # fmt: skip
+            setattr(
+                layer, attr, None if value is None else layer.backend.asarray(value, param.dtype)
+            )
+        if counters is not None:
+            optimizer.iterations, optimizer.current_learning_rate = counters
+        return extra
 
     # --- every step -----------------------------------------------------------------------
 
@@ -277,35 +294,12 @@ class DistributedOptimizer:
 
     def broadcast(self, layers: Sequence[Any]) -> None:
         """Rank 0's parameters, optimizer state and counters to every rank."""
-        from .optimizers import state_name
-
-        trainable = [layer for layer in layers if getattr(layer, "params", ())]
-        opt = self.optimizer
-        slots = [(i, layer, attr, getattr(layer, name))
-                 for i, layer in enumerate(trainable) for name in layer.params
-                 for attr in (name, *(state_name(name, k) for k in opt.state_kinds))]  # fmt: skip
-        state = None
-        if self.context.is_root:
-            arrays = {(i, attr): to_numpy(v) for i, layer, attr, _ in slots
-                      if (v := getattr(layer, attr, None)) is not None}  # fmt: skip
-            state = (arrays, opt.iterations, opt.current_learning_rate)
-        arrays, iterations, lr = self.context.comm.bcast(state, root=0)
-        if self.context.is_root:
-            return
-        for i, layer, attr, param in slots:
-            value = arrays.get((i, attr))
-            if value is not None and value.shape != tuple(param.shape):
-                raise DistributedError(f"rank 0's {attr} of layer {i} has shape {value.shape}, "
-                                       f"this rank's {tuple(param.shape)}")  # fmt: skip
-            setattr(
-                layer, attr, None if value is None else layer.backend.asarray(value, param.dtype)
-            )
-        opt.iterations, opt.current_learning_rate = iterations, lr
+        self.context.broadcast_state(layers, self.optimizer)
 
     def _sum(self, layers: Sequence[Any], share: float | None) -> None:
         trainable = [layer for layer in layers if getattr(layer, "params", ())]
         if trainable:
-            self.context.bind(trainable[0].backend)  # (no-op after the first call)
+            self.context.bind(trainable[0].backend)  # (a no-op after the first call)
             self.context.allreduce_gradients(trainable, 1 / self.size if share is None else share)
 
     def step(self, layers: Sequence[Any], share: float | None = None) -> None:
@@ -317,6 +311,18 @@ class DistributedOptimizer:
         """Allreduce this layer's gradients, then update it (the nnfs call)."""
         self._sum([layer], share)
         self.optimizer.update_params(layer)
+
+
+def on_root(dist: Context | None, action: Callable[[], T]) -> T:
+    """``action()`` on rank 0, its result (or error) on every rank; just ``action()`` when
+    ``dist`` is None (one process)."""
+    return action() if dist is None else dist.root_result(action)
+
+
+def on_every_rank(dist: Context | None, action: Callable[[], T]) -> T:
+    """``action()`` on every rank, all stopping if one fails (``Context.together``); just
+    ``action()`` when ``dist`` is None."""
+    return action() if dist is None else dist.together(action)
 
 
 def check_batch(batch_size: int, ranks: int, where: str) -> None:

@@ -35,7 +35,7 @@ import numpy as np
 from . import __version__, _malloc, datasets, kernels
 from .activations import Linear, ReLU, Sigmoid
 from .backend import to_numpy, use_backend
-from .distributed import Context, check_batch, transport
+from .distributed import Context, check_batch, on_every_rank, on_root, transport
 from .distributed import info as distributed_info
 from .layers import Dense, Dropout
 from .losses import MeanSquaredError, SoftmaxCrossEntropy
@@ -339,7 +339,7 @@ def run(
 
     if dist is not None:  # before any folder is made: a misuse leaves nothing behind
         check_batch(config.batch_size, dist.size, "--distributed")
-    out = dist.root_result(prepare) if dist is not None else prepare()
+    out = on_root(dist, prepare)
     lr = config.lr if config.lr is not None else DEFAULT_LR[config.optimizer]
     config = dataclasses.replace(config, out=str(out), lr=lr)  # config.json: the value used
     try:
@@ -367,10 +367,8 @@ def resume(
     ``distributed=True`` as in ``run`` (only rank 0 reads the folder)."""
     run_dir = Path(run_dir)
     dist = Context() if distributed else None
-    if dist is not None:
-        config = dist.root_result(lambda: _resumed_config(run_dir, overrides))
-        return _execute(config, True, report, progress, plots, command, dist)
-    return _execute(_resumed_config(run_dir, overrides), True, report, progress, plots, command)
+    config = on_root(dist, lambda: _resumed_config(run_dir, overrides))
+    return _execute(config, True, report, progress, plots, command, dist)
 
 
 def _resumed_config(run_dir: Path, overrides: Mapping[str, Any] | None) -> Config:
@@ -414,7 +412,7 @@ def _execute(
             return X, y, X_val, y_val, build_model(config, X.shape[1], n_outputs)
 
         # each rank loads; if one fails, all stop (none waits for it in a collective)
-        X, y, X_val, y_val, model = dist.together(load) if dist is not None else load()
+        X, y, X_val, y_val, model = on_every_rank(dist, load)
         history: list[dict[str, float]] = []
         writer: _MetricsWriter | None = None
 
@@ -451,7 +449,7 @@ def _execute(
             return int(model.epochs_trained)
 
         # rank 0's epoch count (the others get its parameters and state in Model.train)
-        done = dist.root_result(open_run) if dist is not None else open_run()
+        done = on_root(dist, open_run)
         remaining = max(config.epochs - done, 0)
         best = min((r.get("val_loss", math.inf) for r in history), default=math.inf)
         bar = _progress_bar(remaining, progress) if root else None

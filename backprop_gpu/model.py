@@ -27,7 +27,14 @@ import numpy as np
 from . import _checks, checkpoint
 from .activations import Linear, ReLU, Sigmoid, Softmax
 from .backend import Backend, array_library, to_numpy
-from .distributed import Context, check_batch, fingerprint, shard_bounds
+from .distributed import (
+    Context,
+    check_batch,
+    fingerprint,
+    on_every_rank,
+    on_root,
+    shard_bounds,
+)
 from .layers import Dense, Dropout
 from .losses import (
     LOSSES,
@@ -115,7 +122,6 @@ class Model:
                     f"expects {b.n_inputs} inputs"
                 )
         self.trainable_layers = [layer for layer in self.layers if getattr(layer, "params", ())]
-        self._penalized = [layer for layer in self.trainable_layers if _regularized(layer)]
         self.n_inputs = dense[0].n_inputs if dense else None
         self.n_outputs = dense[-1].n_neurons if dense else None
         self.dtype = dense[0].dtype if dense else self.backend.xp.float32
@@ -279,21 +285,17 @@ class Model:
         :mod:`backprop_gpu.distributed`.
         """
         dist = _context(distributed)
-        if dist is None:
-            X_dev, y_dev, val, size = self._train_inputs(X, y, epochs, batch_size,
-                                                         validation_data, on_nonfinite)  # fmt: skip
-        else:  # every rank checks its own inputs; if any fails, all stop with the reasons
-            X_dev, y_dev, val, size = dist.together(lambda: self._train_inputs(
-                X, y, epochs, batch_size, validation_data, on_nonfinite))  # fmt: skip
+        # distributed, every rank checks its own inputs; if any fails, all stop with the reasons
+        X_dev, y_dev, val, size = on_every_rank(dist, lambda: self._train_inputs(
+            X, y, epochs, batch_size, validation_data, on_nonfinite))  # fmt: skip
+        if dist is not None:
             settings = {"epochs": epochs, "batch_size": size, "shuffle": shuffle,
                         "seed": seed, "on_nonfinite": on_nonfinite}  # fmt: skip
             self._distribute(dist, X_dev, y_dev, val, settings)
-            if seed is None:
-                seed = dist.root_result(lambda: int(np.random.default_rng().integers(2**31)))
             if not dist.is_root:
                 print_every = 0
-        if seed is None:
-            seed = int(np.random.default_rng().integers(2**31))
+        if seed is None:  # (rank 0's draw on every rank, so all shuffle alike)
+            seed = on_root(dist, lambda: int(np.random.default_rng().integers(2**31)))
         guard = dist.abort_on_error if dist is not None else contextlib.nullcontext
         n = X_dev.shape[0]
         history: History = []
@@ -400,7 +402,7 @@ class Model:
         }  # fmt: skip
         dist.check_same("the model, the data or the Model.train arguments", spec)
         check_batch(settings["batch_size"], dist.size, "Model.train")
-        dist.broadcast_model(self)
+        self.epochs_trained = dist.broadcast_state(self.layers, self.optimizer, self.epochs_trained)
         if dist.is_root:
             print(dist.describe(), file=sys.stderr, flush=True)
 
@@ -413,7 +415,9 @@ class Model:
         epoch, then come to the host in one copy. Distributed, each rank takes its slice of
         every batch and the sums are reduced across ranks at the end."""
         xp, n = self.backend.xp, X_dev.shape[0]
+        # (looked up once an epoch, for _train_step: 2 us a layer)
         self._penalized = [layer for layer in self.trainable_layers if _regularized(layer)]
+        dropouts = [layer for layer in self.layers if isinstance(layer, Dropout)]
         steps: list[tuple[Any, Any, Any]] = []  # (data loss, regularization loss, accuracy)
         local = []  # samples this rank took in each step
         for start in range(0, n, size):
@@ -426,14 +430,13 @@ class Model:
             else:
                 idx = order[lo:hi]
                 Xb, yb = xp.take(X_dev, idx, axis=0), xp.take(y_dev, idx, axis=0)
-            for layer in self.layers:
-                if isinstance(layer, Dropout) and dist is not None:
-                    layer.rows = (stop - start, lo - start, hi - start)  # its rows of the mask
+            if dist is not None:
+                for layer in dropouts:  # each rank keeps its rows of the whole batch's mask
+                    layer.rows = (stop - start, lo - start, hi - start)
             steps.append(self._train_step(Xb, yb, dist, (hi - lo) / (stop - start)))
             local.append(hi - lo)
-        for layer in self.layers:
-            if isinstance(layer, Dropout):
-                layer.rows = None
+        for layer in dropouts:
+            layer.rows = None
         values = _host_values(self.backend, [v for step in steps for v in step])
         values = values.reshape(len(steps), 3)
         sizes = np.minimum(size, n - np.arange(0, n, size))  # samples in each step
@@ -482,7 +485,7 @@ class Model:
         accuracy) as device scalars. Distributed, (Xb, yb) is this rank's ``share`` of the
         global batch and the gradients are summed across ranks before the update."""
         assert self.loss is not None and self.optimizer is not None
-        penalized = self._penalized  # (looked up once an epoch: 2 us a layer)
+        penalized = self._penalized
         reg_loss = self.loss.regularization_loss(*penalized) if penalized else 0.0
         if Xb.shape[0] == 0:  # a rank with no sample in a last batch smaller than the ranks
             data_loss = acc = 0.0
