@@ -12,7 +12,7 @@ nox.options.default_venv_backend = "venv"
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    session.install(".[test]")
+    session.install("-e", ".[test]")
     # an install that silently skipped the C extension (no compiler) fails the kernel tests
     session.run("python", "-m", "pytest", *session.posargs, env={"BACKPROP_GPU_REQUIRE_EXT": "1"})
 
@@ -20,7 +20,7 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def tests_gpu(session: nox.Session) -> None:
     """The ``gpu``-marked tests on CuPy. A machine without a working GPU fails this session."""
-    session.install(".[test,cuda12]")
+    session.install("-e", ".[test,cuda12]")
     session.run(
         "python", "-c", "import backprop_gpu as bg; print(bg.set_backend('cupy'))"
     )  # raises, naming the cause, when CuPy cannot run
@@ -38,7 +38,7 @@ def tests_gpu(session: nox.Session) -> None:
 @nox.session
 def tests_mpi(session: nox.Session) -> None:
     """The MPI tests (2 and 3 ranks under the mpich wheel's mpiexec); fails without MPI."""
-    session.install(".[test,mpi]")
+    session.install("-e", ".[test,mpi]")
     session.run(
         "python", "-m", "pytest", "tests/test_distributed.py", *session.posargs,
         env={"BACKPROP_GPU_REQUIRE_MPI": "1"},
@@ -65,5 +65,5 @@ def bench(session: nox.Session) -> None:
     E.g. ``nox -s bench -- --quick --json bench.json``. PyTorch is an optional contender: it is
     compared when importable (``nox -s bench`` reuses a venv where you installed a CPU torch).
     """
-    session.install(".", "threadpoolctl", "scikit-learn")
+    session.install("-e", ".", "threadpoolctl", "scikit-learn")
     session.run("python", "-m", "benchmarks", *session.posargs)

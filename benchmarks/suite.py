@@ -518,6 +518,10 @@ def print_header(env: dict[str, Any], settings: Settings, quick: bool) -> None:
     if backend is not None:
         reason = f" ({backend['reason']})" if backend["reason"] else ""
         print(f"  backend: {backend['name']} on {backend['device']}{reason}")
+    c = next((h["c_kernels"] for h in hello.values() if "c_kernels" in h), None)
+    if c is not None:
+        state = "built" if c["built"] else "NOT built (plain NumPy; install with pip install -e)"
+        print(f"  C kernels (backprop_gpu._cpu): {state}, package at {c['package']}")
     print(f"  OPENBLAS_CORETYPE: {env['openblas_coretype'] or 'unset'}")
     kernels = env["BACKPROP_GPU_KERNELS"]
     print(f"  BACKPROP_GPU_KERNELS (fused GPU kernels): {'unset' if kernels is None else kernels}")

@@ -100,7 +100,7 @@ def test_no_kernel_on_the_stand_in(monkeypatch: pytest.MonkeyPatch) -> None:
 REQUIRE_EXT = os.environ.get("BACKPROP_GPU_REQUIRE_EXT") == "1"
 needs_ext = pytest.mark.skipif(
     not kernels.HAVE_C and not REQUIRE_EXT,
-    reason="backprop_gpu._cpu was not built (no C compiler at install time)",
+    reason="backprop_gpu._cpu is not built here (no C compiler at install, or not installed -e)",
 )
 
 
@@ -108,7 +108,11 @@ def test_c_extension_is_built_where_required() -> None:
     """CI sets BACKPROP_GPU_REQUIRE_EXT=1: an install that silently skipped the C build fails."""
     if not REQUIRE_EXT:
         pytest.skip("BACKPROP_GPU_REQUIRE_EXT is not set")
-    assert kernels.HAVE_C, "backprop_gpu._cpu did not build at install time"
+    where = os.path.dirname(kernels.__file__)
+    assert kernels.HAVE_C, (
+        f"backprop_gpu._cpu is not in {where}: the C build failed at install time, or this"
+        " checkout shadows a non-editable install (install with pip install -e)"
+    )
 
 
 def _awkward(shape: tuple[int, ...], dtype: str) -> np.ndarray:
