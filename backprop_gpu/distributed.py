@@ -23,7 +23,6 @@ A rank that raises makes the whole job stop: it prints which rank failed and why
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import json
 import os
 import sys
@@ -98,8 +97,9 @@ class Context:
     def check_same(self, what: str, value: Any) -> None:
         """Every rank must pass an equal ``value`` (JSON-able): its hash is gathered, and on
         any difference every rank raises DistributedError naming the ranks that differ."""
-        digest = hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode())
-        digests = self.comm.allgather(digest.hexdigest())
+        digests = self.comm.allgather(
+            _sha256(json.dumps(value, sort_keys=True, default=str).encode())
+        )
         differ = [r for r, d in enumerate(digests) if d != digests[0]]
         if differ:
             raise DistributedError(
@@ -407,5 +407,11 @@ def fingerprint(backend: Backend, X: Any, y: Any) -> list[Any]:
     rows = backend.asarray(np.unique(np.linspace(0, max(n - 1, 0), 64).astype(np.int64)))
     xp = backend.xp
     x_rows, y_rows = to_numpy(xp.take(X, rows, axis=0)), to_numpy(xp.take(y, rows, axis=0))
-    sample = hashlib.sha256(x_rows.tobytes() + y_rows.tobytes()).hexdigest()
+    sample = _sha256(x_rows.tobytes() + y_rows.tobytes())
     return [list(X.shape), str(X.dtype), list(y.shape), str(y.dtype), sample]
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib  # here, not at the top: it loads OpenSSL (3.6 MiB) in every importing process
+
+    return hashlib.sha256(data).hexdigest()
