@@ -595,7 +595,9 @@ def info() -> dict[str, Any]:
     found["cpu"] = {
         "c_kernels": ("on" if kernels.enabled else "off (BACKPROP_GPU_KERNELS=0)")
         if kernels.HAVE_C
-        else "not built (no C compiler at install): the plain NumPy code runs",
+        else f"not built: no _cpu module in {os.path.dirname(kernels.__file__)} (no C compiler"
+        " at install, or a checkout shadowing a non-editable install: use pip install -e);"
+        " the plain NumPy code runs",
         "malloc_tuned": _malloc.tuned,
     }
     found["mpi"] = distributed_info()

@@ -344,12 +344,27 @@ def test_info_reports_the_backend_and_why() -> None:
         assert f"why: auto: {GPU_REASON}" in out
     as_json = json.loads(command("info", "--json").stdout)
     assert as_json["backend"]["name"] == ("cupy" if GPU_OK else "numpy")
-    c_kernels = "on" if kernels.HAVE_C else "not built (no C compiler at install)"
+    c_kernels = "on" if kernels.HAVE_C else "not built: no _cpu module in"
     assert f"CPU kernels (C extension): {c_kernels}" in out
     off = command("info", "--json", env={"BACKPROP_GPU_KERNELS": "0", "BACKPROP_GPU_MALLOC": "0"})
     cpu = json.loads(off.stdout)["cpu"]
     assert cpu["malloc_tuned"] is False
     assert cpu["c_kernels"].startswith("off" if kernels.HAVE_C else "not built")
+
+
+def test_info_says_where_the_c_extension_was_looked_for() -> None:
+    """Without backprop_gpu._cpu (no compiler, or a checkout shadowing a non-editable install,
+    as once happened in CI), ``info`` names the folder it looked in and the fix."""
+    code = (
+        "import sys; sys.modules['backprop_gpu._cpu'] = None\n"  # makes the import fail
+        "from backprop_gpu.cli import main; main(['info', '--json'])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    c_kernels = json.loads(result.stdout)["cpu"]["c_kernels"]
+    assert c_kernels.startswith(f"not built: no _cpu module in {Path(bg.__file__).parent}")
+    assert "pip install -e" in c_kernels and "plain NumPy code runs" in c_kernels
 
 
 def test_info_with_cupy_installed_but_no_gpu() -> None:
