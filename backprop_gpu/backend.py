@@ -9,6 +9,9 @@ Selection, in order of precedence:
 2. ``set_backend(name)`` (process-wide default),
 3. the ``BACKPROP_GPU_BACKEND`` environment variable, read when the package is imported,
 4. ``"auto"``: CuPy when it imports, sees a device and runs a tiny matmul; NumPy otherwise.
+
+``"cupy"`` and ``"auto"`` use the GPU that was current when CuPy was first detected (GPU 0
+unless the program chose another); ``"cupy:N"`` names GPU N (one GPU per MPI rank, say).
 """
 
 from __future__ import annotations
@@ -297,8 +300,12 @@ def _why_no_device(cupy: Any) -> str:
 
 
 def _make(name: str) -> Backend:
-    if name not in BACKEND_NAMES:
-        raise ValueError(f"unknown backend {name!r}; valid names are {', '.join(BACKEND_NAMES)}")
+    base, colon, index = name.partition(":")  # "cupy:N" is CuPy on GPU N
+    if base not in BACKEND_NAMES or (colon and not (base == "cupy" and index.isdigit())):
+        raise ValueError(
+            f"unknown backend {name!r}; valid names are auto, numpy, cupy, cupy:N (GPU N), "
+            "array_api_strict"
+        )
     if name == "numpy":
         return Backend("numpy", np, "cpu")
     if name == "array_api_strict":
@@ -322,10 +329,31 @@ def _make(name: str) -> Backend:
             logger.info("backprop_gpu: auto uses NumPy: %s", reason)
     gpu, reason = _detected
     if gpu is not None:
+        if colon:
+            return _on_gpu(gpu, int(index))
         return gpu if name == "cupy" else replace(gpu, reason="auto: CUDA device works")
-    if name == "cupy":
-        raise RuntimeError(f"backend 'cupy' was requested but cannot run: {reason}")
+    if base == "cupy":
+        raise RuntimeError(f"backend {name!r} was requested but cannot run: {reason}")
     return Backend("numpy", np, "cpu", reason=f"auto: {reason}")
+
+
+def _on_gpu(gpu: Backend, index: int) -> Backend:
+    """The CuPy backend on GPU ``index`` (``"cupy:N"``), checked against the GPU count."""
+    count = gpu.xp.cuda.runtime.getDeviceCount()
+    if index >= count:
+        raise ValueError(
+            f"backend 'cupy:{index}': there is no GPU {index}; this machine has {count} "
+            f"(cupy:0 to cupy:{count - 1})"
+        )
+    return replace(gpu, device=gpu.xp.cuda.Device(index))
+
+
+def _make_current(backend: Backend) -> Backend:
+    """CuPy runs kernels on the calling thread's current GPU: make it the backend's (as
+    ``torch.cuda.set_device`` does), so a model on GPU N computes there."""
+    if backend.name == "cupy":
+        backend.device.use()
+    return backend
 
 
 _detected: tuple[Backend | None, str] | None = None  # (the CuPy backend or None, why not)
@@ -350,7 +378,7 @@ def get_backend() -> Backend:
         with _lock:
             if _default is None:
                 try:
-                    _default = _make(_env_choice)
+                    _default = _make_current(_make(_env_choice))
                 except (ValueError, RuntimeError) as e:
                     raise type(e)(f"{ENV_VAR}={_env_choice!r}: {e} (or unset {ENV_VAR})") from None
     return _default
@@ -361,8 +389,9 @@ def set_backend(name: str = "auto") -> Backend:
 
     Inside a ``use_backend`` block it changes that block's backend only (the block restores
     the previous one on exit). ``"cupy"`` without a working GPU raises ``RuntimeError``.
+    ``"cupy:N"`` is GPU N, which becomes the calling thread's current CUDA device.
     """
-    backend = _make(name)
+    backend = _make_current(_make(name))
     if _scoped.get() is not None:
         _scoped.set(backend)
     else:
@@ -376,10 +405,13 @@ def use_backend(name: str) -> Iterator[Backend]:
     """Run a block on backend ``name``; the previous one comes back on exit, also on error.
 
     The choice is held in a context variable, so two threads can use different backends at once.
+    On CuPy the backend's GPU is the current CUDA device inside the block.
     """
-    token = _scoped.set(_make(name))
+    backend = _make(name)
+    token = _scoped.set(backend)
     try:
-        yield _scoped.get()  # type: ignore[misc]
+        with backend.device if backend.name == "cupy" else contextlib.nullcontext():
+            yield _scoped.get()  # type: ignore[misc]
     finally:
         _scoped.reset(token)
 

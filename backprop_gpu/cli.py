@@ -56,7 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     add("--batch-size", type=int, dest="batch_size", help=f"(default: {D.batch_size})")
     add("--samples", type=int, help=f"samples for generated data sets (default: {D.samples})")
     add("--seed", type=int, help=f"(default: {D.seed})")
-    add("--backend", choices=("auto", "numpy", "cupy"), help=f"(default: {D.backend})")
+    add("--backend", metavar="{auto,numpy,cupy,cupy:N}",
+        help=f"cupy:N is GPU N; under --distributed, auto and cupy give each rank on a machine "
+        f"its own GPU (default: {D.backend})")  # fmt: skip
     add("--out", metavar="RUN_DIR", help="run folder (default: runs/<dataset>-<date>-<time>)")
     add("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     add("--quiet", action="store_true", help="no progress output")

@@ -27,13 +27,14 @@ import json
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 
-from .backend import Backend, dtype_name, get_backend, to_numpy
+from .backend import Backend, dtype_name, get_backend, to_numpy, use_backend
 from .optimizers import state_name
 
 T = TypeVar("T")
@@ -72,16 +73,50 @@ class Context:
         self._buffers: dict[str, Any] = {}  # the flat gradient buffer of each dtype, reused
         # (host, PID) of every rank: MPICH's launcher names a killed rank by its PID only
         self.processes = self.comm.allgather((self.MPI.Get_processor_name(), os.getpid()))
+        # this rank's place among the ranks on its machine (Horovod's and ChainerMN's local
+        # rank): what spreads a machine's ranks over its GPUs, see local_backend
+        local = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED, key=self.rank)
+        self.local_rank: int = local.Get_rank()
+        self.local_size: int = local.Get_size()
+        local.Free()
+        self.gpus: list[tuple[int, int] | None] = [None] * self.size  # see check_gpus
 
     def bind(self, backend: Backend) -> None:
         """Work on ``backend``'s arrays (the model's); picks the transport."""
         if backend is not self.backend:
             self.backend, self.transport, self._buffers = backend, transport(backend.name), {}
 
+    def local_backend(self, name: str = "auto") -> str:
+        """The backend name this rank should build its model under, for ``name``: on CuPy
+        (``"auto"`` finding a GPU, or ``"cupy"``) on a machine with several GPUs,
+        ``"cupy:<local rank mod GPU count>"``, so the ranks on each machine spread over its
+        GPUs; else ``name`` itself. ``backprop-gpu train --distributed`` uses it; a script does
+        ``bg.set_backend(ctx.local_backend())`` before building its model."""
+        if name not in ("auto", "cupy"):
+            return name
+        with use_backend(name) as backend:  # detection; "cupy" without a GPU raises
+            pass
+        if backend.name != "cupy":
+            return name
+        count = backend.xp.cuda.runtime.getDeviceCount()
+        return f"cupy:{self.local_rank % count}" if count > 1 else name
+
+    def check_gpus(self, backend: Backend) -> None:
+        """Learn every rank's GPU on ``backend`` (a collective call, made at start) for
+        ``describe``, and warn when ranks on one machine share a GPU while others are idle."""
+        mine = None
+        if backend.name == "cupy":
+            mine = (int(backend.device.id), backend.xp.cuda.runtime.getDeviceCount())
+        self.gpus = self.comm.allgather(mine)
+        crowding = crowded_gpus(self.processes, self.gpus)
+        if crowding and self.is_root:
+            warnings.warn(crowding, RuntimeWarning, stacklevel=3)
+
     def describe(self) -> str:
-        """One line on the job: ranks, where each runs (host:PID) and the transport."""
+        """One line on the job: ranks, where each runs (host:PID, and GPU) and the transport."""
         where = ", ".join(
-            f"rank {r} = {host}:{pid}" for r, (host, pid) in enumerate(self.processes)
+            f"rank {r} = {host}:{pid}" + ("" if gpu is None else f" GPU {gpu[0]}")
+            for r, ((host, pid), gpu) in enumerate(zip(self.processes, self.gpus, strict=True))
         )
         return (
             f"backprop_gpu.distributed: {self.size} rank(s) on {self.backend.name}, "
@@ -295,6 +330,9 @@ class DistributedOptimizer:
     def broadcast(self, layers: Sequence[Any]) -> None:
         """Rank 0's parameters, optimizer state and counters to every rank."""
         self.context.broadcast_state(layers, self.optimizer)
+        trainable = [layer for layer in layers if getattr(layer, "params", ())]
+        if trainable:
+            self.context.check_gpus(trainable[0].backend)
 
     def _sum(self, layers: Sequence[Any], share: float | None) -> None:
         trainable = [layer for layer in layers if getattr(layer, "params", ())]
@@ -348,6 +386,28 @@ def shard_bounds(n: int, rank: int, size: int) -> tuple[int, int]:
     base, extra = divmod(n, size)
     lo = rank * base + min(rank, extra)
     return lo, lo + base + (1 if rank < extra else 0)
+
+
+def crowded_gpus(
+    processes: Sequence[tuple[str, int]], gpus: Sequence[tuple[int, int] | None]
+) -> str | None:
+    """A warning when ranks on one machine share a GPU while it has GPUs no rank uses:
+    ``processes`` is every rank's (host, PID), ``gpus`` its (GPU id, GPUs on the machine),
+    None off CuPy."""
+    ranks_on: dict[str, list[int]] = {}
+    for rank, ((host, _), gpu) in enumerate(zip(processes, gpus, strict=True)):
+        if gpu is not None:
+            ranks_on.setdefault(host, []).append(rank)
+    for host, ranks in ranks_on.items():
+        used = sorted({gpus[r][0] for r in ranks})  # type: ignore[index]
+        count = gpus[ranks[0]][1]  # type: ignore[index]
+        if len(used) < min(len(ranks), count):
+            return (
+                f"backprop_gpu.distributed: ranks {ranks} on {host} share GPU(s) {used} while "
+                f"it has {count}: build each rank's model under "
+                "bg.set_backend(context.local_backend()) (backprop-gpu train --distributed does)"
+            )
+    return None
 
 
 def transport(backend_name: str) -> str:

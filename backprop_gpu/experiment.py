@@ -24,6 +24,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -88,14 +89,14 @@ class Config:
             "dataset": DATASETS,
             "activation": tuple(ACTIVATIONS),
             "optimizer": tuple(OPTIMIZERS),
-            "backend": ("auto", "numpy", "cupy"),
+            "backend": ("auto", "numpy", "cupy", "cupy:N"),
         }
         for key, valid in choices.items():
-            if getattr(self, key) not in valid:
+            value = getattr(self, key)
+            if value not in valid and not (key == "backend" and re.fullmatch(r"cupy:\d+", value)):
                 source = " (from BACKPROP_GPU_BACKEND?)" if key == "backend" else ""
                 raise ConfigError(
-                    f"{key}: unknown {key} {getattr(self, key)!r}{source}; "
-                    f"valid: {', '.join(valid)}"
+                    f"{key}: unknown {key} {value!r}{source}; valid: {', '.join(valid)}"
                 )
         if not self.hidden or any(not isinstance(h, int) or h < 1 for h in self.hidden):
             raise ConfigError(f"hidden: expected positive layer sizes, got {self.hidden!r}")
@@ -404,7 +405,8 @@ def _execute(
 ) -> dict[str, Any]:
     out = Path(str(config.out))
     root = dist is None or dist.is_root  # only rank 0 reads and writes the run folder
-    with use_backend(config.backend) as backend:
+    # distributed on a machine with several GPUs, each of its ranks takes its own
+    with use_backend(dist.local_backend(config.backend) if dist else config.backend) as backend:
 
         def load() -> tuple[Any, ...]:
             X, y, X_val, y_val = load_data(config)

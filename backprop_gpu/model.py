@@ -403,6 +403,7 @@ class Model:
         dist.check_same("the model, the data or the Model.train arguments", spec)
         check_batch(settings["batch_size"], dist.size, "Model.train")
         self.epochs_trained = dist.broadcast_state(self.layers, self.optimizer, self.epochs_trained)
+        dist.check_gpus(self.backend)
         if dist.is_root:
             print(dist.describe(), file=sys.stderr, flush=True)
 

@@ -47,7 +47,37 @@ def test_explicit_cupy_without_cupy_raises(monkeypatch: pytest.MonkeyPatch) -> N
         bg.set_backend("cupy")
 
 
-def _fake_cupy(*, available: bool, matmul_fails: bool = False, driver: int = 0) -> object:
+class _FakeDevice:
+    """CuPy's Device: an id, a context manager that makes it current (and restores the
+    previous one), ``use()``, ``synchronize()``."""
+
+    current = 0
+
+    def __init__(self, syncs: list[int], index: int | None = None) -> None:
+        self.id = _FakeDevice.current if index is None else index
+        self.syncs, self.before = syncs, [0]
+
+    def use(self) -> None:
+        _FakeDevice.current = self.id
+
+    def synchronize(self) -> None:
+        self.syncs.append(1)
+
+    def __enter__(self) -> _FakeDevice:
+        self.before.append(_FakeDevice.current)
+        self.use()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _FakeDevice.current = self.before.pop()
+
+    def __str__(self) -> str:
+        return f"<CUDA Device {self.id}>"
+
+
+def _fake_cupy(
+    *, available: bool, matmul_fails: bool = False, driver: int = 0, gpus: int = 0
+) -> object:
     class Runtime:
         @staticmethod
         def driverGetVersion() -> int:
@@ -61,16 +91,16 @@ def _fake_cupy(*, available: bool, matmul_fails: bool = False, driver: int = 0) 
         def getDeviceCount() -> int:
             if driver and driver < 12000:
                 raise RuntimeError("cudaErrorInsufficientDriver")
-            return 0
+            return gpus
 
     def ones(shape: tuple[int, ...], dtype: object) -> np.ndarray:
         if matmul_fails:
             raise RuntimeError("CUDA_ERROR_NO_BINARY_FOR_GPU")
         return np.ones(shape)
 
-    syncs = []
-    device = types.SimpleNamespace(synchronize=lambda: syncs.append(1))
-    cuda = types.SimpleNamespace(runtime=Runtime, Device=lambda: device)
+    syncs: list[int] = []
+    _FakeDevice.current = 0
+    cuda = types.SimpleNamespace(runtime=Runtime, Device=lambda i=None: _FakeDevice(syncs, i))
     return types.SimpleNamespace(
         is_available=lambda: available,
         ones=ones,
@@ -97,6 +127,34 @@ def test_auto_picks_a_working_cupy_and_detects_once(monkeypatch: pytest.MonkeyPa
         with bg.use_backend(name) as b:
             assert b.name == "cupy"
     assert fake.syncs == [1]  # detected once per process, not at every scope
+
+
+def test_cupy_n_names_a_gpu_and_makes_it_current(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ "cupy:N" is GPU N: the backend's device, current inside use_backend (the previous GPU
+    back after it) and made current by set_backend, as torch.cuda.set_device does."""
+    fake = _fake_cupy(available=True, gpus=2)
+    monkeypatch.setitem(sys.modules, "cupy", fake)  # type: ignore[arg-type]
+    current = lambda: _FakeDevice.current  # noqa: E731
+    with bg.use_backend("cupy") as first:
+        assert first.device.id == 0 and current() == 0
+        with bg.use_backend("cupy:1") as second:
+            assert second.name == "cupy" and second.device.id == 1 and current() == 1
+            assert second != first and second == bg.get_backend()
+        assert current() == 0
+        assert bg.set_backend("cupy:1").device.id == 1 and current() == 1
+    with pytest.raises(
+        ValueError, match=r"'cupy:2': there is no GPU 2; this machine has 2 \(cupy:0 to cupy:1\)"
+    ):
+        bg.use_backend("cupy:2").__enter__()
+    for bad in ("cupy:", "cupy:x", "numpy:1", "cupy:-1"):
+        with pytest.raises(ValueError, match=r"unknown backend .*cupy:N \(GPU N\)"):
+            bg.use_backend(bad).__enter__()
+
+
+def test_cupy_n_without_a_gpu_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(available=False))  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="backend 'cupy:1' was requested but cannot run: CuPy"):
+        bg.set_backend("cupy:1")
 
 
 @pytest.mark.parametrize(
@@ -330,6 +388,21 @@ def test_cupy_backend_on_a_real_gpu() -> None:
         layer = bg.Dense(2, 2)
     with pytest.raises(ValueError, match="comes from cupy"):
         layer.forward(a)
+
+
+@gpu_only
+def test_a_model_on_the_last_gpu_trains_there() -> None:
+    """cupy:N on a real GPU: the layers' arrays live on GPU N and a step runs there (with one
+    GPU, N = 0 still goes through the cupy:N path)."""
+    import cupy
+
+    last = cupy.cuda.runtime.getDeviceCount() - 1
+    with bg.use_backend(f"cupy:{last}") as b:
+        model = bg.Model([bg.Dense(3, 8, seed=0), bg.ReLU(), bg.Dense(8, 2, seed=1)])
+        model.set(loss=bg.SoftmaxCrossEntropy(), optimizer=bg.SGD(0.1)).finalize()
+        history = model.train(np.ones((16, 3)), np.zeros(16, int), epochs=2, print_every=0)
+        assert b.device.id == last and model.layers[0].weights.device.id == last
+        assert history[-1]["loss"] < history[0]["loss"]
 
 
 def test_auto_fallback_is_logged_once(

@@ -85,6 +85,49 @@ def test_transport_per_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     assert distributed.transport("cupy") == "host-staged"
 
 
+def test_crowded_gpus_warns_only_when_a_machine_leaves_gpus_idle() -> None:
+    procs = [("a", 1), ("a", 2), ("a", 3), ("b", 4)]
+    assert distributed.crowded_gpus(procs, [None] * 4) is None  # NumPy
+    spread = [(0, 2), (1, 2), (0, 2), (0, 1)]  # 3 ranks on a's 2 GPUs, b has 1: all used
+    assert distributed.crowded_gpus(procs, spread) is None
+    piled = [(0, 2), (0, 2), (0, 2), (0, 1)]
+    warning = distributed.crowded_gpus(procs, piled)
+    assert warning is not None
+    assert "ranks [0, 1, 2] on a share GPU(s) [0] while it has 2" in warning
+    assert "bg.set_backend(context.local_backend())" in warning
+
+
+def test_local_backend_gives_each_rank_on_a_machine_its_own_gpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rank with local rank 3 on a machine with 2 GPUs takes cupy:1; with one GPU, no
+    GPU, or NumPy asked for, the name stays as it is."""
+    from backprop_gpu import backend as backend_mod
+
+    from .test_backend import _fake_cupy
+
+    context = object.__new__(distributed.Context)  # no MPI needed: only local_rank is read
+    context.local_rank = 3
+    for gpus, expected in ((2, "cupy:1"), (1, None), (0, None)):
+        monkeypatch.setattr(backend_mod, "_detected", None)
+        fake = _fake_cupy(available=gpus > 0, gpus=gpus)
+        monkeypatch.setitem(sys.modules, "cupy", fake)  # type: ignore[arg-type]
+        assert context.local_backend("auto") == (expected or "auto")
+        assert context.local_backend("numpy") == "numpy"
+        if gpus:
+            assert context.local_backend("cupy") == (expected or "cupy")
+        else:
+            with pytest.raises(RuntimeError, match="'cupy' was requested"):
+                context.local_backend("cupy")
+
+
+def test_describe_names_each_ranks_gpu() -> None:
+    context = object.__new__(distributed.Context)
+    context.size, context.backend, context.transport = 2, bg.get_backend(), "cuda-aware"
+    context.processes, context.gpus = [("a", 10), ("a", 11)], [(0, 2), (1, 2)]
+    assert "rank 0 = a:10 GPU 0, rank 1 = a:11 GPU 1" in context.describe()
+
+
 def test_dropout_rows_are_those_of_the_whole_batch_mask() -> None:
     """A rank's Dropout keeps its rows of the mask one process draws for the whole batch."""
     whole, part = bg.Dropout(0.5, seed=1), bg.Dropout(0.5, seed=1)
@@ -171,6 +214,19 @@ def test_ranks_with_global_batch_equal_one_process(ranks: int, tmp_path: Path) -
         np.testing.assert_allclose(many[key], one[key], rtol=1e-6, atol=1e-12, err_msg=key)
     assert result.stdout.count("epoch 4: loss") == 1  # only rank 0 prints
     assert f"{ranks} rank(s) on numpy, transport host" in result.stderr
+
+
+@needs_mpi
+def test_ranks_know_their_place_on_the_machine() -> None:
+    """Every rank here shares this machine: local ranks 0..R-1 of R (what picks their GPUs)."""
+    code = (
+        "from backprop_gpu.distributed import Context\n"
+        "c = Context(); places = c.comm.gather((c.rank, c.local_rank, c.local_size))\n"
+        "if c.is_root: print(places)"
+    )
+    result = mpirun(3, sys.executable, "-c", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[(0, 0, 3), (1, 1, 3), (2, 2, 3)]"
 
 
 @needs_mpi
