@@ -302,6 +302,14 @@ def test_the_environment_variable_picks_the_backend(
     assert quick_run(tmp_path / "c", "--backend", "numpy", "--no-plots") == 0  # the flag wins
 
 
+def test_a_run_may_name_a_gpu() -> None:
+    """--backend / the config take cupy:N (checked against the GPUs when the run starts)."""
+    assert experiment.Config(backend="cupy:3").backend == "cupy:3"
+    for bad in ("cupy:", "cupy:one", "gpu:0"):
+        with pytest.raises(experiment.ConfigError, match=r"valid: auto, numpy, cupy, cupy:N"):
+            experiment.Config(backend=bad)
+
+
 def test_a_run_that_fails_at_once_leaves_no_empty_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
