@@ -37,6 +37,7 @@ __all__ = [
     "asarray",
     "detect_gpu",
     "get_backend",
+    "gpu_count",
     "set_backend",
     "to_numpy",
     "use_backend",
@@ -68,7 +69,9 @@ class Backend:
     array_type: Any = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "array_type", type(self.xp.asarray(0)))
+        # (CuPy's is named: making one would allocate on the current GPU, perhaps not ours)
+        array_type = self.xp.ndarray if self.name == "cupy" else type(self.xp.asarray(0))
+        object.__setattr__(self, "array_type", array_type)
 
     # Two backends are the same when their library and device are: how ``auto`` got there
     # (``reason``) does not matter, and a CuPy Device is not hashable, its text is.
@@ -86,6 +89,15 @@ class Backend:
         if self.name == "numpy":
             return isinstance(a, np.ndarray | np.generic)
         return isinstance(a, self.array_type) and _device_of(self.name, a) == self.device
+
+    def on_device(self) -> contextlib.AbstractContextManager[Any]:
+        """A context in which this backend's GPU is the current CUDA device (CuPy runs kernels
+        on the current one); does nothing on host backends. A new ``Device`` every time:
+        CuPy keeps the device to restore on the object, so a shared one would mix up threads.
+        """
+        if self.name == "cupy":
+            return self.xp.cuda.Device(self.device.id)  # type: ignore[no-any-return]
+        return contextlib.nullcontext()
 
     def synchronize(self) -> None:
         """Wait until the device has finished the work queued so far (for timing; a no-op on
@@ -136,7 +148,7 @@ class Backend:
         if dtype is None:
             dtype = getattr(self.xp, host.dtype.name)
         if self.name == "cupy":
-            with self.device:
+            with self.on_device():
                 return self.xp.asarray(host, dtype=dtype)
         return self.xp.asarray(host, dtype=dtype, device=self.device)
 
@@ -145,7 +157,7 @@ class Backend:
         if self.name == "array_api_strict":
             return self.xp.arange(n, dtype=self.xp.int64, device=self.device)
         if self.name == "cupy":
-            with self.device:
+            with self.on_device():
                 return self.xp.arange(n, dtype=self.xp.int64)
         return self.xp.arange(n, dtype=self.xp.int64)
 
@@ -156,7 +168,7 @@ class Backend:
         them); array-api-strict, which has no random module, draws on the host and copies.
         """
         if self.name == "cupy":
-            with self.device:
+            with self.on_device():
                 return self.xp.random.default_rng(seed)
         return _HostRandom(self, seed)
 
@@ -301,7 +313,8 @@ def _why_no_device(cupy: Any) -> str:
 
 def _make(name: str) -> Backend:
     base, colon, index = name.partition(":")  # "cupy:N" is CuPy on GPU N
-    if base not in BACKEND_NAMES or (colon and not (base == "cupy" and index.isdigit())):
+    numbered = index.isascii() and index.isdigit()
+    if base not in BACKEND_NAMES or (colon and not (base == "cupy" and numbered)):
         raise ValueError(
             f"unknown backend {name!r}; valid names are auto, numpy, cupy, cupy:N (GPU N), "
             "array_api_strict"
@@ -318,8 +331,18 @@ def _make(name: str) -> Backend:
             ) from e
         return Backend("array_api_strict", array_api_strict, array_api_strict.Device("device1"))
     global _detected
+    gpu_index = int(index) if colon else None
+    count = gpu_count() if colon else 0
+    if gpu_index is not None and 0 < count <= gpu_index:
+        raise ValueError(
+            f"backend {name!r}: there is no GPU {gpu_index}; this machine has {count} "
+            f"(cupy:0 to cupy:{count - 1})"
+        )
     if _detected is None:  # detect once per process, and log a fallback once
-        cupy, reason = detect_gpu()
+        # "cupy:N": the test matmul runs on GPU N, so GPU 0 gets no CUDA context for nothing
+        where = sys.modules["cupy"].cuda.Device(gpu_index) if count else contextlib.nullcontext()
+        with where:
+            cupy, reason = detect_gpu()
         # the device current at detection (device 0 unless the program chose another)
         _detected = (
             Backend("cupy", cupy, cupy.cuda.Device()) if cupy is not None else None,
@@ -329,23 +352,25 @@ def _make(name: str) -> Backend:
             logger.info("backprop_gpu: auto uses NumPy: %s", reason)
     gpu, reason = _detected
     if gpu is not None:
-        if colon:
-            return _on_gpu(gpu, int(index))
+        if gpu_index is not None:
+            return replace(gpu, device=gpu.xp.cuda.Device(gpu_index))
         return gpu if name == "cupy" else replace(gpu, reason="auto: CUDA device works")
     if base == "cupy":
         raise RuntimeError(f"backend {name!r} was requested but cannot run: {reason}")
     return Backend("numpy", np, "cpu", reason=f"auto: {reason}")
 
 
-def _on_gpu(gpu: Backend, index: int) -> Backend:
-    """The CuPy backend on GPU ``index`` (``"cupy:N"``), checked against the GPU count."""
-    count = gpu.xp.cuda.runtime.getDeviceCount()
-    if index >= count:
-        raise ValueError(
-            f"backend 'cupy:{index}': there is no GPU {index}; this machine has {count} "
-            f"(cupy:0 to cupy:{count - 1})"
-        )
-    return replace(gpu, device=gpu.xp.cuda.Device(index))
+def gpu_count() -> int:
+    """How many GPUs CuPy sees, without creating a CUDA context on any (0 without CuPy or
+    without a driver)."""
+    if "cupy" not in sys.modules and not _driver_library_present():
+        return 0
+    try:
+        import cupy
+
+        return int(cupy.cuda.runtime.getDeviceCount())
+    except Exception:  # not installed, or no usable driver: detect_gpu says why
+        return 0
 
 
 def _make_current(backend: Backend) -> Backend:
@@ -410,7 +435,7 @@ def use_backend(name: str) -> Iterator[Backend]:
     backend = _make(name)
     token = _scoped.set(backend)
     try:
-        with backend.device if backend.name == "cupy" else contextlib.nullcontext():
+        with backend.on_device():
             yield _scoped.get()  # type: ignore[misc]
     finally:
         _scoped.reset(token)

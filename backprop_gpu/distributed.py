@@ -34,7 +34,7 @@ from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 
-from .backend import Backend, dtype_name, get_backend, to_numpy, use_backend
+from .backend import Backend, dtype_name, gpu_count, to_numpy, use_backend
 from .optimizers import state_name
 
 T = TypeVar("T")
@@ -68,8 +68,9 @@ class Context:
         self.comm = comm if comm is not None else self.MPI.COMM_WORLD
         self.rank: int = self.comm.Get_rank()
         self.size: int = self.comm.Get_size()
-        self.backend: Backend = get_backend()
-        self.transport = transport(self.backend.name)
+        # the model's backend, from bind (not resolved here: local_backend may pick a GPU first)
+        self._backend: Backend | None = None
+        self.transport: str | None = None
         self._buffers: dict[str, Any] = {}  # the flat gradient buffer of each dtype, reused
         # (host, PID) of every rank: MPICH's launcher names a killed rank by its PID only
         self.processes = self.comm.allgather((self.MPI.Get_processor_name(), os.getpid()))
@@ -79,38 +80,49 @@ class Context:
         self.local_rank: int = local.Get_rank()
         self.local_size: int = local.Get_size()
         local.Free()
-        self.gpus: list[tuple[int, int] | None] = [None] * self.size  # see check_gpus
+        self.gpus: list[tuple[int, str, int] | None] = [None] * self.size  # see check_gpus
 
     def bind(self, backend: Backend) -> None:
         """Work on ``backend``'s arrays (the model's); picks the transport."""
-        if backend is not self.backend:
-            self.backend, self.transport, self._buffers = backend, transport(backend.name), {}
+        if backend is not self._backend:
+            self._backend, self.transport, self._buffers = backend, transport(backend.name), {}
+
+    @property
+    def backend(self) -> Backend:
+        """The backend of the arrays this context sums (the model's, given to ``bind``)."""
+        if self._backend is None:
+            raise DistributedError("this Context has no backend yet: call bind(model.backend)")
+        return self._backend
 
     def local_backend(self, name: str = "auto") -> str:
-        """The backend name this rank should build its model under, for ``name``: on CuPy
-        (``"auto"`` finding a GPU, or ``"cupy"``) on a machine with several GPUs,
+        """The backend name this rank should build its model under, for ``name``: on a
+        machine with several GPUs, ``"auto"`` and ``"cupy"`` become
         ``"cupy:<local rank mod GPU count>"``, so the ranks on each machine spread over its
-        GPUs; else ``name`` itself. ``backprop-gpu train --distributed`` uses it; a script does
-        ``bg.set_backend(ctx.local_backend())`` before building its model."""
-        if name not in ("auto", "cupy"):
-            return name
-        with use_backend(name) as backend:  # detection; "cupy" without a GPU raises
+        GPUs, and that GPU becomes this thread's current one before CuPy is first used (so GPU
+        0 gets no CUDA context from every rank); else ``name`` itself. The name is checked
+        here (``"cupy"`` without a GPU raises). ``backprop-gpu train --distributed`` uses it;
+        a script calls ``bg.set_backend(context.local_backend())`` before building its model.
+        """
+        count = gpu_count() if name in ("auto", "cupy") else 0
+        if count > 1:
+            name = f"cupy:{self.local_rank % count}"
+            sys.modules["cupy"].cuda.Device(self.local_rank % count).use()
+        with use_backend(name):  # detection, on that GPU; raises for a name that cannot run
             pass
-        if backend.name != "cupy":
-            return name
-        count = backend.xp.cuda.runtime.getDeviceCount()
-        return f"cupy:{self.local_rank % count}" if count > 1 else name
+        return name
 
-    def check_gpus(self, backend: Backend) -> None:
+    def check_gpus(self, backend: Backend, stacklevel: int = 1) -> None:
         """Learn every rank's GPU on ``backend`` (a collective call, made at start) for
-        ``describe``, and warn when ranks on one machine share a GPU while others are idle."""
+        ``describe``, and warn when ranks on one machine share a GPU while others are idle
+        (the warning names the line ``stacklevel`` frames up: 1 is the caller)."""
         mine = None
         if backend.name == "cupy":
-            mine = (int(backend.device.id), backend.xp.cuda.runtime.getDeviceCount())
+            device = backend.device  # its PCI bus id: the same GPU whatever CUDA_VISIBLE_DEVICES
+            mine = (int(device.id), device.pci_bus_id, backend.xp.cuda.runtime.getDeviceCount())
         self.gpus = self.comm.allgather(mine)
         crowding = crowded_gpus(self.processes, self.gpus)
         if crowding and self.is_root:
-            warnings.warn(crowding, RuntimeWarning, stacklevel=3)
+            warnings.warn(crowding, RuntimeWarning, stacklevel=stacklevel + 1)
 
     def describe(self) -> str:
         """One line on the job: ranks, where each runs (host:PID, and GPU) and the transport."""
@@ -220,6 +232,8 @@ class Context:
         ``weight * gradient``, in one Allreduce over a flat buffer (one per dtype, for a model
         that mixes them). A gradient that is None (the rank had no samples this step)
         contributes zeros."""
+        if layers:
+            self.bind(layers[0].backend)  # (nothing to do after the first step)
         groups: dict[str, list[tuple[Any, str, Any]]] = {}
         for layer in layers:
             for name in layer.params:
@@ -332,12 +346,11 @@ class DistributedOptimizer:
         self.context.broadcast_state(layers, self.optimizer)
         trainable = [layer for layer in layers if getattr(layer, "params", ())]
         if trainable:
-            self.context.check_gpus(trainable[0].backend)
+            self.context.check_gpus(trainable[0].backend, stacklevel=2)
 
     def _sum(self, layers: Sequence[Any], share: float | None) -> None:
         trainable = [layer for layer in layers if getattr(layer, "params", ())]
         if trainable:
-            self.context.bind(trainable[0].backend)  # (a no-op after the first call)
             self.context.allreduce_gradients(trainable, 1 / self.size if share is None else share)
 
     def step(self, layers: Sequence[Any], share: float | None = None) -> None:
@@ -389,22 +402,22 @@ def shard_bounds(n: int, rank: int, size: int) -> tuple[int, int]:
 
 
 def crowded_gpus(
-    processes: Sequence[tuple[str, int]], gpus: Sequence[tuple[int, int] | None]
+    processes: Sequence[tuple[str, int]], gpus: Sequence[tuple[int, str, int] | None]
 ) -> str | None:
     """A warning when ranks on one machine share a GPU while it has GPUs no rank uses:
-    ``processes`` is every rank's (host, PID), ``gpus`` its (GPU id, GPUs on the machine),
-    None off CuPy."""
-    ranks_on: dict[str, list[int]] = {}
+    ``processes`` is every rank's (host, PID), ``gpus`` its (GPU id, PCI bus id, GPUs it
+    sees), None off CuPy."""
+    ranks_on: dict[str, list[tuple[int, str, int]]] = {}
     for rank, ((host, _), gpu) in enumerate(zip(processes, gpus, strict=True)):
         if gpu is not None:
-            ranks_on.setdefault(host, []).append(rank)
-    for host, ranks in ranks_on.items():
-        used = sorted({gpus[r][0] for r in ranks})  # type: ignore[index]
-        count = gpus[ranks[0]][1]  # type: ignore[index]
-        if len(used) < min(len(ranks), count):
+            ranks_on.setdefault(host, []).append((rank, gpu[1], gpu[2]))
+    for host, placed in ranks_on.items():
+        used = {bus for _, bus, _ in placed}
+        count = max(seen for _, _, seen in placed)
+        if len(used) < min(len(placed), count):
             return (
-                f"backprop_gpu.distributed: ranks {ranks} on {host} share GPU(s) {used} while "
-                f"it has {count}: build each rank's model under "
+                f"backprop_gpu.distributed: ranks {[r for r, _, _ in placed]} on {host} share "
+                f"GPU(s) {sorted(used)} while it has {count}: build each rank's model under "
                 "bg.set_backend(context.local_backend()) (backprop-gpu train --distributed does)"
             )
     return None

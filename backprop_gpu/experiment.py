@@ -93,7 +93,10 @@ class Config:
         }
         for key, valid in choices.items():
             value = getattr(self, key)
-            if value not in valid and not (key == "backend" and re.fullmatch(r"cupy:\d+", value)):
+            gpu = (
+                key == "backend" and isinstance(value, str) and re.fullmatch(r"cupy:[0-9]+", value)
+            )
+            if value not in valid and not gpu:
                 source = " (from BACKPROP_GPU_BACKEND?)" if key == "backend" else ""
                 raise ConfigError(
                     f"{key}: unknown {key} {value!r}{source}; valid: {', '.join(valid)}"
@@ -405,8 +408,11 @@ def _execute(
 ) -> dict[str, Any]:
     out = Path(str(config.out))
     root = dist is None or dist.is_root  # only rank 0 reads and writes the run folder
-    # distributed on a machine with several GPUs, each of its ranks takes its own
-    with use_backend(dist.local_backend(config.backend) if dist else config.backend) as backend:
+    name = config.backend
+    if dist is not None:  # each rank of a machine with several GPUs takes its own; a rank
+        # that cannot run the backend stops them all (none waits for it)
+        name = on_every_rank(dist, lambda: dist.local_backend(config.backend))
+    with use_backend(name) as backend:
 
         def load() -> tuple[Any, ...]:
             X, y, X_val, y_val = load_data(config)

@@ -15,12 +15,13 @@ summed on the device and read once per epoch.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -52,10 +53,24 @@ LAYERS: dict[str, type] = {
 CLASS_LOSSES = (CategoricalCrossEntropy, SoftmaxCrossEntropy)
 
 History = list[dict[str, float]]
+M = TypeVar("M", bound=Callable[..., Any])
 
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss (see ``Model.train(on_nonfinite=...)``)."""
+
+
+def _on_its_gpu(method: M) -> M:
+    """Run a Model method with the model's GPU as the current CUDA device (CuPy computes on
+    the current one), so a model built under ``use_backend("cupy:1")`` still runs there."""
+
+    @functools.wraps(method)
+    def run(self: Model, *args: Any, **kwargs: Any) -> Any:
+        backend: Backend | None = getattr(self, "backend", None)  # (set by finalize)
+        with backend.on_device() if backend is not None else contextlib.nullcontext():
+            return method(self, *args, **kwargs)
+
+    return cast(M, run)
 
 
 class Model:
@@ -246,6 +261,7 @@ class Model:
 
     # --- training and inference ----------------------------------------------------------
 
+    @_on_its_gpu
     def train(
         self,
         X: Any,
@@ -403,7 +419,7 @@ class Model:
         dist.check_same("the model, the data or the Model.train arguments", spec)
         check_batch(settings["batch_size"], dist.size, "Model.train")
         self.epochs_trained = dist.broadcast_state(self.layers, self.optimizer, self.epochs_trained)
-        dist.check_gpus(self.backend)
+        dist.check_gpus(self.backend, stacklevel=4)  # (the caller of Model.train)
         if dist.is_root:
             print(dist.describe(), file=sys.stderr, flush=True)
 
@@ -514,6 +530,7 @@ class Model:
             return np.float32(loss.correct) / output.shape[0]
         return self.accuracy.calculate(output, y)
 
+    @_on_its_gpu
     def evaluate(self, X: Any, y: Any, *, batch_size: int | None = None) -> dict[str, float]:
         """Loss and accuracy over (X, y) in inference mode (Dropout off), without training."""
         self._ready("evaluate")
@@ -545,6 +562,7 @@ class Model:
             loss_sum, acc_sum = dist.sum([loss_sum, acc_sum])
         return {"loss": float(loss_sum) / n, "accuracy": float(acc_sum) / n}
 
+    @_on_its_gpu
     def predict(self, X: Any, *, batch_size: int | None = None) -> Any:
         """The network's outputs for X (probabilities when the loss is SoftmaxCrossEntropy),
         in inference mode, as a device array (samples, outputs); ``bg.to_numpy`` to read."""

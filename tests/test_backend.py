@@ -48,28 +48,35 @@ def test_explicit_cupy_without_cupy_raises(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 class _FakeDevice:
-    """CuPy's Device: an id, a context manager that makes it current (and restores the
-    previous one), ``use()``, ``synchronize()``."""
+    """CuPy's Device as far as backprop_gpu uses it: an id and PCI bus id, ``use()``,
+    ``synchronize()``, and a context manager that makes it current and restores the previous
+    one. As in CUDA, the current device is per thread; as in CuPy, the devices to restore are
+    kept on the Device object."""
 
-    current = 0
+    threads = threading.local()
 
     def __init__(self, syncs: list[int], index: int | None = None) -> None:
-        self.id = _FakeDevice.current if index is None else index
-        self.syncs, self.before = syncs, [0]
+        self.id = _FakeDevice.current() if index is None else index
+        self.pci_bus_id = f"0000:{self.id + 0x17:02x}:00.0"
+        self.syncs, self.before = syncs, []
+
+    @staticmethod
+    def current() -> int:
+        return getattr(_FakeDevice.threads, "current", 0)
 
     def use(self) -> None:
-        _FakeDevice.current = self.id
+        _FakeDevice.threads.current = self.id
 
     def synchronize(self) -> None:
         self.syncs.append(1)
 
     def __enter__(self) -> _FakeDevice:
-        self.before.append(_FakeDevice.current)
+        self.before.append(_FakeDevice.current())
         self.use()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _FakeDevice.current = self.before.pop()
+        _FakeDevice.threads.current = self.before.pop()
 
     def __str__(self) -> str:
         return f"<CUDA Device {self.id}>"
@@ -93,17 +100,22 @@ def _fake_cupy(
                 raise RuntimeError("cudaErrorInsufficientDriver")
             return gpus
 
+    tested_on: list[int] = []  # the GPU current at each test matmul of the detection
+
     def ones(shape: tuple[int, ...], dtype: object) -> np.ndarray:
+        tested_on.append(_FakeDevice.current())
         if matmul_fails:
             raise RuntimeError("CUDA_ERROR_NO_BINARY_FOR_GPU")
         return np.ones(shape)
 
     syncs: list[int] = []
-    _FakeDevice.current = 0
+    _FakeDevice.threads.current = 0
     cuda = types.SimpleNamespace(runtime=Runtime, Device=lambda i=None: _FakeDevice(syncs, i))
     return types.SimpleNamespace(
         is_available=lambda: available,
         ones=ones,
+        tested_on=tested_on,
+        ndarray=np.ndarray,
         asarray=np.asarray,
         float32=np.float32,
         cuda=cuda,
@@ -131,24 +143,58 @@ def test_auto_picks_a_working_cupy_and_detects_once(monkeypatch: pytest.MonkeyPa
 
 def test_cupy_n_names_a_gpu_and_makes_it_current(monkeypatch: pytest.MonkeyPatch) -> None:
     """ "cupy:N" is GPU N: the backend's device, current inside use_backend (the previous GPU
-    back after it) and made current by set_backend, as torch.cuda.set_device does."""
+    back after it) and made current by set_backend, as torch.cuda.set_device does; CuPy is
+    detected on GPU N, so GPU 0 is not touched."""
     fake = _fake_cupy(available=True, gpus=2)
     monkeypatch.setitem(sys.modules, "cupy", fake)  # type: ignore[arg-type]
-    current = lambda: _FakeDevice.current  # noqa: E731
+    current = _FakeDevice.current
+    with bg.use_backend("cupy:1") as second:
+        assert second.name == "cupy" and second.device.id == 1 and current() == 1
+    assert fake.tested_on == [1] and current() == 0  # type: ignore[attr-defined]
     with bg.use_backend("cupy") as first:
         assert first.device.id == 0 and current() == 0
         with bg.use_backend("cupy:1") as second:
-            assert second.name == "cupy" and second.device.id == 1 and current() == 1
-            assert second != first and second == bg.get_backend()
+            assert second != first and second == bg.get_backend() and current() == 1
         assert current() == 0
         assert bg.set_backend("cupy:1").device.id == 1 and current() == 1
+    assert current() == 0  # the block's set_backend ends with the block
     with pytest.raises(
         ValueError, match=r"'cupy:2': there is no GPU 2; this machine has 2 \(cupy:0 to cupy:1\)"
     ):
         bg.use_backend("cupy:2").__enter__()
-    for bad in ("cupy:", "cupy:x", "numpy:1", "cupy:-1"):
+    for bad in ("cupy:", "cupy:x", "numpy:1", "cupy:-1", "cupy:\u00b2"):
         with pytest.raises(ValueError, match=r"unknown backend .*cupy:N \(GPU N\)"):
             bg.use_backend(bad).__enter__()
+    assert fake.tested_on == [1]  # type: ignore[attr-defined]  # detected once
+
+
+def test_threads_in_cupy_blocks_keep_their_own_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two threads in use_backend("cupy") blocks at once each get their own previous GPU back
+    (CuPy keeps the device to restore on the Device object: a shared one would swap them)."""
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(available=True, gpus=2))  # type: ignore[arg-type]
+    with bg.use_backend("cupy"):  # detected here, in this thread: the threads share it
+        pass
+    steps = [threading.Barrier(2) for _ in range(3)]
+    after: dict[str, int] = {}
+
+    def work(name: str, start: int, exit_first: bool) -> None:
+        _FakeDevice.threads.current = start
+        with bg.use_backend("cupy"):
+            steps[0].wait()  # both inside
+            if not exit_first:
+                steps[1].wait()
+        if exit_first:
+            steps[1].wait()
+        steps[2].wait()
+        after[name] = _FakeDevice.current()
+
+    threads = [threading.Thread(target=work, args=("a", 1, True)),
+               threading.Thread(target=work, args=("b", 0, False))]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert after == {"a": 1, "b": 0}
 
 
 def test_cupy_n_without_a_gpu_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -392,17 +438,23 @@ def test_cupy_backend_on_a_real_gpu() -> None:
 
 @gpu_only
 def test_a_model_on_the_last_gpu_trains_there() -> None:
-    """cupy:N on a real GPU: the layers' arrays live on GPU N and a step runs there (with one
-    GPU, N = 0 still goes through the cupy:N path)."""
+    """cupy:N on a real GPU: a model built under use_backend("cupy:N") lives on GPU N and
+    Model.train/predict run there after the block too, while GPU 0 is current."""
     import cupy
 
     last = cupy.cuda.runtime.getDeviceCount() - 1
+    if last == 0:
+        pytest.skip("needs 2 GPUs (this machine has 1): on GPU 0 the test proves nothing")
     with bg.use_backend(f"cupy:{last}") as b:
         model = bg.Model([bg.Dense(3, 8, seed=0), bg.ReLU(), bg.Dense(8, 2, seed=1)])
         model.set(loss=bg.SoftmaxCrossEntropy(), optimizer=bg.SGD(0.1)).finalize()
-        history = model.train(np.ones((16, 3)), np.zeros(16, int), epochs=2, print_every=0)
-        assert b.device.id == last and model.layers[0].weights.device.id == last
-        assert history[-1]["loss"] < history[0]["loss"]
+    assert cupy.cuda.Device().id == 0 and b.device.id == last
+    history = model.train(np.ones((16, 3)), np.zeros(16, int), epochs=2, print_every=0)
+    assert (
+        model.layers[0].weights.device.id == last
+        and model.predict(np.ones((2, 3))).device.id == last
+    )
+    assert history[-1]["loss"] < history[0]["loss"]
 
 
 def test_auto_fallback_is_logged_once(
@@ -431,7 +483,7 @@ def test_backends_compare_by_library_and_device() -> None:
         def __repr__(self) -> str:
             return "<CUDA Device 0>"
 
-    fake = types.SimpleNamespace(asarray=np.asarray)
+    fake = types.SimpleNamespace(asarray=np.asarray, ndarray=np.ndarray)
     a = bg.Backend("cupy", fake, Device(), reason="auto: CUDA device works")
     b = bg.Backend("cupy", fake, Device())
     assert a == b and len({a, b}) == 1

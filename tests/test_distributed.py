@@ -88,23 +88,28 @@ def test_transport_per_backend(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_crowded_gpus_warns_only_when_a_machine_leaves_gpus_idle() -> None:
     procs = [("a", 1), ("a", 2), ("a", 3), ("b", 4)]
     assert distributed.crowded_gpus(procs, [None] * 4) is None  # NumPy
-    spread = [(0, 2), (1, 2), (0, 2), (0, 1)]  # 3 ranks on a's 2 GPUs, b has 1: all used
+    # 3 ranks on a's 2 GPUs and b's one: all used
+    spread = [(0, "0:17", 2), (1, "0:18", 2), (0, "0:17", 2), (0, "0:17", 1)]
     assert distributed.crowded_gpus(procs, spread) is None
-    piled = [(0, 2), (0, 2), (0, 2), (0, 1)]
+    piled = [(0, "0:17", 2), (0, "0:17", 2), (0, "0:17", 2), (0, "0:17", 1)]
     warning = distributed.crowded_gpus(procs, piled)
     assert warning is not None
-    assert "ranks [0, 1, 2] on a share GPU(s) [0] while it has 2" in warning
+    assert "ranks [0, 1, 2] on a share GPU(s) ['0:17'] while it has 2" in warning
     assert "bg.set_backend(context.local_backend())" in warning
+    # CUDA_VISIBLE_DEVICES giving each rank one GPU: each sees "GPU 0", different ones
+    own = [(0, "0:17", 1), (0, "0:18", 1), (0, "0:19", 1), (0, "0:17", 1)]
+    assert distributed.crowded_gpus(procs, own) is None
 
 
 def test_local_backend_gives_each_rank_on_a_machine_its_own_gpu(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The rank with local rank 3 on a machine with 2 GPUs takes cupy:1; with one GPU, no
-    GPU, or NumPy asked for, the name stays as it is."""
+    """The rank with local rank 3 on a machine with 2 GPUs takes cupy:1, made current before
+    CuPy's detection (whose test matmul runs there, not on GPU 0); with one GPU, no GPU, or
+    NumPy asked for, the name stays as it is; a name this rank cannot run raises."""
     from backprop_gpu import backend as backend_mod
 
-    from .test_backend import _fake_cupy
+    from .test_backend import _fake_cupy, _FakeDevice
 
     context = object.__new__(distributed.Context)  # no MPI needed: only local_rank is read
     context.local_rank = 3
@@ -113,18 +118,24 @@ def test_local_backend_gives_each_rank_on_a_machine_its_own_gpu(
         fake = _fake_cupy(available=gpus > 0, gpus=gpus)
         monkeypatch.setitem(sys.modules, "cupy", fake)  # type: ignore[arg-type]
         assert context.local_backend("auto") == (expected or "auto")
+        if gpus:
+            assert fake.tested_on == [1 if gpus == 2 else 0]  # type: ignore[attr-defined]
+            assert _FakeDevice.current() == (1 if gpus == 2 else 0)
         assert context.local_backend("numpy") == "numpy"
         if gpus:
             assert context.local_backend("cupy") == (expected or "cupy")
         else:
             with pytest.raises(RuntimeError, match="'cupy' was requested"):
                 context.local_backend("cupy")
+        with pytest.raises(ValueError, match="unknown backend 'gpu'"):
+            context.local_backend("gpu")
 
 
 def test_describe_names_each_ranks_gpu() -> None:
     context = object.__new__(distributed.Context)
-    context.size, context.backend, context.transport = 2, bg.get_backend(), "cuda-aware"
-    context.processes, context.gpus = [("a", 10), ("a", 11)], [(0, 2), (1, 2)]
+    context.size, context._backend, context.transport = 2, bg.get_backend(), "cuda-aware"
+    context.processes = [("a", 10), ("a", 11)]
+    context.gpus = [(0, "0:17", 2), (1, "0:18", 2)]
     assert "rank 0 = a:10 GPU 0, rank 1 = a:11 GPU 1" in context.describe()
 
 
@@ -214,6 +225,24 @@ def test_ranks_with_global_batch_equal_one_process(ranks: int, tmp_path: Path) -
         np.testing.assert_allclose(many[key], one[key], rtol=1e-6, atol=1e-12, err_msg=key)
     assert result.stdout.count("epoch 4: loss") == 1  # only rank 0 prints
     assert f"{ranks} rank(s) on numpy, transport host" in result.stderr
+
+
+@needs_mpi
+def test_a_rank_that_cannot_run_the_backend_stops_the_job(tmp_path: Path) -> None:
+    """One rank asked for a backend it cannot run (here: cupy, no GPU) stops every rank with
+    its reason, instead of leaving the others waiting for it."""
+    assert MPIEXEC is not None
+    args = ["-m", "backprop_gpu", "train", "--epochs", "1", "--no-plots", "--quiet",
+            "--distributed", "--out", str(tmp_path / "run")]  # fmt: skip
+    mpmd = [*MPIEXEC, "-n", "1", sys.executable, *args, "--backend", "numpy", ":",
+            "-n", "1", sys.executable, *args, "--backend", "cupy"]  # fmt: skip
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    started = time.monotonic()
+    result = subprocess.run(mpmd, capture_output=True, text=True, timeout=120, env=env)
+    assert time.monotonic() - started < 60  # no hang
+    assert result.returncode != 0
+    assert "rank 1" in result.stderr and "'cupy' was requested but cannot run" in result.stderr
+    assert not (tmp_path / "run").exists()
 
 
 @needs_mpi
