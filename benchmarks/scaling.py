@@ -10,7 +10,7 @@ apart from the time spent waiting for the slower rank before it (a barrier, timi
     python -m benchmarks.scaling             # about 1 min on 2 cores; target speedup >= 1.6
     python -m benchmarks.scaling --rounds 5 --json scaling.json
 
-Needs the mpi extra (mpi4py and an mpiexec): pip install '.[mpi]'.
+Needs the mpi extra (mpi4py and an mpiexec): pip install -e '.[mpi]' in this checkout.
 """
 
 from __future__ import annotations
