@@ -102,8 +102,8 @@ class Backend:
     def synchronize(self) -> None:
         """Wait until the device has finished the work queued so far (for timing; a no-op on
         host backends)."""
-        if self.name == "cupy":
-            self.device.synchronize()
+        if self.name == "cupy":  # (a new Device: its synchronize enters it, see on_device)
+            self.xp.cuda.Device(self.device.id).synchronize()
 
     def ready(self, a: Any, dtype: Any = None) -> bool:
         """The per-step fast path: ``a`` is already this backend's array, on its device

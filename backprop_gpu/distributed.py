@@ -96,20 +96,24 @@ class Context:
 
     def local_backend(self, name: str = "auto") -> str:
         """The backend name this rank should build its model under, for ``name``: on a
-        machine with several GPUs, ``"auto"`` and ``"cupy"`` become
+        machine with several GPUs where CuPy works, ``"auto"`` and ``"cupy"`` become
         ``"cupy:<local rank mod GPU count>"``, so the ranks on each machine spread over its
         GPUs, and that GPU becomes this thread's current one before CuPy is first used (so GPU
-        0 gets no CUDA context from every rank); else ``name`` itself. The name is checked
-        here (``"cupy"`` without a GPU raises). ``backprop-gpu train --distributed`` uses it;
-        a script calls ``bg.set_backend(context.local_backend())`` before building its model.
-        """
+        0 gets no CUDA context from every rank); else ``name`` itself (``"auto"`` may still
+        fall back to NumPy). The name is checked here: a rank that cannot run it raises, and
+        the other ranks stop too (a collective call). ``backprop-gpu train --distributed``
+        uses it; a script calls ``bg.set_backend(context.local_backend())`` before building
+        its model."""
+        return self.together(lambda: self._pick_backend(name))
+
+    def _pick_backend(self, name: str) -> str:
         count = gpu_count() if name in ("auto", "cupy") else 0
-        if count > 1:
-            name = f"cupy:{self.local_rank % count}"
-            sys.modules["cupy"].cuda.Device(self.local_rank % count).use()
-        with use_backend(name):  # detection, on that GPU; raises for a name that cannot run
+        index = self.local_rank % count if count > 1 else None
+        if index is not None:
+            sys.modules["cupy"].cuda.Device(index).use()
+        with use_backend(name) as backend:  # detection (on that GPU); raises if name can't run
             pass
-        return name
+        return f"cupy:{index}" if index is not None and backend.name == "cupy" else name
 
     def check_gpus(self, backend: Backend, stacklevel: int = 1) -> None:
         """Learn every rank's GPU on ``backend`` (a collective call, made at start) for

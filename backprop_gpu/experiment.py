@@ -408,10 +408,9 @@ def _execute(
 ) -> dict[str, Any]:
     out = Path(str(config.out))
     root = dist is None or dist.is_root  # only rank 0 reads and writes the run folder
-    name = config.backend
-    if dist is not None:  # each rank of a machine with several GPUs takes its own; a rank
-        # that cannot run the backend stops them all (none waits for it)
-        name = on_every_rank(dist, lambda: dist.local_backend(config.backend))
+    # distributed, each rank of a machine with several GPUs takes its own (and a rank that
+    # cannot run the backend stops them all)
+    name = dist.local_backend(config.backend) if dist is not None else config.backend
     with use_backend(name) as backend:
 
         def load() -> tuple[Any, ...]:

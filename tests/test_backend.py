@@ -144,7 +144,7 @@ def test_auto_picks_a_working_cupy_and_detects_once(monkeypatch: pytest.MonkeyPa
 def test_cupy_n_names_a_gpu_and_makes_it_current(monkeypatch: pytest.MonkeyPatch) -> None:
     """ "cupy:N" is GPU N: the backend's device, current inside use_backend (the previous GPU
     back after it) and made current by set_backend, as torch.cuda.set_device does; CuPy is
-    detected on GPU N, so GPU 0 is not touched."""
+    detected on GPU N (its test matmul runs there)."""
     fake = _fake_cupy(available=True, gpus=2)
     monkeypatch.setitem(sys.modules, "cupy", fake)  # type: ignore[arg-type]
     current = _FakeDevice.current

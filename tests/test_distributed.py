@@ -111,8 +111,9 @@ def test_local_backend_gives_each_rank_on_a_machine_its_own_gpu(
 
     from .test_backend import _fake_cupy, _FakeDevice
 
-    context = object.__new__(distributed.Context)  # no MPI needed: only local_rank is read
+    context = object.__new__(distributed.Context)  # no MPI: one rank, local rank 3
     context.local_rank = 3
+    context.together = lambda action: action()  # type: ignore[method-assign]
     for gpus, expected in ((2, "cupy:1"), (1, None), (0, None)):
         monkeypatch.setattr(backend_mod, "_detected", None)
         fake = _fake_cupy(available=gpus > 0, gpus=gpus)
@@ -129,6 +130,20 @@ def test_local_backend_gives_each_rank_on_a_machine_its_own_gpu(
                 context.local_backend("cupy")
         with pytest.raises(ValueError, match="unknown backend 'gpu'"):
             context.local_backend("gpu")
+    # GPUs seen but CuPy cannot run on them: auto still falls back to NumPy, cupy says why
+    monkeypatch.setattr(backend_mod, "_detected", None)
+    broken = _fake_cupy(available=True, gpus=2, matmul_fails=True)
+    monkeypatch.setitem(sys.modules, "cupy", broken)  # type: ignore[arg-type]
+    assert context.local_backend("auto") == "auto"
+    with pytest.raises(RuntimeError, match="'cupy' was requested.*NO_BINARY"):
+        context.local_backend("cupy")
+
+
+def test_a_context_has_no_backend_before_bind() -> None:
+    context = object.__new__(distributed.Context)
+    context._backend = None
+    with pytest.raises(distributed.DistributedError, match=r"no backend yet: call bind"):
+        context.backend  # noqa: B018
 
 
 def test_describe_names_each_ranks_gpu() -> None:
@@ -243,6 +258,22 @@ def test_a_rank_that_cannot_run_the_backend_stops_the_job(tmp_path: Path) -> Non
     assert result.returncode != 0
     assert "rank 1" in result.stderr and "'cupy' was requested but cannot run" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+@needs_mpi
+def test_a_script_whose_rank_cannot_run_the_backend_stops(tmp_path: Path) -> None:
+    """The README's recipe, bg.set_backend(context.local_backend(...)), with one rank asking
+    for what it cannot run: every rank stops, the other naming it."""
+    assert MPIEXEC is not None
+    code = (
+        "import sys, backprop_gpu as bg\nfrom backprop_gpu.distributed import Context\n"
+        "context = Context(); bg.set_backend(context.local_backend(sys.argv[1])); print('ran')"
+    )
+    mpmd = [*MPIEXEC, "-n", "1", sys.executable, "-c", code, "numpy", ":",
+            "-n", "1", sys.executable, "-c", code, "cupy"]  # fmt: skip
+    result = subprocess.run(mpmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "ran" not in result.stdout
+    assert "stopping: other ranks failed (rank 1: RuntimeError: backend 'cupy'" in result.stderr
 
 
 @needs_mpi

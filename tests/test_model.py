@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -288,3 +290,40 @@ def test_model_skips_the_first_layers_dinputs(backend: bg.Backend) -> None:
     assert fast.backward(dvalues, need_dinputs=False) is None and fast.dinputs is None
     assert np.array_equal(bg.to_numpy(fast.dweights), bg.to_numpy(reference.dweights))
     assert np.array_equal(bg.to_numpy(fast.dbiases), bg.to_numpy(reference.dbiases))
+
+
+def test_train_evaluate_and_predict_run_with_the_models_gpu_current() -> None:
+    """CuPy computes on the current GPU, so Model.train/evaluate/predict enter their model's
+    (Backend.on_device) around all their work: a model built under use_backend("cupy:1")
+    runs on GPU 1 after the block too. Recorded here with a stand-in for on_device."""
+
+    class Recording:
+        def __init__(self, real: bg.Backend) -> None:
+            self.real, self.entered, self.inside = real, 0, False
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.real, name)
+
+        @contextlib.contextmanager
+        def on_device(self) -> Iterator[None]:
+            self.entered, self.inside = self.entered + 1, True
+            yield
+            self.inside = False
+
+    with bg.use_backend("numpy"):
+        model = bg.Model([bg.Dense(3, 4, seed=0), bg.ReLU(), bg.Dense(4, 2, seed=1)])
+        model.set(loss=bg.SoftmaxCrossEntropy(), optimizer=bg.SGD(0.1)).finalize()
+    recording = Recording(model.backend)
+    model.backend = recording  # type: ignore[assignment]
+    forward, seen = model.layers[0].forward, []
+
+    def recorded(*args: object, **kwargs: object) -> object:
+        seen.append(recording.inside)
+        return forward(*args, **kwargs)
+
+    model.layers[0].forward = recorded  # type: ignore[method-assign]
+    X, y = np.ones((8, 3)), np.zeros(8, int)
+    model.train(X, y, epochs=2, print_every=0)
+    model.evaluate(X, y)
+    model.predict(X)
+    assert recording.entered == 3 and seen and all(seen)
