@@ -5,7 +5,15 @@ The math is written once against an ``xp`` array module chosen by :mod:`backprop
 
 from . import _malloc
 from .activations import Linear, ReLU, Sigmoid, Softmax
-from .backend import Backend, asarray, get_backend, set_backend, to_numpy, use_backend
+from .backend import (
+    Backend,
+    BackendUnavailableError,
+    asarray,
+    get_backend,
+    set_backend,
+    to_numpy,
+    use_backend,
+)
 from .checkpoint import CheckpointError
 from .layers import Dense, Dropout
 from .losses import (
@@ -29,6 +37,7 @@ __all__ = [
     "Adagrad",
     "Adam",
     "Backend",
+    "BackendUnavailableError",
     "BinaryAccuracy",
     "BinaryCrossEntropy",
     "CategoricalCrossEntropy",

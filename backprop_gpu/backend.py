@@ -34,6 +34,7 @@ import numpy as np
 __all__ = [
     "BACKEND_NAMES",
     "Backend",
+    "BackendUnavailableError",
     "asarray",
     "detect_gpu",
     "get_backend",
@@ -51,6 +52,10 @@ INSTALL_HINT = (
     "install CuPy for your CUDA version (the cuda12 or cuda13 extra: pip install '.[cuda12]' "
     "in a checkout of backprop_gpu, or pip install cupy-cuda12x), or use set_backend('numpy')"
 )
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend asked for by name cannot run here (``cupy`` without a usable GPU)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -356,7 +361,7 @@ def _make(name: str) -> Backend:
             return replace(gpu, device=gpu.xp.cuda.Device(gpu_index))
         return gpu if name == "cupy" else replace(gpu, reason="auto: CUDA device works")
     if base == "cupy":
-        raise RuntimeError(f"backend {name!r} was requested but cannot run: {reason}")
+        raise BackendUnavailableError(f"backend {name!r} was requested but cannot run: {reason}")
     return Backend("numpy", np, "cpu", reason=f"auto: {reason}")
 
 

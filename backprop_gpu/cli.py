@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import experiment
+from .backend import ENV_VAR, BackendUnavailableError
 from .checkpoint import CheckpointError
 from .experiment import Config, ConfigError, RunError
 
@@ -126,8 +128,10 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
     if summary.get("rank", 0) != 0:
         return 0  # rank 0 reports for the whole job
     if final:
+        run, total = summary["epochs_run"], summary["epochs"]
         print(
-            f"done: {summary['epochs']} epochs in {summary['wall_seconds']:.1f} s, "
+            f"done: {run} epochs{f' ({total} in all)' if total != run else ''} in "
+            f"{summary['wall_seconds']:.1f} s, "
             f"val_loss {final['val_loss']:.4f}, val_acc {final['val_accuracy']:.4f}; "
             f"run folder: {summary['run']}"
         )
@@ -197,13 +201,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         parser.exit(2, f"backprop-gpu: error: {e}\n")
     except (RunError, CheckpointError, RuntimeError, OSError, ValueError, ImportError) as e:
-        print(f"backprop-gpu: {e}", file=sys.stderr)
+        hint = ""
+        if isinstance(e, BackendUnavailableError) and not getattr(args, "resume", False):
+            # (its advice, set_backend, is Python's): what to type here instead
+            env = os.environ.get(ENV_VAR) and getattr(args, "backend", None) is None
+            hint = f"; here: --backend numpy{f' or unset {ENV_VAR}' if env else ''}"
+        print(f"backprop-gpu: {e}{hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        where = f" {args.out}" if getattr(args, "out", None) else " the run folder"
+        out = getattr(args, "out", None)
+        where = f" {out}" if out else " the run folder (under runs/)"
         print(
             f"\nbackprop-gpu: interrupted; the metrics and the last checkpoint in{where} are "
-            "kept: continue with backprop-gpu train --resume --out RUN_DIR",
+            f"kept: continue with backprop-gpu train --resume --out {out or 'RUN_DIR'}",
             file=sys.stderr,
         )
         return 130

@@ -81,6 +81,7 @@ class Context:
         self.local_size: int = local.Get_size()
         local.Free()
         self.gpus: list[tuple[int, str, int] | None] = [None] * self.size  # see check_gpus
+        self._picked: dict[str, str] = {}  # local_backend's answers
 
     def bind(self, backend: Backend) -> None:
         """Work on ``backend``'s arrays (the model's); picks the transport."""
@@ -103,8 +104,11 @@ class Context:
         fall back to NumPy). The name is checked here: a rank that cannot run it raises, and
         the other ranks stop too (a collective call). ``backprop-gpu train --distributed``
         uses it; a script calls ``bg.set_backend(context.local_backend())`` before building
-        its model."""
-        return self.together(lambda: self._pick_backend(name))
+        its model. Only the first call for a ``name`` communicates: later ones (on any subset
+        of ranks) return the answer kept from it."""
+        if name not in self._picked:
+            self._picked[name] = self.together(lambda: self._pick_backend(name))
+        return self._picked[name]
 
     def _pick_backend(self, name: str) -> str:
         count = gpu_count() if name in ("auto", "cupy") else 0

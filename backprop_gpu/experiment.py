@@ -495,7 +495,7 @@ def _execute(
             if bar is not None:
                 bar.close()
         seconds = time.perf_counter() - started
-        summary = _summary(config, history, seconds, len(X) * remaining, backend.name)
+        summary = _summary(config, history, remaining, seconds, len(X) * remaining, backend.name)
         if root:
             _write_json(out / "summary.json", summary)
             if plots:
@@ -546,7 +546,12 @@ def _line(row: dict[str, float], epochs: int) -> str:
 
 
 def _summary(
-    config: Config, history: list[dict[str, float]], seconds: float, samples: int, backend: str
+    config: Config,
+    history: list[dict[str, float]],
+    epochs_run: int,
+    seconds: float,
+    samples: int,
+    backend: str,
 ) -> dict[str, Any]:
     final = history[-1] if history else {}
     best = min(history, key=lambda r: r["val_loss"]) if history else {}
@@ -554,7 +559,8 @@ def _summary(
         "run": config.out,
         "dataset": config.dataset,
         "backend": backend,
-        "epochs": int(final.get("epoch", 0)),
+        "epochs": int(final.get("epoch", 0)),  # in all, a resumed run's earlier ones too
+        "epochs_run": epochs_run,  # by this call
         "final": final,
         "best": best,
         "wall_seconds": seconds,

@@ -5,9 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -155,14 +157,32 @@ def test_a_killed_run_keeps_its_history(tmp_path: Path) -> None:
     assert bg.Model.load(tmp_path / "a" / "checkpoint.npz").epochs_trained == 2
 
 
+def test_ctrl_c_exits_130_naming_the_command_that_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "BACKPROP_GPU_BACKEND"}
+    args = [sys.executable, "-m", "backprop_gpu", "train", *QUICK[2:], "--epochs", "100000",
+            "--no-plots", "--quiet", "--out", str(out)]  # fmt: skip
+    process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 60
+    while not (out / "checkpoint.npz").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # (written atomically after every epoch)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert f"continue with backprop-gpu train --resume --out {out}" in err
+    assert bg.Model.load(out / "checkpoint.npz").epochs_trained >= 1
+
+
 # --- resume and refusals ------------------------------------------------------------------
 
 
-def test_resume_continues_exactly(tmp_path: Path) -> None:
+def test_resume_continues_exactly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     settings = ["--samples", "150", "--hidden", "16", "--dropout", "0.2", "--no-plots", "--quiet"]
     assert cli.main(["train", *settings, "--epochs", "4", "--out", str(tmp_path / "full")]) == 0
     assert cli.main(["train", *settings, "--epochs", "2", "--out", str(tmp_path / "part")]) == 0
+    capsys.readouterr()
     assert cli.main(["train", "--resume", "--epochs", "4", "--out", str(tmp_path / "part")]) == 0
+    assert "done: 2 epochs (4 in all) in " in capsys.readouterr().out
     full = experiment.read_metrics(tmp_path / "full")
     part = experiment.read_metrics(tmp_path / "part")
     strip = [{k: v for k, v in r.items() if k != "seconds"} for r in full]
@@ -335,6 +355,13 @@ def test_cupy_without_a_gpu_is_a_failure_exit_1(tmp_path: Path) -> None:
     result = command("train", *QUICK, "--backend", "cupy", "--out", str(tmp_path / "run"))
     assert result.returncode == 1
     assert "'cupy' was requested but cannot run" in result.stderr
+    assert result.stderr.rstrip().endswith("; here: --backend numpy")
+    env = {"BACKPROP_GPU_BACKEND": "cupy:0"}
+    from_env = command("train", *QUICK, "--out", str(tmp_path / "run2"), env=env)
+    assert from_env.returncode == 1 and "'cupy:0' was requested but cannot run" in from_env.stderr
+    assert from_env.stderr.rstrip().endswith(
+        "; here: --backend numpy or unset BACKPROP_GPU_BACKEND"
+    )
 
 
 # --- info, evaluate, predict --------------------------------------------------------------

@@ -115,6 +115,7 @@ def test_local_backend_gives_each_rank_on_a_machine_its_own_gpu(
     context.local_rank = 3
     context.together = lambda action: action()  # type: ignore[method-assign]
     for gpus, expected in ((2, "cupy:1"), (1, None), (0, None)):
+        context._picked = {}
         monkeypatch.setattr(backend_mod, "_detected", None)
         fake = _fake_cupy(available=gpus > 0, gpus=gpus)
         monkeypatch.setitem(sys.modules, "cupy", fake)  # type: ignore[arg-type]
@@ -130,7 +131,12 @@ def test_local_backend_gives_each_rank_on_a_machine_its_own_gpu(
                 context.local_backend("cupy")
         with pytest.raises(ValueError, match="unknown backend 'gpu'"):
             context.local_backend("gpu")
+    # the answer is kept: a second call (on some ranks only, say) does not communicate
+    context.together = None  # type: ignore[assignment,method-assign]
+    assert context.local_backend("auto") == "auto"
+    context.together = lambda action: action()  # type: ignore[method-assign]
     # GPUs seen but CuPy cannot run on them: auto still falls back to NumPy, cupy says why
+    context._picked = {}
     monkeypatch.setattr(backend_mod, "_detected", None)
     broken = _fake_cupy(available=True, gpus=2, matmul_fails=True)
     monkeypatch.setitem(sys.modules, "cupy", broken)  # type: ignore[arg-type]
