@@ -279,7 +279,7 @@ def test_a_script_whose_rank_cannot_run_the_backend_stops(tmp_path: Path) -> Non
             "-n", "1", sys.executable, "-c", code, "cupy"]  # fmt: skip
     result = subprocess.run(mpmd, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "ran" not in result.stdout
-    assert "stopping: other ranks failed (rank 1: RuntimeError: backend 'cupy'" in result.stderr
+    assert "stopping: other ranks failed (rank 1: BackendUnavailableError: backend 'cupy'" in result.stderr
 
 
 @needs_mpi
