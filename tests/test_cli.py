@@ -301,7 +301,7 @@ def test_flags_override_the_config_file(tmp_path: Path) -> None:
 
 
 def test_the_shipped_sweep_file_works(tmp_path: Path) -> None:
-    sweep = Path(__file__).resolve().parents[1] / "examples" / "sweep.toml"
+    sweep = Path(__file__).resolve().parents[1] / "examples" / "spiral.toml"
     out = tmp_path / "run"
     args = ["train", "--config", str(sweep), "--epochs", "2", "--out", str(out), "--quiet"]
     assert cli.main([*args, "--no-plots"]) == 0

@@ -279,7 +279,10 @@ def test_a_script_whose_rank_cannot_run_the_backend_stops(tmp_path: Path) -> Non
             "-n", "1", sys.executable, "-c", code, "cupy"]  # fmt: skip
     result = subprocess.run(mpmd, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "ran" not in result.stdout
-    assert "stopping: other ranks failed (rank 1: BackendUnavailableError: backend 'cupy'" in result.stderr
+    assert (
+        "stopping: other ranks failed (rank 1: BackendUnavailableError: backend 'cupy'"
+        in result.stderr
+    )
 
 
 @needs_mpi
@@ -324,19 +327,29 @@ def test_a_rank_that_raises_stops_the_job_naming_it(tmp_path: Path) -> None:
 
 @needs_mpi
 def test_a_rank_that_dies_stops_the_job(tmp_path: Path) -> None:
-    """SIGKILL on rank 1: the launcher ends the job, naming the dead process's PID, which the
-    job's first line maps to its rank; rank 0's checkpoint stays loadable."""
-    out = tmp_path / "model.npz"
-    started = time.monotonic()
-    result = mpirun(2, sys.executable, JOB, "kill", str(out), timeout=60)
-    assert time.monotonic() - started < 30
-    assert result.returncode != 0
-    ranks = dict(re.findall(r"rank (\d+) = [^:,()]+:(\d+)", result.stderr))
-    pid_of = {pid: rank for rank, pid in ranks.items()}
-    killed = re.findall(r"PID (\d+)|pid (\d+)", result.stdout + result.stderr)
-    named = {a or b for a, b in killed}
-    assert len(ranks) == 2 and any(pid_of.get(pid) == "1" for pid in named), result.stdout
-    assert bg.Model.load(out).epochs_trained in (1, 2)
+    """SIGKILL on rank 1: the launcher ends the job within seconds, naming the dead process's
+    PID, which the job's first line maps to its rank; rank 0's checkpoint stays loadable.
+
+    MPICH's launcher names one process that ended badly. Under load it sometimes names rank
+    0, which it had SIGKILLed itself while cleaning up (1 run in 10 here), so the naming is
+    asked of at least one of three runs; the rest holds for every run."""
+    named_rank_1 = False
+    for attempt in range(3):
+        out = tmp_path / f"model{attempt}.npz"
+        started = time.monotonic()
+        result = mpirun(2, sys.executable, JOB, "kill", str(out), timeout=60)
+        assert time.monotonic() - started < 30
+        assert result.returncode != 0
+        ranks = dict(re.findall(r"rank (\d+) = [^:,()]+:(\d+)", result.stderr))
+        pid_of = {pid: rank for rank, pid in ranks.items()}
+        killed = re.findall(r"PID (\d+)|pid (\d+)", result.stdout + result.stderr)
+        named = {pid_of.get(a or b) for a, b in killed}
+        assert len(ranks) == 2 and named & {"0", "1"}, result.stdout  # a rank's PID
+        assert bg.Model.load(out).epochs_trained in (1, 2)
+        if "1" in named:
+            named_rank_1 = True
+            break
+    assert named_rank_1, "the launcher named rank 0 in three runs out of three"
 
 
 @needs_mpi
