@@ -16,6 +16,7 @@ A run folder holds:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime as dt
@@ -27,7 +28,7 @@ import platform
 import re
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -397,6 +398,30 @@ def _resumed_config(run_dir: Path, overrides: Mapping[str, Any] | None) -> Confi
 ARCHITECTURE = ("dataset", "hidden", "activation", "dropout", "samples")
 
 
+@contextlib.contextmanager
+def _run_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run folder while this process writes it: a second run
+    or resume of the same folder (say, --resume while it still trains) is refused instead of
+    interleaving its rows. Advisory (flock); none on Windows, which has no fcntl."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(
+                f"{out}: another process is training in this run folder; wait for it to end "
+                "(then --resume continues it)"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # (releases the lock)
+
+
 def _execute(
     config: Config,
     resuming: bool,
@@ -411,7 +436,7 @@ def _execute(
     # distributed, each rank of a machine with several GPUs takes its own (and a rank that
     # cannot run the backend stops them all)
     name = dist.local_backend(config.backend) if dist is not None else config.backend
-    with use_backend(name) as backend:
+    with use_backend(name) as backend, contextlib.ExitStack() as held:
 
         def load() -> tuple[Any, ...]:
             X, y, X_val, y_val = load_data(config)
@@ -427,6 +452,7 @@ def _execute(
             """Load the checkpoint when resuming, record the run and open its metrics files;
             the epochs done."""
             nonlocal model, history, writer
+            held.enter_context(_run_lock(out))  # until the end: one writer per run folder
             if resuming:
                 loaded = Model.load(out / "checkpoint.npz")
                 _check_same_architecture(loaded, model, out)

@@ -193,6 +193,29 @@ def test_resume_continues_exactly(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert recorded["config"]["epochs"] == 4 and recorded["resumed"][0]["from_epoch"] == 2
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="no flock on Windows")
+def test_a_run_folder_in_use_is_refused_to_a_second_writer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--resume while another process still trains in the folder (holding its lock) is
+    refused, and leaves the folder as it was."""
+    import fcntl
+
+    out = tmp_path / "run"
+    assert quick_run(out, "--no-plots") == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as the other process's run does
+        capsys.readouterr()
+        assert cli.main(["train", "--resume", "--epochs", "5", "--out", str(out)]) == 1
+        assert "another process is training in this run folder" in capsys.readouterr().err
+    finally:
+        os.close(fd)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert cli.main(["train", "--resume", "--epochs", "5", "--out", str(out), "--quiet"]) == 0
+
+
 def test_existing_run_folder_is_never_overwritten(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
