@@ -39,6 +39,7 @@ __all__ = [
     "detect_gpu",
     "get_backend",
     "gpu_count",
+    "gpu_index",
     "set_backend",
     "to_numpy",
     "use_backend",
@@ -316,10 +317,17 @@ def _why_no_device(cupy: Any) -> str:
 # --- construction and selection ---------------------------------------------------------
 
 
+def gpu_index(name: str) -> int | None:
+    """N for a backend name ``"cupy:N"`` (N in ASCII digits), else None."""
+    base, colon, index = name.partition(":")
+    if base == "cupy" and colon and index.isascii() and index.isdigit():
+        return int(index)
+    return None
+
+
 def _make(name: str) -> Backend:
-    base, colon, index = name.partition(":")  # "cupy:N" is CuPy on GPU N
-    numbered = index.isascii() and index.isdigit()
-    if base not in BACKEND_NAMES or (colon and not (base == "cupy" and numbered)):
+    index = gpu_index(name)  # "cupy:N": GPU N
+    if name not in BACKEND_NAMES and index is None:
         raise ValueError(
             f"unknown backend {name!r}; valid names are auto, numpy, cupy, cupy:N (GPU N), "
             "array_api_strict"
@@ -336,16 +344,15 @@ def _make(name: str) -> Backend:
             ) from e
         return Backend("array_api_strict", array_api_strict, array_api_strict.Device("device1"))
     global _detected
-    gpu_index = int(index) if colon else None
-    count = gpu_count() if colon else 0
-    if gpu_index is not None and 0 < count <= gpu_index:
+    count = gpu_count() if index is not None else 0
+    if index is not None and 0 < count <= index:
         raise ValueError(
-            f"backend {name!r}: there is no GPU {gpu_index}; this machine has {count} "
+            f"backend {name!r}: there is no GPU {index}; this machine has {count} "
             f"(cupy:0 to cupy:{count - 1})"
         )
     if _detected is None:  # detect once per process, and log a fallback once
         # "cupy:N": the test matmul runs on GPU N, so GPU 0 gets no CUDA context for nothing
-        where = sys.modules["cupy"].cuda.Device(gpu_index) if count else contextlib.nullcontext()
+        where = sys.modules["cupy"].cuda.Device(index) if count else contextlib.nullcontext()
         with where:
             cupy, reason = detect_gpu()
         # the device current at detection (device 0 unless the program chose another)
@@ -357,10 +364,10 @@ def _make(name: str) -> Backend:
             logger.info("backprop_gpu: auto uses NumPy: %s", reason)
     gpu, reason = _detected
     if gpu is not None:
-        if gpu_index is not None:
-            return replace(gpu, device=gpu.xp.cuda.Device(gpu_index))
+        if index is not None:
+            return replace(gpu, device=gpu.xp.cuda.Device(index))
         return gpu if name == "cupy" else replace(gpu, reason="auto: CUDA device works")
-    if base == "cupy":
+    if name == "cupy" or index is not None:
         raise BackendUnavailableError(f"backend {name!r} was requested but cannot run: {reason}")
     return Backend("numpy", np, "cpu", reason=f"auto: {reason}")
 

@@ -25,7 +25,6 @@ import json
 import math
 import os
 import platform
-import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -36,7 +35,7 @@ import numpy as np
 
 from . import __version__, _malloc, datasets, kernels
 from .activations import Linear, ReLU, Sigmoid
-from .backend import to_numpy, use_backend
+from .backend import gpu_index, to_numpy, use_backend
 from .distributed import Context, check_batch, on_every_rank, on_root, transport
 from .distributed import info as distributed_info
 from .layers import Dense, Dropout
@@ -90,17 +89,17 @@ class Config:
             "dataset": DATASETS,
             "activation": tuple(ACTIVATIONS),
             "optimizer": tuple(OPTIMIZERS),
-            "backend": ("auto", "numpy", "cupy", "cupy:N"),
+            "backend": ("auto", "numpy", "cupy"),
         }
         for key, valid in choices.items():
             value = getattr(self, key)
-            gpu = (
-                key == "backend" and isinstance(value, str) and re.fullmatch(r"cupy:[0-9]+", value)
-            )
-            if value not in valid and not gpu:
+            if key == "backend" and isinstance(value, str) and gpu_index(value) is not None:
+                continue  # "cupy:N"
+            if value not in valid:
                 source = " (from BACKPROP_GPU_BACKEND?)" if key == "backend" else ""
+                names = (*valid, "cupy:N") if key == "backend" else valid
                 raise ConfigError(
-                    f"{key}: unknown {key} {value!r}{source}; valid: {', '.join(valid)}"
+                    f"{key}: unknown {key} {value!r}{source}; valid: {', '.join(names)}"
                 )
         if not self.hidden or any(not isinstance(h, int) or h < 1 for h in self.hidden):
             raise ConfigError(f"hidden: expected positive layer sizes, got {self.hidden!r}")

@@ -348,7 +348,7 @@ def test_the_environment_variable_picks_the_backend(
 def test_a_run_may_name_a_gpu() -> None:
     """--backend / the config take cupy:N (checked against the GPUs when the run starts)."""
     assert experiment.Config(backend="cupy:3").backend == "cupy:3"
-    for bad in ("cupy:", "cupy:one", "gpu:0"):
+    for bad in ("cupy:", "cupy:one", "gpu:0", "cupy:N"):
         with pytest.raises(experiment.ConfigError, match=r"valid: auto, numpy, cupy, cupy:N"):
             experiment.Config(backend=bad)
 
