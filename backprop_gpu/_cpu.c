@@ -5,10 +5,13 @@
  * shape) raise TypeError before anything is written, and the caller runs the reference.
  *
  * Every function repeats the reference's arithmetic in the reference's order and dtype (the
- * scalars are cast to the arrays' dtype first, as NumPy does), and the build turns off FMA
- * contraction, so the results are the reference's bit for bit, or within a rounding where a
- * sum is accumulated in double (softmax_ce_forward's loss). tests/test_kernels.py holds each
- * one against the reference.
+ * scalars are cast to the arrays' dtype first, as NumPy does; sums add in NumPy's order: row
+ * after row for axis-0 sums, pairwise for a row's sum), and the build turns off FMA
+ * contraction, so the results are the reference's bit for bit. exp and log are left to
+ * NumPy between two calls (softmax_shift, then np.exp, then softmax_normalize): a C libm's
+ * exp rounds differently from NumPy's SIMD one. So training with BACKPROP_GPU_KERNELS=0 and
+ * =1 gives the same numbers; tests/test_kernels.py holds each function against the reference
+ * and 30 epochs of training against the reference's.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -64,7 +67,7 @@ static int check_nargs(Py_ssize_t nargs, Py_ssize_t want, const char *fn) {
 
 /* --- the loops, written once for both float types ------------------------------------ */
 
-#define DEFINE_LOOPS(T, S, EXP, SQRT)                                                       \
+#define DEFINE_LOOPS(T, S, SQRT)                                                            \
     static void relu_forward_##S(const T *restrict x, T *restrict out, npy_intp n) {        \
         /* as np.maximum(x, 0): NaN stays NaN, -0.0 becomes +0.0 */                          \
         for (npy_intp i = 0; i < n; i++) out[i] = x[i] > (T)0 || isnan(x[i]) ? x[i] : (T)0; \
@@ -86,21 +89,14 @@ static int check_nargs(Py_ssize_t nargs, Py_ssize_t want, const char *fn) {
         for (npy_intp r = 1; r < n; r++)                                                    \
             for (npy_intp j = 0; j < c; j++) out[j] += d[r * c + j];                        \
     }                                                                                       \
-    /* softmax of each row into p, and the summed -log(clip(p[true class])) in double;      \
-       *correct counts the rows whose argmax (the first largest logit, or the first NaN,    \
-       as numpy.argmax) is the true class */                                                \
-    static double softmax_ce_forward_##S(const T *z, const int64_t *y, T *p, npy_intp n,    \
-                                         npy_intp c, T eps, npy_intp *correct) {            \
-        /* float32: -log of a product of up to 32 clipped q in double (each q in [eps, 1],  \
-           eps >= 1e-7, so the product stays above 1e-224), one log per 32 rows, exact      \
-           enough for a float32 loss; float64: one log per row (a product near 1 would lose \
-           digits of a tiny loss) */                                                        \
-        const npy_intp every = sizeof(T) == 4 && eps >= (T)1e-9 ? 32 : 1;                   \
-        double loss = 0.0, product = 1.0;                                                   \
-        *correct = 0;                                                                       \
+    /* out = z - (its row's maximum), the maximum taken as np.max does (a NaN wins); returns  \
+       the number of rows whose argmax (the first largest logit, or the first NaN, as       \
+       numpy.argmax) is the true class y[r] */                                              \
+    static npy_intp softmax_shift_##S(const T *z, const int64_t *y, T *out, npy_intp n,     \
+                                      npy_intp c) {                                         \
+        npy_intp correct = 0;                                                               \
         for (npy_intp r = 0; r < n; r++) {                                                  \
             const T *zr = z + r * c;                                                        \
-            T *pr = p + r * c;                                                              \
             T top = zr[0];                                                                  \
             npy_intp arg = 0;                                                               \
             for (npy_intp j = 1; j < c && !isnan(top); j++)                                 \
@@ -108,19 +104,45 @@ static int check_nargs(Py_ssize_t nargs, Py_ssize_t want, const char *fn) {
                     top = zr[j];                                                            \
                     arg = j;                                                                \
                 }                                                                           \
-            *correct += arg == y[r];                                                        \
-            T sum = 0;                                                                      \
-            for (npy_intp j = 0; j < c; j++) sum += (pr[j] = EXP(zr[j] - top));             \
-            for (npy_intp j = 0; j < c; j++) pr[j] /= sum;                                  \
-            T q = pr[y[r]];                                                                 \
-            q = q < eps ? eps : q > (T)1 - eps ? (T)1 - eps : q; /* the book's clip */      \
-            product *= (double)q;                                                           \
-            if ((r + 1) % every == 0) {                                                     \
-                loss -= log(product);                                                       \
-                product = 1.0;                                                              \
-            }                                                                               \
+            correct += arg == y[r];                                                         \
+            for (npy_intp j = 0; j < c; j++) out[r * c + j] = zr[j] - top;                  \
         }                                                                                   \
-        return loss - log(product);                                                         \
+        return correct;                                                                     \
+    }                                                                                       \
+    /* the sum of a[0..n) in NumPy's pairwise order (np.sum of a contiguous row): fewer     \
+       than 8 terms one after another; up to 128 in 8 interleaved partial sums, added as   \
+       a tree, then the rest; more, split in two at a multiple of 8 */                      \
+    static T pairwise_sum_##S(const T *a, npy_intp n) {                                     \
+        if (n < 8) {                                                                        \
+            T res = 0;                                                                      \
+            for (npy_intp i = 0; i < n; i++) res += a[i];                                   \
+            return res;                                                                     \
+        }                                                                                   \
+        if (n <= 128) {                                                                     \
+            T r[8];                                                                         \
+            npy_intp i;                                                                     \
+            for (int k = 0; k < 8; k++) r[k] = a[k];                                        \
+            for (i = 8; i < n - (n % 8); i += 8)                                            \
+                for (int k = 0; k < 8; k++) r[k] += a[i + k];                               \
+            T res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));      \
+            for (; i < n; i++) res += a[i];                                                 \
+            return res;                                                                     \
+        }                                                                                   \
+        npy_intp half = n / 2;                                                              \
+        half -= half % 8;                                                                   \
+        return pairwise_sum_##S(a, half) + pairwise_sum_##S(a + half, n - half);            \
+    }                                                                                       \
+    /* e holds exp(z - max) (NumPy's exp ran on it): each row divided by its sum, the       \
+       softmax; picked[r] = the true class's probability clipped to [lo, hi], as np.clip */ \
+    static void softmax_normalize_##S(T *e, const int64_t *y, T *picked, npy_intp n,        \
+                                      npy_intp c, T lo, T hi) {                             \
+        for (npy_intp r = 0; r < n; r++) {                                                  \
+            T *er = e + r * c;                                                              \
+            const T sum = pairwise_sum_##S(er, c);                                          \
+            for (npy_intp j = 0; j < c; j++) er[j] /= sum;                                  \
+            const T q = er[y[r]];                                                           \
+            picked[r] = q < lo ? lo : q > hi ? hi : q; /* NaN stays NaN */                  \
+        }                                                                                   \
     }                                                                                       \
     /* (p - onehot(y)) / N */                                                               \
     static void softmax_ce_backward_##S(const T *p, const int64_t *y, T *out, npy_intp n,   \
@@ -157,8 +179,8 @@ static int check_nargs(Py_ssize_t nargs, Py_ssize_t want, const char *fn) {
         }                                                                                   \
     }
 
-DEFINE_LOOPS(float, f32, expf, sqrtf)
-DEFINE_LOOPS(double, f64, exp, sqrt)
+DEFINE_LOOPS(float, f32, sqrtf)
+DEFINE_LOOPS(double, f64, sqrt)
 
 /* --- the Python functions ------------------------------------------------------------ */
 
@@ -255,6 +277,15 @@ static PyObject *column_sums(PyObject *self, PyObject *const *args, Py_ssize_t n
     Py_RETURN_NONE;
 }
 
+/* Python floats args[first:first + count] into doubles; -1 with the error set otherwise. */
+static int doubles(PyObject *const *args, Py_ssize_t first, Py_ssize_t count, double *out) {
+    for (Py_ssize_t i = 0; i < count; i++) {
+        out[i] = PyFloat_AsDouble(args[first + i]);
+        if (out[i] == -1.0 && PyErr_Occurred()) return -1;
+    }
+    return 0;
+}
+
 /* (n, c) logits and n labels; the labels must lie in [0, c) (checked here too: an index
  * outside would read out of bounds). */
 static int rows_and_labels(PyObject *const *args, int t, PyArrayObject **z, PyArrayObject **y,
@@ -283,26 +314,45 @@ static int rows_and_labels(PyObject *const *args, int t, PyArrayObject **z, PyAr
     return 0;
 }
 
-static PyObject *softmax_ce_forward(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (check_nargs(nargs, 4, "softmax_ce_forward") < 0) return NULL;
+static PyObject *softmax_shift(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (check_nargs(nargs, 3, "softmax_shift") < 0) return NULL;
     int t = float_type(args[0], "logits");
-    PyArrayObject *z, *y, *p;
-    npy_intp n, c;
+    PyArrayObject *z, *y, *out;
+    npy_intp n, c, correct;
     if (t < 0 || rows_and_labels(args, t, &z, &y, &n, &c) < 0) return NULL;
-    if (!(p = checked(args[2], "out", t, n * c, 1))) return NULL;
-    double eps = PyFloat_AsDouble(args[3]);
-    if (eps == -1.0 && PyErr_Occurred()) return NULL;
-    double loss;
-    npy_intp correct;
+    if (!(out = checked(args[2], "out", t, n * c, 1))) return NULL;
     LOOP(n * c, {
         if (t == NPY_FLOAT)
-            loss = softmax_ce_forward_f32(DATA(z, float), DATA(y, int64_t), DATA(p, float), n, c,
-                                          (float)eps, &correct);
+            correct = softmax_shift_f32(DATA(z, float), DATA(y, int64_t), DATA(out, float), n, c);
         else
-            loss = softmax_ce_forward_f64(DATA(z, double), DATA(y, int64_t), DATA(p, double), n, c,
-                                          eps, &correct);
+            correct = softmax_shift_f64(DATA(z, double), DATA(y, int64_t), DATA(out, double), n,
+                                        c);
     });
-    return Py_BuildValue("(dn)", loss, (Py_ssize_t)correct);
+    return PyLong_FromSsize_t((Py_ssize_t)correct);
+}
+
+static PyObject *softmax_normalize(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (check_nargs(nargs, 5, "softmax_normalize") < 0) return NULL;
+    int t = float_type(args[0], "exp");
+    PyArrayObject *e, *y, *picked;
+    npy_intp n, c;
+    if (t < 0 || rows_and_labels(args, t, &e, &y, &n, &c) < 0) return NULL;
+    if (!PyArray_ISWRITEABLE(e)) {
+        PyErr_SetString(PyExc_TypeError, "exp must be writeable (it is normalised in place)");
+        return NULL;
+    }
+    if (!(picked = checked(args[2], "picked", t, n, 1))) return NULL;
+    double bounds[2];
+    if (doubles(args, 3, 2, bounds) < 0) return NULL;
+    LOOP(n * c, {
+        if (t == NPY_FLOAT)
+            softmax_normalize_f32(DATA(e, float), DATA(y, int64_t), DATA(picked, float), n, c,
+                                  (float)bounds[0], (float)bounds[1]);
+        else
+            softmax_normalize_f64(DATA(e, double), DATA(y, int64_t), DATA(picked, double), n, c,
+                                  bounds[0], bounds[1]);
+    });
+    Py_RETURN_NONE;
 }
 
 static PyObject *softmax_ce_backward(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -321,14 +371,6 @@ static PyObject *softmax_ce_backward(PyObject *self, PyObject *const *args, Py_s
     Py_RETURN_NONE;
 }
 
-/* Python floats args[first:first + count] into doubles; -1 with the error set otherwise. */
-static int doubles(PyObject *const *args, Py_ssize_t first, Py_ssize_t count, double *out) {
-    for (Py_ssize_t i = 0; i < count; i++) {
-        out[i] = PyFloat_AsDouble(args[first + i]);
-        if (out[i] == -1.0 && PyErr_Occurred()) return -1;
-    }
-    return 0;
-}
 
 static PyObject *sgd_momentum(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     /* (weights, velocity, grad, lr, momentum, nesterov) */
@@ -408,10 +450,12 @@ static PyMethodDef methods[] = {
      "add_bias(out, biases): out += biases (out (n, c), biases c elements)"},
     {"column_sums", (PyCFunction)(void (*)(void))column_sums, METH_FASTCALL,
      "column_sums(d, out): out = d.sum(axis=0) (d (n, c), out c elements)"},
-    {"softmax_ce_forward", (PyCFunction)(void (*)(void))softmax_ce_forward, METH_FASTCALL,
-     "softmax_ce_forward(logits, y, out, eps) -> (summed loss, correct): out = "
-     "softmax(logits), loss = sum(-log(clip(out[i, y[i]], eps, 1 - eps))), correct = "
-     "count(argmax(logits[i]) == y[i])"},
+    {"softmax_shift", (PyCFunction)(void (*)(void))softmax_shift, METH_FASTCALL,
+     "softmax_shift(logits, y, out) -> correct: out = logits - logits.max(axis=1, keepdims="
+     "True), correct = count(argmax(logits[i]) == y[i])"},
+    {"softmax_normalize", (PyCFunction)(void (*)(void))softmax_normalize, METH_FASTCALL,
+     "softmax_normalize(exp, y, picked, lo, hi): exp /= exp.sum(axis=1, keepdims=True) (NumPy's "
+     "pairwise order), picked[i] = clip(exp[i, y[i]], lo, hi)"},
     {"softmax_ce_backward", (PyCFunction)(void (*)(void))softmax_ce_backward, METH_FASTCALL,
      "softmax_ce_backward(probabilities, y, out): out = (probabilities - onehot(y)) / N"},
     {"sgd_momentum", (PyCFunction)(void (*)(void))sgd_momentum, METH_FASTCALL,

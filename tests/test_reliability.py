@@ -229,7 +229,10 @@ TRAIN_AND_HASH = textwrap.dedent(
 
 
 def test_same_seed_gives_bit_identical_training_in_two_processes() -> None:
-    env = os.environ | {"BACKPROP_GPU_BACKEND": "numpy"}
+    """The guarantee is for one machine, BLAS and thread count: a BLAS may add a product's
+    terms in another order with another number of threads, so both processes pin it."""
+    threads = {name: "1" for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env = os.environ | {"BACKPROP_GPU_BACKEND": "numpy"} | threads
     runs = [
         subprocess.run(
             [sys.executable, "-c", TRAIN_AND_HASH], capture_output=True, text=True, env=env,
