@@ -214,7 +214,7 @@ def softmax_cross_entropy(backend: Backend, logits: Any, y: Any, eps: float) -> 
     np.exp(probabilities, out=probabilities)
     picked = np.empty(logits.shape[0], dtype=logits.dtype)
     _cpu.softmax_normalize(probabilities, y, picked, eps, 1 - eps)  # (the arrays fit: as above)
-    loss = -np.sum(np.log(picked, out=picked)) / logits.shape[0]
+    loss = -np.add.reduce(np.log(picked, out=picked)) / logits.shape[0]  # (np.sum, sooner)
     return probabilities, loss, correct
 
 
