@@ -7,17 +7,23 @@ and read back without pickle.
   save that fails with an exception removes its temporary file. The new file gets the
   permission bits of the file it replaces, or ``0o666`` less the umask for a new file, as
   ``numpy.save`` would.
-- Reading uses ``numpy.load(allow_pickle=False)``, so loading never runs code; object arrays
-  are refused.
+- Reading never runs code and never trusts a size it has not checked: the zip directory and
+  every member's ``.npy`` header are read first, only plain numeric dtypes (bool, integer,
+  float, complex) are accepted, and each member must hold exactly the bytes its header
+  declares before its data is read. So a crafted header (a shape of ``2**40``, a 64 GiB
+  array) or any damaged byte raises ``CheckpointError`` naming the file, never a
+  ``MemoryError`` or a zip library's error, and reading allocates no more than the file's
+  own contents (uncompressed, for the rare member stored compressed).
 - The metadata carries a SHA-256 of every array's name, dtype, shape and bytes: a truncated
   or altered file raises ``CheckpointError`` instead of loading wrong numbers.
 """
 
 from __future__ import annotations
 
-# hashlib (OpenSSL) and zipfile are imported where used: at the top they would add
-# about 5 MiB of resident memory to every process that imports backprop_gpu
+# hashlib (OpenSSL), zipfile, struct and zlib are imported where used: at the top they would
+# add about 5 MiB of resident memory to every process that imports backprop_gpu
 import json
+import math
 import os
 import stat
 from pathlib import Path
@@ -27,6 +33,8 @@ import numpy as np
 
 FORMAT = "backprop_gpu-checkpoint-1"
 _META = "__meta__"
+_NUMERIC = "biufc"  # dtype kinds a checkpoint array may have: bool, ints, floats, complex
+_DEFLATE_MAX_RATIO = 1032  # deflate cannot expand a byte to more than this many
 
 
 class CheckpointError(ValueError):
@@ -40,12 +48,16 @@ def checksum(arrays: dict[str, np.ndarray]) -> str:
     for name in sorted(arrays):
         a = np.ascontiguousarray(arrays[name])
         digest.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
-        digest.update(a.tobytes())
+        digest.update(a.data)  # the buffer itself: no copy
     return digest.hexdigest()
 
 
+# --- writing -------------------------------------------------------------------------------
+
+
 def save(path: str | os.PathLike[str], arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
-    """Write ``arrays`` (host NumPy arrays) and JSON-able ``meta`` to ``path`` atomically.
+    """Write ``arrays`` (host NumPy arrays of numeric dtypes) and JSON-able ``meta`` to
+    ``path`` atomically.
 
     The data goes to ``.NAME.<random>.tmp`` beside ``path``, is synced, then renamed over
     ``path``: readers see the old file or the new one, never a mix. If anything fails (a full
@@ -62,8 +74,9 @@ def save(path: str | os.PathLike[str], arrays: dict[str, np.ndarray], meta: dict
     if _META in arrays:
         raise ValueError(f"checkpoint: array name {_META!r} is reserved")
     for name, a in arrays.items():
-        if not isinstance(a, np.ndarray) or a.dtype.hasobject:
-            raise TypeError(f"checkpoint: {name!r} must be a numeric NumPy array, got {type(a)}")
+        if not isinstance(a, np.ndarray) or not _numeric(a.dtype):
+            what = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
+            raise TypeError(f"checkpoint: {name!r} must be a numeric NumPy array, got {what}")
     meta = {**meta, "format": FORMAT, "checksum": checksum(arrays)}
     payload = {**arrays, _META: np.array(json.dumps(meta))}
     fd, tmp = _temporary(path)
@@ -109,27 +122,137 @@ def _temporary(path: Path) -> tuple[int, Path]:
     raise FileExistsError(f"{path.parent}: could not create a temporary file for {path.name}")
 
 
+# --- reading -------------------------------------------------------------------------------
+
+
 def load(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Read a checkpoint written by ``save``: ``(arrays, meta)``, checksum verified."""
+    """Read a checkpoint written by ``save``: ``(arrays, meta)``, checksum verified.
+
+    Every size and dtype is checked from the zip directory and the ``.npy`` headers before
+    any array data is read; anything malformed, damaged or altered raises
+    ``CheckpointError`` naming the file (a missing file raises ``FileNotFoundError``)."""
+    import struct
     import zipfile
+    import zlib
 
     path = Path(path)
+    # what a damaged zip or .npy header can make zipfile and numpy raise (UnicodeDecodeError
+    # is a ValueError, an encrypted member a RuntimeError); not MemoryError: every size is
+    # checked first, so one means a real file too big for this machine
+    damaged = (OSError, EOFError, ValueError, LookupError, NotImplementedError, RuntimeError,
+               OverflowError, struct.error, zlib.error, zipfile.BadZipFile)  # fmt: skip
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-    except FileNotFoundError:
+        with zipfile.ZipFile(path) as archive:
+            members = _members(archive, path.stat().st_size, path)
+            if _META not in members:
+                raise CheckpointError(
+                    f"{path}: no {_META} entry; not a backprop_gpu checkpoint (or a damaged one)"
+                )
+            headers = {name: _header(archive, info, name, path) for name, info in members.items()}
+            meta = _metadata(_read(archive, members.pop(_META), headers.pop(_META)), path)
+            arrays = {name: _read(archive, members[name], headers[name]) for name in members}
+    except (FileNotFoundError, CheckpointError):
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        # ValueError here also covers "Object arrays cannot be loaded when allow_pickle=False"
+    except damaged as e:
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
-    if _META not in arrays:
-        raise CheckpointError(f"{path}: no {_META} entry; not a backprop_gpu checkpoint")
-    try:
-        meta = json.loads(str(arrays.pop(_META)))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: unreadable metadata ({e})") from e
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
     if meta.get("checksum") != checksum(arrays):
         raise CheckpointError(f"{path}: checksum mismatch: the file is corrupted or was altered")
     return arrays, meta
+
+
+def _members(archive: Any, file_size: int, path: Path) -> dict[str, Any]:
+    """The archive's members by array name, after checking that each is a ``.npy`` entry,
+    named once, not encrypted, and no bigger than the file can hold."""
+    import zipfile
+
+    members: dict[str, Any] = {}
+    for info in archive.infolist():
+        member = info.filename
+        if not member.endswith(".npy") or info.is_dir():
+            raise CheckpointError(f"{path}: member {member!r} is not a .npy array")
+        name = member[: -len(".npy")]
+        if name in members:
+            raise CheckpointError(f"{path}: member {member!r} appears more than once")
+        if info.flag_bits & 0x1:
+            raise CheckpointError(f"{path}: member {member!r} is encrypted")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise CheckpointError(
+                f"{path}: member {member!r} uses compression method {info.compress_type}; "
+                "checkpoints are stored (or deflated, as by numpy.savez_compressed)"
+            )
+        if info.compress_type == zipfile.ZIP_STORED:
+            expands = info.file_size == info.compress_size
+        else:  # deflate turns a byte into at most ~1032
+            expands = info.file_size <= _DEFLATE_MAX_RATIO * info.compress_size + 64
+        if not expands or info.header_offset + info.compress_size > file_size:
+            raise CheckpointError(
+                f"{path}: member {member!r} declares {info.file_size} bytes from "
+                f"{info.compress_size} at offset {info.header_offset}, more than the "
+                f"{file_size}-byte file can hold"
+            )
+        members[name] = info
+    return members
+
+
+def _header(archive: Any, info: Any, name: str, path: Path) -> tuple[Any, ...]:
+    """``(shape, fortran_order, dtype, header_length)`` from a member's ``.npy`` header,
+    after checking that the dtype is plain numeric (a JSON string for ``__meta__``) and
+    that the member holds exactly the bytes the shape and dtype declare."""
+    from numpy.lib import format as npy
+
+    with archive.open(info) as f:
+        version = npy.read_magic(f)
+        if version == (1, 0):
+            shape, fortran_order, dtype = npy.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = npy.read_array_header_2_0(f)
+        else:  # 3.0 only adds UTF-8 field names, for structured dtypes: never ours
+            raise CheckpointError(f"{path}: {name} has .npy format version {version}")
+        header_length = f.tell()
+    if name == _META:
+        if dtype.kind != "U" or shape != ():
+            raise CheckpointError(
+                f"{path}: {_META} must be one JSON string, got a {dtype} array of shape {shape}"
+            )
+    elif not _numeric(dtype):
+        raise CheckpointError(f"{path}: {name} has dtype {dtype}, not a numeric type")
+    if any(n < 0 for n in shape):
+        raise CheckpointError(f"{path}: {name} declares a negative shape {shape}")
+    declared, held = math.prod(shape) * dtype.itemsize, info.file_size - header_length
+    if declared != held:
+        raise CheckpointError(
+            f"{path}: {name} declares shape {shape} of {dtype} ({declared} bytes), "
+            f"but its member holds {held} bytes"
+        )
+    return shape, fortran_order, dtype, header_length
+
+
+def _read(archive: Any, info: Any, header: tuple[Any, ...]) -> np.ndarray:
+    """A member's array, from its header checked by ``_header``."""
+    shape, fortran_order, dtype, header_length = header
+    flat = np.empty(math.prod(shape), dtype)  # no bigger than the member: checked
+    with archive.open(info) as f:
+        f.read(header_length)
+        if flat.nbytes and f.readinto(flat.view(np.uint8)) != flat.nbytes:
+            raise EOFError(f"{info.filename}: the data ends early")
+    array: np.ndarray = flat.reshape(shape[::-1]).T if fortran_order else flat.reshape(shape)
+    return array
+
+
+def _metadata(text: np.ndarray, path: Path) -> dict[str, Any]:
+    """The parsed ``__meta__`` JSON object, with a known ``format``."""
+    try:
+        meta = json.loads(str(text[()]))
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path}: unreadable metadata ({e})") from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: metadata must be a JSON object, got {type(meta).__name__}")
+    found = meta.get("format")
+    if found != FORMAT:
+        raise CheckpointError(f"{path}: format {found!r}, expected {FORMAT!r}")
+    return meta
+
+
+def _numeric(dtype: np.dtype[Any]) -> bool:
+    """A plain numeric dtype: not object, string, structured or with a sub-array."""
+    return dtype.kind in _NUMERIC and dtype.names is None and dtype.subdtype is None

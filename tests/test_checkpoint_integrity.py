@@ -1,23 +1,206 @@
-"""Checkpoint integrity: saved files get the usual permissions, links and temporary files
-behave as documented."""
+"""Checkpoint integrity: crafted or damaged files raise ``CheckpointError`` (naming the file)
+before any large allocation, and saved files get the usual permissions."""
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import re
 import subprocess
 import sys
 import textwrap
+import tracemalloc
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from numpy.lib import format as npy
 
 import backprop_gpu as bg
 from backprop_gpu import checkpoint
 
 from .test_checkpoint import X, Y, trained
+from .test_model import params
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _contents(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A checkpoint's arrays and metadata read with plain NumPy, as a user's tool would."""
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    return arrays, json.loads(str(arrays.pop("__meta__")))
+
+
+def _rezip(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    """Rewrite the file with ``np.savez``, keeping the stored checksum (an edit by a tool)."""
+    np.savez(path, **arrays, __meta__=np.array(json.dumps(meta)))  # type: ignore[arg-type]
+
+
+def _npy(header: dict[str, Any], data: bytes = b"") -> bytes:
+    """A ``.npy`` member: a hand-written header, then ``data``."""
+    buffer = io.BytesIO()
+    npy.write_array_header_1_0(buffer, header)
+    return buffer.getvalue() + data
+
+
+def _member(a: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, a)
+    return buffer.getvalue()
+
+
+def _zip(path: Path, members: dict[str, bytes] | list[tuple[str, bytes]], **kw: Any) -> Path:
+    items = members.items() if isinstance(members, dict) else members
+    with warnings.catch_warnings(), zipfile.ZipFile(path, "w", **kw) as z:
+        warnings.simplefilter("ignore")  # "Duplicate name": on purpose in one case
+        for name, data in items:
+            z.writestr(name, data)
+    return path
+
+
+META_OK = _member(np.array(json.dumps({"format": checkpoint.FORMAT, "kind": "parameters"})))
+
+
+def _refused(path: Path, match: str) -> str:
+    """Load ``path`` both ways; each must raise CheckpointError naming the file and ``match``."""
+    with pytest.raises(bg.CheckpointError) as info:
+        checkpoint.load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and re.search(match, message), message
+    with pytest.raises(bg.CheckpointError, match=match):
+        bg.Model.load(path)
+    return message
+
+
+# --- item 5: crafted and damaged files -----------------------------------------------------
+
+CRAFTED: dict[str, tuple[Any, str]] = {
+    # sizes: refused from the header, before anything that big is allocated
+    "shape 2**40": ({"x.npy": _npy({"descr": "<f4", "fortran_order": False, "shape": (2**40,)})},
+                    r"x declares shape \(1099511627776,\) of float32 \(4398046511104 bytes\), but its member holds 0 bytes"),  # noqa: E501
+    "64 GiB": ({"x.npy": _npy({"descr": "<f8", "fortran_order": False, "shape": (2**33,)}, b"\0" * 64)},  # noqa: E501
+               r"x declares shape \(8589934592,\) of float64 \(68719476736 bytes\)"),
+    "8 bytes short": ({"x.npy": _npy({"descr": "<f8", "fortran_order": False, "shape": (3,)}, b"\0" * 16)},  # noqa: E501
+                      r"x declares shape \(3,\) of float64 \(24 bytes\), but its member holds 16"),
+    "negative shape": ({"x.npy": _npy({"descr": "<f4", "fortran_order": False, "shape": (-1, 4)})},
+                       r"x declares a negative shape \(-1, 4\)"),
+    # dtypes: plain numeric only
+    "object dtype": ({"x.npy": _npy({"descr": "|O", "fortran_order": False, "shape": (1,)}, b"\0" * 8)},  # noqa: E501
+                     r"x has dtype object, not a numeric type"),
+    "structured": ({"x.npy": _member(np.zeros(2, [("a", "<f4"), ("b", "<i4")]))},
+                   r"x has dtype \[\('a', '<f4'\), \('b', '<i4'\)\], not a numeric type"),
+    "sub-array": ({"x.npy": _npy({"descr": ("<f4", (2**20,)), "fortran_order": False, "shape": (2**20,)})},  # noqa: E501
+                  r"x has dtype \('<f4', \(1048576,\)\), not a numeric type"),
+    "strings": ({"x.npy": _member(np.array(["a", "b"]))}, r"x has dtype <U1, not a numeric type"),
+    "datetime": ({"x.npy": _member(np.zeros(2, "datetime64[s]"))}, r"x has dtype datetime64\[s\]"),
+    # the metadata
+    "meta a list": ({"__meta__.npy": _member(np.array("[1, 2]"))}, r"metadata must be a JSON object, got list"),  # noqa: E501
+    "meta a number": ({"__meta__.npy": _member(np.array("5"))}, r"metadata must be a JSON object, got int"),  # noqa: E501
+    "meta not text": ({"__meta__.npy": _member(np.array(5))}, r"__meta__ must be one JSON string, got a int64 array of shape \(\)"),  # noqa: E501
+    "meta two strings": ({"__meta__.npy": _member(np.array(["{}", "{}"]))}, r"__meta__ must be one JSON string, got a <U2 array of shape \(2,\)"),  # noqa: E501
+    "meta bad JSON": ({"__meta__.npy": _member(np.array("{'format': 1"))}, r"unreadable metadata"),
+    "meta nested": ({"__meta__.npy": _member(np.array("[" * 100_000))}, r"unreadable metadata"),
+    "meta no format": ({"__meta__.npy": _member(np.array("{}"))}, r"format None, expected"),
+    "no meta": ({"x.npy": _member(np.zeros(2))}, r"no __meta__ entry"),
+    # the zip members
+    "not .npy": ({"__meta__.npy": META_OK, "notes.txt": b"hello"}, r"member 'notes\.txt' is not a \.npy array"),  # noqa: E501
+    "a folder": ({"__meta__.npy": META_OK, "sub/": b""}, r"member 'sub/' is not a \.npy array"),
+    "duplicate": ([("__meta__.npy", META_OK), ("x.npy", _member(np.zeros(2))), ("x.npy", _member(np.ones(2)))],  # noqa: E501
+                  r"member 'x\.npy' appears more than once"),
+    "not .npy inside": ({"__meta__.npy": META_OK, "x.npy": b"PK\3\4 not an array"}, r"not a readable checkpoint \(ValueError: .*magic"),  # noqa: E501
+    "npy version 9": ({"__meta__.npy": META_OK, "x.npy": b"\x93NUMPY\x09\x00" + b"\0" * 40}, r"x has .npy format version \(9, 0\)"),  # noqa: E501
+    "npy header junk": ({"__meta__.npy": META_OK, "x.npy": b"\x93NUMPY\x01\x00\x08\x00[1, 2]\n"}, r"not a readable checkpoint"),  # noqa: E501
+    "npy header huge": ({"__meta__.npy": META_OK, "x.npy": b"\x93NUMPY\x02\x00\xff\xff\xff\xff"}, r"not a readable checkpoint"),  # noqa: E501
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CRAFTED, ids=list(CRAFTED))
+def test_crafted_files_raise_checkpoint_error(tmp_path: Path, case: str) -> None:
+    members, match = CRAFTED[case]
+    if isinstance(members, dict) and "__meta__.npy" not in members and case != "no meta":
+        members = {"__meta__.npy": META_OK, **members}
+    path = _zip(tmp_path / "bad.npz", members)
+    tracemalloc.start()
+    try:
+        _refused(path, match)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**24  # 16 MiB (the nested JSON costs a few): nothing of the declared size
+
+
+def test_pickled_objects_never_run(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (Path.touch, (marker,))
+
+    path = tmp_path / "evil.npz"
+    np.savez(path, __meta__=np.array("{}"), payload=np.array([Evil()], dtype=object))
+    _refused(path, "payload has dtype object, not a numeric type")
+    assert not marker.exists()
+
+
+def test_other_compression_methods_are_refused_and_deflate_loads(tmp_path: Path) -> None:
+    path = tmp_path / "m.npz"
+    source = trained()
+    source.save(path)
+    with zipfile.ZipFile(path) as z:
+        members = {name: z.read(name) for name in z.namelist()}
+    _zip(path, members, compression=zipfile.ZIP_BZIP2)
+    _refused(path, r"member '.*' uses compression method 12")
+    _zip(path, members, compression=zipfile.ZIP_DEFLATED)  # as numpy.savez_compressed writes
+    loaded = bg.Model.load(path)
+    assert all(np.array_equal(a, b) for a, b in zip(params(source), params(loaded), strict=True))
+
+
+def _small_checkpoint(tmp_path: Path) -> tuple[Path, bytes]:
+    path = tmp_path / "p.npz"
+    model = bg.Model([bg.Dense(2, 3, seed=0)]).set(loss=bg.MeanSquaredError()).finalize()
+    model.save_parameters(path)  # 1.5 kB: three members
+    return path, path.read_bytes()
+
+
+def test_every_flipped_byte_is_caught_or_harmless(tmp_path: Path) -> None:
+    """Flip each byte of a whole checkpoint in turn (zip headers, .npy headers, metadata,
+    numbers, central directory): each load raises CheckpointError naming the file, or gives
+    exactly what was saved (a flip in a field nothing reads, such as a timestamp)."""
+    path, good = _small_checkpoint(tmp_path)
+    arrays, meta = checkpoint.load(path)
+    caught = harmless = 0
+    for i in range(len(good)):
+        mask = (0x01, 0x80, 0xFF)[i % 3]  # one flip a byte, every bit pattern in each field
+        damaged = bytearray(good)
+        damaged[i] ^= mask
+        path.write_bytes(damaged)
+        try:
+            got_arrays, got_meta = checkpoint.load(path)
+        except bg.CheckpointError as e:
+            assert str(e).startswith(f"{path}: "), (i, mask, e)
+            caught += 1
+            continue
+        assert got_meta == meta and got_arrays.keys() == arrays.keys(), (i, mask)
+        for name, a in arrays.items():
+            b = got_arrays[name]
+            assert a.dtype == b.dtype and np.array_equal(a, b), (i, mask, name)
+        harmless += 1
+    assert caught > 0.6 * len(good) and harmless > 0  # most bytes matter
+
+
+def test_every_truncation_is_caught(tmp_path: Path) -> None:
+    path, good = _small_checkpoint(tmp_path)
+    for n in range(len(good)):
+        path.write_bytes(good[:n])
+        with pytest.raises(bg.CheckpointError) as info:
+            checkpoint.load(path)
+        assert str(info.value).startswith(f"{path}: "), n
+
 
 # --- item 12: file modes, links and temporary files ----------------------------------------
 
