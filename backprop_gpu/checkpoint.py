@@ -14,8 +14,23 @@ and read back without pickle.
   array) or any damaged byte raises ``CheckpointError`` naming the file, never a
   ``MemoryError`` or a zip library's error, and reading allocates no more than the file's
   own contents (uncompressed, for the rare member stored compressed).
-- The metadata carries a SHA-256 of every array's name, dtype, shape and bytes: a truncated
-  or altered file raises ``CheckpointError`` instead of loading wrong numbers.
+- The metadata carries a SHA-256 of the rest of the metadata (canonical JSON) and of every
+  array's name, dtype, shape and bytes; a file whose metadata or numbers differ from what
+  was saved raises ``CheckpointError`` instead of loading wrong numbers or settings.
+
+What the checksum protects against: damage (a truncated copy, a flipped bit, a half-synced
+disk) and edits by tools that do not recompute it (``np.savez`` of edited arrays or
+metadata). It is not a signature: someone who rewrites the file and its checksum too can
+make it say anything. Telling a trusted file from a forged one needs a key (an HMAC or a
+signature), which is out of scope; ``Model.load`` still checks the metadata's values (counts
+are non-negative integers, the learning rate is positive and finite, each layer's settings
+fit its arrays), so even such a file cannot set ``epochs_trained=-5``.
+
+Format versions: files are written as ``backprop_gpu-checkpoint-2``. Files written as
+``backprop_gpu-checkpoint-1`` by earlier releases still load: their checksum covers the
+arrays only, so damage to the numbers is still caught but an edit to the metadata is not
+(beyond the value checks above). Loading such a file and saving it again
+(``bg.Model.load(p).save(p)``) rewrites it as version 2.
 """
 
 from __future__ import annotations
@@ -31,7 +46,8 @@ from typing import Any
 
 import numpy as np
 
-FORMAT = "backprop_gpu-checkpoint-1"
+FORMAT = "backprop_gpu-checkpoint-2"
+FORMAT_1 = "backprop_gpu-checkpoint-1"  # earlier releases: the checksum covers arrays only
 _META = "__meta__"
 _NUMERIC = "biufc"  # dtype kinds a checkpoint array may have: bool, ints, floats, complex
 _DEFLATE_MAX_RATIO = 1032  # deflate cannot expand a byte to more than this many
@@ -41,14 +57,32 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used: unreadable, corrupted, or not matching."""
 
 
-def checksum(arrays: dict[str, np.ndarray]) -> str:
+def checksum(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> str:
+    """SHA-256 (hex) of ``meta`` without its ``"checksum"`` entry, as canonical JSON (sorted
+    keys, no spaces), then of each array in name order: a JSON line ``[name, dtype, shape]``
+    and the array's bytes in C order. Every part has a known length, so no two different
+    checkpoints hash the same input."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    rest = {key: value for key, value in meta.items() if key != "checksum"}
+    digest.update(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode() + b"\n")
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        digest.update(json.dumps([name, a.dtype.str, list(a.shape)]).encode() + b"\n")
+        digest.update(a.data)  # the buffer itself: no copy
+    return digest.hexdigest()
+
+
+def _checksum_1(arrays: dict[str, np.ndarray]) -> str:
+    """The arrays-only checksum of format 1, kept to verify files of earlier releases."""
     import hashlib
 
     digest = hashlib.sha256()
     for name in sorted(arrays):
         a = np.ascontiguousarray(arrays[name])
         digest.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
-        digest.update(a.data)  # the buffer itself: no copy
+        digest.update(a.data)
     return digest.hexdigest()
 
 
@@ -57,7 +91,7 @@ def checksum(arrays: dict[str, np.ndarray]) -> str:
 
 def save(path: str | os.PathLike[str], arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
     """Write ``arrays`` (host NumPy arrays of numeric dtypes) and JSON-able ``meta`` to
-    ``path`` atomically.
+    ``path`` atomically, with ``"format"`` and ``"checksum"`` entries added to ``meta``.
 
     The data goes to ``.NAME.<random>.tmp`` beside ``path``, is synced, then renamed over
     ``path``: readers see the old file or the new one, never a mix. If anything fails (a full
@@ -77,7 +111,9 @@ def save(path: str | os.PathLike[str], arrays: dict[str, np.ndarray], meta: dict
         if not isinstance(a, np.ndarray) or not _numeric(a.dtype):
             what = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
             raise TypeError(f"checkpoint: {name!r} must be a numeric NumPy array, got {what}")
-    meta = {**meta, "format": FORMAT, "checksum": checksum(arrays)}
+    # the metadata as load will parse it back (tuples become lists, ...), so both hash the same
+    meta = json.loads(json.dumps({**meta, "format": FORMAT}))
+    meta["checksum"] = checksum(arrays, meta)
     payload = {**arrays, _META: np.array(json.dumps(meta))}
     fd, tmp = _temporary(path)
     try:
@@ -155,7 +191,11 @@ def load(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str,
         raise
     except damaged as e:
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
-    if meta.get("checksum") != checksum(arrays):
+    try:
+        expected = _checksum_1(arrays) if meta["format"] == FORMAT_1 else checksum(arrays, meta)
+    except RecursionError as e:  # metadata nested too deep for json to write it back
+        raise CheckpointError(f"{path}: unreadable metadata ({e})") from e
+    if meta.get("checksum") != expected:
         raise CheckpointError(f"{path}: checksum mismatch: the file is corrupted or was altered")
     return arrays, meta
 
@@ -248,11 +288,66 @@ def _metadata(text: np.ndarray, path: Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: metadata must be a JSON object, got {type(meta).__name__}")
     found = meta.get("format")
-    if found != FORMAT:
-        raise CheckpointError(f"{path}: format {found!r}, expected {FORMAT!r}")
+    if found not in (FORMAT, FORMAT_1):
+        raise CheckpointError(
+            f"{path}: format {found!r}, expected {FORMAT!r} (or {FORMAT_1!r}); "
+            "was it written by a newer backprop_gpu?"
+        )
     return meta
 
 
 def _numeric(dtype: np.dtype[Any]) -> bool:
     """A plain numeric dtype: not object, string, structured or with a sub-array."""
     return dtype.kind in _NUMERIC and dtype.names is None and dtype.subdtype is None
+
+
+# --- the metadata of a whole model ---------------------------------------------------------
+
+
+def check_model_meta(meta: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Refuse a ``kind == "model"`` checkpoint whose metadata ``Model.load`` could not use:
+    each layer, the loss, the accuracy (or null) and the optimizer (or null) a
+    ``{"class": name, "config": {...}}`` object, ``epochs_trained`` and the optimizer's
+    ``iterations`` non-negative integers, its ``current_learning_rate`` positive and finite.
+    The settings inside each ``config`` are checked by the class's own constructor."""
+
+    def fail(field: str, expected: str, got: Any) -> None:
+        raise CheckpointError(f"{path}: {field} must be {expected}, got {got!r}")
+
+    def need(owner: dict[str, Any], key: str, field: str) -> Any:
+        if key not in owner:
+            raise CheckpointError(f"{path}: the metadata has no {field}")
+        return owner[key]
+
+    def spec(value: Any, field: str) -> None:
+        if not isinstance(value, dict) or not isinstance(value.get("class"), str):
+            fail(field, 'an object {"class": name, "config": {...}}', value)
+        if not isinstance(value.get("config"), dict):
+            fail(f"{field}.config", "an object", value.get("config"))
+
+    def count(owner: dict[str, Any], key: str, field: str) -> None:
+        n = need(owner, key, field)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            fail(field, "a non-negative integer", n)
+
+    layers = need(meta, "layers", "layers")
+    if not isinstance(layers, list) or not layers:
+        fail("layers", "a non-empty list", layers)
+    for i, layer in enumerate(layers):
+        spec(layer, f"layers[{i}]")
+    spec(need(meta, "loss", "loss"), "loss")
+    if need(meta, "accuracy", "accuracy") is not None:
+        spec(meta["accuracy"], "accuracy")
+    count(meta, "epochs_trained", "epochs_trained")
+    optimizer = need(meta, "optimizer", "optimizer")
+    if optimizer is not None:
+        spec(optimizer, "optimizer")
+        count(optimizer, "iterations", "optimizer.iterations")
+        rate = need(optimizer, "current_learning_rate", "optimizer.current_learning_rate")
+        if (
+            not isinstance(rate, int | float)
+            or isinstance(rate, bool)
+            or not math.isfinite(rate)
+            or rate <= 0
+        ):
+            fail("optimizer.current_learning_rate", "a positive finite number", rate)

@@ -187,7 +187,7 @@ def test_bad_optimizer_arrays_are_refused_before_anything_changes(tmp_path: Path
             bg.Model.load(path)
     del meta["epochs_trained"]
     checkpoint.save(path, arrays, meta)
-    with pytest.raises(bg.CheckpointError, match="cannot rebuild the model: KeyError"):
+    with pytest.raises(bg.CheckpointError, match="the metadata has no epochs_trained"):
         bg.Model.load(path)
 
 

@@ -1,8 +1,10 @@
-"""Checkpoint integrity: crafted or damaged files raise ``CheckpointError`` (naming the file)
-before any large allocation, and saved files get the usual permissions."""
+"""Checkpoint integrity: the checksum covers the metadata, the metadata's values are checked,
+crafted or damaged files raise ``CheckpointError`` (naming the file) before any large
+allocation, and saved files get the usual permissions."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -24,7 +26,7 @@ import backprop_gpu as bg
 from backprop_gpu import checkpoint
 
 from .test_checkpoint import X, Y, trained
-from .test_model import params
+from .test_model import classifier, params
 
 # --- helpers -------------------------------------------------------------------------------
 
@@ -75,6 +77,164 @@ def _refused(path: Path, match: str) -> str:
     with pytest.raises(bg.CheckpointError, match=match):
         bg.Model.load(path)
     return message
+
+
+# --- item 4: the checksum covers the metadata ----------------------------------------------
+
+EDITS = {
+    "ReLU -> Sigmoid": lambda m: m["layers"][1].update({"class": "Sigmoid"}),
+    "learning rate 1e6": lambda m: m["optimizer"]["config"].update({"learning_rate": 1e6}),
+    "epochs_trained 999": lambda m: m.update({"epochs_trained": 999}),
+    "epochs_trained -5": lambda m: m.update({"epochs_trained": -5}),
+    "iterations 0": lambda m: m["optimizer"].update({"iterations": 0}),
+    "L2 off": lambda m: m["layers"][0]["config"].update({"weight_regularizer_l2": 0.0}),
+    "kind": lambda m: m.update({"kind": "parameters"}),
+    "extra key": lambda m: m.update({"note": "hello"}),
+}
+
+
+@pytest.mark.parametrize("edit", EDITS, ids=list(EDITS))
+def test_edited_metadata_fails_the_checksum(backend: bg.Backend, tmp_path: Path, edit: str) -> None:
+    path = tmp_path / "m.npz"
+    trained().save(path)
+    arrays, meta = _contents(path)
+    EDITS[edit](meta)
+    _rezip(path, arrays, meta)  # a well-formed file whose settings no longer match
+    with pytest.raises(bg.CheckpointError, match="checksum mismatch"):
+        bg.Model.load(path)
+    model = classifier()
+    before = params(model)
+    with pytest.raises(bg.CheckpointError, match="checksum mismatch"):
+        model.load_parameters(path)
+    assert all(np.array_equal(a, b) for a, b in zip(before, params(model), strict=True))
+
+
+def test_checksum_covers_names_dtypes_shapes_and_bytes(tmp_path: Path) -> None:
+    arrays = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.zeros(3, np.int64)}
+    meta = {"kind": "parameters", "format": checkpoint.FORMAT}
+    reference = checkpoint.checksum(arrays, meta)
+    variants = [
+        ({"c": arrays["a"], "b": arrays["b"]}, meta),  # renamed
+        ({**arrays, "a": arrays["a"].astype(np.float64)}, meta),  # same values, other dtype
+        ({**arrays, "a": arrays["a"].reshape(3, 2)}, meta),  # same bytes, other shape
+        ({**arrays, "a": arrays["a"] + np.float32(1e-6)}, meta),  # other bytes
+        ({**arrays, "extra": np.zeros(0)}, meta),  # one more array, even empty
+        (arrays, {**meta, "kind": "model"}),  # other metadata
+    ]
+    digests = {checkpoint.checksum(a, m) for a, m in variants}
+    assert reference not in digests and len(digests) == len(variants)
+    # neither key order nor the stored checksum itself changes it
+    assert checkpoint.checksum(arrays, {"format": checkpoint.FORMAT, "kind": "parameters",
+                                        "checksum": "x"}) == reference  # fmt: skip
+
+
+def _resaved(path: Path, edit: Any) -> None:
+    """Edit the metadata and save through ``checkpoint.save``, which recomputes the checksum
+    (what a deliberate forger would do)."""
+    arrays, meta = checkpoint.load(path)
+    edit(meta)
+    checkpoint.save(path, arrays, meta)
+
+
+BAD_VALUES = {
+    "epochs_trained -5": (lambda m: m.update(epochs_trained=-5), r"epochs_trained must be a non-negative integer, got -5"),  # noqa: E501
+    "epochs_trained 2.5": (lambda m: m.update(epochs_trained=2.5), r"epochs_trained .* got 2\.5"),
+    "epochs_trained true": (lambda m: m.update(epochs_trained=True), r"epochs_trained .* got True"),
+    "epochs_trained '3'": (lambda m: m.update(epochs_trained="3"), r"epochs_trained .* got '3'"),
+    "epochs_trained missing": (lambda m: m.pop("epochs_trained"), r"no epochs_trained"),
+    "iterations -1": (lambda m: m["optimizer"].update(iterations=-1), r"optimizer\.iterations must be a non-negative integer"),  # noqa: E501
+    "lr 0": (lambda m: m["optimizer"].update(current_learning_rate=0.0), r"current_learning_rate must be a positive finite number, got 0\.0"),  # noqa: E501
+    "lr -0.1": (lambda m: m["optimizer"].update(current_learning_rate=-0.1), r"current_learning_rate .* got -0\.1"),  # noqa: E501
+    "lr nan": (lambda m: m["optimizer"].update(current_learning_rate=float("nan")), r"current_learning_rate .* got nan"),  # noqa: E501
+    "lr inf": (lambda m: m["optimizer"].update(current_learning_rate=float("inf")), r"current_learning_rate .* got inf"),  # noqa: E501
+    "lr string": (lambda m: m["optimizer"].update(current_learning_rate="0.1"), r"current_learning_rate .* got '0\.1'"),  # noqa: E501
+    "layers not a list": (lambda m: m.update(layers={"0": 1}), r"layers must be a non-empty list"),
+    "layers empty": (lambda m: m.update(layers=[]), r"layers must be a non-empty list"),
+    "layer not an object": (lambda m: m["layers"].__setitem__(1, "ReLU"), r"layers\[1\] must be an object"),  # noqa: E501
+    "config not an object": (lambda m: m["layers"][0].update(config=[2, 32]), r"layers\[0\]\.config must be an object"),  # noqa: E501
+    "loss missing": (lambda m: m.pop("loss"), r"no loss"),
+    "optimizer class": (lambda m: m["optimizer"].update({"class": 5}), r"optimizer must be an object"),  # noqa: E501
+    "n_inputs 3": (lambda m: m["layers"][0]["config"].update(n_inputs=3), r"layers\[0\] \(Dense\): Dense: expected weights of shape \(3, 32\), got \(2, 32\)"),  # noqa: E501
+    "n_inputs 2**40": (lambda m: m["layers"][0]["config"].update(n_inputs=2**40), r"layers\[0\] \(Dense\): Dense: expected weights of shape \(1099511627776, 32\)"),  # noqa: E501
+    "n_neurons '32'": (lambda m: m["layers"][0]["config"].update(n_neurons="32"), r"layers\[0\] \(Dense\): Dense: n_neurons must be a positive integer"),  # noqa: E501
+    "regularizer -1": (lambda m: m["layers"][0]["config"].update(weight_regularizer_l2=-1.0), r"layers\[0\] \(Dense\): .*weight_regularizer_l2"),  # noqa: E501
+    "dropout rate 2": (lambda m: m["layers"][2]["config"].update(rate=2.0), r"layers\[2\] \(Dropout\)"),  # noqa: E501
+    "unknown option": (lambda m: m["layers"][0]["config"].update(color="red"), r"layers\[0\] \(Dense\): .*color"),  # noqa: E501
+    "optimizer lr -1": (lambda m: m["optimizer"]["config"].update(learning_rate=-1.0), r"cannot rebuild the model: .*learning_rate"),  # noqa: E501
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BAD_VALUES, ids=list(BAD_VALUES))
+def test_metadata_values_are_checked_even_with_a_valid_checksum(
+    backend: bg.Backend, tmp_path: Path, case: str
+) -> None:
+    """A file whose checksum was recomputed after the edit still cannot set nonsense; the
+    error names the file and the field, and nothing as big as a forged shape is allocated."""
+    path = tmp_path / "m.npz"
+    trained(dropout=0.1).save(path)
+    edit, match = BAD_VALUES[case]
+    _resaved(path, edit)
+    tracemalloc.start()
+    try:
+        with pytest.raises(bg.CheckpointError) as info:
+            bg.Model.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(info.value).startswith(f"{path}: ") and re.search(match, str(info.value))
+    assert peak < 2**22  # 4 MiB: a 2**40-input layer was never drawn
+
+
+def _checksum_1(arrays: dict[str, np.ndarray]) -> str:
+    """Format 1's checksum as earlier releases computed it: the arrays only."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        digest.update(a.tobytes())
+    return digest.hexdigest()
+
+
+def _format_1(path: Path, edit: Any = None) -> None:
+    """Rewrite ``path`` as an earlier release wrote it: format 1, arrays-only checksum."""
+    arrays, meta = _contents(path)
+    if edit is not None:
+        edit(meta)
+    meta |= {"format": checkpoint.FORMAT_1, "checksum": _checksum_1(arrays)}
+    _rezip(path, arrays, meta)
+
+
+def test_format_1_files_of_earlier_releases_still_load(backend: bg.Backend, tmp_path: Path) -> None:
+    source = trained()
+    path = tmp_path / "m.npz"
+    source.save(path)
+    _format_1(path)
+    loaded = bg.Model.load(path)
+    assert loaded.epochs_trained == 2 and loaded.optimizer.iterations == 10  # type: ignore[union-attr]
+    for a, b in zip(params(source), params(loaded), strict=True):
+        assert np.array_equal(a, b)
+    loaded.save(path)  # saving again upgrades the file
+    assert checkpoint.load(path)[1]["format"] == checkpoint.FORMAT == "backprop_gpu-checkpoint-2"
+
+    # their numbers are still verified, and their metadata's values checked
+    _format_1(path)
+    arrays, meta = _contents(path)
+    arrays["layers.0.weights"][0, 0] += 1
+    _rezip(path, arrays, meta)
+    with pytest.raises(bg.CheckpointError, match="checksum mismatch"):
+        bg.Model.load(path)
+    source.save(path)
+    _format_1(path, lambda m: m.update(epochs_trained=-5))
+    with pytest.raises(bg.CheckpointError, match="epochs_trained must be a non-negative integer"):
+        bg.Model.load(path)
+
+
+def test_unknown_format_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "m.npz"
+    trained().save(path)
+    arrays, meta = _contents(path)
+    _rezip(path, arrays, meta | {"format": "backprop_gpu-checkpoint-3"})
+    _refused(path, r"format 'backprop_gpu-checkpoint-3', expected 'backprop_gpu-checkpoint-2'")
 
 
 # --- item 5: crafted and damaged files -----------------------------------------------------
