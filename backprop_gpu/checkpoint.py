@@ -1,57 +1,121 @@
 """Checkpoint files: named host arrays plus JSON metadata in one ``.npz``, written atomically
 and read back without pickle.
 
-- Writing goes to a temporary file in the same folder, which is flushed, synced and then
-  renamed over the target (``os.replace``): a crash mid-save leaves the previous file intact.
-- Reading uses ``numpy.load(allow_pickle=False)``, so loading never runs code; object arrays
-  are refused.
-- The metadata carries a SHA-256 of every array's name, dtype, shape and bytes: a truncated
-  or altered file raises ``CheckpointError`` instead of loading wrong numbers.
+- Writing goes to a temporary file ``.NAME.<random>.tmp`` in the same folder, which is
+  flushed, synced and then renamed over the target (``os.replace``): a crash mid-save leaves
+  the previous file intact (and at worst that temporary file, recognisable by its name). A
+  save that fails with an exception removes its temporary file. The new file gets the
+  permission bits of the file it replaces, or ``0o666`` less the umask for a new file, as
+  ``numpy.save`` would.
+- Reading never runs code and never trusts a size it has not checked: the zip directory and
+  every member's ``.npy`` header are read first, only plain numeric dtypes (bool, integer,
+  float, complex) are accepted, and each member must hold exactly the bytes its header
+  declares before its data is read. So a crafted header (a shape of ``2**40``, a 64 GiB
+  array) or any damaged byte raises ``CheckpointError`` naming the file, never a
+  ``MemoryError`` or a zip library's error, and reading allocates no more than the file's
+  own contents (uncompressed, for the rare member stored compressed).
+- The metadata carries a SHA-256 of the rest of the metadata (canonical JSON) and of every
+  array's name, dtype, shape and bytes; a file whose metadata or numbers differ from what
+  was saved raises ``CheckpointError`` instead of loading wrong numbers or settings.
+
+What the checksum protects against: damage (a truncated copy, a flipped bit, a half-synced
+disk) and edits by tools that do not recompute it (``np.savez`` of edited arrays or
+metadata). It is not a signature: someone who rewrites the file and its checksum too can
+make it say anything. Telling a trusted file from a forged one needs a key (an HMAC or a
+signature), which is out of scope; ``Model.load`` still checks the metadata's values (counts
+are non-negative integers, the learning rate is positive and finite, each layer's settings
+fit its arrays), so even such a file cannot set ``epochs_trained=-5``.
+
+Format versions: files are written as ``backprop_gpu-checkpoint-2``. Files written as
+``backprop_gpu-checkpoint-1`` by earlier releases still load: their checksum covers the
+arrays only, so damage to the numbers is still caught but an edit to the metadata is not
+(beyond the value checks above). Loading such a file and saving it again
+(``bg.Model.load(p).save(p)``) rewrites it as version 2.
 """
 
 from __future__ import annotations
 
-# hashlib (OpenSSL), tempfile and zipfile are imported where used: at the top they would add
-# about 5 MiB of resident memory to every process that imports backprop_gpu
+# hashlib (OpenSSL), zipfile, struct and zlib are imported where used: at the top they would
+# add about 5 MiB of resident memory to every process that imports backprop_gpu
 import json
+import math
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-FORMAT = "backprop_gpu-checkpoint-1"
+FORMAT = "backprop_gpu-checkpoint-2"
+FORMAT_1 = "backprop_gpu-checkpoint-1"  # earlier releases: the checksum covers arrays only
 _META = "__meta__"
+_NUMERIC = "biufc"  # dtype kinds a checkpoint array may have: bool, ints, floats, complex
+_DEFLATE_MAX_RATIO = 1032  # deflate cannot expand a byte to more than this many
 
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used: unreadable, corrupted, or not matching."""
 
 
-def checksum(arrays: dict[str, np.ndarray]) -> str:
+def checksum(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> str:
+    """SHA-256 (hex) of ``meta`` without its ``"checksum"`` entry, as canonical JSON (sorted
+    keys, no spaces), then of each array in name order: a JSON line ``[name, dtype, shape]``
+    and the array's bytes in C order. Every part has a known length, so no two different
+    checkpoints hash the same input."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    rest = {key: value for key, value in meta.items() if key != "checksum"}
+    digest.update(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode() + b"\n")
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        digest.update(json.dumps([name, a.dtype.str, list(a.shape)]).encode() + b"\n")
+        digest.update(a.data)  # the buffer itself: no copy
+    return digest.hexdigest()
+
+
+def _checksum_1(arrays: dict[str, np.ndarray]) -> str:
+    """The arrays-only checksum of format 1, kept to verify files of earlier releases."""
     import hashlib
 
     digest = hashlib.sha256()
     for name in sorted(arrays):
         a = np.ascontiguousarray(arrays[name])
         digest.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
-        digest.update(a.tobytes())
+        digest.update(a.data)
     return digest.hexdigest()
 
 
+# --- writing -------------------------------------------------------------------------------
+
+
 def save(path: str | os.PathLike[str], arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
-    """Write ``arrays`` (host NumPy arrays) and JSON-able ``meta`` to ``path`` atomically."""
+    """Write ``arrays`` (host NumPy arrays of numeric dtypes) and JSON-able ``meta`` to
+    ``path`` atomically, with ``"format"`` and ``"checksum"`` entries added to ``meta``.
+
+    The data goes to ``.NAME.<random>.tmp`` beside ``path``, is synced, then renamed over
+    ``path``: readers see the old file or the new one, never a mix. If anything fails (a full
+    disk, an exception, Ctrl-C) the temporary file is removed and ``path`` is untouched.
+    The new file keeps the permission bits of the file it replaces; a new file gets
+    ``0o666`` less the umask (``0o644`` under the usual ``022``).
+
+    If ``path`` is a symbolic link, the link itself is replaced by the new file and the file
+    it pointed to is left as it was (``os.replace`` semantics, unlike ``numpy.save``, which
+    writes through the link). To update the link's target, save to
+    ``os.path.realpath(path)``.
+    """
     path = Path(path)
     if _META in arrays:
         raise ValueError(f"checkpoint: array name {_META!r} is reserved")
     for name, a in arrays.items():
-        if not isinstance(a, np.ndarray) or a.dtype.hasobject:
-            raise TypeError(f"checkpoint: {name!r} must be a numeric NumPy array, got {type(a)}")
-    import tempfile
-
-    meta = {**meta, "format": FORMAT, "checksum": checksum(arrays)}
+        if not isinstance(a, np.ndarray) or not _numeric(a.dtype):
+            what = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
+            raise TypeError(f"checkpoint: {name!r} must be a numeric NumPy array, got {what}")
+    # the metadata as load will parse it back (tuples become lists, ...), so both hash the same
+    meta = json.loads(json.dumps({**meta, "format": FORMAT}))
+    meta["checksum"] = checksum(arrays, meta)
     payload = {**arrays, _META: np.array(json.dumps(meta))}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **payload)  # type: ignore[arg-type]
@@ -59,32 +123,231 @@ def save(path: str | os.PathLike[str], arrays: dict[str, np.ndarray], meta: dict
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
 
+def _temporary(path: Path) -> tuple[int, Path]:
+    """Create ``.NAME.<random>.tmp`` beside ``path`` (exclusively, so never someone else's
+    file) with the mode the saved file should get, and return its descriptor and path.
+
+    ``os.open`` with ``0o666`` lets the kernel apply the umask (and a default ACL), as
+    ``open()`` does: no process-wide ``os.umask`` call, so no race with other threads."""
+    try:
+        old = os.lstat(path)
+        keep = stat.S_IMODE(old.st_mode) & 0o777 if stat.S_ISREG(old.st_mode) else None
+    except OSError:  # no file there yet (or unreadable: then the umask decides)
+        keep = None
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    flags |= getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp"
+        try:
+            fd = os.open(tmp, flags, 0o666)
+        except FileExistsError:  # 1 in 2**48 per try
+            continue
+        if keep is not None:
+            try:
+                os.chmod(fd if os.chmod in os.supports_fd else tmp, keep)
+            except BaseException:
+                os.close(fd)
+                tmp.unlink(missing_ok=True)
+                raise
+        return fd, tmp
+    raise FileExistsError(f"{path.parent}: could not create a temporary file for {path.name}")
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
 def load(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Read a checkpoint written by ``save``: ``(arrays, meta)``, checksum verified."""
+    """Read a checkpoint written by ``save``: ``(arrays, meta)``, checksum verified.
+
+    Every size and dtype is checked from the zip directory and the ``.npy`` headers before
+    any array data is read; anything malformed, damaged or altered raises
+    ``CheckpointError`` naming the file (a missing file raises ``FileNotFoundError``)."""
+    import struct
     import zipfile
+    import zlib
 
     path = Path(path)
+    # what a damaged zip or .npy header can make zipfile and numpy raise (UnicodeDecodeError
+    # is a ValueError, an encrypted member a RuntimeError); not MemoryError: every size is
+    # checked first, so one means a real file too big for this machine
+    damaged = (OSError, EOFError, ValueError, LookupError, NotImplementedError, RuntimeError,
+               OverflowError, struct.error, zlib.error, zipfile.BadZipFile)  # fmt: skip
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-    except FileNotFoundError:
+        with zipfile.ZipFile(path) as archive:
+            members = _members(archive, path.stat().st_size, path)
+            if _META not in members:
+                raise CheckpointError(
+                    f"{path}: no {_META} entry; not a backprop_gpu checkpoint (or a damaged one)"
+                )
+            headers = {name: _header(archive, info, name, path) for name, info in members.items()}
+            meta = _metadata(_read(archive, members.pop(_META), headers.pop(_META)), path)
+            arrays = {name: _read(archive, members[name], headers[name]) for name in members}
+    except (FileNotFoundError, CheckpointError):
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        # ValueError here also covers "Object arrays cannot be loaded when allow_pickle=False"
+    except damaged as e:
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
-    if _META not in arrays:
-        raise CheckpointError(f"{path}: no {_META} entry; not a backprop_gpu checkpoint")
     try:
-        meta = json.loads(str(arrays.pop(_META)))
-    except json.JSONDecodeError as e:
+        expected = _checksum_1(arrays) if meta["format"] == FORMAT_1 else checksum(arrays, meta)
+    except RecursionError as e:  # metadata nested too deep for json to write it back
         raise CheckpointError(f"{path}: unreadable metadata ({e})") from e
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
-    if meta.get("checksum") != checksum(arrays):
+    if meta.get("checksum") != expected:
         raise CheckpointError(f"{path}: checksum mismatch: the file is corrupted or was altered")
     return arrays, meta
+
+
+def _members(archive: Any, file_size: int, path: Path) -> dict[str, Any]:
+    """The archive's members by array name, after checking that each is a ``.npy`` entry,
+    named once, not encrypted, and no bigger than the file can hold."""
+    import zipfile
+
+    members: dict[str, Any] = {}
+    for info in archive.infolist():
+        member = info.filename
+        if not member.endswith(".npy") or info.is_dir():
+            raise CheckpointError(f"{path}: member {member!r} is not a .npy array")
+        name = member[: -len(".npy")]
+        if name in members:
+            raise CheckpointError(f"{path}: member {member!r} appears more than once")
+        if info.flag_bits & 0x1:
+            raise CheckpointError(f"{path}: member {member!r} is encrypted")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise CheckpointError(
+                f"{path}: member {member!r} uses compression method {info.compress_type}; "
+                "checkpoints are stored (or deflated, as by numpy.savez_compressed)"
+            )
+        if info.compress_type == zipfile.ZIP_STORED:
+            expands = info.file_size == info.compress_size
+        else:  # deflate turns a byte into at most ~1032
+            expands = info.file_size <= _DEFLATE_MAX_RATIO * info.compress_size + 64
+        if not expands or info.header_offset + info.compress_size > file_size:
+            raise CheckpointError(
+                f"{path}: member {member!r} declares {info.file_size} bytes from "
+                f"{info.compress_size} at offset {info.header_offset}, more than the "
+                f"{file_size}-byte file can hold"
+            )
+        members[name] = info
+    return members
+
+
+def _header(archive: Any, info: Any, name: str, path: Path) -> tuple[Any, ...]:
+    """``(shape, fortran_order, dtype, header_length)`` from a member's ``.npy`` header,
+    after checking that the dtype is plain numeric (a JSON string for ``__meta__``) and
+    that the member holds exactly the bytes the shape and dtype declare."""
+    from numpy.lib import format as npy
+
+    with archive.open(info) as f:
+        version = npy.read_magic(f)
+        if version == (1, 0):
+            shape, fortran_order, dtype = npy.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = npy.read_array_header_2_0(f)
+        else:  # 3.0 only adds UTF-8 field names, for structured dtypes: never ours
+            raise CheckpointError(f"{path}: {name} has .npy format version {version}")
+        header_length = f.tell()
+    if name == _META:
+        if dtype.kind != "U" or shape != ():
+            raise CheckpointError(
+                f"{path}: {_META} must be one JSON string, got a {dtype} array of shape {shape}"
+            )
+    elif not _numeric(dtype):
+        raise CheckpointError(f"{path}: {name} has dtype {dtype}, not a numeric type")
+    if any(n < 0 for n in shape):
+        raise CheckpointError(f"{path}: {name} declares a negative shape {shape}")
+    declared, held = math.prod(shape) * dtype.itemsize, info.file_size - header_length
+    if declared != held:
+        raise CheckpointError(
+            f"{path}: {name} declares shape {shape} of {dtype} ({declared} bytes), "
+            f"but its member holds {held} bytes"
+        )
+    return shape, fortran_order, dtype, header_length
+
+
+def _read(archive: Any, info: Any, header: tuple[Any, ...]) -> np.ndarray:
+    """A member's array, from its header checked by ``_header``."""
+    shape, fortran_order, dtype, header_length = header
+    flat = np.empty(math.prod(shape), dtype)  # no bigger than the member: checked
+    with archive.open(info) as f:
+        f.read(header_length)
+        if flat.nbytes and f.readinto(flat.view(np.uint8)) != flat.nbytes:
+            raise EOFError(f"{info.filename}: the data ends early")
+    array: np.ndarray = flat.reshape(shape[::-1]).T if fortran_order else flat.reshape(shape)
+    return array
+
+
+def _metadata(text: np.ndarray, path: Path) -> dict[str, Any]:
+    """The parsed ``__meta__`` JSON object, with a known ``format``."""
+    try:
+        meta = json.loads(str(text[()]))
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path}: unreadable metadata ({e})") from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: metadata must be a JSON object, got {type(meta).__name__}")
+    found = meta.get("format")
+    if found not in (FORMAT, FORMAT_1):
+        raise CheckpointError(
+            f"{path}: format {found!r}, expected {FORMAT!r} (or {FORMAT_1!r}); "
+            "was it written by a newer backprop_gpu?"
+        )
+    return meta
+
+
+def _numeric(dtype: np.dtype[Any]) -> bool:
+    """A plain numeric dtype: not object, string, structured or with a sub-array."""
+    return dtype.kind in _NUMERIC and dtype.names is None and dtype.subdtype is None
+
+
+# --- the metadata of a whole model ---------------------------------------------------------
+
+
+def check_model_meta(meta: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Refuse a ``kind == "model"`` checkpoint whose metadata ``Model.load`` could not use:
+    each layer, the loss, the accuracy (or null) and the optimizer (or null) a
+    ``{"class": name, "config": {...}}`` object, ``epochs_trained`` and the optimizer's
+    ``iterations`` non-negative integers, its ``current_learning_rate`` positive and finite.
+    The settings inside each ``config`` are checked by the class's own constructor."""
+
+    def fail(field: str, expected: str, got: Any) -> None:
+        raise CheckpointError(f"{path}: {field} must be {expected}, got {got!r}")
+
+    def need(owner: dict[str, Any], key: str, field: str) -> Any:
+        if key not in owner:
+            raise CheckpointError(f"{path}: the metadata has no {field}")
+        return owner[key]
+
+    def spec(value: Any, field: str) -> None:
+        if not isinstance(value, dict) or not isinstance(value.get("class"), str):
+            fail(field, 'an object {"class": name, "config": {...}}', value)
+        if not isinstance(value.get("config"), dict):
+            fail(f"{field}.config", "an object", value.get("config"))
+
+    def count(owner: dict[str, Any], key: str, field: str) -> None:
+        n = need(owner, key, field)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            fail(field, "a non-negative integer", n)
+
+    layers = need(meta, "layers", "layers")
+    if not isinstance(layers, list) or not layers:
+        fail("layers", "a non-empty list", layers)
+    for i, layer in enumerate(layers):
+        spec(layer, f"layers[{i}]")
+    spec(need(meta, "loss", "loss"), "loss")
+    if need(meta, "accuracy", "accuracy") is not None:
+        spec(meta["accuracy"], "accuracy")
+    count(meta, "epochs_trained", "epochs_trained")
+    optimizer = need(meta, "optimizer", "optimizer")
+    if optimizer is not None:
+        spec(optimizer, "optimizer")
+        count(optimizer, "iterations", "optimizer.iterations")
+        rate = need(optimizer, "current_learning_rate", "optimizer.current_learning_rate")
+        if (
+            not isinstance(rate, int | float)
+            or isinstance(rate, bool)
+            or not math.isfinite(rate)
+            or rate <= 0
+        ):
+            fail("optimizer.current_learning_rate", "a positive finite number", rate)

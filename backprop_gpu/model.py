@@ -668,15 +668,32 @@ class Model:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Model:
         """Rebuild a model saved by ``save`` on the active backend, ready to train on.
-        A file that does not fit (unknown class, missing or misshapen array, ...) raises
-        ``CheckpointError``."""
+        The metadata's values are checked before anything is built (see
+        ``checkpoint.check_model_meta``) and each layer is built around its saved parameters,
+        so its constructor checks their shapes against its settings and nothing is allocated
+        beyond what the file holds. A file that does not fit (unknown class, bad setting,
+        missing or misshapen array, ...) raises ``CheckpointError`` naming the file and field."""
         arrays, meta = checkpoint.load(path)
         if meta.get("kind") != "model":
             raise checkpoint.CheckpointError(
                 f"{path}: holds {meta.get('kind')!r}, not a whole model; use load_parameters"
             )
+        checkpoint.check_model_meta(meta, path)
+        layers = []
+        for i, spec in enumerate(meta["layers"]):
+            saved = {}
+            for name in getattr(LAYERS.get(spec["class"]), "params", ()):
+                if (key := f"layers.{i}.{name}") not in arrays:
+                    raise checkpoint.CheckpointError(f"{path}: missing array {key!r}")
+                saved[name] = arrays[key]
+            try:  # Dense(n_inputs, n_neurons, weights=..., biases=...) checks their shapes
+                layers.append(_build({**spec, "config": spec["config"] | saved}, LAYERS))
+            except (KeyError, TypeError, ValueError) as e:
+                raise checkpoint.CheckpointError(
+                    f"{path}: cannot rebuild layers[{i}] ({spec['class']}): {e}"
+                ) from e
         try:
-            model = cls([_build(spec, LAYERS) for spec in meta["layers"]])
+            model = cls(layers)
             accuracy = meta["accuracy"]
             model.set(
                 loss=_build(meta["loss"], LOSSES),

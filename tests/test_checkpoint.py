@@ -113,13 +113,6 @@ def test_altered_numbers_are_caught_by_the_checksum(tmp_path: Path) -> None:
     assert all(np.array_equal(a, b) for a, b in zip(before, params(model), strict=True))
 
 
-def test_pickled_objects_are_never_loaded(tmp_path: Path) -> None:
-    path = tmp_path / "evil.npz"
-    np.savez(path, __meta__=np.array("{}"), payload=np.array([{"a": 1}], dtype=object))
-    with pytest.raises(bg.CheckpointError, match="allow_pickle=False|Object arrays"):
-        bg.Model.load(path)
-
-
 def test_not_a_checkpoint(tmp_path: Path) -> None:
     (tmp_path / "plain.npz").write_bytes(_npz({"weights": np.ones(3)}))
     with pytest.raises(bg.CheckpointError, match="no __meta__ entry"):
@@ -194,7 +187,7 @@ def test_bad_optimizer_arrays_are_refused_before_anything_changes(tmp_path: Path
             bg.Model.load(path)
     del meta["epochs_trained"]
     checkpoint.save(path, arrays, meta)
-    with pytest.raises(bg.CheckpointError, match="cannot rebuild the model: KeyError"):
+    with pytest.raises(bg.CheckpointError, match="the metadata has no epochs_trained"):
         bg.Model.load(path)
 
 
