@@ -2,7 +2,8 @@
 
 Exit codes: 0 ok, 2 usage errors (unknown names, malformed values, bad config files),
 1 failures (a run folder that exists, nothing to resume, an unwritable folder, no GPU for
-``--backend cupy``, a damaged checkpoint).
+``--backend cupy``, a damaged checkpoint, a data set too large for the memory; ``info`` when
+BACKPROP_GPU_BACKEND names a backend that cannot run).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import os
+import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -79,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     predict.add_argument("--input", type=Path, required=True, metavar="FILE.npy")
     predict.add_argument("--output", type=Path, metavar="FILE.npy", help="save outputs here")
+    predict.add_argument("--force", action="store_true", help="overwrite an existing --output")
     predict.add_argument("--last", action="store_true", help="checkpoint.npz, not best.npz")
     return parser
 
@@ -100,6 +103,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return values
     except OSError as e:
         raise ConfigError(f"--config {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:  # (TOML files are UTF-8)
+        raise ConfigError(
+            f"--config {path}: not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8"
+        ) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"--config {path}: not valid TOML ({e})") from None
 
@@ -141,10 +148,12 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
+    # exit 1 when BACKPROP_GPU_BACKEND names a backend that cannot run: every train without
+    # --backend would fail, and `backprop-gpu info` is how a script checks its environment
     found = experiment.info()
     if args.json:
         print(json.dumps(found, indent=2))
-        return 0
+        return 0 if found.get("env_backend", {}).get("usable", True) else 1
     for name, version in found["versions"].items():
         print(f"{name}: {version}")
     backend = found["backend"]
@@ -160,29 +169,70 @@ def _info(args: argparse.Namespace) -> int:
         )
     else:
         print(f"MPI: not available ({mpi['why']})")
-    if found["env"]:
-        print(f"BACKPROP_GPU_BACKEND={found['env']}: train uses it unless --backend says otherwise")
+    usable = found.get("env_backend", {}).get("usable", True)
+    if found["env"] and usable:
+        print(f"{ENV_VAR}={found['env']}: train uses it unless --backend says otherwise")
+    elif found["env"]:
+        print(
+            f"{ENV_VAR}={found['env']}: CANNOT RUN on this machine, so train fails unless "
+            f"--backend says otherwise (or unset {ENV_VAR}): {found['env_backend']['why']}"
+        )
     for device in found.get("devices", []):
         print(
             f"GPU {device['id']}: {device['name']}, {device['memory_free'] / 2**30:.1f} GiB free "
             f"of {device['memory_total'] / 2**30:.1f} GiB"
         )
-    return 0
+    return 0 if usable else 1
+
+
+_KINDS = {"U": "strings", "S": "bytes", "c": "complex numbers", "O": "objects",
+          "V": "records", "M": "dates", "m": "time spans"}  # fmt: skip
 
 
 def _predict(args: argparse.Namespace) -> int:
+    output = None
+    if args.output is not None:  # checked first: a refusal costs no prediction
+        output = args.output if args.output.suffix == ".npy" else Path(f"{args.output}.npy")
+        if args.output.is_dir() or output.is_dir():
+            raise RunError(f"--output {args.output}: is a folder; name a file in it, such as "
+                           f"{args.output / 'outputs.npy'}")  # fmt: skip
+        if output.exists() and not args.force:
+            raise RunError(f"--output {output} exists; pass --force to overwrite it")
     try:
         inputs = np.load(args.input, allow_pickle=False)
     except (OSError, ValueError) as e:
         raise RunError(f"--input {args.input}: cannot read a .npy array ({e})") from None
+    if not isinstance(inputs, np.ndarray):  # (np.load opens a .npz archive too)
+        inputs.close()
+        raise RunError(f"--input {args.input}: a .npz archive, not a .npy array (np.save)")
+    if inputs.dtype.kind not in "biuf":
+        raise RunError(
+            f"--input {args.input}: expected an array of real numbers, got dtype "
+            f"{inputs.dtype} ({_KINDS.get(inputs.dtype.kind, 'not numbers')})"
+        )
     outputs = experiment.predict(args.run_dir, inputs, best=not args.last)
-    if args.output is not None:
-        path = args.output if args.output.suffix == ".npy" else Path(f"{args.output}.npy")
-        np.save(path, outputs)  # (np.save itself appends .npy to other names)
-        print(f"wrote {path} {outputs.shape}")
+    if output is not None:
+        _save_npy(output, outputs)
+        print(f"wrote {output} {outputs.shape}")
     else:
         np.savetxt(sys.stdout, outputs, fmt="%.6g")
     return 0
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    """np.save, atomically: a temporary file beside ``path`` (created with the umask's mode,
+    as np.save's), synced, then renamed over it; on any error it is removed."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -200,12 +250,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _predict(args)
     except ConfigError as e:
         parser.exit(2, f"backprop-gpu: error: {e}\n")
-    except (RunError, CheckpointError, RuntimeError, OSError, ValueError, ImportError) as e:
+    except (RunError, CheckpointError, RuntimeError, OSError, ValueError, ImportError,
+            MemoryError) as e:  # fmt: skip
         hint = ""
         if isinstance(e, BackendUnavailableError) and not getattr(args, "resume", False):
             # (its advice, set_backend, is Python's): what to type here instead
             env = os.environ.get(ENV_VAR) and getattr(args, "backend", None) is None
             hint = f"; here: --backend numpy{f' or unset {ENV_VAR}' if env else ''}"
+        elif isinstance(e, MemoryError):
+            hint = " (out of memory)"
         print(f"backprop-gpu: {e}{hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -35,7 +35,7 @@ import numpy as np
 
 from . import __version__, _malloc, datasets, kernels
 from .activations import Linear, ReLU, Sigmoid
-from .backend import gpu_index, to_numpy, use_backend
+from .backend import ENV_VAR, gpu_index, to_numpy, use_backend
 from .distributed import Context, check_batch, on_every_rank, on_root, transport
 from .distributed import info as distributed_info
 from .layers import Dense, Dropout
@@ -181,8 +181,36 @@ def _coerce(key: str, value: Any, where: str) -> Any:
 # --- data and model ------------------------------------------------------------------------
 
 
+# bytes a generated sample takes while its data set is made: float64 X, int64 or float32 y,
+# the float32 copy of X (a lower bound: training needs more)
+_BYTES_PER_SAMPLE = {"spiral": 32, "vertical": 32, "sine": 16}
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # (not on Windows)
+        return None
+
+
+def _check_fits(config: Config) -> None:
+    """Refuse, before allocating anything, a generated data set larger than this machine's
+    memory (say ``--samples 1000000000000``), naming the setting."""
+    if config.dataset not in _BYTES_PER_SAMPLE:
+        return
+    need = config.samples * 6 // 5 * _BYTES_PER_SAMPLE[config.dataset]  # (+ a fifth: validation)
+    memory = _physical_memory()
+    if memory is not None and need > memory:
+        raise RunError(
+            f"samples: {config.samples} {config.dataset} samples need at least "
+            f"{need / 2**30:,.1f} GiB of memory for the data alone, and this machine has "
+            f"{memory / 2**30:,.1f} GiB; choose fewer samples"
+        )
+
+
 def load_data(config: Config) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``X_train, y_train, X_val, y_val`` for the configured data set (host arrays)."""
+    _check_fits(config)
     n, seed = config.samples, config.seed
     if config.dataset == "digits":
         return datasets.load_digits()
@@ -629,7 +657,13 @@ def info() -> dict[str, Any]:
         pass
     found["backend"] = {"name": backend.name, "device": str(backend.device),
                         "reason": backend.reason}  # fmt: skip
-    found["env"] = os.environ.get("BACKPROP_GPU_BACKEND")
+    found["env"] = os.environ.get(ENV_VAR)
+    if found["env"]:  # the backend train takes by default: can it run here?
+        try:
+            with use_backend(found["env"].strip().lower()) as chosen:
+                found["env_backend"] = {"name": chosen.name, "usable": True, "why": ""}
+        except (ValueError, RuntimeError) as e:
+            found["env_backend"] = {"name": found["env"], "usable": False, "why": str(e)}
     found["cpu"] = {
         "c_kernels": ("on" if kernels.enabled else "off (BACKPROP_GPU_KERNELS=0)")
         if kernels.HAVE_C

@@ -313,6 +313,34 @@ def test_bad_config_files_name_the_key(
     assert not (tmp_path / "run").exists()
 
 
+def test_a_config_file_that_is_not_utf8_is_a_usage_error_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes("epochs = 3 # größer\n".encode("latin-1"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--config", str(path), "--out", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        f"backprop-gpu: error: --config {path}: not UTF-8 text (byte 15: invalid start byte); "
+        "save it as UTF-8\n"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_data_set_larger_than_the_memory_is_refused_before_allocating(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert quick_run(out, "--samples", "1000000000000") == 1
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "backprop-gpu: samples: 1000000000000 spiral samples need at least 35,762.8 GiB of "
+        "memory for the data alone, and this machine has "
+    )
+    assert err.endswith(" GiB; choose fewer samples\n") and not out.exists()
+
+
 def test_flags_override_the_config_file(tmp_path: Path) -> None:
     path = tmp_path / "sweep.toml"
     path.write_text('dataset = "vertical"\nhidden = [12]\nepochs = 9\nbatch-size = 30\n')
@@ -425,6 +453,30 @@ def test_info_says_where_the_c_extension_was_looked_for() -> None:
     assert "pip install -e" in c_kernels and "plain NumPy code runs" in c_kernels
 
 
+def test_info_says_when_the_environment_names_a_backend_that_cannot_run() -> None:
+    result = command("info", env={"BACKPROP_GPU_BACKEND": "numpy"})
+    assert result.returncode == 0
+    assert "BACKPROP_GPU_BACKEND=numpy: train uses it unless --backend says otherwise" in (
+        result.stdout
+    )
+    if GPU_OK:
+        pytest.skip("this machine has a GPU: cupy runs")
+    result = command("info", env={"BACKPROP_GPU_BACKEND": "cupy"})
+    assert result.returncode == 1  # every train without --backend would fail
+    assert "train uses it" not in result.stdout
+    assert (
+        "BACKPROP_GPU_BACKEND=cupy: CANNOT RUN on this machine, so train fails unless --backend "
+        "says otherwise (or unset BACKPROP_GPU_BACKEND): backend 'cupy' was requested but "
+        f"cannot run: {GPU_REASON}\n"
+    ) in result.stdout
+    as_json = command("info", "--json", env={"BACKPROP_GPU_BACKEND": "cupy:1"})
+    assert as_json.returncode == 1
+    assert json.loads(as_json.stdout)["env_backend"] == {
+        "name": "cupy:1", "usable": False,
+        "why": f"backend 'cupy:1' was requested but cannot run: {GPU_REASON}",
+    }  # fmt: skip
+
+
 def test_info_with_cupy_installed_but_no_gpu() -> None:
     pytest.importorskip("cupy")
     if GPU_OK:
@@ -457,5 +509,54 @@ def test_evaluate_and_predict(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     np.save(tmp_path / "bad.npy", np.ones((2, 5)))
     assert cli.main(["predict", str(out), "--input", str(tmp_path / "bad.npy")]) == 1
     assert "expected X with 2 features" in capsys.readouterr().err
+    for bad, dtype, kind in (
+        (np.array([["1", "2"]]), "<U1", "strings"),
+        (np.ones((3, 2), dtype=np.complex64), "complex64", "complex numbers"),
+    ):
+        np.save(tmp_path / "bad.npy", bad)
+        assert cli.main(["predict", str(out), "--input", str(tmp_path / "bad.npy")]) == 1
+        assert capsys.readouterr().err == (
+            f"backprop-gpu: --input {tmp_path / 'bad.npy'}: expected an array of real numbers, "
+            f"got dtype {dtype} ({kind})\n"
+        )
     assert cli.main(["evaluate", str(tmp_path)]) == 1
     assert "no config.json in it" in capsys.readouterr().err
+
+
+def test_predict_never_overwrites_silently(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert quick_run(out, "--no-plots") == 0
+    X = np.random.default_rng(1).uniform(-1, 1, (5, 2)).astype(np.float32)
+    np.save(tmp_path / "x.npy", X)
+    predict = ["predict", str(out), "--input", str(tmp_path / "x.npy"), "--output"]
+    (tmp_path / "folder").mkdir()
+    for folder in (tmp_path / "folder", tmp_path / "folder.npy"):
+        folder.mkdir(exist_ok=True)
+        capsys.readouterr()
+        assert cli.main([*predict, str(folder)]) == 1
+        assert capsys.readouterr().err == (
+            f"backprop-gpu: --output {folder}: is a folder; name a file in it, such as "
+            f"{folder / 'outputs.npy'}\n"
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "folder.npy", "run", "x.npy"]
+
+    target = tmp_path / "p.npy"
+    target.write_bytes(b"precious")
+    for name in ("p", "p.npy"):  # (.npy appended as np.save does)
+        assert cli.main([*predict, str(tmp_path / name)]) == 1
+        assert capsys.readouterr().err == (
+            f"backprop-gpu: --output {target} exists; pass --force to overwrite it\n"
+        )
+    assert target.read_bytes() == b"precious"
+    assert cli.main([*predict, str(target), "--force"]) == 0
+    np.testing.assert_allclose(np.load(target), experiment.predict(out, X), rtol=1e-6)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~current_umask()  # as np.save's
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
