@@ -1,20 +1,24 @@
 """The ``backprop-gpu`` command: ``info``, ``train``, ``evaluate``, ``predict``.
 
 Exit codes: 0 ok, 2 usage errors (unknown names, malformed values, bad config files),
-1 failures (a run folder that exists, nothing to resume, an unwritable folder, no GPU for
-``--backend cupy``, a damaged checkpoint, a data set too large for the memory; ``info`` when
-BACKPROP_GPU_BACKEND names a backend that cannot run).
+1 failures (a run folder that exists, an unwritable folder, no GPU for ``--backend cupy``, a
+damaged checkpoint, a data set too large for the memory; ``info`` when BACKPROP_GPU_BACKEND
+names a backend that cannot run), 130 after Ctrl-C and 143 after SIGTERM (both stop a run
+cleanly; ``--resume`` continues it).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import secrets
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,7 @@ import numpy as np
 from . import experiment
 from .backend import ENV_VAR, BackendUnavailableError
 from .checkpoint import CheckpointError
-from .experiment import Config, ConfigError, RunError
+from .experiment import Config, ConfigError, RunError, RunInterrupted
 
 D = Config(backend="auto")  # the defaults, shown in --help (not read from the environment)
 
@@ -134,16 +138,20 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
     final = summary["final"]
     if summary.get("rank", 0) != 0:
         return 0  # rank 0 reports for the whole job
-    if final:
-        run, total = summary["epochs_run"], summary["epochs"]
+    run, total = summary["epochs_run"], summary["epochs"]
+    if run:
         print(
             f"done: {run} epochs{f' ({total} in all)' if total != run else ''} in "
             f"{summary['wall_seconds']:.1f} s, "
             f"val_loss {final['val_loss']:.4f}, val_acc {final['val_accuracy']:.4f}; "
             f"run folder: {summary['run']}"
         )
-    else:
-        print(f"nothing to do: the run already has {summary['epochs']} epochs; {summary['run']}")
+    else:  # (a resume whose target the run has reached: success, as for make)
+        print(
+            f"nothing to do: {summary['run']} already has {total} epochs (--epochs is the "
+            f"total to reach); to train more: backprop-gpu train --resume --out "
+            f"{summary['run']} --epochs {2 * total}"
+        )
     return 0
 
 
@@ -235,19 +243,57 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         raise
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt(received: list[int]) -> Iterator[None]:
+    """Treat SIGTERM as Ctrl-C: a KeyboardInterrupt, so a run stops as cleanly (the signal
+    is noted in ``received``). Main thread only, where Python runs signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted(e: KeyboardInterrupt, signum: int) -> int:
+    """The message after Ctrl-C or SIGTERM, naming the folder to resume; 128 + the signal."""
+    name = signal.Signals(signum).name
+    message = f"backprop-gpu: interrupted ({name})"
+    if isinstance(e, RunInterrupted):
+        resume = f"continue with backprop-gpu train --resume --out {e.run_dir}"
+        if (e.run_dir / "config.json").is_file() and e.epochs != 0:
+            after = "" if e.epochs is None else f" after epoch {e.epochs}"
+            message += f"{after}; {e.run_dir} keeps its metrics and checkpoint: {resume}"
+        elif (e.run_dir / "config.json").is_file():
+            message += f" in epoch 1; {e.run_dir} holds no epoch yet: {resume} (from epoch 1)"
+        else:
+            message += " before the run started; nothing was recorded"
+    print(f"\n{message}", file=sys.stderr)
+    return 128 + signum
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     args = parser.parse_args(argv)  # exits with 2 on usage errors
+    received: list[int] = []
     try:
-        if args.command == "info":
-            return _info(args)
-        if args.command == "train":
-            return _train(args, argv)
-        if args.command == "evaluate":
-            print(json.dumps(experiment.evaluate(args.run_dir, best=not args.last)))
-            return 0
-        return _predict(args)
+        with _sigterm_as_interrupt(received):
+            if args.command == "info":
+                return _info(args)
+            if args.command == "train":
+                return _train(args, argv)
+            if args.command == "evaluate":
+                print(json.dumps(experiment.evaluate(args.run_dir, best=not args.last)))
+                return 0
+            return _predict(args)
     except ConfigError as e:
         parser.exit(2, f"backprop-gpu: error: {e}\n")
     except (RunError, CheckpointError, RuntimeError, OSError, ValueError, ImportError,
@@ -261,13 +307,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             hint = " (out of memory)"
         print(f"backprop-gpu: {e}{hint}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        out = getattr(args, "out", None)
-        where = f" {out}" if out else " the run folder (under runs/)"
-        print(
-            f"\nbackprop-gpu: interrupted; the metrics and the last checkpoint in{where} are "
-            f"kept: continue with backprop-gpu train --resume --out {out or 'RUN_DIR'}",
-            file=sys.stderr,
-        )
-        return 130
+    except KeyboardInterrupt as e:
+        return _interrupted(e, received[-1] if received else signal.SIGINT)
     return 0

@@ -173,6 +173,27 @@ def test_ctrl_c_exits_130_naming_the_command_that_resumes(tmp_path: Path) -> Non
     assert bg.Model.load(out / "checkpoint.npz").epochs_trained >= 1
 
 
+def test_ctrl_c_names_the_folder_it_made_without_out(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "BACKPROP_GPU_BACKEND"}
+    args = [sys.executable, "-m", "backprop_gpu", "train", *QUICK[2:], "--epochs", "100000",
+            "--no-plots", "--quiet"]  # fmt: skip
+    process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob("runs/*/checkpoint.npz")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    (made,) = (tmp_path / "runs").iterdir()
+    assert made.name.startswith("spiral-")
+    epochs = len(experiment.read_metrics(made))
+    assert err.strip() == (
+        f"backprop-gpu: interrupted (SIGINT) after epoch {epochs}; runs/{made.name} keeps its "
+        f"metrics and checkpoint: continue with backprop-gpu train --resume --out "
+        f"runs/{made.name}"
+    )
+
+
 # --- resume and refusals ------------------------------------------------------------------
 
 
@@ -191,6 +212,56 @@ def test_resume_continues_exactly(tmp_path: Path, capsys: pytest.CaptureFixture[
         assert len(list(csv.DictReader(f))) == 4  # appended, one header
     recorded = json.loads((tmp_path / "part" / "config.json").read_text())
     assert recorded["config"]["epochs"] == 4 and recorded["resumed"][0]["from_epoch"] == 2
+
+
+def test_resume_with_nothing_to_do_says_how_to_train_more(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert quick_run(out, "--no-plots") == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for epochs in ([], ["--epochs", "3"], ["--epochs", "2"]):
+        capsys.readouterr()
+        assert cli.main(["train", "--resume", "--out", str(out), "--quiet", *epochs]) == 0
+        assert capsys.readouterr().out == (
+            f"nothing to do: {out} already has 3 epochs (--epochs is the total to reach); to "
+            f"train more: backprop-gpu train --resume --out {out} --epochs 6\n"
+        )
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # (config.json too)
+
+
+def test_leftover_temporary_files_are_removed_by_the_next_resume(tmp_path: Path) -> None:
+    """What a killed save leaves (checkpoint.save's and _write_json's temporaries) goes when
+    the folder is next taken; other files stay."""
+    out = tmp_path / "run"
+    assert quick_run(out, "--no-plots") == 0
+    leftovers = [".checkpoint.npz.k2j4h1x0.tmp", ".best.npz.0a9b8c7d.tmp", ".config.json.tmp",
+                 ".summary.json.tmp", ".metrics.jsonl.tmp"]  # fmt: skip
+    for name in [*leftovers, ".notes.tmp", "mine.txt"]:
+        (out / name).write_bytes(b"PK\x03\x04 torn")
+    assert cli.main(["train", "--resume", "--epochs", "4", "--out", str(out), "--quiet"]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert not names & set(leftovers) and {".notes.tmp", "mine.txt"} <= names
+    assert [r["epoch"] for r in experiment.read_metrics(out)] == [1, 2, 3, 4]
+
+
+def test_resume_repairs_torn_rows_and_the_duplicates_of_older_versions(tmp_path: Path) -> None:
+    """A row cut by a kill (no newline) is dropped; an epoch written twice (by a resume
+    before this repair) is kept once; metrics.csv is rewritten to match."""
+    settings = ["--samples", "150", "--hidden", "16", "--no-plots", "--quiet"]
+    assert cli.main(["train", *settings, "--epochs", "4", "--out", str(tmp_path / "full")]) == 0
+    out = tmp_path / "run"
+    assert cli.main(["train", *settings, "--epochs", "3", "--out", str(out)]) == 0
+    lines = (out / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (out / "metrics.jsonl").write_text("".join([*lines[:2], lines[1], lines[2]]) + '{"epoch": 4')
+    with (out / "metrics.csv").open("a") as f:
+        f.write("4,0.9")
+    assert cli.main(["train", "--resume", "--epochs", "4", "--out", str(out), "--quiet"]) == 0
+    rows, full = experiment.read_metrics(out), experiment.read_metrics(tmp_path / "full")
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in full]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in rows] == strip
+    with open(out / "metrics.csv") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="no flock on Windows")
@@ -231,7 +302,7 @@ def test_existing_run_folder_is_never_overwritten(
 @pytest.mark.parametrize(
     ("setup", "args", "message"),
     [
-        ("empty", [], "nothing to resume (no checkpoint.npz in it)"),
+        ("no-checkpoint", [], "holds epochs 1 to 3 but the checkpoint holds 0; the run folder is"),
         ("none", [], "no config.json in it"),
         (
             "run",
@@ -245,16 +316,15 @@ def test_bad_resume(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], setup: str, args: list[str], message: str
 ) -> None:
     out = tmp_path / "run"
-    if setup == "run":
+    if setup in ("run", "no-checkpoint"):
         assert quick_run(out, "--no-plots") == 0
-    elif setup == "empty":
-        out.mkdir()
-        (out / "config.json").write_text(
-            json.dumps({"config": experiment.Config(out=str(out)).as_dict()})
-        )
+    if setup == "no-checkpoint":  # (what no kill leaves: a resume cannot cut 3 rows)
+        (out / "checkpoint.npz").unlink()
+    before = {p.name: p.read_bytes() for p in out.iterdir()} if out.exists() else {}
     capsys.readouterr()
     assert cli.main(["train", "--resume", "--out", str(out), "--quiet", *args]) == 1
     assert message in capsys.readouterr().err
+    assert ({p.name: p.read_bytes() for p in out.iterdir()} if out.exists() else {}) == before
 
 
 def test_unwritable_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
