@@ -2,9 +2,9 @@
 
 Exit codes: 0 ok, 2 usage errors (unknown names, malformed values, bad config files),
 1 failures (a run folder that exists, an unwritable folder, no GPU for ``--backend cupy``, a
-damaged checkpoint, a data set too large for the memory; ``info`` when BACKPROP_GPU_BACKEND
-names a backend that cannot run), 130 after Ctrl-C and 143 after SIGTERM (both stop a run
-cleanly; ``--resume`` continues it).
+damaged checkpoint, a loss or model that is not finite, a data set too large for the memory;
+``info`` when BACKPROP_GPU_BACKEND names a backend that cannot run), 130 after Ctrl-C and 143
+after SIGTERM (both stop a run cleanly; ``--resume`` continues it).
 """
 
 from __future__ import annotations
@@ -285,7 +285,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)  # exits with 2 on usage errors
     received: list[int] = []
     try:
-        with _sigterm_as_interrupt(received):
+        # NumPy's overflow warnings are left out: a loss or model that is not finite is
+        # reported in one line (FloatingPointError below, or the run's checks)
+        with _sigterm_as_interrupt(received), np.errstate(over="ignore", invalid="ignore",
+                                                          divide="ignore"):  # fmt: skip
             if args.command == "info":
                 return _info(args)
             if args.command == "train":
@@ -297,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         parser.exit(2, f"backprop-gpu: error: {e}\n")
     except (RunError, CheckpointError, RuntimeError, OSError, ValueError, ImportError,
-            MemoryError) as e:  # fmt: skip
+            FloatingPointError, MemoryError) as e:  # fmt: skip
         hint = ""
         if isinstance(e, BackendUnavailableError) and not getattr(args, "resume", False):
             # (its advice, set_backend, is Python's): what to type here instead

@@ -51,7 +51,7 @@ from .distributed import info as distributed_info
 from .layers import Dense, Dropout
 from .losses import MeanSquaredError, SoftmaxCrossEntropy
 from .metrics import Accuracy, RegressionAccuracy
-from .model import Model
+from .model import Model, NonFiniteLossError
 from .optimizers import SGD, Adagrad, Adam, RMSprop
 
 DATASETS = ("spiral", "vertical", "sine", "digits")
@@ -78,6 +78,9 @@ class RunInterrupted(KeyboardInterrupt):
         super().__init__(f"{run_dir}: interrupted after {epochs} epoch(s)")
         self.run_dir = run_dir
         self.epochs = epochs
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclasses.dataclass
@@ -133,6 +136,11 @@ class Config:
                 raise ConfigError(f"{key}: must be a finite number >= 0, got {getattr(self, key)}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"lr: must be a positive finite number, got {self.lr}")
+        if self.lr is not None and self.lr > FLOAT32_MAX:  # (the models are float32)
+            raise ConfigError(
+                f"lr: {self.lr:g} overflows float32, the models' dtype (largest "
+                f"{FLOAT32_MAX:.4g}); every update would be infinite"
+            )
         for key in ("dropout", "momentum"):
             if getattr(self, key) >= 1:
                 raise ConfigError(f"{key}: must be < 1, got {getattr(self, key)}")
@@ -705,6 +713,7 @@ def _execute(
                 history.append(row)
                 if writer is None:  # not rank 0
                     return
+                _check_finite(model, int(row["epoch"]), out)
                 improved = row["val_loss"] < best
                 with _signals_held():  # (Ctrl-C or SIGTERM: after the commit, not inside)
                     _commit(writer, row, model, out, improved)
@@ -743,10 +752,18 @@ def _execute(
                 _write_json(out / "summary.json", summary)
             summary["rank"] = 0 if dist is None else dist.rank  # (not in summary.json)
         return summary
+    except NonFiniteLossError as e:
+        raise NonFiniteLossError(f"{e}; {_kept(out, committed)}") from e
     except RunInterrupted:
         raise
     except KeyboardInterrupt as e:
         raise RunInterrupted(out, committed) from e
+
+
+def _kept(out: Path, epochs: int | None) -> str:
+    if epochs:
+        return f"the run folder {out} keeps epoch {epochs}, the last finite one"
+    return f"the run folder {out} holds no checkpoint: no epoch ended finite"
 
 
 def _commit(
@@ -779,6 +796,28 @@ def _commit(
     model.save(out / "checkpoint.npz")
     if improved:
         model.save(out / "best.npz")
+
+
+def _nonfinite(model: Model) -> str | None:
+    """The first parameter of ``model`` holding a NaN or infinity, named, or None."""
+    for i, layer in enumerate(model.layers):
+        for attr in ("weights", "biases"):
+            values = getattr(layer, attr, None)
+            if values is not None:
+                xp = model.backend.xp
+                if not bool(xp.all(xp.isfinite(values))):
+                    return f"{attr} of layer {i} ({type(layer).__name__})"
+    return None
+
+
+def _check_finite(model: Model, epoch: int, out: Path) -> None:
+    """Never save non-finite parameters as checkpoint.npz or best.npz."""
+    bad = _nonfinite(model)
+    if bad is not None:
+        raise NonFiniteLossError(
+            f"epoch {epoch}: the {bad} became NaN or infinite (the loss was still finite); "
+            "nothing of this epoch was saved. Lower the learning rate"
+        )
 
 
 def _saved_config(run_dir: Path) -> Config:
@@ -913,21 +952,31 @@ def predict(
     run_dir: str | os.PathLike[str], inputs: np.ndarray, *, best: bool = True
 ) -> np.ndarray:
     """Outputs of a run's model (best.npz if present and ``best``, else checkpoint.npz)."""
-    model = _load_run_model(Path(run_dir), best)
+    model, _ = _load_run_model(Path(run_dir), best)
     return to_numpy(model.predict(inputs))
 
 
 def evaluate(run_dir: str | os.PathLike[str], *, best: bool = True) -> dict[str, float]:
-    """The run's model on its validation data: ``{"loss": ..., "accuracy": ...}``."""
+    """The run's model on its validation data: ``{"loss": ..., "accuracy": ...}``. A model
+    whose parameters or loss are not finite raises ``RunError``."""
     run_dir = Path(run_dir)
     config = _saved_config(run_dir)
-    model = _load_run_model(run_dir, best)
+    model, path = _load_run_model(run_dir, best)
     _, _, X_val, y_val = load_data(config)
-    return model.evaluate(X_val, y_val)
+    metrics = model.evaluate(X_val, y_val)
+    for key, value in metrics.items():
+        if not math.isfinite(value):
+            raise RunError(f"{path}: the model's {key} on the validation data is {value}")
+    return metrics
 
 
-def _load_run_model(run_dir: Path, best: bool) -> Model:
+def _load_run_model(run_dir: Path, best: bool) -> tuple[Model, Path]:
     for name in ("best.npz", "checkpoint.npz") if best else ("checkpoint.npz",):
-        if (run_dir / name).is_file():
-            return Model.load(run_dir / name)
+        path = run_dir / name
+        if path.is_file():
+            model = Model.load(path)
+            bad = _nonfinite(model)
+            if bad is not None:
+                raise RunError(f"{path}: the {bad} hold NaN or infinite values; not usable")
+            return model, path
     raise RunError(f"{run_dir}: no checkpoint.npz in it (is it a run folder?)")

@@ -194,6 +194,53 @@ def test_ctrl_c_names_the_folder_it_made_without_out(tmp_path: Path) -> None:
     )
 
 
+def test_a_nonfinite_run_exits_1_in_one_line_and_saves_no_nonfinite_model(
+    tmp_path: Path,
+) -> None:
+    """SGD at lr 1e30 (finite in float32) on one batch an epoch: epoch 1's loss is finite
+    (computed before the update) but the update makes the weights NaN."""
+    out = tmp_path / "run"
+    result = command("train", *QUICK, "--batch-size", "1000", "--optimizer", "sgd", "--lr",
+                     "1e30", "--out", str(out), "--no-plots", "--quiet")  # fmt: skip
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()  # one line: no traceback, no NumPy warnings
+    assert line.startswith("backprop-gpu: ") and str(out) in line
+    for name in ("checkpoint.npz", "best.npz"):
+        if (out / name).exists():
+            model = bg.Model.load(out / name)
+            for layer in model.trainable_layers:
+                assert np.isfinite(bg.to_numpy(layer.weights)).all(), name
+    rows = experiment.read_metrics(out)
+    assert all(np.isfinite(r["loss"]) for r in rows)
+    saved = bg.Model.load(out / "checkpoint.npz").epochs_trained if rows else 0
+    assert [r["epoch"] for r in rows] == list(range(1, saved + 1))
+
+
+def test_evaluate_and_predict_refuse_a_nonfinite_model_in_one_line(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert quick_run(out, "--no-plots") == 0
+    model = bg.Model.load(out / "best.npz")
+    model.layers[2].weights[0, 0] = np.nan
+    model.save(out / "best.npz")  # (as a run before this check could leave it)
+    np.save(tmp_path / "x.npy", np.zeros((4, 2), dtype=np.float32))
+    for args in (["evaluate", str(out)], ["predict", str(out), "--input", str(tmp_path / "x.npy")]):
+        result = command(*args)
+        assert result.returncode == 1 and result.stdout == ""
+        assert result.stderr == (
+            f"backprop-gpu: {out / 'best.npz'}: the weights of layer 2 (Dense) hold NaN or "
+            "infinite values; not usable\n"
+        )
+    model.layers[2].weights[:, 0], model.layers[2].weights[:, 1] = 3e38, -3e38  # finite
+    model.save(out / "best.npz")  # but the logits overflow float32
+    result = command("evaluate", str(out))
+    assert result.returncode == 1
+    assert result.stderr in (
+        f"backprop-gpu: {out / 'best.npz'}: the model's loss on the validation data is {v}\n"
+        for v in ("nan", "inf")
+    )
+    assert command("evaluate", str(out), "--last").returncode == 0  # checkpoint.npz is fine
+
+
 # --- resume and refusals ------------------------------------------------------------------
 
 
@@ -349,6 +396,10 @@ def test_unwritable_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         (["train", "--resume"], "--resume needs --out RUN_DIR"),
         (["train", "--seed", "-1"], "seed: must be an integer >= 0, got -1"),
         (["train", "--dropout", "1.5"], "dropout: must be < 1, got 1.5"),
+        (
+            ["train", "--optimizer", "sgd", "--lr", "1e39"],
+            "lr: 1e+39 overflows float32, the models' dtype (largest 3.403e+38)",
+        ),
         (["fly"], "invalid choice: 'fly'"),
     ],
 )
