@@ -19,6 +19,7 @@ import backprop_gpu as bg
 from backprop_gpu import cli, experiment, kernels
 
 from .conftest import GPU_OK, GPU_REASON
+from .test_interrupt import ctrl_c_works
 
 QUICK = ["--epochs", "3", "--samples", "150", "--hidden", "16", "--batch-size", "32"]
 
@@ -162,7 +163,9 @@ def test_ctrl_c_exits_130_naming_the_command_that_resumes(tmp_path: Path) -> Non
     env = {k: v for k, v in os.environ.items() if k != "BACKPROP_GPU_BACKEND"}
     args = [sys.executable, "-m", "backprop_gpu", "train", *QUICK[2:], "--epochs", "100000",
             "--no-plots", "--quiet", "--out", str(out)]  # fmt: skip
-    process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(
+        args, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=ctrl_c_works
+    )
     deadline = time.monotonic() + 60
     while not (out / "checkpoint.npz").exists() and time.monotonic() < deadline:
         time.sleep(0.05)  # (written atomically after every epoch)
@@ -177,7 +180,9 @@ def test_ctrl_c_names_the_folder_it_made_without_out(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "BACKPROP_GPU_BACKEND"}
     args = [sys.executable, "-m", "backprop_gpu", "train", *QUICK[2:], "--epochs", "100000",
             "--no-plots", "--quiet"]  # fmt: skip
-    process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    process = subprocess.Popen(
+        args, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path, preexec_fn=ctrl_c_works
+    )
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob("runs/*/checkpoint.npz")) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -5,12 +5,13 @@ metrics.jsonl exactly once, and the folder equals an uninterrupted run's (but ``
 The process is stopped at named points of an epoch's commit (each row, the checkpoint's
 temporary file, its rename, best.npz) and inside training: a driver wraps ``os.fsync``,
 ``os.replace``, ``numpy.savez`` and ``Dense.forward`` so that the n-th call on a given file
-prints PAUSED and waits there for the signal. Then runs with big layers are killed after
-varied delays, landing wherever the run happens to be (often inside a checkpoint's write).
+prints PAUSED and waits there for the signal. Then runs with big layers get the signal at
+varied moments of an epoch, wherever the run happens to be (often inside a save).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -31,27 +32,27 @@ pytestmark = pytest.mark.skipif(
 )
 
 # the interrupted process: `backprop-gpu train ARGS`, paused at the event PAUSE_AT
-# ("kind:file:n", the n-th such call on that file) for PAUSE_FOR seconds, announced on stdout
+# ("kind:file:n", the n-th such call on that file), announced by PAUSED on stdout, until the
+# file PAUSE_UNTIL exists (the test makes it after sending its signal)
 DRIVER = r"""
 import os, sys, time
 import numpy as np
 from backprop_gpu import cli, layers
 
 kind, name, n = os.environ["PAUSE_AT"].split(":")
-hold, seen = float(os.environ["PAUSE_FOR"]), {}
+until, calls = os.environ["PAUSE_UNTIL"], []
 
 def reached(event, fd=None, path=None, label=None):
     if event != kind:
         return
     if label is None:
         label = os.path.basename(path if path is not None else os.readlink(f"/proc/self/fd/{fd}"))
-    if name not in label:
-        return
-    seen[label] = count = seen.get(name, 0) + 1
-    seen[name] = count
-    if count == int(n):
-        print("PAUSED", flush=True)
-        time.sleep(hold)
+    if name in label:
+        calls.append(label)
+        if len(calls) == int(n):
+            print("PAUSED", flush=True)
+            while not os.path.exists(until):  # (a held signal is taken here, or raises)
+                time.sleep(0.002)
 
 fsync, replace, savez, forward = os.fsync, os.replace, np.savez, layers.Dense.forward
 
@@ -93,13 +94,28 @@ BIG = ["--samples", "300", "--hidden", "512,512", "--batch-size", "100", "--epoc
        "--seed", "3", "--quiet", "--no-plots"]  # fmt: skip
 
 
-def start(out: Path, settings: list[str], pause: str = "none:none:0", hold: float = 0.0) -> Any:
+def start(out: Path, settings: list[str], pause: str = "none:none:0") -> Any:
     env = {k: v for k, v in os.environ.items() if k != "BACKPROP_GPU_BACKEND"}
-    env |= {"PAUSE_AT": pause, "PAUSE_FOR": str(hold)}
+    env |= {"PAUSE_AT": pause, "PAUSE_UNTIL": str(out.parent / "signal-sent")}
     return subprocess.Popen(
         [sys.executable, "-c", DRIVER, "train", *settings, "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=ctrl_c_works,
     )  # fmt: skip
+
+
+def ctrl_c_works() -> None:
+    """In the child: SIGINT as in a terminal (a shell starting pytest in the background
+    leaves it ignored, and Python then has no KeyboardInterrupt handler)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def signal_paused(process: Any, out: Path, signum: int) -> str:
+    """Wait for the process to pause, send it ``signum``, let it go on; its stderr."""
+    assert process.stdout.readline() == "PAUSED\n", process.communicate()[1]
+    process.send_signal(signum)
+    (out.parent / "signal-sent").touch()
+    return str(process.communicate(timeout=60)[1])
 
 
 def jsonl(out: Path) -> list[dict[str, Any]]:
@@ -178,28 +194,41 @@ AGREE = "all agree"
 UNFINISHED = "all epochs done, summary.json not written"
 
 
-def points(reference: Path) -> list[tuple[str, str, str]]:
-    """(where, PAUSE_AT, what SIGKILL there leaves) for every step of an improving epoch
-    E's commit, of a commit that does not improve, and inside training."""
+def points(reference: Path) -> list[tuple[str, str, str, int]]:
+    """(where, PAUSE_AT, what SIGKILL there leaves, the epochs its checkpoint holds then) for
+    every step of an improving epoch E's commit, of a commit that does not improve, and in
+    training."""
     improved, not_improved = improved_epochs(reference)
     e = improved[1]  # (epoch 1 always improves; this one follows a checkpoint)
     k = improved.index(e) + 1  # best.npz's k-th save
     q = not_improved[0]
-    forwards = 2 * (150 // 16 + 1) + 2  # Dense.forward calls an epoch: 2 layers, 10 steps, val
+    # Dense.forward calls an epoch: 2 layers, 10 batches of 16 of the 150 samples, then the 30
+    # validation samples in 2
+    forwards = 2 * (10 + 2)
     return [
-        ("in epoch 1, before any checkpoint", "forward:Dense:5", AGREE),
-        (f"training epoch {e}", f"forward:Dense:{forwards * (e - 1) + 7}", AGREE),
-        ("csv row synced, jsonl row not flushed", f"fsync:metrics.csv:{e}", CSV_AHEAD),
-        ("both rows written", f"fsync:metrics.jsonl:{e}", ROWS_AHEAD),
-        ("checkpoint's temporary file created", f"savez:checkpoint.npz:{e}", ROWS_AHEAD_TMP),
-        ("checkpoint's temporary file half-written", f"write:checkpoint.npz:{e}", ROWS_AHEAD_TMP),
-        ("checkpoint's temporary file complete", f"fsync:checkpoint.npz:{e}", ROWS_AHEAD_TMP),
-        ("before the checkpoint's rename", f"replace:checkpoint.npz:{e}", ROWS_AHEAD_TMP),
-        ("checkpoint renamed, best.npz not started", f"savez:best.npz:{k}", BEST_BEHIND),
-        ("before best.npz's rename", f"replace:best.npz:{k}", BEST_BEHIND),
-        (f"epoch {q}'s commit, not improving", f"replace:checkpoint.npz:{q}", ROWS_AHEAD_TMP),
-        ("after the commit, before the next epoch", f"forward:Dense:{forwards * e + 1}", AGREE),
-        ("the last epoch done, before summary.json", "replace:summary.json:1", UNFINISHED),
+        ("in epoch 1, before any checkpoint", "forward:Dense:5", AGREE, 0),
+        (f"training epoch {e}", f"forward:Dense:{forwards * (e - 1) + 7}", AGREE, e - 1),
+        ("csv row synced, jsonl row not flushed", f"fsync:metrics.csv:{e}", CSV_AHEAD, e - 1),
+        ("both rows written", f"fsync:metrics.jsonl:{e}", ROWS_AHEAD, e - 1),
+        ("checkpoint's temporary created", f"savez:checkpoint.npz:{e}", ROWS_AHEAD_TMP, e - 1),
+        ("checkpoint's temporary half-written", f"write:checkpoint.npz:{e}", ROWS_AHEAD_TMP, e - 1),
+        (
+            "checkpoint's temporary file complete",
+            f"fsync:checkpoint.npz:{e}",
+            ROWS_AHEAD_TMP,
+            e - 1,
+        ),
+        ("before the checkpoint's rename", f"replace:checkpoint.npz:{e}", ROWS_AHEAD_TMP, e - 1),
+        ("checkpoint renamed, best.npz not started", f"savez:best.npz:{k}", BEST_BEHIND, e),
+        ("before best.npz's rename", f"replace:best.npz:{k}", BEST_BEHIND, e),
+        (
+            f"epoch {q}'s commit, not improving",
+            f"replace:checkpoint.npz:{q}",
+            ROWS_AHEAD_TMP,
+            q - 1,
+        ),
+        ("after the commit, before the next epoch", f"forward:Dense:{forwards * e + 1}", AGREE, e),
+        ("the last epoch done, before summary.json", "replace:summary.json:1", UNFINISHED, 4),
     ]
 
 
@@ -213,15 +242,14 @@ def test_the_reference_has_the_epochs_the_points_need(reference: Path) -> None:
 def test_sigkill_at_every_point_of_an_epoch_then_resume(
     reference: Path, tmp_path: Path, index: int
 ) -> None:
-    where, pause, leaves = points(reference)[index]
+    where, pause, leaves, epochs = points(reference)[index]
     out = tmp_path / "run"
-    process = start(out, SMALL, pause, hold=60)
-    assert process.stdout.readline() == "PAUSED\n", process.communicate()[1]
-    process.kill()
-    process.wait(timeout=60)
+    process = start(out, SMALL, pause)
+    signal_paused(process, out, signal.SIGKILL)
     assert process.returncode == -signal.SIGKILL
     # the state the point is there for
     n = epochs_of(out / "checkpoint.npz") if (out / "checkpoint.npz").exists() else 0
+    assert n == epochs, where
     rows, lines = len(jsonl(out)), len(csv_rows(out)) if (out / "metrics.csv").exists() else 0
     temporaries = [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
     if leaves == AGREE:
@@ -231,7 +259,7 @@ def test_sigkill_at_every_point_of_an_epoch_then_resume(
     elif leaves in (ROWS_AHEAD, ROWS_AHEAD_TMP):
         assert rows == lines == n + 1 and bool(temporaries) == (leaves == ROWS_AHEAD_TMP), where
     elif leaves == UNFINISHED:  # (then resume has nothing to do but write the summary)
-        assert rows == lines == n == 4 and not (out / "summary.json").exists(), where
+        assert rows == lines == n and not (out / "summary.json").exists(), where
     else:
         assert rows == lines == n and epochs_of(out / "best.npz") < n, where
     resume(out)
@@ -255,12 +283,10 @@ def test_sigterm_and_ctrl_c_stop_cleanly_anywhere_then_resume(
 ) -> None:
     """SIGTERM is handled as Ctrl-C: the epoch is abandoned (in training) or its commit
     finished (in the commit), the folder is consistent at once, the message names it."""
-    where, pause, leaves = points(reference)[index]
+    where, pause, leaves, epochs = points(reference)[index]
     out = tmp_path / "run"
-    process = start(out, SMALL, pause, hold=0.3)
-    assert process.stdout.readline() == "PAUSED\n", process.communicate()[1]
-    process.send_signal(signum)
-    _, err = process.communicate(timeout=60)
+    process = start(out, SMALL, pause)
+    err = signal_paused(process, out, signum)
     assert process.returncode == 128 + signum, err
     assert f"interrupted ({signal.Signals(signum).name})" in err and "Traceback" not in err
     assert f"continue with backprop-gpu train --resume --out {out}" in err
@@ -271,8 +297,9 @@ def test_sigterm_and_ctrl_c_stop_cleanly_anywhere_then_resume(
         assert_consistent(out)  # at once, before any resume
         n = epochs_of(out / "checkpoint.npz")
         assert f"after epoch {n}; {out} keeps its metrics and checkpoint" in err
-        if leaves != AGREE:  # in the commit: it was finished, then the process stopped
-            assert n == int(pause.split(":")[2]) or "best" in pause, where
+        # in training the epoch is abandoned; in a commit, the commit is finished first
+        ahead = leaves in (CSV_AHEAD, ROWS_AHEAD, ROWS_AHEAD_TMP)
+        assert n == (epochs + 1 if ahead else epochs), where
     resume(out)
     assert_same_run(out, reference)
 
@@ -284,32 +311,44 @@ def big_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def replaced(path: Path, than: int, deadline: float) -> int:
+    """Wait until ``path`` is a file with another inode than ``than`` (a new save); it."""
+    while time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError):
+            if (inode := path.stat().st_ino) != than:
+                return inode
+        time.sleep(0.001)
+    raise AssertionError(f"{path} was not saved in time")
+
+
 @pytest.mark.parametrize(
-    ("signum", "delay"),
+    ("signum", "phase"),
     [
         (signal.SIGKILL, 0.0),
-        (signal.SIGKILL, 0.04),
-        (signal.SIGKILL, 0.09),
-        (signal.SIGKILL, 0.15),
-        (signal.SIGTERM, 0.02),
-        (signal.SIGTERM, 0.11),
+        (signal.SIGKILL, 0.2),
+        (signal.SIGKILL, 0.45),
+        (signal.SIGKILL, 0.6),
+        (signal.SIGKILL, 0.75),
+        (signal.SIGKILL, 0.9),
+        (signal.SIGTERM, 0.3),
+        (signal.SIGTERM, 0.8),
     ],
 )
 def test_a_kill_at_a_random_moment_of_a_big_run_then_resume(
-    big_reference: Path, tmp_path: Path, signum: int, delay: float
+    big_reference: Path, tmp_path: Path, signum: int, phase: float
 ) -> None:
-    """With 512x512 layers a checkpoint's save is a good part of an epoch: killed some time
-    after the first checkpoint appears, the run stops wherever it is."""
+    """With 512x512 layers a checkpoint's save is a good part of an epoch: the signal comes
+    at a ``phase`` of the third epoch (timed from the first two saves), wherever the run
+    happens to be then (training, the rows, a save or a rename)."""
     out = tmp_path / "run"
     process = start(out, BIG)
     deadline = time.monotonic() + 120
-    while not (out / "checkpoint.npz").exists() and time.monotonic() < deadline:
-        time.sleep(0.005)
-    time.sleep(delay)
+    first = replaced(out / "checkpoint.npz", -1, deadline)
+    t1 = time.monotonic()
+    replaced(out / "checkpoint.npz", first, deadline)
+    time.sleep(phase * (time.monotonic() - t1))
     process.send_signal(signum)
     _, err = process.communicate(timeout=60)
-    if process.returncode == 0:
-        pytest.fail(f"the run ended before the signal: make BIG longer ({err})")
     assert process.returncode == (-signum if signum == signal.SIGKILL else 128 + signum), err
     resume(out)
     assert_same_run(out, big_reference)
