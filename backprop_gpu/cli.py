@@ -1,18 +1,24 @@
 """The ``backprop-gpu`` command: ``info``, ``train``, ``evaluate``, ``predict``.
 
 Exit codes: 0 ok, 2 usage errors (unknown names, malformed values, bad config files),
-1 failures (a run folder that exists, nothing to resume, an unwritable folder, no GPU for
-``--backend cupy``, a damaged checkpoint).
+1 failures (a run folder that exists, an unwritable folder, no GPU for ``--backend cupy``, a
+damaged checkpoint, a loss or model that is not finite, a data set too large for the memory;
+``info`` when BACKPROP_GPU_BACKEND names a backend that cannot run), 130 after Ctrl-C and 143
+after SIGTERM (both stop a run cleanly; ``--resume`` continues it).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
+import secrets
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +27,7 @@ import numpy as np
 from . import experiment
 from .backend import ENV_VAR, BackendUnavailableError
 from .checkpoint import CheckpointError
-from .experiment import Config, ConfigError, RunError
+from .experiment import Config, ConfigError, RunError, RunInterrupted
 
 D = Config(backend="auto")  # the defaults, shown in --help (not read from the environment)
 
@@ -79,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     predict.add_argument("--input", type=Path, required=True, metavar="FILE.npy")
     predict.add_argument("--output", type=Path, metavar="FILE.npy", help="save outputs here")
+    predict.add_argument("--force", action="store_true", help="overwrite an existing --output")
     predict.add_argument("--last", action="store_true", help="checkpoint.npz, not best.npz")
     return parser
 
@@ -100,6 +107,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return values
     except OSError as e:
         raise ConfigError(f"--config {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:  # (TOML files are UTF-8)
+        raise ConfigError(
+            f"--config {path}: not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8"
+        ) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"--config {path}: not valid TOML ({e})") from None
 
@@ -127,24 +138,30 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
     final = summary["final"]
     if summary.get("rank", 0) != 0:
         return 0  # rank 0 reports for the whole job
-    if final:
-        run, total = summary["epochs_run"], summary["epochs"]
+    run, total = summary["epochs_run"], summary["epochs"]
+    if run:
         print(
             f"done: {run} epochs{f' ({total} in all)' if total != run else ''} in "
             f"{summary['wall_seconds']:.1f} s, "
             f"val_loss {final['val_loss']:.4f}, val_acc {final['val_accuracy']:.4f}; "
             f"run folder: {summary['run']}"
         )
-    else:
-        print(f"nothing to do: the run already has {summary['epochs']} epochs; {summary['run']}")
+    else:  # (a resume whose target the run has reached: success, as for make)
+        print(
+            f"nothing to do: {summary['run']} already has {total} epochs (--epochs is the "
+            f"total to reach); to train more: backprop-gpu train --resume --out "
+            f"{summary['run']} --epochs {2 * total}"
+        )
     return 0
 
 
 def _info(args: argparse.Namespace) -> int:
+    # exit 1 when BACKPROP_GPU_BACKEND names a backend that cannot run: every train without
+    # --backend would fail, and `backprop-gpu info` is how a script checks its environment
     found = experiment.info()
     if args.json:
         print(json.dumps(found, indent=2))
-        return 0
+        return 0 if found.get("env_backend", {}).get("usable", True) else 1
     for name, version in found["versions"].items():
         print(f"{name}: {version}")
     backend = found["backend"]
@@ -160,61 +177,139 @@ def _info(args: argparse.Namespace) -> int:
         )
     else:
         print(f"MPI: not available ({mpi['why']})")
-    if found["env"]:
-        print(f"BACKPROP_GPU_BACKEND={found['env']}: train uses it unless --backend says otherwise")
+    usable = found.get("env_backend", {}).get("usable", True)
+    if found["env"] and usable:
+        print(f"{ENV_VAR}={found['env']}: train uses it unless --backend says otherwise")
+    elif found["env"]:
+        print(
+            f"{ENV_VAR}={found['env']}: CANNOT RUN on this machine, so train fails unless "
+            f"--backend says otherwise (or unset {ENV_VAR}): {found['env_backend']['why']}"
+        )
     for device in found.get("devices", []):
         print(
             f"GPU {device['id']}: {device['name']}, {device['memory_free'] / 2**30:.1f} GiB free "
             f"of {device['memory_total'] / 2**30:.1f} GiB"
         )
-    return 0
+    return 0 if usable else 1
+
+
+_KINDS = {"U": "strings", "S": "bytes", "c": "complex numbers", "O": "objects",
+          "V": "records", "M": "dates", "m": "time spans"}  # fmt: skip
 
 
 def _predict(args: argparse.Namespace) -> int:
+    output = None
+    if args.output is not None:  # checked first: a refusal costs no prediction
+        output = args.output if args.output.suffix == ".npy" else Path(f"{args.output}.npy")
+        if args.output.is_dir() or output.is_dir():
+            raise RunError(f"--output {args.output}: is a folder; name a file in it, such as "
+                           f"{args.output / 'outputs.npy'}")  # fmt: skip
+        if output.exists() and not args.force:
+            raise RunError(f"--output {output} exists; pass --force to overwrite it")
     try:
         inputs = np.load(args.input, allow_pickle=False)
     except (OSError, ValueError) as e:
         raise RunError(f"--input {args.input}: cannot read a .npy array ({e})") from None
+    if not isinstance(inputs, np.ndarray):  # (np.load opens a .npz archive too)
+        inputs.close()
+        raise RunError(f"--input {args.input}: a .npz archive, not a .npy array (np.save)")
+    if inputs.dtype.kind not in "biuf":
+        raise RunError(
+            f"--input {args.input}: expected an array of real numbers, got dtype "
+            f"{inputs.dtype} ({_KINDS.get(inputs.dtype.kind, 'not numbers')})"
+        )
     outputs = experiment.predict(args.run_dir, inputs, best=not args.last)
-    if args.output is not None:
-        path = args.output if args.output.suffix == ".npy" else Path(f"{args.output}.npy")
-        np.save(path, outputs)  # (np.save itself appends .npy to other names)
-        print(f"wrote {path} {outputs.shape}")
+    if output is not None:
+        _save_npy(output, outputs)
+        print(f"wrote {output} {outputs.shape}")
     else:
         np.savetxt(sys.stdout, outputs, fmt="%.6g")
     return 0
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    """np.save, atomically: a temporary file beside ``path`` (created with the umask's mode,
+    as np.save's), synced, then renamed over it; on any error it is removed."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt(received: list[int]) -> Iterator[None]:
+    """Treat SIGTERM as Ctrl-C: a KeyboardInterrupt, so a run stops as cleanly (the signal
+    is noted in ``received``). Main thread only, where Python runs signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted(e: KeyboardInterrupt, signum: int) -> int:
+    """The message after Ctrl-C or SIGTERM, naming the folder to resume; 128 + the signal."""
+    name = signal.Signals(signum).name
+    message = f"backprop-gpu: interrupted ({name})"
+    if isinstance(e, RunInterrupted):
+        resume = f"continue with backprop-gpu train --resume --out {e.run_dir}"
+        if (e.run_dir / "config.json").is_file() and e.epochs != 0:
+            after = "" if e.epochs is None else f" after epoch {e.epochs}"
+            message += f"{after}; {e.run_dir} keeps its metrics and checkpoint: {resume}"
+        elif (e.run_dir / "config.json").is_file():
+            message += f" in epoch 1; {e.run_dir} holds no epoch yet: {resume} (from epoch 1)"
+        else:
+            message += " before the run started; nothing was recorded"
+    print(f"\n{message}", file=sys.stderr)
+    return 128 + signum
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     args = parser.parse_args(argv)  # exits with 2 on usage errors
+    received: list[int] = []
     try:
-        if args.command == "info":
-            return _info(args)
-        if args.command == "train":
-            return _train(args, argv)
-        if args.command == "evaluate":
-            print(json.dumps(experiment.evaluate(args.run_dir, best=not args.last)))
-            return 0
-        return _predict(args)
+        # NumPy's overflow warnings are left out: a loss or model that is not finite is
+        # reported in one line (FloatingPointError below, or the run's checks)
+        with _sigterm_as_interrupt(received), np.errstate(over="ignore", invalid="ignore",
+                                                          divide="ignore"):  # fmt: skip
+            if args.command == "info":
+                return _info(args)
+            if args.command == "train":
+                return _train(args, argv)
+            if args.command == "evaluate":
+                print(json.dumps(experiment.evaluate(args.run_dir, best=not args.last)))
+                return 0
+            return _predict(args)
     except ConfigError as e:
         parser.exit(2, f"backprop-gpu: error: {e}\n")
-    except (RunError, CheckpointError, RuntimeError, OSError, ValueError, ImportError) as e:
+    except (RunError, CheckpointError, RuntimeError, OSError, ValueError, ImportError,
+            FloatingPointError, MemoryError) as e:  # fmt: skip
         hint = ""
         if isinstance(e, BackendUnavailableError) and not getattr(args, "resume", False):
             # (its advice, set_backend, is Python's): what to type here instead
             env = os.environ.get(ENV_VAR) and getattr(args, "backend", None) is None
             hint = f"; here: --backend numpy{f' or unset {ENV_VAR}' if env else ''}"
+        elif isinstance(e, MemoryError):
+            hint = " (out of memory)"
         print(f"backprop-gpu: {e}{hint}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        out = getattr(args, "out", None)
-        where = f" {out}" if out else " the run folder (under runs/)"
-        print(
-            f"\nbackprop-gpu: interrupted; the metrics and the last checkpoint in{where} are "
-            f"kept: continue with backprop-gpu train --resume --out {out or 'RUN_DIR'}",
-            file=sys.stderr,
-        )
-        return 130
+    except KeyboardInterrupt as e:
+        return _interrupted(e, received[-1] if received else signal.SIGINT)
     return 0

@@ -6,12 +6,17 @@ A run folder holds:
 
 - ``config.json``: every resolved setting, the backend and why it was chosen, package
   versions, the command line and the start time;
-- ``metrics.csv`` and ``metrics.jsonl``: one row per epoch, flushed as each epoch ends (a
-  killed run keeps its history);
+- ``metrics.csv`` and ``metrics.jsonl``: one row per epoch, synced to disk as each epoch ends
+  (a killed run keeps its history);
 - ``checkpoint.npz``: the whole model after the last epoch (atomic; ``resume`` continues from
   it) and ``best.npz`` when the validation loss was lowest;
-- ``summary.json``: final and best metrics, wall time and samples per second;
+- ``summary.json``: final and best metrics, wall time and samples per second, written when a
+  run (or a resumed run) ends;
 - ``loss.png``, ``accuracy.png`` and, for 2-D data, ``decision_boundary.png`` (``plot`` extra).
+
+The metrics and the checkpoints agree by construction, whenever the process is killed (see
+``_commit``): after any interruption, ``resume`` leaves every epoch in both metrics files
+exactly once, as an uninterrupted run would have written them.
 """
 
 from __future__ import annotations
@@ -20,12 +25,17 @@ import contextlib
 import csv
 import dataclasses
 import datetime as dt
+import io
 import itertools
 import json
 import math
 import os
 import platform
+import re
+import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -33,15 +43,15 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, _malloc, datasets, kernels
+from . import __version__, _malloc, checkpoint, datasets, kernels
 from .activations import Linear, ReLU, Sigmoid
-from .backend import gpu_index, to_numpy, use_backend
+from .backend import ENV_VAR, gpu_index, to_numpy, use_backend
 from .distributed import Context, check_batch, on_every_rank, on_root, transport
 from .distributed import info as distributed_info
 from .layers import Dense, Dropout
 from .losses import MeanSquaredError, SoftmaxCrossEntropy
 from .metrics import Accuracy, RegressionAccuracy
-from .model import Model
+from .model import Model, NonFiniteLossError
 from .optimizers import SGD, Adagrad, Adam, RMSprop
 
 DATASETS = ("spiral", "vertical", "sine", "digits")
@@ -56,6 +66,21 @@ class ConfigError(ValueError):
 
 class RunError(RuntimeError):
     """A run that cannot start or continue: folder exists, no checkpoint, unwritable, ..."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C (or by a signal its caller turns into ``KeyboardInterrupt``,
+    as the ``backprop-gpu`` command does with SIGTERM). ``run_dir`` is the run folder, which
+    ``resume`` continues; ``epochs`` how many epochs its checkpoint and metrics hold (None:
+    not read yet)."""
+
+    def __init__(self, run_dir: Path, epochs: int | None) -> None:
+        super().__init__(f"{run_dir}: interrupted after {epochs} epoch(s)")
+        self.run_dir = run_dir
+        self.epochs = epochs
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclasses.dataclass
@@ -111,6 +136,11 @@ class Config:
                 raise ConfigError(f"{key}: must be a finite number >= 0, got {getattr(self, key)}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"lr: must be a positive finite number, got {self.lr}")
+        if self.lr is not None and self.lr > FLOAT32_MAX:  # (the models are float32)
+            raise ConfigError(
+                f"lr: {self.lr:g} overflows float32, the models' dtype (largest "
+                f"{FLOAT32_MAX:.4g}); every update would be infinite"
+            )
         for key in ("dropout", "momentum"):
             if getattr(self, key) >= 1:
                 raise ConfigError(f"{key}: must be < 1, got {getattr(self, key)}")
@@ -181,8 +211,36 @@ def _coerce(key: str, value: Any, where: str) -> Any:
 # --- data and model ------------------------------------------------------------------------
 
 
+# bytes a generated sample takes while its data set is made: float64 X, int64 or float32 y,
+# the float32 copy of X (a lower bound: training needs more)
+_BYTES_PER_SAMPLE = {"spiral": 32, "vertical": 32, "sine": 16}
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # (not on Windows)
+        return None
+
+
+def _check_fits(config: Config) -> None:
+    """Refuse, before allocating anything, a generated data set larger than this machine's
+    memory (say ``--samples 1000000000000``), naming the setting."""
+    if config.dataset not in _BYTES_PER_SAMPLE:
+        return
+    need = config.samples * 6 // 5 * _BYTES_PER_SAMPLE[config.dataset]  # (+ a fifth: validation)
+    memory = _physical_memory()
+    if memory is not None and need > memory:
+        raise RunError(
+            f"samples: {config.samples} {config.dataset} samples need at least "
+            f"{need / 2**30:,.1f} GiB of memory for the data alone, and this machine has "
+            f"{memory / 2**30:,.1f} GiB; choose fewer samples"
+        )
+
+
 def load_data(config: Config) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``X_train, y_train, X_val, y_val`` for the configured data set (host arrays)."""
+    _check_fits(config)
     n, seed = config.samples, config.seed
     if config.dataset == "digits":
         return datasets.load_digits()
@@ -249,11 +307,8 @@ def versions() -> dict[str, str]:
     return found
 
 
-def _prepare_folder(out: Path, resume: bool) -> None:
-    if resume:
-        if not (out / "checkpoint.npz").is_file():
-            raise RunError(f"{out}: nothing to resume (no checkpoint.npz in it)")
-        return
+def _prepare_folder(out: Path) -> None:
+    """Make the new run folder ``out`` (refusing one that exists and is not empty)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RunError(
             f"{out} already exists and is not empty; pass --resume to continue that run or "
@@ -268,24 +323,39 @@ def _prepare_folder(out: Path, resume: bool) -> None:
         raise RunError(f"cannot write the run folder {out}: {e.strerror or e}") from e
 
 
-class _MetricsWriter:
-    """Appends one row per epoch to metrics.csv and metrics.jsonl, flushed at once."""
+COLUMNS = ("epoch", "loss", "regularization_loss", "accuracy", "learning_rate",
+           "val_loss", "val_accuracy", "seconds")  # fmt: skip
 
-    COLUMNS = ("epoch", "loss", "regularization_loss", "accuracy", "learning_rate",
-               "val_loss", "val_accuracy", "seconds")  # fmt: skip
+
+def _csv_text(rows: list[dict[str, float]], header: bool) -> str:
+    """metrics.csv's text for ``rows`` (with the header line first if ``header``)."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=COLUMNS)
+    if header:
+        writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row.get(k, "") for k in COLUMNS})
+    return text.getvalue()
+
+
+def _jsonl_text(rows: list[dict[str, float]]) -> str:
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+class _MetricsWriter:
+    """Appends one row per epoch to metrics.csv and metrics.jsonl, synced to disk at once."""
 
     def __init__(self, out: Path) -> None:
         csv_path = out / "metrics.csv"
         new = not csv_path.exists()
         self.csv_file = csv_path.open("a", newline="")
         self.jsonl_file = (out / "metrics.jsonl").open("a")
-        self.writer = csv.DictWriter(self.csv_file, fieldnames=self.COLUMNS)
         if new:
-            self.writer.writeheader()
+            self.csv_file.write(_csv_text([], header=True))
 
     def write(self, row: dict[str, float]) -> None:
-        self.writer.writerow({k: row.get(k, "") for k in self.COLUMNS})
-        self.jsonl_file.write(json.dumps(row) + "\n")
+        self.csv_file.write(_csv_text([row], header=False))
+        self.jsonl_file.write(_jsonl_text([row]))
         for f in (self.csv_file, self.jsonl_file):
             f.flush()
             os.fsync(f.fileno())
@@ -295,17 +365,145 @@ class _MetricsWriter:
         self.jsonl_file.close()
 
 
-def read_metrics(out: Path) -> list[dict[str, float]]:
-    path = Path(out) / "metrics.jsonl"
+def _jsonl_rows(path: Path) -> list[dict[str, float]]:
+    """The rows of a metrics.jsonl, in file order. A last line without its newline is one a
+    killed process was writing: left out. Any other line that is not a JSON row raises."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    *complete, _torn = path.read_bytes().split(b"\n")  # (_torn is b"" after a whole line)
+    rows = []
+    for number, line in enumerate(complete, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+            raise RunError(f"{path}: line {number} is not a metrics row; the file is damaged")
+        rows.append(row)
+    return rows
+
+
+def read_metrics(out: str | os.PathLike[str]) -> list[dict[str, float]]:
+    """The rows of ``out/metrics.jsonl``, one dict per epoch (of a run that still trains too:
+    a row being written is left out)."""
+    return _jsonl_rows(Path(out) / "metrics.jsonl")
+
+
+def _atomic_write(path: Path, data: str | bytes) -> None:
+    """Replace ``path`` by ``data`` all at once: a temporary file in the same folder, synced,
+    then renamed over it (a process killed on the way leaves the old file, and the
+    temporary, which the next run or resume removes)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    _atomic_write(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+_RUN_FILES = ("checkpoint.npz", "best.npz", "config.json", "summary.json", "metrics.csv",
+              "metrics.jsonl")  # fmt: skip
+# the temporaries of checkpoint.save (.checkpoint.npz.<random>.tmp) and _atomic_write
+_TEMPORARY = re.compile(rf"\.({'|'.join(map(re.escape, _RUN_FILES))})(\..*)?\.tmp")
+
+
+def _remove_temporaries(out: Path) -> None:
+    """Remove what a save killed mid-write left in the run folder (its writer, holding the
+    run lock, is gone)."""
+    for path in out.iterdir():
+        if _TEMPORARY.fullmatch(path.name):
+            path.unlink(missing_ok=True)
+
+
+def _best_row(history: list[dict[str, float]]) -> dict[str, float] | None:
+    """The first row with the lowest validation loss (the epoch ``best.npz`` holds)."""
+    best: dict[str, float] | None = None
+    for row in history:
+        if row.get("val_loss", math.inf) < (math.inf if best is None else best["val_loss"]):
+            best = row
+    return best
+
+
+def _committed_history(out: Path, epochs: int) -> list[dict[str, float]]:
+    """Bring the metrics files back to the epochs the checkpoint holds and return their rows.
+
+    By ``_commit``'s order a killed run's files hold epochs 1 to ``epochs`` and, at most, the
+    row of the next epoch, whole or torn, in one or both files: it is dropped here (that
+    epoch trains again, to the same numbers). metrics.jsonl is the record; metrics.csv is
+    rewritten from it when it differs. Files that disagree with the checkpoint otherwise (a
+    row missing, rows further on: not what a kill leaves) are refused, not cut."""
+    jsonl = out / "metrics.jsonl"
+    by_epoch: dict[int, dict[str, float]] = {}
+    for row in _jsonl_rows(jsonl):
+        by_epoch[int(row["epoch"])] = row  # (resumed before this repair: maybe twice; last wins)
+    rows = [by_epoch[e] for e in range(1, epochs + 1) if e in by_epoch]
+    if len(rows) < epochs or max(by_epoch, default=0) > epochs + 1:
+        raise RunError(
+            f"{jsonl}: holds epochs {_spans(sorted(by_epoch))} but the checkpoint holds "
+            f"{epochs}; the run folder is damaged (a file replaced or edited?)"
+        )
+    for path, text in ((jsonl, _jsonl_text(rows)), (out / "metrics.csv", _csv_text(rows, True))):
+        if not path.exists() or path.read_bytes() != text.encode():
+            _atomic_write(path, text)
+    return rows
+
+
+def _spans(epochs: list[int]) -> str:
+    """``[1, 2, 3]`` -> ``"1 to 3"``; ``[1, 3]`` -> ``"1, 3"``."""
+    if not epochs:
+        return "none"
+    if epochs == list(range(epochs[0], epochs[-1] + 1)):
+        return f"{epochs[0]} to {epochs[-1]}"
+    return ", ".join(map(str, epochs))
+
+
+def _restore_best(out: Path, history: list[dict[str, float]], epochs: int) -> None:
+    """Make best.npz the model of the best epoch again. A kill between the checkpoint's save
+    and best.npz's (``_commit``) leaves best.npz one best epoch behind; that epoch is then
+    the checkpoint's own, so the checkpoint is copied."""
+    best = _best_row(history)
+    if best is None or best["epoch"] != epochs:
+        return  # best.npz was written in an earlier, completed commit
+    path = out / "best.npz"
+    try:
+        holds = checkpoint.load(path)[1].get("epochs_trained") if path.is_file() else None
+    except checkpoint.CheckpointError:
+        holds = None
+    if holds != epochs:
+        tmp = path.with_name(f".{path.name}.tmp")
+        shutil.copyfile(out / "checkpoint.npz", tmp)
+        with tmp.open("rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, then deliver them to the handlers they
+    had (Python's KeyboardInterrupt, the command's, or the default: the process ends). Only
+    in the main thread, which alone receives signals in Python; SIGKILL cannot be held."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous: dict[int, Any] = {}
+    for number in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(number)
+        if handler not in (signal.SIG_IGN, None):  # (None: a handler set outside Python)
+            previous[number] = signal.signal(number, lambda s, _frame: held.append(s))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for received in dict.fromkeys(held):
+            signal.raise_signal(received)
 
 
 # --- running -------------------------------------------------------------------------------
@@ -338,7 +536,7 @@ def run(
 
     def prepare() -> Path:
         out = Path(settings.out) if settings.out else default_out(settings)
-        _prepare_folder(out, resume=False)
+        _prepare_folder(out)
         return out
 
     if dist is not None:  # before any folder is made: a misuse leaves nothing behind
@@ -368,7 +566,13 @@ def resume(
     ``epochs`` epochs in all (``overrides={"epochs": N}`` raises the target; any other setting
     that differs from the saved one is refused). The continued metrics equal those of an
     uninterrupted run: optimizer state, epoch count, shuffling and dropout all carry on.
-    ``distributed=True`` as in ``run`` (only rank 0 reads the folder)."""
+
+    Whenever the run was killed, the metrics files are first brought back to the epochs of
+    its checkpoint (a run killed in its first epoch, before any checkpoint, starts again
+    from its seeded initial model). A run that already has ``epochs`` epochs is left as it
+    is (but for a summary.json that a stop just after the last epoch left unwritten): the
+    summary has ``epochs_run`` 0. ``distributed=True`` as in ``run`` (only rank 0
+    reads the folder)."""
     run_dir = Path(run_dir)
     dist = Context() if distributed else None
     config = on_root(dist, lambda: _resumed_config(run_dir, overrides))
@@ -377,7 +581,7 @@ def resume(
 
 def _resumed_config(run_dir: Path, overrides: Mapping[str, Any] | None) -> Config:
     """The saved settings of the run in ``run_dir`` with ``overrides`` (only epochs may
-    change), after checking there is a checkpoint to resume from."""
+    change)."""
     saved = _saved_config(run_dir)
     for key, value in (overrides or {}).items():
         value = Config.from_mapping({**saved.as_dict(), key: value}).as_dict()[key]
@@ -390,7 +594,6 @@ def _resumed_config(run_dir: Path, overrides: Mapping[str, Any] | None) -> Confi
                 f"{saved.as_dict()[key]!r}; a resumed run keeps its settings (only epochs may "
                 "change)"
             )
-    _prepare_folder(run_dir, resume=True)
     return dataclasses.replace(saved, out=str(run_dir))
 
 
@@ -432,102 +635,189 @@ def _execute(
 ) -> dict[str, Any]:
     out = Path(str(config.out))
     root = dist is None or dist.is_root  # only rank 0 reads and writes the run folder
+    # the epochs whose rows and checkpoint are on disk (resuming: unknown until loaded)
+    committed: int | None = None if resuming else 0
     # distributed, each rank of a machine with several GPUs takes its own (and a rank that
     # cannot run the backend stops them all)
     name = dist.local_backend(config.backend) if dist is not None else config.backend
-    with use_backend(name) as backend, contextlib.ExitStack() as held:
+    try:
+        with use_backend(name) as backend, contextlib.ExitStack() as held:
 
-        def load() -> tuple[Any, ...]:
-            X, y, X_val, y_val = load_data(config)
-            n_outputs = 1 if config.dataset == "sine" else int(y.max()) + 1
-            return X, y, X_val, y_val, build_model(config, X.shape[1], n_outputs)
+            def load() -> tuple[Any, ...]:
+                X, y, X_val, y_val = load_data(config)
+                n_outputs = 1 if config.dataset == "sine" else int(y.max()) + 1
+                return X, y, X_val, y_val, build_model(config, X.shape[1], n_outputs)
 
-        # each rank loads; if one fails, all stop (none waits for it in a collective)
-        X, y, X_val, y_val, model = on_every_rank(dist, load)
-        history: list[dict[str, float]] = []
-        writer: _MetricsWriter | None = None
+            # each rank loads; if one fails, all stop (none waits for it in a collective)
+            X, y, X_val, y_val, model = on_every_rank(dist, load)
+            history: list[dict[str, float]] = []
+            writer: _MetricsWriter | None = None
 
-        def open_run() -> int:
-            """Load the checkpoint when resuming, record the run and open its metrics files;
-            the epochs done."""
-            nonlocal model, history, writer
-            held.enter_context(_run_lock(out))  # until the end: one writer per run folder
-            if resuming:
-                loaded = Model.load(out / "checkpoint.npz")
-                _check_same_architecture(loaded, model, out)
-                model = loaded
-                recorded = json.loads((out / "config.json").read_text())
-                recorded["config"] = config.as_dict()  # the raised epoch target, if any
-                recorded.setdefault("resumed", []).append({
-                    "command": command if command is not None else sys.argv,
-                    "at": dt.datetime.now().isoformat(timespec="seconds"),
-                    "from_epoch": model.epochs_trained,
-                })  # fmt: skip
-                _write_json(out / "config.json", recorded)
-                history = read_metrics(out)
-            else:
-                _write_json(out / "config.json", {
-                    "config": config.as_dict(),
-                    "backend": {"name": backend.name, "device": str(backend.device),
-                                "reason": backend.reason},
-                    "distributed": None if dist is None else {
-                        "ranks": dist.size, "transport": transport(backend.name),
-                        "processes": dist.processes},
-                    "versions": versions(),
-                    "command": command if command is not None else sys.argv,
-                    "started": dt.datetime.now().isoformat(timespec="seconds"),
-                })  # fmt: skip
-            writer = _MetricsWriter(out)
-            return int(model.epochs_trained)
+            def open_run() -> int:
+                """Take the run folder, load the checkpoint when resuming (and bring the
+                metrics and best.npz back to it), record the run and open its metrics files;
+                the epochs done."""
+                nonlocal model, history, writer, committed
+                held.enter_context(_run_lock(out))  # until the end: one writer per run folder
+                _remove_temporaries(out)
+                if resuming:
+                    if (out / "checkpoint.npz").is_file():
+                        loaded = Model.load(out / "checkpoint.npz")
+                        _check_same_architecture(loaded, model, out)
+                        model = loaded
+                    # (else killed in its first epoch: it starts again from the built model)
+                    done = committed = int(model.epochs_trained)
+                    history = _committed_history(out, done)
+                    _restore_best(out, history, done)
+                    if done >= config.epochs:
+                        return done  # nothing to do: the folder stays as it is
+                    recorded = json.loads((out / "config.json").read_text())
+                    recorded["config"] = config.as_dict()  # the raised epoch target, if any
+                    recorded.setdefault("resumed", []).append({
+                        "command": command if command is not None else sys.argv,
+                        "at": dt.datetime.now().isoformat(timespec="seconds"),
+                        "from_epoch": done,
+                    })  # fmt: skip
+                    _write_json(out / "config.json", recorded)
+                    # it described the end of an earlier call; this one writes its own
+                    (out / "summary.json").unlink(missing_ok=True)
+                else:
+                    _write_json(out / "config.json", {
+                        "config": config.as_dict(),
+                        "backend": {"name": backend.name, "device": str(backend.device),
+                                    "reason": backend.reason},
+                        "distributed": None if dist is None else {
+                            "ranks": dist.size, "transport": transport(backend.name),
+                            "processes": dist.processes},
+                        "versions": versions(),
+                        "command": command if command is not None else sys.argv,
+                        "started": dt.datetime.now().isoformat(timespec="seconds"),
+                    })  # fmt: skip
+                writer = _MetricsWriter(out)
+                return int(model.epochs_trained)
 
-        # rank 0's epoch count (the others get its parameters and state in Model.train)
-        done = on_root(dist, open_run)
-        remaining = max(config.epochs - done, 0)
-        best = min((r.get("val_loss", math.inf) for r in history), default=math.inf)
-        bar = _progress_bar(remaining, progress) if root else None
-        report = report if root else None
-        started = epoch_started = time.perf_counter()
+            # rank 0's epoch count (the others get its parameters and state in Model.train)
+            done = on_root(dist, open_run)
+            remaining = max(config.epochs - done, 0)
+            best_row = _best_row(history)
+            best = math.inf if best_row is None else best_row["val_loss"]
+            bar = _progress_bar(remaining, progress) if root and remaining else None
+            report = report if root else None
+            started = epoch_started = time.perf_counter()
 
-        def on_epoch_end(row: dict[str, float]) -> None:
-            nonlocal best, epoch_started
-            now = time.perf_counter()
-            row = {**row, "seconds": now - epoch_started}
-            epoch_started = now
-            history.append(row)
-            if writer is None:  # not rank 0
-                return
-            writer.write(row)
-            model.save(out / "checkpoint.npz")
-            if row["val_loss"] < best:
-                best = row["val_loss"]
-                model.save(out / "best.npz")
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['accuracy']:.3f}",
-                                val_acc=f"{row['val_accuracy']:.3f}")  # fmt: skip
-            elif report is not None:
-                report(_line(row, config.epochs))
+            def on_epoch_end(row: dict[str, float]) -> None:
+                nonlocal best, epoch_started, committed
+                now = time.perf_counter()
+                row = {**row, "seconds": now - epoch_started}
+                epoch_started = now
+                history.append(row)
+                if writer is None:  # not rank 0
+                    return
+                _check_finite(model, int(row["epoch"]), out)
+                improved = row["val_loss"] < best
+                with _signals_held():  # (Ctrl-C or SIGTERM: after the commit, not inside)
+                    _commit(writer, row, model, out, improved)
+                    committed = int(row["epoch"])
+                if improved:
+                    best = row["val_loss"]
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['accuracy']:.3f}",
+                                    val_acc=f"{row['val_accuracy']:.3f}")  # fmt: skip
+                elif report is not None:
+                    report(_line(row, config.epochs))
 
-        try:
-            model.train(
-                X, y, epochs=remaining, batch_size=config.batch_size,
-                validation_data=(X_val, y_val), print_every=0, seed=config.seed,
-                on_epoch_end=on_epoch_end, distributed=dist or False,
-            )  # fmt: skip
-        finally:
-            if writer is not None:
-                writer.close()
-            if bar is not None:
-                bar.close()
-        seconds = time.perf_counter() - started
-        summary = _summary(config, history, remaining, seconds, len(X) * remaining, backend.name)
-        if root:
-            _write_json(out / "summary.json", summary)
-            if plots:
-                two_d = model if X.shape[1] == 2 else None
-                summary["plots"] = _plots(out, history, two_d, X, y, report)
-        summary["rank"] = 0 if dist is None else dist.rank  # (not in summary.json)
-    return summary
+            try:
+                if remaining:
+                    model.train(
+                        X, y, epochs=remaining, batch_size=config.batch_size,
+                        validation_data=(X_val, y_val), print_every=0, seed=config.seed,
+                        on_epoch_end=on_epoch_end, distributed=dist or False,
+                    )  # fmt: skip
+            finally:
+                if writer is not None:
+                    writer.close()
+                if bar is not None:
+                    bar.close()
+            seconds = time.perf_counter() - started
+            samples = len(X) * remaining
+            summary = _summary(config, history, remaining, seconds, samples, backend.name)
+            if root and remaining:
+                _write_json(out / "summary.json", summary)
+                if plots:
+                    two_d = model if X.shape[1] == 2 else None
+                    summary["plots"] = _plots(out, history, two_d, X, y, report)
+            elif root and not (out / "summary.json").exists():
+                # nothing to do, but the call that ended the run was stopped before its summary
+                _write_json(out / "summary.json", summary)
+            summary["rank"] = 0 if dist is None else dist.rank  # (not in summary.json)
+        return summary
+    except NonFiniteLossError as e:
+        raise NonFiniteLossError(f"{e}; {_kept(out, committed)}") from e
+    except RunInterrupted:
+        raise
+    except KeyboardInterrupt as e:
+        raise RunInterrupted(out, committed) from e
+
+
+def _kept(out: Path, epochs: int | None) -> str:
+    if epochs:
+        return f"the run folder {out} keeps epoch {epochs}, the last finite one"
+    return f"the run folder {out} holds no checkpoint: no epoch ended finite"
+
+
+def _commit(
+    writer: _MetricsWriter, row: dict[str, float], model: Model, out: Path, improved: bool
+) -> None:
+    """Record a finished epoch: its rows, then checkpoint.npz, then (if ``improved``) best.npz.
+
+    The checkpoint is the commit point: on resume, the metrics files are cut back to the
+    epochs it holds (``_committed_history``) and best.npz is made to match it
+    (``_restore_best``). Why every kill point is covered (SIGKILL included; the caller holds
+    SIGINT and SIGTERM until this returns, so they never stop it half-way):
+
+    - before or while the rows are written: the checkpoint holds the epoch before, and the
+      files hold its rows plus part or all of this epoch's row, in one or both files (or a
+      torn last line). Resume drops that row and trains the epoch again, deterministically.
+    - after the rows (synced), before checkpoint.npz is replaced (during its save too: it
+      writes a temporary file, then renames it in one step): the same.
+    - after checkpoint.npz is replaced, before best.npz is: the rows were synced before it,
+      so the files hold exactly the checkpoint's epochs. If this epoch is the best one,
+      best.npz still holds the previous best; resume copies the checkpoint (this epoch's
+      model) over it. Otherwise best.npz was right all along.
+    - afterwards: all agree.
+
+    So the files never hold a row beyond the checkpoint's epoch plus one, and every row up to
+    the checkpoint's epoch is on disk before the checkpoint is. Leftover temporary files are
+    removed when the next run or resume takes the folder. summary.json is written only when
+    a call ends, and removed when a resume starts training (it would describe the end of an
+    earlier call)."""
+    writer.write(row)
+    model.save(out / "checkpoint.npz")
+    if improved:
+        model.save(out / "best.npz")
+
+
+def _nonfinite(model: Model) -> str | None:
+    """The first parameter of ``model`` holding a NaN or infinity, named, or None."""
+    for i, layer in enumerate(model.layers):
+        for attr in ("weights", "biases"):
+            values = getattr(layer, attr, None)
+            if values is not None:
+                xp = model.backend.xp
+                if not bool(xp.all(xp.isfinite(values))):
+                    return f"{attr} of layer {i} ({type(layer).__name__})"
+    return None
+
+
+def _check_finite(model: Model, epoch: int, out: Path) -> None:
+    """Never save non-finite parameters as checkpoint.npz or best.npz."""
+    bad = _nonfinite(model)
+    if bad is not None:
+        raise NonFiniteLossError(
+            f"epoch {epoch}: the {bad} became NaN or infinite (the loss was still finite); "
+            "nothing of this epoch was saved. Lower the learning rate"
+        )
 
 
 def _saved_config(run_dir: Path) -> Config:
@@ -579,7 +869,7 @@ def _summary(
     backend: str,
 ) -> dict[str, Any]:
     final = history[-1] if history else {}
-    best = min(history, key=lambda r: r["val_loss"]) if history else {}
+    best = _best_row(history) or {}
     return {
         "run": config.out,
         "dataset": config.dataset,
@@ -629,7 +919,13 @@ def info() -> dict[str, Any]:
         pass
     found["backend"] = {"name": backend.name, "device": str(backend.device),
                         "reason": backend.reason}  # fmt: skip
-    found["env"] = os.environ.get("BACKPROP_GPU_BACKEND")
+    found["env"] = os.environ.get(ENV_VAR)
+    if found["env"]:  # the backend train takes by default: can it run here?
+        try:
+            with use_backend(found["env"].strip().lower()) as chosen:
+                found["env_backend"] = {"name": chosen.name, "usable": True, "why": ""}
+        except (ValueError, RuntimeError) as e:
+            found["env_backend"] = {"name": found["env"], "usable": False, "why": str(e)}
     found["cpu"] = {
         "c_kernels": ("on" if kernels.enabled else "off (BACKPROP_GPU_KERNELS=0)")
         if kernels.HAVE_C
@@ -656,21 +952,31 @@ def predict(
     run_dir: str | os.PathLike[str], inputs: np.ndarray, *, best: bool = True
 ) -> np.ndarray:
     """Outputs of a run's model (best.npz if present and ``best``, else checkpoint.npz)."""
-    model = _load_run_model(Path(run_dir), best)
+    model, _ = _load_run_model(Path(run_dir), best)
     return to_numpy(model.predict(inputs))
 
 
 def evaluate(run_dir: str | os.PathLike[str], *, best: bool = True) -> dict[str, float]:
-    """The run's model on its validation data: ``{"loss": ..., "accuracy": ...}``."""
+    """The run's model on its validation data: ``{"loss": ..., "accuracy": ...}``. A model
+    whose parameters or loss are not finite raises ``RunError``."""
     run_dir = Path(run_dir)
     config = _saved_config(run_dir)
-    model = _load_run_model(run_dir, best)
+    model, path = _load_run_model(run_dir, best)
     _, _, X_val, y_val = load_data(config)
-    return model.evaluate(X_val, y_val)
+    metrics = model.evaluate(X_val, y_val)
+    for key, value in metrics.items():
+        if not math.isfinite(value):
+            raise RunError(f"{path}: the model's {key} on the validation data is {value}")
+    return metrics
 
 
-def _load_run_model(run_dir: Path, best: bool) -> Model:
+def _load_run_model(run_dir: Path, best: bool) -> tuple[Model, Path]:
     for name in ("best.npz", "checkpoint.npz") if best else ("checkpoint.npz",):
-        if (run_dir / name).is_file():
-            return Model.load(run_dir / name)
+        path = run_dir / name
+        if path.is_file():
+            model = Model.load(path)
+            bad = _nonfinite(model)
+            if bad is not None:
+                raise RunError(f"{path}: the {bad} hold NaN or infinite values; not usable")
+            return model, path
     raise RunError(f"{run_dir}: no checkpoint.npz in it (is it a run folder?)")

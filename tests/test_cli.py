@@ -19,6 +19,7 @@ import backprop_gpu as bg
 from backprop_gpu import cli, experiment, kernels
 
 from .conftest import GPU_OK, GPU_REASON
+from .test_interrupt import ctrl_c_works
 
 QUICK = ["--epochs", "3", "--samples", "150", "--hidden", "16", "--batch-size", "32"]
 
@@ -162,7 +163,9 @@ def test_ctrl_c_exits_130_naming_the_command_that_resumes(tmp_path: Path) -> Non
     env = {k: v for k, v in os.environ.items() if k != "BACKPROP_GPU_BACKEND"}
     args = [sys.executable, "-m", "backprop_gpu", "train", *QUICK[2:], "--epochs", "100000",
             "--no-plots", "--quiet", "--out", str(out)]  # fmt: skip
-    process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(
+        args, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=ctrl_c_works
+    )
     deadline = time.monotonic() + 60
     while not (out / "checkpoint.npz").exists() and time.monotonic() < deadline:
         time.sleep(0.05)  # (written atomically after every epoch)
@@ -171,6 +174,76 @@ def test_ctrl_c_exits_130_naming_the_command_that_resumes(tmp_path: Path) -> Non
     assert process.returncode == 130
     assert f"continue with backprop-gpu train --resume --out {out}" in err
     assert bg.Model.load(out / "checkpoint.npz").epochs_trained >= 1
+
+
+def test_ctrl_c_names_the_folder_it_made_without_out(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "BACKPROP_GPU_BACKEND"}
+    args = [sys.executable, "-m", "backprop_gpu", "train", *QUICK[2:], "--epochs", "100000",
+            "--no-plots", "--quiet"]  # fmt: skip
+    process = subprocess.Popen(
+        args, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path, preexec_fn=ctrl_c_works
+    )
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob("runs/*/checkpoint.npz")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    (made,) = (tmp_path / "runs").iterdir()
+    assert made.name.startswith("spiral-")
+    epochs = len(experiment.read_metrics(made))
+    assert err.strip() == (
+        f"backprop-gpu: interrupted (SIGINT) after epoch {epochs}; runs/{made.name} keeps its "
+        f"metrics and checkpoint: continue with backprop-gpu train --resume --out "
+        f"runs/{made.name}"
+    )
+
+
+def test_a_nonfinite_run_exits_1_in_one_line_and_saves_no_nonfinite_model(
+    tmp_path: Path,
+) -> None:
+    """SGD at lr 1e30 (finite in float32) on one batch an epoch: epoch 1's loss is finite
+    (computed before the update) but the update makes the weights NaN."""
+    out = tmp_path / "run"
+    result = command("train", *QUICK, "--batch-size", "1000", "--optimizer", "sgd", "--lr",
+                     "1e30", "--out", str(out), "--no-plots", "--quiet")  # fmt: skip
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()  # one line: no traceback, no NumPy warnings
+    assert line.startswith("backprop-gpu: ") and str(out) in line
+    for name in ("checkpoint.npz", "best.npz"):
+        if (out / name).exists():
+            model = bg.Model.load(out / name)
+            for layer in model.trainable_layers:
+                assert np.isfinite(bg.to_numpy(layer.weights)).all(), name
+    rows = experiment.read_metrics(out)
+    assert all(np.isfinite(r["loss"]) for r in rows)
+    saved = bg.Model.load(out / "checkpoint.npz").epochs_trained if rows else 0
+    assert [r["epoch"] for r in rows] == list(range(1, saved + 1))
+
+
+def test_evaluate_and_predict_refuse_a_nonfinite_model_in_one_line(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert quick_run(out, "--no-plots") == 0
+    model = bg.Model.load(out / "best.npz")
+    model.layers[2].weights[0, 0] = np.nan
+    model.save(out / "best.npz")  # (as a run before this check could leave it)
+    np.save(tmp_path / "x.npy", np.zeros((4, 2), dtype=np.float32))
+    for args in (["evaluate", str(out)], ["predict", str(out), "--input", str(tmp_path / "x.npy")]):
+        result = command(*args)
+        assert result.returncode == 1 and result.stdout == ""
+        assert result.stderr == (
+            f"backprop-gpu: {out / 'best.npz'}: the weights of layer 2 (Dense) hold NaN or "
+            "infinite values; not usable\n"
+        )
+    model.layers[2].weights[:, 0], model.layers[2].weights[:, 1] = 3e38, -3e38  # finite
+    model.save(out / "best.npz")  # but the logits overflow float32
+    result = command("evaluate", str(out))
+    assert result.returncode == 1
+    assert result.stderr in (
+        f"backprop-gpu: {out / 'best.npz'}: the model's loss on the validation data is {v}\n"
+        for v in ("nan", "inf")
+    )
+    assert command("evaluate", str(out), "--last").returncode == 0  # checkpoint.npz is fine
 
 
 # --- resume and refusals ------------------------------------------------------------------
@@ -191,6 +264,56 @@ def test_resume_continues_exactly(tmp_path: Path, capsys: pytest.CaptureFixture[
         assert len(list(csv.DictReader(f))) == 4  # appended, one header
     recorded = json.loads((tmp_path / "part" / "config.json").read_text())
     assert recorded["config"]["epochs"] == 4 and recorded["resumed"][0]["from_epoch"] == 2
+
+
+def test_resume_with_nothing_to_do_says_how_to_train_more(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert quick_run(out, "--no-plots") == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for epochs in ([], ["--epochs", "3"], ["--epochs", "2"]):
+        capsys.readouterr()
+        assert cli.main(["train", "--resume", "--out", str(out), "--quiet", *epochs]) == 0
+        assert capsys.readouterr().out == (
+            f"nothing to do: {out} already has 3 epochs (--epochs is the total to reach); to "
+            f"train more: backprop-gpu train --resume --out {out} --epochs 6\n"
+        )
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # (config.json too)
+
+
+def test_leftover_temporary_files_are_removed_by_the_next_resume(tmp_path: Path) -> None:
+    """What a killed save leaves (checkpoint.save's and _write_json's temporaries) goes when
+    the folder is next taken; other files stay."""
+    out = tmp_path / "run"
+    assert quick_run(out, "--no-plots") == 0
+    leftovers = [".checkpoint.npz.k2j4h1x0.tmp", ".best.npz.0a9b8c7d.tmp", ".config.json.tmp",
+                 ".summary.json.tmp", ".metrics.jsonl.tmp"]  # fmt: skip
+    for name in [*leftovers, ".notes.tmp", "mine.txt"]:
+        (out / name).write_bytes(b"PK\x03\x04 torn")
+    assert cli.main(["train", "--resume", "--epochs", "4", "--out", str(out), "--quiet"]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert not names & set(leftovers) and {".notes.tmp", "mine.txt"} <= names
+    assert [r["epoch"] for r in experiment.read_metrics(out)] == [1, 2, 3, 4]
+
+
+def test_resume_repairs_torn_rows_and_the_duplicates_of_older_versions(tmp_path: Path) -> None:
+    """A row cut by a kill (no newline) is dropped; an epoch written twice (by a resume
+    before this repair) is kept once; metrics.csv is rewritten to match."""
+    settings = ["--samples", "150", "--hidden", "16", "--no-plots", "--quiet"]
+    assert cli.main(["train", *settings, "--epochs", "4", "--out", str(tmp_path / "full")]) == 0
+    out = tmp_path / "run"
+    assert cli.main(["train", *settings, "--epochs", "3", "--out", str(out)]) == 0
+    lines = (out / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (out / "metrics.jsonl").write_text("".join([*lines[:2], lines[1], lines[2]]) + '{"epoch": 4')
+    with (out / "metrics.csv").open("a") as f:
+        f.write("4,0.9")
+    assert cli.main(["train", "--resume", "--epochs", "4", "--out", str(out), "--quiet"]) == 0
+    rows, full = experiment.read_metrics(out), experiment.read_metrics(tmp_path / "full")
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in full]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in rows] == strip
+    with open(out / "metrics.csv") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="no flock on Windows")
@@ -231,7 +354,7 @@ def test_existing_run_folder_is_never_overwritten(
 @pytest.mark.parametrize(
     ("setup", "args", "message"),
     [
-        ("empty", [], "nothing to resume (no checkpoint.npz in it)"),
+        ("no-checkpoint", [], "holds epochs 1 to 3 but the checkpoint holds 0; the run folder is"),
         ("none", [], "no config.json in it"),
         (
             "run",
@@ -245,16 +368,15 @@ def test_bad_resume(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], setup: str, args: list[str], message: str
 ) -> None:
     out = tmp_path / "run"
-    if setup == "run":
+    if setup in ("run", "no-checkpoint"):
         assert quick_run(out, "--no-plots") == 0
-    elif setup == "empty":
-        out.mkdir()
-        (out / "config.json").write_text(
-            json.dumps({"config": experiment.Config(out=str(out)).as_dict()})
-        )
+    if setup == "no-checkpoint":  # (what no kill leaves: a resume cannot cut 3 rows)
+        (out / "checkpoint.npz").unlink()
+    before = {p.name: p.read_bytes() for p in out.iterdir()} if out.exists() else {}
     capsys.readouterr()
     assert cli.main(["train", "--resume", "--out", str(out), "--quiet", *args]) == 1
     assert message in capsys.readouterr().err
+    assert ({p.name: p.read_bytes() for p in out.iterdir()} if out.exists() else {}) == before
 
 
 def test_unwritable_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -279,6 +401,10 @@ def test_unwritable_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         (["train", "--resume"], "--resume needs --out RUN_DIR"),
         (["train", "--seed", "-1"], "seed: must be an integer >= 0, got -1"),
         (["train", "--dropout", "1.5"], "dropout: must be < 1, got 1.5"),
+        (
+            ["train", "--optimizer", "sgd", "--lr", "1e39"],
+            "lr: 1e+39 overflows float32, the models' dtype (largest 3.403e+38)",
+        ),
         (["fly"], "invalid choice: 'fly'"),
     ],
 )
@@ -311,6 +437,34 @@ def test_bad_config_files_name_the_key(
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_config_file_that_is_not_utf8_is_a_usage_error_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes("epochs = 3 # größer\n".encode("latin-1"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--config", str(path), "--out", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        f"backprop-gpu: error: --config {path}: not UTF-8 text (byte 15: invalid start byte); "
+        "save it as UTF-8\n"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_data_set_larger_than_the_memory_is_refused_before_allocating(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert quick_run(out, "--samples", "1000000000000") == 1
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "backprop-gpu: samples: 1000000000000 spiral samples need at least 35,762.8 GiB of "
+        "memory for the data alone, and this machine has "
+    )
+    assert err.endswith(" GiB; choose fewer samples\n") and not out.exists()
 
 
 def test_flags_override_the_config_file(tmp_path: Path) -> None:
@@ -425,6 +579,30 @@ def test_info_says_where_the_c_extension_was_looked_for() -> None:
     assert "pip install -e" in c_kernels and "plain NumPy code runs" in c_kernels
 
 
+def test_info_says_when_the_environment_names_a_backend_that_cannot_run() -> None:
+    result = command("info", env={"BACKPROP_GPU_BACKEND": "numpy"})
+    assert result.returncode == 0
+    assert "BACKPROP_GPU_BACKEND=numpy: train uses it unless --backend says otherwise" in (
+        result.stdout
+    )
+    if GPU_OK:
+        pytest.skip("this machine has a GPU: cupy runs")
+    result = command("info", env={"BACKPROP_GPU_BACKEND": "cupy"})
+    assert result.returncode == 1  # every train without --backend would fail
+    assert "train uses it" not in result.stdout
+    assert (
+        "BACKPROP_GPU_BACKEND=cupy: CANNOT RUN on this machine, so train fails unless --backend "
+        "says otherwise (or unset BACKPROP_GPU_BACKEND): backend 'cupy' was requested but "
+        f"cannot run: {GPU_REASON}\n"
+    ) in result.stdout
+    as_json = command("info", "--json", env={"BACKPROP_GPU_BACKEND": "cupy:1"})
+    assert as_json.returncode == 1
+    assert json.loads(as_json.stdout)["env_backend"] == {
+        "name": "cupy:1", "usable": False,
+        "why": f"backend 'cupy:1' was requested but cannot run: {GPU_REASON}",
+    }  # fmt: skip
+
+
 def test_info_with_cupy_installed_but_no_gpu() -> None:
     pytest.importorskip("cupy")
     if GPU_OK:
@@ -457,5 +635,54 @@ def test_evaluate_and_predict(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     np.save(tmp_path / "bad.npy", np.ones((2, 5)))
     assert cli.main(["predict", str(out), "--input", str(tmp_path / "bad.npy")]) == 1
     assert "expected X with 2 features" in capsys.readouterr().err
+    for bad, dtype, kind in (
+        (np.array([["1", "2"]]), "<U1", "strings"),
+        (np.ones((3, 2), dtype=np.complex64), "complex64", "complex numbers"),
+    ):
+        np.save(tmp_path / "bad.npy", bad)
+        assert cli.main(["predict", str(out), "--input", str(tmp_path / "bad.npy")]) == 1
+        assert capsys.readouterr().err == (
+            f"backprop-gpu: --input {tmp_path / 'bad.npy'}: expected an array of real numbers, "
+            f"got dtype {dtype} ({kind})\n"
+        )
     assert cli.main(["evaluate", str(tmp_path)]) == 1
     assert "no config.json in it" in capsys.readouterr().err
+
+
+def test_predict_never_overwrites_silently(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert quick_run(out, "--no-plots") == 0
+    X = np.random.default_rng(1).uniform(-1, 1, (5, 2)).astype(np.float32)
+    np.save(tmp_path / "x.npy", X)
+    predict = ["predict", str(out), "--input", str(tmp_path / "x.npy"), "--output"]
+    (tmp_path / "folder").mkdir()
+    for folder in (tmp_path / "folder", tmp_path / "folder.npy"):
+        folder.mkdir(exist_ok=True)
+        capsys.readouterr()
+        assert cli.main([*predict, str(folder)]) == 1
+        assert capsys.readouterr().err == (
+            f"backprop-gpu: --output {folder}: is a folder; name a file in it, such as "
+            f"{folder / 'outputs.npy'}\n"
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "folder.npy", "run", "x.npy"]
+
+    target = tmp_path / "p.npy"
+    target.write_bytes(b"precious")
+    for name in ("p", "p.npy"):  # (.npy appended as np.save does)
+        assert cli.main([*predict, str(tmp_path / name)]) == 1
+        assert capsys.readouterr().err == (
+            f"backprop-gpu: --output {target} exists; pass --force to overwrite it\n"
+        )
+    assert target.read_bytes() == b"precious"
+    assert cli.main([*predict, str(target), "--force"]) == 0
+    np.testing.assert_allclose(np.load(target), experiment.predict(out, X), rtol=1e-6)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~current_umask()  # as np.save's
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
