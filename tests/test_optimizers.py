@@ -379,3 +379,225 @@ def test_config_and_repr_round_trip(opt: Optimizer, config: dict[str, object]) -
     assert repr(opt) == f"{type(opt).__name__}({args})"
     evaluated = eval(repr(opt), dict(OPTIMIZERS))
     assert type(evaluated) is type(opt) and evaluated.get_config() == config
+
+
+# --- a step applies to every layer or to none -----------------------------------------------
+
+
+def _two_layers(make: Any) -> tuple[Optimizer, bg.Dense, bg.Dense]:
+    """Two float32 layers with fixed gradients and one step taken, so state exists."""
+    l1, l2 = bg.Dense(2, 3, seed=0), bg.Dense(3, 2, seed=1)
+    for layer in (l1, l2):
+        layer.dweights = bg.asarray(np.full(tuple(layer.weights.shape), 0.5, np.float32))
+        layer.dbiases = bg.asarray(np.full(tuple(layer.biases.shape), -0.5, np.float32))
+    opt = make()
+    opt.step([l1, l2])
+    return opt, l1, l2
+
+
+def _everything(opt: Optimizer, *layers: bg.Dense) -> dict[str, Any]:
+    """Every parameter and state attribute (None when absent) of ``layers``, and counters."""
+    kinds = ("momentums", "cache")
+    names = [a for p in ("weights", "biases") for a in (p, *(state_name(p, k) for k in kinds))]
+    out: dict[str, Any] = {"counters": (opt.iterations, opt.current_learning_rate)}
+    for i, layer in enumerate(layers):
+        for attr in names:
+            value = getattr(layer, attr, None)
+            out[f"{i}.{attr}"] = None if value is None else bg.to_numpy(value)
+    return out
+
+
+def _assert_unchanged(before: dict[str, Any], after: dict[str, Any]) -> None:
+    assert before.keys() == after.keys()
+    for key, value in before.items():
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(after[key], value, err_msg=key)
+        else:
+            assert after[key] == value, key
+
+
+OPTIMIZER_MAKERS = [
+    pytest.param(lambda: bg.Adam(0.1), id="adam"),
+    pytest.param(lambda: bg.SGD(0.1, momentum=0.9), id="sgd-momentum"),
+    pytest.param(lambda: bg.SGD(0.1), id="sgd"),
+    pytest.param(lambda: bg.RMSprop(0.1), id="rmsprop"),
+]
+
+
+@pytest.mark.parametrize("make", OPTIMIZER_MAKERS)
+@pytest.mark.parametrize("attr", ["weights", "biases", "weight_momentums", "bias_cache"])
+def test_a_read_only_array_in_the_last_layer_changes_nothing(make: Any, attr: str) -> None:
+    """The issue's case: l2.weights read-only made Adam.step change l1 and l2's momentums
+    before failing with NumPy's "output array is read-only"."""
+    with bg.use_backend("numpy"):
+        opt, l1, l2 = _two_layers(make)
+    if getattr(l2, attr, None) is None:
+        pytest.skip(f"{opt!r} keeps no {attr}")
+    getattr(l2, attr).flags.writeable = False
+    before = _everything(opt, l1, l2)
+    match = (
+        rf"{type(opt).__name__}.step: Dense\(3, 2, dtype=float32, backend=numpy\) {attr} "
+        r".*is read-only .*nothing was changed"
+    )
+    with pytest.raises(ValueError, match=match):
+        opt.step([l1, l2])
+    _assert_unchanged(before, _everything(opt, l1, l2))
+    with pytest.raises(ValueError, match=rf"update_params: .* {attr} .*is read-only"):
+        opt.update_params(l2)
+    _assert_unchanged(before, _everything(opt, l1, l2))
+    getattr(l2, attr).flags.writeable = True  # fixed: the step goes through
+    opt.step([l1, l2])
+    assert opt.iterations == 2
+
+
+def test_a_first_step_that_fails_creates_no_state() -> None:
+    """State that does not exist yet is created only once every check has passed."""
+    with bg.use_backend("numpy"):
+        l1, l2 = bg.Dense(2, 3, seed=0), bg.Dense(3, 2, seed=1)
+    for layer in (l1, l2):
+        layer.dweights = np.ones((layer.n_inputs, layer.n_neurons), np.float32)
+        layer.dbiases = np.ones((1, layer.n_neurons), np.float32)
+    l2.biases.flags.writeable = False
+    opt = bg.Adam()
+    before = _everything(opt, l1, l2)
+    with pytest.raises(ValueError, match=r"Adam.step: Dense\(3, 2.* biases is read-only"):
+        opt.step([l1, l2])
+    _assert_unchanged(before, _everything(opt, l1, l2))
+    assert all(getattr(l1, a, None) is None for a in ("weight_momentums", "weight_cache"))
+
+
+BAD_STATES: list[Any] = [
+    pytest.param(
+        lambda: bg.asarray(np.zeros((3,), np.float32)), r"shape \(3,\), float32", id="shape"
+    ),
+    pytest.param(lambda: bg.asarray(np.zeros((3, 2))), r"shape \(3, 2\), float64", id="dtype"),
+    pytest.param(lambda: [[0.0, 0.0]] * 3, "a list, not an array", id="list"),
+]
+
+
+@pytest.mark.parametrize(("make_state", "got"), BAD_STATES)
+def test_a_bad_optimizer_state_is_named_and_changes_nothing(
+    backend: bg.Backend, make_state: Any, got: str
+) -> None:
+    opt, l1, l2 = _two_layers(lambda: bg.Adam(0.1))
+    l2.weight_cache = make_state()
+    before = _everything(opt, l1) | {"l2.weights": bg.to_numpy(l2.weights)}
+    match = (
+        r"Adam.step: Dense\(3, 2.*\) weight_cache \(the state of weights\) must match weights: "
+        rf"expected shape \(3, 2\), float32 on .*; got {got}( from .*)?; nothing was changed"
+    )
+    with pytest.raises(ValueError, match=match):
+        opt.step([l1, l2])
+    after = _everything(opt, l1) | {"l2.weights": bg.to_numpy(l2.weights)}
+    _assert_unchanged(before, after)
+
+
+def test_state_from_another_device_is_named() -> None:
+    with bg.use_backend("array_api_strict"):
+        opt, l1, l2 = _two_layers(lambda: bg.SGD(0.1, momentum=0.9))
+    l2.bias_momentums = np.zeros((1, 2), np.float32)  # a host array, not on device1
+    match = (
+        r"bias_momentums \(the state of biases\) must match biases: expected shape \(1, 2\), "
+        r"float32 on .*device1.*; got shape \(1, 2\), float32 from numpy"
+    )
+    with pytest.raises(ValueError, match=match):
+        opt.step([l1, l2])
+
+
+@pytest.mark.parametrize(
+    ("value", "got"),
+    [
+        ([[1.0, 2.0]] * 3, "got a list, not an array"),
+        (None, "got None"),
+    ],
+)
+def test_a_parameter_that_is_not_an_array_is_named(
+    backend: bg.Backend, value: Any, got: str
+) -> None:
+    opt, l1, l2 = _two_layers(lambda: bg.SGD(0.1))
+    l2.weights = value
+    before = _everything(opt, l1)
+    match = (
+        rf"SGD.step: Dense\(3, 2.*\) weights must be an array of the layer's {backend.name} "
+        rf"backend on .*; {got}; nothing was changed"
+    )
+    with pytest.raises(ValueError, match=match):
+        opt.step([l1, l2])
+    _assert_unchanged(before, _everything(opt, l1))
+
+
+def test_a_list_gradient_gets_the_shape_dtype_device_error(backend: bg.Backend) -> None:
+    """It used to raise AttributeError ('list' has no 'shape') while building the message."""
+    opt, l1, l2 = _two_layers(lambda: bg.Adam(0.1))
+    l2.dweights = [[1.0, 2.0]] * 3
+    before = _everything(opt, l1, l2)
+    match = (
+        r"Adam.step: Dense\(3, 2.*\) dweights must match weights: expected shape \(3, 2\), "
+        r"float32 on .*; got a list, not an array"
+    )
+    with pytest.raises(ValueError, match=match):
+        opt.step([l1, l2])
+    _assert_unchanged(before, _everything(opt, l1, l2))
+
+
+@pytest.mark.parametrize("make", OPTIMIZER_MAKERS)
+def test_a_big_endian_float32_gradient_is_float32(make: Any) -> None:
+    """'>f4' holds float32 numbers: the update equals the one from the native gradient."""
+    with bg.use_backend("numpy"):
+        native = _two_layers(make)
+        swapped = _two_layers(make)
+    for layer in swapped[1:]:
+        layer.dweights = layer.dweights.astype(">f4")
+        layer.dbiases = layer.dbiases.astype(">f4")
+    native[0].step(list(native[1:]))
+    swapped[0].step(list(swapped[1:]))
+    _assert_unchanged(_everything(*native), _everything(*swapped))
+    assert swapped[1].weights.dtype == np.float32 and swapped[1].weights.dtype.isnative
+
+
+def test_a_big_endian_gradient_of_another_dtype_names_the_byte_order() -> None:
+    """It said 'expected float32 ... got float32' for '>f4' before; a wrong dtype in another
+    byte order is named with it."""
+    with bg.use_backend("numpy"):
+        opt, l1, l2 = _two_layers(lambda: bg.SGD(0.1))
+    l2.dweights = np.ones((3, 2), ">f8")
+    match = r"expected shape \(3, 2\), float32 on cpu; got shape \(3, 2\), float64 \(big-endian\)"
+    with pytest.raises(ValueError, match=match):
+        opt.step([l1, l2])
+
+
+@pytest.mark.parametrize(
+    ("make", "dtype", "match"),
+    [
+        (
+            lambda: bg.SGD(1e39),
+            "float32",
+            r"SGD: learning_rate=1e\+39 overflows float32 \(largest 3.403e\+38\)",
+        ),
+        (
+            lambda: bg.Adam(learning_rate=3.5e38),
+            "float32",
+            r"Adam: learning_rate=3.5e\+38 overflows float32",
+        ),
+        (lambda: bg.SGD(1e299), "float64", None),
+        (lambda: bg.SGD(1e39), "float64", None),
+    ],
+)
+def test_a_learning_rate_that_overflows_the_dtype_is_refused(
+    backend: bg.Backend, make: Any, dtype: str, match: str | None
+) -> None:
+    opt = make()
+    layer = bg.Dense(2, 2, seed=0, dtype=dtype)
+    layer.dweights = bg.asarray(np.zeros((2, 2), dtype))
+    layer.dbiases = bg.asarray(np.zeros((1, 2), dtype))
+    before = bg.to_numpy(layer.weights)
+    if match is None:
+        opt.check_dtype(layer.dtype)
+        opt.step([layer])
+        assert opt.iterations == 1
+        return
+    with pytest.raises(ValueError, match=match):
+        opt.check_dtype(layer.dtype)
+    with pytest.raises(ValueError, match=match):
+        opt.step([layer])
+    assert opt.iterations == 0 and np.array_equal(bg.to_numpy(layer.weights), before)
