@@ -4,6 +4,7 @@ The math is written once against an ``xp`` array module chosen by :mod:`backprop
 """
 
 from . import _malloc
+from ._checks import check_finite
 from .activations import Linear, ReLU, Sigmoid, Softmax
 from .backend import (
     Backend,
@@ -56,6 +57,7 @@ __all__ = [
     "Softmax",
     "SoftmaxCrossEntropy",
     "asarray",
+    "check_finite",
     "get_backend",
     "set_backend",
     "to_numpy",

@@ -1,5 +1,5 @@
 """Input checks shared by layers, losses and optimizers: cheap, and with messages that say
-who complained, what was expected and what came."""
+who complained, what was expected and what came; and ``check_finite`` for NaN and Inf."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def batch(backend: Backend, inputs: Any, n_features: int, dtype: Any, where: str
     if ready and inputs.shape[1] == n_features and inputs.shape[0]:
         return inputs
     if array_library(inputs) in ("numpy", None):
-        inputs = np.asarray(inputs)
+        inputs = host_array(inputs, f"{where} inputs")
         warn_if_integer(inputs.dtype, where)
     x = backend.asarray(inputs, dtype, what=f"{where} inputs")
     if x.ndim != 2:
@@ -39,6 +39,75 @@ def batch(backend: Backend, inputs: Any, n_features: int, dtype: Any, where: str
     return x
 
 
+def host_array(a: Any, what: str) -> np.ndarray:
+    """``numpy.asarray(a)`` for host data (lists, NumPy arrays), naming ``what`` when it is
+    not an array: ragged nested lists give NumPy's "inhomogeneous shape" error otherwise."""
+    try:
+        return np.asarray(a)
+    except ValueError as e:
+        raise ValueError(
+            f"{what} is not a rectangular array (nested lists of different lengths?); "
+            f"NumPy cannot convert it: {e}"
+        ) from e
+
+
+def device_array(backend: Backend, a: Any, dtype: Any = None, *, what: str) -> Any:
+    """``backend.asarray``, with Python data (lists, scalars) converted by ``host_array``
+    first, so that a ragged list is named."""
+    if array_library(a) is None:
+        a = host_array(a, what)
+    return backend.asarray(a, dtype, what=what)
+
+
+def check_finite(array: Any, name: str = "array") -> Any:
+    """Raise ``ValueError`` when ``array`` holds NaN or infinite values, naming it and how
+    many of each; return ``array`` unchanged when it holds none.
+
+    For hand-written loops: the layers do not scan values (that would cost a pass over every
+    batch), while ``Model.train``, ``evaluate`` and ``predict`` check their data once a call.
+    ``array`` may be host data (NumPy, lists) or an array of any backend; on a GPU the check
+    waits for the device (one small copy of the answer). Integer and boolean arrays are
+    always finite.
+
+        x = bg.check_finite(x, "x")          # before dense.forward(x)
+    """
+    library = array_library(array)
+    if library in ("numpy", None):
+        a, xp = host_array(array, name), np
+    else:
+        a, xp = array, _namespace(library)
+    kind = dtype_kind(a.dtype)
+    if kind not in "biufc":
+        raise TypeError(f"{name} must hold numbers, got dtype {a.dtype}")
+    if kind not in "fc" or a.size == 0:
+        return array
+    if xp is np and kind == "f":  # NumPy's min and max pass NaN on: no temporary array
+        lo, hi = a.min(), a.max()  # (6 vs 9 ms, 64 MB); math.isfinite: 2 us less than NumPy's
+        wide = a.dtype.itemsize > 8  # (a long double can exceed what float() holds)
+        finite = (
+            bool(np.isfinite(lo) & np.isfinite(hi))
+            if wide
+            else math.isfinite(lo) and math.isfinite(hi)
+        )
+    else:
+        finite = bool(xp.all(xp.isfinite(a)))
+    if not finite:
+        counts = xp.stack([xp.sum(xp.astype(xp.isnan(a), xp.int64)),
+                           xp.sum(xp.astype(~xp.isfinite(a), xp.int64))])  # fmt: skip
+        nan, bad = (int(c) for c in to_numpy(counts))
+        raise ValueError(
+            f"{name} holds {bad} NaN or infinite values ({nan} NaN, {bad - nan} infinite)"
+        )
+    return array
+
+
+def _namespace(library: str) -> Any:
+    """The array module of a device library (imported already: ``array`` came from it)."""
+    import importlib
+
+    return importlib.import_module(library)
+
+
 def warn_if_integer(dtype: Any, where: str) -> None:
     if np.dtype(dtype).kind in "iub":
         warnings.warn(
@@ -53,7 +122,7 @@ def like(backend: Backend, values: Any, ref: Any, where: str, what: str) -> Any:
     """``values`` on ``backend`` with the same shape and dtype as array ``ref``."""
     if backend.ready(values, ref.dtype) and values.shape == ref.shape:
         return values
-    v = backend.asarray(values, ref.dtype, what=f"{where} {what}")
+    v = device_array(backend, values, ref.dtype, what=f"{where} {what}")
     if tuple(v.shape) != tuple(ref.shape):
         raise ValueError(
             f"{where} expected {what} of shape {tuple(ref.shape)}, got {tuple(v.shape)}"
@@ -87,7 +156,11 @@ def labels(
     ):
         return backend.asarray(y_true, backend.xp.int64, what=f"{where} y_true")
     on_host = array_library(y_true) in ("numpy", None)
-    y = np.asarray(y_true) if on_host else backend.asarray(y_true, what=f"{where} y_true")
+    y = (
+        host_array(y_true, f"{where} y_true")
+        if on_host
+        else backend.asarray(y_true, what=f"{where} y_true")
+    )
     if y.ndim == 2 and y.shape[1] == 1 and (n_classes > 1 or dtype_kind(y.dtype) in "iu"):
         # (N, 1) class indices; with a single class, float (N, 1) rows are one-hot
         y = y[:, 0] if on_host else backend.xp.reshape(y, (y.shape[0],))
@@ -140,7 +213,7 @@ def dtype_kind(dtype: Any) -> str:
 def unchecked_labels(backend: Backend, y_true: Any, where: str) -> Any:
     """Labels on the device without the checks (the caller checked them already); (N, 1)
     class indices become (N,)."""
-    y = backend.asarray(y_true, what=f"{where} y_true")
+    y = device_array(backend, y_true, what=f"{where} y_true")
     return backend.xp.reshape(y, (y.shape[0],)) if y.ndim == 2 and y.shape[1] == 1 else y
 
 
@@ -206,7 +279,7 @@ def floats(backend: Backend, inputs: Any, where: str, ndim: int | None = None) -
     ready = backend.ready(inputs) and (ndim is None or inputs.ndim == ndim)
     if ready and dtype_kind(inputs.dtype) == "f":
         return inputs
-    x = backend.asarray(inputs, what=f"{where} inputs")
+    x = device_array(backend, inputs, what=f"{where} inputs")
     if dtype_kind(x.dtype) != "f":
         x = backend.asarray(x, backend.xp.float32)
     if ndim is not None and x.ndim != ndim:
@@ -227,7 +300,7 @@ def targets(backend: Backend, y_true: Any, n: int, outputs: int, dtype: Any, whe
     accepted when there is one output."""
     if n == 0:
         raise ValueError(f"{where} got an empty batch (0 samples)")
-    y = backend.asarray(y_true, dtype, what=f"{where} y_true")
+    y = device_array(backend, y_true, dtype, what=f"{where} y_true")
     if y.ndim == 1 and outputs == 1 and y.shape[0] == n:
         y = backend.xp.reshape(y, (n, 1))
     if tuple(y.shape) != (n, outputs):

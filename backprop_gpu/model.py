@@ -206,7 +206,9 @@ class Model:
         device; the per-step label checks are then skipped."""
         x_dev = self._inputs(X, where)
         n = x_dev.shape[0]
-        y_len = (y.shape[0] if y.ndim else 0) if hasattr(y, "ndim") else len(y)
+        if array_library(y) is None:  # Python data: a ragged list is named here
+            y = _checks.host_array(y, f"{where} y")
+        y_len = y.shape[0] if y.ndim else 0
         if y_len != n:
             raise ValueError(f"{where}: X has {n} samples but y has {y_len}; they must match")
         assert self.loss is not None
@@ -216,19 +218,23 @@ class Model:
             y_dev = _checks.labels(self.backend, y, n, self.n_outputs, self.dtype, f"{where} y")
         else:
             outputs = self.n_outputs or 1
-            on_host = array_library(y) in ("numpy", None)
-            if on_host and np.asarray(y).dtype.kind in "biuf":  # like X: on the host, first
-                _finite(np, np.asarray(y), f"{where}: y")
+            on_host = array_library(y) == "numpy"
+            if on_host and y.dtype.kind in "biuf":  # like X: on the host, first
+                _checks.check_finite(y, f"{where}: y")
             y_dev = _checks.targets(self.backend, y, n, outputs, self.dtype, f"{where} y")
             if not on_host:
-                _finite(self.backend.xp, y_dev, f"{where}: y")
+                _checks.check_finite(y_dev, f"{where}: y")
         return x_dev, y_dev
 
     def _inputs(self, X: Any, where: str, *, sync_ok: bool = True) -> Any:
         """X checked and on the device. NaN/Inf are looked for on the host before the copy;
         data already on the device costs a sync for that, skipped when not ``sync_ok``."""
         on_host = array_library(X) in ("numpy", None)
-        x = np.asarray(X) if on_host else self.backend.asarray(X, what=f"{where} X")
+        x = (
+            _checks.host_array(X, f"{where} X")
+            if on_host
+            else self.backend.asarray(X, what=f"{where} X")
+        )
         if on_host:
             _checks.warn_if_integer(x.dtype, where)
         if x.ndim != 2:
@@ -245,10 +251,10 @@ class Model:
         if x.shape[0] == 0:
             raise ValueError(f"{where}: X is empty (shape {tuple(x.shape)})")
         if on_host:
-            _finite(np, x, f"{where}: X")
+            _checks.check_finite(x, f"{where}: X")
         x = self.backend.asarray(x, self.dtype, what=f"{where} X")
         if not on_host and sync_ok:
-            _finite(self.backend.xp, x, f"{where}: X")
+            _checks.check_finite(x, f"{where}: X")
         return x
 
     @staticmethod
@@ -287,10 +293,14 @@ class Model:
         a checkpoint shuffles as the uninterrupted one would. ``print_every`` prints a summary
         every that many epochs (None or 0: silent); ``on_epoch_end`` gets each epoch's dict.
 
-        The loss is checked at every epoch's report: when it is NaN or infinite, parameters
-        and optimizer state go back to the end of the last finite epoch, and then
-        ``on_nonfinite="raise"`` raises ``NonFiniteLossError`` naming the epoch and step,
-        while ``"stop"`` ends training quietly and returns the finite history.
+        The loss, every parameter and every optimizer state are checked at each epoch's end
+        (one reduction an array, read with the epoch's metrics): when any is NaN or infinite,
+        parameters and optimizer state go back to where that epoch started, which was
+        checked finite too, and then ``on_nonfinite="raise"`` raises ``NonFiniteLossError``
+        naming the epoch and step and what went non-finite, while ``"stop"`` ends training
+        quietly and returns the finite history. A model whose parameters or optimizer state
+        are not finite when ``train`` is called has no finite state to go back to:
+        ``ValueError`` names the array, before anything changes.
 
         ``distributed=True`` (or a ``distributed.Context``) trains data-parallel over MPI, the
         script started under ``mpiexec -n R``: every rank passes the same model, data and
@@ -310,6 +320,7 @@ class Model:
             self._distribute(dist, X_dev, y_dev, val, settings)
             if not dist.is_root:
                 print_every = 0
+        self._check_state_finite()  # (after the broadcast: alike on every rank)
         if seed is None:  # (rank 0's draw on every rank, so all shuffle alike)
             seed = on_root(dist, lambda: int(np.random.default_rng().integers(2**31)))
         guard = dist.abort_on_error if dist is not None else contextlib.nullcontext
@@ -327,18 +338,17 @@ class Model:
                     if shuffle:
                         perm = np.random.default_rng([seed, epoch]).permutation(n)
                         order = self.backend.asarray(perm)  # one small copy per epoch
-                    saved = self._snapshot(saved)
-                    loss, reg, acc, bad_step = self._epoch(X_dev, y_dev, size, order, dist)
-                if not all(math.isfinite(v) for v in (loss, reg, acc)):  # (alike on all ranks)
+                    saved = self._snapshot(saved)  # (finite: checked before this epoch)
+                    loss, reg, acc, bad_step, bad_array = self._epoch(
+                        X_dev, y_dev, size, order, dist
+                    )
+                if bad_array or not all(math.isfinite(v) for v in (loss, reg, acc)):
+                    # (alike on all ranks) back to the epoch's start, which was finite
+                    message = _nonfinite(loss, reg, epoch, bad_step, -(-n // size), bad_array)
                     self._restore(saved)
-                    where = f"epoch {epoch + 1}, step {int(bad_step)} of {-(-n // size)}"
                     if on_nonfinite == "stop":
                         return history
-                    raise NonFiniteLossError(
-                        f"Model.train: the loss became {loss} at {where}; parameters and "
-                        f"optimizer state are back at the end of epoch {epoch}. Lower the "
-                        "learning rate, or check the data and the loss's inputs"
-                    )
+                    raise NonFiniteLossError(message)
                 with guard():
                     row = self._epoch_row(loss, reg, acc, val, size, dist)
                     history.append(row)
@@ -425,12 +435,14 @@ class Model:
 
     def _epoch(
         self, X_dev: Any, y_dev: Any, size: int, order: Any, dist: Context | None = None
-    ) -> tuple[float, ...]:
+    ) -> tuple[float, float, float, int, str]:
         """One pass over the data in batches (in ``order``, if given). Returns the epoch's
-        mean data loss, regularisation loss and accuracy, and the first step whose loss was
-        not finite (-1 if none). Each step's values stay on the device until the end of the
-        epoch, then come to the host in one copy. Distributed, each rank takes its slice of
-        every batch and the sums are reduced across ranks at the end."""
+        mean data loss, regularisation loss and accuracy, the first step whose loss was not
+        finite (-1 if none), and the name of the first parameter or optimizer state that is
+        not finite at the end ("" if none). Each step's values stay on the device until the
+        end of the epoch, then come to the host in one copy with the parameters' finiteness
+        (one reduction an array). Distributed, each rank takes its slice of every batch and
+        the sums are reduced across ranks at the end."""
         xp, n = self.backend.xp, X_dev.shape[0]
         # (looked up once an epoch, for _train_step: 2 us a layer)
         self._penalized = [layer for layer in self.trainable_layers if _regularized(layer)]
@@ -454,18 +466,57 @@ class Model:
             local.append(hi - lo)
         for layer in dropouts:
             layer.rows = None
-        values = _host_values(self.backend, [v for step in steps for v in step])
-        values = values.reshape(len(steps), 3)
+        arrays = self._state_arrays()
+        finite = [_all_finite(xp, a) for _, a in arrays]  # read with the metrics, in one copy
+        values = _host_values(self.backend, [v for step in steps for v in step] + finite)
+        flags = zip(arrays, values[3 * len(steps) :], strict=True)
+        bad_arrays = [name for (name, _), ok in flags if not ok]
+        values = values[: 3 * len(steps)].reshape(len(steps), 3)
         sizes = np.minimum(size, n - np.arange(0, n, size))  # samples in each step
         taken = np.array(local, dtype=np.float64)
         loss_sum, acc_sum = (values[:, [0, 2]] * taken[:, None]).sum(axis=0)
         reg = float((values[:, 1] * sizes).sum() / n)  # the same on every rank
-        bad = np.flatnonzero(~np.isfinite(values[:, 0]) & (taken > 0))
+        bad = np.flatnonzero(~np.isfinite(values).all(axis=1) & (taken > 0))
         first_bad = float(bad[0] + 1 if bad.size else math.inf)
+        n_bad = float(len(bad_arrays))
         if dist is not None:
-            loss_sum, acc_sum = dist.sum([loss_sum, acc_sum])
+            loss_sum, acc_sum, n_bad = dist.sum([loss_sum, acc_sum, n_bad])
             first_bad = dist.min(first_bad)
-        return loss_sum / n, reg, acc_sum / n, first_bad if math.isfinite(first_bad) else -1.0
+        bad_array = "an array on another rank" if n_bad else ""
+        if bad_arrays:
+            more = len(bad_arrays) - 1
+            bad_array = bad_arrays[0] + (f" (and {more} more arrays)" if more else "")
+        step = int(first_bad) if math.isfinite(first_bad) else -1
+        return loss_sum / n, reg, acc_sum / n, step, bad_array
+
+    def _state_arrays(self) -> list[tuple[str, Any]]:
+        """``(name, array)`` for every parameter and every optimizer state that exists, named
+        for errors: ``"layer 2 Dense(64, 3) weights"``."""
+        arrays = []
+        for key, layer, attr, _ in self._slots(with_state=True):
+            value = getattr(layer, attr, None)
+            if value is not None:
+                index = key.split(".")[1]
+                state = " (optimizer state)" if key.startswith("optimizer.") else ""
+                label = getattr(layer, "name", type(layer).__name__)
+                arrays.append((f"layer {index} {label} {attr}{state}", value))
+        return arrays
+
+    def _check_state_finite(self) -> None:
+        """Before training: every parameter and optimizer state must be finite, since a
+        non-finite epoch goes back to the state it started from."""
+        xp, arrays = self.backend.xp, self._state_arrays()
+        finite = _host_values(self.backend, [_all_finite(xp, a) for _, a in arrays])  # one copy
+        for (name, value), ok in zip(arrays, finite, strict=True):
+            if not ok:
+                try:
+                    _checks.check_finite(value, name)
+                except ValueError as e:
+                    raise ValueError(
+                        f"Model.train: {e} before training, so there is no finite state to "
+                        "train from or to go back to; rebuild the model or load a finite "
+                        "checkpoint"
+                    ) from None
 
     def _snapshot(self, previous: dict[str, Any] | None = None) -> dict[str, Any]:
         """Device copies of every parameter and optimizer state (None where not created
@@ -738,15 +789,32 @@ class _Unchecked:
             o.validate = v
 
 
-def _finite(xp: Any, a: Any, where: str) -> None:
-    """Raise if ``a`` holds NaN or Inf (a device-to-host sync when ``a`` is on a GPU)."""
-    if xp is np and a.dtype.kind == "f":  # NumPy's min and max pass NaN on: no temporary
-        finite = bool(np.isfinite(a.min())) and bool(np.isfinite(a.max()))  # (5 vs 9 ms, 64 MB)
-    else:
-        finite = bool(xp.all(xp.isfinite(a)))
-    if not finite:
-        bad = int(to_numpy(xp.sum(xp.astype(~xp.isfinite(a), xp.int64))))
-        raise ValueError(f"{where} holds {bad} NaN or infinite values; clean the data first")
+def _all_finite(xp: Any, a: Any) -> Any:
+    """Whether ``a`` holds no NaN or Inf: a bool on NumPy (its min and max pass NaN on: two
+    passes, no temporary array), a 0-d device array elsewhere (read later, with others)."""
+    if xp is np:
+        return a.size == 0 or bool(np.isfinite(a.min()) and np.isfinite(a.max()))
+    return xp.all(xp.isfinite(a))
+
+
+def _nonfinite(loss: float, reg: float, epoch: int, step: int, steps: int, bad_array: str) -> str:
+    """``NonFiniteLossError``'s message: what went NaN or infinite, where, and what now."""
+    if not math.isfinite(loss) or not math.isfinite(reg):
+        what = "the loss" if not math.isfinite(loss) else "the regularization loss"
+        text = f"{what} became {loss if not math.isfinite(loss) else reg}"
+        text += f" at epoch {epoch + 1}, step {step} of {steps}"
+        if bad_array:
+            text += f" (and {bad_array} is no longer finite)"
+    else:  # every step's loss was finite: the updates made the parameters non-finite
+        text = (
+            f"{bad_array} became NaN or infinite in epoch {epoch + 1} (every step's loss was "
+            f"finite, so by the last update, step {steps} of {steps}, at the latest)"
+        )
+    back = f"at the end of epoch {epoch}" if epoch else "where they were before training"
+    return (
+        f"Model.train: {text}; parameters and optimizer state are back {back}. Lower the "
+        "learning rate, or check the data and the loss's inputs"
+    )
 
 
 def _context(distributed: bool | Context) -> Context | None:

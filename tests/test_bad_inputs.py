@@ -295,3 +295,175 @@ def test_losses_refuse_an_empty_batch(backend: bg.Backend) -> None:
 def test_explicit_float64_biases_set_the_dtype(backend: bg.Backend) -> None:
     dense = bg.Dense(2, 3, biases=np.zeros((1, 3)))  # float64 biases, no weights, no dtype
     assert dense.weights.dtype == dense.biases.dtype == backend.xp.float64
+
+
+# --- the state restored after a non-finite epoch is finite ----------------------------------
+
+
+def state_equal(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """``assert_same`` for states that may hold NaN."""
+    return a.keys() == b.keys() and all(
+        np.array_equal(a[k], b[k], equal_nan=True) if k != "counters" else a[k] == b[k] for k in a
+    )
+
+
+def overflowing() -> bg.Model:
+    """One step an epoch, whose update overflows float32 (lr 3e38 times gradients > 1.2)
+    while that step's loss, computed before the update, is finite."""
+    model = bg.Model([bg.Dense(4, 8, seed=0, init="he"), bg.ReLU(), bg.Dense(8, 3, seed=1)])
+    model.set(loss=bg.SoftmaxCrossEntropy(), optimizer=bg.SGD(learning_rate=3e38)).finalize()
+    return model
+
+
+@pytest.mark.parametrize("trained_before", [0, 2])
+def test_parameters_that_overflow_in_a_finite_epoch_are_not_kept(
+    backend: bg.Backend, trained_before: int
+) -> None:
+    """The issue's case: the last update of an epoch whose loss was finite made the weights
+    inf/NaN; that epoch was accepted and the next one's restore brought the NaN back."""
+    model = overflowing()
+    if trained_before:
+        model.optimizer.learning_rate = model.optimizer.current_learning_rate = 0.01
+        model.train(X, Y, epochs=trained_before, print_every=0, seed=0)
+        model.optimizer.learning_rate = model.optimizer.current_learning_rate = 3e38
+    before = state(model)
+    epoch = trained_before + 1
+    back = f"at the end of epoch {trained_before}" if trained_before else "where they were"
+    match = (
+        rf"layer 2 Dense\(8, 3\) weights became NaN or infinite in epoch {epoch} \(every step's "
+        rf"loss was finite, so by the last update, step 1 of 1, at the latest\); parameters and "
+        rf"optimizer state are back {back}"
+    )
+    with warnings.catch_warnings(), pytest.raises(bg.NonFiniteLossError, match=match):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        model.train(X * 100, Y, epochs=3, print_every=0, seed=0)
+    assert_same(before, state(model))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        history = model.train(X * 100, Y, epochs=3, print_every=0, seed=0, on_nonfinite="stop")
+    assert history == [] and model.epochs_trained == trained_before
+    assert_same(before, state(model))  # finite weights under the (empty) finite history
+
+
+def test_a_nonfinite_loss_names_the_parameters_too(backend: bg.Backend) -> None:
+    model = exploding()  # lr 1e38: a finite first epoch, then NaN
+    match = (
+        r"the loss became nan at epoch 2, step 1 of 1 \(and layer 0 Dense\(4, 8\) weights \(and "
+        r"3 more arrays\) is no longer finite\); parameters and optimizer state are back at the "
+        "end of epoch 1"
+    )
+    with warnings.catch_warnings(), pytest.raises(bg.NonFiniteLossError, match=match):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        model.train(X, Y, epochs=3, print_every=0, seed=0)
+    assert all(np.isfinite(v).all() for k, v in state(model).items() if k != "counters")
+
+
+@pytest.mark.parametrize(
+    ("attr", "name"),
+    [("weights", r"layer 0 Dense\(4, 8\) weights"),
+     ("bias_momentums", r"layer 2 Dense\(8, 3\) bias_momentums \(optimizer state\)")],
+)  # fmt: skip
+def test_training_from_a_nonfinite_state_is_refused_up_front(
+    backend: bg.Backend, attr: str, name: str
+) -> None:
+    """No finite state exists to go back to: say so instead of training."""
+    model = trained_model()
+    layer = model.layers[0] if attr == "weights" else model.layers[2]
+    host = bg.to_numpy(getattr(layer, attr))
+    host.flat[:3] = [np.nan, np.inf, np.nan]
+    setattr(layer, attr, bg.asarray(host))
+    before = state(model)
+    match = (
+        rf"Model.train: {name} holds 3 NaN or infinite values \(2 NaN, 1 infinite\) before "
+        "training, so there is no finite state to train from or to go back to"
+    )
+    for on_nonfinite in ("raise", "stop"):
+        with pytest.raises(ValueError, match=match):
+            model.train(X, Y, epochs=2, print_every=0, on_nonfinite=on_nonfinite)
+        assert state_equal(before, state(model))
+
+
+def test_a_learning_rate_that_overflows_float32_is_refused_up_front(backend: bg.Backend) -> None:
+    """SGD(1e39) on float32 made every update inf: refused before training, naming the
+    optimizer, the learning rate and float32's largest value."""
+    model = trained_model()
+    before = state(model)
+    model.set(optimizer=bg.SGD(1e39)).finalize()
+    match = r"SGD: learning_rate=1e\+39 overflows float32 \(largest 3.403e\+38\)"
+    with pytest.raises(ValueError, match=match):
+        model.train(X, Y, print_every=0)
+    after = state(model)
+    after["counters"] = before["counters"]  # the new optimizer has its own counters
+    assert_same(before, after)
+
+
+# --- ragged host data is named; check_finite for hand-written loops -------------------------
+
+RAGGED = [[0.0] * 4, [0.0] * 3]
+
+
+def regression_model() -> bg.Model:
+    model = bg.Model([bg.Dense(4, 2, seed=0)])
+    model.set(loss=bg.MeanSquaredError(), optimizer=bg.SGD(0.1))
+    return model.set(accuracy=bg.RegressionAccuracy()).finalize()
+
+
+@pytest.mark.parametrize(
+    ("call", "name"),
+    [
+        (lambda m: m.train(RAGGED, [0, 1], print_every=0), "Model.train X"),
+        (lambda m: m.train(X[:2], [[1, 0, 0], [1, 0]], print_every=0), "Model.train y"),
+        (lambda m: m.train(X, Y, validation_data=(RAGGED, [0, 1]), print_every=0),
+         "Model.train validation_data X"),
+        (lambda m: m.train(X, Y, validation_data=(X[:2], [[0], [1, 2]]), print_every=0),
+         "Model.train validation_data y"),
+        (lambda m: m.evaluate(RAGGED, [0, 1]), "Model.evaluate X"),
+        (lambda m: m.predict(RAGGED), "Model.predict X"),
+        (lambda m: m.layers[0].forward(RAGGED), r"Dense\(4, 8\).forward inputs"),
+        (lambda m: m.layers[1].forward(RAGGED), "ReLU.forward inputs"),
+        (lambda m: m.loss.forward(np.zeros((2, 3), np.float32), [[1, 0, 0], [0, 1]]),
+         "SoftmaxCrossEntropy.forward y_true"),
+        (lambda m: regression_model().train(X[:2], [[0.0, 1.0], [0.0]], print_every=0),
+         "Model.train y"),
+        (lambda m: bg.MeanSquaredError().forward(np.zeros((2, 2), np.float32), RAGGED),
+         "MeanSquaredError.forward y_true"),
+    ],
+)  # fmt: skip
+def test_ragged_lists_are_named(backend: bg.Backend, call: Any, name: str) -> None:
+    model = trained_model()
+    before = state(model)
+    match = (
+        rf"^{name} is not a rectangular array \(nested lists of different lengths\?\); NumPy "
+        "cannot convert it: .*inhomogeneous"
+    )
+    with pytest.raises(ValueError, match=match):
+        call(model)
+    assert_same(before, state(model))
+
+
+def test_check_finite_names_the_array_and_counts(backend: bg.Backend) -> None:
+    host = np.ones((4, 3), np.float32)
+    host[0, 0], host[1, 2], host[3, 1] = np.nan, -np.inf, np.nan
+    for value in (host, bg.asarray(host), host.tolist()):
+        with pytest.raises(ValueError, match=r"^x holds 3 NaN or infinite values \(2 NaN, 1 inf"):
+            bg.check_finite(value, "x")
+    clean = bg.asarray(np.ones((4, 3), np.float32))
+    assert bg.check_finite(clean, "x") is clean  # returned as is, for chaining
+    for fine in (np.arange(6).reshape(2, 3), np.zeros((0, 3)), [[1.0, 2.0]], True):
+        assert bg.check_finite(fine) is fine
+    with pytest.raises(TypeError, match="labels must hold numbers, got dtype <U1"):
+        bg.check_finite(np.array(["a"]), "labels")
+    with pytest.raises(ValueError, match="x is not a rectangular array"):
+        bg.check_finite(RAGGED, "x")
+
+
+def test_a_hand_written_layer_does_not_scan_values_check_finite_does(backend: bg.Backend) -> None:
+    """By design the layers never look at values (a pass per call): NaN passes through a
+    hand-written Dense.forward, and bg.check_finite is the one-line guard for such loops."""
+    dense = bg.Dense(4, 2, seed=0)
+    bad = X[:3].copy()
+    bad[1, 2] = np.nan
+    out = bg.to_numpy(dense.forward(bad))
+    assert np.isnan(out[1]).all() and np.isfinite(out[[0, 2]]).all()
+    with pytest.raises(ValueError, match=r"batch holds 1 NaN or infinite values \(1 NaN, 0 inf"):
+        dense.forward(bg.check_finite(bad, "batch"))
