@@ -20,6 +20,7 @@ import itertools
 import math
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar, cast
 
@@ -73,10 +74,103 @@ def _on_its_gpu(method: M) -> M:
     return cast(M, run)
 
 
+class _Guard:
+    """One pass at a time through a model's layers, which keep their inputs and outputs
+    between forward and backward (two passes at once would mix them up):
+
+    - ``train`` owns the model until it returns. A second ``train`` (another thread, or one
+      called from inside the first) raises at once, and so do ``predict`` and ``evaluate``
+      from other threads meanwhile; from the training thread itself (``on_epoch_end``)
+      they run. ``train`` waits for the predictions already in flight.
+    - ``predict`` and ``evaluate`` from several threads take turns (each waits for the one
+      running), so every thread gets its own answer.
+    """
+
+    def __init__(self) -> None:
+        self._turn = threading.Condition()
+        self._owner: int | None = None  # the thread running a pass now
+        self._depth = 0  # its passes inside passes (evaluate from on_epoch_end)
+        self._trainer: int | None = None  # the thread inside train, if one is
+        self._waiting = 0  # threads waiting for their turn
+
+    def enter(self, method: str) -> None:
+        """Take the model for ``method`` ("train", "predict", "evaluate"), or raise."""
+        me = threading.get_ident()
+        with self._turn:
+            if method == "train":
+                if self._trainer is not None:
+                    raise RuntimeError(
+                        f"Model.train: this model is already training {_which(self._trainer)}; "
+                        "one model trains in one thread at a time (build one Model per thread "
+                        "to train several)"
+                    )
+                self._trainer = me  # from now on, other threads' predict and evaluate raise
+            try:
+                while True:
+                    if self._trainer not in (None, me):
+                        raise RuntimeError(
+                            f"Model.{method}: this model is training in another thread, which "
+                            "changes its layers' state at every step; call it when train has "
+                            "returned, from on_epoch_end, or on a copy (Model.load of a "
+                            "checkpoint)"
+                        )
+                    if self._owner in (None, me):
+                        break
+                    self._waiting += 1  # another thread's predict or evaluate: its end
+                    try:
+                        self._turn.wait()
+                    finally:
+                        self._waiting -= 1
+            except BaseException:  # (Ctrl-C while train waited, too)
+                if method == "train":
+                    self._trainer = None
+                raise
+            self._owner, self._depth = me, self._depth + 1
+
+    def leave(self, method: str) -> None:
+        with self._turn:
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+            if method == "train":
+                self._trainer = None
+            if self._waiting:
+                self._turn.notify_all()
+
+
+def _which(thread: int) -> str:
+    if thread == threading.get_ident():
+        return "in this thread (train called from inside train, by on_epoch_end?)"
+    return "in another thread"
+
+
+def _one_pass_at_a_time(method: M) -> M:
+    """Run a Model method under the model's ``_Guard`` (see there)."""
+
+    name = method.__name__
+
+    @functools.wraps(method)
+    def run(self: Model, *args: Any, **kwargs: Any) -> Any:
+        self._guard.enter(name)
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._guard.leave(name)
+
+    return cast(M, run)
+
+
 class Model:
-    """Layers run in order; ``set`` the loss, optimizer and accuracy; ``finalize``; train."""
+    """Layers run in order; ``set`` the loss, optimizer and accuracy; ``finalize``; train.
+
+    Threads: ``predict`` and ``evaluate`` may be called from many threads at once (they take
+    turns); ``train`` owns the model while it runs, and a second ``train`` or a ``predict``
+    from another thread meanwhile raises ``RuntimeError``. The layers themselves, hand-written
+    loops and ``save`` are not guarded: use one thread per model for those.
+    """
 
     def __init__(self, layers: Iterable[Any] = ()) -> None:
+        self._guard = _Guard()
         self.layers: list[Any] = []
         self.loss: Loss | None = None
         self.optimizer: Optimizer | None = None
@@ -268,6 +362,7 @@ class Model:
     # --- training and inference ----------------------------------------------------------
 
     @_on_its_gpu
+    @_one_pass_at_a_time
     def train(
         self,
         X: Any,
@@ -582,6 +677,7 @@ class Model:
         return self.accuracy.calculate(output, y)
 
     @_on_its_gpu
+    @_one_pass_at_a_time
     def evaluate(self, X: Any, y: Any, *, batch_size: int | None = None) -> dict[str, float]:
         """Loss and accuracy over (X, y) in inference mode (Dropout off), without training."""
         self._ready("evaluate")
@@ -614,6 +710,7 @@ class Model:
         return {"loss": float(loss_sum) / n, "accuracy": float(acc_sum) / n}
 
     @_on_its_gpu
+    @_one_pass_at_a_time
     def predict(self, X: Any, *, batch_size: int | None = None) -> Any:
         """The network's outputs for X (probabilities when the loss is SoftmaxCrossEntropy),
         in inference mode, as a device array (samples, outputs); ``bg.to_numpy`` to read."""
