@@ -82,12 +82,13 @@ class Optimizer(abc.ABC):
                 and (param.flags.writeable if numpy else param.device == backend.device)
             ):
                 self._check_param(layer, method, name, param)
-            if param.dtype not in self._dtypes_ok:
-                self.check_dtype(param.dtype)
+            shape, dtype = param.shape, param.dtype  # (each read makes a new object)
+            if dtype not in self._dtypes_ok:
+                self.check_dtype(dtype)
             if not (
                 type(grad) is array_type
-                and grad.shape == param.shape
-                and grad.dtype == param.dtype
+                and grad.shape == shape
+                and grad.dtype == dtype
                 and (numpy or grad.device == backend.device)
             ):
                 grad = self._other_gradient(layer, method, name, param, grad)
@@ -96,8 +97,8 @@ class Optimizer(abc.ABC):
                 state: Any = getattr(layer, attr, None)
                 if state is not None and not (
                     type(state) is array_type
-                    and state.shape == param.shape
-                    and state.dtype == param.dtype
+                    and state.shape == shape
+                    and state.dtype == dtype
                     and (state.flags.writeable if numpy else state.device == backend.device)
                 ):
                     self._check_state(layer, method, name, param, attr, state)
