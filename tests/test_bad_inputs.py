@@ -427,6 +427,8 @@ def regression_model() -> bg.Model:
          "Model.train y"),
         (lambda m: bg.MeanSquaredError().forward(np.zeros((2, 2), np.float32), RAGGED),
          "MeanSquaredError.forward y_true"),
+        (lambda m: bg.Dense(4, 2, weights=[[0.0, 1.0]] * 3 + [[0.0]]), "Dense: weights"),
+        (lambda m: bg.Dense(2, 2, biases=[[0.0, 1.0], [0.0]]), "Dense: biases"),
     ],
 )  # fmt: skip
 def test_ragged_lists_are_named(backend: bg.Backend, call: Any, name: str) -> None:
