@@ -26,6 +26,7 @@ import ctypes
 import json
 import os
 import sys
+import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -38,6 +39,9 @@ from .backend import Backend, dtype_name, gpu_count, to_numpy, use_backend
 from .optimizers import state_name
 
 T = TypeVar("T")
+
+# how long a failing rank waits after printing why, before MPI_Abort ends the job (see abort)
+ABORT_GRACE_SECONDS = 0.5
 
 INSTALL_HINT = (
     "install the mpi extra: pip install 'backprop-gpu[mpi]' (mpi4py and the mpich wheel, which "
@@ -319,6 +323,10 @@ class Context:
             file=sys.stderr,
             flush=True,
         )
+        # MPICH's launcher forwards each rank's stderr through a pipe it stops reading once
+        # an abort tears the job down: without a pause the message above was lost in about
+        # 1 run in 10 (the job then ended naming no rank)
+        time.sleep(ABORT_GRACE_SECONDS)
         self.comm.Abort(code)
         raise SystemExit(code)  # not reached: Abort ends the process
 
