@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import Backend, array_library, dtype_name, to_numpy
+from .backend import Backend, array_library, dtype_name, host_array, to_numpy
 
 
 def batch(backend: Backend, inputs: Any, n_features: int, dtype: Any, where: str) -> Any:
@@ -37,26 +37,6 @@ def batch(backend: Backend, inputs: Any, n_features: int, dtype: Any, where: str
     if x.shape[0] == 0:
         raise ValueError(f"{where} got an empty batch (shape {tuple(x.shape)})")
     return x
-
-
-def host_array(a: Any, what: str) -> np.ndarray:
-    """``numpy.asarray(a)`` for host data (lists, NumPy arrays), naming ``what`` when it is
-    not an array: ragged nested lists give NumPy's "inhomogeneous shape" error otherwise."""
-    try:
-        return np.asarray(a)
-    except ValueError as e:
-        raise ValueError(
-            f"{what} is not a rectangular array (nested lists of different lengths?); "
-            f"NumPy cannot convert it: {e}"
-        ) from e
-
-
-def device_array(backend: Backend, a: Any, dtype: Any = None, *, what: str) -> Any:
-    """``backend.asarray``, with Python data (lists, scalars) converted by ``host_array``
-    first, so that a ragged list is named."""
-    if array_library(a) is None:
-        a = host_array(a, what)
-    return backend.asarray(a, dtype, what=what)
 
 
 def check_finite(array: Any, name: str = "array") -> Any:
@@ -122,7 +102,7 @@ def like(backend: Backend, values: Any, ref: Any, where: str, what: str) -> Any:
     """``values`` on ``backend`` with the same shape and dtype as array ``ref``."""
     if backend.ready(values, ref.dtype) and values.shape == ref.shape:
         return values
-    v = device_array(backend, values, ref.dtype, what=f"{where} {what}")
+    v = backend.asarray(values, ref.dtype, what=f"{where} {what}")
     if tuple(v.shape) != tuple(ref.shape):
         raise ValueError(
             f"{where} expected {what} of shape {tuple(ref.shape)}, got {tuple(v.shape)}"
@@ -213,7 +193,7 @@ def dtype_kind(dtype: Any) -> str:
 def unchecked_labels(backend: Backend, y_true: Any, where: str) -> Any:
     """Labels on the device without the checks (the caller checked them already); (N, 1)
     class indices become (N,)."""
-    y = device_array(backend, y_true, what=f"{where} y_true")
+    y = backend.asarray(y_true, what=f"{where} y_true")
     return backend.xp.reshape(y, (y.shape[0],)) if y.ndim == 2 and y.shape[1] == 1 else y
 
 
@@ -279,7 +259,7 @@ def floats(backend: Backend, inputs: Any, where: str, ndim: int | None = None) -
     ready = backend.ready(inputs) and (ndim is None or inputs.ndim == ndim)
     if ready and dtype_kind(inputs.dtype) == "f":
         return inputs
-    x = device_array(backend, inputs, what=f"{where} inputs")
+    x = backend.asarray(inputs, what=f"{where} inputs")
     if dtype_kind(x.dtype) != "f":
         x = backend.asarray(x, backend.xp.float32)
     if ndim is not None and x.ndim != ndim:
@@ -300,7 +280,7 @@ def targets(backend: Backend, y_true: Any, n: int, outputs: int, dtype: Any, whe
     accepted when there is one output."""
     if n == 0:
         raise ValueError(f"{where} got an empty batch (0 samples)")
-    y = device_array(backend, y_true, dtype, what=f"{where} y_true")
+    y = backend.asarray(y_true, dtype, what=f"{where} y_true")
     if y.ndim == 1 and outputs == 1 and y.shape[0] == n:
         y = backend.xp.reshape(y, (n, 1))
     if tuple(y.shape) != (n, outputs):

@@ -146,7 +146,7 @@ class Backend:
                 f"({self.device!r}); move it with bg.to_numpy(a) first, or build the layer "
                 f"under bg.use_backend({other!r})"
             )
-        host = np.asarray(a)
+        host = host_array(a, what)
         if host.dtype.kind not in "biuf":
             raise TypeError(f"{what} must hold numbers, got dtype {host.dtype}")
         if self.name == "numpy":
@@ -451,6 +451,18 @@ def use_backend(name: str) -> Iterator[Backend]:
             yield _scoped.get()  # type: ignore[misc]
     finally:
         _scoped.reset(token)
+
+
+def host_array(a: Any, what: str = "array") -> np.ndarray:
+    """``numpy.asarray(a)`` for host data (lists, NumPy arrays), naming ``what`` when it is
+    not an array: ragged nested lists give NumPy's bare "inhomogeneous shape" error otherwise."""
+    try:
+        return np.asarray(a)
+    except ValueError as e:
+        raise ValueError(
+            f"{what} is not a rectangular array (nested lists of different lengths?); "
+            f"NumPy cannot convert it: {e}"
+        ) from e
 
 
 def asarray(a: Any, dtype: Any = None) -> Any:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from . import _checks, kernels
-from .backend import Backend, array_library, dtype_name, get_backend, to_numpy
+from .backend import Backend, array_library, dtype_name, get_backend, host_array, to_numpy
 
 INITS = ("nnfs", "he", "glorot")
 
@@ -64,9 +64,9 @@ class Dense:
         self.bias_regularizer_l2 = check(bias_regularizer_l2, "Dense: bias_regularizer_l2")
         self.backend: Backend = get_backend()
         if array_library(weights) is None and weights is not None:  # lists: named if ragged
-            weights = _checks.host_array(weights, "Dense: weights")
+            weights = host_array(weights, "Dense: weights")
         if array_library(biases) is None and biases is not None:
-            biases = _checks.host_array(biases, "Dense: biases")
+            biases = host_array(biases, "Dense: biases")
         if dtype is None:  # float32, or the floating dtype of the given weights (or biases)
             given = [to_numpy(a).dtype for a in (weights, biases) if a is not None]
             floats = [g for g in given if g.kind == "f"]

@@ -28,7 +28,7 @@ import numpy as np
 
 from . import _checks, checkpoint
 from .activations import Linear, ReLU, Sigmoid, Softmax
-from .backend import Backend, array_library, to_numpy
+from .backend import Backend, array_library, host_array, to_numpy
 from .distributed import (
     Context,
     check_batch,
@@ -164,9 +164,11 @@ class Model:
     """Layers run in order; ``set`` the loss, optimizer and accuracy; ``finalize``; train.
 
     Threads: ``predict`` and ``evaluate`` may be called from many threads at once (they take
-    turns); ``train`` owns the model while it runs, and a second ``train`` or a ``predict``
-    from another thread meanwhile raises ``RuntimeError``. The layers themselves, hand-written
-    loops and ``save`` are not guarded: use one thread per model for those.
+    turns, and so do ``save``, ``save_parameters`` and ``load_parameters``); ``train`` owns the
+    model while it runs, and a second ``train``, or any of those from another thread
+    meanwhile, raises ``RuntimeError`` (from ``on_epoch_end`` they work). The layers
+    themselves, hand-written loops and ``add``/``set``/``finalize`` are not guarded: use one
+    thread per model for those.
     """
 
     def __init__(self, layers: Iterable[Any] = ()) -> None:
@@ -301,7 +303,7 @@ class Model:
         x_dev = self._inputs(X, where)
         n = x_dev.shape[0]
         if array_library(y) is None:  # Python data: a ragged list is named here
-            y = _checks.host_array(y, f"{where} y")
+            y = host_array(y, f"{where} y")
         y_len = y.shape[0] if y.ndim else 0
         if y_len != n:
             raise ValueError(f"{where}: X has {n} samples but y has {y_len}; they must match")
@@ -324,11 +326,7 @@ class Model:
         """X checked and on the device. NaN/Inf are looked for on the host before the copy;
         data already on the device costs a sync for that, skipped when not ``sync_ok``."""
         on_host = array_library(X) in ("numpy", None)
-        x = (
-            _checks.host_array(X, f"{where} X")
-            if on_host
-            else self.backend.asarray(X, what=f"{where} X")
-        )
+        x = host_array(X, f"{where} X") if on_host else self.backend.asarray(X, what=f"{where} X")
         if on_host:
             _checks.warn_if_integer(x.dtype, where)
         if x.ndim != 2:
@@ -446,6 +444,13 @@ class Model:
                     raise NonFiniteLossError(message)
                 with guard():
                     row = self._epoch_row(loss, reg, acc, val, size, dist)
+                if not math.isfinite(row.get("val_loss", 0.0)):  # (reduced: alike on all ranks)
+                    # finite parameters whose outputs overflow: as unusable as NaN weights
+                    self._restore(saved)
+                    if on_nonfinite == "stop":
+                        return history
+                    raise NonFiniteLossError(_nonfinite_validation(row["val_loss"], epoch))
+                with guard():
                     history.append(row)
                     if print_every and (
                         self.epochs_trained % print_every == 0 or len(history) == epochs
@@ -746,11 +751,13 @@ class Model:
             if (value := getattr(layer, attr, None)) is not None
         }
 
+    @_one_pass_at_a_time
     def save_parameters(self, path: str | os.PathLike[str]) -> None:
         """Write the layers' parameters (weights and biases) to ``path`` (.npz), atomically."""
         names = [type(layer).__name__ for layer in self.layers]
         checkpoint.save(path, self._host_arrays(False), {"kind": "parameters", "layers": names})
 
+    @_one_pass_at_a_time
     def load_parameters(self, path: str | os.PathLike[str]) -> None:
         """Load parameters saved by ``save_parameters`` or ``save`` (from any backend) into
         this model's layers. Everything is checked first: on any mismatch the model is left
@@ -791,6 +798,7 @@ class Model:
         for layer, attr, value in updates:
             setattr(layer, attr, value)
 
+    @_one_pass_at_a_time
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the whole model to one .npz, atomically: architecture, loss, accuracy and
         optimizer as JSON, parameters and optimizer state as arrays, and the epoch count, so
@@ -911,6 +919,17 @@ def _nonfinite(loss: float, reg: float, epoch: int, step: int, steps: int, bad_a
     return (
         f"Model.train: {text}; parameters and optimizer state are back {back}. Lower the "
         "learning rate, or check the data and the loss's inputs"
+    )
+
+
+def _nonfinite_validation(val_loss: float, epoch: int) -> str:
+    """``NonFiniteLossError``'s message when only the validation loss is not finite."""
+    back = f"at the end of epoch {epoch}" if epoch else "where they were before training"
+    return (
+        f"Model.train: the validation loss became {val_loss} after epoch {epoch + 1}, though "
+        "the parameters and the training loss are finite (the outputs overflow); parameters "
+        f"and optimizer state are back {back}. Lower the learning rate, or check the "
+        "validation data"
     )
 
 

@@ -345,6 +345,36 @@ def test_parameters_that_overflow_in_a_finite_epoch_are_not_kept(
     assert_same(before, state(model))  # finite weights under the (empty) finite history
 
 
+@pytest.mark.parametrize("trained_before", [0, 1])
+def test_a_nonfinite_validation_loss_is_not_kept_either(
+    backend: bg.Backend, trained_before: int
+) -> None:
+    """Finite parameters whose outputs overflow on the validation data (val_loss NaN) are as
+    unusable as NaN weights: the epoch is not kept, and "stop" returns the finite history."""
+    model = bg.Model([bg.Dense(4, 8, seed=0, init="he"), bg.ReLU(), bg.Dense(8, 3, seed=1)])
+    model.set(loss=bg.SoftmaxCrossEntropy(), optimizer=bg.SGD(learning_rate=0.1)).finalize()
+    model.train(X, Y, epochs=trained_before, print_every=0, seed=0)
+    before = state(model)
+    huge = np.full_like(X, 3e38)  # finite data; the first product overflows to inf
+    back = "at the end of epoch 1" if trained_before else "where they were before training"
+    match = (
+        rf"the validation loss became nan after epoch {trained_before + 1}, though the "
+        rf"parameters and the training loss are finite \(the outputs overflow\); parameters "
+        rf"and optimizer state are back {back}"
+    )
+    with warnings.catch_warnings(), pytest.raises(bg.NonFiniteLossError, match=match):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        model.train(X, Y, epochs=2, validation_data=(huge, Y), print_every=0, seed=0)
+    assert_same(before, state(model))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        history = model.train(
+            X, Y, epochs=2, validation_data=(huge, Y), print_every=0, seed=0, on_nonfinite="stop"
+        )
+    assert history == [] and model.epochs_trained == trained_before
+    assert_same(before, state(model))
+
+
 def test_a_nonfinite_loss_names_the_parameters_too(backend: bg.Backend) -> None:
     model = exploding()  # lr 1e38: a finite first epoch, then NaN
     match = (
@@ -429,6 +459,8 @@ def regression_model() -> bg.Model:
          "MeanSquaredError.forward y_true"),
         (lambda m: bg.Dense(4, 2, weights=[[0.0, 1.0]] * 3 + [[0.0]]), "Dense: weights"),
         (lambda m: bg.Dense(2, 2, biases=[[0.0, 1.0], [0.0]]), "Dense: biases"),
+        (lambda m: bg.asarray(RAGGED), "array"),
+        (lambda m: m.backend.asarray(RAGGED, what="my data"), "my data"),
     ],
 )  # fmt: skip
 def test_ragged_lists_are_named(backend: bg.Backend, call: Any, name: str) -> None:

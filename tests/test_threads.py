@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,8 +62,12 @@ def training_paused_in_a_thread(
     return thread, out, inside, release
 
 
-def test_a_second_train_from_another_thread_is_refused_at_once(backend: bg.Backend) -> None:
+def test_a_second_train_from_another_thread_is_refused_at_once(
+    backend: bg.Backend, tmp_path: Path
+) -> None:
     model = classifier()
+    saved = tmp_path / "before.npz"
+    model.save_parameters(saved)
     with bg.use_backend("numpy"):
         reference = classifier().train(X, Y, epochs=2, batch_size=100, print_every=0, seed=0)
     thread, out, _, release = training_paused_in_a_thread(model)
@@ -74,6 +79,11 @@ def test_a_second_train_from_another_thread_is_refused_at_once(backend: bg.Backe
             call = model.predict if name == "predict" else lambda x: model.evaluate(x, Y)
             with pytest.raises(RuntimeError, match=f"Model.{name}: this model is training in"):
                 call(X)
+        # a checkpoint from another thread would mix two steps' arrays; loading would change
+        # the weights under the running epoch
+        for name in ("save", "save_parameters", "load_parameters"):
+            with pytest.raises(RuntimeError, match=f"Model.{name}: this model is training in"):
+                getattr(model, name)(saved)
     finally:
         release.set()
         thread.join(WAIT)
@@ -101,16 +111,20 @@ def test_train_from_its_own_on_epoch_end_is_refused() -> None:
     assert "already training in this thread (train called from inside train" in str(errors[0])
 
 
-def test_predict_and_evaluate_from_the_training_thread_work() -> None:
+def test_predict_and_evaluate_from_the_training_thread_work(tmp_path: Path) -> None:
     """The guard is per thread: on_epoch_end may look at the model (as callbacks do)."""
     model = classifier()
     seen: list[tuple[int, float]] = []
 
     def look(row: dict[str, float]) -> None:
         seen.append((bg.to_numpy(model.predict(X[:5])).shape[0], model.evaluate(X, Y)["loss"]))
+        model.save(path)  # as the command line's checkpoints
+
+    path = tmp_path / "checkpoint.npz"
 
     model.train(X, Y, epochs=2, print_every=0, on_epoch_end=look)
     assert [n for n, _ in seen] == [5, 5] and all(np.isfinite(loss) for _, loss in seen)
+    assert bg.Model.load(path).epochs_trained == 2
 
 
 class BookStyle(bg.Linear):
