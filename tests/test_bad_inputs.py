@@ -315,6 +315,20 @@ def overflowing() -> bg.Model:
     return model
 
 
+def assert_no_epoch_kept(model: bg.Model, match: str, X: Any, **train: Any) -> None:
+    """``model.train(X, Y, **train)`` raises NonFiniteLossError matching ``match`` and, with
+    ``on_nonfinite="stop"``, returns an empty history; both leave the model as it was."""
+    before, trained = state(model), model.epochs_trained
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # NumPy's overflow notes
+        with pytest.raises(bg.NonFiniteLossError, match=match):
+            model.train(X, Y, print_every=0, seed=0, **train)
+        assert_same(before, state(model))
+        history = model.train(X, Y, print_every=0, seed=0, on_nonfinite="stop", **train)
+    assert history == [] and model.epochs_trained == trained
+    assert_same(before, state(model))  # finite weights under the (empty) finite history
+
+
 @pytest.mark.parametrize("trained_before", [0, 2])
 def test_parameters_that_overflow_in_a_finite_epoch_are_not_kept(
     backend: bg.Backend, trained_before: int
@@ -326,7 +340,6 @@ def test_parameters_that_overflow_in_a_finite_epoch_are_not_kept(
         model.optimizer.learning_rate = model.optimizer.current_learning_rate = 0.01
         model.train(X, Y, epochs=trained_before, print_every=0, seed=0)
         model.optimizer.learning_rate = model.optimizer.current_learning_rate = 3e38
-    before = state(model)
     epoch = trained_before + 1
     back = f"at the end of epoch {trained_before}" if trained_before else "where they were"
     match = (
@@ -334,15 +347,7 @@ def test_parameters_that_overflow_in_a_finite_epoch_are_not_kept(
         rf"loss was finite, so by the last update, step 1 of 1, at the latest\); parameters and "
         rf"optimizer state are back {back}"
     )
-    with warnings.catch_warnings(), pytest.raises(bg.NonFiniteLossError, match=match):
-        warnings.simplefilter("ignore", RuntimeWarning)
-        model.train(X * 100, Y, epochs=3, print_every=0, seed=0)
-    assert_same(before, state(model))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        history = model.train(X * 100, Y, epochs=3, print_every=0, seed=0, on_nonfinite="stop")
-    assert history == [] and model.epochs_trained == trained_before
-    assert_same(before, state(model))  # finite weights under the (empty) finite history
+    assert_no_epoch_kept(model, match, X * 100, epochs=3)
 
 
 @pytest.mark.parametrize("trained_before", [0, 1])
@@ -354,7 +359,6 @@ def test_a_nonfinite_validation_loss_is_not_kept_either(
     model = bg.Model([bg.Dense(4, 8, seed=0, init="he"), bg.ReLU(), bg.Dense(8, 3, seed=1)])
     model.set(loss=bg.SoftmaxCrossEntropy(), optimizer=bg.SGD(learning_rate=0.1)).finalize()
     model.train(X, Y, epochs=trained_before, print_every=0, seed=0)
-    before = state(model)
     huge = np.full_like(X, 3e38)  # finite data; the first product overflows to inf
     back = "at the end of epoch 1" if trained_before else "where they were before training"
     match = (
@@ -362,17 +366,7 @@ def test_a_nonfinite_validation_loss_is_not_kept_either(
         rf"parameters and the training loss are finite \(the outputs overflow\); parameters "
         rf"and optimizer state are back {back}"
     )
-    with warnings.catch_warnings(), pytest.raises(bg.NonFiniteLossError, match=match):
-        warnings.simplefilter("ignore", RuntimeWarning)
-        model.train(X, Y, epochs=2, validation_data=(huge, Y), print_every=0, seed=0)
-    assert_same(before, state(model))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        history = model.train(
-            X, Y, epochs=2, validation_data=(huge, Y), print_every=0, seed=0, on_nonfinite="stop"
-        )
-    assert history == [] and model.epochs_trained == trained_before
-    assert_same(before, state(model))
+    assert_no_epoch_kept(model, match, X, epochs=2, validation_data=(huge, Y))
 
 
 def test_a_nonfinite_loss_names_the_parameters_too(backend: bg.Backend) -> None:
