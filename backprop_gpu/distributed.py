@@ -9,7 +9,7 @@ process with batch B, up to the rounding of the sum.
 
 Launch with MPI, e.g. ``mpiexec -n 4 backprop-gpu train --distributed`` or
 ``mpiexec -n 4 python script.py`` where the script calls ``model.train(..., distributed=True)``.
-``pip install 'backprop-gpu[mpi]'`` brings mpi4py and the ``mpich`` wheel (its ``mpiexec``);
+``pip install -e '.[mpi]'`` (in a checkout) brings mpi4py and the ``mpich`` wheel (its ``mpiexec``);
 a system MPI (Open MPI, MPICH) works too when mpi4py is built against it.
 
 On CuPy arrays the buffer goes to MPI directly when the MPI library is CUDA-aware, else it is
@@ -44,8 +44,8 @@ T = TypeVar("T")
 ABORT_GRACE_SECONDS = 0.5
 
 INSTALL_HINT = (
-    "install the mpi extra: pip install 'backprop-gpu[mpi]' (mpi4py and the mpich wheel, which "
-    "brings mpiexec), or mpi4py built against your system MPI"
+    "install the mpi extra: pip install -e '.[mpi]' in a checkout of backprop_gpu (mpi4py and "
+    "the mpich wheel, which brings mpiexec), or mpi4py built against your system MPI"
 )
 
 

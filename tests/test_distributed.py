@@ -190,14 +190,14 @@ def test_without_mpi4py_the_error_names_the_extra() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 1
     assert "distributed training needs mpi4py" in result.stderr
-    assert "pip install 'backprop-gpu[mpi]'" in result.stderr
+    assert "pip install -e '.[mpi]'" in result.stderr
     cli = subprocess.run(
         [sys.executable, "-c", "import sys; sys.modules['mpi4py'] = None\n"
          "from backprop_gpu.cli import main; sys.exit(main(sys.argv[1:]))",
          "train", "--epochs", "1", "--distributed", "--out", "unused-run-dir"],
         capture_output=True, text=True,
     )  # fmt: skip
-    assert cli.returncode == 1 and "backprop-gpu[mpi]" in cli.stderr
+    assert cli.returncode == 1 and "'.[mpi]'" in cli.stderr
     assert not Path("unused-run-dir").exists()
 
 
