@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import secrets
 import signal
 import sys
 import threading
@@ -26,7 +25,7 @@ import numpy as np
 
 from . import experiment
 from .backend import ENV_VAR, BackendUnavailableError
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, atomic_write
 from .experiment import Config, ConfigError, RunError, RunInterrupted
 
 D = Config(backend="auto")  # the defaults, shown in --help (not read from the environment)
@@ -228,19 +227,8 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    """np.save, atomically: a temporary file beside ``path`` (created with the umask's mode,
-    as np.save's), synced, then renamed over it; on any error it is removed."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """np.save, atomically (``checkpoint.atomic_write``), with the umask's mode as np.save."""
+    atomic_write(path, lambda f: np.save(f, array))
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ import contextlib
 import csv
 import dataclasses
 import datetime as dt
+import filecmp
 import io
 import itertools
 import json
@@ -307,13 +308,19 @@ def versions() -> dict[str, str]:
     return found
 
 
-def _prepare_folder(out: Path) -> None:
-    """Make the new run folder ``out`` (refusing one that exists and is not empty)."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+def _refuse_a_used_folder(out: Path) -> None:
+    """Refuse a folder that exists and is not empty (but for the temporary file of a run
+    killed as it wrote its config.json: that is no run yet)."""
+    if out.exists() and (not out.is_dir() or not _unused(out)):
         raise RunError(
             f"{out} already exists and is not empty; pass --resume to continue that run or "
             "choose another --out"
         )
+
+
+def _prepare_folder(out: Path) -> None:
+    """Make the new run folder ``out``."""
+    _refuse_a_used_folder(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
@@ -391,34 +398,45 @@ def read_metrics(out: str | os.PathLike[str]) -> list[dict[str, float]]:
     return _jsonl_rows(Path(out) / "metrics.jsonl")
 
 
-def _atomic_write(path: Path, data: str | bytes) -> None:
-    """Replace ``path`` by ``data`` all at once: a temporary file in the same folder, synced,
-    then renamed over it (a process killed on the way leaves the old file, and the
-    temporary, which the next run or resume removes)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _write_text(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` atomically (``checkpoint.atomic_write``)."""
+    data = text.encode()
+    checkpoint.atomic_write(path, lambda f: f.write(data))
 
 
 def _write_json(path: Path, data: Any) -> None:
-    _atomic_write(path, json.dumps(data, indent=2, default=str) + "\n")
+    _write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _copy_file(source: Path, path: Path) -> None:
+    """Replace ``path`` by a copy of ``source`` atomically."""
+    with source.open("rb") as f:
+        checkpoint.atomic_write(path, lambda to: shutil.copyfileobj(f, to))
 
 
 _RUN_FILES = ("checkpoint.npz", "best.npz", "config.json", "summary.json", "metrics.csv",
               "metrics.jsonl")  # fmt: skip
-# the temporaries of checkpoint.save (.checkpoint.npz.<random>.tmp) and _atomic_write
+# the temporaries of checkpoint.atomic_write (.checkpoint.npz.<random>.tmp), and of earlier
+# versions (.config.json.tmp)
 _TEMPORARY = re.compile(rf"\.({'|'.join(map(re.escape, _RUN_FILES))})(\..*)?\.tmp")
 
 
+def _temporaries(out: Path) -> list[Path]:
+    """What a write killed on its way left in the run folder."""
+    return [path for path in out.iterdir() if _TEMPORARY.fullmatch(path.name)]
+
+
 def _remove_temporaries(out: Path) -> None:
-    """Remove what a save killed mid-write left in the run folder (its writer, holding the
-    run lock, is gone)."""
-    for path in out.iterdir():
-        if _TEMPORARY.fullmatch(path.name):
-            path.unlink(missing_ok=True)
+    """Remove what a write killed on its way left in the run folder (under the run lock: its
+    writer is gone)."""
+    for path in _temporaries(out):
+        path.unlink(missing_ok=True)
+
+
+def _unused(out: Path) -> bool:
+    """``out`` holds no run: nothing, or only what a run killed as it wrote its first file
+    (config.json) left."""
+    return all(_TEMPORARY.fullmatch(path.name) for path in out.iterdir())
 
 
 def _best_row(history: list[dict[str, float]]) -> dict[str, float] | None:
@@ -450,7 +468,7 @@ def _committed_history(out: Path, epochs: int) -> list[dict[str, float]]:
         )
     for path, text in ((jsonl, _jsonl_text(rows)), (out / "metrics.csv", _csv_text(rows, True))):
         if not path.exists() or path.read_bytes() != text.encode():
-            _atomic_write(path, text)
+            _write_text(path, text)
     return rows
 
 
@@ -465,22 +483,15 @@ def _spans(epochs: list[int]) -> str:
 
 def _restore_best(out: Path, history: list[dict[str, float]], epochs: int) -> None:
     """Make best.npz the model of the best epoch again. A kill between the checkpoint's save
-    and best.npz's (``_commit``) leaves best.npz one best epoch behind; that epoch is then
-    the checkpoint's own, so the checkpoint is copied."""
+    and best.npz's copy of it (``_commit``) leaves best.npz one best epoch behind; that epoch
+    is then the checkpoint's own, so the checkpoint is copied (unless best.npz is already
+    the same bytes)."""
     best = _best_row(history)
     if best is None or best["epoch"] != epochs:
         return  # best.npz was written in an earlier, completed commit
-    path = out / "best.npz"
-    try:
-        holds = checkpoint.load(path)[1].get("epochs_trained") if path.is_file() else None
-    except checkpoint.CheckpointError:
-        holds = None
-    if holds != epochs:
-        tmp = path.with_name(f".{path.name}.tmp")
-        shutil.copyfile(out / "checkpoint.npz", tmp)
-        with tmp.open("rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+    path, source = out / "best.npz", out / "checkpoint.npz"
+    if not (path.is_file() and filecmp.cmp(path, source, shallow=False)):
+        _copy_file(source, path)
 
 
 @contextlib.contextmanager
@@ -547,8 +558,10 @@ def run(
     try:
         return _execute(config, False, report, progress, plots, command, dist)
     except BaseException:
-        if root and not any(out.iterdir()):  # failed before writing: leave no empty folder
-            out.rmdir()
+        if root and _unused(out):  # failed before writing: leave no empty folder
+            with contextlib.suppress(OSError):
+                _remove_temporaries(out)
+                out.rmdir()
         raise
 
 
@@ -660,6 +673,8 @@ def _execute(
                 nonlocal model, history, writer, committed
                 held.enter_context(_run_lock(out))  # until the end: one writer per run folder
                 _remove_temporaries(out)
+                if not resuming:  # (another run may have taken it since _prepare_folder)
+                    _refuse_a_used_folder(out)
                 if resuming:
                     if (out / "checkpoint.npz").is_file():
                         loaded = Model.load(out / "checkpoint.npz")
@@ -769,7 +784,8 @@ def _kept(out: Path, epochs: int | None) -> str:
 def _commit(
     writer: _MetricsWriter, row: dict[str, float], model: Model, out: Path, improved: bool
 ) -> None:
-    """Record a finished epoch: its rows, then checkpoint.npz, then (if ``improved``) best.npz.
+    """Record a finished epoch: its rows, then checkpoint.npz, then (if ``improved``) best.npz
+    as a copy of it.
 
     The checkpoint is the commit point: on resume, the metrics files are cut back to the
     epochs it holds (``_committed_history``) and best.npz is made to match it
@@ -794,8 +810,8 @@ def _commit(
     earlier call)."""
     writer.write(row)
     model.save(out / "checkpoint.npz")
-    if improved:
-        model.save(out / "best.npz")
+    if improved:  # (a copy: the model is not gathered, serialized and hashed twice)
+        _copy_file(out / "checkpoint.npz", out / "best.npz")
 
 
 def _nonfinite(model: Model) -> str | None:
@@ -823,6 +839,11 @@ def _check_finite(model: Model, epoch: int, out: Path) -> None:
 def _saved_config(run_dir: Path) -> Config:
     path = run_dir / "config.json"
     if not path.is_file():
+        if run_dir.is_dir() and _unused(run_dir):
+            raise RunError(
+                f"{run_dir}: holds no run yet (stopped before its config.json was written); "
+                "train it again without --resume"
+            )
         raise RunError(f"{run_dir}: no config.json in it (is it a run folder?)")
     return Config.from_mapping(json.loads(path.read_text())["config"], where=str(path))
 

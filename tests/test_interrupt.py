@@ -15,6 +15,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -95,8 +96,11 @@ BIG = ["--samples", "300", "--hidden", "512,512", "--batch-size", "100", "--epoc
 
 
 def start(out: Path, settings: list[str], pause: str = "none:none:0") -> Any:
+    """``backprop-gpu train SETTINGS --out OUT`` (``settings`` may start with --resume),
+    paused at ``pause``."""
     env = {k: v for k, v in os.environ.items() if k != "BACKPROP_GPU_BACKEND"}
     env |= {"PAUSE_AT": pause, "PAUSE_UNTIL": str(out.parent / "signal-sent")}
+    (out.parent / "signal-sent").unlink(missing_ok=True)  # (from an earlier process)
     return subprocess.Popen(
         [sys.executable, "-c", DRIVER, "train", *settings, "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
@@ -219,7 +223,7 @@ def points(reference: Path) -> list[tuple[str, str, str, int]]:
             e - 1,
         ),
         ("before the checkpoint's rename", f"replace:checkpoint.npz:{e}", ROWS_AHEAD_TMP, e - 1),
-        ("checkpoint renamed, best.npz not started", f"savez:best.npz:{k}", BEST_BEHIND, e),
+        ("checkpoint renamed, best.npz's copy not synced", f"fsync:best.npz:{k}", BEST_BEHIND, e),
         ("before best.npz's rename", f"replace:best.npz:{k}", BEST_BEHIND, e),
         (
             f"epoch {q}'s commit, not improving",
@@ -300,6 +304,77 @@ def test_sigterm_and_ctrl_c_stop_cleanly_anywhere_then_resume(
         # in training the epoch is abandoned; in a commit, the commit is finished first
         ahead = leaves in (CSV_AHEAD, ROWS_AHEAD, ROWS_AHEAD_TMP)
         assert n == (epochs + 1 if ahead else epochs), where
+    resume(out)
+    assert_same_run(out, reference)
+
+
+@pytest.mark.parametrize(
+    ("signum", "pause"),
+    [
+        (signal.SIGINT, "fsync:config.json:1"),
+        (signal.SIGTERM, "replace:config.json:1"),
+        (signal.SIGKILL, "fsync:config.json:1"),
+    ],
+)
+def test_a_run_stopped_as_it_writes_its_config_can_be_started_again(
+    reference: Path, tmp_path: Path, signum: int, pause: str
+) -> None:
+    """Stopped cleanly, a run that has recorded nothing leaves no folder; killed outright, it
+    leaves only config.json's temporary file, and the folder counts as unused: the same
+    command starts the run again (and --resume says to do that)."""
+    out = tmp_path / "run"
+    process = start(out, SMALL, pause)
+    err = signal_paused(process, out, signum)
+    if signum == signal.SIGKILL:
+        (left,) = out.iterdir()
+        assert re.fullmatch(r"\.config\.json\.[0-9a-f]{12}\.tmp", left.name), left.name
+        assert cli.main(["train", "--resume", "--out", str(out)]) == 1  # (what it says: below)
+    else:
+        assert process.returncode == 128 + signum, err
+        assert err.strip().endswith("before the run started; nothing was recorded"), err
+        assert not out.exists()
+    assert cli.main(["train", *SMALL, "--out", str(out)]) == 0
+    assert_same_run(out, reference)
+
+
+def test_resume_of_a_run_with_no_config_yet_says_to_start_it_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".config.json.0123456789ab.tmp").write_text('{"conf')
+    assert cli.main(["train", "--resume", "--out", str(out)]) == 1
+    assert capsys.readouterr().err == (
+        f"backprop-gpu: {out}: holds no run yet (stopped before its config.json was written); "
+        "train it again without --resume\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("first", "then", "signum"),
+    [
+        ("fsync:metrics.jsonl:2", "replace:config.json:1", signal.SIGTERM),
+        ("fsync:metrics.csv:2", "fsync:metrics.csv:1", signal.SIGINT),
+        ("BEST", "fsync:best.npz:1", signal.SIGTERM),
+    ],
+    ids=["recording the resume", "cutting metrics.csv back", "copying the checkpoint to best"],
+)
+def test_a_resume_stopped_in_its_repairs_leaves_no_temporary_file(
+    reference: Path, tmp_path: Path, first: str, then: str, signum: int
+) -> None:
+    """A run killed in a commit, then its resume stopped (SIGTERM, Ctrl-C) while it brings
+    the folder back to the checkpoint: the resume's writes leave nothing half-done behind,
+    and the next resume ends as the uninterrupted run."""
+    out = tmp_path / "run"
+    if first == "BEST":  # killed after an improving epoch's checkpoint, before best.npz
+        improved, _ = improved_epochs(reference)
+        first = f"fsync:best.npz:{improved.index(improved[1]) + 1}"
+    signal_paused(start(out, SMALL, first), out, signal.SIGKILL)
+    process = start(out, ["--resume", "--quiet", "--no-plots"], then)
+    err = signal_paused(process, out, signum)
+    assert process.returncode == 128 + signum, err
+    assert f"interrupted ({signal.Signals(signum).name}) after epoch" in err
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
     resume(out)
     assert_same_run(out, reference)
 
