@@ -146,9 +146,12 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
             f"run folder: {summary['run']}"
         )
     else:  # (a resume whose target the run has reached: success, as for make)
+        made = ""
+        if summary.get("finished"):  # (stopped after its last epoch, before its end)
+            made = f"; wrote the {'plots and ' * ('plots' in summary)}summary.json it lacked"
         print(
-            f"nothing to do: {summary['run']} already has {total} epochs (--epochs is the "
-            f"total to reach); to train more: backprop-gpu train --resume --out "
+            f"nothing to do: {summary['run']} already has {total} epochs{made} (--epochs is "
+            f"the total to reach); to train more: backprop-gpu train --resume --out "
             f"{summary['run']} --epochs {2 * total}"
         )
     return 0

@@ -10,9 +10,11 @@ A run folder holds:
   (a killed run keeps its history);
 - ``checkpoint.npz``: the whole model after the last epoch (atomic; ``resume`` continues from
   it) and ``best.npz`` when the validation loss was lowest;
-- ``summary.json``: final and best metrics, wall time and samples per second, written when a
-  run (or a resumed run) ends;
-- ``loss.png``, ``accuracy.png`` and, for 2-D data, ``decision_boundary.png`` (``plot`` extra).
+- ``loss.png``, ``accuracy.png`` and, for 2-D data, ``decision_boundary.png`` (``plot`` extra);
+- ``summary.json``: final and best metrics, wall time and samples per second, written last,
+  after the plots, when a run (or a resumed run) ends: a folder without it holds a run that
+  has not finished, and ``resume`` finishes it (trains what is left, or makes the plots and
+  the summary that a stop after the last epoch left unmade).
 
 The metrics and the checkpoints agree by construction, whenever the process is killed (see
 ``_commit``): after any interruption, ``resume`` leaves every epoch in both metrics files
@@ -582,10 +584,11 @@ def resume(
 
     Whenever the run was killed, the metrics files are first brought back to the epochs of
     its checkpoint (a run killed in its first epoch, before any checkpoint, starts again
-    from its seeded initial model). A run that already has ``epochs`` epochs is left as it
-    is (but for a summary.json that a stop just after the last epoch left unwritten): the
-    summary has ``epochs_run`` 0. ``distributed=True`` as in ``run`` (only rank 0
-    reads the folder)."""
+    from its seeded initial model). A run that already has ``epochs`` epochs trains no more
+    (the summary has ``epochs_run`` 0); if it was stopped after its last epoch, before its
+    end was recorded (no summary.json), its plots and summary.json are made now, else the
+    folder is left as it is. ``distributed=True`` as in ``run`` (only rank 0 reads the
+    folder)."""
     run_dir = Path(run_dir)
     dist = Context() if distributed else None
     config = on_root(dist, lambda: _resumed_config(run_dir, overrides))
@@ -646,6 +649,7 @@ def _execute(
     command: list[str] | None,
     dist: Context | None = None,
 ) -> dict[str, Any]:
+    called = time.perf_counter()
     out = Path(str(config.out))
     root = dist is None or dist.is_root  # only rank 0 reads and writes the run folder
     # the epochs whose rows and checkpoint are on disk (resuming: unknown until loaded)
@@ -754,17 +758,20 @@ def _execute(
                     writer.close()
                 if bar is not None:
                     bar.close()
-            seconds = time.perf_counter() - started
-            samples = len(X) * remaining
-            summary = _summary(config, history, remaining, seconds, samples, backend.name)
-            if root and remaining:
+            seconds = time.perf_counter() - started  # (this call's training)
+            # the run's end: its plots, then summary.json, last, the mark that it finished (a
+            # call stopped before it, even after the last epoch, leaves it to the next resume)
+            finish = root and (remaining > 0 or not (out / "summary.json").exists())
+            made = None
+            if finish and plots:
+                made = _plots(out, history, model if X.shape[1] == 2 else None, X, y, report)
+            summary = _summary(config, history, remaining, len(X) * remaining, seconds,
+                               time.perf_counter() - called, backend.name)  # fmt: skip
+            if made is not None:
+                summary["plots"] = made
+            if finish:
                 _write_json(out / "summary.json", summary)
-                if plots:
-                    two_d = model if X.shape[1] == 2 else None
-                    summary["plots"] = _plots(out, history, two_d, X, y, report)
-            elif root and not (out / "summary.json").exists():
-                # nothing to do, but the call that ended the run was stopped before its summary
-                _write_json(out / "summary.json", summary)
+            summary["finished"] = finish  # (this call wrote summary.json; not in the file)
             summary["rank"] = 0 if dist is None else dist.rank  # (not in summary.json)
         return summary
     except NonFiniteLossError as e:
@@ -805,9 +812,9 @@ def _commit(
 
     So the files never hold a row beyond the checkpoint's epoch plus one, and every row up to
     the checkpoint's epoch is on disk before the checkpoint is. Leftover temporary files are
-    removed when the next run or resume takes the folder. summary.json is written only when
-    a call ends, and removed when a resume starts training (it would describe the end of an
-    earlier call)."""
+    removed when the next run or resume takes the folder. summary.json is written last, when a
+    call has trained the last epoch and made the plots, and removed when a resume starts
+    training (it would describe the end of an earlier call)."""
     writer.write(row)
     model.save(out / "checkpoint.npz")
     if improved:  # (a copy: the model is not gathered, serialized and hashed twice)
@@ -885,10 +892,15 @@ def _summary(
     config: Config,
     history: list[dict[str, float]],
     epochs_run: int,
-    seconds: float,
     samples: int,
+    train_seconds: float,
+    wall_seconds: float,
     backend: str,
 ) -> dict[str, Any]:
+    """summary.json: the run's epochs in all and its final and best rows (from ``history``,
+    all its epochs), and this call's: ``epochs_run``, ``wall_seconds`` (the whole call) and
+    ``samples_per_second`` (``samples`` trained in ``train_seconds``; None when it trained
+    none)."""
     final = history[-1] if history else {}
     best = _best_row(history) or {}
     return {
@@ -899,8 +911,8 @@ def _summary(
         "epochs_run": epochs_run,  # by this call
         "final": final,
         "best": best,
-        "wall_seconds": seconds,
-        "samples_per_second": samples / seconds if seconds > 0 else None,
+        "wall_seconds": wall_seconds,
+        "samples_per_second": samples / train_seconds if epochs_run else None,
     }
 
 

@@ -264,6 +264,11 @@ def test_resume_continues_exactly(tmp_path: Path, capsys: pytest.CaptureFixture[
         assert len(list(csv.DictReader(f))) == 4  # appended, one header
     recorded = json.loads((tmp_path / "part" / "config.json").read_text())
     assert recorded["config"]["epochs"] == 4 and recorded["resumed"][0]["from_epoch"] == 2
+    # the summary: the run's epochs in all, final and best rows; this call's epochs and speed
+    summary = json.loads((tmp_path / "part" / "summary.json").read_text())
+    assert (summary["epochs"], summary["epochs_run"]) == (4, 2)
+    assert summary["samples_per_second"] > 0 and summary["wall_seconds"] > 0
+    assert summary["final"]["epoch"] == 4 and summary["final"]["loss"] == full[-1]["loss"]
 
 
 def test_resume_with_nothing_to_do_says_how_to_train_more(

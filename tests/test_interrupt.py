@@ -3,10 +3,11 @@ SIGINT) sent to a real process, then ``--resume``: every epoch is in metrics.csv
 metrics.jsonl exactly once, and the folder equals an uninterrupted run's (but ``seconds``).
 
 The process is stopped at named points of an epoch's commit (each row, the checkpoint's
-temporary file, its rename, best.npz) and inside training: a driver wraps ``os.fsync``,
-``os.replace``, ``numpy.savez`` and ``Dense.forward`` so that the n-th call on a given file
-prints PAUSED and waits there for the signal. Then runs with big layers get the signal at
-varied moments of an epoch, wherever the run happens to be (often inside a save).
+temporary file, its rename, best.npz), inside training and at the run's end: a driver wraps
+``os.fsync``, ``os.replace``, ``numpy.savez``, ``Dense.forward`` and ``plots.write_all`` so
+that the n-th call on a given file prints PAUSED and waits there for the signal. Then runs
+with big layers get the signal at varied moments of an epoch, wherever the run happens to
+be (often inside a save).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from backprop_gpu import checkpoint, cli
+from backprop_gpu import checkpoint, cli, plots
 
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux", reason="the driver reads file names from /proc/self/fd"
@@ -38,7 +39,7 @@ pytestmark = pytest.mark.skipif(
 DRIVER = r"""
 import os, sys, time
 import numpy as np
-from backprop_gpu import cli, layers
+from backprop_gpu import cli, layers, plots
 
 kind, name, n = os.environ["PAUSE_AT"].split(":")
 until, calls = os.environ["PAUSE_UNTIL"], []
@@ -56,6 +57,7 @@ def reached(event, fd=None, path=None, label=None):
                 time.sleep(0.002)
 
 fsync, replace, savez, forward = os.fsync, os.replace, np.savez, layers.Dense.forward
+write_all = plots.write_all
 
 def paused_fsync(fd):
     reached("fsync", fd=fd)
@@ -84,8 +86,12 @@ def paused_forward(self, *args, **kwargs):
     reached("forward", label="Dense")
     return forward(self, *args, **kwargs)
 
-os.fsync, os.replace, np.savez, layers.Dense.forward = (
-    paused_fsync, paused_replace, paused_savez, paused_forward)
+def paused_write_all(*args, **kwargs):
+    reached("plots", label="plots")
+    return write_all(*args, **kwargs)
+
+os.fsync, os.replace, np.savez, layers.Dense.forward, plots.write_all = (
+    paused_fsync, paused_replace, paused_savez, paused_forward, paused_write_all)
 sys.exit(cli.main(sys.argv[1:]))
 """
 
@@ -377,6 +383,74 @@ def test_a_resume_stopped_in_its_repairs_leaves_no_temporary_file(
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
     resume(out)
     assert_same_run(out, reference)
+
+
+PLOTTED = [arg for arg in SMALL if arg != "--no-plots"]
+
+
+@pytest.fixture
+def plots_made(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[int], bool]]:
+    """plots.write_all in this process (matplotlib may be missing) replaced by one that
+    writes stand-in PNG files and records the epochs and whether it got the model."""
+    made: list[tuple[list[int], bool]] = []
+
+    def write_all(out: Path, history: Any, model: Any, X: Any, y: Any) -> list[Path]:
+        made.append(([int(row["epoch"]) for row in history], model is not None))
+        paths = [out / f"{name}.png" for name in ("loss", "accuracy", "decision_boundary")]
+        for path in paths:
+            path.write_bytes(b"\x89PNG")
+        return paths
+
+    monkeypatch.setattr(plots, "write_all", write_all)
+    return made
+
+
+@pytest.mark.parametrize(
+    ("pause", "signum"),
+    [
+        ("replace:summary.json:1", signal.SIGKILL),  # the plots made, summary.json not
+        ("plots:plots:1", signal.SIGKILL),
+        ("plots:plots:1", signal.SIGINT),
+    ],
+)
+def test_a_run_stopped_after_its_last_epoch_is_finished_by_resume(
+    reference: Path,
+    tmp_path: Path,
+    plots_made: list[tuple[list[int], bool]],
+    capsys: pytest.CaptureFixture[str],
+    pause: str,
+    signum: int,
+) -> None:
+    """summary.json is written last, after the plots: a run stopped after its last epoch's
+    commit has none, and resume (with nothing to train) makes the plots and the summary,
+    whose numbers are the run's (epochs in all, final, best) and this call's (no epochs
+    trained: no samples per second)."""
+    out = tmp_path / "run"
+    process = start(out, PLOTTED, pause)
+    err = signal_paused(process, out, signum)
+    if signum == signal.SIGINT:
+        assert process.returncode == 130, err
+        assert f"after epoch 4; {out} keeps its metrics and checkpoint" in err
+    assert not (out / "summary.json").exists()
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", "--out", str(out), "--quiet"]) == 0
+    assert capsys.readouterr().out == (
+        f"nothing to do: {out} already has 4 epochs; wrote the plots and summary.json it "
+        f"lacked (--epochs is the total to reach); to train more: backprop-gpu train "
+        f"--resume --out {out} --epochs 8\n"
+    )
+    assert plots_made == [([1, 2, 3, 4], True)]
+    assert_consistent(out)
+    summary, expected = (json.loads((p / "summary.json").read_text()) for p in (out, reference))
+    assert summary["plots"] == ["loss.png", "accuracy.png", "decision_boundary.png"]
+    assert (summary["epochs"], summary["epochs_run"], summary["samples_per_second"]) == (4, 0, None)
+    assert summary["wall_seconds"] > 0
+    for key in ("final", "best"):
+        assert without_seconds([summary[key]]) == without_seconds([expected[key]])
+    # finished now: the next resume has nothing to do and leaves the folder as it is
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert cli.main(["train", "--resume", "--out", str(out), "--quiet"]) == 0
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before and len(plots_made) == 1
 
 
 @pytest.fixture(scope="module")
