@@ -10,14 +10,12 @@ after SIGTERM (both stop a run cleanly; ``--resume`` continues it).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
 import signal
 import sys
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -234,32 +232,13 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     atomic_write(path, lambda f: np.save(f, array))
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt(received: list[int]) -> Iterator[None]:
-    """Treat SIGTERM as Ctrl-C: a KeyboardInterrupt, so a run stops as cleanly (the signal
-    is noted in ``received``). Main thread only, where Python runs signal handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, _frame: Any) -> None:
-        received.append(signum)
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _interrupted(e: KeyboardInterrupt, signum: int) -> int:
+def _interrupted(e: KeyboardInterrupt) -> int:
     """The message after Ctrl-C or SIGTERM, naming the folder to resume; 128 + the signal."""
-    name = signal.Signals(signum).name
-    message = f"backprop-gpu: interrupted ({name})"
+    signum = e.signum if isinstance(e, RunInterrupted) else signal.SIGINT
+    message = f"backprop-gpu: interrupted ({signal.Signals(signum).name})"
     if isinstance(e, RunInterrupted):
         resume = f"continue with backprop-gpu train --resume --out {e.run_dir}"
-        if (e.run_dir / "config.json").is_file() and e.epochs != 0:
+        if (e.run_dir / "checkpoint.npz").is_file() and e.epochs != 0:
             after = "" if e.epochs is None else f" after epoch {e.epochs}"
             message += f"{after}; {e.run_dir} keeps its metrics and checkpoint: {resume}"
         elif (e.run_dir / "config.json").is_file():
@@ -274,12 +253,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     args = parser.parse_args(argv)  # exits with 2 on usage errors
-    received: list[int] = []
     try:
         # NumPy's overflow warnings are left out: a loss or model that is not finite is
-        # reported in one line (FloatingPointError below, or the run's checks)
-        with _sigterm_as_interrupt(received), np.errstate(over="ignore", invalid="ignore",
-                                                          divide="ignore"):  # fmt: skip
+        # reported in one line (FloatingPointError below, or the run's checks); SIGTERM stops a
+        # run as Ctrl-C does (experiment.run's handler)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             if args.command == "info":
                 return _info(args)
             if args.command == "train":
@@ -302,5 +280,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"backprop-gpu: {e}{hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
-        return _interrupted(e, received[-1] if received else signal.SIGINT)
+        return _interrupted(e)
     return 0

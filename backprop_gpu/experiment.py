@@ -72,15 +72,15 @@ class RunError(RuntimeError):
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """A run stopped by Ctrl-C (or by a signal its caller turns into ``KeyboardInterrupt``,
-    as the ``backprop-gpu`` command does with SIGTERM). ``run_dir`` is the run folder, which
-    ``resume`` continues; ``epochs`` how many epochs its checkpoint and metrics hold (None:
-    not read yet)."""
+    """A run stopped by Ctrl-C or SIGTERM (``signum``, SIGINT or SIGTERM), which ``run`` and
+    ``resume`` treat alike. ``run_dir`` is the run folder, which ``resume`` continues;
+    ``epochs`` how many epochs its checkpoint and metrics hold (None: not read yet)."""
 
-    def __init__(self, run_dir: Path, epochs: int | None) -> None:
+    def __init__(self, run_dir: Path, epochs: int | None, signum: int = signal.SIGINT) -> None:
         super().__init__(f"{run_dir}: interrupted after {epochs} epoch(s)")
         self.run_dir = run_dir
         self.epochs = epochs
+        self.signum = signum
 
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -496,27 +496,72 @@ def _restore_best(out: Path, history: list[dict[str, float]], epochs: int) -> No
         _copy_file(source, path)
 
 
-@contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM until the block ends, then deliver them to the handlers they
-    had (Python's KeyboardInterrupt, the command's, or the default: the process ends). Only
-    in the main thread, which alone receives signals in Python; SIGKILL cannot be held."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[int] = []
-    previous: dict[int, Any] = {}
-    for number in (signal.SIGINT, signal.SIGTERM):
-        handler = signal.getsignal(number)
-        if handler not in (signal.SIG_IGN, None):  # (None: a handler set outside Python)
-            previous[number] = signal.signal(number, lambda s, _frame: held.append(s))
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        for received in dict.fromkeys(held):
-            signal.raise_signal(received)
+class _Interrupts:
+    """Ctrl-C (SIGINT) and SIGTERM during a run: either stops it as a ``KeyboardInterrupt``
+    (SIGTERM as Ctrl-C), at once, or, inside an epoch's commit (``deferred``), once the
+    commit is done. One handler for both, set for the whole call (``installed``): a signal
+    set to be ignored stays ignored, and a Python handler the caller had set (not Python's
+    own Ctrl-C one) is called in its place, deferred the same way. ``signum`` is the signal
+    that stopped the run (SIGTERM when both came during a commit).
+
+    Python runs signal handlers in the main thread only, and can set them only there: from
+    another thread ``installed`` sets nothing, and Ctrl-C goes to the main thread as usual
+    (a SIGKILL-proof commit order keeps the folder consistent whatever happens)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+        self._holding = False
+        self._pending: list[int] = []
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        try:  # (each handler is noted before it is replaced: a signal at any point of the
+            # swap leaves no handler of ours behind)
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                handler = signal.getsignal(signum)
+                if handler not in (signal.SIG_IGN, None):  # (None: set outside Python)
+                    self._previous[signum] = handler
+                    signal.signal(signum, self._handle)
+            yield
+        finally:
+            self._holding = True  # a signal while the handlers go back: acted on after
+            for number, previous in self._previous.items():
+                signal.signal(number, previous)
+            self._release()
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Hold SIGINT and SIGTERM until the block ends, then act on them."""
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self._holding:
+            self._pending.append(signum)
+        else:
+            self._act(signum, frame)
+
+    def _release(self) -> None:
+        self._holding = False
+        pending, self._pending = self._pending, []
+        for signum in sorted(set(pending), key=lambda s: s != signal.SIGTERM):  # SIGTERM first
+            self._act(signum, None)
+
+    def _act(self, signum: int, frame: Any) -> None:
+        previous = self._previous.get(signum)
+        self.signum = signum
+        if callable(previous) and previous is not signal.default_int_handler:
+            previous(signum, frame)  # the caller's (one that raises, or sets a flag)
+            self.signum = None  # (it returned: the run goes on)
+            return
+        raise KeyboardInterrupt
 
 
 # --- running -------------------------------------------------------------------------------
@@ -540,6 +585,15 @@ def run(
 
     ``distributed=True``: data-parallel over MPI (started under ``mpiexec``); every rank
     trains, rank 0 alone names, writes and reports the run folder.
+
+    Ctrl-C and SIGTERM stop the run cleanly, alike: an epoch's commit is finished first, then
+    ``RunInterrupted`` (a ``KeyboardInterrupt``, with ``run_dir``, ``epochs`` and ``signum``)
+    is raised; ``resume`` continues the run. For the call's duration the process's SIGINT and
+    SIGTERM handlers are replaced, then put back: a signal set to be ignored stays ignored,
+    and a Python handler of the caller's is called instead (after a commit). From a thread
+    other than the main one no handler is set (Python allows it in the main thread only):
+    the signals go to the main thread as usual, and the run's folder stays consistent
+    whenever the process ends, as after a SIGKILL.
     """
     if not isinstance(config, Config):
         config = Config.from_mapping(config)
@@ -657,8 +711,9 @@ def _execute(
     # distributed, each rank of a machine with several GPUs takes its own (and a rank that
     # cannot run the backend stops them all)
     name = dist.local_backend(config.backend) if dist is not None else config.backend
+    interrupts = _Interrupts()
     try:
-        with use_backend(name) as backend, contextlib.ExitStack() as held:
+        with interrupts.installed(), use_backend(name) as backend, contextlib.ExitStack() as held:
 
             def load() -> tuple[Any, ...]:
                 X, y, X_val, y_val = load_data(config)
@@ -734,7 +789,7 @@ def _execute(
                     return
                 _check_finite(model, int(row["epoch"]), out)
                 improved = row["val_loss"] < best
-                with _signals_held():  # (Ctrl-C or SIGTERM: after the commit, not inside)
+                with interrupts.deferred():  # (Ctrl-C or SIGTERM: after the commit, not inside)
                     _commit(writer, row, model, out, improved)
                     committed = int(row["epoch"])
                 if improved:
@@ -779,7 +834,7 @@ def _execute(
     except RunInterrupted:
         raise
     except KeyboardInterrupt as e:
-        raise RunInterrupted(out, committed) from e
+        raise RunInterrupted(out, committed, interrupts.signum or signal.SIGINT) from e
 
 
 def _kept(out: Path, epochs: int | None) -> str:

@@ -20,14 +20,16 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from backprop_gpu import checkpoint, cli, plots
+from backprop_gpu import checkpoint, cli, experiment, plots
 
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux", reason="the driver reads file names from /proc/self/fd"
@@ -101,7 +103,7 @@ BIG = ["--samples", "300", "--hidden", "512,512", "--batch-size", "100", "--epoc
        "--seed", "3", "--quiet", "--no-plots"]  # fmt: skip
 
 
-def start(out: Path, settings: list[str], pause: str = "none:none:0") -> Any:
+def start(out: Path, settings: list[str], pause: str = "none:none:0", preexec: Any = None) -> Any:
     """``backprop-gpu train SETTINGS --out OUT`` (``settings`` may start with --resume),
     paused at ``pause``."""
     env = {k: v for k, v in os.environ.items() if k != "BACKPROP_GPU_BACKEND"}
@@ -110,7 +112,7 @@ def start(out: Path, settings: list[str], pause: str = "none:none:0") -> Any:
     return subprocess.Popen(
         [sys.executable, "-c", DRIVER, "train", *settings, "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        preexec_fn=ctrl_c_works,
+        preexec_fn=preexec or ctrl_c_works,
     )  # fmt: skip
 
 
@@ -383,6 +385,167 @@ def test_a_resume_stopped_in_its_repairs_leaves_no_temporary_file(
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
     resume(out)
     assert_same_run(out, reference)
+
+
+def test_ctrl_c_and_sigterm_both_in_a_commit_stop_the_run_as_sigterm(
+    reference: Path, tmp_path: Path
+) -> None:
+    """Both held until the commit ends, then the run stops once, as SIGTERM asked (exit 143):
+    neither is lost."""
+    _, pause, _, epochs = points(reference)[3]  # both rows written
+    out = tmp_path / "run"
+    process = start(out, SMALL, pause)
+    assert process.stdout.readline() == "PAUSED\n", process.communicate()[1]
+    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGTERM)
+    (out.parent / "signal-sent").touch()
+    err = process.communicate(timeout=60)[1]
+    assert process.returncode == 143, err
+    assert f"interrupted (SIGTERM) after epoch {epochs + 1}; " in err and "Traceback" not in err
+    assert_consistent(out)
+    resume(out)
+    assert_same_run(out, reference)
+
+
+def ignore_sigterm() -> None:
+    ctrl_c_works()
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def test_a_sigterm_set_to_be_ignored_stays_ignored(reference: Path, tmp_path: Path) -> None:
+    """A run started with SIGTERM ignored (as by nohup-like launchers) trains on."""
+    _, pause, _, _ = points(reference)[1]  # training
+    out = tmp_path / "run"
+    process = start(out, SMALL, pause, preexec=ignore_sigterm)
+    err = signal_paused(process, out, signal.SIGTERM)
+    assert process.returncode == 0, err
+    assert_same_run(out, reference)
+
+
+LIBRARY = r"""
+import os, signal, sys
+from backprop_gpu import Model, experiment
+
+save = Model.save
+
+def save_and_signal(self, path, *args, **kwargs):  # Ctrl-C and SIGTERM in epoch 2's commit
+    if self.epochs_trained == 2 and path.name == "checkpoint.npz":
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+    return save(self, path, *args, **kwargs)
+
+Model.save = save_and_signal
+settings = {"samples": 150, "hidden": [16], "epochs": 4, "out": sys.argv[1]}
+try:
+    experiment.run(settings, report=None, plots=False)
+except experiment.RunInterrupted as e:
+    print(e.epochs, signal.Signals(e.signum).name)
+print(signal.getsignal(signal.SIGINT) is signal.default_int_handler,
+      signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+"""
+
+
+def test_a_library_run_stops_on_sigterm_and_puts_the_handlers_back(tmp_path: Path) -> None:
+    """experiment.run in a script: Ctrl-C and SIGTERM in a commit give one RunInterrupted
+    after it, naming SIGTERM (the SIGTERM was lost and the process trained on), and the
+    script's handlers are as they were."""
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-c", LIBRARY, str(out)], capture_output=True,
+                            text=True, timeout=120, preexec_fn=ctrl_c_works)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["2", "SIGTERM", "True", "True"]
+    assert_consistent(out)
+
+
+def test_a_run_from_another_thread_sets_no_handler(tmp_path: Path) -> None:
+    """Python sets signal handlers from the main thread only: a run in another thread
+    trains, and the process's handlers stay as they are."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    results: list[Any] = []
+    settings = {"samples": 150, "hidden": [16], "epochs": 2, "out": str(tmp_path / "run")}
+
+    def train() -> None:
+        try:
+            results.append(experiment.run(settings, report=None, plots=False))
+        except BaseException as e:  # (shown by the assertion below)
+            results.append(e)
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    thread.join(timeout=120)
+    assert isinstance(results[0], dict) and results[0]["epochs"] == 2, results
+    assert {s: signal.getsignal(s) for s in before} == before
+    assert len(experiment.read_metrics(tmp_path / "run")) == 2
+
+
+# the handler's own races, in this process: a signal while the handlers are set or put back
+SET_HANDLER = signal.signal
+
+
+@pytest.fixture
+def handlers_kept() -> Iterator[None]:
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for signum, handler in saved.items():
+        SET_HANDLER(signum, handler)
+
+
+def signal_at_call(monkeypatch: pytest.MonkeyPatch, n: int, signum: int) -> None:
+    """``signum`` to this process just after the n-th ``signal.signal`` call from now."""
+    calls = []
+
+    def spy(number: int, handler: Any) -> Any:
+        previous = SET_HANDLER(number, handler)
+        calls.append(number)
+        if len(calls) == n:
+            os.kill(os.getpid(), signum)
+        return previous
+
+    monkeypatch.setattr(signal, "signal", spy)
+
+
+def test_a_signal_while_the_handlers_are_set_leaves_none_of_ours(
+    handlers_kept: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM (a caller's handler that raises) after SIGINT's handler is set, before
+    SIGTERM's: SIGINT's is put back (it stayed, and swallowed every later Ctrl-C)."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    SET_HANDLER(signal.SIGTERM, interrupt)
+    signal_at_call(monkeypatch, 1, signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), experiment._Interrupts().installed():
+        pytest.fail("the block is not entered")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is interrupt
+
+
+def test_a_signal_while_the_handlers_are_put_back_is_not_lost(
+    handlers_kept: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM after SIGINT's handler is put back, before SIGTERM's: both are put back, and
+    the SIGTERM still stops the run."""
+    interrupts = experiment._Interrupts()
+    with pytest.raises(KeyboardInterrupt), interrupts.installed():
+        signal_at_call(monkeypatch, 1, signal.SIGTERM)
+    assert interrupts.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_caller_handler_is_called_after_the_commit(handlers_kept: None) -> None:
+    """A Python handler the caller set (one that notes the signal, say) is called in place
+    of an interrupt, after the commit: the run goes on."""
+    noted: list[int] = []
+    SET_HANDLER(signal.SIGTERM, lambda signum, frame: noted.append(signum))
+    interrupts = experiment._Interrupts()
+    with interrupts.installed():
+        with interrupts.deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)  # (Python runs the handler here: it only notes it)
+            assert noted == []
+        assert noted == [signal.SIGTERM] and interrupts.signum is None
 
 
 PLOTTED = [arg for arg in SMALL if arg != "--no-plots"]
