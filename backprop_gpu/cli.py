@@ -232,6 +232,13 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     atomic_write(path, lambda f: np.save(f, array))
 
 
+def _say(message: str) -> None:
+    """``message`` on stderr in one write (print writes its end apart, and the lines of the
+    ranks of an MPI job, which share the terminal, could then run into each other)."""
+    sys.stderr.write(f"{message}\n")
+    sys.stderr.flush()
+
+
 def _interrupted(e: KeyboardInterrupt) -> int:
     """The message after Ctrl-C or SIGTERM, naming the folder to resume; 128 + the signal."""
     signum = e.signum if isinstance(e, RunInterrupted) else signal.SIGINT
@@ -245,7 +252,7 @@ def _interrupted(e: KeyboardInterrupt) -> int:
             message += f" in epoch 1; {e.run_dir} holds no epoch yet: {resume} (from epoch 1)"
         else:
             message += " before the run started; nothing was recorded"
-    print(f"\n{message}", file=sys.stderr)
+    _say(f"\n{message}")
     return 128 + signum
 
 
@@ -277,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             hint = f"; here: --backend numpy{f' or unset {ENV_VAR}' if env else ''}"
         elif isinstance(e, MemoryError):
             hint = " (out of memory)"
-        print(f"backprop-gpu: {e}{hint}", file=sys.stderr)
+        _say(f"backprop-gpu: {e}{hint}")
         return 1
     except KeyboardInterrupt as e:
         return _interrupted(e)

@@ -787,7 +787,6 @@ def _execute(
                 history.append(row)
                 if writer is None:  # not rank 0
                     return
-                _check_finite(model, int(row["epoch"]), out)
                 improved = row["val_loss"] < best
                 with interrupts.deferred():  # (Ctrl-C or SIGTERM: after the commit, not inside)
                     _commit(writer, row, model, out, improved)
@@ -830,7 +829,9 @@ def _execute(
             summary["rank"] = 0 if dist is None else dist.rank  # (not in summary.json)
         return summary
     except NonFiniteLossError as e:
-        raise NonFiniteLossError(f"{e}; {_kept(out, committed)}") from e
+        # Model.train went back to the last finite epoch, on every rank: the one rank 0 has
+        # committed (before any rank could see the next epoch's reduction)
+        raise NonFiniteLossError(f"{e}; {_kept(out, model.epochs_trained)}") from e
     except RunInterrupted:
         raise
     except KeyboardInterrupt as e:
@@ -877,7 +878,9 @@ def _commit(
 
 
 def _nonfinite(model: Model) -> str | None:
-    """The first parameter of ``model`` holding a NaN or infinity, named, or None."""
+    """The first parameter of ``model`` holding a NaN or infinity, named, or None. (A run
+    never saves one: ``Model.train`` checks every parameter at each epoch's end, before
+    ``on_epoch_end``; a run folder of an earlier version might hold one.)"""
     for i, layer in enumerate(model.layers):
         for attr in ("weights", "biases"):
             values = getattr(layer, attr, None)
@@ -886,16 +889,6 @@ def _nonfinite(model: Model) -> str | None:
                 if not bool(xp.all(xp.isfinite(values))):
                     return f"{attr} of layer {i} ({type(layer).__name__})"
     return None
-
-
-def _check_finite(model: Model, epoch: int, out: Path) -> None:
-    """Never save non-finite parameters as checkpoint.npz or best.npz."""
-    bad = _nonfinite(model)
-    if bad is not None:
-        raise NonFiniteLossError(
-            f"epoch {epoch}: the {bad} became NaN or infinite (the loss was still finite); "
-            "nothing of this epoch was saved. Lower the learning rate"
-        )
 
 
 def _saved_config(run_dir: Path) -> Config:

@@ -19,6 +19,7 @@ import backprop_gpu as bg
 from backprop_gpu import cli, experiment, kernels
 
 from .conftest import GPU_OK, GPU_REASON
+from .test_distributed import mpirun, needs_mpi
 from .test_interrupt import ctrl_c_works
 
 QUICK = ["--epochs", "3", "--samples", "150", "--hidden", "16", "--batch-size", "32"]
@@ -219,6 +220,25 @@ def test_a_nonfinite_run_exits_1_in_one_line_and_saves_no_nonfinite_model(
     assert all(np.isfinite(r["loss"]) for r in rows)
     saved = bg.Model.load(out / "checkpoint.npz").epochs_trained if rows else 0
     assert [r["epoch"] for r in rows] == list(range(1, saved + 1))
+
+
+@needs_mpi
+def test_a_nonfinite_distributed_run_exits_1_in_one_line_a_rank(tmp_path: Path) -> None:
+    """The same under ``mpiexec -n 2 ... --distributed``: every rank raises the same error
+    (the check rides on the epoch's reduction) and prints the same line, naming the folder
+    and the epoch it keeps; no traceback, no MPI_Abort."""
+    out = tmp_path / "run"
+    result = mpirun(2, sys.executable, "-m", "backprop_gpu", "train", *QUICK, "--batch-size",
+                    "1000", "--optimizer", "sgd", "--lr", "1e30", "--distributed", "--out",
+                    str(out), "--no-plots", "--quiet")  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line and not line.startswith(
+        "backprop_gpu.distributed: 2 rank(s)")]  # fmt: skip
+    assert len(lines) == 2 and lines[0] == lines[1], result.stderr
+    assert lines[0].startswith("backprop-gpu: Model.train: ")
+    assert lines[0].endswith(f"the run folder {out} keeps epoch 1, the last finite one")
+    assert bg.Model.load(out / "checkpoint.npz").epochs_trained == 1
+    assert [r["epoch"] for r in experiment.read_metrics(out)] == [1]
 
 
 def test_evaluate_and_predict_refuse_a_nonfinite_model_in_one_line(tmp_path: Path) -> None:
