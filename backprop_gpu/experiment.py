@@ -35,6 +35,7 @@ import math
 import os
 import platform
 import re
+import reprlib
 import shutil
 import signal
 import sys
@@ -376,22 +377,37 @@ class _MetricsWriter:
 
 def _jsonl_rows(path: Path) -> list[dict[str, float]]:
     """The rows of a metrics.jsonl, in file order. A last line without its newline is one a
-    killed process was writing: left out. Any other line that is not a JSON row raises."""
+    killed process was writing: kept if it is a whole row (only its newline was cut off),
+    left out if torn. Any other line that is not a JSON row raises, showing it."""
     if not path.exists():
         return []
-    *complete, _torn = path.read_bytes().split(b"\n")  # (_torn is b"" after a whole line)
+    *complete, last = path.read_bytes().split(b"\n")  # (last is b"" after a whole line)
     rows = []
     for number, line in enumerate(complete, 1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            row = None
-        if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
-            raise RunError(f"{path}: line {number} is not a metrics row; the file is damaged")
+        row = _metrics_row(line)
+        if row is None:
+            shown = _SHOW.repr(line.decode(errors="replace"))
+            raise RunError(
+                f"{path}: line {number} is not a metrics row ({shown}); the file is damaged"
+            )
         rows.append(row)
-    return rows
+    row = _metrics_row(last) if last.strip() else None
+    return rows if row is None else [*rows, row]
+
+
+_SHOW = reprlib.Repr()
+_SHOW.maxstring = 80  # (characters of a damaged line shown)
+
+
+def _metrics_row(line: bytes) -> dict[str, float] | None:
+    """``line`` parsed as a metrics row (a JSON object with an integer epoch), or None."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) and isinstance(row.get("epoch"), int) else None
 
 
 def read_metrics(out: str | os.PathLike[str]) -> list[dict[str, float]]:
@@ -464,9 +480,12 @@ def _committed_history(out: Path, epochs: int) -> list[dict[str, float]]:
         by_epoch[int(row["epoch"])] = row  # (resumed before this repair: maybe twice; last wins)
     rows = [by_epoch[e] for e in range(1, epochs + 1) if e in by_epoch]
     if len(rows) < epochs or max(by_epoch, default=0) > epochs + 1:
+        holds = "there is no checkpoint.npz"
+        if (out / "checkpoint.npz").is_file():
+            holds = f"the checkpoint holds {epochs}"
         raise RunError(
-            f"{jsonl}: holds epochs {_spans(sorted(by_epoch))} but the checkpoint holds "
-            f"{epochs}; the run folder is damaged (a file replaced or edited?)"
+            f"{jsonl}: holds epochs {_spans(sorted(by_epoch))} but {holds}; the run folder "
+            "is damaged (a file replaced or edited?)"
         )
     for path, text in ((jsonl, _jsonl_text(rows)), (out / "metrics.csv", _csv_text(rows, True))):
         if not path.exists() or path.read_bytes() != text.encode():

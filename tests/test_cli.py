@@ -341,6 +341,40 @@ def test_resume_repairs_torn_rows_and_the_duplicates_of_older_versions(tmp_path:
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
 
 
+def test_a_whole_last_row_without_its_newline_is_kept(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert quick_run(out, "--no-plots") == 0
+    rows = experiment.read_metrics(out)
+    (out / "metrics.jsonl").write_bytes((out / "metrics.jsonl").read_bytes().rstrip(b"\n"))
+    assert experiment.read_metrics(out) == rows and len(rows) == 3
+    assert cli.main(["train", "--resume", "--epochs", "4", "--out", str(out), "--quiet"]) == 0
+    assert [r["epoch"] for r in experiment.read_metrics(out)] == [1, 2, 3, 4]
+    assert experiment.read_metrics(out)[:3] == rows
+
+
+def test_the_interrupt_message_says_what_the_folder_holds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """(epochs None: a resume stopped before it read the checkpoint)"""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    resume = f"continue with backprop-gpu train --resume --out {out}"
+    expected = {
+        None: f"in epoch 1; {out} holds no epoch yet: {resume} (from epoch 1)",
+        2: f"after epoch 2; {out} keeps its metrics and checkpoint: {resume}",
+    }
+    for epochs, signum in ((None, signal.SIGINT), (2, signal.SIGTERM)):
+        if epochs:
+            (out / "checkpoint.npz").write_bytes(b"")
+        code = cli._interrupted(experiment.RunInterrupted(out, epochs, signum))
+        assert code == 128 + signum
+        name = signal.Signals(signum).name
+        assert (
+            capsys.readouterr().err == f"\nbackprop-gpu: interrupted ({name}) {expected[epochs]}\n"
+        )
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="no flock on Windows")
 def test_a_run_folder_in_use_is_refused_to_a_second_writer(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -379,7 +413,12 @@ def test_existing_run_folder_is_never_overwritten(
 @pytest.mark.parametrize(
     ("setup", "args", "message"),
     [
-        ("no-checkpoint", [], "holds epochs 1 to 3 but the checkpoint holds 0; the run folder is"),
+        ("no-checkpoint", [], "holds epochs 1 to 3 but there is no checkpoint.npz; the run folder"),
+        (
+            "damaged",
+            [],
+            'line 2 is not a metrics row (\'{"epoch": 2, "lo\\x00\\x00ss": 1}\'); the file',
+        ),
         ("none", [], "no config.json in it"),
         (
             "run",
@@ -397,6 +436,11 @@ def test_bad_resume(
         assert quick_run(out, "--no-plots") == 0
     if setup == "no-checkpoint":  # (what no kill leaves: a resume cannot cut 3 rows)
         (out / "checkpoint.npz").unlink()
+    if setup == "damaged":
+        assert quick_run(out, "--no-plots") == 0
+        lines = (out / "metrics.jsonl").read_bytes().splitlines(keepends=True)
+        lines[1] = b'{"epoch": 2, "lo\0\0ss": 1}\n'  # (a line damaged on disk)
+        (out / "metrics.jsonl").write_bytes(b"".join(lines))
     before = {p.name: p.read_bytes() for p in out.iterdir()} if out.exists() else {}
     capsys.readouterr()
     assert cli.main(["train", "--resume", "--out", str(out), "--quiet", *args]) == 1
