@@ -451,6 +451,15 @@ def _remove_temporaries(out: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _discard_if_unused(out: Path) -> None:
+    """Remove the run folder ``out`` if it holds no run, unless another process holds it
+    (a run of the same folder started at the same time, which may be about to write)."""
+    with contextlib.suppress(OSError, RunError), _run_lock(out):
+        if _unused(out):
+            _remove_temporaries(out)
+            out.rmdir()
+
+
 def _unused(out: Path) -> bool:
     """``out`` holds no run: nothing, or only what a run killed as it wrote its first file
     (config.json) left."""
@@ -633,10 +642,8 @@ def run(
     try:
         return _execute(config, False, report, progress, plots, command, dist)
     except BaseException:
-        if root and _unused(out):  # failed before writing: leave no empty folder
-            with contextlib.suppress(OSError):
-                _remove_temporaries(out)
-                out.rmdir()
+        if root:  # failed before recording anything: leave no empty folder
+            _discard_if_unused(out)
         raise
 
 
@@ -915,7 +922,7 @@ def _saved_config(run_dir: Path) -> Config:
     if not path.is_file():
         if run_dir.is_dir() and _unused(run_dir):
             raise RunError(
-                f"{run_dir}: holds no run yet (stopped before its config.json was written); "
+                f"{run_dir}: holds no run yet (no config.json: stopped before writing it?); "
                 "train it again without --resume"
             )
         raise RunError(f"{run_dir}: no config.json in it (is it a run folder?)")

@@ -398,6 +398,27 @@ def test_a_run_folder_in_use_is_refused_to_a_second_writer(
     assert cli.main(["train", "--resume", "--epochs", "5", "--out", str(out), "--quiet"]) == 0
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="no flock on Windows")
+def test_a_refused_run_leaves_the_folder_another_process_holds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two runs of one new --out at once: the second is refused and, though the folder holds
+    nothing yet, leaves it to the first (which was about to write its config.json)."""
+    import fcntl
+
+    out = tmp_path / "run"
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the first run, just started
+        assert quick_run(out, "--no-plots") == 1
+        assert "another process is training in this run folder" in capsys.readouterr().err
+        assert out.is_dir()
+    finally:
+        os.close(fd)
+    assert quick_run(out, "--no-plots") == 0  # and once it is gone, the folder is free
+
+
 def test_existing_run_folder_is_never_overwritten(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -353,7 +353,7 @@ def test_resume_of_a_run_with_no_config_yet_says_to_start_it_again(
     (out / ".config.json.0123456789ab.tmp").write_text('{"conf')
     assert cli.main(["train", "--resume", "--out", str(out)]) == 1
     assert capsys.readouterr().err == (
-        f"backprop-gpu: {out}: holds no run yet (stopped before its config.json was written); "
+        f"backprop-gpu: {out}: holds no run yet (no config.json: stopped before writing it?); "
         "train it again without --resume\n"
     )
 
