@@ -12,8 +12,9 @@ and read back without pickle.
   float, complex) are accepted, and each member must hold exactly the bytes its header
   declares before its data is read. So a crafted header (a shape of ``2**40``, a 64 GiB
   array) or any damaged byte raises ``CheckpointError`` naming the file, never a
-  ``MemoryError`` or a zip library's error, and reading allocates no more than the file's
-  own contents (uncompressed, for the rare member stored compressed).
+  ``MemoryError`` or a zip library's error. Each array is read straight into its own
+  buffer, a MiB at a time, so loading takes about the memory of the arrays (as ``np.load``),
+  and a deflated member that declares more than its data holds fails where its data ends.
 - The metadata carries a SHA-256 of the rest of the metadata (canonical JSON) and of every
   array's name, dtype, shape and bytes; a file whose metadata or numbers differ from what
   was saved raises ``CheckpointError`` instead of loading wrong numbers or settings.
@@ -40,9 +41,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import reprlib
 import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -51,6 +54,7 @@ FORMAT_1 = "backprop_gpu-checkpoint-1"  # earlier releases: the checksum covers 
 _META = "__meta__"
 _NUMERIC = "biufc"  # dtype kinds a checkpoint array may have: bool, ints, floats, complex
 _DEFLATE_MAX_RATIO = 1032  # deflate cannot expand a byte to more than this many
+_CHUNK = 2**20  # bytes read at a time
 
 
 class CheckpointError(ValueError):
@@ -115,10 +119,24 @@ def save(path: str | os.PathLike[str], arrays: dict[str, np.ndarray], meta: dict
     meta = json.loads(json.dumps({**meta, "format": FORMAT}))
     meta["checksum"] = checksum(arrays, meta)
     payload = {**arrays, _META: np.array(json.dumps(meta))}
+    return atomic_write(path, lambda f: np.savez(f, **payload))  # type: ignore[arg-type]
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> Path:
+    """Replace ``path`` all at once by what ``write(f)`` writes to the binary file ``f``.
+
+    ``f`` is a new temporary file ``.NAME.<random>.tmp`` beside ``path`` (so on the same file
+    system), created with the mode the result should get (that of the file it replaces, or
+    ``0o666`` less the umask); after ``write`` it is flushed, synced and renamed over
+    ``path`` (``os.replace``: a link at ``path`` is replaced, not written through). Readers
+    see the old file or the new one, never a mix. Any exception (a full disk, Ctrl-C) removes
+    the temporary file and leaves ``path`` as it was; only a process killed outright leaves
+    it, recognisable by its name. Returns ``path``."""
+    path = Path(path)
     fd, tmp = _temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)  # type: ignore[arg-type]
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -185,8 +203,9 @@ def load(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str,
                     f"{path}: no {_META} entry; not a backprop_gpu checkpoint (or a damaged one)"
                 )
             headers = {name: _header(archive, info, name, path) for name, info in members.items()}
-            meta = _metadata(_read(archive, members.pop(_META), headers.pop(_META)), path)
-            arrays = {name: _read(archive, members[name], headers[name]) for name in members}
+            text = _read(archive, members.pop(_META), headers.pop(_META), _META, path)
+            meta = _metadata(text, path)
+            arrays = {n: _read(archive, members[n], headers[n], n, path) for n in members}
     except (FileNotFoundError, CheckpointError):
         raise
     except damaged as e:
@@ -267,14 +286,32 @@ def _header(archive: Any, info: Any, name: str, path: Path) -> tuple[Any, ...]:
     return shape, fortran_order, dtype, header_length
 
 
-def _read(archive: Any, info: Any, header: tuple[Any, ...]) -> np.ndarray:
-    """A member's array, from its header checked by ``_header``."""
+def _read(archive: Any, info: Any, header: tuple[Any, ...], name: str, path: Path) -> np.ndarray:
+    """A member's array, from its header checked by ``_header``, read straight into the
+    array ``_CHUNK`` bytes at a time: memory stays about the array's size, and a member whose
+    data ends before its declared size (a deflated member whose directory entry lies about
+    its size) fails at the end of its data, not after a buffer of the declared size."""
     shape, fortran_order, dtype, header_length = header
-    flat = np.empty(math.prod(shape), dtype)  # no bigger than the member: checked
+    size = math.prod(shape)
+    try:
+        flat = np.empty(size, dtype)  # no bigger than the member's declared size: checked
+    except MemoryError:  # (a declared size that the compressed data cannot really hold)
+        raise CheckpointError(
+            f"{path}: {name} declares {size * dtype.itemsize} bytes (shape {shape} of "
+            f"{dtype}) from {info.compress_size} compressed bytes, more memory than is free "
+            "here; a damaged or crafted file, or one too big for this machine"
+        ) from None
+    buffer = memoryview(flat.view(np.uint8))  # type: ignore[arg-type]
     with archive.open(info) as f:
         f.read(header_length)
-        if flat.nbytes and f.readinto(flat.view(np.uint8)) != flat.nbytes:
-            raise EOFError(f"{info.filename}: the data ends early")
+        done = 0
+        while done < len(buffer):
+            got = f.readinto(buffer[done : done + _CHUNK])
+            if not got:
+                raise EOFError(
+                    f"{info.filename}: the data ends after {done} of {len(buffer)} bytes"
+                )
+            done += got
     array: np.ndarray = flat.reshape(shape[::-1]).T if fortran_order else flat.reshape(shape)
     return array
 
@@ -289,9 +326,10 @@ def _metadata(text: np.ndarray, path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: metadata must be a JSON object, got {type(meta).__name__}")
     found = meta.get("format")
     if found not in (FORMAT, FORMAT_1):
+        ours = isinstance(found, str) and found.startswith("backprop_gpu-checkpoint-")
+        why = "was it written by a newer backprop_gpu?" if ours else "not a backprop_gpu checkpoint"
         raise CheckpointError(
-            f"{path}: format {found!r}, expected {FORMAT!r} (or {FORMAT_1!r}); "
-            "was it written by a newer backprop_gpu?"
+            f"{path}: format {reprlib.repr(found)}, expected {FORMAT!r} (or {FORMAT_1!r}); {why}"
         )
     return meta
 
@@ -312,7 +350,7 @@ def check_model_meta(meta: dict[str, Any], path: str | os.PathLike[str]) -> None
     The settings inside each ``config`` are checked by the class's own constructor."""
 
     def fail(field: str, expected: str, got: Any) -> None:
-        raise CheckpointError(f"{path}: {field} must be {expected}, got {got!r}")
+        raise CheckpointError(f"{path}: {field} must be {expected}, got {reprlib.repr(got)}")
 
     def need(owner: dict[str, Any], key: str, field: str) -> Any:
         if key not in owner:

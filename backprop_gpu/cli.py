@@ -10,15 +10,12 @@ after SIGTERM (both stop a run cleanly; ``--resume`` continues it).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
-import secrets
 import signal
 import sys
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +23,7 @@ import numpy as np
 
 from . import experiment
 from .backend import ENV_VAR, BackendUnavailableError
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, atomic_write
 from .experiment import Config, ConfigError, RunError, RunInterrupted
 
 D = Config(backend="auto")  # the defaults, shown in --help (not read from the environment)
@@ -147,9 +144,12 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
             f"run folder: {summary['run']}"
         )
     else:  # (a resume whose target the run has reached: success, as for make)
+        made = ""
+        if summary.get("finished"):  # (stopped after its last epoch, before its end)
+            made = f"; wrote the {'plots and ' * ('plots' in summary)}summary.json it lacked"
         print(
-            f"nothing to do: {summary['run']} already has {total} epochs (--epochs is the "
-            f"total to reach); to train more: backprop-gpu train --resume --out "
+            f"nothing to do: {summary['run']} already has {total} epochs{made} (--epochs is "
+            f"the total to reach); to train more: backprop-gpu train --resume --out "
             f"{summary['run']} --epochs {2 * total}"
         )
     return 0
@@ -228,54 +228,31 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    """np.save, atomically: a temporary file beside ``path`` (created with the umask's mode,
-    as np.save's), synced, then renamed over it; on any error it is removed."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """np.save, atomically (``checkpoint.atomic_write``), with the umask's mode as np.save."""
+    atomic_write(path, lambda f: np.save(f, array))
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt(received: list[int]) -> Iterator[None]:
-    """Treat SIGTERM as Ctrl-C: a KeyboardInterrupt, so a run stops as cleanly (the signal
-    is noted in ``received``). Main thread only, where Python runs signal handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, _frame: Any) -> None:
-        received.append(signum)
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+def _say(message: str) -> None:
+    """``message`` on stderr in one write (print writes its end apart, and the lines of the
+    ranks of an MPI job, which share the terminal, could then run into each other)."""
+    sys.stderr.write(f"{message}\n")
+    sys.stderr.flush()
 
 
-def _interrupted(e: KeyboardInterrupt, signum: int) -> int:
+def _interrupted(e: KeyboardInterrupt) -> int:
     """The message after Ctrl-C or SIGTERM, naming the folder to resume; 128 + the signal."""
-    name = signal.Signals(signum).name
-    message = f"backprop-gpu: interrupted ({name})"
+    signum = e.signum if isinstance(e, RunInterrupted) else signal.SIGINT
+    message = f"backprop-gpu: interrupted ({signal.Signals(signum).name})"
     if isinstance(e, RunInterrupted):
         resume = f"continue with backprop-gpu train --resume --out {e.run_dir}"
-        if (e.run_dir / "config.json").is_file() and e.epochs != 0:
+        if (e.run_dir / "checkpoint.npz").is_file() and e.epochs != 0:
             after = "" if e.epochs is None else f" after epoch {e.epochs}"
             message += f"{after}; {e.run_dir} keeps its metrics and checkpoint: {resume}"
         elif (e.run_dir / "config.json").is_file():
             message += f" in epoch 1; {e.run_dir} holds no epoch yet: {resume} (from epoch 1)"
         else:
             message += " before the run started; nothing was recorded"
-    print(f"\n{message}", file=sys.stderr)
+    _say(f"\n{message}")
     return 128 + signum
 
 
@@ -283,12 +260,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     args = parser.parse_args(argv)  # exits with 2 on usage errors
-    received: list[int] = []
     try:
         # NumPy's overflow warnings are left out: a loss or model that is not finite is
-        # reported in one line (FloatingPointError below, or the run's checks)
-        with _sigterm_as_interrupt(received), np.errstate(over="ignore", invalid="ignore",
-                                                          divide="ignore"):  # fmt: skip
+        # reported in one line (FloatingPointError below, or the run's checks); SIGTERM stops a
+        # run as Ctrl-C does (experiment.run's handler)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             if args.command == "info":
                 return _info(args)
             if args.command == "train":
@@ -308,8 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             hint = f"; here: --backend numpy{f' or unset {ENV_VAR}' if env else ''}"
         elif isinstance(e, MemoryError):
             hint = " (out of memory)"
-        print(f"backprop-gpu: {e}{hint}", file=sys.stderr)
+        _say(f"backprop-gpu: {e}{hint}")
         return 1
     except KeyboardInterrupt as e:
-        return _interrupted(e, received[-1] if received else signal.SIGINT)
+        return _interrupted(e)
     return 0

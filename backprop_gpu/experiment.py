@@ -10,9 +10,11 @@ A run folder holds:
   (a killed run keeps its history);
 - ``checkpoint.npz``: the whole model after the last epoch (atomic; ``resume`` continues from
   it) and ``best.npz`` when the validation loss was lowest;
-- ``summary.json``: final and best metrics, wall time and samples per second, written when a
-  run (or a resumed run) ends;
-- ``loss.png``, ``accuracy.png`` and, for 2-D data, ``decision_boundary.png`` (``plot`` extra).
+- ``loss.png``, ``accuracy.png`` and, for 2-D data, ``decision_boundary.png`` (``plot`` extra);
+- ``summary.json``: final and best metrics, wall time and samples per second, written last,
+  after the plots, when a run (or a resumed run) ends: a folder without it holds a run that
+  has not finished, and ``resume`` finishes it (trains what is left, or makes the plots and
+  the summary that a stop after the last epoch left unmade).
 
 The metrics and the checkpoints agree by construction, whenever the process is killed (see
 ``_commit``): after any interruption, ``resume`` leaves every epoch in both metrics files
@@ -25,6 +27,7 @@ import contextlib
 import csv
 import dataclasses
 import datetime as dt
+import filecmp
 import io
 import itertools
 import json
@@ -32,6 +35,7 @@ import math
 import os
 import platform
 import re
+import reprlib
 import shutil
 import signal
 import sys
@@ -69,15 +73,15 @@ class RunError(RuntimeError):
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """A run stopped by Ctrl-C (or by a signal its caller turns into ``KeyboardInterrupt``,
-    as the ``backprop-gpu`` command does with SIGTERM). ``run_dir`` is the run folder, which
-    ``resume`` continues; ``epochs`` how many epochs its checkpoint and metrics hold (None:
-    not read yet)."""
+    """A run stopped by Ctrl-C or SIGTERM (``signum``, SIGINT or SIGTERM), which ``run`` and
+    ``resume`` treat alike. ``run_dir`` is the run folder, which ``resume`` continues;
+    ``epochs`` how many epochs its checkpoint and metrics hold (None: not read yet)."""
 
-    def __init__(self, run_dir: Path, epochs: int | None) -> None:
+    def __init__(self, run_dir: Path, epochs: int | None, signum: int = signal.SIGINT) -> None:
         super().__init__(f"{run_dir}: interrupted after {epochs} epoch(s)")
         self.run_dir = run_dir
         self.epochs = epochs
+        self.signum = signum
 
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -307,13 +311,19 @@ def versions() -> dict[str, str]:
     return found
 
 
-def _prepare_folder(out: Path) -> None:
-    """Make the new run folder ``out`` (refusing one that exists and is not empty)."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+def _refuse_a_used_folder(out: Path) -> None:
+    """Refuse a folder that exists and is not empty (but for the temporary file of a run
+    killed as it wrote its config.json: that is no run yet)."""
+    if out.exists() and (not out.is_dir() or not _unused(out)):
         raise RunError(
             f"{out} already exists and is not empty; pass --resume to continue that run or "
             "choose another --out"
         )
+
+
+def _prepare_folder(out: Path) -> None:
+    """Make the new run folder ``out``."""
+    _refuse_a_used_folder(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
@@ -367,22 +377,37 @@ class _MetricsWriter:
 
 def _jsonl_rows(path: Path) -> list[dict[str, float]]:
     """The rows of a metrics.jsonl, in file order. A last line without its newline is one a
-    killed process was writing: left out. Any other line that is not a JSON row raises."""
+    killed process was writing: kept if it is a whole row (only its newline was cut off),
+    left out if torn. Any other line that is not a JSON row raises, showing it."""
     if not path.exists():
         return []
-    *complete, _torn = path.read_bytes().split(b"\n")  # (_torn is b"" after a whole line)
+    *complete, last = path.read_bytes().split(b"\n")  # (last is b"" after a whole line)
     rows = []
     for number, line in enumerate(complete, 1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            row = None
-        if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
-            raise RunError(f"{path}: line {number} is not a metrics row; the file is damaged")
+        row = _metrics_row(line)
+        if row is None:
+            shown = _SHOW.repr(line.decode(errors="replace"))
+            raise RunError(
+                f"{path}: line {number} is not a metrics row ({shown}); the file is damaged"
+            )
         rows.append(row)
-    return rows
+    row = _metrics_row(last) if last.strip() else None
+    return rows if row is None else [*rows, row]
+
+
+_SHOW = reprlib.Repr()
+_SHOW.maxstring = 80  # (characters of a damaged line shown)
+
+
+def _metrics_row(line: bytes) -> dict[str, float] | None:
+    """``line`` parsed as a metrics row (a JSON object with an integer epoch), or None."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) and isinstance(row.get("epoch"), int) else None
 
 
 def read_metrics(out: str | os.PathLike[str]) -> list[dict[str, float]]:
@@ -391,34 +416,54 @@ def read_metrics(out: str | os.PathLike[str]) -> list[dict[str, float]]:
     return _jsonl_rows(Path(out) / "metrics.jsonl")
 
 
-def _atomic_write(path: Path, data: str | bytes) -> None:
-    """Replace ``path`` by ``data`` all at once: a temporary file in the same folder, synced,
-    then renamed over it (a process killed on the way leaves the old file, and the
-    temporary, which the next run or resume removes)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _write_text(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` atomically (``checkpoint.atomic_write``)."""
+    data = text.encode()
+    checkpoint.atomic_write(path, lambda f: f.write(data))
 
 
 def _write_json(path: Path, data: Any) -> None:
-    _atomic_write(path, json.dumps(data, indent=2, default=str) + "\n")
+    _write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _copy_file(source: Path, path: Path) -> None:
+    """Replace ``path`` by a copy of ``source`` atomically."""
+    with source.open("rb") as f:
+        checkpoint.atomic_write(path, lambda to: shutil.copyfileobj(f, to))
 
 
 _RUN_FILES = ("checkpoint.npz", "best.npz", "config.json", "summary.json", "metrics.csv",
               "metrics.jsonl")  # fmt: skip
-# the temporaries of checkpoint.save (.checkpoint.npz.<random>.tmp) and _atomic_write
+# the temporaries of checkpoint.atomic_write (.checkpoint.npz.<random>.tmp), and of earlier
+# versions (.config.json.tmp)
 _TEMPORARY = re.compile(rf"\.({'|'.join(map(re.escape, _RUN_FILES))})(\..*)?\.tmp")
 
 
+def _temporaries(out: Path) -> list[Path]:
+    """What a write killed on its way left in the run folder."""
+    return [path for path in out.iterdir() if _TEMPORARY.fullmatch(path.name)]
+
+
 def _remove_temporaries(out: Path) -> None:
-    """Remove what a save killed mid-write left in the run folder (its writer, holding the
-    run lock, is gone)."""
-    for path in out.iterdir():
-        if _TEMPORARY.fullmatch(path.name):
-            path.unlink(missing_ok=True)
+    """Remove what a write killed on its way left in the run folder (under the run lock: its
+    writer is gone)."""
+    for path in _temporaries(out):
+        path.unlink(missing_ok=True)
+
+
+def _discard_if_unused(out: Path) -> None:
+    """Remove the run folder ``out`` if it holds no run, unless another process holds it
+    (a run of the same folder started at the same time, which may be about to write)."""
+    with contextlib.suppress(OSError, RunError), _run_lock(out):
+        if _unused(out):
+            _remove_temporaries(out)
+            out.rmdir()
+
+
+def _unused(out: Path) -> bool:
+    """``out`` holds no run: nothing, or only what a run killed as it wrote its first file
+    (config.json) left."""
+    return all(_TEMPORARY.fullmatch(path.name) for path in out.iterdir())
 
 
 def _best_row(history: list[dict[str, float]]) -> dict[str, float] | None:
@@ -444,13 +489,16 @@ def _committed_history(out: Path, epochs: int) -> list[dict[str, float]]:
         by_epoch[int(row["epoch"])] = row  # (resumed before this repair: maybe twice; last wins)
     rows = [by_epoch[e] for e in range(1, epochs + 1) if e in by_epoch]
     if len(rows) < epochs or max(by_epoch, default=0) > epochs + 1:
+        holds = "there is no checkpoint.npz"
+        if (out / "checkpoint.npz").is_file():
+            holds = f"the checkpoint holds {epochs}"
         raise RunError(
-            f"{jsonl}: holds epochs {_spans(sorted(by_epoch))} but the checkpoint holds "
-            f"{epochs}; the run folder is damaged (a file replaced or edited?)"
+            f"{jsonl}: holds epochs {_spans(sorted(by_epoch))} but {holds}; the run folder "
+            "is damaged (a file replaced or edited?)"
         )
     for path, text in ((jsonl, _jsonl_text(rows)), (out / "metrics.csv", _csv_text(rows, True))):
         if not path.exists() or path.read_bytes() != text.encode():
-            _atomic_write(path, text)
+            _write_text(path, text)
     return rows
 
 
@@ -465,45 +513,83 @@ def _spans(epochs: list[int]) -> str:
 
 def _restore_best(out: Path, history: list[dict[str, float]], epochs: int) -> None:
     """Make best.npz the model of the best epoch again. A kill between the checkpoint's save
-    and best.npz's (``_commit``) leaves best.npz one best epoch behind; that epoch is then
-    the checkpoint's own, so the checkpoint is copied."""
+    and best.npz's copy of it (``_commit``) leaves best.npz one best epoch behind; that epoch
+    is then the checkpoint's own, so the checkpoint is copied (unless best.npz is already
+    the same bytes)."""
     best = _best_row(history)
     if best is None or best["epoch"] != epochs:
         return  # best.npz was written in an earlier, completed commit
-    path = out / "best.npz"
-    try:
-        holds = checkpoint.load(path)[1].get("epochs_trained") if path.is_file() else None
-    except checkpoint.CheckpointError:
-        holds = None
-    if holds != epochs:
-        tmp = path.with_name(f".{path.name}.tmp")
-        shutil.copyfile(out / "checkpoint.npz", tmp)
-        with tmp.open("rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+    path, source = out / "best.npz", out / "checkpoint.npz"
+    if not (path.is_file() and filecmp.cmp(path, source, shallow=False)):
+        _copy_file(source, path)
 
 
-@contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM until the block ends, then deliver them to the handlers they
-    had (Python's KeyboardInterrupt, the command's, or the default: the process ends). Only
-    in the main thread, which alone receives signals in Python; SIGKILL cannot be held."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[int] = []
-    previous: dict[int, Any] = {}
-    for number in (signal.SIGINT, signal.SIGTERM):
-        handler = signal.getsignal(number)
-        if handler not in (signal.SIG_IGN, None):  # (None: a handler set outside Python)
-            previous[number] = signal.signal(number, lambda s, _frame: held.append(s))
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        for received in dict.fromkeys(held):
-            signal.raise_signal(received)
+class _Interrupts:
+    """Ctrl-C (SIGINT) and SIGTERM during a run: either stops it as a ``KeyboardInterrupt``
+    (SIGTERM as Ctrl-C), at once, or, inside an epoch's commit (``deferred``), once the
+    commit is done. One handler for both, set for the whole call (``installed``): a signal
+    set to be ignored stays ignored, and a Python handler the caller had set (not Python's
+    own Ctrl-C one) is called in its place, deferred the same way. ``signum`` is the signal
+    that stopped the run (SIGTERM when both came during a commit).
+
+    Python runs signal handlers in the main thread only, and can set them only there: from
+    another thread ``installed`` sets nothing, and Ctrl-C goes to the main thread as usual
+    (a SIGKILL-proof commit order keeps the folder consistent whatever happens)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+        self._holding = False
+        self._pending: list[int] = []
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        try:  # (each handler is noted before it is replaced: a signal at any point of the
+            # swap leaves no handler of ours behind)
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                handler = signal.getsignal(signum)
+                if handler not in (signal.SIG_IGN, None):  # (None: set outside Python)
+                    self._previous[signum] = handler
+                    signal.signal(signum, self._handle)
+            yield
+        finally:
+            self._holding = True  # a signal while the handlers go back: acted on after
+            for number, previous in self._previous.items():
+                signal.signal(number, previous)
+            self._release()
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Hold SIGINT and SIGTERM until the block ends, then act on them."""
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self._holding:
+            self._pending.append(signum)
+        else:
+            self._act(signum, frame)
+
+    def _release(self) -> None:
+        self._holding = False
+        pending, self._pending = self._pending, []
+        for signum in sorted(set(pending), key=lambda s: s != signal.SIGTERM):  # SIGTERM first
+            self._act(signum, None)
+
+    def _act(self, signum: int, frame: Any) -> None:
+        previous = self._previous.get(signum)
+        self.signum = signum
+        if callable(previous) and previous is not signal.default_int_handler:
+            previous(signum, frame)  # the caller's (one that raises, or sets a flag)
+            self.signum = None  # (it returned: the run goes on)
+            return
+        raise KeyboardInterrupt
 
 
 # --- running -------------------------------------------------------------------------------
@@ -527,6 +613,15 @@ def run(
 
     ``distributed=True``: data-parallel over MPI (started under ``mpiexec``); every rank
     trains, rank 0 alone names, writes and reports the run folder.
+
+    Ctrl-C and SIGTERM stop the run cleanly, alike: an epoch's commit is finished first, then
+    ``RunInterrupted`` (a ``KeyboardInterrupt``, with ``run_dir``, ``epochs`` and ``signum``)
+    is raised; ``resume`` continues the run. For the call's duration the process's SIGINT and
+    SIGTERM handlers are replaced, then put back: a signal set to be ignored stays ignored,
+    and a Python handler of the caller's is called instead (after a commit). From a thread
+    other than the main one no handler is set (Python allows it in the main thread only):
+    the signals go to the main thread as usual, and the run's folder stays consistent
+    whenever the process ends, as after a SIGKILL.
     """
     if not isinstance(config, Config):
         config = Config.from_mapping(config)
@@ -547,8 +642,8 @@ def run(
     try:
         return _execute(config, False, report, progress, plots, command, dist)
     except BaseException:
-        if root and not any(out.iterdir()):  # failed before writing: leave no empty folder
-            out.rmdir()
+        if root:  # failed before recording anything: leave no empty folder
+            _discard_if_unused(out)
         raise
 
 
@@ -569,10 +664,11 @@ def resume(
 
     Whenever the run was killed, the metrics files are first brought back to the epochs of
     its checkpoint (a run killed in its first epoch, before any checkpoint, starts again
-    from its seeded initial model). A run that already has ``epochs`` epochs is left as it
-    is (but for a summary.json that a stop just after the last epoch left unwritten): the
-    summary has ``epochs_run`` 0. ``distributed=True`` as in ``run`` (only rank 0
-    reads the folder)."""
+    from its seeded initial model). A run that already has ``epochs`` epochs trains no more
+    (the summary has ``epochs_run`` 0); if it was stopped after its last epoch, before its
+    end was recorded (no summary.json), its plots and summary.json are made now, else the
+    folder is left as it is. ``distributed=True`` as in ``run`` (only rank 0 reads the
+    folder)."""
     run_dir = Path(run_dir)
     dist = Context() if distributed else None
     config = on_root(dist, lambda: _resumed_config(run_dir, overrides))
@@ -633,6 +729,7 @@ def _execute(
     command: list[str] | None,
     dist: Context | None = None,
 ) -> dict[str, Any]:
+    called = time.perf_counter()
     out = Path(str(config.out))
     root = dist is None or dist.is_root  # only rank 0 reads and writes the run folder
     # the epochs whose rows and checkpoint are on disk (resuming: unknown until loaded)
@@ -640,8 +737,9 @@ def _execute(
     # distributed, each rank of a machine with several GPUs takes its own (and a rank that
     # cannot run the backend stops them all)
     name = dist.local_backend(config.backend) if dist is not None else config.backend
+    interrupts = _Interrupts()
     try:
-        with use_backend(name) as backend, contextlib.ExitStack() as held:
+        with interrupts.installed(), use_backend(name) as backend, contextlib.ExitStack() as held:
 
             def load() -> tuple[Any, ...]:
                 X, y, X_val, y_val = load_data(config)
@@ -660,6 +758,8 @@ def _execute(
                 nonlocal model, history, writer, committed
                 held.enter_context(_run_lock(out))  # until the end: one writer per run folder
                 _remove_temporaries(out)
+                if not resuming:  # (another run may have taken it since _prepare_folder)
+                    _refuse_a_used_folder(out)
                 if resuming:
                     if (out / "checkpoint.npz").is_file():
                         loaded = Model.load(out / "checkpoint.npz")
@@ -713,9 +813,8 @@ def _execute(
                 history.append(row)
                 if writer is None:  # not rank 0
                     return
-                _check_finite(model, int(row["epoch"]), out)
                 improved = row["val_loss"] < best
-                with _signals_held():  # (Ctrl-C or SIGTERM: after the commit, not inside)
+                with interrupts.deferred():  # (Ctrl-C or SIGTERM: after the commit, not inside)
                     _commit(writer, row, model, out, improved)
                     committed = int(row["epoch"])
                 if improved:
@@ -739,25 +838,30 @@ def _execute(
                     writer.close()
                 if bar is not None:
                     bar.close()
-            seconds = time.perf_counter() - started
-            samples = len(X) * remaining
-            summary = _summary(config, history, remaining, seconds, samples, backend.name)
-            if root and remaining:
+            seconds = time.perf_counter() - started  # (this call's training)
+            # the run's end: its plots, then summary.json, last, the mark that it finished (a
+            # call stopped before it, even after the last epoch, leaves it to the next resume)
+            finish = root and (remaining > 0 or not (out / "summary.json").exists())
+            made = None
+            if finish and plots:
+                made = _plots(out, history, model if X.shape[1] == 2 else None, X, y, report)
+            summary = _summary(config, history, remaining, len(X) * remaining, seconds,
+                               time.perf_counter() - called, backend.name)  # fmt: skip
+            if made is not None:
+                summary["plots"] = made
+            if finish:
                 _write_json(out / "summary.json", summary)
-                if plots:
-                    two_d = model if X.shape[1] == 2 else None
-                    summary["plots"] = _plots(out, history, two_d, X, y, report)
-            elif root and not (out / "summary.json").exists():
-                # nothing to do, but the call that ended the run was stopped before its summary
-                _write_json(out / "summary.json", summary)
+            summary["finished"] = finish  # (this call wrote summary.json; not in the file)
             summary["rank"] = 0 if dist is None else dist.rank  # (not in summary.json)
         return summary
     except NonFiniteLossError as e:
-        raise NonFiniteLossError(f"{e}; {_kept(out, committed)}") from e
+        # Model.train went back to the last finite epoch, on every rank: the one rank 0 has
+        # committed (before any rank could see the next epoch's reduction)
+        raise NonFiniteLossError(f"{e}; {_kept(out, model.epochs_trained)}") from e
     except RunInterrupted:
         raise
     except KeyboardInterrupt as e:
-        raise RunInterrupted(out, committed) from e
+        raise RunInterrupted(out, committed, interrupts.signum or signal.SIGINT) from e
 
 
 def _kept(out: Path, epochs: int | None) -> str:
@@ -769,7 +873,8 @@ def _kept(out: Path, epochs: int | None) -> str:
 def _commit(
     writer: _MetricsWriter, row: dict[str, float], model: Model, out: Path, improved: bool
 ) -> None:
-    """Record a finished epoch: its rows, then checkpoint.npz, then (if ``improved``) best.npz.
+    """Record a finished epoch: its rows, then checkpoint.npz, then (if ``improved``) best.npz
+    as a copy of it.
 
     The checkpoint is the commit point: on resume, the metrics files are cut back to the
     epochs it holds (``_committed_history``) and best.npz is made to match it
@@ -789,17 +894,19 @@ def _commit(
 
     So the files never hold a row beyond the checkpoint's epoch plus one, and every row up to
     the checkpoint's epoch is on disk before the checkpoint is. Leftover temporary files are
-    removed when the next run or resume takes the folder. summary.json is written only when
-    a call ends, and removed when a resume starts training (it would describe the end of an
-    earlier call)."""
+    removed when the next run or resume takes the folder. summary.json is written last, when a
+    call has trained the last epoch and made the plots, and removed when a resume starts
+    training (it would describe the end of an earlier call)."""
     writer.write(row)
     model.save(out / "checkpoint.npz")
-    if improved:
-        model.save(out / "best.npz")
+    if improved:  # (a copy: the model is not gathered, serialized and hashed twice)
+        _copy_file(out / "checkpoint.npz", out / "best.npz")
 
 
 def _nonfinite(model: Model) -> str | None:
-    """The first parameter of ``model`` holding a NaN or infinity, named, or None."""
+    """The first parameter of ``model`` holding a NaN or infinity, named, or None. (A run
+    never saves one: ``Model.train`` checks every parameter at each epoch's end, before
+    ``on_epoch_end``; a run folder of an earlier version might hold one.)"""
     for i, layer in enumerate(model.layers):
         for attr in ("weights", "biases"):
             values = getattr(layer, attr, None)
@@ -810,19 +917,14 @@ def _nonfinite(model: Model) -> str | None:
     return None
 
 
-def _check_finite(model: Model, epoch: int, out: Path) -> None:
-    """Never save non-finite parameters as checkpoint.npz or best.npz."""
-    bad = _nonfinite(model)
-    if bad is not None:
-        raise NonFiniteLossError(
-            f"epoch {epoch}: the {bad} became NaN or infinite (the loss was still finite); "
-            "nothing of this epoch was saved. Lower the learning rate"
-        )
-
-
 def _saved_config(run_dir: Path) -> Config:
     path = run_dir / "config.json"
     if not path.is_file():
+        if run_dir.is_dir() and _unused(run_dir):
+            raise RunError(
+                f"{run_dir}: holds no run yet (no config.json: stopped before writing it?); "
+                "train it again without --resume"
+            )
         raise RunError(f"{run_dir}: no config.json in it (is it a run folder?)")
     return Config.from_mapping(json.loads(path.read_text())["config"], where=str(path))
 
@@ -864,10 +966,15 @@ def _summary(
     config: Config,
     history: list[dict[str, float]],
     epochs_run: int,
-    seconds: float,
     samples: int,
+    train_seconds: float,
+    wall_seconds: float,
     backend: str,
 ) -> dict[str, Any]:
+    """summary.json: the run's epochs in all and its final and best rows (from ``history``,
+    all its epochs), and this call's: ``epochs_run``, ``wall_seconds`` (the whole call) and
+    ``samples_per_second`` (``samples`` trained in ``train_seconds``; None when it trained
+    none)."""
     final = history[-1] if history else {}
     best = _best_row(history) or {}
     return {
@@ -878,8 +985,8 @@ def _summary(
         "epochs_run": epochs_run,  # by this call
         "final": final,
         "best": best,
-        "wall_seconds": seconds,
-        "samples_per_second": samples / seconds if seconds > 0 else None,
+        "wall_seconds": wall_seconds,
+        "samples_per_second": samples / train_seconds if epochs_run else None,
     }
 
 

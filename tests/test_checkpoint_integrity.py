@@ -25,8 +25,8 @@ from numpy.lib import format as npy
 import backprop_gpu as bg
 from backprop_gpu import checkpoint
 
-from .test_checkpoint import X, Y, trained
-from .test_model import classifier, params
+from .test_checkpoint import X, Y, assert_refused_and_model_unchanged, trained
+from .test_model import params
 
 # --- helpers -------------------------------------------------------------------------------
 
@@ -100,13 +100,7 @@ def test_edited_metadata_fails_the_checksum(backend: bg.Backend, tmp_path: Path,
     arrays, meta = _contents(path)
     EDITS[edit](meta)
     _rezip(path, arrays, meta)  # a well-formed file whose settings no longer match
-    with pytest.raises(bg.CheckpointError, match="checksum mismatch"):
-        bg.Model.load(path)
-    model = classifier()
-    before = params(model)
-    with pytest.raises(bg.CheckpointError, match="checksum mismatch"):
-        model.load_parameters(path)
-    assert all(np.array_equal(a, b) for a, b in zip(before, params(model), strict=True))
+    assert_refused_and_model_unchanged(path, "checksum mismatch")
 
 
 def test_checksum_covers_names_dtypes_shapes_and_bytes(tmp_path: Path) -> None:
@@ -141,6 +135,7 @@ BAD_VALUES = {
     "epochs_trained 2.5": (lambda m: m.update(epochs_trained=2.5), r"epochs_trained .* got 2\.5"),
     "epochs_trained true": (lambda m: m.update(epochs_trained=True), r"epochs_trained .* got True"),
     "epochs_trained '3'": (lambda m: m.update(epochs_trained="3"), r"epochs_trained .* got '3'"),
+    "epochs_trained a long list": (lambda m: m.update(epochs_trained=list(range(1000))), r"epochs_trained must be a non-negative integer, got \[0, 1, 2, 3, 4, 5, \.\.\.\]$"),  # noqa: E501
     "epochs_trained missing": (lambda m: m.pop("epochs_trained"), r"no epochs_trained"),
     "iterations -1": (lambda m: m["optimizer"].update(iterations=-1), r"optimizer\.iterations must be a non-negative integer"),  # noqa: E501
     "lr 0": (lambda m: m["optimizer"].update(current_learning_rate=0.0), r"current_learning_rate must be a positive finite number, got 0\.0"),  # noqa: E501
@@ -234,7 +229,11 @@ def test_unknown_format_is_refused(tmp_path: Path) -> None:
     trained().save(path)
     arrays, meta = _contents(path)
     _rezip(path, arrays, meta | {"format": "backprop_gpu-checkpoint-3"})
-    _refused(path, r"format 'backprop_gpu-checkpoint-3', expected 'backprop_gpu-checkpoint-2'")
+    _refused(
+        path,
+        r"format 'backprop_gpu-checkpoint-3', expected 'backprop_gpu-checkpoint-2' "
+        r"\(or 'backprop_gpu-checkpoint-1'\); was it written by a newer backprop_gpu\?$",
+    )
 
 
 # --- item 5: crafted and damaged files -----------------------------------------------------
@@ -265,7 +264,7 @@ CRAFTED: dict[str, tuple[Any, str]] = {
     "meta two strings": ({"__meta__.npy": _member(np.array(["{}", "{}"]))}, r"__meta__ must be one JSON string, got a <U2 array of shape \(2,\)"),  # noqa: E501
     "meta bad JSON": ({"__meta__.npy": _member(np.array("{'format': 1"))}, r"unreadable metadata"),
     "meta nested": ({"__meta__.npy": _member(np.array("[" * 100_000))}, r"unreadable metadata"),
-    "meta no format": ({"__meta__.npy": _member(np.array("{}"))}, r"format None, expected"),
+    "meta no format": ({"__meta__.npy": _member(np.array("{}"))}, r"format None, expected .*\); not a backprop_gpu checkpoint$"),  # noqa: E501
     "no meta": ({"x.npy": _member(np.zeros(2))}, r"no __meta__ entry"),
     # the zip members
     "not .npy": ({"__meta__.npy": META_OK, "notes.txt": b"hello"}, r"member 'notes\.txt' is not a \.npy array"),  # noqa: E501
@@ -318,6 +317,104 @@ def test_other_compression_methods_are_refused_and_deflate_loads(tmp_path: Path)
     _zip(path, members, compression=zipfile.ZIP_DEFLATED)  # as numpy.savez_compressed writes
     loaded = bg.Model.load(path)
     assert all(np.array_equal(a, b) for a, b in zip(params(source), params(loaded), strict=True))
+
+
+LYING = textwrap.dedent(
+    """
+    import io, resource, struct, sys, zipfile
+    import numpy as np
+    from numpy.lib import format as npy
+    from backprop_gpu import checkpoint
+
+    path, limit = sys.argv[1], sys.argv[2] == "limit"
+    # a deflated member x.npy whose header and directory declare 3.5 GiB (less than 1032
+    # times its 4 MiB of incompressible deflated data), and its stream holding only those
+    declared = 7 * 2**29
+    header = {"descr": "<u1", "fortran_order": False, "shape": (declared - 128,)}
+    buffer = io.BytesIO()
+    npy.write_array_header_1_0(buffer, header)
+    head = buffer.getvalue()
+    assert len(head) == 128
+    meta = np.array('{"format": "%s", "kind": "parameters"}' % checkpoint.FORMAT)
+    meta_bytes = io.BytesIO()
+    np.save(meta_bytes, meta)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("__meta__.npy", meta_bytes.getvalue())
+        z.writestr("x.npy", head + np.random.default_rng(0).bytes(4 * 2**20))
+    raw = bytearray(open(path, "rb").read())
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo("x.npy")
+    assert declared <= 1032 * info.compress_size
+    # the size fields, in its local header and in the central directory
+    raw[info.header_offset + 22 : info.header_offset + 26] = struct.pack("<I", declared)
+    central = raw.rindex(b"PK\\x01\\x02")
+    raw[central + 24 : central + 28] = struct.pack("<I", declared)
+    open(path, "wb").write(raw)
+
+    if limit:  # less memory than declared: np.empty itself fails
+        size = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (size + 2**30, resource.RLIM_INFINITY))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        checkpoint.load(path)
+    except checkpoint.CheckpointError as e:
+        print(e)
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    print(f"grew {grown // 1024} MiB")
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/status, sets RLIMIT_AS")
+@pytest.mark.parametrize("limit", [True, False], ids=["less memory than declared", "enough"])
+def test_a_deflated_member_declaring_more_than_its_data_is_refused(
+    tmp_path: Path, limit: bool
+) -> None:
+    """A directory entry that says 3.5 GiB of 4 MiB deflated (within deflate's ratio, so not
+    refused from the directory): with less memory than that, the allocation's MemoryError is
+    a CheckpointError naming the member and its sizes; with enough, the read stops where the
+    data ends, having touched no more memory than the data (run in a child process: a memory
+    limit is process-wide)."""
+    path = tmp_path / "lying.npz"
+    out = subprocess.run(
+        [sys.executable, "-c", LYING, str(path), "limit" if limit else "no"], capture_output=True,
+        text=True, timeout=120, env=os.environ | {"OPENBLAS_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    message, grown = out.stdout.splitlines()
+    assert message.startswith(f"{path}: ")
+    if limit:
+        assert message == (
+            f"{path}: x declares 3758096256 bytes (shape (3758096256,) of uint8) from "
+            f"{zipfile.ZipFile(path).getinfo('x.npy').compress_size} compressed bytes, more "
+            "memory than is free here; a damaged or crafted file, or one too big for this machine"
+        )
+    else:
+        assert re.search(r"the data ends after 4194304 of 3758096256 bytes", message), message
+    assert int(grown.split()[1]) < 100  # MiB: the 4 MiB of data and zlib's buffers
+
+
+@pytest.mark.parametrize(
+    "compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED], ids=["stored", "deflated"]
+)
+def test_loading_takes_about_the_memory_of_the_arrays(tmp_path: Path, compression: int) -> None:
+    """Each array is read into its own buffer a MiB at a time (zipfile's readinto alone would
+    read the whole member into a bytes object first, then copy it: 3 to 4 times the size)."""
+    path = tmp_path / "big.npz"
+    a = np.random.default_rng(0).random(4_000_000)  # 32 MB
+    checkpoint.save(path, {"a": a}, {"kind": "parameters"})
+    if compression == zipfile.ZIP_DEFLATED:
+        with zipfile.ZipFile(path) as z:
+            members = {name: z.read(name) for name in z.namelist()}
+        _zip(path, members, compression=compression)
+    tracemalloc.start()
+    try:
+        arrays, _ = checkpoint.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert np.array_equal(arrays["a"], a)
+    assert peak < a.nbytes + 4 * 2**20  # the array, plus a MiB-sized chunk or two
 
 
 def _small_checkpoint(tmp_path: Path) -> tuple[Path, bytes]:

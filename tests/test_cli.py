@@ -19,6 +19,7 @@ import backprop_gpu as bg
 from backprop_gpu import cli, experiment, kernels
 
 from .conftest import GPU_OK, GPU_REASON
+from .test_distributed import mpirun, needs_mpi
 from .test_interrupt import ctrl_c_works
 
 QUICK = ["--epochs", "3", "--samples", "150", "--hidden", "16", "--batch-size", "32"]
@@ -221,6 +222,25 @@ def test_a_nonfinite_run_exits_1_in_one_line_and_saves_no_nonfinite_model(
     assert [r["epoch"] for r in rows] == list(range(1, saved + 1))
 
 
+@needs_mpi
+def test_a_nonfinite_distributed_run_exits_1_in_one_line_a_rank(tmp_path: Path) -> None:
+    """The same under ``mpiexec -n 2 ... --distributed``: every rank raises the same error
+    (the check rides on the epoch's reduction) and prints the same line, naming the folder
+    and the epoch it keeps; no traceback, no MPI_Abort."""
+    out = tmp_path / "run"
+    result = mpirun(2, sys.executable, "-m", "backprop_gpu", "train", *QUICK, "--batch-size",
+                    "1000", "--optimizer", "sgd", "--lr", "1e30", "--distributed", "--out",
+                    str(out), "--no-plots", "--quiet")  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line and not line.startswith(
+        "backprop_gpu.distributed: 2 rank(s)")]  # fmt: skip
+    assert len(lines) == 2 and lines[0] == lines[1], result.stderr
+    assert lines[0].startswith("backprop-gpu: Model.train: ")
+    assert lines[0].endswith(f"the run folder {out} keeps epoch 1, the last finite one")
+    assert bg.Model.load(out / "checkpoint.npz").epochs_trained == 1
+    assert [r["epoch"] for r in experiment.read_metrics(out)] == [1]
+
+
 def test_evaluate_and_predict_refuse_a_nonfinite_model_in_one_line(tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert quick_run(out, "--no-plots") == 0
@@ -264,6 +284,11 @@ def test_resume_continues_exactly(tmp_path: Path, capsys: pytest.CaptureFixture[
         assert len(list(csv.DictReader(f))) == 4  # appended, one header
     recorded = json.loads((tmp_path / "part" / "config.json").read_text())
     assert recorded["config"]["epochs"] == 4 and recorded["resumed"][0]["from_epoch"] == 2
+    # the summary: the run's epochs in all, final and best rows; this call's epochs and speed
+    summary = json.loads((tmp_path / "part" / "summary.json").read_text())
+    assert (summary["epochs"], summary["epochs_run"]) == (4, 2)
+    assert summary["samples_per_second"] > 0 and summary["wall_seconds"] > 0
+    assert summary["final"]["epoch"] == 4 and summary["final"]["loss"] == full[-1]["loss"]
 
 
 def test_resume_with_nothing_to_do_says_how_to_train_more(
@@ -316,6 +341,40 @@ def test_resume_repairs_torn_rows_and_the_duplicates_of_older_versions(tmp_path:
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
 
 
+def test_a_whole_last_row_without_its_newline_is_kept(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert quick_run(out, "--no-plots") == 0
+    rows = experiment.read_metrics(out)
+    (out / "metrics.jsonl").write_bytes((out / "metrics.jsonl").read_bytes().rstrip(b"\n"))
+    assert experiment.read_metrics(out) == rows and len(rows) == 3
+    assert cli.main(["train", "--resume", "--epochs", "4", "--out", str(out), "--quiet"]) == 0
+    assert [r["epoch"] for r in experiment.read_metrics(out)] == [1, 2, 3, 4]
+    assert experiment.read_metrics(out)[:3] == rows
+
+
+def test_the_interrupt_message_says_what_the_folder_holds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """(epochs None: a resume stopped before it read the checkpoint)"""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    resume = f"continue with backprop-gpu train --resume --out {out}"
+    expected = {
+        None: f"in epoch 1; {out} holds no epoch yet: {resume} (from epoch 1)",
+        2: f"after epoch 2; {out} keeps its metrics and checkpoint: {resume}",
+    }
+    for epochs, signum in ((None, signal.SIGINT), (2, signal.SIGTERM)):
+        if epochs:
+            (out / "checkpoint.npz").write_bytes(b"")
+        code = cli._interrupted(experiment.RunInterrupted(out, epochs, signum))
+        assert code == 128 + signum
+        name = signal.Signals(signum).name
+        assert (
+            capsys.readouterr().err == f"\nbackprop-gpu: interrupted ({name}) {expected[epochs]}\n"
+        )
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="no flock on Windows")
 def test_a_run_folder_in_use_is_refused_to_a_second_writer(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -339,6 +398,27 @@ def test_a_run_folder_in_use_is_refused_to_a_second_writer(
     assert cli.main(["train", "--resume", "--epochs", "5", "--out", str(out), "--quiet"]) == 0
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="no flock on Windows")
+def test_a_refused_run_leaves_the_folder_another_process_holds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two runs of one new --out at once: the second is refused and, though the folder holds
+    nothing yet, leaves it to the first (which was about to write its config.json)."""
+    import fcntl
+
+    out = tmp_path / "run"
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the first run, just started
+        assert quick_run(out, "--no-plots") == 1
+        assert "another process is training in this run folder" in capsys.readouterr().err
+        assert out.is_dir()
+    finally:
+        os.close(fd)
+    assert quick_run(out, "--no-plots") == 0  # and once it is gone, the folder is free
+
+
 def test_existing_run_folder_is_never_overwritten(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -354,7 +434,12 @@ def test_existing_run_folder_is_never_overwritten(
 @pytest.mark.parametrize(
     ("setup", "args", "message"),
     [
-        ("no-checkpoint", [], "holds epochs 1 to 3 but the checkpoint holds 0; the run folder is"),
+        ("no-checkpoint", [], "holds epochs 1 to 3 but there is no checkpoint.npz; the run folder"),
+        (
+            "damaged",
+            [],
+            'line 2 is not a metrics row (\'{"epoch": 2, "lo\\x00\\x00ss": 1}\'); the file',
+        ),
         ("none", [], "no config.json in it"),
         (
             "run",
@@ -372,6 +457,11 @@ def test_bad_resume(
         assert quick_run(out, "--no-plots") == 0
     if setup == "no-checkpoint":  # (what no kill leaves: a resume cannot cut 3 rows)
         (out / "checkpoint.npz").unlink()
+    if setup == "damaged":
+        assert quick_run(out, "--no-plots") == 0
+        lines = (out / "metrics.jsonl").read_bytes().splitlines(keepends=True)
+        lines[1] = b'{"epoch": 2, "lo\0\0ss": 1}\n'  # (a line damaged on disk)
+        (out / "metrics.jsonl").write_bytes(b"".join(lines))
     before = {p.name: p.read_bytes() for p in out.iterdir()} if out.exists() else {}
     capsys.readouterr()
     assert cli.main(["train", "--resume", "--out", str(out), "--quiet", *args]) == 1
