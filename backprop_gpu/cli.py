@@ -239,12 +239,15 @@ def _say(message: str) -> None:
     sys.stderr.flush()
 
 
-def _interrupted(e: KeyboardInterrupt) -> int:
-    """The message after Ctrl-C or SIGTERM, naming the folder to resume; 128 + the signal."""
+def _interrupted(e: KeyboardInterrupt, args: argparse.Namespace) -> int:
+    """The message after Ctrl-C or SIGTERM, naming the folder to resume (and the output flags
+    given, which are not settings, so the folder does not keep them); 128 + the signal."""
     signum = e.signum if isinstance(e, RunInterrupted) else signal.SIGINT
     message = f"backprop-gpu: interrupted ({signal.Signals(signum).name})"
     if isinstance(e, RunInterrupted):
-        resume = f"continue with backprop-gpu train --resume --out {e.run_dir}"
+        flags = [f for f in ("quiet", "no_plots") if getattr(args, f, False)]
+        again = "".join(f" --{f.replace('_', '-')}" for f in flags)
+        resume = f"continue with backprop-gpu train --resume --out {e.run_dir}{again}"
         if (e.run_dir / "checkpoint.npz").is_file() and e.epochs != 0:
             after = "" if e.epochs is None else f" after epoch {e.epochs}"
             message += f"{after}; {e.run_dir} keeps its metrics and checkpoint: {resume}"
@@ -287,5 +290,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say(f"backprop-gpu: {e}{hint}")
         return 1
     except KeyboardInterrupt as e:
-        return _interrupted(e)
+        return _interrupted(e, args)
     return 0

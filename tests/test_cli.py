@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import time
+from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
@@ -196,8 +197,8 @@ def test_ctrl_c_names_the_folder_it_made_without_out(tmp_path: Path) -> None:
     assert err.strip() == (
         f"backprop-gpu: interrupted (SIGINT) after epoch {epochs}; runs/{made.name} keeps its "
         f"metrics and checkpoint: continue with backprop-gpu train --resume --out "
-        f"runs/{made.name}"
-    )
+        f"runs/{made.name} --quiet --no-plots"
+    )  # (the output flags are repeated: a run folder keeps settings, not how to show them)
 
 
 def test_a_nonfinite_run_exits_1_in_one_line_and_saves_no_nonfinite_model(
@@ -368,7 +369,7 @@ def test_the_interrupt_message_says_what_the_folder_holds(
     for epochs, signum in ((None, signal.SIGINT), (2, signal.SIGTERM)):
         if epochs:
             (out / "checkpoint.npz").write_bytes(b"")
-        code = cli._interrupted(experiment.RunInterrupted(out, epochs, signum))
+        code = cli._interrupted(experiment.RunInterrupted(out, epochs, signum), Namespace())
         assert code == 128 + signum
         name = signal.Signals(signum).name
         assert (
