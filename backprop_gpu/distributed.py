@@ -371,13 +371,22 @@ class DistributedOptimizer:
 
     def step(self, layers: Sequence[Any], share: float | None = None) -> None:
         """One allreduce of every layer's gradients, then the wrapped optimizer's ``step``."""
+        self._check(layers, "step")
         self._sum(layers, share)
         self.optimizer.step(layers)
 
     def update_params(self, layer: Any, share: float | None = None) -> None:
         """Allreduce this layer's gradients, then update it (the nnfs call)."""
+        self._check([layer], "update_params")
         self._sum([layer], share)
         self.optimizer.update_params(layer)
+
+    def _check(self, layers: Sequence[Any], method: str) -> None:
+        """The wrapped optimizer's checks, before the allreduce replaces the gradients (a bad
+        step then changes nothing); on several ranks a rank that fails them stops the job,
+        since the others would wait for it in the allreduce."""
+        with self.context.abort_on_error():
+            self.optimizer.check(layers, method)
 
 
 def on_root(dist: Context | None, action: Callable[[], T]) -> T:

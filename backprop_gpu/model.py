@@ -432,12 +432,13 @@ class Model:
                         perm = np.random.default_rng([seed, epoch]).permutation(n)
                         order = self.backend.asarray(perm)  # one small copy per epoch
                     saved = self._snapshot(saved)  # (finite: checked before this epoch)
-                    loss, reg, acc, bad_step, bad_array = self._epoch(
+                    loss, reg, acc, bad_step, bad_arrays = self._epoch(
                         X_dev, y_dev, size, order, dist
                     )
-                if bad_array or not all(math.isfinite(v) for v in (loss, reg, acc)):
+                if bad_arrays or not all(math.isfinite(v) for v in (loss, reg, acc)):
                     # (alike on all ranks) back to the epoch's start, which was finite
-                    message = _nonfinite(loss, reg, epoch, bad_step, -(-n // size), bad_array)
+                    values = {"loss": loss, "regularization loss": reg, "accuracy": acc}
+                    message = _nonfinite(values, epoch, bad_step, -(-n // size), bad_arrays)
                     self._restore(saved)
                     if on_nonfinite == "stop":
                         return history
@@ -535,11 +536,11 @@ class Model:
 
     def _epoch(
         self, X_dev: Any, y_dev: Any, size: int, order: Any, dist: Context | None = None
-    ) -> tuple[float, float, float, int, str]:
+    ) -> tuple[float, float, float, int, list[str]]:
         """One pass over the data in batches (in ``order``, if given). Returns the epoch's
         mean data loss, regularisation loss and accuracy, the first step whose loss was not
-        finite (-1 if none), and the name of the first parameter or optimizer state that is
-        not finite at the end ("" if none). Each step's values stay on the device until the
+        finite (-1 if none), and the names of the parameters and optimizer states that are
+        not finite at the end (none: an empty list). Each step's values stay on the device until the
         end of the epoch, then come to the host in one copy with the parameters' finiteness
         (one reduction an array). Distributed, each rank takes its slice of every batch and
         the sums are reduced across ranks at the end."""
@@ -567,10 +568,10 @@ class Model:
         for layer in dropouts:
             layer.rows = None
         arrays = self._state_arrays()
-        finite = [_all_finite(xp, a) for _, a in arrays]  # read with the metrics, in one copy
+        finite = [_all_finite(xp, a) for *_, a in arrays]  # read with the metrics, in one copy
         values = _host_values(self.backend, [v for step in steps for v in step] + finite)
         flags = zip(arrays, values[3 * len(steps) :], strict=True)
-        bad_arrays = [name for (name, _), ok in flags if not ok]
+        bad_arrays = [_array_name(*where) for (*where, _), ok in flags if not ok]
         values = values[: 3 * len(steps)].reshape(len(steps), 3)
         sizes = np.minimum(size, n - np.arange(0, n, size))  # samples in each step
         taken = np.array(local, dtype=np.float64)
@@ -582,35 +583,29 @@ class Model:
         if dist is not None:
             loss_sum, acc_sum, n_bad = dist.sum([loss_sum, acc_sum, n_bad])
             first_bad = dist.min(first_bad)
-        bad_array = "an array on another rank" if n_bad else ""
-        if bad_arrays:
-            more = len(bad_arrays) - 1
-            bad_array = bad_arrays[0] + (f" (and {more} more arrays)" if more else "")
+        if n_bad and not bad_arrays:  # (parameters are alike on every rank: not expected)
+            bad_arrays = ["an array on another rank"]
         step = int(first_bad) if math.isfinite(first_bad) else -1
-        return loss_sum / n, reg, acc_sum / n, step, bad_array
+        return loss_sum / n, reg, acc_sum / n, step, bad_arrays
 
-    def _state_arrays(self) -> list[tuple[str, Any]]:
-        """``(name, array)`` for every parameter and every optimizer state that exists, named
-        for errors: ``"layer 2 Dense(64, 3) weights"``."""
-        arrays = []
-        for key, layer, attr, _ in self._slots(with_state=True):
-            value = getattr(layer, attr, None)
-            if value is not None:
-                index = key.split(".")[1]
-                state = " (optimizer state)" if key.startswith("optimizer.") else ""
-                label = getattr(layer, "name", type(layer).__name__)
-                arrays.append((f"layer {index} {label} {attr}{state}", value))
-        return arrays
+    def _state_arrays(self) -> list[tuple[str, Any, str, Any]]:
+        """``(key, layer, attribute, array)`` for every parameter and every optimizer state
+        that exists (``_array_name`` names one for an error)."""
+        return [
+            (key, layer, attr, value)
+            for key, layer, attr, _ in self._slots(with_state=True)
+            if (value := getattr(layer, attr, None)) is not None
+        ]
 
     def _check_state_finite(self) -> None:
         """Before training: every parameter and optimizer state must be finite, since a
         non-finite epoch goes back to the state it started from."""
         xp, arrays = self.backend.xp, self._state_arrays()
-        finite = _host_values(self.backend, [_all_finite(xp, a) for _, a in arrays])  # one copy
-        for (name, value), ok in zip(arrays, finite, strict=True):
+        finite = _host_values(self.backend, [_all_finite(xp, a) for *_, a in arrays])  # one copy
+        for (key, layer, attr, value), ok in zip(arrays, finite, strict=True):
             if not ok:
                 try:
-                    _checks.check_finite(value, name)
+                    _checks.check_finite(value, _array_name(key, layer, attr))
                 except ValueError as e:
                     raise ValueError(
                         f"Model.train: {e} before training, so there is no finite state to "
@@ -902,20 +897,41 @@ def _all_finite(xp: Any, a: Any) -> Any:
     return xp.all(xp.isfinite(a))
 
 
-def _nonfinite(loss: float, reg: float, epoch: int, step: int, steps: int, bad_array: str) -> str:
-    """``NonFiniteLossError``'s message: what went NaN or infinite, where, and what now."""
-    if not math.isfinite(loss) or not math.isfinite(reg):
-        what = "the loss" if not math.isfinite(loss) else "the regularization loss"
-        text = f"{what} became {loss if not math.isfinite(loss) else reg}"
-        text += f" at epoch {epoch + 1}, step {step} of {steps}"
-        if bad_array:
-            text += f" (and {bad_array} is no longer finite)"
+def _array_name(key: str, layer: Any, attr: str) -> str:
+    """A parameter or optimizer state named for an error: ``"layer 2 Dense(64, 3) weights"``
+    (``key`` is its checkpoint key, ``layers.2.weights`` or ``optimizer.2.weight_cache``)."""
+    state = " (optimizer state)" if key.startswith("optimizer.") else ""
+    label = getattr(layer, "name", type(layer).__name__)
+    return f"layer {key.split('.')[1]} {label} {attr}{state}"
+
+
+def _nonfinite(
+    values: dict[str, float], epoch: int, step: int, steps: int, bad_arrays: list[str]
+) -> str:
+    """``NonFiniteLossError``'s message: what went NaN or infinite (the first of ``values``,
+    the epoch's loss, regularization loss and accuracy, that is not finite, and the arrays),
+    where, and what now."""
+    arrays = bad_arrays[0] if bad_arrays else ""
+    if len(bad_arrays) > 1:
+        arrays += f" and {len(bad_arrays) - 1} more arrays"
+    bad = [(name, v) for name, v in values.items() if not math.isfinite(v)]
+    back = f"at the end of epoch {epoch}" if epoch else "where they were before training"
+    if bad:
+        what, value = bad[0]
+        text = f"the {what} became {value} at epoch {epoch + 1}, step {step} of {steps}"
+        if arrays:
+            verb = "are" if len(bad_arrays) > 1 else "is"
+            text += f"; {arrays} {verb} no longer finite either"
+        if step == 1:  # computed from the very state that is restored
+            back += (
+                ", whose parameters are finite but gave that value at step 1 (their outputs "
+                "overflow): no state with a finite loss is kept"
+            )
     else:  # every step's loss was finite: the updates made the parameters non-finite
         text = (
-            f"{bad_array} became NaN or infinite in epoch {epoch + 1} (every step's loss was "
+            f"{arrays} became NaN or infinite in epoch {epoch + 1} (every step's loss was "
             f"finite, so by the last update, step {steps} of {steps}, at the latest)"
         )
-    back = f"at the end of epoch {epoch}" if epoch else "where they were before training"
     return (
         f"Model.train: {text}; parameters and optimizer state are back {back}. Lower the "
         "learning rate, or check the data and the loss's inputs"

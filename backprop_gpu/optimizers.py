@@ -47,7 +47,9 @@ class Optimizer(abc.ABC):
         self.decay = _checks.non_negative_finite(decay, self._arg("decay"))
         self.current_learning_rate = self.learning_rate
         self.iterations = 0
-        self._dtypes_ok: set[Any] = set()
+        # dtypes whose checks passed, with their largest value: a learning rate raised above
+        # it later (opt.learning_rate = 1e39 in a hand loop) is caught at the next step
+        self._dtypes_ok: dict[Any, float] = {}
         self._state_attrs: dict[str, tuple[str, ...]] = {}  # "weights" -> ("weight_cache", ...)
 
     def _arg(self, name: str) -> str:
@@ -83,7 +85,8 @@ class Optimizer(abc.ABC):
             ):
                 self._check_param(layer, method, name, param)
             shape, dtype = param.shape, param.dtype  # (each read makes a new object)
-            if dtype not in self._dtypes_ok:
+            largest = self._dtypes_ok.get(dtype)
+            if largest is None or max(self.learning_rate, self.current_learning_rate) > largest:
                 self.check_dtype(dtype)
             if not (
                 type(grad) is array_type
@@ -146,6 +149,13 @@ class Optimizer(abc.ABC):
         where = f"{type(self).__name__}.{method}: {layer!r} d{name}"
         if grad is None:
             raise RuntimeError(f"{where} is missing; call backward before updating")
+        if isinstance(grad, np.ma.MaskedArray):  # its mask would be dropped silently
+            raise ValueError(
+                f"{where} is a masked array; pass plain gradients (fill the masked values "
+                "first); nothing was changed"
+            )
+        if isinstance(grad, np.ndarray):  # a subclass (np.matrix: ** is a matrix power there)
+            grad = np.asarray(grad)  # the same memory as a plain ndarray
         if layer.backend.owns(grad) and hasattr(grad, "shape") and grad.shape == param.shape:
             if grad.dtype == param.dtype:
                 return grad
@@ -181,7 +191,7 @@ class Optimizer(abc.ABC):
                 f"(smallest normal {float(info.tiny):.3g}); use a larger epsilon or float64 "
                 "parameters"
             )
-        self._dtypes_ok.add(dtype)
+        self._dtypes_ok[dtype] = float(info.max)
 
     @abc.abstractmethod
     def _update(self, layer: Any, name: str, param: Any, grad: Any) -> None:
@@ -189,6 +199,14 @@ class Optimizer(abc.ABC):
 
     def post_update_params(self) -> None:
         self.iterations += 1
+
+    def check(self, layers: Iterable[Any], method: str = "step") -> None:
+        """Raise as ``step(layers)`` would on a bad parameter, state or gradient, changing
+        nothing (for callers that must know before they act, as ``DistributedOptimizer``
+        before its allreduce)."""
+        for layer in layers:
+            if getattr(layer, "params", ()):
+                self._checked(layer, method)
 
     def step(self, layers: Iterable[Any]) -> None:
         """``pre_update_params``, ``update_params`` on each layer that has ``params``,

@@ -370,11 +370,15 @@ def test_a_nonfinite_validation_loss_is_not_kept_either(
 
 
 def test_a_nonfinite_loss_names_the_parameters_too(backend: bg.Backend) -> None:
+    """One step an epoch: epoch 2's loss at step 1 comes from the state epoch 1 ended with,
+    the state restored, whose weights are finite but overflow the outputs: the error says
+    that no state with a finite loss is kept (rather than calling it the last finite one)."""
     model = exploding()  # lr 1e38: a finite first epoch, then NaN
     match = (
-        r"the loss became nan at epoch 2, step 1 of 1 \(and layer 0 Dense\(4, 8\) weights \(and "
-        r"3 more arrays\) is no longer finite\); parameters and optimizer state are back at the "
-        "end of epoch 1"
+        r"the loss became nan at epoch 2, step 1 of 1; layer 0 Dense\(4, 8\) weights and 3 more "
+        r"arrays are no longer finite either; parameters and optimizer state are back at the end "
+        r"of epoch 1, whose parameters are finite but gave that value at step 1 \(their outputs "
+        r"overflow\): no state with a finite loss is kept"
     )
     with warnings.catch_warnings(), pytest.raises(bg.NonFiniteLossError, match=match):
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -495,3 +499,19 @@ def test_a_hand_written_layer_does_not_scan_values_check_finite_does(backend: bg
     assert np.isnan(out[1]).all() and np.isfinite(out[[0, 2]]).all()
     with pytest.raises(ValueError, match=r"batch holds 1 NaN or infinite values \(1 NaN, 0 inf"):
         dense.forward(bg.check_finite(bad, "batch"))
+
+
+class NaNAccuracy(bg.Accuracy):
+    def calculate(self, predictions: Any, y: Any) -> Any:
+        return super().calculate(predictions, y) * np.nan
+
+
+def test_a_nonfinite_accuracy_alone_is_named(backend: bg.Backend) -> None:
+    """Finite loss and parameters, NaN accuracy: the message names the accuracy (it had an
+    empty subject: 'Model.train:  became NaN')."""
+    model = bg.Model([bg.Dense(4, 3, seed=0)])
+    model.set(loss=bg.SoftmaxCrossEntropy(), optimizer=bg.SGD(0.1), accuracy=NaNAccuracy())
+    model.finalize()
+    match = r"^Model.train: the accuracy became nan at epoch 1, step 1 of 2; parameters"
+    with pytest.raises(bg.NonFiniteLossError, match=match):
+        model.train(X, Y, epochs=1, batch_size=10, print_every=0, seed=0)

@@ -400,3 +400,24 @@ def test_command_line_distributed_run_matches_a_single_process(tmp_path: Path) -
     assert refused.returncode == 1
     assert refused.stderr.count("--distributed: the global batch_size 1 is smaller than") == 2
     assert not (tmp_path / "three").exists()  # nothing left behind
+
+
+@needs_mpi
+def test_distributed_optimizer_checks_before_its_allreduce(backend: bg.Backend) -> None:
+    """A bad gradient is refused before the allreduce replaces the gradients (it raised a raw
+    AttributeError from the reshape, and a refused step had already swapped l1.dweights, so
+    a retry summed them twice): the error names the array and nothing changes."""
+    from backprop_gpu.distributed import DistributedOptimizer
+
+    l1, l2 = bg.Dense(2, 3, seed=0), bg.Dense(3, 2, seed=1)
+    for layer in (l1, l2):
+        layer.forward(np.ones((4, layer.n_inputs), np.float32))
+        layer.backward(np.ones((4, layer.n_neurons), np.float32))
+    opt = DistributedOptimizer(bg.Adam(0.1))
+    l2.dweights = [[1.0, 2.0]] * 3
+    kept = l1.dweights
+    for call in (lambda: opt.step([l1, l2]), lambda: opt.update_params(l2)):
+        with pytest.raises(ValueError, match=r"dweights must match weights: .* got a list"):
+            call()
+        assert l1.dweights is kept and opt.iterations == 0
+        assert getattr(l1, "weight_momentums", None) is None

@@ -601,3 +601,44 @@ def test_a_learning_rate_that_overflows_the_dtype_is_refused(
     with pytest.raises(ValueError, match=match):
         opt.step([layer])
     assert opt.iterations == 0 and np.array_equal(bg.to_numpy(layer.weights), before)
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+@pytest.mark.parametrize("make", OPTIMIZER_MAKERS)
+def test_an_ndarray_subclass_gradient_is_used_as_a_plain_array(make: Any) -> None:
+    """np.matrix makes ** a matrix power (Adam raised LinAlgError after changing the first
+    layer; RMSprop gave another update silently): its numbers are used as a plain array."""
+    with bg.use_backend("numpy"):
+        opt, l1, l2 = _two_layers(make)
+        ref_opt, r1, r2 = _two_layers(make)
+    for layer in (l1, l2):
+        layer.dweights = np.asmatrix(layer.dweights)
+        layer.dbiases = np.asmatrix(layer.dbiases)
+    opt.step([l1, l2])
+    ref_opt.step([r1, r2])
+    for a, b in ((l1, r1), (l2, r2)):
+        assert type(a.weights) is np.ndarray
+        np.testing.assert_array_equal(a.weights, b.weights, strict=True)
+        np.testing.assert_array_equal(a.biases, b.biases, strict=True)
+
+
+def test_a_masked_gradient_is_refused_naming_it() -> None:
+    with bg.use_backend("numpy"):
+        opt, l1, l2 = _two_layers(lambda: bg.Adam(0.1))
+    l2.dweights = np.ma.masked_array(l2.dweights, mask=np.zeros_like(l2.dweights, bool))
+    before = _everything(opt, l1, l2)
+    with pytest.raises(ValueError, match=r"Adam.step: Dense\(3, 2.*\) dweights is a masked array"):
+        opt.step([l1, l2])
+    _assert_unchanged(before, _everything(opt, l1, l2))
+
+
+def test_a_learning_rate_raised_after_a_step_is_refused_at_the_next(backend: bg.Backend) -> None:
+    """The dtype checks are kept once passed; a learning rate raised past the dtype's largest
+    value later (a hand loop's schedule) is still caught."""
+    opt, l1, l2 = _two_layers(lambda: bg.SGD(0.1))
+    opt.step([l1, l2])
+    opt.learning_rate = opt.current_learning_rate = 1e39
+    before = _everything(opt, l1, l2)
+    with pytest.raises(ValueError, match=r"SGD: learning_rate=1e\+39 overflows float32"):
+        opt.step([l1, l2])
+    _assert_unchanged(before, _everything(opt, l1, l2))
