@@ -199,6 +199,52 @@ DEFINE_LOOPS(double, f64, sqrt)
     } while (0)
 
 
+/* Whether no element of a float32 / float64 array is NaN or infinite: those are the values
+ * whose exponent bits are all ones. An OR over integer compares, which the compiler
+ * vectorises (no early exit: a NaN is rare, and the scan is memory-bound anyway). */
+static int all_finite_f32(const uint32_t *u, npy_intp n) {
+    uint32_t bad = 0;
+    for (npy_intp i = 0; i < n; i++) bad |= (u[i] & 0x7f800000u) == 0x7f800000u;
+    return !bad;
+}
+
+static int all_finite_f64(const uint64_t *u, npy_intp n) {
+    uint64_t bad = 0;
+    for (npy_intp i = 0; i < n; i++)
+        bad |= (u[i] & 0x7ff0000000000000ull) == 0x7ff0000000000000ull;
+    return !bad;
+}
+
+/* all_finite(arrays) -> bool: every array of the sequence holds no NaN or Inf. Each must be
+ * a C-contiguous float32 or float64 ndarray (TypeError otherwise, before any is read). */
+static PyObject *all_finite(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (check_nargs(nargs, 1, "all_finite") < 0) return NULL;
+    PyObject *seq = PySequence_Fast(args[0], "all_finite takes a sequence of arrays");
+    if (!seq) return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    npy_intp total = 0;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        int t = float_type(items[k], "arrays[k]");
+        if (t < 0 || !checked(items[k], "arrays[k]", t, -1, 0)) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+        total += PyArray_SIZE((PyArrayObject *)items[k]);
+    }
+    int finite = 1;
+    LOOP(total, {
+        for (Py_ssize_t k = 0; k < count && finite; k++) {
+            PyArrayObject *a = (PyArrayObject *)items[k];
+            finite = PyArray_TYPE(a) == NPY_FLOAT
+                         ? all_finite_f32(DATA(a, uint32_t), PyArray_SIZE(a))
+                         : all_finite_f64(DATA(a, uint64_t), PyArray_SIZE(a));
+        }
+    });
+    Py_DECREF(seq);
+    return PyBool_FromLong(finite);
+}
+
 static PyObject *relu_forward(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (check_nargs(nargs, 2, "relu_forward") < 0) return NULL;
     int t = float_type(args[0], "x");
@@ -442,6 +488,8 @@ static PyObject *adam(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
 }
 
 static PyMethodDef methods[] = {
+    {"all_finite", (PyCFunction)(void (*)(void))all_finite, METH_FASTCALL,
+     "all_finite(arrays) -> bool: no NaN or Inf in any of the float arrays"},
     {"relu_forward", (PyCFunction)(void (*)(void))relu_forward, METH_FASTCALL,
      "relu_forward(x, out): out = max(x, 0)"},
     {"relu_backward", (PyCFunction)(void (*)(void))relu_backward, METH_FASTCALL,

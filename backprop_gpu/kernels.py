@@ -148,6 +148,16 @@ DECLINED = object()
 # --- the fast paths ---------------------------------------------------------------------------
 
 
+def all_finite(backend: Backend, arrays: list[Any]) -> bool | None:
+    """Whether no array of ``arrays`` holds a NaN or an infinity, in one call over them all
+    (the reference, a min and a max per array, costs two NumPy calls an array: 30 us an
+    epoch for a small model's 8 parameter and state arrays); None without a kernel."""
+    if not _on_cpu(backend):
+        return None
+    result = _c(_cpu.all_finite, arrays)
+    return None if result is DECLINED else bool(result)
+
+
 def add_bias(backend: Backend, out: Any, biases: Any) -> bool:
     """``out += biases`` in place, (N, C) + (1, C), on the CPU; False without a kernel.
     (NumPy's broadcast add runs its inner loop over C only: slow when C is small.)"""

@@ -26,7 +26,7 @@ from typing import Any, TypeVar, cast
 
 import numpy as np
 
-from . import _checks, checkpoint
+from . import _checks, checkpoint, kernels
 from .activations import Linear, ReLU, Sigmoid, Softmax
 from .backend import Backend, array_library, host_array, to_numpy
 from .distributed import (
@@ -568,6 +568,8 @@ class Model:
         for layer in dropouts:
             layer.rows = None
         arrays = self._state_arrays()
+        if kernels.all_finite(self.backend, [a for *_, a in arrays]):  # one C call (NumPy)
+            arrays = []  # all finite: none to look at one by one
         finite = [_all_finite(xp, a) for *_, a in arrays]  # read with the metrics, in one copy
         values = _host_values(self.backend, [v for step in steps for v in step] + finite)
         flags = zip(arrays, values[3 * len(steps) :], strict=True)
@@ -601,6 +603,8 @@ class Model:
         """Before training: every parameter and optimizer state must be finite, since a
         non-finite epoch goes back to the state it started from."""
         xp, arrays = self.backend.xp, self._state_arrays()
+        if kernels.all_finite(self.backend, [a for *_, a in arrays]):
+            return
         finite = _host_values(self.backend, [_all_finite(xp, a) for *_, a in arrays])  # one copy
         for (key, layer, attr, value), ok in zip(arrays, finite, strict=True):
             if not ok:

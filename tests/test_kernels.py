@@ -432,3 +432,29 @@ def test_cuda_kernels_equal_the_reference(dtype: str, monkeypatch: pytest.Monkey
         w_ref += 0.9 * v_ref - 0.1 * g
         np.testing.assert_allclose(bg.to_numpy(w), bg.to_numpy(w_ref), rtol=1e-6)
         np.testing.assert_allclose(bg.to_numpy(v), bg.to_numpy(v_ref), rtol=1e-6)
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_c_all_finite_equals_the_reference(dtype: str) -> None:
+    """One call over many arrays, as NumPy's isfinite().all() over each: NaN, +-inf, the
+    largest finite value, subnormals, -0.0, empty arrays, and arrays long enough to release
+    the GIL; other dtypes and layouts are declined (the reference then runs)."""
+    from backprop_gpu import _cpu
+
+    info = np.finfo(dtype)
+    special = [np.nan, np.inf, -np.inf, info.max, -info.max, info.smallest_subnormal, -0.0]
+    with bg.use_backend("numpy") as backend:
+        for size in (0, 1, 7, 33, 20000):
+            for value in special:
+                for at in {0, size // 2, size - 1} if size else {0}:
+                    arrays = [RNG.standard_normal(5).astype(dtype), np.zeros(size, dtype)]
+                    if size:
+                        arrays[1][at] = value
+                    expected = all(bool(np.isfinite(a).all()) for a in arrays)
+                    assert kernels.all_finite(backend, arrays) is expected, (size, value, at)
+        x = np.ones((4, 4), dtype)
+        for declined in ([x.astype(np.int64)], [x[:, ::2]], [x.astype(np.float16)], [[1.0]]):
+            assert kernels.all_finite(backend, declined) is None
+        with pytest.raises(TypeError, match="sequence of arrays"):
+            _cpu.all_finite(3)
