@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -421,6 +422,31 @@ def test_a_refused_run_leaves_the_folder_another_process_holds(
     assert quick_run(out, "--no-plots") == 0  # and once it is gone, the folder is free
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="no flock on Windows")
+def test_a_new_run_in_a_folder_that_trains_now_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """train --out R3 while another process trains in R3: not "pass --resume" (which would
+    be refused too, for now) but that it trains now, and what to do."""
+    import fcntl
+
+    out = tmp_path / "run"
+    assert quick_run(out, "--no-plots") == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as the other process's run does
+        capsys.readouterr()
+        assert quick_run(out, "--no-plots") == 1
+        assert capsys.readouterr().err == (
+            f"backprop-gpu: {out}: another process is training in this run folder now; wait "
+            "for it to end (then --resume continues it)\n"
+        )
+    finally:
+        os.close(fd)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_existing_run_folder_is_never_overwritten(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -442,7 +468,7 @@ def test_existing_run_folder_is_never_overwritten(
             [],
             'line 2 is not a metrics row (\'{"epoch": 2, "lo\\x00\\x00ss": 1}\'); the file',
         ),
-        ("none", [], "no config.json in it"),
+        ("none", [], "run: no such folder"),
         (
             "run",
             ["--hidden", "32"],
@@ -738,7 +764,67 @@ def test_evaluate_and_predict(tmp_path: Path, capsys: pytest.CaptureFixture[str]
             f"got dtype {dtype} ({kind})\n"
         )
     assert cli.main(["evaluate", str(tmp_path)]) == 1
-    assert "no config.json in it" in capsys.readouterr().err
+    assert f"{tmp_path}: not a run folder (no config.json in it)" in capsys.readouterr().err
+
+
+def test_evaluate_and_predict_say_what_a_folder_that_is_no_run_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """evaluate and predict find the run's model alike, and say why a path is not a run
+    folder, and what to pass instead."""
+    import fcntl
+
+    runs = tmp_path / "runs"
+    run = runs / "a"
+    assert quick_run(run, "--no-plots") == 0
+    stopped = tmp_path / "R5"  # stopped before its first epoch ended
+    stopped.mkdir()
+    shutil.copy(run / "config.json", stopped)
+    (tmp_path / "empty").mkdir()
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((3, 2), np.float32))
+
+    def refusals(path: Path) -> set[str]:
+        """What evaluate and predict say of ``path`` (each exits 1)."""
+        said = set()
+        for args in (["evaluate", str(path)], ["predict", str(path), "--input", str(x)]):
+            capsys.readouterr()
+            assert cli.main(args) == 1
+            said.add(capsys.readouterr().err)
+        return said
+
+    resume = f"continue with backprop-gpu train --resume --out {stopped}"
+    cases = {
+        tmp_path / "nosuch": f"{tmp_path / 'nosuch'}: no such folder",
+        stopped: f"{stopped}: no finished epoch yet; {resume}",
+        run / "best.npz": f"{run / 'best.npz'} is a file; pass its run folder {run}",
+        x: f"{x} is a file, not a run folder",
+        tmp_path / "empty": f"{tmp_path / 'empty'}: not a run folder (no config.json in it)",
+        runs: f"{runs}: not a run folder (no config.json in it); it holds the run folder {run}",
+    }
+    for path, message in cases.items():
+        assert refusals(path) == {f"backprop-gpu: {message}\n"}, path
+    for name, age in (("b", 20), ("c", 10)):  # b the newest
+        shutil.copytree(run, runs / name)
+        os.utime(runs / name / "config.json", (time.time() + age,) * 2)
+    assert refusals(runs) == {
+        f"backprop-gpu: {runs}: not a run folder (no config.json in it); it holds 3 run "
+        f"folders, such as {runs / 'b'} and {runs / 'c'}\n"
+    }
+    fd = os.open(stopped, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as a run training in its first epoch does
+        assert refusals(stopped) == {
+            f"backprop-gpu: {stopped}: no finished epoch yet (another process is training in "
+            "it now: wait for its first epoch to end)\n"
+        }
+    finally:
+        os.close(fd)
+    shutil.copy(run / "metrics.jsonl", stopped)  # 3 rows, and no checkpoint: not from a kill
+    assert refusals(stopped) == {
+        f"backprop-gpu: {stopped}: no checkpoint.npz, but metrics.jsonl holds 3 epochs; the "
+        "run folder is damaged (a file removed?)\n"
+    }
 
 
 def test_predict_never_overwrites_silently(
