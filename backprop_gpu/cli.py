@@ -206,18 +206,7 @@ def _predict(args: argparse.Namespace) -> int:
                            f"{args.output / 'outputs.npy'}")  # fmt: skip
         if output.exists() and not args.force:
             raise RunError(f"--output {output} exists; pass --force to overwrite it")
-    try:
-        inputs = np.load(args.input, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise RunError(f"--input {args.input}: cannot read a .npy array ({e})") from None
-    if not isinstance(inputs, np.ndarray):  # (np.load opens a .npz archive too)
-        inputs.close()
-        raise RunError(f"--input {args.input}: a .npz archive, not a .npy array (np.save)")
-    if inputs.dtype.kind not in "biuf":
-        raise RunError(
-            f"--input {args.input}: expected an array of real numbers, got dtype "
-            f"{inputs.dtype} ({_KINDS.get(inputs.dtype.kind, 'not numbers')})"
-        )
+    inputs = _read_input(args.input)
     outputs = experiment.predict(args.run_dir, inputs, best=not args.last)
     if output is not None:
         _save_npy(output, outputs)
@@ -225,6 +214,48 @@ def _predict(args: argparse.Namespace) -> int:
     else:
         np.savetxt(sys.stdout, outputs, fmt="%.6g")
     return 0
+
+
+NPY_MAGIC = b"\x93NUMPY"  # how every .npy file starts
+
+
+def _read_input(path: Path) -> np.ndarray:
+    """The array of real numbers in the .npy file ``path``, else a ``RunError`` saying what
+    the file is. Its header is read first: a file of another kind, or an array of strings or
+    Python objects, is refused before its data is read (and never unpickled)."""
+    where = f"--input {path}"
+    try:
+        with path.open("rb") as f:
+            start = f.read(6)
+            if start[:4] == b"PK\x03\x04":  # (np.load would open it as an NpzFile)
+                raise RunError(f"{where}: a .npz archive, not a .npy array (np.save)")
+            if start != NPY_MAGIC:
+                what = f"it starts with {start!r}, not {NPY_MAGIC!r}" if start else "empty"
+                raise RunError(f"{where}: not a .npy file ({what}); save the array with np.save")
+            f.seek(0)
+            version = np.lib.format.read_magic(f)
+            header = {(1, 0): np.lib.format.read_array_header_1_0,
+                      (2, 0): np.lib.format.read_array_header_2_0}.get(version)  # fmt: skip
+            if header is not None:  # (3.0, for field names that are not ASCII: records)
+                _check_real(header(f)[2], where)
+        inputs = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise RunError(f"{where}: no such file") from None
+    except IsADirectoryError:
+        raise RunError(f"{where}: a folder, not a .npy file") from None
+    except (OSError, ValueError, EOFError) as e:
+        text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise RunError(f"{where}: cannot read a .npy array ({text})") from None
+    _check_real(inputs.dtype, where)
+    return np.asarray(inputs)
+
+
+def _check_real(dtype: np.dtype[Any], where: str) -> None:
+    if dtype.kind not in "biuf":
+        raise RunError(
+            f"{where}: expected an array of real numbers, got dtype {dtype} "
+            f"({_KINDS.get(dtype.kind, 'not numbers')})"
+        )
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

@@ -827,6 +827,45 @@ def test_evaluate_and_predict_say_what_a_folder_that_is_no_run_is(
     }
 
 
+def test_predict_says_what_an_input_that_is_no_npy_array_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file of another kind, or an array of Python objects, is refused in one line that
+    says what it is, without the advice to load it unsafely (allow_pickle) NumPy gives."""
+    import pickle
+
+    out = tmp_path / "run"
+    assert quick_run(out, "--no-plots") == 0
+    (tmp_path / "text.npy").write_text("1 2\n3 4\n")
+    (tmp_path / "empty.npy").write_bytes(b"")
+    pickled = pickle.dumps([[1.0, 2.0]], protocol=4)
+    (tmp_path / "pickled.npy").write_bytes(pickled)
+    np.save(tmp_path / "objects.npy", np.array([[1.0, None]], dtype=object), allow_pickle=True)
+    np.save(tmp_path / "cut.npy", np.ones((4, 2), np.float32))
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "cut.npy").read_bytes()[:-8])
+    (tmp_path / "folder.npy").mkdir()
+    expected = {
+        "text.npy": "not a .npy file (it starts with b'1 2\\n3 ', not b'\\x93NUMPY'); save the "
+        "array with np.save",
+        "empty.npy": "not a .npy file (empty); save the array with np.save",
+        "pickled.npy": f"not a .npy file (it starts with {pickled[:6]!r}, not b'\\x93NUMPY'); "
+        "save the array with np.save",
+        "objects.npy": "expected an array of real numbers, got dtype object (objects)",
+        "cut.npy": "cannot read a .npy array (",  # (then NumPy's words, which vary)
+        "missing.npy": "no such file",
+        "folder.npy": "a folder, not a .npy file",
+    }
+    for name, message in expected.items():
+        capsys.readouterr()
+        assert cli.main(["predict", str(out), "--input", str(tmp_path / name)]) == 1
+        err = capsys.readouterr().err
+        if message.endswith("("):
+            assert err.startswith(f"backprop-gpu: --input {tmp_path / name}: {message}"), err
+            assert err.count("\n") == 1 and "allow_pickle" not in err
+        else:
+            assert err == f"backprop-gpu: --input {tmp_path / name}: {message}\n"
+
+
 def test_predict_never_overwrites_silently(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
