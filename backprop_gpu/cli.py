@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import os
 import signal
@@ -88,6 +89,42 @@ def _parser() -> argparse.ArgumentParser:
 
 
 SETTINGS = [f.name for f in dataclasses.fields(Config)]
+
+# flags of other tools (Keras, PyTorch scripts) that a newcomer types: what to type here
+_OTHER_NAMES = {
+    "--learning-rate": ("--lr", "the learning rate is --lr"),
+    "--weight-decay": ("--l2", "L2 regularisation is --l2 (--decay: the learning rate's decay)"),
+    "--device": ("--backend", "the device is chosen with --backend (auto, numpy, cupy, cupy:N)"),
+}
+
+
+def _parse(argv: list[str]) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """The parser and the parsed ``argv``. Usage errors exit with 2, an unknown argument of a
+    command with that command's usage and, for a misspelt flag, the closest real one."""
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # (argparse has no public way to the subparsers: _actions, in every version)
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        command: argparse.ArgumentParser = commands.choices[args.command]
+        hints = [_hint(arg, command, args.command) for arg in unknown if arg.startswith("--")]
+        said = "".join(f"; {hint}" for hint in hints if hint)
+        command.error(f"unrecognized arguments: {' '.join(unknown)}{said}")
+    return parser, args
+
+
+def _hint(arg: str, command: argparse.ArgumentParser, name: str) -> str | None:
+    """What ``arg``, an unknown flag of ``command``, was probably meant to be."""
+    flag = arg.partition("=")[0]
+    flags = [s for action in command._actions for s in action.option_strings]
+    if flag in flags:  # (given before the command, where the top-level parser took it)
+        return f"{flag}: put it after the command, {name}"
+    others = [other for other, (ours, _) in _OTHER_NAMES.items() if ours in flags]
+    match = difflib.get_close_matches(flag, flags + others, n=1, cutoff=0.75)
+    if not match:
+        return None
+    if match[0] in _OTHER_NAMES:
+        return f"{flag}: {_OTHER_NAMES[match[0]][1]}"
+    return f"{flag}: did you mean {match[0]}?"
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -292,8 +329,7 @@ def _interrupted(e: KeyboardInterrupt, args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _parser()
-    args = parser.parse_args(argv)  # exits with 2 on usage errors
+    parser, args = _parse(argv)  # exits with 2 on usage errors
     try:
         # NumPy's overflow warnings are left out: a loss or model that is not finite is
         # reported in one line (FloatingPointError below, or the run's checks); SIGTERM stops a

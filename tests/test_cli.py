@@ -536,6 +536,49 @@ def test_usage_errors_exit_2(
 
 
 @pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (
+            ["train", "--lerning-rate", "0.1"],
+            "--lerning-rate 0.1; --lerning-rate: the learning rate is --lr",
+        ),
+        (
+            ["train", "--learning-rate=0.1"],
+            "--learning-rate=0.1; --learning-rate: the learning rate is --lr",
+        ),
+        (["train", "--hiden", "8"], "--hiden 8; --hiden: did you mean --hidden?"),
+        (
+            ["train", "--batch_size", "8", "--no-plts"],
+            "--batch_size 8 --no-plts; --batch_size: did you mean --batch-size?; --no-plts: did "
+            "you mean --no-plots?",
+        ),
+        (
+            ["train", "--weight-decay", "1e-4"],
+            "--weight-decay 1e-4; --weight-decay: L2 regularisation is --l2 (--decay: the "
+            "learning rate's decay)",
+        ),
+        (["train", "--verbose"], "--verbose"),  # (nothing close)
+        (
+            ["predict", "run", "--input", "x.npy", "--ouput", "y"],
+            "--ouput y; --ouput: did you mean --output?",
+        ),
+        (["evaluate", "run", "--lats"], "--lats; --lats: did you mean --last?"),
+        (["--json", "info"], "--json; --json: put it after the command, info"),
+    ],
+)
+def test_an_unknown_flag_shows_its_commands_usage_and_the_closest_flag(
+    args: list[str], error: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(args)
+    assert exit_info.value.code == 2
+    command = next(arg for arg in args if not arg.startswith("-"))
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: backprop-gpu {command} [-h]"), err  # the command's usage
+    assert err.endswith(f"\nbackprop-gpu {command}: error: unrecognized arguments: {error}\n")
+
+
+@pytest.mark.parametrize(
     ("toml", "message"),
     [
         ('datset = "spiral"', "unknown key(s) datset; valid keys: dataset, hidden"),
