@@ -185,8 +185,8 @@ def parse_hidden(value: Any) -> tuple[int, ...]:
     if isinstance(value, int) and not isinstance(value, bool):
         return (value,)
     if isinstance(value, str):
-        try:
-            return tuple(int(part) for part in value.split(",") if part.strip())
+        try:  # (every part a size: "128,,64" is a typo, not two layers)
+            return tuple(int(part) for part in value.split(","))
         except ValueError:
             raise ConfigError(
                 f"hidden: expected comma-separated layer sizes such as 64,64; got {value!r}"

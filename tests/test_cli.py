@@ -513,6 +513,13 @@ def test_unwritable_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         (["train", "--optimizer", "lbfgs"], "choose from 'sgd', 'adam', 'rmsprop', 'adagrad'"),
         (["train", "--activation", "tanh"], "choose from 'relu', 'sigmoid', 'linear'"),
         (["train", "--hidden", "64,x"], "hidden: expected comma-separated layer sizes"),
+        (
+            ["train", "--hidden", "128,,64"],
+            "hidden: expected comma-separated layer sizes such as 64,64; got '128,,64'",
+        ),
+        (["train", "--hidden", "64,"], "sizes such as 64,64; got '64,'"),
+        (["train", "--hidden", ""], "sizes such as 64,64; got ''"),
+        (["train", "--hidden", " "], "sizes such as 64,64; got ' '"),
         (["train", "--hidden", "0"], "hidden: expected positive layer sizes"),
         (["train", "--epochs", "ten"], "invalid int value: 'ten'"),
         (["train", "--momentum", "0.9"], "only the sgd optimizer has momentum"),
