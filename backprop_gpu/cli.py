@@ -175,7 +175,7 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
     run, total = summary["epochs_run"], summary["epochs"]
     if run:
         print(
-            f"done: {run} epochs{f' ({total} in all)' if total != run else ''} in "
+            f"done: {_epochs(run)}{f' ({total} in all)' if total != run else ''} in "
             f"{summary['wall_seconds']:.1f} s, "
             f"val_loss {final['val_loss']:.4f}, val_acc {final['val_accuracy']:.4f}; "
             f"run folder: {summary['run']}"
@@ -185,11 +185,16 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
         if summary.get("finished"):  # (stopped after its last epoch, before its end)
             made = f"; wrote the {'plots and ' * ('plots' in summary)}summary.json it lacked"
         print(
-            f"nothing to do: {summary['run']} already has {total} epochs{made} (--epochs is "
+            f"nothing to do: {summary['run']} already has {_epochs(total)}{made} (--epochs is "
             f"the total to reach); to train more: backprop-gpu train --resume --out "
             f"{summary['run']} --epochs {2 * total}"
         )
     return 0
+
+
+def _epochs(count: int) -> str:
+    """``"1 epoch"``, ``"3 epochs"``."""
+    return f"{count} epoch{'' if count == 1 else 's'}"
 
 
 def _info(args: argparse.Namespace) -> int:

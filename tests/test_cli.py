@@ -310,6 +310,22 @@ def test_resume_with_nothing_to_do_says_how_to_train_more(
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # (config.json too)
 
 
+def test_one_epoch_is_singular(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert quick_run(out, "--no-plots", "--epochs", "1") == 0
+    assert capsys.readouterr().out.startswith("done: 1 epoch in ")
+    assert cli.main(["train", "--resume", "--out", str(out), "--quiet", "--epochs", "2"]) == 0
+    assert capsys.readouterr().out.startswith("done: 1 epoch (2 in all) in ")
+    one = tmp_path / "one"
+    assert quick_run(one, "--no-plots", "--epochs", "1") == 0
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", "--out", str(one), "--quiet"]) == 0
+    assert capsys.readouterr().out == (
+        f"nothing to do: {one} already has 1 epoch (--epochs is the total to reach); to "
+        f"train more: backprop-gpu train --resume --out {one} --epochs 2\n"
+    )
+
+
 def test_leftover_temporary_files_are_removed_by_the_next_resume(tmp_path: Path) -> None:
     """What a killed save leaves (checkpoint.save's and _write_json's temporaries) goes when
     the folder is next taken; other files stay."""
