@@ -219,9 +219,15 @@ def _info(args: argparse.Namespace) -> int:
         )
     else:
         print(f"MPI: not available ({mpi['why']})")
-    usable = found.get("env_backend", {}).get("usable", True)
+    env = found.get("env_backend", {})
+    usable = env.get("usable", True)
     if found["env"] and usable:
         print(f"{ENV_VAR}={found['env']}: train uses it unless --backend says otherwise")
+    elif found["env"] and not env["known"]:
+        print(
+            f"{ENV_VAR}={found['env']}: {env['why']}, so train fails unless --backend says "
+            f"otherwise (or unset {ENV_VAR})"
+        )
     elif found["env"]:
         print(
             f"{ENV_VAR}={found['env']}: CANNOT RUN on this machine, so train fails unless "

@@ -49,7 +49,7 @@ import numpy as np
 
 from . import __version__, _malloc, checkpoint, datasets, kernels
 from .activations import Linear, ReLU, Sigmoid
-from .backend import ENV_VAR, gpu_index, to_numpy, use_backend
+from .backend import BACKEND_NAMES, ENV_VAR, gpu_index, to_numpy, use_backend
 from .distributed import Context, check_batch, on_every_rank, on_root, transport
 from .distributed import info as distributed_info
 from .layers import Dense, Dropout
@@ -62,6 +62,7 @@ DATASETS = ("spiral", "vertical", "sine", "digits")
 ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "linear": Linear}
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "rmsprop": RMSprop, "adagrad": Adagrad}
 DEFAULT_LR = {"sgd": 1.0, "adam": 0.02, "rmsprop": 0.001, "adagrad": 1.0}
+BACKENDS = ("auto", "numpy", "cupy")  # the backends a run takes, and cupy:N (GPU N)
 
 
 class ConfigError(ValueError):
@@ -118,7 +119,7 @@ class Config:
             "dataset": DATASETS,
             "activation": tuple(ACTIVATIONS),
             "optimizer": tuple(OPTIMIZERS),
-            "backend": ("auto", "numpy", "cupy"),
+            "backend": BACKENDS,
         }
         for key, valid in choices.items():
             value = getattr(self, key)
@@ -1087,12 +1088,8 @@ def info() -> dict[str, Any]:
     found["backend"] = {"name": backend.name, "device": str(backend.device),
                         "reason": backend.reason}  # fmt: skip
     found["env"] = os.environ.get(ENV_VAR)
-    if found["env"]:  # the backend train takes by default: can it run here?
-        try:
-            with use_backend(found["env"].strip().lower()) as chosen:
-                found["env_backend"] = {"name": chosen.name, "usable": True, "why": ""}
-        except (ValueError, RuntimeError) as e:
-            found["env_backend"] = {"name": found["env"], "usable": False, "why": str(e)}
+    if found["env"]:  # the backend train takes by default: is it one, and can it run here?
+        found["env_backend"] = _env_backend(found["env"])
     found["cpu"] = {
         "c_kernels": ("on" if kernels.enabled else "off (BACKPROP_GPU_KERNELS=0)")
         if kernels.HAVE_C
@@ -1113,6 +1110,25 @@ def info() -> dict[str, Any]:
                             "memory_free": free})  # fmt: skip
         found["devices"] = devices
     return found
+
+
+def _env_backend(value: str) -> dict[str, Any]:
+    """What ``info`` says of the backend BACKPROP_GPU_BACKEND names (``value``): ``known``,
+    whether a run takes that name, ``usable``, whether it runs here, and ``why`` not."""
+    name = value.strip().lower()  # (as Config reads it)
+    try:
+        Config(backend=name)
+    except ConfigError:
+        what = (
+            "a test backend, not one a run takes" if name in BACKEND_NAMES else "not a backend name"
+        )
+        valid = f"{', '.join(BACKENDS)}, cupy:N"
+        return {"name": value, "known": False, "usable": False, "why": f"{what} (valid: {valid})"}
+    try:
+        with use_backend(name) as chosen:
+            return {"name": chosen.name, "known": True, "usable": True, "why": ""}
+    except (ValueError, RuntimeError) as e:  # (no GPU, no GPU N, no CuPy)
+        return {"name": value, "known": True, "usable": False, "why": str(e)}
 
 
 def predict(

@@ -782,9 +782,30 @@ def test_info_says_when_the_environment_names_a_backend_that_cannot_run() -> Non
     as_json = command("info", "--json", env={"BACKPROP_GPU_BACKEND": "cupy:1"})
     assert as_json.returncode == 1
     assert json.loads(as_json.stdout)["env_backend"] == {
-        "name": "cupy:1", "usable": False,
+        "name": "cupy:1", "known": True, "usable": False,
         "why": f"backend 'cupy:1' was requested but cannot run: {GPU_REASON}",
     }  # fmt: skip
+
+
+def test_info_says_when_the_environment_names_no_backend() -> None:
+    """Not "CANNOT RUN on this machine" for a misspelt name, but that it is no backend name,
+    and which are (exit 1: every train without --backend would fail)."""
+    for value, what in (
+        ("numpyy", "not a backend name"),
+        ("array_api_strict", "a test backend, not one a run takes"),  # (the library's only)
+    ):
+        result = command("info", env={"BACKPROP_GPU_BACKEND": value})
+        assert result.returncode == 1
+        assert result.stdout.splitlines()[-1] == (
+            f"BACKPROP_GPU_BACKEND={value}: {what} (valid: auto, numpy, cupy, cupy:N), so train "
+            "fails unless --backend says otherwise (or unset BACKPROP_GPU_BACKEND)"
+        )
+        as_json = command("info", "--json", env={"BACKPROP_GPU_BACKEND": value})
+        assert as_json.returncode == 1
+        assert json.loads(as_json.stdout)["env_backend"] == {
+            "name": value, "known": False, "usable": False,
+            "why": f"{what} (valid: auto, numpy, cupy, cupy:N)",
+        }  # fmt: skip
 
 
 def test_info_with_cupy_installed_but_no_gpu() -> None:
