@@ -16,9 +16,10 @@ import json
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -341,6 +342,25 @@ def _interrupted(e: KeyboardInterrupt, args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, args = _parse(argv)  # exits with 2 on usage errors
+    with warnings.catch_warnings():  # (which puts Python's showwarning back at the end)
+        warnings.showwarning = _show_warning
+        return _run(parser, args, argv)
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """A warning (NumPy's, the library's) in one line, as the CLI's errors, not in Python's
+    format with its source file and line."""
+    _say(f"backprop-gpu: warning: {message}")
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> int:
     try:
         # NumPy's overflow warnings are left out: a loss or model that is not finite is
         # reported in one line (FloatingPointError below, or the run's checks); SIGTERM stops a

@@ -953,6 +953,33 @@ def test_predict_says_what_an_input_that_is_no_npy_array_is(
             assert err == f"backprop-gpu: --input {tmp_path / name}: {message}\n"
 
 
+def test_warnings_are_one_line_on_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The library's warning (integer inputs) in the CLI's one-line format, not Python's with
+    its source file and line; the library's own warning, and Python's format outside the
+    CLI, are left as they are."""
+    import warnings
+
+    out = tmp_path / "run"
+    assert quick_run(out, "--no-plots") == 0
+    X = np.array([[0, 1], [1, 0]], dtype=np.int64)
+    np.save(tmp_path / "ints.npy", X)
+    result = command("predict", str(out), "--input", str(tmp_path / "ints.npy"))
+    assert result.returncode == 0 and len(result.stdout.splitlines()) == 2
+    assert result.stderr.startswith(
+        "backprop-gpu: warning: Model.predict: inputs have integer dtype int64; casting them"
+    )
+    assert result.stderr.count("\n") == 1, result.stderr  # (no source line, no file name)
+    shown = warnings.showwarning
+    capsys.readouterr()
+    assert cli.main(["predict", str(out), "--input", str(tmp_path / "ints.npy")]) == 0
+    assert capsys.readouterr().err == result.stderr
+    assert warnings.showwarning is shown  # put back
+    with pytest.warns(UserWarning, match="inputs have integer dtype int64"):
+        experiment.predict(out, X)
+
+
 def test_predict_never_overwrites_silently(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
