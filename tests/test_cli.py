@@ -1017,3 +1017,35 @@ def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# --- the test suite's own output ----------------------------------------------------------
+
+
+def test_the_gpu_skip_reason_is_one_short_clause() -> None:
+    """pytest repeats a skip reason on every SKIPPED line: the cause, not the install advice
+    (which `backprop-gpu info` gives in full)."""
+    from backprop_gpu.backend import INSTALL_HINT, NO_DRIVER
+
+    from . import conftest
+
+    assert conftest.cause(f"CuPy is not installed; {INSTALL_HINT}") == "CuPy is not installed"
+    assert conftest.cause(NO_DRIVER) == (
+        "CuPy is installed but no NVIDIA driver was found (no GPU on this machine?)"
+    )
+    assert conftest.cause("CuPy is not importable (OSError: a; b); install it") == (
+        "CuPy is not importable (OSError: a; b)"  # (a "; " inside the cause stays)
+    )
+    assert len(conftest.cause("x" * 50 + " y" * 100)) <= 120
+    if GPU_OK:
+        pytest.skip("this machine has a GPU: nothing skips")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+         str(Path(__file__).parent / "test_seeds.py")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    skipped = [line for line in result.stdout.splitlines() if line.startswith("SKIPPED")]
+    assert result.returncode == 0 and skipped, result.stdout
+    for line in skipped:
+        assert line.endswith(f": needs a working CUDA GPU: {conftest.cause(GPU_REASON)}"), line
+        assert len(line) < 170 and "install the" not in line and "pip" not in line, line
