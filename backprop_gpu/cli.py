@@ -1,10 +1,13 @@
 """The ``backprop-gpu`` command: ``info``, ``train``, ``evaluate``, ``predict``.
 
-Exit codes: 0 ok, 2 usage errors (unknown names, malformed values, bad config files),
-1 failures (a run folder that exists, an unwritable folder, no GPU for ``--backend cupy``, a
-damaged checkpoint, a loss or model that is not finite, a data set too large for the memory;
-``info`` when BACKPROP_GPU_BACKEND names a backend that cannot run), 130 after Ctrl-C and 143
-after SIGTERM (both stop a run cleanly; ``--resume`` continues it).
+Exit codes: 0 ok, 2 usage errors (unknown flags, shown with their command's usage and the
+closest real flag; unknown names, malformed values, bad config files), 1 failures (a run
+folder that exists or is training, a path that is no run folder, an unwritable folder, no GPU
+for ``--backend cupy``, a damaged checkpoint, an ``--input`` that is no .npy array of numbers,
+a loss or model that is not finite, a data set too large for the memory; ``info`` when
+BACKPROP_GPU_BACKEND names no backend a run takes, or one that cannot run here), 130 after
+Ctrl-C and 143 after SIGTERM (both stop a run cleanly; ``--resume`` continues it). Errors
+and warnings are one line on stderr, ``backprop-gpu: ...``.
 """
 
 from __future__ import annotations
