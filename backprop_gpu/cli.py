@@ -1,23 +1,28 @@
 """The ``backprop-gpu`` command: ``info``, ``train``, ``evaluate``, ``predict``.
 
-Exit codes: 0 ok, 2 usage errors (unknown names, malformed values, bad config files),
-1 failures (a run folder that exists, an unwritable folder, no GPU for ``--backend cupy``, a
-damaged checkpoint, a loss or model that is not finite, a data set too large for the memory;
-``info`` when BACKPROP_GPU_BACKEND names a backend that cannot run), 130 after Ctrl-C and 143
-after SIGTERM (both stop a run cleanly; ``--resume`` continues it).
+Exit codes: 0 ok, 2 usage errors (unknown flags, shown with their command's usage and the
+closest real flag; unknown names, malformed values, bad config files), 1 failures (a run
+folder that exists or is training, a path that is no run folder, an unwritable folder, no GPU
+for ``--backend cupy``, a damaged checkpoint, an ``--input`` that is no .npy array of numbers,
+a loss or model that is not finite, a data set too large for the memory; ``info`` when
+BACKPROP_GPU_BACKEND names no backend a run takes, or one that cannot run here), 130 after
+Ctrl-C and 143 after SIGTERM (both stop a run cleanly; ``--resume`` continues it). Errors
+and warnings are one line on stderr, ``backprop-gpu: ...``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -89,6 +94,42 @@ def _parser() -> argparse.ArgumentParser:
 
 SETTINGS = [f.name for f in dataclasses.fields(Config)]
 
+# flags of other tools (Keras, PyTorch scripts) that a newcomer types: what to type here
+_OTHER_NAMES = {
+    "--learning-rate": ("--lr", "the learning rate is --lr"),
+    "--weight-decay": ("--l2", "L2 regularisation is --l2 (--decay: the learning rate's decay)"),
+    "--device": ("--backend", "the device is chosen with --backend (auto, numpy, cupy, cupy:N)"),
+}
+
+
+def _parse(argv: list[str]) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """The parser and the parsed ``argv``. Usage errors exit with 2, an unknown argument of a
+    command with that command's usage and, for a misspelt flag, the closest real one."""
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # (argparse has no public way to the subparsers: _actions, in every version)
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        command: argparse.ArgumentParser = commands.choices[args.command]
+        hints = [_hint(arg, command, args.command) for arg in unknown if arg.startswith("--")]
+        said = "".join(f"; {hint}" for hint in hints if hint)
+        command.error(f"unrecognized arguments: {' '.join(unknown)}{said}")
+    return parser, args
+
+
+def _hint(arg: str, command: argparse.ArgumentParser, name: str) -> str | None:
+    """What ``arg``, an unknown flag of ``command``, was probably meant to be."""
+    flag = arg.partition("=")[0]
+    flags = [s for action in command._actions for s in action.option_strings]
+    if flag in flags:  # (given before the command, where the top-level parser took it)
+        return f"{flag}: put it after the command, {name}"
+    others = [other for other, (ours, _) in _OTHER_NAMES.items() if ours in flags]
+    match = difflib.get_close_matches(flag, flags + others, n=1, cutoff=0.75)
+    if not match:
+        return None
+    if match[0] in _OTHER_NAMES:
+        return f"{flag}: {_OTHER_NAMES[match[0]][1]}"
+    return f"{flag}: did you mean {match[0]}?"
+
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
@@ -138,7 +179,7 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
     run, total = summary["epochs_run"], summary["epochs"]
     if run:
         print(
-            f"done: {run} epochs{f' ({total} in all)' if total != run else ''} in "
+            f"done: {_epochs(run)}{f' ({total} in all)' if total != run else ''} in "
             f"{summary['wall_seconds']:.1f} s, "
             f"val_loss {final['val_loss']:.4f}, val_acc {final['val_accuracy']:.4f}; "
             f"run folder: {summary['run']}"
@@ -148,11 +189,16 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
         if summary.get("finished"):  # (stopped after its last epoch, before its end)
             made = f"; wrote the {'plots and ' * ('plots' in summary)}summary.json it lacked"
         print(
-            f"nothing to do: {summary['run']} already has {total} epochs{made} (--epochs is "
+            f"nothing to do: {summary['run']} already has {_epochs(total)}{made} (--epochs is "
             f"the total to reach); to train more: backprop-gpu train --resume --out "
             f"{summary['run']} --epochs {2 * total}"
         )
     return 0
+
+
+def _epochs(count: int) -> str:
+    """``"1 epoch"``, ``"3 epochs"``."""
+    return f"{count} epoch{'' if count == 1 else 's'}"
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -177,9 +223,15 @@ def _info(args: argparse.Namespace) -> int:
         )
     else:
         print(f"MPI: not available ({mpi['why']})")
-    usable = found.get("env_backend", {}).get("usable", True)
+    env = found.get("env_backend", {})
+    usable = env.get("usable", True)
     if found["env"] and usable:
         print(f"{ENV_VAR}={found['env']}: train uses it unless --backend says otherwise")
+    elif found["env"] and not env["known"]:
+        print(
+            f"{ENV_VAR}={found['env']}: {env['why']}, so train fails unless --backend says "
+            f"otherwise (or unset {ENV_VAR})"
+        )
     elif found["env"]:
         print(
             f"{ENV_VAR}={found['env']}: CANNOT RUN on this machine, so train fails unless "
@@ -206,18 +258,7 @@ def _predict(args: argparse.Namespace) -> int:
                            f"{args.output / 'outputs.npy'}")  # fmt: skip
         if output.exists() and not args.force:
             raise RunError(f"--output {output} exists; pass --force to overwrite it")
-    try:
-        inputs = np.load(args.input, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise RunError(f"--input {args.input}: cannot read a .npy array ({e})") from None
-    if not isinstance(inputs, np.ndarray):  # (np.load opens a .npz archive too)
-        inputs.close()
-        raise RunError(f"--input {args.input}: a .npz archive, not a .npy array (np.save)")
-    if inputs.dtype.kind not in "biuf":
-        raise RunError(
-            f"--input {args.input}: expected an array of real numbers, got dtype "
-            f"{inputs.dtype} ({_KINDS.get(inputs.dtype.kind, 'not numbers')})"
-        )
+    inputs = _read_input(args.input)
     outputs = experiment.predict(args.run_dir, inputs, best=not args.last)
     if output is not None:
         _save_npy(output, outputs)
@@ -225,6 +266,48 @@ def _predict(args: argparse.Namespace) -> int:
     else:
         np.savetxt(sys.stdout, outputs, fmt="%.6g")
     return 0
+
+
+NPY_MAGIC = b"\x93NUMPY"  # how every .npy file starts
+
+
+def _read_input(path: Path) -> np.ndarray:
+    """The array of real numbers in the .npy file ``path``, else a ``RunError`` saying what
+    the file is. Its header is read first: a file of another kind, or an array of strings or
+    Python objects, is refused before its data is read (and never unpickled)."""
+    where = f"--input {path}"
+    try:
+        with path.open("rb") as f:
+            start = f.read(6)
+            if start[:4] == b"PK\x03\x04":  # (np.load would open it as an NpzFile)
+                raise RunError(f"{where}: a .npz archive, not a .npy array (np.save)")
+            if start != NPY_MAGIC:
+                what = f"it starts with {start!r}, not {NPY_MAGIC!r}" if start else "empty"
+                raise RunError(f"{where}: not a .npy file ({what}); save the array with np.save")
+            f.seek(0)
+            version = np.lib.format.read_magic(f)
+            header = {(1, 0): np.lib.format.read_array_header_1_0,
+                      (2, 0): np.lib.format.read_array_header_2_0}.get(version)  # fmt: skip
+            if header is not None:  # (3.0, for field names that are not ASCII: records)
+                _check_real(header(f)[2], where)
+        inputs = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise RunError(f"{where}: no such file") from None
+    except IsADirectoryError:
+        raise RunError(f"{where}: a folder, not a .npy file") from None
+    except (OSError, ValueError, EOFError) as e:
+        text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise RunError(f"{where}: cannot read a .npy array ({text})") from None
+    _check_real(inputs.dtype, where)
+    return np.asarray(inputs)
+
+
+def _check_real(dtype: np.dtype[Any], where: str) -> None:
+    if dtype.kind not in "biuf":
+        raise RunError(
+            f"{where}: expected an array of real numbers, got dtype {dtype} "
+            f"({_KINDS.get(dtype.kind, 'not numbers')})"
+        )
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -261,8 +344,26 @@ def _interrupted(e: KeyboardInterrupt, args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _parser()
-    args = parser.parse_args(argv)  # exits with 2 on usage errors
+    parser, args = _parse(argv)  # exits with 2 on usage errors
+    with warnings.catch_warnings():  # (which puts Python's showwarning back at the end)
+        warnings.showwarning = _show_warning
+        return _run(parser, args, argv)
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """A warning (NumPy's, the library's) in one line, as the CLI's errors, not in Python's
+    format with its source file and line."""
+    _say(f"backprop-gpu: warning: {message}")
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> int:
     try:
         # NumPy's overflow warnings are left out: a loss or model that is not finite is
         # reported in one line (FloatingPointError below, or the run's checks); SIGTERM stops a

@@ -49,7 +49,7 @@ import numpy as np
 
 from . import __version__, _malloc, checkpoint, datasets, kernels
 from .activations import Linear, ReLU, Sigmoid
-from .backend import ENV_VAR, gpu_index, to_numpy, use_backend
+from .backend import BACKEND_NAMES, ENV_VAR, gpu_index, to_numpy, use_backend
 from .distributed import Context, check_batch, on_every_rank, on_root, transport
 from .distributed import info as distributed_info
 from .layers import Dense, Dropout
@@ -62,6 +62,7 @@ DATASETS = ("spiral", "vertical", "sine", "digits")
 ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "linear": Linear}
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "rmsprop": RMSprop, "adagrad": Adagrad}
 DEFAULT_LR = {"sgd": 1.0, "adam": 0.02, "rmsprop": 0.001, "adagrad": 1.0}
+BACKENDS = ("auto", "numpy", "cupy")  # the backends a run takes, and cupy:N (GPU N)
 
 
 class ConfigError(ValueError):
@@ -118,7 +119,7 @@ class Config:
             "dataset": DATASETS,
             "activation": tuple(ACTIVATIONS),
             "optimizer": tuple(OPTIMIZERS),
-            "backend": ("auto", "numpy", "cupy"),
+            "backend": BACKENDS,
         }
         for key, valid in choices.items():
             value = getattr(self, key)
@@ -185,8 +186,8 @@ def parse_hidden(value: Any) -> tuple[int, ...]:
     if isinstance(value, int) and not isinstance(value, bool):
         return (value,)
     if isinstance(value, str):
-        try:
-            return tuple(int(part) for part in value.split(",") if part.strip())
+        try:  # (every part a size: "128,,64" is a typo, not two layers)
+            return tuple(int(part) for part in value.split(","))
         except ValueError:
             raise ConfigError(
                 f"hidden: expected comma-separated layer sizes such as 64,64; got {value!r}"
@@ -323,6 +324,8 @@ def _refuse_a_used_folder(out: Path) -> None:
 
 def _prepare_folder(out: Path) -> None:
     """Make the new run folder ``out``."""
+    if _in_use(out):  # (not "pass --resume": a resume would be refused as well, for now)
+        raise _busy(out)
     _refuse_a_used_folder(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -678,7 +681,7 @@ def resume(
 def _resumed_config(run_dir: Path, overrides: Mapping[str, Any] | None) -> Config:
     """The saved settings of the run in ``run_dir`` with ``overrides`` (only epochs may
     change)."""
-    saved = _saved_config(run_dir)
+    saved = _saved_config(run_dir, resuming=True)
     for key, value in (overrides or {}).items():
         value = Config.from_mapping({**saved.as_dict(), key: value}).as_dict()[key]
         if key == "epochs":
@@ -711,13 +714,40 @@ def _run_lock(out: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunError(
-                f"{out}: another process is training in this run folder; wait for it to end "
-                "(then --resume continues it)"
-            ) from None
+            raise _busy(out) from None
         yield
     finally:
         os.close(fd)  # (releases the lock)
+
+
+def _busy(out: Path) -> RunError:
+    return RunError(
+        f"{out}: another process is training in this run folder now; wait for it to end "
+        "(then --resume continues it)"
+    )
+
+
+def _in_use(out: Path) -> bool:
+    """Another process holds ``out``'s run lock (``_run_lock``), that is, trains in it now.
+    (A probe: it takes the lock for an instant. Never call it while holding the lock: a
+    second lock of the same folder conflicts with the first in one process too.)"""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        fd = os.open(out, os.O_RDONLY)
+    except OSError:  # (no such folder, not a folder, not readable: no run holds it)
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return False
 
 
 def _execute(
@@ -917,16 +947,47 @@ def _nonfinite(model: Model) -> str | None:
     return None
 
 
-def _saved_config(run_dir: Path) -> Config:
+def _saved_config(run_dir: Path, resuming: bool = False) -> Config:
+    """The settings in ``run_dir/config.json``; a ``RunError`` saying what ``run_dir`` is when
+    it is not a run folder (missing, a file, a parent of run folders, ...)."""
     path = run_dir / "config.json"
     if not path.is_file():
-        if run_dir.is_dir() and _unused(run_dir):
-            raise RunError(
-                f"{run_dir}: holds no run yet (no config.json: stopped before writing it?); "
-                "train it again without --resume"
-            )
-        raise RunError(f"{run_dir}: no config.json in it (is it a run folder?)")
+        raise RunError(_not_a_run_folder(run_dir, resuming))
     return Config.from_mapping(json.loads(path.read_text())["config"], where=str(path))
+
+
+def _not_a_run_folder(run_dir: Path, resuming: bool) -> str:
+    """Why ``run_dir``, which has no config.json, is not a run folder."""
+    if not run_dir.exists():
+        return f"{run_dir}: no such folder"
+    if not run_dir.is_dir():
+        if (run_dir.parent / "config.json").is_file():
+            return f"{run_dir} is a file; pass its run folder {run_dir.parent}"
+        return f"{run_dir} is a file, not a run folder"
+    if resuming and _unused(run_dir):
+        return (
+            f"{run_dir}: holds no run yet (no config.json: stopped before writing it?); "
+            "train it again without --resume"
+        )
+    message = f"{run_dir}: not a run folder (no config.json in it)"
+    runs = _runs_in(run_dir)
+    if runs:
+        examples = " and ".join(str(run) for run in runs[:2])
+        which = {1: "the run folder", 2: "the run folders"}.get(
+            len(runs), f"{len(runs)} run folders, such as"
+        )
+        message += f"; it holds {which} {examples}"
+    return message
+
+
+def _runs_in(folder: Path) -> list[Path]:
+    """The run folders (holding a config.json) directly in ``folder``, newest first."""
+    found = []
+    with contextlib.suppress(OSError):
+        for path in folder.iterdir():
+            with contextlib.suppress(OSError):
+                found.append(((path / "config.json").stat().st_mtime, path))
+    return [path for _, path in sorted(found, key=lambda pair: (-pair[0], pair[1]))]
 
 
 def _architecture(model: Model) -> list[tuple[str, Any, Any]]:
@@ -1027,12 +1088,8 @@ def info() -> dict[str, Any]:
     found["backend"] = {"name": backend.name, "device": str(backend.device),
                         "reason": backend.reason}  # fmt: skip
     found["env"] = os.environ.get(ENV_VAR)
-    if found["env"]:  # the backend train takes by default: can it run here?
-        try:
-            with use_backend(found["env"].strip().lower()) as chosen:
-                found["env_backend"] = {"name": chosen.name, "usable": True, "why": ""}
-        except (ValueError, RuntimeError) as e:
-            found["env_backend"] = {"name": found["env"], "usable": False, "why": str(e)}
+    if found["env"]:  # the backend train takes by default: is it one, and can it run here?
+        found["env_backend"] = _env_backend(found["env"])
     found["cpu"] = {
         "c_kernels": ("on" if kernels.enabled else "off (BACKPROP_GPU_KERNELS=0)")
         if kernels.HAVE_C
@@ -1055,20 +1112,37 @@ def info() -> dict[str, Any]:
     return found
 
 
+def _env_backend(value: str) -> dict[str, Any]:
+    """What ``info`` says of the backend BACKPROP_GPU_BACKEND names (``value``): ``known``,
+    whether a run takes that name, ``usable``, whether it runs here, and ``why`` not."""
+    name = value.strip().lower()  # (as Config reads it)
+    try:
+        Config(backend=name)
+    except ConfigError:
+        what = (
+            "a test backend, not one a run takes" if name in BACKEND_NAMES else "not a backend name"
+        )
+        valid = f"{', '.join(BACKENDS)}, cupy:N"
+        return {"name": value, "known": False, "usable": False, "why": f"{what} (valid: {valid})"}
+    try:
+        with use_backend(name) as chosen:
+            return {"name": chosen.name, "known": True, "usable": True, "why": ""}
+    except (ValueError, RuntimeError) as e:  # (no GPU, no GPU N, no CuPy)
+        return {"name": value, "known": True, "usable": False, "why": str(e)}
+
+
 def predict(
     run_dir: str | os.PathLike[str], inputs: np.ndarray, *, best: bool = True
 ) -> np.ndarray:
     """Outputs of a run's model (best.npz if present and ``best``, else checkpoint.npz)."""
-    model, _ = _load_run_model(Path(run_dir), best)
+    model, _, _ = _load_run_model(Path(run_dir), best)
     return to_numpy(model.predict(inputs))
 
 
 def evaluate(run_dir: str | os.PathLike[str], *, best: bool = True) -> dict[str, float]:
     """The run's model on its validation data: ``{"loss": ..., "accuracy": ...}``. A model
     whose parameters or loss are not finite raises ``RunError``."""
-    run_dir = Path(run_dir)
-    config = _saved_config(run_dir)
-    model, path = _load_run_model(run_dir, best)
+    model, path, config = _load_run_model(Path(run_dir), best)
     _, _, X_val, y_val = load_data(config)
     metrics = model.evaluate(X_val, y_val)
     for key, value in metrics.items():
@@ -1077,7 +1151,11 @@ def evaluate(run_dir: str | os.PathLike[str], *, best: bool = True) -> dict[str,
     return metrics
 
 
-def _load_run_model(run_dir: Path, best: bool) -> tuple[Model, Path]:
+def _load_run_model(run_dir: Path, best: bool) -> tuple[Model, Path, Config]:
+    """The model ``evaluate`` and ``predict`` use (best.npz if present and ``best``, else
+    checkpoint.npz), its file and the run's settings; a ``RunError`` saying what ``run_dir``
+    holds instead."""
+    config = _saved_config(run_dir)
     for name in ("best.npz", "checkpoint.npz") if best else ("checkpoint.npz",):
         path = run_dir / name
         if path.is_file():
@@ -1085,5 +1163,19 @@ def _load_run_model(run_dir: Path, best: bool) -> tuple[Model, Path]:
             bad = _nonfinite(model)
             if bad is not None:
                 raise RunError(f"{path}: the {bad} hold NaN or infinite values; not usable")
-            return model, path
-    raise RunError(f"{run_dir}: no checkpoint.npz in it (is it a run folder?)")
+            return model, path, config
+    if _in_use(run_dir):
+        raise RunError(
+            f"{run_dir}: no finished epoch yet (another process is training in it now: wait "
+            "for its first epoch to end)"
+        )
+    rows = _jsonl_rows(run_dir / "metrics.jsonl")
+    if len(rows) > 1:  # (one: a run killed between its first row and checkpoint)
+        raise RunError(
+            f"{run_dir}: no checkpoint.npz, but metrics.jsonl holds {len(rows)} epochs; the "
+            "run folder is damaged (a file removed?)"
+        )
+    raise RunError(
+        f"{run_dir}: no finished epoch yet; continue with backprop-gpu train --resume --out "
+        f"{run_dir}"
+    )

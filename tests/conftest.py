@@ -9,6 +9,7 @@ Without a GPU the CuPy cases skip and say why. With ``BACKPROP_GPU_REQUIRE_GPU=1
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Iterator
 
 import pytest
@@ -20,9 +21,24 @@ REQUIRE_GPU = os.environ.get("BACKPROP_GPU_REQUIRE_GPU") == "1"
 _cupy, GPU_REASON = detect_gpu()
 GPU_OK = _cupy is not None
 
+
+def cause(reason: str, width: int = 120) -> str:
+    """The cause in a ``detect_gpu`` reason, without the advice after it (its first "; "
+    outside parentheses), shortened to ``width`` characters: pytest repeats a skip reason on
+    every SKIPPED line."""
+    depth = 0
+    for i, char in enumerate(reason):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == ";" and depth == 0:
+            reason = reason[:i]
+            break
+    return textwrap.shorten(reason, width, placeholder=" ...")
+
+
+SKIP_REASON = f"needs a working CUDA GPU: {cause(GPU_REASON)}"
 _gpu_marks = [pytest.mark.gpu]
 if not GPU_OK and not REQUIRE_GPU:
-    _gpu_marks.append(pytest.mark.skip(reason=f"needs a working CUDA GPU: {GPU_REASON}"))
+    _gpu_marks.append(pytest.mark.skip(reason=SKIP_REASON))
 
 
 def gpu_only(test):  # type: ignore[no-untyped-def]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -309,6 +310,22 @@ def test_resume_with_nothing_to_do_says_how_to_train_more(
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # (config.json too)
 
 
+def test_one_epoch_is_singular(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert quick_run(out, "--no-plots", "--epochs", "1") == 0
+    assert capsys.readouterr().out.startswith("done: 1 epoch in ")
+    assert cli.main(["train", "--resume", "--out", str(out), "--quiet", "--epochs", "2"]) == 0
+    assert capsys.readouterr().out.startswith("done: 1 epoch (2 in all) in ")
+    one = tmp_path / "one"
+    assert quick_run(one, "--no-plots", "--epochs", "1") == 0
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", "--out", str(one), "--quiet"]) == 0
+    assert capsys.readouterr().out == (
+        f"nothing to do: {one} already has 1 epoch (--epochs is the total to reach); to "
+        f"train more: backprop-gpu train --resume --out {one} --epochs 2\n"
+    )
+
+
 def test_leftover_temporary_files_are_removed_by_the_next_resume(tmp_path: Path) -> None:
     """What a killed save leaves (checkpoint.save's and _write_json's temporaries) goes when
     the folder is next taken; other files stay."""
@@ -421,6 +438,31 @@ def test_a_refused_run_leaves_the_folder_another_process_holds(
     assert quick_run(out, "--no-plots") == 0  # and once it is gone, the folder is free
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="no flock on Windows")
+def test_a_new_run_in_a_folder_that_trains_now_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """train --out R3 while another process trains in R3: not "pass --resume" (which would
+    be refused too, for now) but that it trains now, and what to do."""
+    import fcntl
+
+    out = tmp_path / "run"
+    assert quick_run(out, "--no-plots") == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as the other process's run does
+        capsys.readouterr()
+        assert quick_run(out, "--no-plots") == 1
+        assert capsys.readouterr().err == (
+            f"backprop-gpu: {out}: another process is training in this run folder now; wait "
+            "for it to end (then --resume continues it)\n"
+        )
+    finally:
+        os.close(fd)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_existing_run_folder_is_never_overwritten(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -442,7 +484,7 @@ def test_existing_run_folder_is_never_overwritten(
             [],
             'line 2 is not a metrics row (\'{"epoch": 2, "lo\\x00\\x00ss": 1}\'); the file',
         ),
-        ("none", [], "no config.json in it"),
+        ("none", [], "run: no such folder"),
         (
             "run",
             ["--hidden", "32"],
@@ -487,6 +529,13 @@ def test_unwritable_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         (["train", "--optimizer", "lbfgs"], "choose from 'sgd', 'adam', 'rmsprop', 'adagrad'"),
         (["train", "--activation", "tanh"], "choose from 'relu', 'sigmoid', 'linear'"),
         (["train", "--hidden", "64,x"], "hidden: expected comma-separated layer sizes"),
+        (
+            ["train", "--hidden", "128,,64"],
+            "hidden: expected comma-separated layer sizes such as 64,64; got '128,,64'",
+        ),
+        (["train", "--hidden", "64,"], "sizes such as 64,64; got '64,'"),
+        (["train", "--hidden", ""], "sizes such as 64,64; got ''"),
+        (["train", "--hidden", " "], "sizes such as 64,64; got ' '"),
         (["train", "--hidden", "0"], "hidden: expected positive layer sizes"),
         (["train", "--epochs", "ten"], "invalid int value: 'ten'"),
         (["train", "--momentum", "0.9"], "only the sgd optimizer has momentum"),
@@ -507,6 +556,49 @@ def test_usage_errors_exit_2(
         cli.main(args)
     assert exit_info.value.code == 2
     assert message.replace("'", "") in capsys.readouterr().err.replace("'", "")  # 3.12 drops '
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (
+            ["train", "--lerning-rate", "0.1"],
+            "--lerning-rate 0.1; --lerning-rate: the learning rate is --lr",
+        ),
+        (
+            ["train", "--learning-rate=0.1"],
+            "--learning-rate=0.1; --learning-rate: the learning rate is --lr",
+        ),
+        (["train", "--hiden", "8"], "--hiden 8; --hiden: did you mean --hidden?"),
+        (
+            ["train", "--batch_size", "8", "--no-plts"],
+            "--batch_size 8 --no-plts; --batch_size: did you mean --batch-size?; --no-plts: did "
+            "you mean --no-plots?",
+        ),
+        (
+            ["train", "--weight-decay", "1e-4"],
+            "--weight-decay 1e-4; --weight-decay: L2 regularisation is --l2 (--decay: the "
+            "learning rate's decay)",
+        ),
+        (["train", "--verbose"], "--verbose"),  # (nothing close)
+        (
+            ["predict", "run", "--input", "x.npy", "--ouput", "y"],
+            "--ouput y; --ouput: did you mean --output?",
+        ),
+        (["evaluate", "run", "--lats"], "--lats; --lats: did you mean --last?"),
+        (["--json", "info"], "--json; --json: put it after the command, info"),
+    ],
+)
+def test_an_unknown_flag_shows_its_commands_usage_and_the_closest_flag(
+    args: list[str], error: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(args)
+    assert exit_info.value.code == 2
+    command = next(arg for arg in args if not arg.startswith("-"))
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: backprop-gpu {command} [-h]"), err  # the command's usage
+    assert err.endswith(f"\nbackprop-gpu {command}: error: unrecognized arguments: {error}\n")
 
 
 @pytest.mark.parametrize(
@@ -690,9 +782,30 @@ def test_info_says_when_the_environment_names_a_backend_that_cannot_run() -> Non
     as_json = command("info", "--json", env={"BACKPROP_GPU_BACKEND": "cupy:1"})
     assert as_json.returncode == 1
     assert json.loads(as_json.stdout)["env_backend"] == {
-        "name": "cupy:1", "usable": False,
+        "name": "cupy:1", "known": True, "usable": False,
         "why": f"backend 'cupy:1' was requested but cannot run: {GPU_REASON}",
     }  # fmt: skip
+
+
+def test_info_says_when_the_environment_names_no_backend() -> None:
+    """Not "CANNOT RUN on this machine" for a misspelt name, but that it is no backend name,
+    and which are (exit 1: every train without --backend would fail)."""
+    for value, what in (
+        ("numpyy", "not a backend name"),
+        ("array_api_strict", "a test backend, not one a run takes"),  # (the library's only)
+    ):
+        result = command("info", env={"BACKPROP_GPU_BACKEND": value})
+        assert result.returncode == 1
+        assert result.stdout.splitlines()[-1] == (
+            f"BACKPROP_GPU_BACKEND={value}: {what} (valid: auto, numpy, cupy, cupy:N), so train "
+            "fails unless --backend says otherwise (or unset BACKPROP_GPU_BACKEND)"
+        )
+        as_json = command("info", "--json", env={"BACKPROP_GPU_BACKEND": value})
+        assert as_json.returncode == 1
+        assert json.loads(as_json.stdout)["env_backend"] == {
+            "name": value, "known": False, "usable": False,
+            "why": f"{what} (valid: auto, numpy, cupy, cupy:N)",
+        }  # fmt: skip
 
 
 def test_info_with_cupy_installed_but_no_gpu() -> None:
@@ -738,7 +851,133 @@ def test_evaluate_and_predict(tmp_path: Path, capsys: pytest.CaptureFixture[str]
             f"got dtype {dtype} ({kind})\n"
         )
     assert cli.main(["evaluate", str(tmp_path)]) == 1
-    assert "no config.json in it" in capsys.readouterr().err
+    assert f"{tmp_path}: not a run folder (no config.json in it)" in capsys.readouterr().err
+
+
+def test_evaluate_and_predict_say_what_a_folder_that_is_no_run_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """evaluate and predict find the run's model alike, and say why a path is not a run
+    folder, and what to pass instead."""
+    import fcntl
+
+    runs = tmp_path / "runs"
+    run = runs / "a"
+    assert quick_run(run, "--no-plots") == 0
+    stopped = tmp_path / "R5"  # stopped before its first epoch ended
+    stopped.mkdir()
+    shutil.copy(run / "config.json", stopped)
+    (tmp_path / "empty").mkdir()
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((3, 2), np.float32))
+
+    def refusals(path: Path) -> set[str]:
+        """What evaluate and predict say of ``path`` (each exits 1)."""
+        said = set()
+        for args in (["evaluate", str(path)], ["predict", str(path), "--input", str(x)]):
+            capsys.readouterr()
+            assert cli.main(args) == 1
+            said.add(capsys.readouterr().err)
+        return said
+
+    resume = f"continue with backprop-gpu train --resume --out {stopped}"
+    cases = {
+        tmp_path / "nosuch": f"{tmp_path / 'nosuch'}: no such folder",
+        stopped: f"{stopped}: no finished epoch yet; {resume}",
+        run / "best.npz": f"{run / 'best.npz'} is a file; pass its run folder {run}",
+        x: f"{x} is a file, not a run folder",
+        tmp_path / "empty": f"{tmp_path / 'empty'}: not a run folder (no config.json in it)",
+        runs: f"{runs}: not a run folder (no config.json in it); it holds the run folder {run}",
+    }
+    for path, message in cases.items():
+        assert refusals(path) == {f"backprop-gpu: {message}\n"}, path
+    for name, age in (("b", 20), ("c", 10)):  # b the newest
+        shutil.copytree(run, runs / name)
+        os.utime(runs / name / "config.json", (time.time() + age,) * 2)
+    assert refusals(runs) == {
+        f"backprop-gpu: {runs}: not a run folder (no config.json in it); it holds 3 run "
+        f"folders, such as {runs / 'b'} and {runs / 'c'}\n"
+    }
+    fd = os.open(stopped, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as a run training in its first epoch does
+        assert refusals(stopped) == {
+            f"backprop-gpu: {stopped}: no finished epoch yet (another process is training in "
+            "it now: wait for its first epoch to end)\n"
+        }
+    finally:
+        os.close(fd)
+    shutil.copy(run / "metrics.jsonl", stopped)  # 3 rows, and no checkpoint: not from a kill
+    assert refusals(stopped) == {
+        f"backprop-gpu: {stopped}: no checkpoint.npz, but metrics.jsonl holds 3 epochs; the "
+        "run folder is damaged (a file removed?)\n"
+    }
+
+
+def test_predict_says_what_an_input_that_is_no_npy_array_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file of another kind, or an array of Python objects, is refused in one line that
+    says what it is, without the advice to load it unsafely (allow_pickle) NumPy gives."""
+    import pickle
+
+    out = tmp_path / "run"
+    assert quick_run(out, "--no-plots") == 0
+    (tmp_path / "text.npy").write_text("1 2\n3 4\n")
+    (tmp_path / "empty.npy").write_bytes(b"")
+    pickled = pickle.dumps([[1.0, 2.0]], protocol=4)
+    (tmp_path / "pickled.npy").write_bytes(pickled)
+    np.save(tmp_path / "objects.npy", np.array([[1.0, None]], dtype=object), allow_pickle=True)
+    np.save(tmp_path / "cut.npy", np.ones((4, 2), np.float32))
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "cut.npy").read_bytes()[:-8])
+    (tmp_path / "folder.npy").mkdir()
+    expected = {
+        "text.npy": "not a .npy file (it starts with b'1 2\\n3 ', not b'\\x93NUMPY'); save the "
+        "array with np.save",
+        "empty.npy": "not a .npy file (empty); save the array with np.save",
+        "pickled.npy": f"not a .npy file (it starts with {pickled[:6]!r}, not b'\\x93NUMPY'); "
+        "save the array with np.save",
+        "objects.npy": "expected an array of real numbers, got dtype object (objects)",
+        "cut.npy": "cannot read a .npy array (",  # (then NumPy's words, which vary)
+        "missing.npy": "no such file",
+        "folder.npy": "a folder, not a .npy file",
+    }
+    for name, message in expected.items():
+        capsys.readouterr()
+        assert cli.main(["predict", str(out), "--input", str(tmp_path / name)]) == 1
+        err = capsys.readouterr().err
+        if message.endswith("("):
+            assert err.startswith(f"backprop-gpu: --input {tmp_path / name}: {message}"), err
+            assert err.count("\n") == 1 and "allow_pickle" not in err
+        else:
+            assert err == f"backprop-gpu: --input {tmp_path / name}: {message}\n"
+
+
+def test_warnings_are_one_line_on_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The library's warning (integer inputs) in the CLI's one-line format, not Python's with
+    its source file and line; the library's own warning, and Python's format outside the
+    CLI, are left as they are."""
+    import warnings
+
+    out = tmp_path / "run"
+    assert quick_run(out, "--no-plots") == 0
+    X = np.array([[0, 1], [1, 0]], dtype=np.int64)
+    np.save(tmp_path / "ints.npy", X)
+    result = command("predict", str(out), "--input", str(tmp_path / "ints.npy"))
+    assert result.returncode == 0 and len(result.stdout.splitlines()) == 2
+    assert result.stderr.startswith(
+        "backprop-gpu: warning: Model.predict: inputs have integer dtype int64; casting them"
+    )
+    assert result.stderr.count("\n") == 1, result.stderr  # (no source line, no file name)
+    shown = warnings.showwarning
+    capsys.readouterr()
+    assert cli.main(["predict", str(out), "--input", str(tmp_path / "ints.npy")]) == 0
+    assert capsys.readouterr().err == result.stderr
+    assert warnings.showwarning is shown  # put back
+    with pytest.warns(UserWarning, match="inputs have integer dtype int64"):
+        experiment.predict(out, X)
 
 
 def test_predict_never_overwrites_silently(
@@ -778,3 +1017,35 @@ def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# --- the test suite's own output ----------------------------------------------------------
+
+
+def test_the_gpu_skip_reason_is_one_short_clause() -> None:
+    """pytest repeats a skip reason on every SKIPPED line: the cause, not the install advice
+    (which `backprop-gpu info` gives in full)."""
+    from backprop_gpu.backend import INSTALL_HINT, NO_DRIVER
+
+    from . import conftest
+
+    assert conftest.cause(f"CuPy is not installed; {INSTALL_HINT}") == "CuPy is not installed"
+    assert conftest.cause(NO_DRIVER) == (
+        "CuPy is installed but no NVIDIA driver was found (no GPU on this machine?)"
+    )
+    assert conftest.cause("CuPy is not importable (OSError: a; b); install it") == (
+        "CuPy is not importable (OSError: a; b)"  # (a "; " inside the cause stays)
+    )
+    assert len(conftest.cause("x" * 50 + " y" * 100)) <= 120
+    if GPU_OK:
+        pytest.skip("this machine has a GPU: nothing skips")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+         str(Path(__file__).parent / "test_seeds.py")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    skipped = [line for line in result.stdout.splitlines() if line.startswith("SKIPPED")]
+    assert result.returncode == 0 and skipped, result.stdout
+    for line in skipped:
+        assert line.endswith(f": needs a working CUDA GPU: {conftest.cause(GPU_REASON)}"), line
+        assert len(line) < 170 and "install the" not in line and "pip" not in line, line
