@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import sys
 import warnings
 from typing import Any
 
@@ -88,13 +90,25 @@ def _namespace(library: str) -> Any:
     return importlib.import_module(library)
 
 
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _caller_outside_the_package() -> int:
+    """The ``stacklevel`` for a warning raised by this module's caller that points at the
+    first line outside backprop_gpu (the user's call, however deep the library's own)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def warn_if_integer(dtype: Any, where: str) -> None:
     if np.dtype(dtype).kind in "iub":
         warnings.warn(
             f"{where}: inputs have integer dtype {np.dtype(dtype)}; casting them to floats "
             "(scale pixel values to [0, 1] first if that is what they are)",
             UserWarning,
-            stacklevel=4,
+            stacklevel=_caller_outside_the_package(),
         )
 
 

@@ -185,10 +185,11 @@ def test_column_labels_are_accepted(backend: bg.Backend) -> None:
 def test_integer_inputs_are_cast_with_a_warning(backend: bg.Backend) -> None:
     pixels = RNG.integers(0, 255, (20, 4)).astype(np.uint8)
     model = trained_model()
-    with pytest.warns(UserWarning, match="integer dtype uint8; casting them to floats"):
+    with pytest.warns(UserWarning, match="integer dtype uint8; casting them to floats") as w:
         model.train(pixels, Y, print_every=0)
-    with pytest.warns(UserWarning, match=r"Dense\(4, 8\).forward: inputs have integer dtype"):
+    with pytest.warns(UserWarning, match=r"Dense\(4, 8\).forward: inputs have integer dtype") as v:
         model.layers[0].forward(pixels)
+    assert {r.filename for r in [*w, *v]} == {__file__}  # the user's line, not the library's
     assert model.layers[0].output.dtype == backend.xp.float32
 
 
