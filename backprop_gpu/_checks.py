@@ -7,6 +7,7 @@ import math
 import numbers
 import os
 import sys
+import types
 import warnings
 from typing import Any
 
@@ -96,7 +97,8 @@ _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 def _caller_outside_the_package() -> int:
     """The ``stacklevel`` for a warning raised by this module's caller that points at the
     first line outside backprop_gpu (the user's call, however deep the library's own)."""
-    frame, level = sys._getframe(1), 1
+    frame: types.FrameType | None = sys._getframe(1)
+    level = 1
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
         frame, level = frame.f_back, level + 1
     return level
