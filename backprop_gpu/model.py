@@ -570,7 +570,8 @@ class Model:
         arrays = self._state_arrays()
         if kernels.all_finite(self.backend, [a for *_, a in arrays]):  # one C call (NumPy)
             arrays = []  # all finite: none to look at one by one
-        finite = [_all_finite(xp, a) for *_, a in arrays]  # read with the metrics, in one copy
+        # read with the metrics, in one copy
+        finite = [_checks.all_finite(xp, a) for *_, a in arrays]
         values = _host_values(self.backend, [v for step in steps for v in step] + finite)
         flags = zip(arrays, values[3 * len(steps) :], strict=True)
         bad_arrays = [_array_name(*where) for (*where, _), ok in flags if not ok]
@@ -605,7 +606,7 @@ class Model:
         xp, arrays = self.backend.xp, self._state_arrays()
         if kernels.all_finite(self.backend, [a for *_, a in arrays]):
             return
-        finite = _host_values(self.backend, [_all_finite(xp, a) for *_, a in arrays])  # one copy
+        finite = _host_values(self.backend, [_checks.all_finite(xp, a) for *_, a in arrays])
         for (key, layer, attr, value), ok in zip(arrays, finite, strict=True):
             if not ok:
                 try:
@@ -891,14 +892,6 @@ class _Unchecked:
     def __exit__(self, *exc: object) -> None:
         for o, v in zip(self.objects, self.saved, strict=True):
             o.validate = v
-
-
-def _all_finite(xp: Any, a: Any) -> Any:
-    """Whether ``a`` holds no NaN or Inf: a bool on NumPy (its min and max pass NaN on: two
-    passes, no temporary array), a 0-d device array elsewhere (read later, with others)."""
-    if xp is np:
-        return a.size == 0 or bool(np.isfinite(a.min()) and np.isfinite(a.max()))
-    return xp.all(xp.isfinite(a))
 
 
 def _array_name(key: str, layer: Any, attr: str) -> str:
