@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 from argparse import Namespace
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,19 @@ from .test_distributed import mpirun, needs_mpi
 from .test_interrupt import ctrl_c_works
 
 QUICK = ["--epochs", "3", "--samples", "150", "--hidden", "16", "--batch-size", "32"]
+
+
+@contextlib.contextmanager
+def held_by_another_run(folder: Path) -> Iterator[None]:
+    """The run folder's lock held (flock), as another process training in it holds it."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def command(
@@ -400,19 +415,13 @@ def test_a_run_folder_in_use_is_refused_to_a_second_writer(
 ) -> None:
     """--resume while another process still trains in the folder (holding its lock) is
     refused, and leaves the folder as it was."""
-    import fcntl
-
     out = tmp_path / "run"
     assert quick_run(out, "--no-plots") == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    fd = os.open(out, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # as the other process's run does
+    with held_by_another_run(out):  # as the other process's run does
         capsys.readouterr()
         assert cli.main(["train", "--resume", "--epochs", "5", "--out", str(out)]) == 1
         assert "another process is training in this run folder" in capsys.readouterr().err
-    finally:
-        os.close(fd)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert cli.main(["train", "--resume", "--epochs", "5", "--out", str(out), "--quiet"]) == 0
 
@@ -423,18 +432,12 @@ def test_a_refused_run_leaves_the_folder_another_process_holds(
 ) -> None:
     """Two runs of one new --out at once: the second is refused and, though the folder holds
     nothing yet, leaves it to the first (which was about to write its config.json)."""
-    import fcntl
-
     out = tmp_path / "run"
     out.mkdir()
-    fd = os.open(out, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # the first run, just started
+    with held_by_another_run(out):  # the first run, just started
         assert quick_run(out, "--no-plots") == 1
         assert "another process is training in this run folder" in capsys.readouterr().err
         assert out.is_dir()
-    finally:
-        os.close(fd)
     assert quick_run(out, "--no-plots") == 0  # and once it is gone, the folder is free
 
 
@@ -444,22 +447,16 @@ def test_a_new_run_in_a_folder_that_trains_now_says_so(
 ) -> None:
     """train --out R3 while another process trains in R3: not "pass --resume" (which would
     be refused too, for now) but that it trains now, and what to do."""
-    import fcntl
-
     out = tmp_path / "run"
     assert quick_run(out, "--no-plots") == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    fd = os.open(out, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # as the other process's run does
+    with held_by_another_run(out):  # as the other process's run does
         capsys.readouterr()
         assert quick_run(out, "--no-plots") == 1
         assert capsys.readouterr().err == (
             f"backprop-gpu: {out}: another process is training in this run folder now; wait "
             "for it to end (then --resume continues it)\n"
         )
-    finally:
-        os.close(fd)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
@@ -859,8 +856,6 @@ def test_evaluate_and_predict_say_what_a_folder_that_is_no_run_is(
 ) -> None:
     """evaluate and predict find the run's model alike, and say why a path is not a run
     folder, and what to pass instead."""
-    import fcntl
-
     runs = tmp_path / "runs"
     run = runs / "a"
     assert quick_run(run, "--no-plots") == 0
@@ -898,15 +893,11 @@ def test_evaluate_and_predict_say_what_a_folder_that_is_no_run_is(
         f"backprop-gpu: {runs}: not a run folder (no config.json in it); it holds 3 run "
         f"folders, such as {runs / 'b'} and {runs / 'c'}\n"
     }
-    fd = os.open(stopped, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # as a run training in its first epoch does
+    with held_by_another_run(stopped):  # as a run training in its first epoch does
         assert refusals(stopped) == {
             f"backprop-gpu: {stopped}: no finished epoch yet (another process is training in "
             "it now: wait for its first epoch to end)\n"
         }
-    finally:
-        os.close(fd)
     shutil.copy(run / "metrics.jsonl", stopped)  # 3 rows, and no checkpoint: not from a kill
     assert refusals(stopped) == {
         f"backprop-gpu: {stopped}: no checkpoint.npz, but metrics.jsonl holds 3 epochs; the "
