@@ -16,38 +16,32 @@ A run folder holds:
   has not finished, and ``resume`` finishes it (trains what is left, or makes the plots and
   the summary that a stop after the last epoch left unmade).
 
-The metrics and the checkpoints agree by construction, whenever the process is killed (see
-``_commit``): after any interruption, ``resume`` leaves every epoch in both metrics files
-exactly once, as an uninterrupted run would have written them.
+How the folder is written, repaired after a kill, locked and stopped by Ctrl-C or SIGTERM
+is ``run_folder``'s (see ``run_folder.commit``): after any interruption, ``resume`` leaves
+every epoch in both metrics files exactly once, as an uninterrupted run would have written
+them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import datetime as dt
-import filecmp
-import io
 import itertools
 import json
 import math
 import os
 import platform
-import re
-import reprlib
-import shutil
 import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import __version__, _malloc, checkpoint, datasets, kernels
+from . import __version__, _malloc, datasets, kernels, run_folder
 from .activations import Linear, ReLU, Sigmoid
 from .backend import BACKEND_NAMES, ENV_VAR, gpu_index, to_numpy, use_backend
 from .distributed import Context, check_batch, on_every_rank, on_root, transport
@@ -57,6 +51,9 @@ from .losses import MeanSquaredError, SoftmaxCrossEntropy
 from .metrics import Accuracy, RegressionAccuracy
 from .model import Model, NonFiniteLossError
 from .optimizers import SGD, Adagrad, Adam, RMSprop
+from .run_folder import RunError as RunError  # (re-exported: part of this API)
+from .run_folder import RunInterrupted as RunInterrupted
+from .run_folder import read_metrics as read_metrics
 
 DATASETS = ("spiral", "vertical", "sine", "digits")
 ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "linear": Linear}
@@ -67,22 +64,6 @@ BACKENDS = ("auto", "numpy", "cupy")  # the backends a run takes, and cupy:N (GP
 
 class ConfigError(ValueError):
     """A setting that is unknown or of the wrong type or value (a usage error)."""
-
-
-class RunError(RuntimeError):
-    """A run that cannot start or continue: folder exists, no checkpoint, unwritable, ..."""
-
-
-class RunInterrupted(KeyboardInterrupt):
-    """A run stopped by Ctrl-C or SIGTERM (``signum``, SIGINT or SIGTERM), which ``run`` and
-    ``resume`` treat alike. ``run_dir`` is the run folder, which ``resume`` continues;
-    ``epochs`` how many epochs its checkpoint and metrics hold (None: not read yet)."""
-
-    def __init__(self, run_dir: Path, epochs: int | None, signum: int = signal.SIGINT) -> None:
-        super().__init__(f"{run_dir}: interrupted after {epochs} epoch(s)")
-        self.run_dir = run_dir
-        self.epochs = epochs
-        self.signum = signum
 
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -286,7 +267,7 @@ def build_model(config: Config, n_inputs: int, n_outputs: int) -> Model:
     return model.finalize()
 
 
-# --- the run folder ------------------------------------------------------------------------
+# --- the run's folder name and record (the folder itself: run_folder.py) ---------------------
 
 
 def default_out(config: Config) -> Path:
@@ -310,289 +291,6 @@ def versions() -> dict[str, str]:
         if module is not None:
             found[name] = getattr(module, "__version__", "?")
     return found
-
-
-def _refuse_a_used_folder(out: Path) -> None:
-    """Refuse a folder that exists and is not empty (but for the temporary file of a run
-    killed as it wrote its config.json: that is no run yet)."""
-    if out.exists() and (not out.is_dir() or not _unused(out)):
-        raise RunError(
-            f"{out} already exists and is not empty; pass --resume to continue that run or "
-            "choose another --out"
-        )
-
-
-def _prepare_folder(out: Path) -> None:
-    """Make the new run folder ``out``."""
-    if _in_use(out):  # (not "pass --resume": a resume would be refused as well, for now)
-        raise _busy(out)
-    _refuse_a_used_folder(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise RunError(f"cannot write the run folder {out}: {e.strerror or e}") from e
-
-
-COLUMNS = ("epoch", "loss", "regularization_loss", "accuracy", "learning_rate",
-           "val_loss", "val_accuracy", "seconds")  # fmt: skip
-
-
-def _csv_text(rows: list[dict[str, float]], header: bool) -> str:
-    """metrics.csv's text for ``rows`` (with the header line first if ``header``)."""
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=COLUMNS)
-    if header:
-        writer.writeheader()
-    for row in rows:
-        writer.writerow({k: row.get(k, "") for k in COLUMNS})
-    return text.getvalue()
-
-
-def _jsonl_text(rows: list[dict[str, float]]) -> str:
-    return "".join(json.dumps(row) + "\n" for row in rows)
-
-
-class _MetricsWriter:
-    """Appends one row per epoch to metrics.csv and metrics.jsonl, synced to disk at once."""
-
-    def __init__(self, out: Path) -> None:
-        csv_path = out / "metrics.csv"
-        new = not csv_path.exists()
-        self.csv_file = csv_path.open("a", newline="")
-        self.jsonl_file = (out / "metrics.jsonl").open("a")
-        if new:
-            self.csv_file.write(_csv_text([], header=True))
-
-    def write(self, row: dict[str, float]) -> None:
-        self.csv_file.write(_csv_text([row], header=False))
-        self.jsonl_file.write(_jsonl_text([row]))
-        for f in (self.csv_file, self.jsonl_file):
-            f.flush()
-            os.fsync(f.fileno())
-
-    def close(self) -> None:
-        self.csv_file.close()
-        self.jsonl_file.close()
-
-
-def _jsonl_rows(path: Path) -> list[dict[str, float]]:
-    """The rows of a metrics.jsonl, in file order. A last line without its newline is one a
-    killed process was writing: kept if it is a whole row (only its newline was cut off),
-    left out if torn. Any other line that is not a JSON row raises, showing it."""
-    if not path.exists():
-        return []
-    *complete, last = path.read_bytes().split(b"\n")  # (last is b"" after a whole line)
-    rows = []
-    for number, line in enumerate(complete, 1):
-        if not line.strip():
-            continue
-        row = _metrics_row(line)
-        if row is None:
-            shown = _SHOW.repr(line.decode(errors="replace"))
-            raise RunError(
-                f"{path}: line {number} is not a metrics row ({shown}); the file is damaged"
-            )
-        rows.append(row)
-    row = _metrics_row(last) if last.strip() else None
-    return rows if row is None else [*rows, row]
-
-
-_SHOW = reprlib.Repr()
-_SHOW.maxstring = 80  # (characters of a damaged line shown)
-
-
-def _metrics_row(line: bytes) -> dict[str, float] | None:
-    """``line`` parsed as a metrics row (a JSON object with an integer epoch), or None."""
-    try:
-        row = json.loads(line)
-    except ValueError:
-        return None
-    return row if isinstance(row, dict) and isinstance(row.get("epoch"), int) else None
-
-
-def read_metrics(out: str | os.PathLike[str]) -> list[dict[str, float]]:
-    """The rows of ``out/metrics.jsonl``, one dict per epoch (of a run that still trains too:
-    a row being written is left out)."""
-    return _jsonl_rows(Path(out) / "metrics.jsonl")
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Replace ``path`` by ``text`` atomically (``checkpoint.atomic_write``)."""
-    data = text.encode()
-    checkpoint.atomic_write(path, lambda f: f.write(data))
-
-
-def _write_json(path: Path, data: Any) -> None:
-    _write_text(path, json.dumps(data, indent=2, default=str) + "\n")
-
-
-def _copy_file(source: Path, path: Path) -> None:
-    """Replace ``path`` by a copy of ``source`` atomically."""
-    with source.open("rb") as f:
-        checkpoint.atomic_write(path, lambda to: shutil.copyfileobj(f, to))
-
-
-_RUN_FILES = ("checkpoint.npz", "best.npz", "config.json", "summary.json", "metrics.csv",
-              "metrics.jsonl")  # fmt: skip
-# the temporaries of checkpoint.atomic_write (.checkpoint.npz.<random>.tmp), and of earlier
-# versions (.config.json.tmp)
-_TEMPORARY = re.compile(rf"\.({'|'.join(map(re.escape, _RUN_FILES))})(\..*)?\.tmp")
-
-
-def _temporaries(out: Path) -> list[Path]:
-    """What a write killed on its way left in the run folder."""
-    return [path for path in out.iterdir() if _TEMPORARY.fullmatch(path.name)]
-
-
-def _remove_temporaries(out: Path) -> None:
-    """Remove what a write killed on its way left in the run folder (under the run lock: its
-    writer is gone)."""
-    for path in _temporaries(out):
-        path.unlink(missing_ok=True)
-
-
-def _discard_if_unused(out: Path) -> None:
-    """Remove the run folder ``out`` if it holds no run, unless another process holds it
-    (a run of the same folder started at the same time, which may be about to write)."""
-    with contextlib.suppress(OSError, RunError), _run_lock(out):
-        if _unused(out):
-            _remove_temporaries(out)
-            out.rmdir()
-
-
-def _unused(out: Path) -> bool:
-    """``out`` holds no run: nothing, or only what a run killed as it wrote its first file
-    (config.json) left."""
-    return all(_TEMPORARY.fullmatch(path.name) for path in out.iterdir())
-
-
-def _best_row(history: list[dict[str, float]]) -> dict[str, float] | None:
-    """The first row with the lowest validation loss (the epoch ``best.npz`` holds)."""
-    best: dict[str, float] | None = None
-    for row in history:
-        if row.get("val_loss", math.inf) < (math.inf if best is None else best["val_loss"]):
-            best = row
-    return best
-
-
-def _committed_history(out: Path, epochs: int) -> list[dict[str, float]]:
-    """Bring the metrics files back to the epochs the checkpoint holds and return their rows.
-
-    By ``_commit``'s order a killed run's files hold epochs 1 to ``epochs`` and, at most, the
-    row of the next epoch, whole or torn, in one or both files: it is dropped here (that
-    epoch trains again, to the same numbers). metrics.jsonl is the record; metrics.csv is
-    rewritten from it when it differs. Files that disagree with the checkpoint otherwise (a
-    row missing, rows further on: not what a kill leaves) are refused, not cut."""
-    jsonl = out / "metrics.jsonl"
-    by_epoch: dict[int, dict[str, float]] = {}
-    for row in _jsonl_rows(jsonl):
-        by_epoch[int(row["epoch"])] = row  # (resumed before this repair: maybe twice; last wins)
-    rows = [by_epoch[e] for e in range(1, epochs + 1) if e in by_epoch]
-    if len(rows) < epochs or max(by_epoch, default=0) > epochs + 1:
-        holds = "there is no checkpoint.npz"
-        if (out / "checkpoint.npz").is_file():
-            holds = f"the checkpoint holds {epochs}"
-        raise RunError(
-            f"{jsonl}: holds epochs {_spans(sorted(by_epoch))} but {holds}; the run folder "
-            "is damaged (a file replaced or edited?)"
-        )
-    for path, text in ((jsonl, _jsonl_text(rows)), (out / "metrics.csv", _csv_text(rows, True))):
-        if not path.exists() or path.read_bytes() != text.encode():
-            _write_text(path, text)
-    return rows
-
-
-def _spans(epochs: list[int]) -> str:
-    """``[1, 2, 3]`` -> ``"1 to 3"``; ``[1, 3]`` -> ``"1, 3"``."""
-    if not epochs:
-        return "none"
-    if epochs == list(range(epochs[0], epochs[-1] + 1)):
-        return f"{epochs[0]} to {epochs[-1]}"
-    return ", ".join(map(str, epochs))
-
-
-def _restore_best(out: Path, history: list[dict[str, float]], epochs: int) -> None:
-    """Make best.npz the model of the best epoch again. A kill between the checkpoint's save
-    and best.npz's copy of it (``_commit``) leaves best.npz one best epoch behind; that epoch
-    is then the checkpoint's own, so the checkpoint is copied (unless best.npz is already
-    the same bytes)."""
-    best = _best_row(history)
-    if best is None or best["epoch"] != epochs:
-        return  # best.npz was written in an earlier, completed commit
-    path, source = out / "best.npz", out / "checkpoint.npz"
-    if not (path.is_file() and filecmp.cmp(path, source, shallow=False)):
-        _copy_file(source, path)
-
-
-class _Interrupts:
-    """Ctrl-C (SIGINT) and SIGTERM during a run: either stops it as a ``KeyboardInterrupt``
-    (SIGTERM as Ctrl-C), at once, or, inside an epoch's commit (``deferred``), once the
-    commit is done. One handler for both, set for the whole call (``installed``): a signal
-    set to be ignored stays ignored, and a Python handler the caller had set (not Python's
-    own Ctrl-C one) is called in its place, deferred the same way. ``signum`` is the signal
-    that stopped the run (SIGTERM when both came during a commit).
-
-    Python runs signal handlers in the main thread only, and can set them only there: from
-    another thread ``installed`` sets nothing, and Ctrl-C goes to the main thread as usual
-    (a SIGKILL-proof commit order keeps the folder consistent whatever happens)."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-        self._holding = False
-        self._pending: list[int] = []
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        try:  # (each handler is noted before it is replaced: a signal at any point of the
-            # swap leaves no handler of ours behind)
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                handler = signal.getsignal(signum)
-                if handler not in (signal.SIG_IGN, None):  # (None: set outside Python)
-                    self._previous[signum] = handler
-                    signal.signal(signum, self._handle)
-            yield
-        finally:
-            self._holding = True  # a signal while the handlers go back: acted on after
-            for number, previous in self._previous.items():
-                signal.signal(number, previous)
-            self._release()
-
-    @contextlib.contextmanager
-    def deferred(self) -> Iterator[None]:
-        """Hold SIGINT and SIGTERM until the block ends, then act on them."""
-        self._holding = True
-        try:
-            yield
-        finally:
-            self._release()
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self._holding:
-            self._pending.append(signum)
-        else:
-            self._act(signum, frame)
-
-    def _release(self) -> None:
-        self._holding = False
-        pending, self._pending = self._pending, []
-        for signum in sorted(set(pending), key=lambda s: s != signal.SIGTERM):  # SIGTERM first
-            self._act(signum, None)
-
-    def _act(self, signum: int, frame: Any) -> None:
-        previous = self._previous.get(signum)
-        self.signum = signum
-        if callable(previous) and previous is not signal.default_int_handler:
-            previous(signum, frame)  # the caller's (one that raises, or sets a flag)
-            self.signum = None  # (it returned: the run goes on)
-            return
-        raise KeyboardInterrupt
 
 
 # --- running -------------------------------------------------------------------------------
@@ -634,7 +332,7 @@ def run(
 
     def prepare() -> Path:
         out = Path(settings.out) if settings.out else default_out(settings)
-        _prepare_folder(out)
+        run_folder.prepare_folder(out)
         return out
 
     if dist is not None:  # before any folder is made: a misuse leaves nothing behind
@@ -646,7 +344,7 @@ def run(
         return _execute(config, False, report, progress, plots, command, dist)
     except BaseException:
         if root:  # failed before recording anything: leave no empty folder
-            _discard_if_unused(out)
+            run_folder.discard_if_unused(out)
         raise
 
 
@@ -699,57 +397,6 @@ def _resumed_config(run_dir: Path, overrides: Mapping[str, Any] | None) -> Confi
 ARCHITECTURE = ("dataset", "hidden", "activation", "dropout", "samples")
 
 
-@contextlib.contextmanager
-def _run_lock(out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the run folder while this process writes it: a second run
-    or resume of the same folder (say, --resume while it still trains) is refused instead of
-    interleaving its rows. Advisory (flock); none on Windows, which has no fcntl."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    fd = os.open(out, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise _busy(out) from None
-        yield
-    finally:
-        os.close(fd)  # (releases the lock)
-
-
-def _busy(out: Path) -> RunError:
-    return RunError(
-        f"{out}: another process is training in this run folder now; wait for it to end "
-        "(then --resume continues it)"
-    )
-
-
-def _in_use(out: Path) -> bool:
-    """Another process holds ``out``'s run lock (``_run_lock``), that is, trains in it now.
-    (A probe: it takes the lock for an instant. Never call it while holding the lock: a
-    second lock of the same folder conflicts with the first in one process too.)"""
-    try:
-        import fcntl
-    except ImportError:
-        return False
-    try:
-        fd = os.open(out, os.O_RDONLY)
-    except OSError:  # (no such folder, not a folder, not readable: no run holds it)
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-    return False
-
-
 def _execute(
     config: Config,
     resuming: bool,
@@ -767,7 +414,7 @@ def _execute(
     # distributed, each rank of a machine with several GPUs takes its own (and a rank that
     # cannot run the backend stops them all)
     name = dist.local_backend(config.backend) if dist is not None else config.backend
-    interrupts = _Interrupts()
+    interrupts = run_folder.Interrupts()
     try:
         with interrupts.installed(), use_backend(name) as backend, contextlib.ExitStack() as held:
 
@@ -779,17 +426,17 @@ def _execute(
             # each rank loads; if one fails, all stop (none waits for it in a collective)
             X, y, X_val, y_val, model = on_every_rank(dist, load)
             history: list[dict[str, float]] = []
-            writer: _MetricsWriter | None = None
+            writer: run_folder.MetricsWriter | None = None
 
             def open_run() -> int:
                 """Take the run folder, load the checkpoint when resuming (and bring the
                 metrics and best.npz back to it), record the run and open its metrics files;
                 the epochs done."""
                 nonlocal model, history, writer, committed
-                held.enter_context(_run_lock(out))  # until the end: one writer per run folder
-                _remove_temporaries(out)
-                if not resuming:  # (another run may have taken it since _prepare_folder)
-                    _refuse_a_used_folder(out)
+                held.enter_context(run_folder.run_lock(out))  # to the end: one writer per folder
+                run_folder.remove_temporaries(out)
+                if not resuming:  # (another run may have taken it since prepare_folder)
+                    run_folder.refuse_a_used_folder(out)
                 if resuming:
                     if (out / "checkpoint.npz").is_file():
                         loaded = Model.load(out / "checkpoint.npz")
@@ -797,8 +444,8 @@ def _execute(
                         model = loaded
                     # (else killed in its first epoch: it starts again from the built model)
                     done = committed = int(model.epochs_trained)
-                    history = _committed_history(out, done)
-                    _restore_best(out, history, done)
+                    history = run_folder.committed_history(out, done)
+                    run_folder.restore_best(out, history, done)
                     if done >= config.epochs:
                         return done  # nothing to do: the folder stays as it is
                     recorded = json.loads((out / "config.json").read_text())
@@ -808,11 +455,11 @@ def _execute(
                         "at": dt.datetime.now().isoformat(timespec="seconds"),
                         "from_epoch": done,
                     })  # fmt: skip
-                    _write_json(out / "config.json", recorded)
+                    run_folder.write_json(out / "config.json", recorded)
                     # it described the end of an earlier call; this one writes its own
                     (out / "summary.json").unlink(missing_ok=True)
                 else:
-                    _write_json(out / "config.json", {
+                    run_folder.write_json(out / "config.json", {
                         "config": config.as_dict(),
                         "backend": {"name": backend.name, "device": str(backend.device),
                                     "reason": backend.reason},
@@ -823,13 +470,13 @@ def _execute(
                         "command": command if command is not None else sys.argv,
                         "started": dt.datetime.now().isoformat(timespec="seconds"),
                     })  # fmt: skip
-                writer = _MetricsWriter(out)
+                writer = run_folder.MetricsWriter(out)
                 return int(model.epochs_trained)
 
             # rank 0's epoch count (the others get its parameters and state in Model.train)
             done = on_root(dist, open_run)
             remaining = max(config.epochs - done, 0)
-            best_row = _best_row(history)
+            best_row = run_folder.best_row(history)
             best = math.inf if best_row is None else best_row["val_loss"]
             bar = _progress_bar(remaining, progress) if root and remaining else None
             report = report if root else None
@@ -845,7 +492,7 @@ def _execute(
                     return
                 improved = row["val_loss"] < best
                 with interrupts.deferred():  # (Ctrl-C or SIGTERM: after the commit, not inside)
-                    _commit(writer, row, model, out, improved)
+                    run_folder.commit(writer, row, model, out, improved)
                     committed = int(row["epoch"])
                 if improved:
                     best = row["val_loss"]
@@ -880,57 +527,18 @@ def _execute(
             if made is not None:
                 summary["plots"] = made
             if finish:
-                _write_json(out / "summary.json", summary)
+                run_folder.write_json(out / "summary.json", summary)
             summary["finished"] = finish  # (this call wrote summary.json; not in the file)
             summary["rank"] = 0 if dist is None else dist.rank  # (not in summary.json)
         return summary
     except NonFiniteLossError as e:
         # Model.train went back to the last finite epoch, on every rank: the one rank 0 has
         # committed (before any rank could see the next epoch's reduction)
-        raise NonFiniteLossError(f"{e}; {_kept(out, model.epochs_trained)}") from e
+        raise NonFiniteLossError(f"{e}; {run_folder.kept(out, model.epochs_trained)}") from e
     except RunInterrupted:
         raise
     except KeyboardInterrupt as e:
         raise RunInterrupted(out, committed, interrupts.signum or signal.SIGINT) from e
-
-
-def _kept(out: Path, epochs: int | None) -> str:
-    if epochs:
-        return f"the run folder {out} keeps epoch {epochs}, the last finite one"
-    return f"the run folder {out} holds no checkpoint: no epoch ended finite"
-
-
-def _commit(
-    writer: _MetricsWriter, row: dict[str, float], model: Model, out: Path, improved: bool
-) -> None:
-    """Record a finished epoch: its rows, then checkpoint.npz, then (if ``improved``) best.npz
-    as a copy of it.
-
-    The checkpoint is the commit point: on resume, the metrics files are cut back to the
-    epochs it holds (``_committed_history``) and best.npz is made to match it
-    (``_restore_best``). Why every kill point is covered (SIGKILL included; the caller holds
-    SIGINT and SIGTERM until this returns, so they never stop it half-way):
-
-    - before or while the rows are written: the checkpoint holds the epoch before, and the
-      files hold its rows plus part or all of this epoch's row, in one or both files (or a
-      torn last line). Resume drops that row and trains the epoch again, deterministically.
-    - after the rows (synced), before checkpoint.npz is replaced (during its save too: it
-      writes a temporary file, then renames it in one step): the same.
-    - after checkpoint.npz is replaced, before best.npz is: the rows were synced before it,
-      so the files hold exactly the checkpoint's epochs. If this epoch is the best one,
-      best.npz still holds the previous best; resume copies the checkpoint (this epoch's
-      model) over it. Otherwise best.npz was right all along.
-    - afterwards: all agree.
-
-    So the files never hold a row beyond the checkpoint's epoch plus one, and every row up to
-    the checkpoint's epoch is on disk before the checkpoint is. Leftover temporary files are
-    removed when the next run or resume takes the folder. summary.json is written last, when a
-    call has trained the last epoch and made the plots, and removed when a resume starts
-    training (it would describe the end of an earlier call)."""
-    writer.write(row)
-    model.save(out / "checkpoint.npz")
-    if improved:  # (a copy: the model is not gathered, serialized and hashed twice)
-        _copy_file(out / "checkpoint.npz", out / "best.npz")
 
 
 def _nonfinite(model: Model) -> str | None:
@@ -964,7 +572,7 @@ def _not_a_run_folder(run_dir: Path, resuming: bool) -> str:
         if (run_dir.parent / "config.json").is_file():
             return f"{run_dir} is a file; pass its run folder {run_dir.parent}"
         return f"{run_dir} is a file, not a run folder"
-    if resuming and _unused(run_dir):
+    if resuming and run_folder.unused(run_dir):
         return (
             f"{run_dir}: holds no run yet (no config.json: stopped before writing it?); "
             "train it again without --resume"
@@ -1037,7 +645,7 @@ def _summary(
     ``samples_per_second`` (``samples`` trained in ``train_seconds``; None when it trained
     none)."""
     final = history[-1] if history else {}
-    best = _best_row(history) or {}
+    best = run_folder.best_row(history) or {}
     return {
         "run": config.out,
         "dataset": config.dataset,
@@ -1164,12 +772,12 @@ def _load_run_model(run_dir: Path, best: bool) -> tuple[Model, Path, Config]:
             if bad is not None:
                 raise RunError(f"{path}: the {bad} hold NaN or infinite values; not usable")
             return model, path, config
-    if _in_use(run_dir):
+    if run_folder.in_use(run_dir):
         raise RunError(
             f"{run_dir}: no finished epoch yet (another process is training in it now: wait "
             "for its first epoch to end)"
         )
-    rows = _jsonl_rows(run_dir / "metrics.jsonl")
+    rows = run_folder.jsonl_rows(run_dir / "metrics.jsonl")
     if len(rows) > 1:  # (one: a run killed between its first row and checkpoint)
         raise RunError(
             f"{run_dir}: no checkpoint.npz, but metrics.jsonl holds {len(rows)} epochs; the "

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from backprop_gpu import checkpoint, cli, experiment, plots
+from backprop_gpu import checkpoint, cli, experiment, plots, run_folder
 
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux", reason="the driver reads file names from /proc/self/fd"
@@ -515,7 +515,7 @@ def test_a_signal_while_the_handlers_are_set_leaves_none_of_ours(
 
     SET_HANDLER(signal.SIGTERM, interrupt)
     signal_at_call(monkeypatch, 1, signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt), experiment._Interrupts().installed():
+    with pytest.raises(KeyboardInterrupt), run_folder.Interrupts().installed():
         pytest.fail("the block is not entered")
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert signal.getsignal(signal.SIGTERM) is interrupt
@@ -526,7 +526,7 @@ def test_a_signal_while_the_handlers_are_put_back_is_not_lost(
 ) -> None:
     """SIGTERM after SIGINT's handler is put back, before SIGTERM's: both are put back, and
     the SIGTERM still stops the run."""
-    interrupts = experiment._Interrupts()
+    interrupts = run_folder.Interrupts()
     with pytest.raises(KeyboardInterrupt), interrupts.installed():
         signal_at_call(monkeypatch, 1, signal.SIGTERM)
     assert interrupts.signum == signal.SIGTERM
@@ -539,7 +539,7 @@ def test_a_caller_handler_is_called_after_the_commit(handlers_kept: None) -> Non
     of an interrupt, after the commit: the run goes on."""
     noted: list[int] = []
     SET_HANDLER(signal.SIGTERM, lambda signum, frame: noted.append(signum))
-    interrupts = experiment._Interrupts()
+    interrupts = run_folder.Interrupts()
     with interrupts.installed():
         with interrupts.deferred():
             os.kill(os.getpid(), signal.SIGTERM)
