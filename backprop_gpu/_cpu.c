@@ -219,10 +219,16 @@ static int all_finite_f64(const uint64_t *u, npy_intp n) {
  * a C-contiguous float32 or float64 ndarray (TypeError otherwise, before any is read). */
 static PyObject *all_finite(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (check_nargs(nargs, 1, "all_finite") < 0) return NULL;
-    PyObject *seq = PySequence_Fast(args[0], "all_finite takes a sequence of arrays");
+    /* a tuple of its own (holding every array): a list could be changed by another thread
+     * while the scan below runs without the GIL */
+    if (!PySequence_Check(args[0]) || PyArray_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "all_finite takes a sequence of arrays");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Tuple(args[0]);
     if (!seq) return NULL;
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
-    PyObject **items = PySequence_Fast_ITEMS(seq);
+    Py_ssize_t count = PyTuple_GET_SIZE(seq);
+    PyObject **items = &PyTuple_GET_ITEM(seq, 0);
     npy_intp total = 0;
     for (Py_ssize_t k = 0; k < count; k++) {
         int t = float_type(items[k], "arrays[k]");
