@@ -83,59 +83,46 @@ class _Guard:
       from other threads meanwhile; from the training thread itself (``on_epoch_end``)
       they run. ``train`` waits for the predictions already in flight.
     - ``predict`` and ``evaluate`` from several threads take turns (each waits for the one
-      running), so every thread gets its own answer.
+      running), so every thread gets its own answer. (One that began in the instant a
+      ``train`` started waits for that training to end instead of raising.)
     """
 
     def __init__(self) -> None:
-        self._turn = threading.Condition()
-        self._owner: int | None = None  # the thread running a pass now
-        self._depth = 0  # its passes inside passes (evaluate from on_epoch_end)
+        self._passes = threading.RLock()  # held by the pass running (re-entered inside train)
+        self._claim = threading.Lock()  # makes taking the trainer's place one step
         self._trainer: int | None = None  # the thread inside train, if one is
-        self._waiting = 0  # threads waiting for their turn
 
     def enter(self, method: str) -> None:
-        """Take the model for ``method`` ("train", "predict", "evaluate"), or raise."""
+        """Take the model for ``method`` ("train", "predict", "evaluate", ...), or raise."""
         me = threading.get_ident()
-        with self._turn:
-            if method == "train":
+        if method == "train":
+            with self._claim:
                 if self._trainer is not None:
                     raise RuntimeError(
                         f"Model.train: this model is already training {_which(self._trainer)}; "
                         "one model trains in one thread at a time (build one Model per thread "
                         "to train several)"
                     )
-                self._trainer = me  # from now on, other threads' predict and evaluate raise
+                self._trainer = me  # from now on, other threads' passes raise
             try:
-                while True:
-                    if self._trainer not in (None, me):
-                        raise RuntimeError(
-                            f"Model.{method}: this model is training in another thread, which "
-                            "changes its layers' state at every step; call it when train has "
-                            "returned, from on_epoch_end, or on a copy (Model.load of a "
-                            "checkpoint)"
-                        )
-                    if self._owner in (None, me):
-                        break
-                    self._waiting += 1  # another thread's predict or evaluate: its end
-                    try:
-                        self._turn.wait()
-                    finally:
-                        self._waiting -= 1
-            except BaseException:  # (Ctrl-C while train waited, too)
-                if method == "train":
-                    self._trainer = None
+                self._passes.acquire()  # after the predictions already in flight
+            except BaseException:  # (Ctrl-C while it waited)
+                self._trainer = None
                 raise
-            self._owner, self._depth = me, self._depth + 1
+            return
+        trainer = self._trainer
+        if trainer is not None and trainer != me:
+            raise RuntimeError(
+                f"Model.{method}: this model is training in another thread, which changes "
+                "its layers' state at every step; call it when train has returned, from "
+                "on_epoch_end, or on a copy (Model.load of a checkpoint)"
+            )
+        self._passes.acquire()  # (a pass of another thread: wait for its end)
 
     def leave(self, method: str) -> None:
-        with self._turn:
-            self._depth -= 1
-            if self._depth == 0:
-                self._owner = None
-            if method == "train":
-                self._trainer = None
-            if self._waiting:
-                self._turn.notify_all()
+        if method == "train":
+            self._trainer = None
+        self._passes.release()
 
 
 def _which(thread: int) -> str:
