@@ -95,7 +95,7 @@ def _namespace(library: str) -> Any:
     return importlib.import_module(library)
 
 
-_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_PACKAGE = os.path.normcase(os.path.dirname(os.path.abspath(__file__)) + os.sep)
 
 
 def _caller_outside_the_package() -> int:
@@ -103,9 +103,13 @@ def _caller_outside_the_package() -> int:
     first line outside backprop_gpu (the user's call, however deep the library's own)."""
     frame: types.FrameType | None = sys._getframe(1)
     level = 1
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+    while frame is not None and _inside(frame.f_code.co_filename):
         frame, level = frame.f_back, level + 1
     return level
+
+
+def _inside(filename: str) -> bool:
+    return os.path.normcase(os.path.abspath(filename)).startswith(_PACKAGE)
 
 
 def warn_if_integer(dtype: Any, where: str) -> None:

@@ -386,7 +386,9 @@ class DistributedOptimizer:
         step then changes nothing); on several ranks a rank that fails them stops the job,
         since the others would wait for it in the allreduce."""
         with self.context.abort_on_error():
-            self.optimizer.check(layers, method)
+            # (a missing gradient is allowed: the allreduce takes it as zeros, for a rank with
+            # no rows in a step)
+            self.optimizer.check(layers, method, missing_ok=True)
 
 
 def on_root(dist: Context | None, action: Callable[[], T]) -> T:

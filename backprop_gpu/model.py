@@ -907,9 +907,13 @@ def _nonfinite(
             verb = "are" if len(bad_arrays) > 1 else "is"
             text += f"; {arrays} {verb} no longer finite either"
         if step == 1:  # computed from the very state that is restored
+            cause = {
+                "loss": "their outputs overflow",
+                "regularization loss": "the L1/L2 penalty of those weights overflows",
+            }.get(what, "the accuracy's inputs")
             back += (
-                ", whose parameters are finite but gave that value at step 1 (their outputs "
-                "overflow): no state with a finite loss is kept"
+                f": those parameters are finite but gave that value at step 1 ({cause}), so "
+                "no state with a finite loss is kept"
             )
     else:  # every step's loss was finite: the updates made the parameters non-finite
         text = (

@@ -65,7 +65,9 @@ class Optimizer(abc.ABC):
         for name, param, grad in self._checked(layer, "update_params"):
             self._update(layer, name, param, grad)
 
-    def _checked(self, layer: Any, method: str) -> list[tuple[str, Any, Any]]:
+    def _checked(
+        self, layer: Any, method: str, missing_ok: bool = False
+    ) -> list[tuple[str, Any, Any]]:
         """``(name, param, grad)`` for each parameter of ``layer``, after checking every array
         the update will write or read: each parameter and each optimizer state that exists
         must be a writable array on the layer's device (a state of its parameter's shape and
@@ -93,7 +95,7 @@ class Optimizer(abc.ABC):
                 and grad.shape == shape
                 and grad.dtype == dtype
                 and (numpy or grad.device == backend.device)
-            ):
+            ) and not (grad is None and missing_ok):
                 grad = self._other_gradient(layer, method, name, param, grad)
             attrs = self._state_attrs.get(name)
             for attr in self._attrs_of(name) if attrs is None else attrs:
@@ -200,13 +202,13 @@ class Optimizer(abc.ABC):
     def post_update_params(self) -> None:
         self.iterations += 1
 
-    def check(self, layers: Iterable[Any], method: str = "step") -> None:
+    def check(self, layers: Iterable[Any], method: str = "step", missing_ok: bool = False) -> None:
         """Raise as ``step(layers)`` would on a bad parameter, state or gradient, changing
         nothing (for callers that must know before they act, as ``DistributedOptimizer``
-        before its allreduce)."""
+        before its allreduce, where a missing gradient is allowed: ``missing_ok``, zeros)."""
         for layer in layers:
             if getattr(layer, "params", ()):
-                self._checked(layer, method)
+                self._checked(layer, method, missing_ok)
 
     def step(self, layers: Iterable[Any]) -> None:
         """``pre_update_params``, ``update_params`` on each layer that has ``params``,

@@ -378,8 +378,8 @@ def test_a_nonfinite_loss_names_the_parameters_too(backend: bg.Backend) -> None:
     match = (
         r"the loss became nan at epoch 2, step 1 of 1; layer 0 Dense\(4, 8\) weights and 3 more "
         r"arrays are no longer finite either; parameters and optimizer state are back at the end "
-        r"of epoch 1, whose parameters are finite but gave that value at step 1 \(their outputs "
-        r"overflow\): no state with a finite loss is kept"
+        r"of epoch 1: those parameters are finite but gave that value at step 1 \(their "
+        r"outputs overflow\), so no state with a finite loss is kept"
     )
     with warnings.catch_warnings(), pytest.raises(bg.NonFiniteLossError, match=match):
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -516,3 +516,19 @@ def test_a_nonfinite_accuracy_alone_is_named(backend: bg.Backend) -> None:
     match = r"^Model.train: the accuracy became nan at epoch 1, step 1 of 2; parameters"
     with pytest.raises(bg.NonFiniteLossError, match=match):
         model.train(X, Y, epochs=1, batch_size=10, print_every=0, seed=0)
+
+
+def test_an_overflowing_penalty_at_step_1_is_named_as_the_penalty(backend: bg.Backend) -> None:
+    """The regularization loss of finite weights overflows: the message blames the penalty,
+    not the outputs."""
+    layer = bg.Dense(4, 3, seed=0, weight_regularizer_l2=1.0)
+    layer.weights = layer.backend.asarray(np.full((4, 3), 1e30, np.float32))
+    model = bg.Model([layer]).set(loss=bg.SoftmaxCrossEntropy(), optimizer=bg.SGD(0.1))
+    match = (
+        r"the regularization loss became inf at epoch 1, step 1 of 1; .*back where they were "
+        r"before training: those parameters are finite but gave that value at step 1 \(the "
+        r"L1/L2 penalty of those weights overflows\)"
+    )
+    with warnings.catch_warnings(), pytest.raises(bg.NonFiniteLossError, match=match):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        model.finalize().train(np.zeros((8, 4), np.float32), Y[:8], print_every=0, seed=0)

@@ -342,8 +342,8 @@ def test_one_epoch_is_singular(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 
 def test_leftover_temporary_files_are_removed_by_the_next_resume(tmp_path: Path) -> None:
-    """What a killed save leaves (checkpoint.save's and _write_json's temporaries) goes when
-    the folder is next taken; other files stay."""
+    """What a killed save leaves (the temporaries of checkpoint.save and run_folder.write_json)
+    goes when the folder is next taken; other files stay."""
     out = tmp_path / "run"
     assert quick_run(out, "--no-plots") == 0
     leftovers = [".checkpoint.npz.k2j4h1x0.tmp", ".best.npz.0a9b8c7d.tmp", ".config.json.tmp",

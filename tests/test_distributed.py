@@ -421,3 +421,18 @@ def test_distributed_optimizer_checks_before_its_allreduce(backend: bg.Backend) 
             call()
         assert l1.dweights is kept and opt.iterations == 0
         assert getattr(l1, "weight_momentums", None) is None
+
+
+@needs_mpi
+def test_distributed_optimizer_takes_a_missing_gradient_as_zeros() -> None:
+    """A rank with no rows in a step has no gradients: its check before the allreduce lets
+    that through (the allreduce takes them as zeros), as before the check existed."""
+    from backprop_gpu.distributed import DistributedOptimizer
+
+    layer = bg.Dense(2, 3, seed=0)
+    before = bg.to_numpy(layer.weights)
+    opt = DistributedOptimizer(bg.SGD(0.1))
+    layer.dweights = layer.dbiases = None
+    opt.step([layer])  # one process: the sum is its own zeros
+    np.testing.assert_array_equal(bg.to_numpy(layer.weights), before)
+    assert opt.iterations == 1
