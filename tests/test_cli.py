@@ -24,7 +24,7 @@ from backprop_gpu import cli, experiment, kernels
 
 from .conftest import GPU_OK, GPU_REASON
 from .test_distributed import mpirun, needs_mpi
-from .test_interrupt import ctrl_c_works
+from .test_interrupt import contents, ctrl_c_works
 
 QUICK = ["--epochs", "3", "--samples", "150", "--hidden", "16", "--batch-size", "32"]
 
@@ -314,7 +314,7 @@ def test_resume_with_nothing_to_do_says_how_to_train_more(
 ) -> None:
     out = tmp_path / "run"
     assert quick_run(out, "--no-plots") == 0
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = contents(out)
     for epochs in ([], ["--epochs", "3"], ["--epochs", "2"]):
         capsys.readouterr()
         assert cli.main(["train", "--resume", "--out", str(out), "--quiet", *epochs]) == 0
@@ -322,7 +322,7 @@ def test_resume_with_nothing_to_do_says_how_to_train_more(
             f"nothing to do: {out} already has 3 epochs (--epochs is the total to reach); to "
             f"train more: backprop-gpu train --resume --out {out} --epochs 6\n"
         )
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # (config.json too)
+    assert contents(out) == before  # (config.json too)
 
 
 def test_one_epoch_is_singular(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -417,12 +417,12 @@ def test_a_run_folder_in_use_is_refused_to_a_second_writer(
     refused, and leaves the folder as it was."""
     out = tmp_path / "run"
     assert quick_run(out, "--no-plots") == 0
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = contents(out)
     with held_by_another_run(out):  # as the other process's run does
         capsys.readouterr()
         assert cli.main(["train", "--resume", "--epochs", "5", "--out", str(out)]) == 1
         assert "another process is training in this run folder" in capsys.readouterr().err
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert contents(out) == before
     assert cli.main(["train", "--resume", "--epochs", "5", "--out", str(out), "--quiet"]) == 0
 
 
@@ -449,7 +449,7 @@ def test_a_new_run_in_a_folder_that_trains_now_says_so(
     be refused too, for now) but that it trains now, and what to do."""
     out = tmp_path / "run"
     assert quick_run(out, "--no-plots") == 0
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = contents(out)
     with held_by_another_run(out):  # as the other process's run does
         capsys.readouterr()
         assert quick_run(out, "--no-plots") == 1
@@ -457,7 +457,7 @@ def test_a_new_run_in_a_folder_that_trains_now_says_so(
             f"backprop-gpu: {out}: another process is training in this run folder now; wait "
             "for it to end (then --resume continues it)\n"
         )
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert contents(out) == before
 
 
 def test_existing_run_folder_is_never_overwritten(
@@ -465,11 +465,11 @@ def test_existing_run_folder_is_never_overwritten(
 ) -> None:
     out = tmp_path / "run"
     assert quick_run(out, "--no-plots") == 0
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = contents(out)
     capsys.readouterr()
     assert quick_run(out) == 1
     assert "already exists and is not empty; pass --resume" in capsys.readouterr().err
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert contents(out) == before
 
 
 @pytest.mark.parametrize(
@@ -503,11 +503,11 @@ def test_bad_resume(
         lines = (out / "metrics.jsonl").read_bytes().splitlines(keepends=True)
         lines[1] = b'{"epoch": 2, "lo\0\0ss": 1}\n'  # (a line damaged on disk)
         (out / "metrics.jsonl").write_bytes(b"".join(lines))
-    before = {p.name: p.read_bytes() for p in out.iterdir()} if out.exists() else {}
+    before = contents(out)
     capsys.readouterr()
     assert cli.main(["train", "--resume", "--out", str(out), "--quiet", *args]) == 1
     assert message in capsys.readouterr().err
-    assert ({p.name: p.read_bytes() for p in out.iterdir()} if out.exists() else {}) == before
+    assert contents(out) == before
 
 
 def test_unwritable_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
