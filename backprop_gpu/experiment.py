@@ -41,9 +41,17 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, _malloc, datasets, kernels, run_folder
+from . import __version__, _malloc, datasets, run_folder
 from .activations import Linear, ReLU, Sigmoid
-from .backend import BACKEND_NAMES, ENV_VAR, gpu_index, to_numpy, use_backend
+from .backend import (
+    BACKEND_NAMES,
+    ENV_VAR,
+    fast_ops_enabled,
+    gpu_index,
+    numpy_backend,
+    to_numpy,
+    use_backend,
+)
 from .distributed import Context, check_batch, on_every_rank, on_root, transport
 from .distributed import info as distributed_info
 from .layers import Dense, Dropout
@@ -680,6 +688,9 @@ def _plots(
     return [p.name for p in written]
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
 def info() -> dict[str, Any]:
     """What ``backprop-gpu info`` prints: versions, the backend ``auto`` picks and why, whether
     the CPU's C kernels and the malloc tuning are in use, and the GPU's name and memory when
@@ -699,9 +710,9 @@ def info() -> dict[str, Any]:
     if found["env"]:  # the backend train takes by default: is it one, and can it run here?
         found["env_backend"] = _env_backend(found["env"])
     found["cpu"] = {
-        "c_kernels": ("on" if kernels.enabled else "off (BACKPROP_GPU_KERNELS=0)")
-        if kernels.HAVE_C
-        else f"not built: no _cpu module in {os.path.dirname(kernels.__file__)} (no C compiler"
+        "c_kernels": ("on" if fast_ops_enabled() else "off (BACKPROP_GPU_KERNELS=0)")
+        if numpy_backend.HAVE_C
+        else f"not built: no _cpu module in {_PACKAGE_DIR} (no C compiler"
         " at install, or a checkout shadowing a non-editable install: use pip install -e);"
         " the plain NumPy code runs",
         "malloc_tuned": _malloc.tuned,

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _checks, kernels
+from . import _checks
 from .backend import Backend, array_library, dtype_name, get_backend, host_array, to_numpy
 
 INITS = ("nnfs", "he", "glorot")
@@ -107,9 +107,7 @@ class Dense:
         self.inputs = _checks.batch(
             self.backend, inputs, self.n_inputs, self.dtype, f"{self.name}.forward"
         )
-        self.output = self.inputs @ self.weights
-        if not kernels.add_bias(self.backend, self.output, self.biases):  # C on NumPy, if built
-            self.output += self.biases  # in place: the product is a fresh array, no copy needed
+        self.output = self.backend.ops.add_bias(self.inputs @ self.weights, self.biases)
         return self.output
 
     def backward(self, dvalues: Any, need_dinputs: bool = True) -> Any:
@@ -126,9 +124,7 @@ class Dense:
         dvalues = _checks.like(self.backend, dvalues, self.output, where, "dvalues")
         xp = self.backend.xp
         self.dweights = self.inputs.T @ dvalues
-        self.dbiases = kernels.column_sums(self.backend, dvalues)  # C on NumPy, if built
-        if self.dbiases is None:
-            self.dbiases = xp.sum(dvalues, axis=0, keepdims=True)
+        self.dbiases = self.backend.ops.bias_gradient(dvalues)  # column sums, (1, n_neurons)
         for grad, param, l1, l2 in (
             (self.dweights, self.weights, self.weight_regularizer_l1, self.weight_regularizer_l2),
             (self.dbiases, self.biases, self.bias_regularizer_l1, self.bias_regularizer_l2),
@@ -192,7 +188,7 @@ class Dropout:
         self.rate = _checks.in_range(rate, 0.0, 1.0, "Dropout: rate")
         self.seed = seed
         self.backend: Backend = get_backend()
-        self.rng = self.backend.random(seed)
+        self.rng = np.random.default_rng(seed)  # (drawn on the host: the same on every backend)
         # (global batch size, first row, end row): set by Model.train in distributed training,
         # so each rank draws the mask of the whole batch and keeps its own rows, as one
         # process would (None: the mask is drawn for the inputs alone)
@@ -207,7 +203,7 @@ class Dropout:
         run resumed from a checkpoint drops the same units as an uninterrupted one."""
         if self.seed is not None:
             state = np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0]
-            self.rng = self.backend.random(int(state))
+            self.rng = np.random.default_rng(int(state))
 
     def forward(self, inputs: Any, training: bool = True) -> Any:
         self.inputs = _checks.floats(self.backend, inputs, "Dropout.forward")
@@ -215,13 +211,14 @@ class Dropout:
             self.mask = None
             self.output = self.inputs
             return self.output
-        xp = self.backend.xp
+        xp, dtype = self.backend.xp, np.dtype(dtype_name(self.inputs.dtype))
         if self.rows is None:
-            keep = self.rng.random(tuple(self.inputs.shape), self.inputs.dtype) >= self.rate
+            keep = self.rng.random(tuple(self.inputs.shape), dtype) >= self.rate
         else:
             total, lo, hi = self.rows
             shape = (total, *self.inputs.shape[1:])
-            keep = (self.rng.random(shape, self.inputs.dtype) >= self.rate)[lo:hi, ...]
+            keep = (self.rng.random(shape, dtype) >= self.rate)[lo:hi, ...]
+        keep = self.backend.asarray(keep)
         self.mask = xp.astype(keep, self.inputs.dtype) / (1 - self.rate)
         self.output = self.inputs * self.mask
         return self.output

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _checks, kernels
+from . import _checks
 from .activations import Softmax
 from .backend import Backend, dtype_name, get_backend
 
@@ -78,11 +78,7 @@ class Loss(abc.ABC):
 
     def _onehot(self, y: Any, pred: Any) -> Any:
         """(N, C) one-hot of ``pred``'s dtype from indices (N,), or ``y`` if already one-hot."""
-        xp = self.backend.xp
-        if y.ndim == 2:
-            return y if y.dtype == pred.dtype else xp.astype(y, pred.dtype)
-        classes = self.backend.arange(pred.shape[1])
-        return xp.astype(y[:, None] == classes[None, :], pred.dtype)
+        return self.backend.ops.onehot(y, pred)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -127,9 +123,9 @@ class SoftmaxCrossEntropy(Loss):
         self.activation.backend = self.backend
         self.output: Any = None
         # the number of rows of ``logits`` (the last forward's input) whose largest logit is
-        # the true class, when that forward ran the fused CPU kernel (which finds the row
-        # maxima anyway); None otherwise. The Model reads it for its accuracy.
-        self.correct: int | None = None
+        # the true class, when the backend's ops found it on the way (a fused kernel finds
+        # the row maxima anyway); None otherwise. The Model reads it for its accuracy.
+        self.correct: Any = None
         self.logits: Any = None
 
     def forward(self, inputs: Any, y_true: Any) -> Any:
@@ -137,32 +133,22 @@ class SoftmaxCrossEntropy(Loss):
         logits = _checks.floats(self.backend, inputs, where, ndim=2)
         y = self._labels(y_true, logits, where)
         eps = _clip_eps(dtype_name(logits.dtype))
-        fused = kernels.softmax_cross_entropy(self.backend, logits, y, eps)  # one pass, if any
         self.logits = logits
-        if fused is not None:
-            self.output, loss, self.correct = fused
-            self.activation.inputs, self.activation.output = logits, self.output
-            return loss
-        self.correct = None
-        self.output = self.activation.forward(logits)
-        return _mean_cross_entropy(self.backend, self.output, y)
+        self.output, loss, self.correct = self.backend.ops.softmax_cross_entropy(logits, y, eps)
+        self.activation.inputs, self.activation.output = logits, self.output
+        return loss
 
     def backward(self, dvalues: Any, y_true: Any) -> Any:
         where = "SoftmaxCrossEntropy.backward"
         p = _checks.floats(self.backend, dvalues, where, ndim=2)
         y = self._labels(y_true, p, where)
-        fused = kernels.softmax_cross_entropy_backward(self.backend, p, y)  # one pass, if any
-        self.dinputs = (p - self._onehot(y, p)) / p.shape[0] if fused is None else fused
+        self.dinputs = self.backend.ops.softmax_cross_entropy_backward(p, y)
         return self.dinputs
 
 
 def _mean_cross_entropy(backend: Backend, p: Any, y: Any) -> Any:
     """Mean of -log(clipped p of the true class); ``y`` int64 indices (N,) or one-hot (N, C)."""
-    xp, n = backend.xp, p.shape[0]
-    p = clipped(xp, p)
-    # indices: the book's p[range(N), y]; one-hot: the row sums of p * y
-    correct = p[backend.arange(n), y] if y.ndim == 1 else xp.sum(p * y, axis=1)
-    return -xp.sum(xp.log(correct)) / n  # the mean, without xp.mean's slower wrapper
+    return backend.ops.cross_entropy(p, y, _clip_eps(dtype_name(p.dtype)))
 
 
 class _RegressionLoss(Loss):

@@ -26,7 +26,7 @@ from typing import Any, TypeVar, cast
 
 import numpy as np
 
-from . import _checks, checkpoint, kernels
+from . import _checks, checkpoint
 from .activations import Linear, ReLU, Sigmoid, Softmax
 from .backend import Backend, array_library, host_array, to_numpy
 from .distributed import (
@@ -555,10 +555,7 @@ class Model:
         for layer in dropouts:
             layer.rows = None
         arrays = self._state_arrays()
-        if kernels.all_finite(self.backend, [a for *_, a in arrays]):  # one C call (NumPy)
-            arrays = []  # all finite: none to look at one by one
-        # read with the metrics, in one copy
-        finite = [_checks.all_finite(xp, a) for *_, a in arrays]
+        finite = self.backend.ops.finite_flags([a for *_, a in arrays])  # read with the metrics
         values = _host_values(self.backend, [v for step in steps for v in step] + finite)
         flags = zip(arrays, values[3 * len(steps) :], strict=True)
         bad_arrays = [_array_name(*where) for (*where, _), ok in flags if not ok]
@@ -590,10 +587,8 @@ class Model:
     def _check_state_finite(self) -> None:
         """Before training: every parameter and optimizer state must be finite, since a
         non-finite epoch goes back to the state it started from."""
-        xp, arrays = self.backend.xp, self._state_arrays()
-        if kernels.all_finite(self.backend, [a for *_, a in arrays]):
-            return
-        finite = _host_values(self.backend, [_checks.all_finite(xp, a) for *_, a in arrays])
+        arrays = self._state_arrays()
+        finite = _host_values(self.backend, self.backend.ops.finite_flags([a for *_, a in arrays]))
         for (key, layer, attr, value), ok in zip(arrays, finite, strict=True):
             if not ok:
                 try:
@@ -958,9 +953,9 @@ def _same_kind(a: Any, b: Any) -> bool:
 
 def _host_values(backend: Backend, values: list[Any]) -> np.ndarray:
     """Device scalars (and Python floats) to the host as float64, the device ones in one copy."""
-    if backend.name == "numpy":  # already on the host: no copy to batch (stacking cost 3 us each)
+    if backend.host:  # already on the host: no copy to batch (stacking cost 3 us each)
         return np.array([float(v) for v in values], dtype=np.float64)
-    out = np.array([v if isinstance(v, float | int) else np.nan for v in values], np.float64)
+    out = np.array([float(v) if isinstance(v, float | int) else np.nan for v in values])
     on_device = [i for i, v in enumerate(values) if not isinstance(v, float | int)]
     if on_device:
         xp = backend.xp

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _checks, kernels
+from . import _checks
 from .backend import array_library, dtype_name
 
 _SINGULAR = {"weights": "weight", "biases": "bias"}
@@ -267,21 +267,12 @@ class SGD(Optimizer):
         self.state_kinds = ("momentums",) if self.momentum else ()
 
     def _update(self, layer: Any, name: str, param: Any, grad: Any) -> None:
-        lr = self.current_learning_rate
+        ops, lr = layer.backend.ops, self.current_learning_rate
         if not self.momentum:
-            if not kernels.sgd(layer.backend, param, grad, lr):  # in one pass, if it can
-                param -= lr * grad
+            ops.sgd(param, grad, lr)
             return
         velocity = self._state(layer, name, "momentums", param)
-        args = (param, velocity, grad, lr, self.momentum, self.nesterov)
-        if kernels.sgd_momentum(layer.backend, *args):  # the same, fused in one pass
-            return
-        velocity *= self.momentum
-        velocity -= lr * grad
-        if self.nesterov:
-            param += self.momentum * velocity - lr * grad
-        else:
-            param += velocity
+        ops.sgd_momentum(param, velocity, grad, lr, self.momentum, self.nesterov)
 
     def get_config(self) -> dict[str, Any]:
         return super().get_config() | {"momentum": self.momentum, "nesterov": self.nesterov}
@@ -299,8 +290,7 @@ class Adagrad(Optimizer):
 
     def _update(self, layer: Any, name: str, param: Any, grad: Any) -> None:
         cache = self._state(layer, name, "cache", param)
-        cache += grad**2
-        param -= self.current_learning_rate * grad / (layer.backend.xp.sqrt(cache) + self.epsilon)
+        layer.backend.ops.adagrad(param, cache, grad, self.current_learning_rate, self.epsilon)
 
     def get_config(self) -> dict[str, Any]:
         return super().get_config() | {"epsilon": self.epsilon}
@@ -325,9 +315,8 @@ class RMSprop(Optimizer):
 
     def _update(self, layer: Any, name: str, param: Any, grad: Any) -> None:
         cache = self._state(layer, name, "cache", param)
-        cache *= self.rho
-        cache += (1 - self.rho) * grad**2
-        param -= self.current_learning_rate * grad / (layer.backend.xp.sqrt(cache) + self.epsilon)
+        lr = self.current_learning_rate
+        layer.backend.ops.rmsprop(param, cache, grad, lr, self.rho, self.epsilon)
 
     def get_config(self) -> dict[str, Any]:
         return super().get_config() | {"epsilon": self.epsilon, "rho": self.rho}
@@ -359,22 +348,12 @@ class Adam(Optimizer):
         self.beta_2 = _checks.in_range(beta_2, 0.0, 1.0, self._arg("beta_2"))
 
     def _update(self, layer: Any, name: str, param: Any, grad: Any) -> None:
-        xp = layer.backend.xp
         momentums = self._state(layer, name, "momentums", param)
         cache = self._state(layer, name, "cache", param)
-        lr, t = self.current_learning_rate, self.iterations + 1
-        if kernels.adam(
-            layer.backend, param, momentums, cache, grad, lr=lr, beta_1=self.beta_1,
-            beta_2=self.beta_2, epsilon=self.epsilon, t=t,
-        ):  # fmt: skip
-            return  # the same, fused in one pass
-        momentums *= self.beta_1
-        momentums += (1 - self.beta_1) * grad
-        cache *= self.beta_2
-        cache += (1 - self.beta_2) * grad**2
-        corrected_m = momentums / (1 - self.beta_1**t)
-        corrected_c = cache / (1 - self.beta_2**t)
-        param -= lr * corrected_m / (xp.sqrt(corrected_c) + self.epsilon)
+        layer.backend.ops.adam(
+            param, momentums, cache, grad, lr=self.current_learning_rate, beta_1=self.beta_1,
+            beta_2=self.beta_2, epsilon=self.epsilon, t=self.iterations + 1,
+        )  # fmt: skip
 
     def get_config(self) -> dict[str, Any]:
         return super().get_config() | {

@@ -463,10 +463,13 @@ class Worker:
                 "device": str(backend.device),
                 "reason": backend.reason,
             }
-            from backprop_gpu import kernels
+            from backprop_gpu.backend import numpy_backend
 
             # a checkout's backprop_gpu/ shadows a non-editable install's: say which one runs
-            info["c_kernels"] = {"built": kernels.HAVE_C, "package": os.path.dirname(bg.__file__)}
+            info["c_kernels"] = {
+                "built": numpy_backend.HAVE_C,
+                "package": os.path.dirname(bg.__file__),
+            }
         if self.uses_torch:
             import torch
 

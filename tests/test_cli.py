@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 import backprop_gpu as bg
-from backprop_gpu import cli, experiment, kernels
+from backprop_gpu import cli, experiment
+from backprop_gpu.backend import numpy_backend
 
 from .conftest import GPU_OK, GPU_REASON
 from .test_distributed import mpirun, needs_mpi
@@ -737,12 +738,12 @@ def test_info_reports_the_backend_and_why() -> None:
         assert f"why: auto: {GPU_REASON}" in out
     as_json = json.loads(command("info", "--json").stdout)
     assert as_json["backend"]["name"] == ("cupy" if GPU_OK else "numpy")
-    c_kernels = "on" if kernels.HAVE_C else "not built: no _cpu module in"
+    c_kernels = "on" if numpy_backend.HAVE_C else "not built: no _cpu module in"
     assert f"CPU kernels (C extension): {c_kernels}" in out
     off = command("info", "--json", env={"BACKPROP_GPU_KERNELS": "0", "BACKPROP_GPU_MALLOC": "0"})
     cpu = json.loads(off.stdout)["cpu"]
     assert cpu["malloc_tuned"] is False
-    assert cpu["c_kernels"].startswith("off" if kernels.HAVE_C else "not built")
+    assert cpu["c_kernels"].startswith("off" if numpy_backend.HAVE_C else "not built")
 
 
 def test_info_says_where_the_c_extension_was_looked_for() -> None:

@@ -107,7 +107,7 @@ def test_local_backend_gives_each_rank_on_a_machine_its_own_gpu(
     """The rank with local rank 3 on a machine with 2 GPUs takes cupy:1, made current before
     CuPy's detection (whose test matmul runs there, not on GPU 0); with one GPU, no GPU, or
     NumPy asked for, the name stays as it is; a name this rank cannot run raises."""
-    from backprop_gpu import backend as backend_mod
+    from backprop_gpu.backend import select as backend_mod
 
     from .test_backend import _fake_cupy, _FakeDevice
 

@@ -1,0 +1,54 @@
+"""The ``xp`` layer: which array library (NumPy, CuPy or array-api-strict) does the math, and
+the ``Ops`` object that runs a training step's hot paths on it.
+
+Who owns what:
+
+- ``select.py``: choosing a backend (``auto``, ``numpy``, ``cupy``, ``cupy:N``,
+  ``array_api_strict``; ``BACKPROP_GPU_BACKEND``; ``set_backend`` / ``use_backend``);
+- ``detect.py``: whether CuPy can run here, and why not;
+- ``base.py``: ``Backend`` (one library on one device) and the host helpers;
+- ``ops.py``: ``Ops``, every hot-path operation as plain ``xp`` code, the reference;
+- one file per backend, each a ``Backend`` subclass with its ``Ops`` subclass overriding only
+  what it accelerates: ``numpy_backend.py`` (the C extension), ``cupy_backend.py`` (CUDA
+  kernels, source in ``cuda_source.py``), ``strict_backend.py`` (the GPU stand-in for tests).
+
+Nothing outside this package imports an array library by name (NumPy aside, the host format).
+"""
+
+from .base import Backend, BackendUnavailableError, array_library, dtype_name, host_array, to_numpy
+from .detect import INSTALL_HINT, NO_DRIVER, detect_gpu, gpu_count
+from .ops import Ops
+from .select import (
+    BACKEND_NAMES,
+    ENV_VAR,
+    KERNELS_VAR,
+    asarray,
+    fast_ops_enabled,
+    get_backend,
+    gpu_index,
+    set_backend,
+    use_backend,
+)
+
+__all__ = [
+    "BACKEND_NAMES",
+    "ENV_VAR",
+    "INSTALL_HINT",
+    "KERNELS_VAR",
+    "NO_DRIVER",
+    "Backend",
+    "BackendUnavailableError",
+    "Ops",
+    "array_library",
+    "asarray",
+    "detect_gpu",
+    "dtype_name",
+    "fast_ops_enabled",
+    "get_backend",
+    "gpu_count",
+    "gpu_index",
+    "host_array",
+    "set_backend",
+    "to_numpy",
+    "use_backend",
+]

@@ -1,0 +1,117 @@
+"""The CuPy backend: arrays on one CUDA GPU, and ``CupyOps``, the CUDA kernels' fast paths.
+
+The kernels' CUDA C is in ``cuda_source.py`` (with the per-element Python "twins" the CPU
+tests hold against the reference); CuPy compiles it with NVRTC on first use, once per
+process, and loads it once per GPU. CI compiles the same source to PTX on a machine with
+no GPU and checks it (no fused multiply-add in the kernels that must equal the reference).
+
+Nothing here runs at import time: ``select.py`` builds a ``CupyBackend`` only after
+``detect.py`` found a working GPU.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, ClassVar
+
+import numpy as np
+
+from . import cuda_source
+from .base import Backend, dtype_name
+from .ops import Ops
+
+_THREADS = 256  # threads per block of the elementwise kernels
+
+
+class CupyOps(Ops):
+    """The reference ops with fused CUDA kernels where they apply (float32/float64,
+    C-contiguous arrays)."""
+
+    name = "cuda"
+
+    def _fits(self, *arrays: Any) -> str | None:
+        """The kernels' dtype suffix ("f32", "f64") when every array can go to a kernel."""
+        suffix = cuda_source.SUFFIX.get(dtype_name(arrays[0].dtype))
+        if suffix is None or not all(a.flags.c_contiguous for a in arrays):
+            return None
+        return suffix
+
+    def _launch(self, name: str, n: int, *args: Any) -> None:
+        if n == 0:  # a grid of 0 blocks is an invalid launch
+            return
+        kernel = _function(self.backend.device.id, name)
+        kernel(((n + _THREADS - 1) // _THREADS,), (_THREADS,), (*args, np.int64(n)))
+
+    def relu_backward(self, dvalues: Any, inputs: Any) -> Any:
+        suffix = self._fits(dvalues, inputs)
+        if suffix is None or dvalues.dtype != inputs.dtype:
+            return super().relu_backward(dvalues, inputs)
+        out = self.xp.empty_like(dvalues)
+        self._launch(f"relu_backward_{suffix}", out.size, dvalues, inputs, out)
+        return out
+
+    def sgd_momentum(
+        self, param: Any, velocity: Any, grad: Any, lr: float, momentum: float, nesterov: bool
+    ) -> None:
+        suffix = self._fits(param, velocity, grad)
+        if suffix is None:
+            return super().sgd_momentum(param, velocity, grad, lr, momentum, nesterov)
+        scalar = np.dtype(dtype_name(param.dtype)).type  # lr and momentum in the params' dtype
+        self._launch(
+            f"sgd_momentum_{suffix}", param.size,
+            param, velocity, grad, scalar(lr), scalar(momentum), np.int32(nesterov),
+        )  # fmt: skip
+
+
+_module: Any = None
+_functions: dict[tuple[int, str], Any] = {}
+_compile_lock = threading.Lock()
+
+
+def _function(device_id: int, name: str) -> Any:
+    """The compiled kernel ``name`` on GPU ``device_id``: compiled once per process, its
+    function looked up once per GPU (``get_function`` costs microseconds a launch)."""
+    function = _functions.get((device_id, name))
+    if function is None:
+        import cupy
+
+        global _module
+        with _compile_lock:
+            if _module is None:
+                _module = cupy.RawModule(
+                    code=cuda_source.CUDA_SOURCE, options=cuda_source.NVRTC_OPTIONS
+                )
+            function = _functions[device_id, name] = _module.get_function(name)
+    return function
+
+
+class CupyBackend(Backend):
+    """CuPy on one GPU (``device`` is a ``cupy.cuda.Device``)."""
+
+    name = "cupy"
+    ops_class: ClassVar[type[Ops]] = CupyOps
+
+    def _array_type(self) -> Any:
+        # (not from an array: making one would allocate on the current GPU, perhaps not ours)
+        return self.xp.ndarray
+
+    def on_device(self) -> Any:
+        # A new Device every time: CuPy keeps the device to restore on the object, so a
+        # shared one would mix up threads.
+        return self.xp.cuda.Device(self.device.id)
+
+    def make_current(self) -> Backend:
+        self.device.use()
+        return self
+
+    def synchronize(self) -> None:
+        self.xp.cuda.Device(self.device.id).synchronize()  # (a new Device: see on_device)
+
+    def from_host(self, host: np.ndarray, dtype: Any = None) -> Any:
+        dtype = getattr(self.xp, host.dtype.name) if dtype is None else dtype
+        with self.on_device():
+            return self.xp.asarray(host, dtype=dtype)
+
+    def arange(self, n: int) -> Any:
+        with self.on_device():
+            return self.xp.arange(n, dtype=self.xp.int64)

@@ -1,0 +1,174 @@
+"""The ``xp`` layer: which array library (NumPy, CuPy or array-api-strict) does the math.
+
+Every layer, loss and optimizer is written once against ``backend.xp``. This module is the only
+place that imports an array library by name (NumPy aside, which is the host format).
+
+Selection, in order of precedence:
+
+1. ``use_backend(name)`` (scoped, per thread / per async task through a context variable),
+2. ``set_backend(name)`` (process-wide default),
+3. the ``BACKPROP_GPU_BACKEND`` environment variable, read when the package is imported,
+4. ``"auto"``: CuPy when it imports, sees a device and runs a tiny matmul; NumPy otherwise.
+
+``"cupy"`` and ``"auto"`` use the GPU that was current when CuPy was first detected (GPU 0
+unless the program chose another); ``"cupy:N"`` names GPU N (one GPU per MPI rank, say).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+from .base import Backend, BackendUnavailableError
+from .detect import detect_gpu, gpu_count
+from .numpy_backend import NumpyBackend
+from .strict_backend import StrictBackend
+
+logger = logging.getLogger("backprop_gpu")
+
+BACKEND_NAMES = ("auto", "numpy", "cupy", "array_api_strict")
+ENV_VAR = "BACKPROP_GPU_BACKEND"
+KERNELS_VAR = "BACKPROP_GPU_KERNELS"  # "0": every backend runs the reference Ops
+
+
+def fast_ops_enabled() -> bool:
+    """Whether backends made from now on run their accelerated ops (``BACKPROP_GPU_KERNELS``
+    is not ``"0"``; read at each selection, so a test or a script can set it)."""
+    return os.environ.get(KERNELS_VAR, "1") != "0"
+
+
+# --- construction and selection ---------------------------------------------------------
+
+
+def gpu_index(name: str) -> int | None:
+    """N for a backend name ``"cupy:N"`` (N in ASCII digits), else None."""
+    base, colon, index = name.partition(":")
+    if base == "cupy" and colon and index.isascii() and index.isdigit():
+        return int(index)
+    return None
+
+
+def _make(name: str | Backend) -> Backend:
+    if isinstance(name, Backend):  # one made already (``Backend.with_reference_ops()``, say)
+        return name
+    index = gpu_index(name)  # "cupy:N": GPU N
+    if name not in BACKEND_NAMES and index is None:
+        raise ValueError(
+            f"unknown backend {name!r}; valid names are auto, numpy, cupy, cupy:N (GPU N), "
+            "array_api_strict"
+        )
+    fast = fast_ops_enabled()
+    if name == "numpy":
+        return NumpyBackend(fast_ops=fast)
+    if name == "array_api_strict":
+        return StrictBackend(fast_ops=fast)
+    global _detected
+    count = gpu_count() if index is not None else 0
+    if index is not None and 0 < count <= index:
+        raise ValueError(
+            f"backend {name!r}: there is no GPU {index}; this machine has {count} "
+            f"(cupy:0 to cupy:{count - 1})"
+        )
+    if _detected is None:  # detect once per process, and log a fallback once
+        # "cupy:N": the test matmul runs on GPU N, so GPU 0 gets no CUDA context for nothing
+        where = sys.modules["cupy"].cuda.Device(index) if count else contextlib.nullcontext()
+        with where:
+            cupy, reason = detect_gpu()
+        # the device current at detection (device 0 unless the program chose another)
+        _detected = (
+            _cupy_backend(cupy, cupy.cuda.Device()) if cupy is not None else None,
+            reason,
+        )
+        if cupy is None:
+            logger.info("backprop_gpu: auto uses NumPy: %s", reason)
+    gpu, reason = _detected
+    if gpu is not None:
+        device = gpu.device if index is None else gpu.xp.cuda.Device(index)
+        return replace(
+            gpu,
+            device=device,
+            reason="auto: CUDA device works" if name == "auto" else "",
+            fast_ops=fast,
+        )
+    if name == "cupy" or index is not None:
+        raise BackendUnavailableError(f"backend {name!r} was requested but cannot run: {reason}")
+    return NumpyBackend(reason=f"auto: {reason}", fast_ops=fast)
+
+
+def _cupy_backend(cupy: Any, device: Any) -> Backend:
+    from .cupy_backend import CupyBackend  # (only once CuPy is known to work)
+
+    return CupyBackend(cupy, device)
+
+
+_detected: tuple[Backend | None, str] | None = None  # (the CuPy backend or None, why not)
+_lock = threading.Lock()
+_env_choice = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+_default: Backend | None = None
+_scoped: contextvars.ContextVar[Backend | None] = contextvars.ContextVar(
+    "backprop_gpu_backend", default=None
+)
+
+
+def get_backend() -> Backend:
+    """The active backend: the innermost ``use_backend``, else the process default.
+
+    The default is resolved on first use from ``BACKPROP_GPU_BACKEND`` (``auto`` if unset).
+    """
+    scoped = _scoped.get()
+    if scoped is not None:
+        return scoped
+    global _default
+    if _default is None:
+        with _lock:
+            if _default is None:
+                try:
+                    _default = _make(_env_choice).make_current()
+                except (ValueError, RuntimeError) as e:
+                    raise type(e)(f"{ENV_VAR}={_env_choice!r}: {e} (or unset {ENV_VAR})") from None
+    return _default
+
+
+def set_backend(name: str | Backend = "auto") -> Backend:
+    """Make ``name`` the process-wide backend and return it.
+
+    Inside a ``use_backend`` block it changes that block's backend only (the block restores
+    the previous one on exit). ``"cupy"`` without a working GPU raises ``RuntimeError``.
+    ``"cupy:N"`` is GPU N, which becomes the calling thread's current CUDA device.
+    """
+    backend = _make(name).make_current()
+    if _scoped.get() is not None:
+        _scoped.set(backend)
+    else:
+        global _default
+        _default = backend
+    return backend
+
+
+@contextlib.contextmanager
+def use_backend(name: str | Backend) -> Iterator[Backend]:
+    """Run a block on backend ``name``; the previous one comes back on exit, also on error.
+
+    The choice is held in a context variable, so two threads can use different backends at once.
+    On CuPy the backend's GPU is the current CUDA device inside the block.
+    """
+    backend = _make(name)
+    token = _scoped.set(backend)
+    try:
+        with backend.on_device():
+            yield _scoped.get()  # type: ignore[misc]
+    finally:
+        _scoped.reset(token)
+
+
+def asarray(a: Any, dtype: Any = None) -> Any:
+    """Array-like ``a`` as an array on the active backend's device (see ``Backend.asarray``)."""
+    backend = get_backend()
+    return backend.asarray(a, None if dtype is None else backend.dtype(dtype))
