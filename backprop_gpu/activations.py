@@ -46,7 +46,8 @@ class ReLU(Activation):
 
     def backward(self, dvalues: Any) -> Any:
         dvalues = self._dvalues(dvalues)
-        self.dinputs = self.backend.ops.relu_backward(dvalues, self.inputs)
+        # (the mask from the output: max(x, 0) > 0 exactly where x > 0, NaN included)
+        self.dinputs = self.backend.ops.relu_backward(dvalues, self.output)
         return self.dinputs
 
 

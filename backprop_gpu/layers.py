@@ -110,6 +110,18 @@ class Dense:
         self.output = self.backend.ops.add_bias(self.inputs @ self.weights, self.biases)
         return self.output
 
+    def forward_relu(self, inputs: Any, relu: Any) -> Any:
+        """This layer and the ``relu`` after it in one pass (``Ops.bias_relu``): what
+        ``Model.train`` runs for a Dense followed by a ReLU. Sets ``relu.output`` (returned);
+        this layer's ``output`` (the pre-activation) is not kept: it is None afterwards, and
+        ``backward_relu`` is the matching backward."""
+        self.inputs = _checks.batch(
+            self.backend, inputs, self.n_inputs, self.dtype, f"{self.name}.forward"
+        )
+        self.output = relu.inputs = None
+        relu.output = self.backend.ops.bias_relu(self.inputs @ self.weights, self.biases)
+        return relu.output
+
     def backward(self, dvalues: Any, need_dinputs: bool = True) -> Any:
         """Chain ``dvalues`` (batch, n_neurons), the loss gradient w.r.t. ``output``.
 
@@ -118,13 +130,32 @@ class Dense:
         ``need_dinputs=False`` skips that last product (None instead): the first layer's
         dinputs feed nothing, and the Model saves that matrix product.
         """
-        if self.inputs is None:
-            raise RuntimeError(f"{self.name}.backward called before forward")
+        if self.inputs is None or self.output is None:
+            raise RuntimeError(
+                f"{self.name}.backward called before forward (after forward_relu: use "
+                "backward_relu)"
+            )
         where = f"{self.name}.backward"
         dvalues = _checks.like(self.backend, dvalues, self.output, where, "dvalues")
+        dbiases = self.backend.ops.bias_gradient(dvalues)  # column sums, (1, n_neurons)
+        return self._backward(dvalues, dbiases, need_dinputs)
+
+    def backward_relu(self, dvalues: Any, relu: Any, need_dinputs: bool = True) -> Any:
+        """The backward of ``forward_relu``: ``dvalues`` (batch, n_neurons) is the gradient
+        w.r.t. ``relu.output``; the ReLU's mask and this layer's bias gradient come from one
+        pass (``Ops.relu_backward_bias_gradient``). Sets ``relu.dinputs`` and this layer's
+        gradients as ``backward`` does, and returns ``dinputs``."""
+        if relu.output is None or self.inputs is None:
+            raise RuntimeError(f"{self.name}.backward_relu called before forward_relu")
+        where = f"{self.name}.backward_relu"
+        dvalues = _checks.like(self.backend, dvalues, relu.output, where, "dvalues")
+        relu.dinputs, dbiases = self.backend.ops.relu_backward_bias_gradient(dvalues, relu.output)
+        return self._backward(relu.dinputs, dbiases, need_dinputs)
+
+    def _backward(self, dvalues: Any, dbiases: Any, need_dinputs: bool) -> Any:
         xp = self.backend.xp
         self.dweights = self.inputs.T @ dvalues
-        self.dbiases = self.backend.ops.bias_gradient(dvalues)  # column sums, (1, n_neurons)
+        self.dbiases = dbiases
         for grad, param, l1, l2 in (
             (self.dweights, self.weights, self.weight_regularizer_l1, self.weight_regularizer_l2),
             (self.dbiases, self.biases, self.bias_regularizer_l1, self.bias_regularizer_l2),

@@ -138,6 +138,22 @@ class SoftmaxCrossEntropy(Loss):
         self.activation.inputs, self.activation.output = logits, self.output
         return loss
 
+    def forward_backward(self, inputs: Any, y_true: Any) -> Any:
+        """``forward`` and then ``backward(self.output, y_true)`` in one pass over the logits
+        (what ``Model.train`` runs): returns the mean loss and sets ``output`` and
+        ``dinputs``."""
+        where = "SoftmaxCrossEntropy.forward"
+        logits = _checks.floats(self.backend, inputs, where, ndim=2)
+        y = self._labels(y_true, logits, where)
+        eps = _clip_eps(dtype_name(logits.dtype))
+        self.logits = logits
+        ops = self.backend.ops
+        self.output, loss, self.correct, self.dinputs = ops.softmax_cross_entropy_forward_backward(
+            logits, y, eps
+        )
+        self.activation.inputs, self.activation.output = logits, self.output
+        return loss
+
     def backward(self, dvalues: Any, y_true: Any) -> Any:
         where = "SoftmaxCrossEntropy.backward"
         p = _checks.floats(self.backend, dvalues, where, ndim=2)

@@ -227,6 +227,7 @@ class Model:
         self._fused = SoftmaxCrossEntropy(validate=False) if fused else None
         if self._fused is not None:
             self._fused.backend = self._fused.activation.backend = self.backend
+        self._stages = _stages(self.layers[:-1] if fused else self.layers)
         if self.accuracy is None and isinstance(self.loss, CLASS_LOSSES):
             self.accuracy = Accuracy()  # the obvious one; regression must choose its own
         elif self.accuracy is None and isinstance(self.loss, BinaryCrossEntropy):
@@ -275,6 +276,39 @@ class Model:
             layers[0].backward(dvalues, need_dinputs=False)  # nothing consumes them
         else:
             layers[0].backward(dvalues)
+
+    def _train_pass(self, Xb: Any, yb: Any) -> tuple[Any, Any]:
+        """Forward, loss and backward of one training batch, fused where the backend's ops
+        can (a Dense and its ReLU in one op each way, softmax cross-entropy's loss and
+        gradient in one): the same values as ``forward``, ``loss.forward`` and ``backward``.
+        Returns (data loss, the network's output)."""
+        assert self.loss is not None
+        X = Xb
+        for stage in self._stages:
+            X = stage[0].forward_relu(X, stage[1]) if len(stage) == 2 else stage[0].forward(X)
+        if self._fused is not None:  # the Softmax layer, which the fused backward skips
+            output = self.layers[-1].forward(X, training=True)
+            data_loss = self.loss.forward(output, yb)
+            self._fused.backward(output, yb)
+            dvalues = self.layers[-1].dinputs = self._fused.dinputs
+        elif isinstance(self.loss, SoftmaxCrossEntropy):
+            output = X
+            data_loss = self.loss.forward_backward(output, yb)
+            dvalues = self.loss.dinputs
+        else:
+            output = X
+            data_loss = self.loss.forward(output, yb)
+            dvalues = self.loss.backward(output, yb)
+        last = len(self._stages) - 1
+        for i, stage in enumerate(reversed(self._stages)):
+            layer, first = stage[0], i == last
+            if len(stage) == 2:
+                dvalues = layer.backward_relu(dvalues, stage[1], need_dinputs=not first)
+            elif first and isinstance(layer, Dense):
+                layer.backward(dvalues, need_dinputs=False)  # nothing consumes them
+            else:
+                dvalues = layer.backward(dvalues)
+        return data_loss, output
 
     def _predictions(self, output: Any) -> Any:
         """What the network predicts: probabilities when the loss applies the softmax."""
@@ -643,9 +677,7 @@ class Model:
                 for name in layer.params:
                     setattr(layer, "d" + name, None)  # zeros in the allreduce
         else:
-            output = self.forward(Xb, training=True)
-            data_loss = self.loss.forward(output, yb)
-            self.backward(output, yb)
+            data_loss, output = self._train_pass(Xb, yb)
             acc = self._accuracy(output, yb)
         if dist is not None:
             dist.allreduce_gradients(self.trainable_layers, share)
@@ -930,6 +962,22 @@ def _nonfinite_validation(val_loss: float, epoch: int) -> str:
         f"and optimizer state are back {back}. Lower the learning rate, or check the "
         "validation data"
     )
+
+
+def _stages(layers: list[Any]) -> list[tuple[Any, ...]]:
+    """The training pass's stages: ``(dense, relu)`` for a Dense followed by a ReLU (exactly
+    those classes: a subclass may change either's math), ``(layer,)`` for any other."""
+    stages: list[tuple[Any, ...]] = []
+    i = 0
+    while i < len(layers):
+        pair = layers[i : i + 2]
+        if len(pair) == 2 and type(pair[0]) is Dense and type(pair[1]) is ReLU:
+            stages.append((pair[0], pair[1]))
+            i += 2
+        else:
+            stages.append((layers[i],))
+            i += 1
+    return stages
 
 
 def _context(distributed: bool | Context) -> Context | None:

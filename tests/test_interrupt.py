@@ -58,7 +58,8 @@ def reached(event, fd=None, path=None, label=None):
             while not os.path.exists(until):  # (a held signal is taken here, or raises)
                 time.sleep(0.002)
 
-fsync, replace, savez, forward = os.fsync, os.replace, np.savez, layers.Dense.forward
+fsync, replace, savez = os.fsync, os.replace, np.savez
+forward, forward_relu = layers.Dense.forward, layers.Dense.forward_relu
 write_all = plots.write_all
 
 def paused_fsync(fd):
@@ -88,12 +89,17 @@ def paused_forward(self, *args, **kwargs):
     reached("forward", label="Dense")
     return forward(self, *args, **kwargs)
 
+def paused_forward_relu(self, *args, **kwargs):  # (a Dense and its ReLU, in training)
+    reached("forward", label="Dense")
+    return forward_relu(self, *args, **kwargs)
+
 def paused_write_all(*args, **kwargs):
     reached("plots", label="plots")
     return write_all(*args, **kwargs)
 
-os.fsync, os.replace, np.savez, layers.Dense.forward, plots.write_all = (
-    paused_fsync, paused_replace, paused_savez, paused_forward, paused_write_all)
+os.fsync, os.replace, np.savez, plots.write_all = (
+    paused_fsync, paused_replace, paused_savez, paused_write_all)
+layers.Dense.forward, layers.Dense.forward_relu = paused_forward, paused_forward_relu
 sys.exit(cli.main(sys.argv[1:]))
 """
 

@@ -42,6 +42,9 @@ class CupyOps(Ops):
         kernel = _function(self.backend.device.id, name)
         kernel(((n + _THREADS - 1) // _THREADS,), (_THREADS,), (*args, np.int64(n)))
 
+    def matmul(self, a: Any, b: Any, out: Any = None) -> Any:
+        return self.xp.matmul(a, b, out=out)  # (cuBLAS writes straight into out)
+
     def relu_backward(self, dvalues: Any, inputs: Any) -> Any:
         suffix = self._fits(dvalues, inputs)
         if suffix is None or dvalues.dtype != inputs.dtype:

@@ -42,6 +42,9 @@ class NumpyOps(Ops):
 
     name = "c" if HAVE_C else "reference"
 
+    def matmul(self, a: Any, b: Any, out: Any = None) -> Any:
+        return np.matmul(a, b, out=out)  # (BLAS writes straight into out: no copy)
+
     def add_bias(self, out: Any, biases: Any) -> Any:
         # (NumPy's broadcast add runs its inner loop over C only: slow when C is small)
         if out.ndim == 2 and biases.shape in ((out.shape[1],), (1, out.shape[1])):

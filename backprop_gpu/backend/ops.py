@@ -34,6 +34,15 @@ class Ops:
 
     # --- Dense ---------------------------------------------------------------------------
 
+    def matmul(self, a: Any, b: Any, out: Any = None) -> Any:
+        """``a @ b``, (N, K) @ (K, M) -> (N, M); written into ``out`` (an (N, M) array of the
+        result's dtype) when given, and returned. (The reference computes and copies; NumPy
+        and CuPy write straight into ``out``.)"""
+        if out is None:
+            return a @ b
+        out[...] = a @ b
+        return out
+
     def add_bias(self, out: Any, biases: Any) -> Any:
         """``out += biases`` in place and return ``out``: (N, C) + (1, C) (or (C,))."""
         out += biases  # the product is a fresh array: adding in place saves a copy
@@ -42,6 +51,11 @@ class Ops:
     def bias_gradient(self, dvalues: Any) -> Any:
         """The bias gradient, the column sums of ``dvalues``: (N, C) -> (1, C)."""
         return self.xp.sum(dvalues, axis=0, keepdims=True)
+
+    def bias_relu(self, z: Any, biases: Any) -> Any:
+        """``max(z + biases, 0)``: a Dense's product (N, C), a fresh array that may be
+        overwritten, and its biases (1, C); a Dense followed by a ReLU in one pass."""
+        return self.relu(self.add_bias(z, biases))
 
     # --- ReLU ----------------------------------------------------------------------------
 
@@ -54,6 +68,13 @@ class Ops:
         on a masked input gives NaN, not 0); a new array of ``dvalues``' shape."""
         # (a multiply by the mask: xp.where was 8x slower on NumPy)
         return dvalues * self.xp.astype(inputs > 0, dvalues.dtype)
+
+    def relu_backward_bias_gradient(self, dvalues: Any, output: Any) -> tuple[Any, Any]:
+        """A ReLU's backward and the bias gradient of the Dense before it, in one pass:
+        ``(dinputs, column sums of dinputs)``, (N, C) and (1, C). The mask comes from the
+        ReLU's ``output``: ``max(x, 0) > 0`` exactly when ``x > 0`` (NaN too: neither is)."""
+        dinputs = self.relu_backward(dvalues, output)
+        return dinputs, self.bias_gradient(dinputs)
 
     # --- softmax cross-entropy -----------------------------------------------------------
 
@@ -81,6 +102,15 @@ class Ops:
         # indices: the book's p[range(N), y]; one-hot: the row sums of p * y
         correct = p[self.backend.arange(n), y] if y.ndim == 1 else xp.sum(p * y, axis=1)
         return -xp.sum(xp.log(correct)) / n  # the mean, without xp.mean's slower wrapper
+
+    def softmax_cross_entropy_forward_backward(
+        self, logits: Any, y: Any, eps: float
+    ) -> tuple[Any, Any, Any, Any]:
+        """``softmax_cross_entropy`` and its gradient w.r.t. the logits at once (what a
+        training step needs): ``(probabilities, mean loss, correct, dinputs)``."""
+        probabilities, loss, correct = self.softmax_cross_entropy(logits, y, eps)
+        dinputs = self.softmax_cross_entropy_backward(probabilities, y)
+        return probabilities, loss, correct, dinputs
 
     def softmax_cross_entropy_backward(self, probabilities: Any, y: Any) -> Any:
         """The gradient w.r.t. the logits, ``(p - onehot(y)) / N``, for int64 class indices

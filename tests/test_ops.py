@@ -1,0 +1,161 @@
+"""Every backend's ops against the reference ``Ops`` on the same backend, op by op, and the
+fused entry points (a Dense with its ReLU, softmax cross-entropy's forward with its backward)
+against the separate calls they replace.
+
+Bit for bit, except where a GPU kernel sums in another order than CuPy's reduction (the
+column sums and the softmax's row sums): there the difference is bounded by the float
+rounding of a sum, ``n * eps * sum(|x|)`` (Higham's bound for recursive summation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+import backprop_gpu as bg
+
+RNG = np.random.default_rng(11)
+
+# ops whose fast version may add in a different order from the reference on a GPU
+SUMS = {"bias_gradient", "relu_backward_bias_gradient", "softmax_cross_entropy",
+        "softmax_cross_entropy_forward_backward", "softmax", "cross_entropy"}  # fmt: skip
+
+
+def _cases(dtype: str) -> dict[str, Callable[[], tuple[Any, ...]]]:
+    """Fresh host inputs for each op (a fresh copy per call: some ops write in place)."""
+
+    def floats(*shape: int, scale: float = 1.0) -> np.ndarray:
+        a = (RNG.standard_normal(shape) * scale).astype(dtype)
+        a.reshape(-1)[:2] = 0.0  # the ReLU's kink
+        return a
+
+    n, c = 37, 11
+    logits, y = floats(n, c, scale=5.0), RNG.integers(0, c, n)
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    w, g, m, v = floats(5, 7), floats(5, 7), floats(5, 7), np.abs(floats(5, 7))
+    return {
+        "matmul": lambda: (floats(n, 6), floats(6, c)),
+        "add_bias": lambda: (floats(n, c), floats(1, c)),
+        "bias_gradient": lambda: (floats(n, c),),
+        "bias_relu": lambda: (floats(n, c), floats(1, c)),
+        "relu": lambda: (floats(n, c),),
+        "relu_backward": lambda: (floats(n, c), floats(n, c)),
+        "relu_backward_bias_gradient": lambda: (floats(n, c), np.maximum(floats(n, c), 0)),
+        "softmax": lambda: (logits.copy(),),
+        "softmax_cross_entropy": lambda: (logits.copy(), y.copy(), 1e-7),
+        "softmax_cross_entropy_forward_backward": lambda: (logits.copy(), y.copy(), 1e-7),
+        "softmax_cross_entropy_backward": lambda: (p.astype(dtype), y.copy()),
+        "cross_entropy": lambda: (p.astype(dtype), y.copy(), 1e-7),
+        "onehot": lambda: (y.copy(), p.astype(dtype)),
+        "sgd": lambda: (w.copy(), g.copy(), 0.3),
+        "sgd_momentum": lambda: (w.copy(), m.copy(), g.copy(), 0.3, 0.9, False),
+        "sgd_nesterov": lambda: (w.copy(), m.copy(), g.copy(), 0.3, 0.9, True),
+        "adagrad": lambda: (w.copy(), v.copy(), g.copy(), 0.3, 1e-7),
+        "rmsprop": lambda: (w.copy(), v.copy(), g.copy(), 0.3, 0.9, 1e-7),
+        "adam": lambda: (w.copy(), m.copy(), v.copy(), g.copy()),
+    }
+
+
+def _call(ops: bg.backend.Ops, name: str, args: tuple[Any, ...]) -> list[Any]:
+    """Run op ``name``; what it returns and every array it may have written, on the host."""
+    backend = ops.backend
+    dev = [backend.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
+    if name == "sgd_nesterov":
+        name = "sgd_momentum"
+    if name == "adam":
+        result = ops.adam(*dev, lr=0.01, beta_1=0.8, beta_2=0.95, epsilon=1e-4, t=3)
+    else:
+        result = getattr(ops, name)(*dev)
+    results = result if isinstance(result, tuple) else (result,)
+    arrays = [a for a in dev if backend.owns(a)]
+    return [bg.to_numpy(r) if r is not None else None for r in (*results, *arrays)]
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", sorted(_cases("float32")))
+def test_each_op_equals_the_reference_on_its_backend(
+    backend: bg.Backend, dtype: str, name: str
+) -> None:
+    """The backend's ops (C on NumPy, CUDA on CuPy, the reference on the stand-in) against
+    the reference ops on the same arrays."""
+    make = _cases(dtype)[name]
+    args = make()
+    fast = _call(backend.ops, name, tuple(a.copy() if hasattr(a, "copy") else a for a in args))
+    ref = _call(backend.with_reference_ops().ops, name, args)
+    assert len(fast) == len(ref)
+    for i, (a, b) in enumerate(zip(fast, ref, strict=True)):
+        if a is None or b is None:  # (``correct``: only a fused kernel counts it)
+            continue
+        a, b = np.asarray(a), np.asarray(b)
+        assert a.dtype == b.dtype and a.shape == b.shape, (name, i)
+        if backend.name == "cupy" and name in SUMS:
+            bound = a.size * np.finfo(dtype).eps * np.abs(b).sum()
+            np.testing.assert_allclose(a, b, rtol=0, atol=bound, err_msg=f"{name}[{i}]")
+        else:
+            np.testing.assert_array_equal(a, b, strict=True, err_msg=f"{name}[{i}]")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_dense_relu_fused_equals_the_two_layers(backend: bg.Backend, dtype: str) -> None:
+    """``forward_relu``/``backward_relu`` (what Model.train runs) give the values of
+    Dense.forward, ReLU.forward, ReLU.backward and Dense.backward called one by one."""
+    x = RNG.standard_normal((20, 6)).astype(dtype)
+    d = RNG.standard_normal((20, 9)).astype(dtype)
+    biases = RNG.standard_normal((1, 9))
+    results = []
+    for fused in (False, True):
+        dense, relu = bg.Dense(6, 9, seed=3, dtype=dtype, biases=biases), bg.ReLU()
+        if fused:
+            out = dense.forward_relu(x, relu)
+            dx = dense.backward_relu(d, relu)
+            assert dense.output is None and relu.output is out  # (the pre-activation is not kept)
+        else:
+            out = relu.forward(dense.forward(x))
+            dx = dense.backward(relu.backward(d))
+        results.append([bg.to_numpy(a) for a in (out, relu.dinputs, dx, dense.dweights,
+                                                 dense.dbiases)])  # fmt: skip
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_array_equal(a, b, strict=True)
+    assert (results[0][0] == 0).any() and (results[0][0] > 0).any()  # both sides of the kink
+
+
+def test_relu_backward_needs_its_forward(backend: bg.Backend) -> None:
+    with pytest.raises(RuntimeError, match=r"Dense\(2, 3\).backward_relu called before"):
+        bg.Dense(2, 3).backward_relu(np.ones((1, 3)), bg.ReLU())
+
+
+@pytest.mark.parametrize("labels", ["indices", "onehot"])
+def test_softmax_cross_entropy_forward_backward_equals_the_two_calls(
+    backend: bg.Backend, labels: str
+) -> None:
+    logits = (RNG.standard_normal((30, 5)) * 4).astype(np.float32)
+    y = RNG.integers(0, 5, 30)
+    y_true = y if labels == "indices" else np.eye(5)[y]
+    one, two = bg.SoftmaxCrossEntropy(), bg.SoftmaxCrossEntropy()
+    loss = one.forward_backward(logits, y_true)
+    expected = two.forward(logits, y_true)
+    two.backward(two.output, y_true)
+    assert bg.to_numpy(loss).tobytes() == bg.to_numpy(expected).tobytes()
+    np.testing.assert_array_equal(bg.to_numpy(one.output), bg.to_numpy(two.output), strict=True)
+    np.testing.assert_array_equal(bg.to_numpy(one.dinputs), bg.to_numpy(two.dinputs), strict=True)
+    # and the gradient is the book's (p - onehot) / N
+    p = bg.to_numpy(one.output)
+    np.testing.assert_allclose(bg.to_numpy(one.dinputs), (p - np.eye(5)[y]) / 30, rtol=1e-6)
+
+
+def test_model_training_fuses_dense_and_relu_pairs() -> None:
+    """The stages of the training pass: each Dense followed by a ReLU is one stage, any
+    other layer (and a ReLU subclass) its own."""
+    from backprop_gpu.model import _stages
+
+    class MyReLU(bg.ReLU):
+        pass
+
+    d1, r1, d2, r2, drop, d3, r3 = (bg.Dense(2, 2), bg.ReLU(), bg.Dense(2, 2), MyReLU(),
+                                    bg.Dropout(0.1), bg.Dense(2, 2), bg.ReLU())  # fmt: skip
+    stages = _stages([d1, r1, d2, r2, drop, d3, r3])
+    assert stages == [(d1, r1), (d2,), (r2,), (drop,), (d3, r3)]
