@@ -53,7 +53,7 @@ def matmul_difference(
         k += 1
     rounding = 2 * gamma(k, dtype) * sizes
     spread = a_hi @ b_hi - _abs64(a) @ _abs64(b)  # >= |a1 b1 - a2 b2| (exact products)
-    return (rounding + 2 * spread) * SAFETY
+    return np.asarray((rounding + 2 * spread) * SAFETY)
 
 
 def sum_difference(x: Any, dtype: Any, *, dx: Any = 0.0, axis: int = 0) -> np.ndarray:
@@ -65,7 +65,7 @@ def sum_difference(x: Any, dtype: Any, *, dx: Any = 0.0, axis: int = 0) -> np.nd
     spread = np.broadcast_to(np.asarray(dx, dtype=np.float64), x_hi.shape).sum(
         axis=axis, keepdims=True
     )
-    return (2 * gamma(n, dtype) * sizes + 2 * spread) * SAFETY
+    return np.asarray((2 * gamma(n, dtype) * sizes + 2 * spread) * SAFETY)
 
 
 def softmax_difference(
@@ -83,7 +83,7 @@ def softmax_difference(
         shift = shift + 2 * unit_roundoff(dtype) * np.abs(z - z.max(axis=-1, keepdims=True))
     d = np.max(shift, axis=-1, keepdims=True)
     m = p.shape[-1]
-    return p * (np.expm1(2 * d) + 2 * gamma(m + 2, dtype)) * SAFETY
+    return np.asarray(p * (np.expm1(2 * d) + 2 * gamma(m + 2, dtype)) * SAFETY)
 
 
 def assert_within(actual: Any, expected: Any, bound: Any, what: str = "values") -> None:
