@@ -27,6 +27,7 @@ Everything here uses the public API except what ``Internals`` (below, the one pl
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -58,13 +59,16 @@ class Internals:
 
     @staticmethod
     def c_extension() -> str:
-        """Whether the CPU C kernels are built (``backprop_gpu.kernels.HAVE_C`` today)."""
-        try:
-            from backprop_gpu import kernels
-
-            return str(kernels.HAVE_C)
-        except (ImportError, AttributeError) as e:
-            return f"unknown (internal gone: {e})"
+        """Whether the CPU C kernels are built: ``backprop_gpu.backend.numpy_backend.HAVE_C``
+        (the per-backend Ops layout), else ``backprop_gpu.kernels.HAVE_C`` (the one before)."""
+        errors = []
+        for module, attr in (("backprop_gpu.backend.numpy_backend", "HAVE_C"),
+                             ("backprop_gpu.kernels", "HAVE_C")):  # fmt: skip
+            try:
+                return str(getattr(importlib.import_module(module), attr))
+            except (ImportError, AttributeError) as e:
+                errors.append(f"{module}.{attr}: {type(e).__name__}")
+        return f"unknown (internal gone: {'; '.join(errors)})"
 
     @staticmethod
     def train_step(model: Any, X: Any, y: Any) -> Callable[[], object]:
@@ -81,32 +85,43 @@ class Internals:
         return lambda: model.train(X, y, epochs=1, batch_size=n, print_every=0, seed=0)
 
     @staticmethod
-    def kernel_host_costs() -> dict[str, Callable[[], object]]:
-        """Host cost probes of the CUDA kernel machinery (``kernels._cuda_module``,
-        ``RawModule.get_function``, ``kernels._launch``); empty when those names moved."""
+    def kernel_host_costs(backend: Any) -> dict[str, Callable[[], object]]:
+        """Host cost probes of the CUDA kernel machinery: a kernel looked up and launched
+        (``backend.ops._launch`` and ``backprop_gpu.backend.cupy_backend._function`` in the
+        per-backend Ops layout, else ``kernels._cuda_module``/``kernels._launch``); empty
+        when those names moved."""
+        cupy = backend.xp
+        x = cupy.ones((64, 64), cupy.float32)
+        out = cupy.empty_like(x)
+        name = "relu_backward_f32"
         try:
-            import cupy
+            if hasattr(backend, "ops"):
+                cupy_backend = importlib.import_module("backprop_gpu.backend.cupy_backend")
+                ops, device_id = backend.ops, backend.device.id
 
-            from backprop_gpu import kernels
+                def lookup() -> object:
+                    return cupy_backend._function(device_id, name)
+
+                def launch() -> None:
+                    ops._launch(name, x.size, x, x, out)
+            else:
+                from backprop_gpu import kernels
+
+                module = kernels._cuda_module()
+
+                def lookup() -> object:
+                    return module.get_function(name)
+
+                def launch() -> None:
+                    kernels._launch(name, x.size, x, x, out)
 
             t = time.perf_counter()
-            module = kernels._cuda_module()
-            names = list(kernels.KERNEL_NAMES)
-            for name in names:
-                module.get_function(name)
-            print(f"RawModule: {len(names)} kernels compiled and loaded in "
-                  f"{time.perf_counter() - t:.2f}s")  # fmt: skip
-            x = cupy.ones((64, 64), cupy.float32)
-            out = cupy.empty_like(x)
-            return {
-                "RawModule.get_function": lambda: module.get_function(names[0]),
-                "kernels._launch (relu_backward)": lambda: kernels._launch(
-                    "relu_backward_f32", x.size, x, x, out
-                ),
-            }
+            lookup()
+            print(f"CUDA module compiled and {name} loaded in {time.perf_counter() - t:.2f}s")
         except (ImportError, AttributeError, TypeError) as e:
             print(f"internal gone: the CUDA kernel module ({type(e).__name__}: {e})")
             return {}
+        return {f"kernel lookup ({name})": lookup, f"kernel launch ({name})": launch}
 
 
 # --- preflight-cupy ---------------------------------------------------------------------------
@@ -200,6 +215,7 @@ def preflight_project() -> int:
     import backprop_gpu as bg
 
     print("backprop_gpu", bg.__file__, "| C extension:", Internals.c_extension(),
+          "| ops:", type(getattr(bg.get_backend(), "ops", None)).__name__,
           "| BACKPROP_GPU_KERNELS:", os.environ.get("BACKPROP_GPU_KERNELS", "unset"))  # fmt: skip
     t = time.perf_counter()
     with bg.use_backend("auto") as auto:
@@ -230,7 +246,7 @@ def preflight_project() -> int:
         "x[arange, idx] (fancy indexing)": lambda: x[idx_i, idx_j],
         "Backend.on_device() enter+exit": on_device,
         "ReLU.backward (checks + kernel)": lambda: relu.backward(y),
-        **Internals.kernel_host_costs(),
+        **Internals.kernel_host_costs(backend),
     }
     for name, fn in costs.items():
         print(f"host cost per call: {name:38s} {host_us(fn, sync):7.1f} us")
