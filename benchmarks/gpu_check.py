@@ -27,7 +27,6 @@ Everything here uses the public API except what ``Internals`` (below, the one pl
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import math
 import os
@@ -50,77 +49,47 @@ NO_GPU = 2  # exit status: no usable GPU
 
 
 # --- internals (the ONE place this script reaches past the public API) ------------------------
-# The library's internals are being restructured; every use of them is here, each optional: a
-# name that moved prints "internal gone" and the measurement falls back or is left out.
 
 
 class Internals:
-    """Optional access to backprop_gpu internals, each with a public fallback."""
+    """Access to backprop_gpu internals the timings need (the names are tested by
+    tests/test_gpu_check.py's dry run, so a rename fails CI, not a GPU run)."""
 
     @staticmethod
     def c_extension() -> str:
-        """Whether the CPU C kernels are built: ``backprop_gpu.backend.numpy_backend.HAVE_C``
-        (the per-backend Ops layout), else ``backprop_gpu.kernels.HAVE_C`` (the one before)."""
-        errors = []
-        for module, attr in (("backprop_gpu.backend.numpy_backend", "HAVE_C"),
-                             ("backprop_gpu.kernels", "HAVE_C")):  # fmt: skip
-            try:
-                return str(getattr(importlib.import_module(module), attr))
-            except (ImportError, AttributeError) as e:
-                errors.append(f"{module}.{attr}: {type(e).__name__}")
-        return f"unknown (internal gone: {'; '.join(errors)})"
+        """Whether the CPU C kernels are built (``backend.numpy_backend.HAVE_C``)."""
+        from backprop_gpu.backend import numpy_backend
+
+        return str(numpy_backend.HAVE_C)
 
     @staticmethod
     def train_step(model: Any, X: Any, y: Any) -> Callable[[], object]:
         """One training step on a device batch without the epoch around it
-        (``Model._train_step``, with the ``Model._penalized`` list ``Model._epoch`` sets);
-        else ``Model.train`` on that one batch (adds the epoch's overhead: its label check,
-        metrics, history row)."""
-        step = getattr(model, "_train_step", None)
-        if step is not None:
-            model._penalized = []  # what Model._epoch sets first: build() has no L1/L2 penalty
-            return lambda: step(X, y)
-        print("internal gone: Model._train_step; timing Model.train on one batch instead")
-        n = int(X.shape[0])
-        return lambda: model.train(X, y, epochs=1, batch_size=n, print_every=0, seed=0)
+        (``Model._train_step``, with the ``Model._penalized`` list ``Model._epoch`` sets)."""
+        model._penalized = []  # what Model._epoch sets first: build() has no L1/L2 penalty
+        return lambda: model._train_step(X, y)
 
     @staticmethod
     def kernel_host_costs(backend: Any) -> dict[str, Callable[[], object]]:
-        """Host cost probes of the CUDA kernel machinery: a kernel looked up and launched
-        (``backend.ops._launch`` and ``backprop_gpu.backend.cupy_backend._function`` in the
-        per-backend Ops layout, else ``kernels._cuda_module``/``kernels._launch``); empty
-        when those names moved."""
+        """Host cost probes of the CUDA kernel machinery: a kernel looked up
+        (``cupy_backend._function``) and launched (``CupyOps._launch``)."""
+        from backprop_gpu.backend import cupy_backend
+
         cupy = backend.xp
         x = cupy.ones((64, 64), cupy.float32)
         out = cupy.empty_like(x)
         name = "relu_backward_f32"
-        try:
-            if hasattr(backend, "ops"):
-                cupy_backend = importlib.import_module("backprop_gpu.backend.cupy_backend")
-                ops, device_id = backend.ops, backend.device.id
+        ops, device_id = backend.ops, backend.device.id
 
-                def lookup() -> object:
-                    return cupy_backend._function(device_id, name)
+        def lookup() -> object:
+            return cupy_backend._function(device_id, name)
 
-                def launch() -> None:
-                    ops._launch(name, x.size, x, x, out)
-            else:
-                from backprop_gpu import kernels
+        def launch() -> None:
+            ops._launch(name, x.size, x, x, out)
 
-                module = kernels._cuda_module()
-
-                def lookup() -> object:
-                    return module.get_function(name)
-
-                def launch() -> None:
-                    kernels._launch(name, x.size, x, x, out)
-
-            t = time.perf_counter()
-            lookup()
-            print(f"CUDA module compiled and {name} loaded in {time.perf_counter() - t:.2f}s")
-        except (ImportError, AttributeError, TypeError) as e:
-            print(f"internal gone: the CUDA kernel module ({type(e).__name__}: {e})")
-            return {}
+        t = time.perf_counter()
+        lookup()
+        print(f"CUDA module compiled and {name} loaded in {time.perf_counter() - t:.2f}s")
         return {f"kernel lookup ({name})": lookup, f"kernel launch ({name})": launch}
 
 
