@@ -13,9 +13,11 @@ and warnings are one line on stderr, ``backprop-gpu: ...``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import json
+import logging
 import os
 import signal
 import sys
@@ -238,10 +240,10 @@ def _info(args: argparse.Namespace) -> int:
             f"--backend says otherwise (or unset {ENV_VAR}): {found['env_backend']['why']}"
         )
     for device in found.get("devices", []):
-        print(
-            f"GPU {device['id']}: {device['name']}, {device['memory_free'] / 2**30:.1f} GiB free "
-            f"of {device['memory_total'] / 2**30:.1f} GiB"
-        )
+        total = f"{device['memory_total'] / 2**30:.1f} GiB"
+        free = device["memory_free"]  # (the backend's GPU only: no context on the others)
+        memory = total if free is None else f"{free / 2**30:.1f} GiB free of {total}"
+        print(f"GPU {device['id']}: {device['name']}, {memory}")
     return 0 if usable else 1
 
 
@@ -345,9 +347,33 @@ def _interrupted(e: KeyboardInterrupt, args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, args = _parse(argv)  # exits with 2 on usage errors
-    with warnings.catch_warnings():  # (which puts Python's showwarning back at the end)
-        warnings.showwarning = _show_warning
+    with warnings.catch_warnings(), _library_log_in_one_line():
+        warnings.showwarning = _show_warning  # (catch_warnings puts Python's back at the end)
         return _run(parser, args, argv)
+
+
+class _OneLine(logging.Handler):
+    """The library's log warnings (``auto`` falling back to NumPy although CuPy is installed,
+    say) as the CLI's other warnings: one line on stderr, ``backprop-gpu: warning: ...``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        _say(f"backprop-gpu: warning: {record.getMessage().removeprefix('backprop_gpu: ')}")
+
+
+@contextlib.contextmanager
+def _library_log_in_one_line() -> Any:
+    """For the command's duration, warnings of the ``backprop_gpu`` logger go to ``_OneLine``
+    (not to a handler of the caller's, nor to Python's last-resort one); a train that finds
+    auto falling back says so in its first line, when the backend is chosen."""
+    logger = logging.getLogger("backprop_gpu")
+    handler = _OneLine(logging.WARNING)
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def _show_warning(

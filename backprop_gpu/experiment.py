@@ -46,6 +46,7 @@ from .activations import Linear, ReLU, Sigmoid
 from .backend import (
     BACKEND_NAMES,
     ENV_VAR,
+    Backend,
     fast_ops_enabled,
     gpu_index,
     numpy_backend,
@@ -719,16 +720,24 @@ def info() -> dict[str, Any]:
     }
     found["mpi"] = distributed_info()
     if backend.name == "cupy":
-        runtime = backend.xp.cuda.runtime
-        devices = []
-        for i in range(runtime.getDeviceCount()):
-            props = runtime.getDeviceProperties(i)
-            with backend.xp.cuda.Device(i):
-                free, total = runtime.memGetInfo()
-            devices.append({"id": i, "name": props["name"].decode(), "memory_total": total,
-                            "memory_free": free})  # fmt: skip
-        found["devices"] = devices
+        found["devices"] = _gpus(backend)
     return found
+
+
+def _gpus(backend: Backend) -> list[dict[str, Any]]:
+    """Each GPU's id, name and memory, without a CUDA context on any GPU but the backend's:
+    ``getDeviceProperties`` is a query of the driver, ``memGetInfo`` (the free memory) needs
+    the GPU current, so only the backend's GPU has ``memory_free`` (None on the others)."""
+    runtime = backend.xp.cuda.runtime
+    with backend.on_device():
+        free, _ = runtime.memGetInfo()
+    gpus = []
+    for i in range(runtime.getDeviceCount()):
+        props = runtime.getDeviceProperties(i)
+        gpus.append({"id": i, "name": props["name"].decode(), "memory_total":
+                     int(props["totalGlobalMem"]), "memory_free":
+                     free if i == backend.device.id else None})  # fmt: skip
+    return gpus
 
 
 def _env_backend(value: str) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import importlib.util
 import json
 import os
 import shutil
@@ -53,6 +54,15 @@ def command(
     )  # fmt: skip
 
 
+# the first stderr line of a command that chose auto here, where CuPy is installed but cannot
+# run (a WARNING of the library, in the CLI's one-line form); "" where CuPy runs or is absent
+FALLBACK = (
+    f"backprop-gpu: warning: auto uses NumPy: {GPU_REASON}\n"
+    if not GPU_OK and importlib.util.find_spec("cupy") is not None
+    else ""
+)
+
+
 def png_size(path: Path) -> tuple[int, int]:
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", f"{path} is not a PNG"
@@ -70,6 +80,7 @@ def test_train_writes_a_complete_run_folder(tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = command("train", *QUICK, "--out", str(out), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    assert result.stderr == FALLBACK  # auto fell back while CuPy is installed: said first
     lines = result.stdout.splitlines()
     assert lines[0].startswith("epoch 1/3: loss ") and "\r" not in result.stdout  # plain lines
     assert lines[-1].startswith("done: 3 epochs in ") and str(out) in lines[-1]
@@ -211,7 +222,8 @@ def test_ctrl_c_names_the_folder_it_made_without_out(tmp_path: Path) -> None:
     (made,) = (tmp_path / "runs").iterdir()
     assert made.name.startswith("spiral-")
     epochs = len(experiment.read_metrics(made))
-    assert err.strip() == (
+    assert err.startswith(FALLBACK)
+    assert err.removeprefix(FALLBACK).strip() == (
         f"backprop-gpu: interrupted (SIGINT) after epoch {epochs}; runs/{made.name} keeps its "
         f"metrics and checkpoint: continue with backprop-gpu train --resume --out "
         f"runs/{made.name} --quiet --no-plots"
@@ -227,7 +239,8 @@ def test_a_nonfinite_run_exits_1_in_one_line_and_saves_no_nonfinite_model(
     result = command("train", *QUICK, "--batch-size", "1000", "--optimizer", "sgd", "--lr",
                      "1e30", "--out", str(out), "--no-plots", "--quiet")  # fmt: skip
     assert result.returncode == 1
-    (line,) = result.stderr.splitlines()  # one line: no traceback, no NumPy warnings
+    assert result.stderr.startswith(FALLBACK)
+    (line,) = result.stderr.removeprefix(FALLBACK).splitlines()  # no traceback, no NumPy warnings
     assert line.startswith("backprop-gpu: ") and str(out) in line
     for name in ("checkpoint.npz", "best.npz"):
         if (out / name).exists():
@@ -252,7 +265,7 @@ def test_a_nonfinite_distributed_run_exits_1_in_one_line_a_rank(tmp_path: Path) 
                     str(out), "--no-plots", "--quiet")  # fmt: skip
     assert result.returncode == 1, result.stderr
     lines = [line for line in result.stderr.splitlines() if line and not line.startswith(
-        "backprop_gpu.distributed: 2 rank(s)")]  # fmt: skip
+        "backprop_gpu.distributed: 2 rank(s)") and f"{line}\n" != FALLBACK]  # fmt: skip
     assert len(lines) == 2 and lines[0] == lines[1], result.stderr
     assert lines[0].startswith("backprop-gpu: Model.train: ")
     assert lines[0].endswith(f"the run folder {out} keeps epoch 1, the last finite one")
@@ -270,7 +283,7 @@ def test_evaluate_and_predict_refuse_a_nonfinite_model_in_one_line(tmp_path: Pat
     for args in (["evaluate", str(out)], ["predict", str(out), "--input", str(tmp_path / "x.npy")]):
         result = command(*args)
         assert result.returncode == 1 and result.stdout == ""
-        assert result.stderr == (
+        assert result.stderr == FALLBACK + (
             f"backprop-gpu: {out / 'best.npz'}: the weights of layer 2 (Dense) hold NaN or "
             "infinite values; not usable\n"
         )
@@ -279,7 +292,8 @@ def test_evaluate_and_predict_refuse_a_nonfinite_model_in_one_line(tmp_path: Pat
     result = command("evaluate", str(out))
     assert result.returncode == 1
     assert result.stderr in (
-        f"backprop-gpu: {out / 'best.npz'}: the model's loss on the validation data is {v}\n"
+        f"{FALLBACK}backprop-gpu: {out / 'best.npz'}: the model's loss on the validation data "
+        f"is {v}\n"
         for v in ("nan", "inf")
     )
     assert command("evaluate", str(out), "--last").returncode == 0  # checkpoint.npz is fine
@@ -708,6 +722,33 @@ def test_help_shows_defaults() -> None:
         assert expected in text
 
 
+def test_train_says_first_that_auto_falls_back_with_cupy_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A CuPy too old (13.6): train's first line, on stderr, says auto uses NumPy and why,
+    before any epoch; a named --backend numpy says nothing."""
+    from backprop_gpu.backend import select
+
+    from .test_backend import _fake_cupy
+
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(version="13.6.0"))
+    monkeypatch.setattr(select, "_detected", None)
+    monkeypatch.setattr(select, "_fallback_logged", False)
+    monkeypatch.delenv("BACKPROP_GPU_BACKEND", raising=False)
+    assert cli.main(["train", *QUICK, "--out", str(tmp_path / "run"), "--no-plots"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == (
+        "backprop-gpu: warning: auto uses NumPy: CuPy 13.6.0 is installed but backprop_gpu "
+        "needs CuPy >= 14.0 (it uses cupy.astype, cupy.concat and asarray(copy=), new in CuPy "
+        "14); upgrade: pip install -U cupy-cuda12x (or cupy-cuda13x, for a CUDA 13 driver)\n"
+    )
+    assert captured.out.startswith("epoch 1/3: ")
+    monkeypatch.setattr(select, "_fallback_logged", False)
+    assert cli.main(["train", *QUICK, "--out", str(tmp_path / "run2"), "--no-plots",
+                     "--backend", "numpy"]) == 0  # fmt: skip
+    assert capsys.readouterr().err == ""
+
+
 def test_cupy_without_a_gpu_is_a_failure_exit_1(tmp_path: Path) -> None:
     if GPU_OK:
         pytest.skip("this machine has a GPU")
@@ -959,14 +1000,16 @@ def test_warnings_are_one_line_on_the_command_line(
     np.save(tmp_path / "ints.npy", X)
     result = command("predict", str(out), "--input", str(tmp_path / "ints.npy"))
     assert result.returncode == 0 and len(result.stdout.splitlines()) == 2
-    assert result.stderr.startswith(
+    assert result.stderr.startswith(FALLBACK)  # (this process chose auto, and fell back)
+    stderr = result.stderr.removeprefix(FALLBACK)
+    assert stderr.startswith(
         "backprop-gpu: warning: Model.predict: inputs have integer dtype int64; casting them"
     )
-    assert result.stderr.count("\n") == 1, result.stderr  # (no source line, no file name)
+    assert stderr.count("\n") == 1, stderr  # (no source line, no file name)
     shown = warnings.showwarning
     capsys.readouterr()
     assert cli.main(["predict", str(out), "--input", str(tmp_path / "ints.npy")]) == 0
-    assert capsys.readouterr().err == result.stderr
+    assert capsys.readouterr().err == stderr  # (auto's fallback: logged once a process)
     assert warnings.showwarning is shown  # put back
     with pytest.warns(UserWarning, match="inputs have integer dtype int64"):
         experiment.predict(out, X)

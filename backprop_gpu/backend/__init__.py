@@ -16,13 +16,14 @@ Nothing outside this package imports an array library by name (NumPy aside, the 
 """
 
 from .base import Backend, BackendUnavailableError, array_library, dtype_name, host_array, to_numpy
-from .detect import INSTALL_HINT, NO_DRIVER, detect_gpu, gpu_count
+from .detect import INSTALL_HINT, MIN_CUPY, NO_DRIVER, detect_gpu, gpu_count
 from .ops import Ops
 from .select import (
     BACKEND_NAMES,
     ENV_VAR,
     KERNELS_VAR,
     asarray,
+    auto_fallback,
     fast_ops_enabled,
     get_backend,
     gpu_index,
@@ -35,12 +36,14 @@ __all__ = [
     "ENV_VAR",
     "INSTALL_HINT",
     "KERNELS_VAR",
+    "MIN_CUPY",
     "NO_DRIVER",
     "Backend",
     "BackendUnavailableError",
     "Ops",
     "array_library",
     "asarray",
+    "auto_fallback",
     "detect_gpu",
     "dtype_name",
     "fast_ops_enabled",

@@ -11,7 +11,9 @@ Nothing here runs at import time: ``select.py`` builds a ``CupyBackend`` only af
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import numpy as np
@@ -73,19 +75,53 @@ _compile_lock = threading.Lock()
 
 def _function(device_id: int, name: str) -> Any:
     """The compiled kernel ``name`` on GPU ``device_id``: compiled once per process, its
-    function looked up once per GPU (``get_function`` costs microseconds a launch)."""
-    function = _functions.get((device_id, name))
+    function looked up once per GPU (``get_function`` costs microseconds a launch).
+
+    ``RawModule.get_function`` loads the module on the *current* GPU, so the lookup runs with
+    ``device_id`` current; the check is repeated under the lock, so two threads missing at
+    once look it up once."""
+    function = _functions.get((device_id, name))  # (a dict read: atomic, no lock needed)
     if function is None:
         import cupy
 
         global _module
         with _compile_lock:
-            if _module is None:
-                _module = cupy.RawModule(
-                    code=cuda_source.CUDA_SOURCE, options=cuda_source.NVRTC_OPTIONS
-                )
-            function = _functions[device_id, name] = _module.get_function(name)
+            function = _functions.get((device_id, name))
+            if function is None:
+                if _module is None:
+                    _module = cupy.RawModule(
+                        code=cuda_source.CUDA_SOURCE, options=cuda_source.NVRTC_OPTIONS
+                    )
+                with on_gpu(cupy, device_id):
+                    function = _functions[device_id, name] = _module.get_function(name)
     return function
+
+
+@contextlib.contextmanager
+def on_gpu(cupy: Any, device_id: int) -> Iterator[None]:
+    """Make GPU ``device_id`` current for a block, and on leaving it go back to the GPU that
+    was current before only if this thread had a CUDA context on it.
+
+    ``with cupy.cuda.Device(n):`` calls ``cudaSetDevice(previous)`` on exit, and since CUDA 12
+    ``cudaSetDevice`` creates the primary context of that GPU: a process that only ever used
+    GPU 1 (an MPI rank on ``cupy:1``) would get a context, a few hundred MiB, on GPU 0, which
+    ``cudaGetDevice`` reports as current before anything chose a GPU. So: the thread has a
+    current context (``cuCtxGetCurrent``, CuPy's ``driver.ctxGetCurrent``), then its GPU is
+    the previous one and comes back; it has none, then no GPU was in use in this thread, and
+    ``device_id`` stays current after the block (the GPU this thread has used). When the
+    driver cannot say, the previous GPU comes back, as CuPy does."""
+    runtime = cupy.cuda.runtime
+    previous = runtime.getDevice()
+    restore = True  # (previous == device_id: the block makes a context there anyway)
+    if previous != device_id:
+        with contextlib.suppress(Exception):  # (the driver cannot say: restore, as CuPy)
+            restore = cupy.cuda.driver.ctxGetCurrent() != 0
+        runtime.setDevice(device_id)
+    try:
+        yield
+    finally:  # (also after a set_backend("cupy:M") inside the block)
+        if restore and runtime.getDevice() != previous:
+            runtime.setDevice(previous)
 
 
 class CupyBackend(Backend):
@@ -99,16 +135,18 @@ class CupyBackend(Backend):
         return self.xp.ndarray
 
     def on_device(self) -> Any:
-        # A new Device every time: CuPy keeps the device to restore on the object, so a
-        # shared one would mix up threads.
-        return self.xp.cuda.Device(self.device.id)
+        # (not cupy.cuda.Device's own context: it goes back to GPU 0 even if this thread never
+        # used it, creating a context there; see on_gpu)
+        return on_gpu(self.xp, self.device.id)
 
     def make_current(self) -> Backend:
         self.device.use()
         return self
 
     def synchronize(self) -> None:
-        self.xp.cuda.Device(self.device.id).synchronize()  # (a new Device: see on_device)
+        # (not Device.synchronize: it calls cudaSetDevice(previous) afterwards, see on_gpu)
+        with self.on_device():
+            self.xp.cuda.runtime.deviceSynchronize()
 
     def from_host(self, host: np.ndarray, dtype: Any = None) -> Any:
         dtype = getattr(self.xp, host.dtype.name) if dtype is None else dtype

@@ -8,7 +8,9 @@ Selection, in order of precedence:
 1. ``use_backend(name)`` (scoped, per thread / per async task through a context variable),
 2. ``set_backend(name)`` (process-wide default),
 3. the ``BACKPROP_GPU_BACKEND`` environment variable, read when the package is imported,
-4. ``"auto"``: CuPy when it imports, sees a device and runs a tiny matmul; NumPy otherwise.
+4. ``"auto"``: CuPy (>= 14) when it imports, sees a device, loads NVRTC and cuBLAS and runs a
+   tiny matmul; NumPy otherwise, logged once (logger ``backprop_gpu``): a WARNING when CuPy is
+   installed, INFO when it is not.
 
 ``"cupy"`` and ``"auto"`` use the GPU that was current when CuPy was first detected (GPU 0
 unless the program chose another); ``"cupy:N"`` names GPU N (one GPU per MPI rank, say).
@@ -27,7 +29,7 @@ from dataclasses import replace
 from typing import Any
 
 from .base import Backend, BackendUnavailableError
-from .detect import detect_gpu, gpu_count
+from .detect import cupy_installed, detect_gpu, gpu_count
 from .numpy_backend import NumpyBackend
 from .strict_backend import StrictBackend
 
@@ -76,19 +78,11 @@ def _make(name: str | Backend) -> Backend:
             f"backend {name!r}: there is no GPU {index}; this machine has {count} "
             f"(cupy:0 to cupy:{count - 1})"
         )
-    if _detected is None:  # detect once per process, and log a fallback once
-        # "cupy:N": the test matmul runs on GPU N, so GPU 0 gets no CUDA context for nothing
-        where = sys.modules["cupy"].cuda.Device(index) if count else contextlib.nullcontext()
-        with where:
-            cupy, reason = detect_gpu()
-        # the device current at detection (device 0 unless the program chose another)
-        _detected = (
-            _cupy_backend(cupy, cupy.cuda.Device()) if cupy is not None else None,
-            reason,
-        )
-        if cupy is None:
-            logger.info("backprop_gpu: auto uses NumPy: %s", reason)
+    if _detected is None:  # detect once per process
+        _detected = _detect(index if count else None)
     gpu, reason = _detected
+    if gpu is None and name == "auto":
+        _log_fallback(reason)
     if gpu is not None:
         device = gpu.device if index is None else gpu.xp.cuda.Device(index)
         return replace(
@@ -102,6 +96,48 @@ def _make(name: str | Backend) -> Backend:
     return NumpyBackend(reason=f"auto: {reason}", fast_ops=fast)
 
 
+def _detect(index: int | None) -> tuple[Backend | None, str]:
+    """The CuPy backend on the GPU current at detection, or None and why not; ``index``:
+    the test matmul runs on GPU ``index`` (``cupy:N``: GPU 0 gets no CUDA context for
+    nothing)."""
+    if index is None:
+        cupy, reason = detect_gpu()
+        current = None
+    else:
+        from .cupy_backend import on_gpu
+
+        current = sys.modules["cupy"].cuda.runtime.getDevice()
+        with on_gpu(sys.modules["cupy"], index):
+            cupy, reason = detect_gpu()
+    if cupy is None:
+        return None, reason
+    # the device current at detection (device 0 unless the program chose another)
+    return _cupy_backend(cupy, cupy.cuda.Device(current)), reason
+
+
+def _log_fallback(reason: str) -> None:
+    """Log ``auto``'s fallback to NumPy once per process: a WARNING when CuPy is installed
+    (the user meant to use a GPU, and ``info`` or the message says what to fix), INFO when it
+    is not (NumPy is then what ``auto`` is for)."""
+    global _fallback_logged
+    if _fallback_logged:
+        return
+    _fallback_logged = True
+    installed = cupy_installed()
+    logger.log(logging.WARNING if installed else logging.INFO, FALLBACK, reason)
+
+
+FALLBACK = "backprop_gpu: auto uses NumPy: %s"
+
+
+def auto_fallback() -> str | None:
+    """Why ``auto`` uses NumPy although CuPy is installed (the WARNING's text, without its
+    ``backprop_gpu: `` prefix), or None: CuPy runs, is not installed, or was not tried yet."""
+    if _detected is None or _detected[0] is not None or not cupy_installed():
+        return None
+    return (FALLBACK % _detected[1]).removeprefix("backprop_gpu: ")
+
+
 def _cupy_backend(cupy: Any, device: Any) -> Backend:
     from .cupy_backend import CupyBackend  # (only once CuPy is known to work)
 
@@ -109,6 +145,7 @@ def _cupy_backend(cupy: Any, device: Any) -> Backend:
 
 
 _detected: tuple[Backend | None, str] | None = None  # (the CuPy backend or None, why not)
+_fallback_logged = False
 _lock = threading.Lock()
 _env_choice = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
 _default: Backend | None = None
