@@ -63,3 +63,22 @@ def test_binary_logistic_separates_the_arms() -> None:
         float, re.search(r"train accuracy: ([\d.]+), test accuracy: ([\d.]+)", out).groups()
     )  # type: ignore[union-attr]
     assert train > 0.9 and test > 0.85, out  # measured 0.975 and 0.95
+
+
+def test_custom_backend_is_one_file_and_trains_as_the_reference() -> None:
+    out = run("custom_backend.py")
+    assert "bias_relu ran 120 times" in out  # 20 epochs of 6 steps: its override ran
+    assert "same history as the reference ops: True" in out
+
+
+def test_register_backend_refuses_names_it_cannot_take() -> None:
+    import pytest
+
+    import backprop_gpu as bg
+    from backprop_gpu.backend import register_backend
+
+    for name in ("auto", "cupy", "cupy:1", "no spaces"):
+        with pytest.raises(ValueError, match="cannot name a backend"):
+            register_backend(name, bg.backend.numpy_backend.NumpyBackend)
+    with pytest.raises(ValueError, match=r"unknown backend 'mine'.*array_api_strict"):
+        bg.set_backend("mine")

@@ -24,7 +24,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -57,20 +57,41 @@ def gpu_index(name: str) -> int | None:
     return None
 
 
+# Backends made by name alone (CuPy, which needs detection and a GPU index, is apart):
+# ``make(fast_ops=...)`` builds one. ``register_backend`` adds to it.
+_FACTORIES: dict[str, Callable[..., Backend]] = {
+    "numpy": NumpyBackend,
+    "array_api_strict": StrictBackend,
+}
+
+
+def register_backend(name: str, make: Callable[..., Backend]) -> None:
+    """Make backend ``name`` selectable (``set_backend(name)``, ``use_backend(name)``,
+    ``BACKPROP_GPU_BACKEND=name``): ``make(fast_ops=True)`` builds it, a ``Backend`` subclass
+    whose ``ops_class`` is its ``Ops`` subclass. A new backend is one file holding those two
+    classes and this call."""
+    if not name.isidentifier() or name in ("auto", "cupy"):
+        raise ValueError(f"register_backend: {name!r} cannot name a backend")
+    _FACTORIES[name] = make
+
+
+def backend_names() -> tuple[str, ...]:
+    """The names ``set_backend`` takes (and ``cupy:N``)."""
+    return ("auto", "numpy", "cupy", *sorted(set(_FACTORIES) - {"numpy"}))
+
+
 def _make(name: str | Backend) -> Backend:
     if isinstance(name, Backend):  # one made already (``Backend.with_reference_ops()``, say)
         return name
     index = gpu_index(name)  # "cupy:N": GPU N
-    if name not in BACKEND_NAMES and index is None:
+    if name not in backend_names() and index is None:
         raise ValueError(
             f"unknown backend {name!r}; valid names are auto, numpy, cupy, cupy:N (GPU N), "
-            "array_api_strict"
+            + ", ".join(n for n in backend_names() if n not in ("auto", "numpy", "cupy"))
         )
     fast = fast_ops_enabled()
-    if name == "numpy":
-        return NumpyBackend(fast_ops=fast)
-    if name == "array_api_strict":
-        return StrictBackend(fast_ops=fast)
+    if name in _FACTORIES:
+        return _FACTORIES[name](fast_ops=fast)
     global _detected
     count = gpu_count() if index is not None else 0
     if index is not None and 0 < count <= index:
