@@ -181,6 +181,10 @@ class Dense:
 
     def _backward(self, dvalues: Any, dbiases: Any, need_dinputs: bool) -> Any:
         xp, ops = self.backend.xp, self.backend.ops
+        # the last step's gradients are spent (applied): let them go before the new ones are
+        # made, so a hand-written loop does not hold both at its peak (a caller keeping one
+        # keeps it unchanged)
+        self.dweights = self.dbiases = self.dinputs = None
         dweights = self._out("dweights", self.n_inputs, self.n_neurons)
         self.dweights = ops.matmul(self.inputs.T, dvalues, dweights)
         self.dbiases = dbiases
