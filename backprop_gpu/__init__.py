@@ -3,7 +3,6 @@
 The math is written once against an ``xp`` array module chosen by :mod:`backprop_gpu.backend`.
 """
 
-from . import _malloc
 from ._checks import check_finite
 from .activations import Linear, ReLU, Sigmoid, Softmax
 from .backend import (
@@ -29,8 +28,6 @@ from .model import Model, NonFiniteLossError
 from .optimizers import SGD, Adagrad, Adam, RMSprop
 
 __version__ = "0.1.0"
-
-_malloc.tune()  # keep freed arrays in the process: no page faults each step
 
 __all__ = [
     "SGD",

@@ -493,6 +493,96 @@ static PyObject *adam(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     Py_RETURN_NONE;
 }
 
+/* ======================================================================================
+ * Model.train's fused Dense + ReLU passes: bias_relu and relu_backward_bias_gradient.
+ * (Their own section: each repeats the two reference ops it fuses, in their order.)
+ * ====================================================================================== */
+
+#define DEFINE_FUSED_RELU(T, S)                                                             \
+    /* z[r, j] = max(z[r, j] + b[j], 0) in place: add_bias then relu_forward, one pass */  \
+    static void bias_relu_##S(T *restrict z, const T *restrict b, npy_intp n, npy_intp c) { \
+        for (npy_intp r = 0; r < n; r++) {                                                  \
+            T *zr = z + r * c;                                                              \
+            for (npy_intp j = 0; j < c; j++) {                                              \
+                const T v = zr[j] + b[j];                                                   \
+                zr[j] = v > (T)0 || isnan(v) ? v : (T)0;                                    \
+            }                                                                               \
+        }                                                                                   \
+    }                                                                                       \
+    /* out = d * (y > 0) (relu_backward, the mask from the ReLU's output y), and sums[j] =  \
+       the column sums of out added row after row, as column_sums (NumPy's axis-0 order    \
+       for c > 1): row 0 starts the sums, each later row is added as it is computed */     \
+    static void relu_backward_bias_gradient_##S(const T *restrict d, const T *restrict y,  \
+                                                T *restrict out, T *restrict sums,         \
+                                                npy_intp n, npy_intp c) {                  \
+        if (n == 0) {                                                                       \
+            for (npy_intp j = 0; j < c; j++) sums[j] = (T)0;                                \
+            return;                                                                         \
+        }                                                                                   \
+        for (npy_intp j = 0; j < c; j++) sums[j] = out[j] = d[j] * (T)(y[j] > (T)0);        \
+        for (npy_intp r = 1; r < n; r++) {                                                  \
+            const T *dr = d + r * c, *yr = y + r * c;                                       \
+            T *outr = out + r * c;                                                          \
+            for (npy_intp j = 0; j < c; j++) {                                              \
+                const T g = dr[j] * (T)(yr[j] > (T)0);                                      \
+                outr[j] = g;                                                                \
+                sums[j] += g;                                                               \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+DEFINE_FUSED_RELU(float, f32)
+DEFINE_FUSED_RELU(double, f64)
+
+static PyObject *bias_relu(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    /* (z (n, c), biases (c elements)): z = max(z + biases, 0) in place */
+    if (check_nargs(nargs, 2, "bias_relu") < 0) return NULL;
+    int t = float_type(args[0], "z");
+    npy_intp n, c;
+    PyArrayObject *z = t < 0 ? NULL : matrix(args[0], "z", t, 1, &n, &c);
+    PyArrayObject *b = z ? checked(args[1], "biases", t, c, 0) : NULL;
+    if (!b) return NULL;
+    LOOP(n * c, {
+        if (t == NPY_FLOAT) bias_relu_f32(DATA(z, float), DATA(b, float), n, c);
+        else bias_relu_f64(DATA(z, double), DATA(b, double), n, c);
+    });
+    Py_RETURN_NONE;
+}
+
+static PyObject *relu_backward_bias_gradient(PyObject *self, PyObject *const *args,
+                                             Py_ssize_t nargs) {
+    /* (dvalues (n, c), output (n, c), out (n, c), sums (c elements)), c > 1 */
+    if (check_nargs(nargs, 4, "relu_backward_bias_gradient") < 0) return NULL;
+    int t = float_type(args[0], "dvalues");
+    npy_intp n, c;
+    PyArrayObject *d = t < 0 ? NULL : matrix(args[0], "dvalues", t, 0, &n, &c);
+    if (!d) return NULL;
+    if (c == 1) { /* NumPy sums one contiguous column pairwise: the caller runs the reference */
+        PyErr_SetString(PyExc_TypeError, "dvalues must have more than one column");
+        return NULL;
+    }
+    PyArrayObject *y = checked(args[1], "output", t, n * c, 0);
+    PyArrayObject *out = y ? checked(args[2], "out", t, n * c, 1) : NULL;
+    PyArrayObject *sums = out ? checked(args[3], "sums", t, c, 1) : NULL;
+    if (!sums) return NULL;
+    if (PyArray_DATA(out) == PyArray_DATA(d) || PyArray_DATA(out) == PyArray_DATA(y) ||
+        PyArray_DATA(sums) == PyArray_DATA(out)) { /* the loop's pointers are restrict */
+        PyErr_SetString(PyExc_TypeError, "out and sums must not share memory with the inputs");
+        return NULL;
+    }
+    LOOP(n * c, {
+        if (t == NPY_FLOAT)
+            relu_backward_bias_gradient_f32(DATA(d, float), DATA(y, float), DATA(out, float),
+                                            DATA(sums, float), n, c);
+        else
+            relu_backward_bias_gradient_f64(DATA(d, double), DATA(y, double), DATA(out, double),
+                                            DATA(sums, double), n, c);
+    });
+    Py_RETURN_NONE;
+}
+
+/* ====================================== end of the fused Dense + ReLU section ========= */
+
 static PyMethodDef methods[] = {
     {"all_finite", (PyCFunction)(void (*)(void))all_finite, METH_FASTCALL,
      "all_finite(arrays) -> bool: no NaN or Inf in any of the float arrays"},
@@ -518,6 +608,13 @@ static PyMethodDef methods[] = {
     {"adam", (PyCFunction)(void (*)(void))adam, METH_FASTCALL,
      "adam(param, momentums, cache, grad, lr, b1, 1 - b1, b2, 1 - b2, 1 - b1**t, 1 - b2**t, "
      "eps): in place"},
+    /* the fused Dense + ReLU section */
+    {"bias_relu", (PyCFunction)(void (*)(void))bias_relu, METH_FASTCALL,
+     "bias_relu(z, biases): z = max(z + biases, 0) in place (z (n, c), biases c elements)"},
+    {"relu_backward_bias_gradient", (PyCFunction)(void (*)(void))relu_backward_bias_gradient,
+     METH_FASTCALL,
+     "relu_backward_bias_gradient(dvalues, output, out, sums): out = dvalues * (output > 0), "
+     "sums = out.sum(axis=0) (row after row; more than one column)"},
     {NULL, NULL, 0, NULL},
 };
 

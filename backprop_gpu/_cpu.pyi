@@ -37,3 +37,9 @@ def adam(
     epsilon: float,
     /,
 ) -> None: ...
+
+# the fused Dense + ReLU section
+def bias_relu(z: np.ndarray, biases: np.ndarray, /) -> None: ...
+def relu_backward_bias_gradient(
+    dvalues: np.ndarray, output: np.ndarray, out: np.ndarray, sums: np.ndarray, /
+) -> None: ...

@@ -217,7 +217,6 @@ def _info(args: argparse.Namespace) -> int:
     if backend["reason"]:
         print(f"why: {backend['reason']}")
     print(f"CPU kernels (C extension): {found['cpu']['c_kernels']}")
-    print(f"malloc tuned: {found['cpu']['malloc_tuned']}")
     mpi = found["mpi"]
     if mpi["available"]:
         print(

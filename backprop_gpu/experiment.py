@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, _malloc, datasets, run_folder
+from . import __version__, datasets, run_folder
 from .activations import Linear, ReLU, Sigmoid
 from .backend import (
     BACKEND_NAMES,
@@ -694,7 +694,7 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 def info() -> dict[str, Any]:
     """What ``backprop-gpu info`` prints: versions, the backend ``auto`` picks and why, whether
-    the CPU's C kernels and the malloc tuning are in use, and the GPU's name and memory when
+    the CPU's C kernels are in use, and the GPU's name and memory when
     there is one."""
     found: dict[str, Any] = {"versions": versions()}
     try:
@@ -716,7 +716,6 @@ def info() -> dict[str, Any]:
         else f"not built: no _cpu module in {_PACKAGE_DIR} (no C compiler"
         " at install, or a checkout shadowing a non-editable install: use pip install -e);"
         " the plain NumPy code runs",
-        "malloc_tuned": _malloc.tuned,
     }
     found["mpi"] = distributed_info()
     if backend.name == "cupy":

@@ -86,6 +86,21 @@ class Dense:
         self.dweights: Any = None
         self.dbiases: Any = None
         self.dinputs: Any = None
+        # Model.train's step buffers: while its pass runs, a dict of this layer's arrays from
+        # the previous step, overwritten instead of allocated afresh (None: fresh arrays, as a
+        # hand-written loop gets them: it may keep an earlier call's output)
+        self.step_buffers: dict[str, Any] | None = None
+
+    def _out(self, key: str, rows: int, columns: int) -> Any:
+        """The kept (rows, columns) array ``key`` of this layer's dtype to write a result into
+        while Model.train reuses step buffers; None (a fresh array) otherwise."""
+        buffers = self.step_buffers
+        if buffers is None:
+            return None
+        kept = buffers.get(key)
+        if kept is None or kept.shape != (rows, columns):  # (a last, smaller batch: a new one)
+            kept = buffers[key] = self.backend.xp.empty((rows, columns), dtype=self.dtype)
+        return kept
 
     def _param(self, value: Any, shape: tuple[int, int], name: str) -> Any:
         library = array_library(value)
@@ -107,7 +122,9 @@ class Dense:
         self.inputs = _checks.batch(
             self.backend, inputs, self.n_inputs, self.dtype, f"{self.name}.forward"
         )
-        self.output = self.backend.ops.add_bias(self.inputs @ self.weights, self.biases)
+        ops, n = self.backend.ops, self.inputs.shape[0]
+        z = ops.matmul(self.inputs, self.weights, self._out("output", n, self.n_neurons))
+        self.output = ops.add_bias(z, self.biases)
         return self.output
 
     def forward_relu(self, inputs: Any, relu: Any) -> Any:
@@ -119,7 +136,9 @@ class Dense:
             self.backend, inputs, self.n_inputs, self.dtype, f"{self.name}.forward"
         )
         self.output = relu.inputs = None
-        relu.output = self.backend.ops.bias_relu(self.inputs @ self.weights, self.biases)
+        ops, n = self.backend.ops, self.inputs.shape[0]
+        z = ops.matmul(self.inputs, self.weights, self._out("relu.output", n, self.n_neurons))
+        relu.output = ops.bias_relu(z, self.biases)
         return relu.output
 
     def backward(self, dvalues: Any, need_dinputs: bool = True) -> Any:
@@ -137,7 +156,9 @@ class Dense:
             )
         where = f"{self.name}.backward"
         dvalues = _checks.like(self.backend, dvalues, self.output, where, "dvalues")
-        dbiases = self.backend.ops.bias_gradient(dvalues)  # column sums, (1, n_neurons)
+        dbiases = self.backend.ops.bias_gradient(  # column sums, (1, n_neurons)
+            dvalues, self._out("dbiases", 1, self.n_neurons)
+        )
         return self._backward(dvalues, dbiases, need_dinputs)
 
     def backward_relu(self, dvalues: Any, relu: Any, need_dinputs: bool = True) -> Any:
@@ -149,12 +170,23 @@ class Dense:
             raise RuntimeError(f"{self.name}.backward_relu called before forward_relu")
         where = f"{self.name}.backward_relu"
         dvalues = _checks.like(self.backend, dvalues, relu.output, where, "dvalues")
-        relu.dinputs, dbiases = self.backend.ops.relu_backward_bias_gradient(dvalues, relu.output)
+        out = None
+        if self.step_buffers is not None:
+            n, c = dvalues.shape[0], self.n_neurons
+            out = (self._out("relu.dinputs", n, c), self._out("dbiases", 1, c))
+        relu.dinputs, dbiases = self.backend.ops.relu_backward_bias_gradient(
+            dvalues, relu.output, out
+        )
         return self._backward(relu.dinputs, dbiases, need_dinputs)
 
     def _backward(self, dvalues: Any, dbiases: Any, need_dinputs: bool) -> Any:
-        xp = self.backend.xp
-        self.dweights = self.inputs.T @ dvalues
+        xp, ops = self.backend.xp, self.backend.ops
+        # the last step's gradients are spent (applied): let them go before the new ones are
+        # made, so a hand-written loop does not hold both at its peak (a caller keeping one
+        # keeps it unchanged)
+        self.dweights = self.dbiases = self.dinputs = None
+        dweights = self._out("dweights", self.n_inputs, self.n_neurons)
+        self.dweights = ops.matmul(self.inputs.T, dvalues, dweights)
         self.dbiases = dbiases
         for grad, param, l1, l2 in (
             (self.dweights, self.weights, self.weight_regularizer_l1, self.weight_regularizer_l2),
@@ -164,7 +196,10 @@ class Dense:
                 grad += l1 * xp.sign(param)
             if l2:
                 grad += 2 * l2 * param
-        self.dinputs = dvalues @ self.weights.T if need_dinputs else None
+        self.dinputs = None
+        if need_dinputs:
+            dinputs = self._out("dinputs", dvalues.shape[0], self.n_inputs)
+            self.dinputs = ops.matmul(dvalues, self.weights.T, dinputs)
         return self.dinputs
 
     def regularization_loss(self) -> Any:

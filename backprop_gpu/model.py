@@ -166,6 +166,8 @@ class Model:
         self.accuracy: Any = None
         self.epochs_trained = 0
         self._finalized = False
+        self._step_buffers: dict[Any, dict[str, Any]] | None = None  # (see _train_pass)
+        self._batch_buffers: dict[str, Any] | None = None
         for layer in layers:
             self.add(layer)
 
@@ -278,6 +280,24 @@ class Model:
             layers[0].backward(dvalues)
 
     def _train_pass(self, Xb: Any, yb: Any) -> tuple[Any, Any]:
+        """``_fused_pass`` with each Dense writing its products (output, dweights, dbiases,
+        dinputs, its ReLU's output and dinputs) into the arrays of the previous step of this
+        ``train`` call, where the backend gains by it (NumPy): nothing outside the step
+        reads those arrays in between (the epoch keeps only scalars), and arrays a caller
+        holds from before the call are never overwritten (each call starts fresh buffers);
+        a layer used outside Model.train always gets fresh arrays."""
+        buffers = self._step_buffers
+        if buffers is None:
+            return self._fused_pass(Xb, yb)
+        for layer, kept in buffers.items():
+            layer.step_buffers = kept
+        try:
+            return self._fused_pass(Xb, yb)
+        finally:
+            for layer in buffers:
+                layer.step_buffers = None
+
+    def _fused_pass(self, Xb: Any, yb: Any) -> tuple[Any, Any]:
         """Forward, loss and backward of one training batch, fused where the backend's ops
         can (a Dense and its ReLU in one op each way, softmax cross-entropy's loss and
         gradient in one): the same values as ``forward``, ``loss.forward`` and ``backward``.
@@ -406,6 +426,10 @@ class Model:
         ``numpy.random.default_rng([seed, e])``, so a run is repeatable and a run resumed from
         a checkpoint shuffles as the uninterrupted one would. ``print_every`` prints a summary
         every that many epochs (None or 0: silent); ``on_epoch_end`` gets each epoch's dict.
+        On NumPy each step writes the Dense layers' outputs and gradients into the previous
+        step's arrays (no allocation a step): a layer's ``output``, ``dweights`` etc. read
+        in ``on_epoch_end`` hold until the next epoch overwrites them (copy them to keep
+        them); arrays held from before the call, and after it, are never overwritten.
 
         The loss, every parameter and every optimizer state are checked at each epoch's end
         (one reduction an array, read with the epoch's metrics): when any is NaN or infinite,
@@ -441,6 +465,10 @@ class Model:
         n = X_dev.shape[0]
         history: History = []
         saved = None
+        reuse = self.backend.reuses_step_buffers  # (fresh ones each call: see _train_pass)
+        dense = [layer for layer in self.layers if type(layer) is Dense]
+        self._step_buffers = {layer: {} for layer in dense} if reuse else None
+        self._batch_buffers = {} if reuse else None  # the shuffled batches' rows
         with _Unchecked(self.loss, self.accuracy):
             for _ in range(epochs):
                 epoch = self.epochs_trained
@@ -579,8 +607,9 @@ class Model:
             if order is None:
                 Xb, yb = X_dev[lo:hi, ...], y_dev[lo:hi, ...]
             else:
-                idx = order[lo:hi]
-                Xb, yb = xp.take(X_dev, idx, axis=0), xp.take(y_dev, idx, axis=0)
+                idx, ops, kept = order[lo:hi], self.backend.ops, self._batch_buffers
+                Xb = ops.take_rows(X_dev, idx, _kept(xp, kept, "X", X_dev, hi - lo))
+                yb = ops.take_rows(y_dev, idx, _kept(xp, kept, "y", y_dev, hi - lo))
             if dist is not None:
                 for layer in dropouts:  # each rank keeps its rows of the whole batch's mask
                     layer.rows = (stop - start, lo - start, hi - start)
@@ -978,6 +1007,18 @@ def _stages(layers: list[Any]) -> list[tuple[Any, ...]]:
             stages.append((layers[i],))
             i += 1
     return stages
+
+
+def _kept(xp: Any, buffers: dict[str, Any] | None, key: str, like: Any, rows: int) -> Any:
+    """The kept array ``key`` for ``rows`` rows of ``like`` (its dtype and other axes), made
+    if missing or of another shape; None where step buffers are off (a fresh array)."""
+    if buffers is None:
+        return None
+    shape = (rows, *like.shape[1:])
+    kept = buffers.get(key)
+    if kept is None or kept.shape != shape or kept.dtype != like.dtype:
+        kept = buffers[key] = xp.empty(shape, dtype=like.dtype)
+    return kept
 
 
 def _context(distributed: bool | Context) -> Context | None:

@@ -1,15 +1,21 @@
-"""Does glibc's malloc tuning (``backprop_gpu._malloc``) pay? Fresh arrays against reused ones.
+"""What fresh arrays cost a training step, against arrays reused from the previous step.
 
-The [784, 256, 256, 10] step's matrix products at batch 1024, in plain NumPy float32, two ways:
-*fresh* (``A @ W``: a new output array every call, as a training step allocates ``output`` and
-``dinputs``) and *reused* (``np.matmul(A, W, out=buf)`` on preallocated arrays). Each way runs
-in a child process with ``BACKPROP_GPU_MALLOC=0`` (glibc defaults) and with ``=1`` (the
-package's tuning, applied by importing it); rounds alternate between the four children so
-machine noise hits all of them. The ratio fresh / reused is what allocation costs: with
-glibc's defaults each multi-MiB array is mmap-ed and unmapped (or trimmed) every step and its
-pages fault in again.
+Two measurements, each way in a child process of its own (peak RSS belongs to a process), the
+rounds alternating between the children so machine noise hits all of them:
 
-    python -m benchmarks.alloc            # about 20 s
+- ``gemm``: the [784, 256, 256, 10] step's matrix products at batch 1024 in plain NumPy
+  float32, *fresh* (``A @ W``: a new output every call, as a hand-written loop allocates
+  ``output`` and ``dinputs``) and *reused* (``np.matmul(A, W, out=buf)``). With glibc's
+  default malloc each multi-MiB array is ``mmap``-ed and unmapped, or trimmed, every step and
+  its pages fault in again: the ratio fresh / reused is what allocation costs.
+- ``model``: ``Model.train`` on [784, 1024, 1024, 10] at batch 512 (SGD with momentum), with
+  its step buffers (the default on NumPy: each step writes into the previous step's arrays)
+  and without (``NumpyBackend.reuses_step_buffers = False``: fresh arrays every step).
+
+The package does not touch the allocator (an earlier version raised glibc's malloc
+thresholds on import; a library must not retune its host process).
+
+    python -m benchmarks.alloc            # about 30 s
     python -m benchmarks.alloc --rounds 3 # quicker
 """
 
@@ -17,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -28,6 +34,8 @@ import numpy as np
 
 SIZES = (784, 256, 256, 10)
 BATCH = 1024
+MODEL_SIZES = (784, 1024, 1024, 10)
+MODEL_BATCH = 512
 
 
 def _matmuls(fresh: bool, calls: int) -> float:
@@ -62,47 +70,72 @@ def _matmuls(fresh: bool, calls: int) -> float:
     return (time.perf_counter() - start) / calls
 
 
-def _child(fresh: bool, calls: int) -> None:
-    import backprop_gpu  # noqa: F401  (applies the malloc tuning unless BACKPROP_GPU_MALLOC=0)
-    from backprop_gpu import _malloc
+def _model(fresh: bool, calls: int) -> float:
+    """Seconds per step of Model.train, with or without its step buffers."""
+    import backprop_gpu as bg
+    from backprop_gpu.backend.numpy_backend import NumpyBackend
 
-    print(json.dumps({"seconds": _matmuls(fresh, calls), "tuned": _malloc.tuned}))
+    NumpyBackend.reuses_step_buffers = not fresh
+    bg.set_backend("numpy")
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((MODEL_BATCH * 4, MODEL_SIZES[0]), dtype=np.float32)
+    y = rng.integers(0, MODEL_SIZES[-1], len(X))
+    layers: list[object] = []
+    for i, (a, b) in enumerate(pairwise(MODEL_SIZES)):
+        layers += [bg.Dense(a, b, init="he", seed=i)] + ([bg.ReLU()] if b != 10 else [])
+    model = bg.Model(layers)
+    model.set(loss=bg.SoftmaxCrossEntropy(), optimizer=bg.SGD(0.01, momentum=0.9))
+    model.finalize()
+    model.train(X, y, epochs=1, batch_size=MODEL_BATCH, print_every=0, seed=0)
+    epochs = max(1, calls // 4)
+    start = time.perf_counter()
+    model.train(X, y, epochs=epochs, batch_size=MODEL_BATCH, print_every=0, seed=0)
+    return (time.perf_counter() - start) / (4 * epochs)
 
 
-def _run(fresh: bool, tuned: bool, calls: int) -> float:
-    env = dict(os.environ, BACKPROP_GPU_MALLOC="1" if tuned else "0")
-    args = [sys.executable, "-m", "benchmarks.alloc", "--child", "--calls", str(calls)]
+def _child(what: str, fresh: bool, calls: int) -> None:
+    seconds = (_matmuls if what == "gemm" else _model)(fresh, calls)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "peak_mib": peak}))
+
+
+def _run(what: str, fresh: bool, calls: int) -> dict[str, float]:
+    args = [sys.executable, "-m", "benchmarks.alloc", "--child", what, "--calls", str(calls)]
     if fresh:
         args.append("--fresh")
-    out = subprocess.run(args, env=env, capture_output=True, text=True, check=True)
-    result = json.loads(out.stdout)
-    if result["tuned"] != tuned:
-        sys.exit("malloc tuning is not available here (not glibc?): nothing to compare")
-    return float(result["seconds"])
+    out = subprocess.run(args, capture_output=True, text=True, check=True)
+    result: dict[str, float] = json.loads(out.stdout)
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--calls", type=int, default=100)
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--calls", type=int, default=40)
+    parser.add_argument("--child", choices=("gemm", "model"), help=argparse.SUPPRESS)
     parser.add_argument("--fresh", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        _child(args.fresh, args.calls)
+        _child(args.child, args.fresh, args.calls)
         return
-    times: dict[tuple[bool, bool], list[float]] = {}
+    runs: dict[tuple[str, bool], list[dict[str, float]]] = {}
     for _ in range(args.rounds):
-        for tuned in (False, True):
+        for what in ("gemm", "model"):
             for fresh in (True, False):
-                times.setdefault((tuned, fresh), []).append(_run(fresh, tuned, args.calls))
-    print(f"{SIZES} batch {BATCH}, float32 GEMMs, ms/step (median of {args.rounds} rounds)")
-    for tuned in (False, True):
-        fresh = statistics.median(times[tuned, True]) * 1e3
-        reused = statistics.median(times[tuned, False]) * 1e3
-        label = "tuned (default)" if tuned else "glibc defaults "
-        ratio = fresh / reused
-        print(f"  {label}: fresh {fresh:6.2f}  reused {reused:6.2f}  fresh/reused {ratio:.2f}")
+                runs.setdefault((what, fresh), []).append(_run(what, fresh, args.calls))
+    labels = {
+        "gemm": f"{SIZES} batch {BATCH}, float32 GEMMs",
+        "model": f"Model.train {MODEL_SIZES} batch {MODEL_BATCH}",
+    }
+    print(f"ms/step and peak RSS (medians of {args.rounds} rounds, a process each)")
+    for what, label in labels.items():
+        ms = {f: statistics.median(r["seconds"] for r in runs[what, f]) * 1e3 for f in (1, 0)}
+        rss = {f: statistics.median(r["peak_mib"] for r in runs[what, f]) for f in (1, 0)}
+        print(
+            f"  {label}: fresh {ms[1]:6.2f} ms {rss[1]:6.1f} MiB   reused {ms[0]:6.2f} ms "
+            f"{rss[0]:6.1f} MiB   fresh/reused {ms[1] / ms[0]:.2f} (time) "
+            f"{rss[1] / rss[0]:.2f} (peak RSS)"
+        )
 
 
 if __name__ == "__main__":

@@ -282,6 +282,75 @@ def build_torch(case: Case, dx1: bool) -> Bench:
     return Bench(run, 1, check)
 
 
+# --- JAX -----------------------------------------------------------------------------------
+
+
+def build_jax(case: Case, dx1: bool) -> Bench:
+    """``jax.jit`` of the whole step on the CPU, like for like with the bg step: He-initialised
+    float32 weights, ReLU between the layers, mean softmax cross-entropy, ``jax.grad``, and
+    SGD with momentum as bg's (``v = momentum * v - lr * g``, ``w += v``). Parameters and
+    velocities are donated to the step (XLA updates them in place). With ``dx1`` the
+    gradient w.r.t. the input is computed too and returned, so XLA cannot drop it."""
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(SEED)
+    pairs = list(pairwise(case.sizes))
+    params = [
+        (
+            jnp.asarray((rng.standard_normal((n_in, n_out)) * np.sqrt(2.0 / n_in)).astype("f4")),
+            jnp.zeros((1, n_out), jnp.float32),
+        )
+        for n_in, n_out in pairs
+    ]
+    velocities = jax.tree_util.tree_map(jnp.zeros_like, params)
+    X_host, y_host = make_data(case, case.batch)
+    X, y = jnp.asarray(X_host), jnp.asarray(y_host.astype(np.int32))
+
+    def loss_fn(params: Any, X: Any, y: Any) -> Any:
+        out = X
+        for i, (w, b) in enumerate(params):
+            out = out @ w + b
+            if i < len(params) - 1:
+                out = jax.nn.relu(out)
+        logp = jax.nn.log_softmax(out, axis=1)
+        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+    def step(params: Any, velocities: Any, X: Any, y: Any) -> Any:
+        argnums = (0, 1) if dx1 else 0
+        loss, grads = jax.value_and_grad(loss_fn, argnums=argnums)(params, X, y)
+        grads, dX = grads if dx1 else (grads, None)
+        velocities = jax.tree_util.tree_map(
+            lambda v, g: MOMENTUM * v - LEARNING_RATE * g, velocities, grads
+        )
+        params = jax.tree_util.tree_map(lambda w, v: w + v, params, velocities)
+        return params, velocities, loss, dX
+
+    jitted = jax.jit(step, donate_argnums=(0, 1))
+    state: list[Any] = [params, velocities, None, None]
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            state[:] = jitted(state[0], state[1], X, y)
+
+    def sync() -> None:
+        jax.block_until_ready(state)
+
+    def check() -> dict[str, Any]:
+        arrays: dict[str, Any] = {"loss": state[2], "X.grad": state[3]}
+        for i, (w, b) in enumerate(state[0]):
+            arrays[f"weights[{i}]"], arrays[f"biases[{i}]"] = w, b
+        if not dx1:
+            del arrays["X.grad"]
+        return {
+            "dtypes": dtype_report(arrays),
+            "final_loss": float(state[2]),
+            "first_layer_dinputs": state[3] is not None,
+        }
+
+    return Bench(run, 1, check, sync)
+
+
 # --- scikit-learn -------------------------------------------------------------------------
 
 
@@ -335,6 +404,8 @@ BUILDERS: dict[str, Callable[[Case], Bench]] = {
     "floor": lambda case: build_floor(case, dx1=False),
     "torch+dx1": lambda case: build_torch(case, dx1=True),
     "torch": lambda case: build_torch(case, dx1=False),
+    "jax+dx1": lambda case: build_jax(case, dx1=True),
+    "jax": lambda case: build_jax(case, dx1=False),
     "sklearn": build_sklearn,
 }
 assert tuple(BUILDERS) == CONTENDERS
@@ -416,6 +487,11 @@ class Worker:
             torch.set_num_threads(threads)
         elif name == "sklearn":
             import sklearn.neural_network  # noqa: F401  (loads its OpenMP before the limits)
+        elif name.startswith("jax"):
+            os.environ.setdefault("JAX_PLATFORMS", "cpu")
+            import jax  # (XLA's thread pool is its own: threadpoolctl does not see it)
+
+            jax.config.update("jax_platforms", "cpu")
         import backprop_gpu as bg  # every worker, so the memory runs share one baseline
 
         if name.startswith("bg-"):
@@ -440,6 +516,7 @@ class Worker:
                 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
             },
             "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
+            "openblas_l2_size": os.environ.get("OPENBLAS_L2_SIZE"),
             "threadpools": [
                 {
                     key: pool.get(key)
@@ -482,6 +559,11 @@ class Worker:
             import sklearn
 
             info["sklearn"] = sklearn.__version__
+        if self.name.startswith("jax"):
+            import jax
+
+            info["jax"] = jax.__version__
+            info["jax_devices"] = [str(d) for d in jax.devices()]
         return info
 
     def prepare(

@@ -20,14 +20,18 @@ backward, and an SGD update with momentum 0.9 (learning rate 0.01), all float32,
   everything but BLAS were free.
 - ``torch+dx1`` / ``torch``: eager PyTorch on the CPU (when torch imports), with / without
   the input requiring grad.
+- ``jax+dx1`` / ``jax``: ``jax.jit`` of the whole step (forward, loss, ``jax.grad``, the
+  momentum update) on the CPU (when jax imports), with / without the input's gradient; XLA
+  fuses the elementwise work and runs it on its own thread pool.
 - ``sklearn``: scikit-learn's ``MLPClassifier(solver="sgd")``, one epoch per ``fit`` (k
   batches), float32 input (the dtype it computes in is reported), for reference.
 
 Ratios per size, each like with like: bg-loop / floor+dx1, bg-loop / torch+dx1, bg-model /
-floor, bg-model / torch (and bg-model / sklearn, reported only), against the targets in
+floor, bg-model / torch, bg-loop / jax+dx1, bg-model / jax (and bg-model / sklearn,
+reported only), against the targets in
 :mod:`benchmarks.cases` (PASS / MISS). Peak RSS (``ru_maxrss``) of 200 steps of
 [784, 1024, 1024, 10]@512, each contender in a fresh process: bg-loop / floor+dx1 and
-bg-model / floor, target <= 1.15 (bg-model trains on a one-batch data set there, so every
+bg-model / floor, target <= 1.20 (bg-model trains on a one-batch data set there, so every
 process holds the same data). RSS growth of bg-loop from after 500 warm-up steps to after
 10,000 more of [2, 64, 3]@300, target <= 2 MiB. Every parameter, gradient, optimizer state and
 output of the bg steps must stay float32. ``--quick``: 2 rounds of ~0.05 s, 20 memory steps,
@@ -37,14 +41,18 @@ How
 ---
 Every contender runs in its own process, with the same thread count (OMP_NUM_THREADS,
 OPENBLAS_NUM_THREADS, MKL_NUM_THREADS in its environment, threadpoolctl limits and
-``torch.set_num_threads`` inside; OPENBLAS_CORETYPE is left alone), so no two thread pools
-share the cores. Per size, each contender is built, warmed up and calibrated so a round takes
-about 0.3 s; then 5 rounds are run round-robin, one contender at a time (the starting one
-rotating). Before each turn the suite waits until the previous contender's process burns no
-more CPU (read from /proc/PID/stat): OpenBLAS's threads spin for about 0.1 s after a call and
-would otherwise steal the next contender's cores. A round gives a time per step; the table
-shows the median and the min / max over rounds, and each ratio is the median of the per-round
-ratios. The garbage collector is paused while a round runs (as ``timeit`` does).
+``torch.set_num_threads`` inside), so no two thread pools share the cores. OPENBLAS_CORETYPE
+and OPENBLAS_L2_SIZE are removed from the workers' environment (some machines set them for old
+OpenBLAS builds: ``OPENBLAS_CORETYPE=Haswell`` drops NumPy's GEMMs on an AVX-512 CPU to AVX2
+kernels at about half speed, which users do not have); ``--openblas asis`` keeps them, for the
+other figure. The header says which. JAX's XLA runs its own thread pool, which these limits do
+not reach (it uses every core). Per size, each contender is built, warmed up and calibrated so
+a round takes about 0.3 s; then 5 rounds are run round-robin, one contender at a time (the
+starting one rotating). Before each turn the suite waits until the previous contender's process
+burns no more CPU (read from /proc/PID/stat): OpenBLAS's threads spin for about 0.1 s after a
+call and would otherwise steal the next contender's cores. A round gives a time per step; the
+table shows the median and the min / max over rounds, and each ratio is the median of the
+per-round ratios. The garbage collector is paused while a round runs (as ``timeit`` does).
 
 Run from the repository root::
 
@@ -91,6 +99,8 @@ from benchmarks.cases import (
 
 ROOT = Path(__file__).resolve().parent.parent
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+# removed from the workers' environment unless --openblas asis (see the module docstring)
+OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 SECTIONS = ("timing", "memory", "growth")
 MEMORY_PAIRS = (("bg-loop", "floor+dx1"), ("bg-model", "floor"))
 NOISY_SPREAD = 1.25  # max / min of a ratio's rounds above which the row is flagged
@@ -144,10 +154,11 @@ class Process:
     """One contender's worker process (``python -m benchmarks.contenders NAME``), driven one
     JSON line at a time; its stderr goes to a temporary file, shown when it fails."""
 
-    def __init__(self, name: str, threads: int, backend: str) -> None:
+    def __init__(self, name: str, threads: int, backend: str, unset: Sequence[str] = ()) -> None:
         self.name = name
         self.log: IO[str] = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed in close())
-        env = os.environ | {var: str(threads) for var in THREAD_VARS}
+        env = {k: v for k, v in os.environ.items() if k not in unset}
+        env |= {var: str(threads) for var in THREAD_VARS}
         command = [sys.executable, "-m", "benchmarks.contenders", name]
         command += ["--threads", str(threads), "--backend", backend]
         self.proc = subprocess.Popen(
@@ -231,9 +242,12 @@ class Process:
         self.log.close()
 
 
-def start(names: Iterable[str], threads: int, backend: str) -> dict[str, Process]:
-    """Start the processes together, so their imports overlap (``greet`` waits for them)."""
-    return {name: Process(name, threads, backend) for name in names}
+def start(
+    names: Iterable[str], threads: int, backend: str, unset: Sequence[str] = ()
+) -> dict[str, Process]:
+    """Start the processes together, so their imports overlap (``greet`` waits for them);
+    ``unset``: environment variables their environment goes without."""
+    return {name: Process(name, threads, backend, unset) for name in names}
 
 
 # --- results --------------------------------------------------------------------------------
@@ -407,14 +421,17 @@ def run_timing(
 
 
 def run_fresh(
-    jobs: dict[str, tuple[str, str, dict[str, Any]]], threads: int, backend: str
+    jobs: dict[str, tuple[str, str, dict[str, Any]]],
+    threads: int,
+    backend: str,
+    unset: Sequence[str] = (),
 ) -> dict[str, dict[str, Any]]:
     """Each job, ``key: (contender, command, arguments)``, in a new process of its own (peak
     RSS belongs to a process), one after the other (thread pools that share the cores slow
     each other down badly). A failed job's result is ``{"error": ...}``."""
     results: dict[str, dict[str, Any]] = {}
     for key, (name, command, arguments) in jobs.items():
-        proc = Process(name, threads, backend)
+        proc = Process(name, threads, backend, unset)
         try:
             results[key] = proc.call(command, **arguments)
         except ContenderError as e:
@@ -511,6 +528,7 @@ def print_header(env: dict[str, Any], settings: Settings, quick: bool) -> None:
     first: dict[str, Any] = next(iter(hello.values()), {})
     versions = [f"Python {env['python']}", f"NumPy {first.get('numpy', '?')}"]
     versions.append(f"torch {env['torch'] or 'not installed'}")
+    versions.append(f"jax {env['jax'] or 'not installed'}")
     versions.append(f"scikit-learn {env['sklearn'] or 'not installed'}")
     print(f"backprop_gpu {first.get('backprop_gpu', '?')} benchmark suite: {', '.join(versions)}")
     print(f"  {env['platform']}; {env['cpu_count']} CPUs; {env['threads']} threads per contender")
@@ -522,7 +540,15 @@ def print_header(env: dict[str, Any], settings: Settings, quick: bool) -> None:
     if c is not None:
         state = "built" if c["built"] else "NOT built (plain NumPy; install with pip install -e)"
         print(f"  C kernels (backprop_gpu._cpu): {state}, package at {c['package']}")
-    print(f"  OPENBLAS_CORETYPE: {env['openblas_coretype'] or 'unset'}")
+    if env["openblas"] == "unset":
+        was = ", ".join(f"{k}={v}" for k, v in env["openblas_env"].items() if v is not None)
+        print(
+            f"  {' and '.join(OPENBLAS_VARS)}: unset in every worker (as users run; here "
+            f"{was or 'neither was set'}; --openblas asis keeps them)"
+        )
+    else:
+        kept = ", ".join(f"{k}={v or 'unset'}" for k, v in env["openblas_env"].items())
+        print(f"  OpenBLAS variables as set (--openblas asis): {kept}")
     kernels = env["BACKPROP_GPU_KERNELS"]
     print(f"  BACKPROP_GPU_KERNELS (fused GPU kernels): {'unset' if kernels is None else kernels}")
     groups: dict[tuple[str, ...], list[str]] = {}
@@ -624,7 +650,7 @@ def dtype_summary(results: dict[str, dict[str, Timing]]) -> dict[str, Any]:
     """Per bg contender: were all arrays float32 at every size, and is the first layer's
     dinputs computed."""
     summary: dict[str, Any] = {}
-    for name in ("bg-loop", "bg-model", "torch+dx1", "torch", "sklearn"):
+    for name in ("bg-loop", "bg-model", "torch+dx1", "torch", "jax+dx1", "jax", "sklearn"):
         checks = {
             label: t[name].checks
             for label, t in results.items()
@@ -723,6 +749,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="auto",
         help="backprop_gpu backend of bg-loop and bg-model (default: auto)",
     )
+    parser.add_argument(
+        "--openblas",
+        choices=("unset", "asis"),
+        default="unset",
+        help="OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE in the workers: unset (default, as "
+        "users run) or as this environment sets them",
+    )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
     if args.threads < 1:
@@ -749,8 +782,10 @@ def environment(
         "cpu_count": os.cpu_count(),
         "threads": args.threads,
         "thread_env": THREAD_VARS,
-        "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
+        "openblas": args.openblas,
+        "openblas_env": {var: os.environ.get(var) for var in OPENBLAS_VARS},
         "torch": package_version("torch"),
+        "jax": package_version("jax"),
         "sklearn": package_version("scikit-learn"),
         "BACKPROP_GPU_KERNELS": os.environ.get("BACKPROP_GPU_KERNELS"),
         "argv": sys.argv,
@@ -784,13 +819,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     phases: dict[str, float] = {}
 
     # timing: every contender's process alive at once, one of them working at a time
-    procs = start(contenders if "timing" in sections and cases else [], args.threads, args.backend)
+    unset = OPENBLAS_VARS if args.openblas == "unset" else ()
+    names = contenders if "timing" in sections and cases else []
+    procs = start(names, args.threads, args.backend, unset)
     results: dict[str, dict[str, Timing]] = {}
     others: dict[str, float | None] = {}
     try:
         hello, unavailable = greet(procs)
         if not hello:  # no timing: ask one process for the environment all the same
-            hello = run_fresh({"floor": ("floor", "hello", {})}, args.threads, args.backend)
+            hello = run_fresh({"floor": ("floor", "hello", {})}, args.threads, args.backend, unset)
         env = environment(args, hello, unavailable)
         print_header(env, settings, args.quick)
         wrong_threads = [
@@ -832,7 +869,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if jobs:
         print("memory runs, each in a fresh process ...", flush=True)
         memory_started = time.perf_counter()
-        done = run_fresh(jobs, args.threads, args.backend)
+        done = run_fresh(jobs, args.threads, args.backend, unset)
         phases["memory"] = time.perf_counter() - memory_started
         runs = {key.removeprefix("memory "): r for key, r in done.items() if key != "growth"}
         if runs:

@@ -327,3 +327,65 @@ def test_train_evaluate_and_predict_run_with_the_models_gpu_current() -> None:
     model.evaluate(X, y)
     model.predict(X)
     assert recording.entered == 3 and seen and all(seen)
+
+
+def _buffers_model(seed: int = 0) -> bg.Model:
+    model = bg.Model([bg.Dense(2, 16, seed=seed), bg.ReLU(), bg.Dense(16, 8, seed=seed + 1),
+                      bg.ReLU(), bg.Dense(8, 3, seed=seed + 2)])  # fmt: skip
+    model.set(loss=bg.SoftmaxCrossEntropy(), optimizer=bg.SGD(0.1, momentum=0.9))
+    return model.finalize()
+
+
+def test_step_buffers_give_the_same_training_as_fresh_arrays(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On NumPy each step of Model.train writes into the previous step's arrays (the shuffled
+    batch, every Dense's products and gradients): the same numbers, bit for bit, as fresh
+    arrays, with a smaller last batch (new buffers for its shape) and a second call."""
+    from backprop_gpu.backend.numpy_backend import NumpyBackend
+
+    X, y = spiral_data(70, 3)  # 210 samples: batches of 64, 64, 64, 18
+    results = []
+    for reuse in (True, False):
+        monkeypatch.setattr(NumpyBackend, "reuses_step_buffers", reuse)
+        with bg.use_backend("numpy"):
+            model = _buffers_model()
+            history = model.train(X, y, epochs=3, batch_size=64, print_every=0, seed=4)
+            history += model.train(X, y, epochs=2, batch_size=64, print_every=0, seed=5)
+        params = [
+            bg.to_numpy(getattr(d, a)) for d in model.layers[::2] for a in model.layers[0].params
+        ]
+        results.append((history, params))
+    assert results[0][0] == results[1][0]
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        np.testing.assert_array_equal(a, b, strict=True)
+
+
+def test_step_buffers_stay_inside_one_train_call() -> None:
+    """Within a call the steps reuse one set of arrays; arrays a caller held before the call
+    are not written by it, nor those it holds after it by the next call; and the layers
+    themselves (a hand-written loop) always return fresh arrays."""
+    X, y = spiral_data(50, 3)
+    with bg.use_backend("numpy"):
+        model = _buffers_model()
+        dense = model.layers[0]
+        seen: list[tuple[int, int]] = []
+
+        def note(row: dict[str, float]) -> None:
+            seen.append((id(dense.dweights), id(model.layers[1].output)))
+
+        model.train(X, y, epochs=3, batch_size=50, print_every=0, on_epoch_end=note)
+        assert len(set(seen)) == 1  # the same arrays in every epoch
+        assert dense.step_buffers is None  # off outside the pass
+        held = [dense.dweights, dense.dbiases, model.layers[1].output, model.layers[2].dinputs]
+        copies = [a.copy() for a in held]
+        model.train(X, y, epochs=2, batch_size=50, print_every=0)
+        assert all(a is not b for a, b in zip(held, [dense.dweights, dense.dbiases,
+                   model.layers[1].output, model.layers[2].dinputs], strict=True))  # fmt: skip
+        for a, b in zip(held, copies, strict=True):
+            np.testing.assert_array_equal(a, b, strict=True)
+        first = dense.forward(X[:10])
+        kept = first.copy()
+        second = dense.forward(X[10:20])
+        assert second is not first
+        np.testing.assert_array_equal(first, kept, strict=True)

@@ -32,18 +32,42 @@ def _cases(dtype: str) -> dict[str, Callable[[], tuple[Any, ...]]]:
         a.reshape(-1)[:2] = 0.0  # the ReLU's kink
         return a
 
+    def special(*shape: int) -> np.ndarray:
+        """Normal floats with NaN, +-inf and -0.0 among them."""
+        a = floats(*shape)
+        a.reshape(-1)[2:6] = [np.nan, np.inf, -np.inf, -0.0]
+        return a
+
+    def relu(a: np.ndarray) -> np.ndarray:
+        return np.maximum(a, 0)
+
     n, c = 37, 11
     logits, y = floats(n, c, scale=5.0), RNG.integers(0, c, n)
     p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     w, g, m, v = floats(5, 7), floats(5, 7), floats(5, 7), np.abs(floats(5, 7))
     return {
         "matmul": lambda: (floats(n, 6), floats(6, c)),
+        "take_rows": lambda: (floats(n, c), RNG.permutation(n)[:20]),
+        "take_rows_out": lambda: (floats(n, c), RNG.permutation(n)[:20], np.empty((20, c), dtype)),
         "add_bias": lambda: (floats(n, c), floats(1, c)),
         "bias_gradient": lambda: (floats(n, c),),
         "bias_relu": lambda: (floats(n, c), floats(1, c)),
         "relu": lambda: (floats(n, c),),
         "relu_backward": lambda: (floats(n, c), floats(n, c)),
         "relu_backward_bias_gradient": lambda: (floats(n, c), np.maximum(floats(n, c), 0)),
+        # long columns (the summation order shows) and one column (which NumPy sums pairwise)
+        "relu_backward_bias_gradient_tall": lambda: (floats(3000, 5), relu(floats(3000, 5))),
+        "relu_backward_bias_gradient_one_column": lambda: (floats(3000, 1), relu(floats(3000, 1))),
+        "relu_backward_bias_gradient_special": lambda: (special(n, c), relu(special(n, c))),
+        "relu_backward_bias_gradient_out": lambda: (
+            floats(n, c),
+            relu(floats(n, c)),
+            np.empty((n, c), dtype),
+            np.empty((1, c), dtype),
+        ),
+        "bias_gradient_out": lambda: (floats(3000, c), np.empty((1, c), dtype)),
+        "bias_relu_special": lambda: (special(n, c), floats(1, c)),
+        "bias_relu_flat_biases": lambda: (floats(n, c), floats(c)),
         "softmax": lambda: (logits.copy(),),
         "softmax_cross_entropy": lambda: (logits.copy(), y.copy(), 1e-7),
         "softmax_cross_entropy_forward_backward": lambda: (logits.copy(), y.copy(), 1e-7),
@@ -65,16 +89,22 @@ def _call(ops: bg.backend.Ops, name: str, args: tuple[Any, ...]) -> list[Any]:
     dev = [backend.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
     if name == "sgd_nesterov":
         name = "sgd_momentum"
+    if name == "relu_backward_bias_gradient_out":  # out= as the pair it is
+        name, dev = "relu_backward_bias_gradient", [dev[0], dev[1], (dev[2], dev[3])]
+    for variant in ("_tall", "_one_column", "_special", "_out", "_flat_biases"):
+        name = name.removesuffix(variant)
     if name == "adam":
         result = ops.adam(*dev, lr=0.01, beta_1=0.8, beta_2=0.95, epsilon=1e-4, t=3)
     else:
         result = getattr(ops, name)(*dev)
     results = result if isinstance(result, tuple) else (result,)
-    arrays = [a for a in dev if backend.owns(a)]
+    # bias_relu's z is scratch ("may be overwritten"): its contents afterwards are not compared
+    written = dev[1:] if name == "bias_relu" else dev
+    arrays = [a for a in written if not isinstance(a, tuple) and backend.owns(a)]
     return [bg.to_numpy(r) if r is not None else None for r in (*results, *arrays)]
 
 
-@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("name", sorted(_cases("float32")))
 def test_each_op_equals_the_reference_on_its_backend(

@@ -37,6 +37,9 @@ class Backend:
     name: ClassVar[str] = ""
     host: ClassVar[bool] = False  # arrays live in host memory (NumPy): no copy to read them
     ops_class: ClassVar[type[Ops]] = Ops  # the accelerated ops; the reference is Ops itself
+    # Model.train writes each step's products into the previous step's arrays (``out=``):
+    # on NumPy that saves allocating, and page-faulting, several MiB a step
+    reuses_step_buffers: ClassVar[bool] = False
 
     xp: Any = field(repr=False)
     device: Any

@@ -42,6 +42,11 @@ class NumpyOps(Ops):
 
     name = "c" if HAVE_C else "reference"
 
+    def take_rows(self, a: Any, indices: Any, out: Any = None) -> Any:
+        # mode="clip": the same rows (indices are in range), and NumPy writes straight into
+        # out (with mode="raise" it stages out in a temporary first)
+        return np.take(a, indices, axis=0, out=out, mode="clip" if out is not None else "raise")
+
     def matmul(self, a: Any, b: Any, out: Any = None) -> Any:
         return np.matmul(a, b, out=out)  # (BLAS writes straight into out: no copy)
 
@@ -55,16 +60,43 @@ class NumpyOps(Ops):
                 pass
         return super().add_bias(out, biases)
 
-    def bias_gradient(self, dvalues: Any) -> Any:
+    def bias_gradient(self, dvalues: Any, out: Any = None) -> Any:
         # one column: NumPy sums it pairwise (contiguous), not row after row as the C loop does
         if dvalues.ndim == 2 and dvalues.shape[1] != 1:
-            out = np.empty((1, dvalues.shape[1]), dvalues.dtype)
+            sums = np.empty((1, dvalues.shape[1]), dvalues.dtype) if out is None else out
             try:
-                _cpu.column_sums(dvalues, out)
-                return out
+                _cpu.column_sums(dvalues, sums)
+                return sums
             except TypeError:
                 pass
-        return super().bias_gradient(dvalues)
+        return super().bias_gradient(dvalues, out)
+
+    def bias_relu(self, z: Any, biases: Any) -> Any:
+        # one pass instead of two (add_bias, then relu into a new array): z is overwritten
+        if z.ndim == 2 and biases.shape in ((z.shape[1],), (1, z.shape[1])):
+            try:
+                _cpu.bias_relu(z, biases)
+                return z
+            except TypeError:
+                pass
+        return super().bias_relu(z, biases)
+
+    def relu_backward_bias_gradient(
+        self, dvalues: Any, output: Any, out: tuple[Any, Any] | None = None
+    ) -> tuple[Any, Any]:
+        # the mask and the column sums in one pass, the sums added row after row as NumPy's
+        # axis-0 sum does; one column NumPy sums pairwise: the reference runs there
+        if dvalues.ndim == 2 and dvalues.shape[1] != 1:
+            dinputs, dbiases = out or (
+                np.empty_like(dvalues),
+                np.empty((1, dvalues.shape[1]), dvalues.dtype),
+            )
+            try:
+                _cpu.relu_backward_bias_gradient(dvalues, output, dinputs, dbiases)
+                return dinputs, dbiases
+            except TypeError:
+                pass
+        return super().relu_backward_bias_gradient(dvalues, output, out)
 
     def relu(self, inputs: Any) -> Any:
         out = np.empty_like(inputs)
@@ -172,6 +204,7 @@ class NumpyBackend(Backend):
 
     name = "numpy"
     host = True
+    reuses_step_buffers = True
     ops_class: ClassVar[type[Ops]] = NumpyOps if HAVE_C else Ops
 
     def __init__(self, xp: Any = np, device: Any = "cpu", reason: str = "", fast_ops: bool = True):

@@ -32,6 +32,14 @@ class Ops:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.backend.name})"
 
+    # --- batches -------------------------------------------------------------------------
+
+    def take_rows(self, a: Any, indices: Any, out: Any = None) -> Any:
+        """``a[indices]`` along the first axis: the rows of a shuffled batch, (N, ...) with
+        int64 ``indices`` (B,), all in range, -> (B, ...); written into ``out`` (an array
+        of that shape and ``a``'s dtype) when given, and returned."""
+        return _into(out, self.xp.take(a, indices, axis=0))
+
     # --- Dense ---------------------------------------------------------------------------
 
     def matmul(self, a: Any, b: Any, out: Any = None) -> Any:
@@ -48,9 +56,10 @@ class Ops:
         out += biases  # the product is a fresh array: adding in place saves a copy
         return out
 
-    def bias_gradient(self, dvalues: Any) -> Any:
-        """The bias gradient, the column sums of ``dvalues``: (N, C) -> (1, C)."""
-        return self.xp.sum(dvalues, axis=0, keepdims=True)
+    def bias_gradient(self, dvalues: Any, out: Any = None) -> Any:
+        """The bias gradient, the column sums of ``dvalues``: (N, C) -> (1, C); written into
+        ``out`` (a (1, C) array of ``dvalues``' dtype) when given, and returned."""
+        return _into(out, self.xp.sum(dvalues, axis=0, keepdims=True))
 
     def bias_relu(self, z: Any, biases: Any) -> Any:
         """``max(z + biases, 0)``: a Dense's product (N, C), a fresh array that may be
@@ -69,12 +78,19 @@ class Ops:
         # (a multiply by the mask: xp.where was 8x slower on NumPy)
         return dvalues * self.xp.astype(inputs > 0, dvalues.dtype)
 
-    def relu_backward_bias_gradient(self, dvalues: Any, output: Any) -> tuple[Any, Any]:
+    def relu_backward_bias_gradient(
+        self, dvalues: Any, output: Any, out: tuple[Any, Any] | None = None
+    ) -> tuple[Any, Any]:
         """A ReLU's backward and the bias gradient of the Dense before it, in one pass:
         ``(dinputs, column sums of dinputs)``, (N, C) and (1, C). The mask comes from the
-        ReLU's ``output``: ``max(x, 0) > 0`` exactly when ``x > 0`` (NaN too: neither is)."""
+        ReLU's ``output``: ``max(x, 0) > 0`` exactly when ``x > 0`` (NaN too: neither is).
+        ``out``: a pair of arrays of those shapes and ``dvalues``' dtype, sharing no memory
+        with the inputs, written and returned."""
         dinputs = self.relu_backward(dvalues, output)
-        return dinputs, self.bias_gradient(dinputs)
+        dbiases = self.bias_gradient(dinputs)
+        if out is None:
+            return dinputs, dbiases
+        return _into(out[0], dinputs), _into(out[1], dbiases)
 
     # --- softmax cross-entropy -----------------------------------------------------------
 
@@ -181,3 +197,12 @@ class Ops:
         or Python bools where the answer is on the host already."""
         xp = self.xp
         return [xp.all(xp.isfinite(a)) for a in arrays]
+
+
+def _into(out: Any, value: Any) -> Any:
+    """``value`` copied into ``out`` (returned), or ``value`` itself when ``out`` is None: the
+    reference's ``out=``, which computes first and then copies."""
+    if out is None:
+        return value
+    out[...] = value
+    return out
