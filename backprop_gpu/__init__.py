@@ -4,6 +4,7 @@ The math is written once against an ``xp`` array module chosen by :mod:`backprop
 """
 
 from ._checks import check_finite
+from ._checks import to_numpy_checked as to_numpy
 from .activations import Linear, ReLU, Sigmoid, Softmax
 from .backend import (
     Backend,
@@ -11,7 +12,6 @@ from .backend import (
     asarray,
     get_backend,
     set_backend,
-    to_numpy,
     use_backend,
 )
 from .checkpoint import CheckpointError

@@ -9,11 +9,13 @@ import os
 import sys
 import types
 import warnings
+import weakref
 from typing import Any
 
 import numpy as np
 
 from .backend import Backend, array_library, dtype_name, host_array, to_numpy
+from .backend.base import HostRead
 
 
 def batch(backend: Backend, inputs: Any, n_features: int, dtype: Any, where: str) -> Any:
@@ -141,13 +143,18 @@ def labels(
     n_classes: int,
     dtype: Any,
     where: str,
+    *,
+    later: LabelChecker | None = None,
 ) -> Any:
     """Check class labels and return them on the device: int64 indices (N,), or one-hot
     (N, C) cast to ``dtype``.
 
     (N, 1) integer labels are accepted as (N,). Host labels are checked on the host before the
-    copy; device labels cost one device-to-host sync for the range check (CuPy would otherwise
-    wrap an out-of-range index silently).
+    copy. Labels already on the device are checked there: with ``later`` (a loss's or an
+    accuracy's ``LabelChecker``) the check is one device pass whose answer ``later`` keeps
+    and reads later (no wait now; out-of-range indices are replaced by 0 so the batch can run,
+    and ``later.errors`` is the 0-d count that makes its loss NaN); without, it costs one
+    device-to-host read now (CuPy would otherwise wrap an out-of-range index silently).
     """
     if n_samples == 0:
         raise ValueError(f"{where} got an empty batch (0 samples)")
@@ -179,31 +186,61 @@ def labels(
             f"{where} expected one-hot y_true with {n_classes} columns (one per class), "
             f"got shape {tuple(y.shape)}"
         )
-    host = y if on_host else None
     kind = dtype_kind(y.dtype)
-    if y.ndim == 1:
-        if kind not in "iu":
-            raise TypeError(
-                f"{where} expected integer class indices in y_true, got dtype {y.dtype} "
-                "(convert with y.astype(int), or pass one-hot rows)"
-            )
-        host = host if host is not None else _host_range(backend, y)
-        lo, hi = (int(host.min()), int(host.max())) if host.size else (0, 0)
-        if lo < 0 or hi >= n_classes:
-            raise ValueError(
-                f"{where} expected class indices in [0, {n_classes - 1}] for {n_classes} "
-                f"classes, got values from {lo} to {hi}"
-            )
-    elif kind not in "iubf":
-        raise TypeError(f"{where} expected numeric one-hot y_true, got dtype {y.dtype}")
-    elif not (_one_hot_ok(np, y) if on_host else bool(_one_hot_ok(backend.xp, y))):
-        raise ValueError(
-            f"{where} expected one-hot y_true: each row all 0 but a single 1 (or pass class "
-            "indices of shape (N,))"
+    if y.ndim == 1 and kind not in "iu":
+        raise TypeError(
+            f"{where} expected integer class indices in y_true, got dtype {y.dtype} "
+            "(convert with y.astype(int), or pass one-hot rows)"
         )
+    if y.ndim == 2 and kind not in "iubf":
+        raise TypeError(f"{where} expected numeric one-hot y_true, got dtype {y.dtype}")
+    if on_host:
+        _raise_if_bad_labels(y, n_classes, where)
+    elif later is not None:  # on the device: checked there, read later
+        xp = backend.xp
+        given = y
+        if y.ndim == 1:
+            given = xp.astype(y, xp.int64)
+            y, errors = backend.ops.checked_labels(given, n_classes)
+        else:
+            errors = xp.sum(xp.astype(~_one_hot_rows_ok(xp, y), xp.int64))
+        later.record(backend, errors, given, n_classes, where)
+    else:  # on the device, read now (Model.train/evaluate: once a call, for the data set)
+        if y.ndim == 1:
+            ok = _host_range(backend, y)
+            bad = bool(ok[0] < 0 or ok[1] >= n_classes) if y.size else False
+        else:
+            bad = not bool(backend.xp.all(_one_hot_rows_ok(backend.xp, y)))
+        if bad:
+            _raise_if_bad_labels(to_numpy(y), n_classes, where)
     if y.ndim == 1:
         return backend.asarray(y, backend.xp.int64, what=f"{where} y_true")
     return backend.asarray(y, dtype, what=f"{where} y_true")
+
+
+def _raise_if_bad_labels(y: np.ndarray, n_classes: int, where: str, when: str = "") -> None:
+    """Raise for host labels ``y`` (checked for shape and dtype) that are not class indices
+    in [0, n_classes) (1-D) or one-hot rows (2-D), naming the values and where they are;
+    ``when`` is added to the message (how a check on the device came to be read)."""
+    if y.ndim == 1:
+        bad = np.flatnonzero((y < 0) | (y >= n_classes))
+        if bad.size:
+            lo, hi = int(y.min()), int(y.max())
+            first = int(bad[0])
+            raise ValueError(
+                f"{where} expected class indices in [0, {n_classes - 1}] for {n_classes} "
+                f"classes, got values from {lo} to {hi} ({bad.size} outside, the first "
+                f"y_true[{first}] = {int(y[first])}){when}"
+            )
+    else:
+        rows = np.flatnonzero(~_one_hot_rows_ok(np, y))
+        if rows.size:
+            first = int(rows[0])
+            raise ValueError(
+                f"{where} expected one-hot y_true: each row all 0 but a single 1 (or pass "
+                f"class indices of shape (N,)); {rows.size} rows are not, the first "
+                f"y_true[{first}] = {np.asarray(y[first]).tolist()}{when}"
+            )
 
 
 def dtype_kind(dtype: Any) -> str:
@@ -222,18 +259,30 @@ def unchecked_labels(backend: Backend, y_true: Any, where: str) -> Any:
 
 
 class LabelChecker:
-    """``labels`` with a memory, so a training loop pays for the checks as little as it can.
+    """``labels`` with a memory, so a training loop pays for the checks as little as it can:
+    no device-to-host read in a step, on any backend.
 
-    - Labels already on the device that passed are remembered by identity: giving the same
-      array every step costs the range check's device-to-host sync once. (Labels changed in
-      place on the device after that are not checked again.)
-    - Host labels that passed are reused by the next call only, which is the backward of the
-      same step: a loss's forward checks and copies them, its backward does not again. The
+    - Host labels (NumPy, lists) are checked on the host before the copy, at once. The next
+      call reuses them when given the same object (a loss's backward after its forward); the
       following step checks afresh, since refilling a host buffer between steps is common.
+    - Labels on the device are checked on the device in one pass (``Ops.checked_labels``,
+      or a fused kernel's own count handed to ``record``), and the answer, a 0-d count of bad
+      labels, is kept pending: the batch's loss (or accuracy) is NaN at once when it has a bad
+      label (``errors``), and a pending check raises ``ValueError`` naming the labels at the
+      next read, which is the first of: ``check_labels()`` (a loss's or accuracy's); this
+      checker's next call, for every pending answer that has reached the host without waiting
+      (on a GPU, typically the answer of a step or two before; never on the stand-in, which
+      cannot be asked); ``bg.to_numpy``; ``Model.train``, ``evaluate`` and each epoch's end
+      (``check_pending_labels``). The same device array given twice in a row is checked once.
     """
 
+    MAX_PENDING = 64  # more unread answers than this are summed into one (positions lost)
+
     def __init__(self) -> None:
-        self._last: tuple[Any, tuple[Any, ...], Any, bool] | None = None
+        self._last: tuple[Any, tuple[Any, ...], Any, bool, Any] | None = None
+        self._pending: list[_Pending] = []
+        self.calls = 0
+        self.errors: Any = None  # the last call's 0-d count of bad labels on the device
 
     def __call__(
         self, backend: Backend, y_true: Any, n_samples: int, n_classes: int, dtype: Any, where: str
@@ -243,17 +292,122 @@ class LabelChecker:
         if last is not None and last[0] is y_true and last[1] == key:
             if last[3]:  # host labels: good for this one reuse
                 self._last = None
+            self.errors = last[4]
             return last[2]
-        y = labels(backend, y_true, n_samples, n_classes, dtype, where)
-        self._last = (y_true, key, y, array_library(y_true) in ("numpy", None))
+        self.calls += 1
+        self.raise_if_bad(wait=False)
+        self.errors = None
+        y = labels(backend, y_true, n_samples, n_classes, dtype, where, later=self)
+        on_host = array_library(y_true) in ("numpy", None)
+        self._last = (y_true, key, y, on_host, self.errors)
         return y
 
+    def record(self, backend: Backend, errors: Any, y: Any, n_classes: int, where: str) -> None:
+        """Keep a check done on the device: ``errors``, a 0-d integer array, is how many of
+        labels ``y`` (int64 indices (N,) or one-hot rows (N, C)) are bad (0 when all are
+        good). Nothing is read now; the copy to the host starts."""
+        self.errors = errors
+        self._pending.append(_Pending(backend, backend.start_read(errors), y, n_classes,
+                                      where, self.calls, self.calls))  # fmt: skip
+        if len(self._pending) > self.MAX_PENDING:
+            self._fold()
+        _WITH_PENDING.add(self)
 
-def _one_hot_ok(xp: Any, y: Any) -> Any:
-    """True (a 0-d array) when every entry is 0 or 1 and every row sums to 1."""
+    def raise_if_bad(self, *, wait: bool = True, when: str = "") -> None:
+        """Read the pending checks (``wait=False``: only those already on the host, so
+        nothing waits) and raise ``ValueError`` for the first with bad labels; the ones read
+        are forgotten, those not read stay pending."""
+        ready = [p for p in self._pending if wait or p.read.done()]
+        if not ready:
+            return
+        waiting = [p for p in ready if not p.read.done()]
+        if len(waiting) > 1:  # one copy for them all
+            xp = waiting[0].backend.xp
+            counts = to_numpy(xp.stack([p.read.array for p in waiting]))
+            for p, count in zip(waiting, counts, strict=True):
+                p.read = HostRead(count, done=True)
+        self._pending = [p for p in self._pending if p not in ready]
+        if not self._pending:
+            _WITH_PENDING.discard(self)
+        for p in ready:
+            if int(p.read.value()):
+                self._pending.clear()  # (raised: the rest would only repeat it)
+                _WITH_PENDING.discard(self)
+                self._last = None
+                p.raise_(when or f" (checked on the device in call {p.first}, read later)")
+
+    def _fold(self) -> None:
+        """Sum the oldest pending answers into one (their labels are let go), so an unread
+        loop keeps a bounded number of arrays."""
+        old, self._pending = self._pending[:-1], self._pending[-1:]
+        backend = old[0].backend
+        xp = backend.xp
+        total = xp.sum(xp.stack([p.read.array for p in old]))
+        folded = _Pending(backend, backend.start_read(total), None, old[0].n_classes,
+                          old[0].where, old[0].first, old[-1].last)  # fmt: skip
+        self._pending.insert(0, folded)
+
+
+class _Pending:
+    """One check on the device, not read yet: the count of bad labels on its way to the host
+    and the labels it counted (None once folded with others), to name them when raising."""
+
+    def __init__(
+        self, backend: Backend, read: Any, y: Any, n_classes: int, where: str, first: int,
+        last: int,
+    ) -> None:  # fmt: skip
+        self.backend, self.read, self.y, self.n_classes = backend, read, y, n_classes
+        self.where, self.first, self.last = where, first, last
+
+    def raise_(self, when: str) -> None:
+        count = int(self.read.value())
+        if self.y is not None:
+            _raise_if_bad_labels(to_numpy(self.y), self.n_classes, self.where, when)
+            when = f"{when}; the labels have changed since"  # (changed in place: not found)
+        what = (
+            f"class indices in [0, {self.n_classes - 1}] for {self.n_classes} classes"
+            if self.y is None or self.y.ndim == 1
+            else "one-hot y_true: each row all 0 but a single 1"
+        )
+        raise ValueError(
+            f"{self.where} expected {what}, got {count} bad labels in calls {self.first} to "
+            f"{self.last} (no longer kept to name them){when}"
+        )
+
+
+_WITH_PENDING: weakref.WeakSet[LabelChecker] = weakref.WeakSet()
+
+
+def check_pending_labels(when: str = "") -> None:
+    """Read every pending device label check of every loss and accuracy (waits for the
+    device if any is pending; nothing to do otherwise) and raise ``ValueError`` for the first
+    with bad labels. ``bg.to_numpy`` and the Model's passes call this."""
+    for checker in list(_WITH_PENDING):
+        checker.raise_if_bad(when=when)
+
+
+def nan_if_bad(backend: Backend, value: Any, errors: Any) -> Any:
+    """``value`` (a 0-d device array: a loss or an accuracy) as NaN when ``errors``, a 0-d
+    count of bad labels on the device, is not 0; ``value`` itself when ``errors`` is None."""
+    if errors is None:
+        return value
+    xp = backend.xp
+    out = xp.where(errors == 0, value, xp.nan)
+    return out if out.dtype == value.dtype else xp.astype(out, value.dtype)
+
+
+def to_numpy_checked(a: Any) -> np.ndarray:
+    """``bg.to_numpy``: raises first for bad device labels still pending (see
+    ``LabelChecker``), then copies ``a`` to a host ``numpy.ndarray``."""
+    check_pending_labels(" (checked on the device, read by bg.to_numpy)")
+    return to_numpy(a)
+
+
+def _one_hot_rows_ok(xp: Any, y: Any) -> Any:
+    """For each row of one-hot ``y`` (N, C): every entry 0 or 1 and the row sums to 1."""
     if dtype_kind(y.dtype) == "b":
         y = xp.astype(y, xp.int64)
-    return xp.all((y == 0) | (y == 1)) & xp.all(xp.sum(y, axis=1) == 1)
+    return xp.all((y == 0) | (y == 1), axis=1) & (xp.sum(y, axis=1) == 1)
 
 
 def _host_range(backend: Backend, y: Any) -> np.ndarray:

@@ -37,8 +37,10 @@ class Loss(abc.ABC):
 
     ``validate=False`` skips the label checks (shape, integer dtype, range), for callers that
     already checked them once for a whole data set. Host labels are checked on the host before
-    the copy; labels already on a GPU cost one device-to-host sync the first time a given
-    array is seen (the same array passed again is not checked again).
+    the copy. Labels already on the device are checked there without a device-to-host read:
+    a batch with a bad label gives a NaN loss at once, and ``ValueError`` naming the labels
+    comes at the next read (``check_labels()``, a later call of this loss once the answer has
+    reached the host, ``bg.to_numpy``, the Model's passes: see ``_checks.LabelChecker``).
     """
 
     # True when ``backward`` takes the loss's own ``output`` (not its input) as ``dvalues``
@@ -70,11 +72,22 @@ class Loss(abc.ABC):
     def get_config(self) -> dict[str, Any]:
         return {}
 
+    def check_labels(self) -> None:
+        """Wait for this loss's pending checks of device labels and raise ``ValueError`` if
+        any batch had a bad label (a loop can call it once an epoch; nothing to do when every
+        label was host data)."""
+        self._check_labels.raise_if_bad(when=" (checked on the device, read by check_labels)")
+
     def _labels(self, y_true: Any, pred: Any, where: str) -> Any:
         n, c = pred.shape
         if self.validate:
             return self._check_labels(self.backend, y_true, n, c, pred.dtype, where)
+        self._check_labels.errors = None
         return _checks.unchecked_labels(self.backend, y_true, where)
+
+    def _nan_if_bad_labels(self, loss: Any) -> Any:
+        """The loss, NaN when the labels just checked on the device had a bad one."""
+        return _checks.nan_if_bad(self.backend, loss, self._check_labels.errors)
 
     def _onehot(self, y: Any, pred: Any) -> Any:
         """(N, C) one-hot of ``pred``'s dtype from indices (N,), or ``y`` if already one-hot."""
@@ -91,7 +104,8 @@ class CategoricalCrossEntropy(Loss):
     def forward(self, y_pred: Any, y_true: Any) -> Any:
         where = "CategoricalCrossEntropy.forward"
         p = _checks.floats(self.backend, y_pred, where, ndim=2)
-        return _mean_cross_entropy(self.backend, p, self._labels(y_true, p, where))
+        y = self._labels(y_true, p, where)
+        return self._nan_if_bad_labels(_mean_cross_entropy(self.backend, p, y))
 
     def backward(self, dvalues: Any, y_true: Any) -> Any:
         """``dvalues`` are the predictions (N, C); dinputs = -onehot / p / N.
@@ -136,7 +150,7 @@ class SoftmaxCrossEntropy(Loss):
         self.logits = logits
         self.output, loss, self.correct = self.backend.ops.softmax_cross_entropy(logits, y, eps)
         self.activation.inputs, self.activation.output = logits, self.output
-        return loss
+        return self._nan_if_bad_labels(loss)
 
     def forward_backward(self, inputs: Any, y_true: Any) -> Any:
         """``forward`` and then ``backward(self.output, y_true)`` in one pass over the logits
@@ -152,7 +166,7 @@ class SoftmaxCrossEntropy(Loss):
             logits, y, eps
         )
         self.activation.inputs, self.activation.output = logits, self.output
-        return loss
+        return self._nan_if_bad_labels(loss)
 
     def backward(self, dvalues: Any, y_true: Any) -> Any:
         where = "SoftmaxCrossEntropy.backward"

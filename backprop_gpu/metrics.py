@@ -38,9 +38,11 @@ class Accuracy:
             raise ValueError(
                 f"Accuracy expected predictions of shape (N, C) or (N,), got {tuple(pred.shape)}"
             )
+        errors = None
         if self.validate and n_classes is not None:
             n = pred.shape[0]
             y = self._check_labels(self.backend, y_true, n, n_classes, xp.float32, "Accuracy")
+            errors = self._check_labels.errors
         else:
             y = _checks.unchecked_labels(self.backend, y_true, "Accuracy")
         if y.ndim == 2:
@@ -51,7 +53,14 @@ class Accuracy:
             )
         # the mean of 0/1 as a float32 count / N: exact, and cheaper than xp.mean on NumPy
         correct = xp.sum(xp.astype(pred == xp.astype(y, pred.dtype), xp.float32))
+        if errors is not None:  # device labels with a bad one (checked, read later): NaN
+            return _checks.nan_if_bad(self.backend, correct / pred.shape[0], errors)
         return correct / pred.shape[0]
+
+    def check_labels(self) -> None:
+        """Wait for the pending checks of device labels and raise ``ValueError`` if any had a
+        bad label (as ``Loss.check_labels``)."""
+        self._check_labels.raise_if_bad(when=" (checked on the device, read by check_labels)")
 
     def init(self, y: Any) -> None:
         """Nothing to learn from the targets (the Model calls this before training)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -121,10 +123,18 @@ def test_bad_labels_are_named(
 
 
 def test_out_of_range_labels_on_the_device_are_caught(backend: bg.Backend) -> None:
-    """CuPy would wrap index 3 to 0 silently; labels already on the device are checked too."""
+    """CuPy would wrap index 3 to 0 silently; labels already on the device are checked too:
+    on the device, without a read (the loss is NaN at once, the error comes at the next read:
+    tests/test_label_checks.py), on the host at once."""
     y = bg.asarray(np.array([0, 1, 3]))
-    with pytest.raises(ValueError, match=r"from 0 to 3"):
-        bg.SoftmaxCrossEntropy().forward(P, y)
+    loss = bg.SoftmaxCrossEntropy()
+    if backend.host:
+        with pytest.raises(ValueError, match=r"from 0 to 3"):
+            loss.forward(P, y)
+    else:
+        assert math.isnan(float(loss.forward(P, y)))
+        with pytest.raises(ValueError, match=r"from 0 to 3"):
+            loss.check_labels()
     with pytest.raises(TypeError, match="integer class indices"):
         bg.SoftmaxCrossEntropy().forward(P, bg.asarray(np.array([0.0, 1.0, 2.0])))
     ok = bg.SoftmaxCrossEntropy().forward(P, bg.asarray(Y))
@@ -133,8 +143,11 @@ def test_out_of_range_labels_on_the_device_are_caught(backend: bg.Backend) -> No
 
 def test_bad_one_hot_labels_on_the_device_are_caught(backend: bg.Backend) -> None:
     for bad in (np.full((3, 3), 2.0), np.array([[1.0, 1, 0], [0, 1, 0], [0, 0, 1]])):
+        loss = bg.CategoricalCrossEntropy()
         with pytest.raises(ValueError, match="each row all 0 but a single 1"):
-            bg.CategoricalCrossEntropy().forward(P, bg.asarray(bad))
+            value = loss.forward(P, bg.asarray(bad))
+            assert math.isnan(float(value))  # (on the device: NaN now, raised at the read)
+            loss.check_labels()
     assert float(bg.CategoricalCrossEntropy().forward(P, bg.asarray(ONEHOT))) == pytest.approx(
         0.38506088005216804, rel=1e-12
     )
@@ -156,24 +169,27 @@ def test_loss_rejects_bad_predictions(backend: bg.Backend) -> None:
         bg.SoftmaxCrossEntropy().forward(P, [0, 1, 1, 2])
 
 
-def test_device_labels_are_range_checked_once_per_array(
+def test_device_labels_are_checked_without_a_read(
     backend: bg.Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Passing the same device labels every step costs one device-to-host sync, not one each."""
+    """Device labels cost no device-to-host read (``_host_range`` is the eager check's
+    read); the same array in a loss's forward and backward is checked once."""
     from backprop_gpu import _checks
 
-    syncs = []
+    reads = []
     real = _checks._host_range
-    monkeypatch.setattr(_checks, "_host_range", lambda b, y: syncs.append(1) or real(b, y))
+    monkeypatch.setattr(_checks, "_host_range", lambda b, y: reads.append(1) or real(b, y))
     loss = bg.SoftmaxCrossEntropy()
     y = bg.asarray(Y)
     for _ in range(3):
         loss.forward(P, y)
         loss.backward(loss.output, y)
-    expected_syncs = 0 if backend.name == "numpy" else 1  # NumPy labels are host labels
-    assert len(syncs) == expected_syncs
-    loss.forward(P, bg.asarray(Y))  # a new array is checked again
-    assert len(syncs) == 2 * expected_syncs
+    loss.forward(P, bg.asarray(Y))  # a new array is checked again, on the device
+    assert reads == []
+    pending = 0 if backend.host else 2  # y once (given again and again), the new one once
+    assert len(loss._check_labels._pending) == pending
+    loss.check_labels()  # all good: nothing raised, nothing left
+    assert loss._check_labels._pending == []
 
 
 # --- binary cross-entropy, mean squared error, mean absolute error ---------------------------

@@ -74,6 +74,7 @@ def _cases(dtype: str) -> dict[str, Callable[[], tuple[Any, ...]]]:
         "softmax_cross_entropy_backward": lambda: (p.astype(dtype), y.copy()),
         "cross_entropy": lambda: (p.astype(dtype), y.copy(), 1e-7),
         "onehot": lambda: (y.copy(), p.astype(dtype)),
+        "checked_labels": lambda: (np.concatenate([y, [-1, c, c + 5, 0]]), c),
         "sgd": lambda: (w.copy(), g.copy(), 0.3),
         "sgd_momentum": lambda: (w.copy(), m.copy(), g.copy(), 0.3, 0.9, False),
         "sgd_nesterov": lambda: (w.copy(), m.copy(), g.copy(), 0.3, 0.9, True),

@@ -147,10 +147,36 @@ class Backend:
         """This backend's dtype object for a name such as ``"float32"`` (or a NumPy dtype)."""
         return getattr(self.xp, dtype_name(name))
 
+    def start_read(self, a: Any) -> HostRead:
+        """Start copying the small array ``a`` to the host without waiting for the device:
+        ``done()`` then says, without waiting, whether its value has arrived, and ``value()``
+        waits for it (CuPy: an asynchronous copy into pinned memory and an event). Here,
+        where the device cannot be asked without waiting (the stand-in), ``done()`` is False
+        until ``value()`` is read."""
+        return HostRead(a, self.host)
+
     def with_reference_ops(self) -> Backend:
         """The same library and device, running the plain ``xp`` reference ops (for tests
         holding every fast path equal to the reference)."""
         return type(self)(self.xp, self.device, self.reason, fast_ops=False)
+
+
+class HostRead:
+    """A small device array on its way to the host (``Backend.start_read``)."""
+
+    def __init__(self, a: Any, done: bool = False) -> None:
+        self.array = a
+        self._value: np.ndarray | None = to_numpy(a) if done else None
+
+    def done(self) -> bool:
+        """Whether ``value()`` returns without waiting for the device."""
+        return self._value is not None
+
+    def value(self) -> np.ndarray:
+        """The array on the host (waits for the device the first time)."""
+        if self._value is None:
+            self._value = to_numpy(self.array)
+        return self._value
 
 
 def dtype_name(dtype: Any) -> str:

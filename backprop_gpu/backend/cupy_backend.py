@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from . import cuda_source
-from .base import Backend, dtype_name
+from .base import Backend, HostRead, dtype_name
 from .ops import Ops
 
 _THREADS = 256  # threads per block of the elementwise kernels
@@ -148,6 +148,9 @@ class CupyBackend(Backend):
         with self.on_device():
             self.xp.cuda.runtime.deviceSynchronize()
 
+    def start_read(self, a: Any) -> HostRead:
+        return _CupyRead(self.xp, a)
+
     def from_host(self, host: np.ndarray, dtype: Any = None) -> Any:
         dtype = getattr(self.xp, host.dtype.name) if dtype is None else dtype
         with self.on_device():
@@ -156,3 +159,30 @@ class CupyBackend(Backend):
     def arange(self, n: int) -> Any:
         with self.on_device():
             return self.xp.arange(n, dtype=self.xp.int64)
+
+
+class _CupyRead(HostRead):
+    """``a`` copied on the current stream into pinned host memory without blocking, and an
+    event recorded after the copy: ``done()`` asks the event (no wait), ``value()`` waits on
+    it alone, not on the work queued since."""
+
+    def __init__(self, cupy: Any, a: Any) -> None:
+        import cupyx  # type: ignore[import-untyped]
+
+        self.array = a
+        self._host = cupyx.empty_pinned(a.shape, a.dtype)
+        stream = cupy.cuda.get_current_stream()
+        a.get(stream=stream, out=self._host, blocking=False)
+        self._event = cupy.cuda.Event(block=False, disable_timing=True)
+        self._event.record(stream)
+        self._value: np.ndarray | None = None
+
+    def done(self) -> bool:
+        return self._value is not None or bool(self._event.done)
+
+    def value(self) -> np.ndarray:
+        if self._value is None:
+            self._event.synchronize()
+            self._value = np.array(self._host, copy=True)  # (the pinned buffer goes back)
+            self.array = self._host = None
+        return self._value

@@ -191,6 +191,15 @@ class Ops:
 
     # --- checks --------------------------------------------------------------------------
 
+    def checked_labels(self, y: Any, n_classes: int) -> tuple[Any, Any]:
+        """Class indices ``y`` (N,) (int64) checked on the device without a read: ``(labels,
+        errors)``, ``labels`` being ``y`` with every index outside [0, n_classes) replaced by
+        0 (safe to gather with: the caller makes that batch's loss NaN) and ``errors`` how
+        many were outside, a 0-d int64 array (the caller reads it later)."""
+        xp = self.xp
+        bad = (y < 0) | (y >= n_classes)
+        return xp.where(bad, xp.zeros_like(y), y), xp.sum(xp.astype(bad, xp.int64))
+
     def finite_flags(self, arrays: Sequence[Any]) -> list[Any]:
         """For each array of ``arrays``, whether it holds no NaN or infinity: 0-d boolean
         arrays on the device (the caller reads them with the epoch's metrics, in one copy),
