@@ -154,8 +154,14 @@ class Dense:
 
     def _backward(self, dvalues: Any, dbiases: Any, need_dinputs: bool) -> Any:
         xp = self.backend.xp
-        self.dweights = self.inputs.T @ dvalues
-        self.dbiases = dbiases
+        views = getattr(self, "_flat_views", None)  # set by flat.FlatParameters (a Model's)
+        if views is None or views["dweights"].dtype != dvalues.dtype:
+            self.dweights = self.inputs.T @ dvalues
+            self.dbiases = dbiases
+        else:  # straight into the flat gradient buffer (the bias gradient: a copy of C values)
+            self.dweights = self.backend.ops.matmul(self.inputs.T, dvalues, out=views["dweights"])
+            self.dbiases = views["dbiases"]
+            self.dbiases[...] = dbiases
         for grad, param, l1, l2 in (
             (self.dweights, self.weights, self.weight_regularizer_l1, self.weight_regularizer_l2),
             (self.dbiases, self.biases, self.bias_regularizer_l1, self.bias_regularizer_l2),
