@@ -36,7 +36,7 @@ from typing import Any, NoReturn, TypeVar
 import numpy as np
 
 from .backend import Backend, dtype_name, gpu_count, to_numpy, use_backend
-from .optimizers import state_name
+from .flat import assign, flat_of, state_name
 
 T = TypeVar("T")
 
@@ -230,7 +230,7 @@ class Context:
             if value is not None and value.shape != tuple(param.shape):
                 raise DistributedError(f"rank 0's {attr} of layer {i} has shape {value.shape}, "
                                        f"this rank's {tuple(param.shape)}")  # fmt: skip
-            setattr(
+            assign(  # (into the flat buffers, where the layers use them)
                 layer, attr, None if value is None else layer.backend.asarray(value, param.dtype)
             )
         if counters is not None:
@@ -246,6 +246,11 @@ class Context:
         contributes zeros."""
         if layers:
             self.bind(layers[0].backend)  # (nothing to do after the first step)
+        flat = flat_of(layers)
+        if flat is not None:  # the gradients' own buffers: no copy in or out
+            for group in flat.groups.values():
+                self._allreduce_flat(flat.gather_gradients(group), weight)
+            return
         groups: dict[str, list[tuple[Any, str, Any]]] = {}
         for layer in layers:
             for name in layer.params:
@@ -279,6 +284,14 @@ class Context:
         for (layer, name, param), size in zip(slots, sizes, strict=True):
             setattr(layer, "d" + name, xp.reshape(buffer[offset : offset + size], param.shape))
             offset += size
+
+    def _allreduce_flat(self, grads: Any, weight: float) -> None:
+        """Weight and sum a flat gradient buffer in place (its gaps hold zeros, summed too)."""
+        if weight == 0:
+            grads[...] = 0
+        elif weight != 1:
+            grads *= weight  # (the same bits as the copy loop's grad * weight)
+        self._allreduce(grads)
 
     def _allreduce(self, buffer: Any) -> None:
         """Sum ``buffer`` over ranks, in place."""

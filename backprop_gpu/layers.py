@@ -183,11 +183,18 @@ class Dense:
         xp, ops = self.backend.xp, self.backend.ops
         # the last step's gradients are spent (applied): let them go before the new ones are
         # made, so a hand-written loop does not hold both at its peak (a caller keeping one
-        # keeps it unchanged)
+        # keeps it unchanged, unless it is a view of a Model's flat gradient buffer)
         self.dweights = self.dbiases = self.dinputs = None
-        dweights = self._out("dweights", self.n_inputs, self.n_neurons)
-        self.dweights = ops.matmul(self.inputs.T, dvalues, dweights)
-        self.dbiases = dbiases
+        views = getattr(self, "_flat_views", None)  # set by flat.FlatParameters (a Model's)
+        if views is not None and views["dweights"].dtype == dvalues.dtype:
+            # straight into the flat gradient buffer (the bias gradient: a copy of C values)
+            self.dweights = ops.matmul(self.inputs.T, dvalues, views["dweights"])
+            self.dbiases = views["dbiases"]
+            self.dbiases[...] = dbiases
+        else:
+            dweights = self._out("dweights", self.n_inputs, self.n_neurons)
+            self.dweights = ops.matmul(self.inputs.T, dvalues, dweights)
+            self.dbiases = dbiases
         for grad, param, l1, l2 in (
             (self.dweights, self.weights, self.weight_regularizer_l1, self.weight_regularizer_l2),
             (self.dbiases, self.biases, self.bias_regularizer_l1, self.bias_regularizer_l2),

@@ -37,6 +37,7 @@ from .distributed import (
     on_root,
     shard_bounds,
 )
+from .flat import FlatParameters, assign, state_name
 from .layers import Dense, Dropout
 from .losses import (
     LOSSES,
@@ -46,7 +47,7 @@ from .losses import (
     SoftmaxCrossEntropy,
 )
 from .metrics import ACCURACIES, Accuracy, BinaryAccuracy
-from .optimizers import OPTIMIZERS, Optimizer, state_name
+from .optimizers import OPTIMIZERS, Optimizer
 
 LAYERS: dict[str, type] = {
     cls.__name__: cls for cls in (Dense, Dropout, ReLU, Softmax, Sigmoid, Linear)
@@ -168,6 +169,7 @@ class Model:
         self._finalized = False
         self._step_buffers: dict[Any, dict[str, Any]] | None = None  # (see _train_pass)
         self._batch_buffers: dict[str, Any] | None = None
+        self._flat: FlatParameters | None = None
         for layer in layers:
             self.add(layer)
 
@@ -230,12 +232,26 @@ class Model:
         if self._fused is not None:
             self._fused.backend = self._fused.activation.backend = self.backend
         self._stages = _stages(self.layers[:-1] if fused else self.layers)
+        self._pack()
         if self.accuracy is None and isinstance(self.loss, CLASS_LOSSES):
             self.accuracy = Accuracy()  # the obvious one; regression must choose its own
         elif self.accuracy is None and isinstance(self.loss, BinaryCrossEntropy):
             self.accuracy = BinaryAccuracy()
         self._finalized = True
         return self
+
+    def _pack(self) -> None:
+        """Put the trainable layers' parameters, gradients and optimizer states in flat
+        buffers (``flat.FlatParameters``: one per dtype, the layers' arrays views into them,
+        so an optimizer step is one call per dtype), unless they are there already. Arrays
+        that cannot go there (not plain writable arrays of the backend) stay as they are, so
+        the optimizer's checks name them."""
+        layers = self.trainable_layers
+        kinds = self.optimizer.state_kinds if self.optimizer is not None else ()
+        flat = self._flat
+        if flat is not None and flat.covers(layers) and flat.intact(kinds):
+            return
+        self._flat = FlatParameters(layers, kinds) if FlatParameters.packable(layers) else None
 
     def _ready(self, what: str, *, train: bool = False) -> None:
         if not self._finalized:
@@ -452,6 +468,7 @@ class Model:
         # distributed, every rank checks its own inputs; if any fails, all stop with the reasons
         X_dev, y_dev, val, size = on_every_rank(dist, lambda: self._train_inputs(
             X, y, epochs, batch_size, validation_data, on_nonfinite))  # fmt: skip
+        self._pack()  # (again, if a parameter or state was replaced since)
         if dist is not None:
             settings = {"epochs": epochs, "batch_size": size, "shuffle": shuffle,
                         "seed": seed, "on_nonfinite": on_nonfinite}  # fmt: skip
@@ -841,8 +858,10 @@ class Model:
 
     @staticmethod
     def _assign(updates: list[tuple[Any, str, Any]]) -> None:
+        """Set each ``(layer, attribute, value)``, into the flat buffers where the attribute
+        is one of their views (so they stay in use)."""
         for layer, attr, value in updates:
-            setattr(layer, attr, value)
+            assign(layer, attr, value)
 
     @_one_pass_at_a_time
     def save(self, path: str | os.PathLike[str]) -> None:
