@@ -74,7 +74,7 @@ def check_finite(array: Any, name: str = "array") -> Any:
     if library in ("numpy", None):
         a, xp = host_array(array, name), np
     else:
-        a, xp = array, _namespace(library)
+        a, xp = array, _namespace(array, library)
     kind = dtype_kind(a.dtype)
     if kind not in "biufc":
         raise TypeError(f"{name} must hold numbers, got dtype {a.dtype}")
@@ -90,8 +90,12 @@ def check_finite(array: Any, name: str = "array") -> Any:
     return array
 
 
-def _namespace(library: str) -> Any:
-    """The array module of a device library (imported already: ``array`` came from it)."""
+def _namespace(array: Any, library: str) -> Any:
+    """The array module of a device array: its ``__array_namespace__()`` where it has one,
+    else its library's module (imported already: ``array`` came from it)."""
+    own = getattr(array, "__array_namespace__", None)
+    if own is not None:
+        return own()
     import importlib
 
     return importlib.import_module(library)
