@@ -37,3 +37,6 @@ def adam(
     epsilon: float,
     /,
 ) -> None: ...
+def philox_uniform(
+    out: np.ndarray, seed: int, stream0: int, stream1: int, start: int, /
+) -> None: ...

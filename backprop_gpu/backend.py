@@ -167,32 +167,9 @@ class Backend:
                 return self.xp.arange(n, dtype=self.xp.int64)
         return self.xp.arange(n, dtype=self.xp.int64)
 
-    def random(self, seed: int | None = None) -> Any:
-        """A generator of uniform [0, 1) arrays on this device: ``.random(shape, dtype)``.
-
-        NumPy and CuPy use their own ``default_rng(seed)`` (so the streams differ between
-        them); array-api-strict, which has no random module, draws on the host and copies.
-        """
-        if self.name == "cupy":
-            with self.on_device():
-                return self.xp.random.default_rng(seed)
-        return _HostRandom(self, seed)
-
     def dtype(self, name: Any) -> Any:
         """This backend's dtype object for a name such as ``"float32"`` (or a NumPy dtype)."""
         return getattr(self.xp, dtype_name(name))
-
-
-class _HostRandom:
-    """``numpy.random.Generator`` draws, copied to the backend's device (NumPy: no copy)."""
-
-    def __init__(self, backend: Backend, seed: int | None) -> None:
-        self.backend = backend
-        self.generator = np.random.default_rng(seed)
-
-    def random(self, shape: tuple[int, ...], dtype: Any) -> Any:
-        host_dtype = np.dtype(dtype_name(dtype))
-        return self.backend.asarray(self.generator.random(shape, dtype=host_dtype))
 
 
 def dtype_name(dtype: Any) -> str:
