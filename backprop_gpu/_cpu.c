@@ -493,8 +493,7 @@ static PyObject *adam(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     Py_RETURN_NONE;
 }
 
-/* ======================================================================================
- * Model.train's fused Dense + ReLU passes: bias_relu and relu_backward_bias_gradient.
+/* =============================================================================== * Model.train's fused Dense + ReLU passes: bias_relu and relu_backward_bias_gradient.
  * (Their own section: each repeats the two reference ops it fuses, in their order.)
  * ====================================================================================== */
 
@@ -583,6 +582,120 @@ static PyObject *relu_backward_bias_gradient(PyObject *self, PyObject *const *ar
 
 /* ====================================== end of the fused Dense + ReLU section ========= */
 
+/* --- Philox4x32-10: Dropout's uniforms (as backprop_gpu.philox.uniform_reference) ----- */
+
+/* Philox4x32-10 (Random123) of counter (c0, c1, c2, c3) under key (k0, k1), into out[0..3]. */
+static inline void philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
+                                 uint32_t k0, uint32_t k1, uint32_t out[4]) {
+    for (int r = 0; r < 10; r++) {
+        if (r) {
+            k0 += 0x9E3779B9u;
+            k1 += 0xBB67AE85u;
+        }
+        const uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
+        const uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0, n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
+        c1 = (uint32_t)p1;
+        c3 = (uint32_t)p0;
+        c0 = n0;
+        c2 = n2;
+    }
+    out[0] = c0;
+    out[1] = c1;
+    out[2] = c2;
+    out[3] = c3;
+}
+
+/* Word w of the (key, stream) sequence is output w % 4 of the block with counter
+ * (w / 4 low 32 bits, high 32 bits, s0, s1). float32 element i: (word i >> 8) * 2^-24;
+ * float64 element i: ((word 2i >> 5) * 2^26 + (word 2i+1 >> 6)) * 2^-53. out[i] gets element
+ * start + i: a partial block first, then whole blocks (which the compiler can vectorise). */
+static void philox_f32(float *restrict out, npy_intp n, uint64_t start, uint32_t k0,
+                       uint32_t k1, uint32_t s0, uint32_t s1) {
+    uint32_t w[4];
+    npy_intp i = 0;
+    uint64_t b = start >> 2;
+    for (unsigned j = (unsigned)(start & 3); j && i < n; b++, j = 0) { /* the partial head */
+        philox4x32_10((uint32_t)b, (uint32_t)(b >> 32), s0, s1, k0, k1, w);
+        for (; j < 4 && i < n; j++) out[i++] = (float)(w[j] >> 8) * 0x1p-24f;
+    }
+    for (; i + 4 <= n; i += 4, b++) {
+        philox4x32_10((uint32_t)b, (uint32_t)(b >> 32), s0, s1, k0, k1, w);
+        for (int j = 0; j < 4; j++) out[i + j] = (float)(w[j] >> 8) * 0x1p-24f;
+    }
+    if (i < n) { /* the partial tail */
+        philox4x32_10((uint32_t)b, (uint32_t)(b >> 32), s0, s1, k0, k1, w);
+        for (int j = 0; i < n; j++) out[i++] = (float)(w[j] >> 8) * 0x1p-24f;
+    }
+}
+
+static inline double philox_double(uint32_t hi, uint32_t lo) {
+    return (double)(((uint64_t)(hi >> 5) << 26) | (lo >> 6)) * 0x1p-53;
+}
+
+static void philox_f64(double *restrict out, npy_intp n, uint64_t start, uint32_t k0,
+                       uint32_t k1, uint32_t s0, uint32_t s1) {
+    uint32_t w[4];
+    npy_intp i = 0;
+    uint64_t b = start >> 1;
+    if ((start & 1) && n) { /* the partial head: the block's second element */
+        philox4x32_10((uint32_t)b, (uint32_t)(b >> 32), s0, s1, k0, k1, w);
+        out[i++] = philox_double(w[2], w[3]);
+        b++;
+    }
+    for (; i + 2 <= n; i += 2, b++) {
+        philox4x32_10((uint32_t)b, (uint32_t)(b >> 32), s0, s1, k0, k1, w);
+        out[i] = philox_double(w[0], w[1]);
+        out[i + 1] = philox_double(w[2], w[3]);
+    }
+    if (i < n) {
+        philox4x32_10((uint32_t)b, (uint32_t)(b >> 32), s0, s1, k0, k1, w);
+        out[i] = philox_double(w[0], w[1]);
+    }
+}
+
+/* Python ints args[first:first + count] as unsigned values below 2^bits; -1 with the error
+ * set otherwise. */
+static int words(PyObject *const *args, Py_ssize_t first, Py_ssize_t count, int bits,
+                 const char *const *names, uint64_t *out) {
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (!PyLong_Check(args[first + i])) {
+            PyErr_Format(PyExc_TypeError, "%s must be an int", names[i]);
+            return -1;
+        }
+        out[i] = PyLong_AsUnsignedLongLong(args[first + i]);
+        if (PyErr_Occurred() || (bits < 64 && out[i] >> bits)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "%s must be an int in [0, 2**%d)", names[i], bits);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *philox_uniform(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    /* (out, seed, stream0, stream1, start): out.flat[i] = element start + i */
+    if (check_nargs(nargs, 5, "philox_uniform") < 0) return NULL;
+    int t = float_type(args[0], "out");
+    PyArrayObject *out = t < 0 ? NULL : checked(args[0], "out", t, -1, 1);
+    static const char *const seed_name[] = {"seed"}, *const names[] = {"stream0", "stream1"},
+                             *const start_name[] = {"start"};
+    uint64_t seed, stream[2], start;
+    if (!out || words(args, 1, 1, 64, seed_name, &seed) < 0 ||
+        words(args, 2, 2, 32, names, stream) < 0 || words(args, 4, 1, 64, start_name, &start) < 0)
+        return NULL;
+    npy_intp n = PyArray_SIZE(out);
+    const uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+    LOOP(n, {
+        if (t == NPY_FLOAT)
+            philox_f32(DATA(out, float), n, start, k0, k1, (uint32_t)stream[0],
+                       (uint32_t)stream[1]);
+        else
+            philox_f64(DATA(out, double), n, start, k0, k1, (uint32_t)stream[0],
+                       (uint32_t)stream[1]);
+    });
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"all_finite", (PyCFunction)(void (*)(void))all_finite, METH_FASTCALL,
      "all_finite(arrays) -> bool: no NaN or Inf in any of the float arrays"},
@@ -605,6 +718,9 @@ static PyMethodDef methods[] = {
     {"sgd_momentum", (PyCFunction)(void (*)(void))sgd_momentum, METH_FASTCALL,
      "sgd_momentum(param, velocity, grad, lr, momentum, nesterov): in place"},
     {"sgd", (PyCFunction)(void (*)(void))sgd, METH_FASTCALL, "sgd(param, grad, lr): in place"},
+    {"philox_uniform", (PyCFunction)(void (*)(void))philox_uniform, METH_FASTCALL,
+     "philox_uniform(out, seed, stream0, stream1, start): out.flat[i] = Philox4x32-10 uniform "
+     "start + i of (seed, (stream0, stream1)) (see backprop_gpu.philox)"},
     {"adam", (PyCFunction)(void (*)(void))adam, METH_FASTCALL,
      "adam(param, momentums, cache, grad, lr, b1, 1 - b1, b2, 1 - b2, 1 - b1**t, 1 - b2**t, "
      "eps): in place"},
@@ -620,7 +736,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_cpu",
-    "Fused single-pass loops for the NumPy backend (see backprop_gpu.kernels).", -1, methods,
+    "Fused single-pass loops for the NumPy backend (see backprop_gpu/backend/numpy_backend.py).", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__cpu(void) {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -251,20 +252,34 @@ class Dropout:
     survivors by ``1 / (1 - rate)`` so the expected output equals the input; in inference
     (``training=False``) pass inputs through unchanged.
 
-    The mask is drawn on the layer's device from a generator seeded with ``seed``
-    (``Backend.random``), so a seeded run drops the same units each time.
+    The mask of a forward is a pure function of (seed, epoch, draw number within the epoch,
+    element position): Philox4x32-10 uniforms (:mod:`backprop_gpu.philox`), the same bits on
+    NumPy, CuPy and array-api-strict, so a seeded run drops the same units on every backend,
+    and a run resumed at an epoch boundary (``reseed``) drops what the uninterrupted one
+    would, on any machine. ``seed=None`` draws a random 63-bit seed once, here.
     """
 
     params: tuple[str, ...] = ()
 
     def __init__(self, rate: float, *, seed: int | None = None) -> None:
         self.rate = _checks.in_range(rate, 0.0, 1.0, "Dropout: rate")
+        if seed is not None and (
+            not isinstance(seed, int | np.integer) or isinstance(seed, bool) or
+            not 0 <= seed < 2**64
+        ):  # fmt: skip
+            raise ValueError(f"Dropout: seed must be None or an int in [0, 2**64), got {seed!r}")
         self.seed = seed
+        # the Philox key (unseeded: 63 random bits, drawn once; the config keeps seed=None;
+        # os.urandom, as the secrets module would import hashlib: OpenSSL, 5 MiB a process)
+        self.mask_seed = (
+            int(seed) if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+        )
+        self.epoch = 0  # the stream of the masks: (epoch, draw number within it)
+        self.draws = 0
         self.backend: Backend = get_backend()
-        self.rng = np.random.default_rng(seed)  # (drawn on the host: the same on every backend)
         # (global batch size, first row, end row): set by Model.train in distributed training,
-        # so each rank draws the mask of the whole batch and keeps its own rows, as one
-        # process would (None: the mask is drawn for the inputs alone)
+        # so each rank computes its rows of the mask of the whole batch, as one process would
+        # (None: the mask is drawn for the inputs alone)
         self.rows: tuple[int, int, int] | None = None
         self.inputs: Any = None
         self.output: Any = None
@@ -272,11 +287,11 @@ class Dropout:
         self.dinputs: Any = None
 
     def reseed(self, epoch: int) -> None:
-        """Restart the mask stream from (seed, epoch); the Model calls this at each epoch so a
-        run resumed from a checkpoint drops the same units as an uninterrupted one."""
-        if self.seed is not None:
-            state = np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0]
-            self.rng = np.random.default_rng(int(state))
+        """Start the masks of epoch ``epoch`` (its draw 0); the Model calls this at each epoch
+        so a run resumed from a checkpoint drops the same units as an uninterrupted one."""
+        if not isinstance(epoch, int | np.integer) or not 0 <= epoch < 2**32:
+            raise ValueError(f"Dropout.reseed: epoch must be an int in [0, 2**32), got {epoch!r}")
+        self.epoch, self.draws = int(epoch), 0
 
     def forward(self, inputs: Any, training: bool = True) -> Any:
         self.inputs = _checks.floats(self.backend, inputs, "Dropout.forward")
@@ -284,14 +299,13 @@ class Dropout:
             self.mask = None
             self.output = self.inputs
             return self.output
-        xp, dtype = self.backend.xp, np.dtype(dtype_name(self.inputs.dtype))
-        if self.rows is None:
-            keep = self.rng.random(tuple(self.inputs.shape), dtype) >= self.rate
-        else:
-            total, lo, hi = self.rows
-            shape = (total, *self.inputs.shape[1:])
-            keep = (self.rng.random(shape, dtype) >= self.rate)[lo:hi, ...]
-        keep = self.backend.asarray(keep)
+        xp = self.backend.xp
+        uniforms = self.backend.ops.uniform(
+            self.mask_seed, (self.epoch, self.draws), tuple(self.inputs.shape),
+            self.inputs.dtype, self.rows,
+        )  # fmt: skip
+        self.draws += 1
+        keep = uniforms >= self.rate
         self.mask = xp.astype(keep, self.inputs.dtype) / (1 - self.rate)
         self.output = self.inputs * self.mask
         return self.output

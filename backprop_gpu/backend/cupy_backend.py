@@ -47,6 +47,14 @@ class CupyOps(Ops):
     def matmul(self, a: Any, b: Any, out: Any = None) -> Any:
         return self.xp.matmul(a, b, out=out)  # (cuBLAS writes straight into out)
 
+    def uniform(
+        self, seed: int, stream: tuple[int, int], shape: tuple[int, ...], dtype: Any,
+        rows: tuple[int, int, int] | None = None,
+    ) -> Any:  # fmt: skip
+        from ..philox import uniform_cuda  # (one kernel, a thread per Philox block)
+
+        return uniform_cuda(self.backend, seed, stream, shape, dtype, rows)
+
     def relu_backward(self, dvalues: Any, inputs: Any) -> Any:
         suffix = self._fits(dvalues, inputs)
         if suffix is None or dvalues.dtype != inputs.dtype:
@@ -89,8 +97,11 @@ def _function(device_id: int, name: str) -> Any:
             function = _functions.get((device_id, name))
             if function is None:
                 if _module is None:
+                    from ..philox import PHILOX_CUDA_SOURCE  # (Dropout's generator)
+
                     _module = cupy.RawModule(
-                        code=cuda_source.CUDA_SOURCE, options=cuda_source.NVRTC_OPTIONS
+                        code=cuda_source.CUDA_SOURCE + PHILOX_CUDA_SOURCE,
+                        options=cuda_source.NVRTC_OPTIONS,
                     )
                 with on_gpu(cupy, device_id):
                     function = _functions[device_id, name] = _module.get_function(name)

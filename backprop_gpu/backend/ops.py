@@ -142,6 +142,19 @@ class Ops:
         classes = self.backend.arange(like.shape[1])
         return xp.astype(y[:, None] == classes[None, :], like.dtype)
 
+    # --- Dropout --------------------------------------------------------------------------
+
+    def uniform(
+        self, seed: int, stream: tuple[int, int], shape: tuple[int, ...], dtype: Any,
+        rows: tuple[int, int, int] | None = None,
+    ) -> Any:  # fmt: skip
+        """Philox4x32-10 uniforms in [0, 1) of ``shape`` and ``dtype``: element ``i`` of the
+        ``(seed, stream)`` sequence (``backprop_gpu/philox.py``), the same bits on every
+        backend; ``rows=(total, lo, hi)``: rows lo:hi of a (total, ...) draw."""
+        from ..philox import uniform_reference  # (philox imports this package)
+
+        return uniform_reference(self.backend, seed, stream, shape, dtype, rows)
+
     # --- optimizer updates: each in place, on one parameter and its state ---------------
 
     def sgd(self, param: Any, grad: Any, lr: float) -> None:
