@@ -102,20 +102,30 @@ class CupyOps(Ops):
         self._launch(f"relu_backward_{suffix}", out.size, dvalues, inputs, out)
         return out
 
-    def relu_backward_bias_gradient(self, dvalues: Any, output: Any) -> tuple[Any, Any]:
+    def relu_backward_bias_gradient(
+        self, dvalues: Any, output: Any, out: tuple[Any, Any] | None = None
+    ) -> tuple[Any, Any]:
         """One kernel: ``dinputs = dvalues * (output > 0)`` (bit for bit the reference) and
         its column sums (1, C), added in a fixed order, the same on every run: a block takes
         32 columns; in each column thread k (0..7) adds rows k, k + 8, k + 16, ... in
         increasing order starting from 0, then the 8 partial sums are added pairwise (p[k] +=
         p[k + 4], then + p[k + 2], then + p[k + 1]). That is not CuPy's order: the sums differ
         from the reference by a sum's rounding, at most (N - 1) eps sum(|column|) (Higham);
-        ``cuda_source.relu_backward_bias_gradient_twin`` is this order in NumPy."""
-        suffix = self._fits(dvalues, output)
-        if suffix is None or dvalues.ndim != 2 or dvalues.shape != output.shape:
-            return super().relu_backward_bias_gradient(dvalues, output)
+        ``cuda_source.relu_backward_bias_gradient_twin`` is this order in NumPy. ``out``: as
+        the reference's (the kernel writes into it)."""
+        suffix = self._fits(dvalues, output, *(out or ()))
+        if (
+            suffix is None or dvalues.ndim != 2 or dvalues.shape != output.shape
+            or (out is not None and (out[0].shape != dvalues.shape
+                                     or out[1].shape != (1, dvalues.shape[1])))
+        ):  # fmt: skip
+            return super().relu_backward_bias_gradient(dvalues, output, out)
         rows, cols = dvalues.shape
-        dinputs = self.xp.empty_like(dvalues)
-        dbiases = self.xp.empty((1, cols), dtype=dvalues.dtype)
+        if out is None:
+            dinputs = self.xp.empty_like(dvalues)
+            dbiases = self.xp.empty((1, cols), dtype=dvalues.dtype)
+        else:
+            dinputs, dbiases = out
         if cols:
             grid = _blocks(cols, cuda_source.COL_TILE)
             block = (cuda_source.COL_TILE, cuda_source.ROW_THREADS)
