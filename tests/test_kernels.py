@@ -637,6 +637,81 @@ def test_cuda_kernels_equal_the_reference(dtype: str) -> None:
             assert bg.to_numpy(v).tobytes() == bg.to_numpy(v_ref).tobytes()
 
 
+@gpu_only
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 40), (300, 1), (513, 70)])
+def test_new_cuda_kernels_equal_the_reference(dtype: str, shape: tuple[int, int]) -> None:
+    """bias_relu and the optimizers bit for bit the reference on CuPy; the column sums within
+    N eps sum|x| and bit for bit their twin; the softmax within ``softmax_tolerances``, its
+    reduction bit for bit its twin on the kernel's own logp; a bad label counts 1 error."""
+    with bg.use_backend("cupy") as backend:
+        fast, ref = backend.ops, backend.with_reference_ops().ops
+        host = [_edge_array(shape, dtype) for _ in range(4)]
+        z, d, w, g = (bg.asarray(a) for a in host)
+        biases = bg.asarray(_edge_array((1, shape[1]), dtype))
+        got = bg.to_numpy(fast.bias_relu(z.copy(), biases))
+        assert got.tobytes() == bg.to_numpy(ref.bias_relu(z.copy(), biases)).tobytes()
+        dinputs, dbiases = fast.relu_backward_bias_gradient(d, z)
+        ref_dinputs, ref_dbiases = ref.relu_backward_bias_gradient(d, z)
+        assert bg.to_numpy(dinputs).tobytes() == bg.to_numpy(ref_dinputs).tobytes()
+        twin = cuda_source.relu_backward_bias_gradient_twin(host[1], host[0])[1]
+        np.testing.assert_array_equal(bg.to_numpy(dbiases), twin)  # (NaN payloads aside)
+        finite = np.nan_to_num(bg.to_numpy(ref_dinputs), nan=0, posinf=0, neginf=0)
+        bound = shape[0] * float(np.finfo(dtype).eps) * np.abs(finite).sum(0, keepdims=True)
+        ok = np.isfinite(bg.to_numpy(ref_dbiases))
+        assert np.all((np.abs(bg.to_numpy(dbiases - ref_dbiases)) <= bound)[ok])
+        cache = bg.asarray(np.abs(RNG.standard_normal(shape)).astype(dtype))
+        updates = [
+            ("sgd", (), {"lr": 0.1}),
+            ("sgd_momentum", (1,), {"lr": 0.1, "momentum": 0.9, "nesterov": True}),
+            ("adagrad", (1,), {"lr": 0.1, "epsilon": 1e-7}),
+            ("rmsprop", (1,), {"lr": 0.01, "rho": 0.9, "epsilon": 1e-7}),
+            ("adam", (1, 1), {"lr": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7,
+                              "t": 3}),
+        ]  # fmt: skip
+        for name, states, kwargs in updates:
+            runs = []
+            for ops in (fast, ref):
+                arrays = [w.copy(), *(cache.copy() for _ in states)]
+                getattr(ops, name)(*arrays, g, **kwargs)
+                runs.append([bg.to_numpy(a).tobytes() for a in arrays])
+            assert runs[0] == runs[1], name
+        rows, cols = shape
+        logits = bg.asarray((3 * RNG.standard_normal(shape)).astype(dtype))
+        y_host = RNG.integers(0, cols, rows)
+        p, loss, correct, dl = fast.softmax_cross_entropy_forward_backward(
+            logits, bg.asarray(y_host), 1e-7
+        )
+        ref_p, ref_loss, _, ref_d = ref.softmax_cross_entropy_forward_backward(
+            logits, bg.asarray(y_host), 1e-7
+        )
+        ref_p, ref_d = bg.to_numpy(ref_p), bg.to_numpy(ref_d)
+        p_tol, d_tol, loss_tol = cuda_source.softmax_tolerances(ref_p, ref_d, float(ref_loss))
+        assert np.all(np.abs(bg.to_numpy(p) - ref_p) <= p_tol)
+        assert np.all(np.abs(bg.to_numpy(dl) - ref_d) <= d_tol)
+        assert abs(float(loss) - float(ref_loss)) <= loss_tol
+        assert float(correct) == (np.argmax(bg.to_numpy(logits), axis=1) == y_host).sum()
+        # the reduction kernel alone, launched on given logp and hits: bit for bit its twin
+        xp, suffix = backend.xp, cuda_source.SUFFIX[dtype]
+        logp = RNG.standard_normal(rows).astype(dtype)
+        hit = RNG.integers(-1, 2, rows).astype(np.int32)
+        out_loss, out_correct = xp.empty((), dtype), xp.empty((), np.float32)
+        errors = xp.zeros(1, np.int64)
+        fast._run(f"softmax_ce_reduce_{suffix}", 1, (cuda_source.REDUCE_THREADS,),
+                  xp.asarray(logp), xp.asarray(hit), out_loss, out_correct, errors,
+                  np.dtype(dtype).type(rows), np.int64(rows))  # fmt: skip
+        twin_loss, twin_correct, twin_errors = cuda_source.softmax_ce_reduce_twin(logp, hit)
+        assert bg.to_numpy(out_loss).tobytes() == np.asarray(twin_loss, dtype).tobytes()
+        assert float(out_correct) == twin_correct and int(errors[0]) == twin_errors
+        assert int(fast.label_errors[0]) == 0
+        y_host[0] = cols  # a bad label: NaN on its row, one error counted
+        p, loss, _, dl = fast.softmax_cross_entropy_forward_backward(
+            logits, bg.asarray(y_host), 1e-7
+        )
+        assert np.isnan(bg.to_numpy(p)[0]).all() and np.isnan(bg.to_numpy(dl)[0]).all()
+        assert np.isnan(float(loss)) and int(fast.label_errors[0]) == 1
+
+
 @needs_ext
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_c_all_finite_equals_the_reference(dtype: str) -> None:
