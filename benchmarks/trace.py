@@ -5,11 +5,12 @@ arrays on the host wrapped to look like ``cupy.ndarray`` (``DeviceArray``), and 
 with the ``cupy`` functions the package calls. The package's own CuPy code path runs
 unchanged over them (``CupyOps``, its ``_fits`` checks and fallbacks, ``CupyBackend``'s device
 handling; the arrays claim the ``cupy`` module, which is how the package recognises CuPy
-arrays). Only ``CupyOps._launch`` is replaced: a launch of CUDA kernel ``name`` runs that
-kernel's CPU computation from the ``KERNELS`` table (its ``Ops`` reference, vectorised, or
-its per-element twin from ``cuda_source``), so the emulated path trains to the reference's
-values. Every device operation is recorded as an ``Event``, with the package code that
-issued it.
+arrays). Only ``CupyOps._launch`` and ``CupyOps._run`` are replaced: a launch of CUDA
+kernel ``name`` runs that kernel's CPU computation from the ``KERNELS`` table (its ``Ops``
+reference, vectorised, so the emulated path trains to the reference's values bit for bit;
+or, with ``twins``, its twin from ``cuda_source``: element by element, and the reductions in
+the kernel's order of additions). Every device operation is recorded as an ``Event``, with
+the package code that issued it.
 
 Counting rules (what one call costs on CuPy 14, read from CuPy's source):
 
@@ -70,6 +71,8 @@ class Twin:
     function: Callable[..., Any]
     reads: tuple[int, ...]
     writes: tuple[int, ...]
+    by_column: tuple[int, ...] = ()  # arrays read at i % cols (bias_relu's biases)
+    columns: int = -1  # the argument holding cols, with by_column
 
 
 @dataclass(frozen=True)
@@ -77,19 +80,115 @@ class Kernel:
     """How the emulator runs one CUDA kernel (by its name without the dtype suffix).
 
     ``reference(ops, *args)`` does the launch's work with the reference ``Ops`` on NumPy
-    arrays (``args`` are the launch's arguments, arrays as NumPy, without the trailing
-    element count); ``twin`` runs it element by element instead, where the kernel has one."""
+    arrays, writing the kernel's output arguments as the kernel does. ``args`` are the
+    launch's arguments, arrays as NumPy: an elementwise kernel's (``CupyOps._launch``)
+    without its trailing element count, a kernel launched on its own grid (``CupyOps._run``:
+    the column sums, the softmax) all of them, shapes included. With ``twins``, ``twin``
+    runs an elementwise kernel element by element instead, and ``ordered(*args)`` a
+    reduction in the kernel's own order of additions (its NumPy twin in ``cuda_source``)."""
 
     reference: Callable[..., None]
     twin: Twin | None = None
+    ordered: Callable[..., None] | None = None
 
 
 def _relu_backward(ops: Ops, dvalues: Any, inputs: Any, out: Any) -> None:
     out[...] = ops.relu_backward(dvalues, inputs)
 
 
+def _bias_relu(ops: Ops, z: Any, biases: Any, cols: Any) -> None:
+    z[...] = ops.bias_relu(z.copy(), biases.reshape(1, int(cols)))
+
+
+def _relu_backward_bias_gradient(
+    ops: Ops, dvalues: Any, output: Any, dinputs: Any, dbiases: Any, rows: Any, cols: Any
+) -> None:
+    dinputs[...], dbiases[...] = ops.relu_backward_bias_gradient(dvalues, output)
+
+
+def _relu_backward_bias_gradient_ordered(
+    dvalues: Any, output: Any, dinputs: Any, dbiases: Any, rows: Any, cols: Any
+) -> None:
+    dinputs[...], dbiases[...] = cuda_source.relu_backward_bias_gradient_twin(dvalues, output)
+
+
+def _softmax_ce_rows(
+    ops: Ops, logits: Any, y: Any, p: Any, dinputs: Any, logp: Any, hit: Any, lo: Any,
+    hi: Any, n_rows: Any, grad: Any, rows: Any, cols: Any,
+) -> None:  # fmt: skip
+    """The reference's softmax, its ``log(clip(p[range(N), y], lo, hi))`` per row (what it
+    sums), ``(p - onehot(y)) / N`` and numpy.argmax's hits; a label outside [0, C) gives that
+    row NaN and hit -1, as the kernel."""
+    bad = (y < 0) | (y >= cols)
+    label = np.where(bad, 0, y)
+    probabilities = ops.softmax(logits)
+    picked = np.clip(probabilities, lo, hi)[np.arange(rows), label]
+    with np.errstate(divide="ignore"):
+        logp[...] = np.log(picked)
+    if grad:
+        dinputs[...] = ops.softmax_cross_entropy_backward(probabilities, label)
+        dinputs[bad] = np.nan
+    p[...] = probabilities
+    p[bad], logp[bad] = np.nan, np.nan
+    hit[...] = np.where(bad, -1, np.argmax(logits, axis=1) == label)
+
+
+def _softmax_ce_rows_ordered(
+    logits: Any, y: Any, p: Any, dinputs: Any, logp: Any, hit: Any, lo: Any, hi: Any,
+    n_rows: Any, grad: Any, rows: Any, cols: Any,
+) -> None:  # fmt: skip
+    p[...], d, logp[...], hit[...] = cuda_source.softmax_ce_rows_twin(logits, y, lo, hi, bool(grad))
+    if grad:
+        dinputs[...] = d
+
+
+def _softmax_ce_reduce(
+    ops: Ops, logp: Any, hit: Any, loss: Any, correct: Any, errors: Any, n_rows: Any, rows: Any
+) -> None:
+    """The reference's ``-sum(log p) / N`` (NumPy's sum), the hits and the bad labels."""
+    loss[...] = -np.sum(logp) / n_rows
+    correct[...] = np.float32((hit == 1).sum())
+    errors[0] += (hit == -1).sum()
+
+
+def _softmax_ce_reduce_ordered(
+    logp: Any, hit: Any, loss: Any, correct: Any, errors: Any, n_rows: Any, rows: Any
+) -> None:
+    loss[...], correct[...], bad = cuda_source.softmax_ce_reduce_twin(logp, hit)
+    errors[0] += bad
+
+
+def _sgd(ops: Ops, w: Any, g: Any, lr: Any) -> None:
+    ops.sgd(w, g, lr)
+
+
 def _sgd_momentum(ops: Ops, w: Any, v: Any, g: Any, lr: Any, momentum: Any, nesterov: Any) -> None:
     ops.sgd_momentum(w, v, g, lr, momentum, bool(nesterov))
+
+
+def _adagrad(ops: Ops, w: Any, cache: Any, g: Any, lr: Any, epsilon: Any) -> None:
+    ops.adagrad(w, cache, g, lr, epsilon)
+
+
+def _rmsprop(
+    ops: Ops, w: Any, cache: Any, g: Any, lr: Any, rho: Any, one_minus_rho: Any, epsilon: Any
+) -> None:
+    """The reference's steps with the kernel's scalars (``1 - rho`` rounded once, as CuPy)."""
+    cache *= rho
+    cache += one_minus_rho * g**2
+    w -= lr * g / (np.sqrt(cache) + epsilon)
+
+
+def _adam(
+    ops: Ops, w: Any, m: Any, cache: Any, g: Any, lr: Any, beta_1: Any, one_minus_beta_1: Any,
+    beta_2: Any, one_minus_beta_2: Any, correction_1: Any, correction_2: Any, epsilon: Any,
+) -> None:  # fmt: skip
+    """The reference's steps with the kernel's scalars (each rounded once, as CuPy)."""
+    m *= beta_1
+    m += one_minus_beta_1 * g
+    cache *= beta_2
+    cache += one_minus_beta_2 * g**2
+    w -= lr * (m / correction_1) / (np.sqrt(cache / correction_2) + epsilon)
 
 
 # Every CUDA kernel of cuda_source.KERNEL_NAMES, by name without its "_f32"/"_f64" suffix.
@@ -98,10 +197,27 @@ KERNELS: dict[str, Kernel] = {
     "relu_backward": Kernel(
         _relu_backward, Twin(cuda_source.relu_backward_element, reads=(0, 1), writes=(2,))
     ),
+    "bias_relu": Kernel(
+        _bias_relu,
+        Twin(cuda_source.bias_relu_element, reads=(0, 1), writes=(0,), by_column=(1,), columns=2),
+    ),
+    "relu_backward_bias_gradient": Kernel(
+        _relu_backward_bias_gradient, ordered=_relu_backward_bias_gradient_ordered
+    ),
+    "softmax_ce_rows": Kernel(_softmax_ce_rows, ordered=_softmax_ce_rows_ordered),
+    "softmax_ce_reduce": Kernel(_softmax_ce_reduce, ordered=_softmax_ce_reduce_ordered),
+    "sgd": Kernel(_sgd, Twin(cuda_source.sgd_element, reads=(0, 1, 2), writes=(0,))),
     "sgd_momentum": Kernel(
         _sgd_momentum,
         Twin(cuda_source.sgd_momentum_element, reads=(0, 1, 2, 3, 4, 5), writes=(0, 1)),
     ),
+    "adagrad": Kernel(
+        _adagrad, Twin(cuda_source.adagrad_element, reads=(0, 1, 2, 3, 4), writes=(0, 1))
+    ),
+    "rmsprop": Kernel(
+        _rmsprop, Twin(cuda_source.rmsprop_element, reads=(0, 1, 2, 3, 4, 5, 6), writes=(0, 1))
+    ),
+    "adam": Kernel(_adam, Twin(cuda_source.adam_element, reads=tuple(range(12)), writes=(0, 1, 2))),
 }
 
 
@@ -122,8 +238,12 @@ def kernel_entry(name: str) -> Kernel:
 
 def _run_twin(twin: Twin, args: Sequence[Any], n: int) -> None:
     flat = [a.reshape(-1) if isinstance(a, np.ndarray) else None for a in args]  # views
+    cols = int(args[twin.columns]) if twin.by_column else 1
     for i in range(n):
-        values = [args[j] if (a := flat[j]) is None else a[i] for j in twin.reads]
+        values = [
+            args[j] if (a := flat[j]) is None else a[i % cols if j in twin.by_column else i]
+            for j in twin.reads
+        ]
         result = twin.function(*values)
         results = result if len(twin.writes) > 1 else (result,)
         for j, value in zip(twin.writes, results, strict=True):
@@ -207,10 +327,37 @@ class EmulatedDevice:
         return f"<CUDA Device {self.id} (emulated)>"
 
 
+class _Runtime:
+    """``cupy.cuda.runtime`` for one emulated GPU: the current device is always 0 (host
+    calls, no device operation)."""
+
+    @staticmethod
+    def getDevice() -> int:  # noqa: N802 (CuPy's names)
+        return 0
+
+    @staticmethod
+    def setDevice(device_id: int) -> None:  # noqa: N802
+        pass
+
+    @staticmethod
+    def deviceSynchronize() -> None:  # noqa: N802
+        pass
+
+
+class _Driver:
+    """``cupy.cuda.driver``: a current context (nonzero) exists."""
+
+    @staticmethod
+    def ctxGetCurrent() -> int:  # noqa: N802
+        return 1
+
+
 class _Cuda:
-    """``cupy.cuda``: the ``Device`` class."""
+    """``cupy.cuda``: the ``Device`` class, ``runtime`` and ``driver`` (``on_gpu``)."""
 
     Device = EmulatedDevice
+    runtime = _Runtime
+    driver = _Driver
 
 
 def _is_host_array(a: Any) -> bool:
@@ -612,6 +759,17 @@ class EmulatedCupyOps(CupyOps):
         plain = [a._data if isinstance(a, DeviceArray) else a for a in args]
         if xp.twins and entry.twin is not None:
             _run_twin(entry.twin, plain, n)
+        else:
+            entry.reference(xp.reference, *plain)
+
+    def _run(self, name: str, grid: int, block: tuple[int, ...], *args: Any) -> None:
+        """A kernel on its own grid (the column sums, the softmax): all its arguments."""
+        xp: EmulatedCupy = self.xp
+        entry = kernel_entry(name)
+        xp.record("kernel", name)
+        plain = [a._data if isinstance(a, DeviceArray) else a for a in args]
+        if xp.twins and entry.ordered is not None:
+            entry.ordered(*plain)
         else:
             entry.reference(xp.reference, *plain)
 

@@ -59,10 +59,22 @@ def test_cuda_source_compiles_to_ptx() -> None:
     # may be fused by ptxas (what NVRTC emits by default: add.f32, mul.f32); one with .rn
     # may not (the PTX ISA, "mul": "mul/add sequences with no rounding modifiers may be
     # optimized to use fused-multiply-add instructions").
-    arithmetic = re.findall(r"\b(?:fma|mad|add|sub|mul)(?:\.\w+)*\.f(?:32|64)\b", ptx)
-    assert arithmetic, "no float arithmetic found: the PTX pattern is out of date"
-    loose = sorted({op for op in arithmetic if ".rn." not in op or op.startswith(("fma", "mad"))})
-    assert not loose, f"float arithmetic that ptxas may contract into FMA: {loose}"
+    # The softmax's exp and log are CUDA's own math functions, which use fma on purpose (and
+    # are held to a tolerance, not bit for bit): fma is allowed in that kernel only.
+    entries = re.split(r"(?=\.visible \.entry )", ptx)[1:]
+    assert len(entries) == len(cuda_source.KERNEL_NAMES)
+    for entry in entries:
+        name = re.match(r"\.visible \.entry (\w+)\(", entry).group(1)  # type: ignore[union-attr]
+        arithmetic = re.findall(r"\b(?:fma|mad|add|sub|mul)(?:\.\w+)*\.f(?:32|64)\b", entry)
+        libm = name.startswith("softmax_ce_rows")
+        fused = {op for op in arithmetic if op.startswith(("fma", "mad"))}
+        loose = sorted(
+            {op for op in arithmetic if ".rn." not in op} - fused | (set() if libm else fused)
+        )
+        assert not loose, f"{name}: float arithmetic that ptxas may contract into FMA: {loose}"
+        # IEEE division and square root (-prec-div=true -prec-sqrt=true), as CuPy's kernels
+        assert not re.findall(r"\b(?:div|sqrt)\.(?:approx|full)", entry), name
+    assert re.search(r"\bdiv\.rn\.f32\b", ptx) and re.search(r"\bsqrt\.rn\.f32\b", ptx)
 
 
 # --- the twins: the kernels' per-element arithmetic, against the reference ---------------
@@ -91,6 +103,185 @@ def test_sgd_momentum_twin_equals_the_reference(backend: bg.Backend, nesterov: b
     twin = np.vectorize(cuda_source.sgd_momentum_element)(w, v, g, 0.3, 0.8, nesterov)
     assert np.array_equal(twin[0], bg.to_numpy(layer.weights))
     assert np.array_equal(twin[1], bg.to_numpy(layer.weight_momentums))
+
+
+EDGES = [0.0, -0.0, np.nan, np.inf, -np.inf, 1.5, -2.25, 1e-3, 3.0, -1e-5]
+
+
+def _edge_array(shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """Normal values with every edge value of ``EDGES`` at the start."""
+    a = RNG.standard_normal(shape).astype(dtype)
+    flat = a.reshape(-1)
+    flat[: len(EDGES)] = EDGES[: flat.size]
+    return a
+
+
+def _twin(function, dtype: str, n_out: int = 1):  # type: ignore[no-untyped-def]
+    """``function`` over arrays element by element, each element a NumPy scalar of the
+    array's dtype (not np.vectorize: it passes Python floats, so float32 arithmetic would
+    run in double); ``biases`` (1, C) broadcast over rows as numpy does."""
+
+    def run(*args):  # type: ignore[no-untyped-def]
+        arrays = [a for a in args if isinstance(a, np.ndarray)]
+        shape = np.broadcast_shapes(*(a.shape for a in arrays))
+        flat = [np.broadcast_to(a, shape).reshape(-1) if isinstance(a, np.ndarray) else a
+                for a in args]  # fmt: skip
+        out = [np.empty(shape, dtype) for _ in range(n_out)]
+        for i in range(int(np.prod(shape))):
+            result = function(*(a[i] if isinstance(a, np.ndarray) else a for a in flat))
+            for o, value in zip(out, result if n_out > 1 else (result,), strict=True):
+                o.reshape(-1)[i] = value
+        return out if n_out > 1 else out[0]
+
+    return run
+
+
+def _same_bits(got: np.ndarray, want: np.ndarray) -> None:
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert got.tobytes() == want.tobytes(), (got, want)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_elementwise_twins_equal_the_reference_bit_for_bit(dtype: str) -> None:
+    """Each ``*_element`` twin against the reference ``Ops`` on NumPy, with 0, -0.0, NaN and
+    +-inf among the inputs (bytes compared: a NaN, and the sign of a zero, must match too)."""
+    ref, scalars = REFERENCE.ops, cuda_source.optimizer_scalars
+    z, biases = _edge_array((4, 10), dtype), _edge_array((1, 10), dtype)[:, ::-1].copy()
+    _same_bits(_twin(cuda_source.bias_relu_element, dtype)(z, biases),
+               ref.bias_relu(z.copy(), biases))  # fmt: skip
+    d, x = _edge_array((4, 10), dtype), _edge_array((4, 10), dtype)[::-1].copy()
+    _same_bits(_twin(cuda_source.relu_backward_element, dtype)(d, x), ref.relu_backward(d, x))
+    w, g = _edge_array((3, 10), dtype), _edge_array((3, 10), dtype)[::-1].copy()
+    cache = np.abs(RNG.standard_normal((3, 10))).astype(dtype)
+    m = RNG.standard_normal((3, 10)).astype(dtype)
+
+    w_ref = w.copy()
+    ref.sgd(w_ref, g, 0.1)
+    _same_bits(_twin(cuda_source.sgd_element, dtype)(w, g, scalars(dtype, lr=0.1)["lr"]), w_ref)
+
+    for nesterov in (False, True):
+        w_ref, v_ref = w.copy(), m.copy()
+        ref.sgd_momentum(w_ref, v_ref, g, 0.1, 0.9, nesterov)
+        k = scalars(dtype, lr=0.1, momentum=0.9)
+        got = _twin(cuda_source.sgd_momentum_element, dtype, 2)(w, m, g, k["lr"], k["momentum"],
+                                                                 nesterov)  # fmt: skip
+        _same_bits(got[0], w_ref)
+        _same_bits(got[1], v_ref)
+
+    w_ref, c_ref = w.copy(), cache.copy()
+    ref.adagrad(w_ref, c_ref, g, 0.1, 1e-7)
+    k = scalars(dtype, lr=0.1, epsilon=1e-7)
+    got = _twin(cuda_source.adagrad_element, dtype, 2)(w, cache, g, k["lr"], k["epsilon"])
+    _same_bits(got[0], w_ref)
+    _same_bits(got[1], c_ref)
+
+    w_ref, c_ref = w.copy(), cache.copy()
+    ref.rmsprop(w_ref, c_ref, g, 0.01, 0.9, 1e-7)
+    k = scalars(dtype, lr=0.01, rho=0.9, one_minus_rho=1 - 0.9, epsilon=1e-7)
+    got = _twin(cuda_source.rmsprop_element, dtype, 2)(
+        w, cache, g, k["lr"], k["rho"], k["one_minus_rho"], k["epsilon"]
+    )
+    _same_bits(got[0], w_ref)
+    _same_bits(got[1], c_ref)
+
+    for t in (1, 7):
+        w_ref, m_ref, c_ref = w.copy(), m.copy(), cache.copy()
+        ref.adam(w_ref, m_ref, c_ref, g, lr=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, t=t)
+        k = scalars(dtype, lr=0.001, beta_1=0.9, one_minus_beta_1=1 - 0.9, beta_2=0.999,
+                    one_minus_beta_2=1 - 0.999, correction_1=1 - 0.9**t,
+                    correction_2=1 - 0.999**t, epsilon=1e-7)  # fmt: skip
+        got = _twin(cuda_source.adam_element, dtype, 3)(w, m, cache, g, *k.values())
+        for a, b in zip(got, (w_ref, m_ref, c_ref), strict=True):
+            _same_bits(a, b)
+
+
+def _column_sums_in_kernel_order(values: np.ndarray) -> np.ndarray:
+    """An independent loop: per column, thread t (0..ROW_THREADS-1) adds rows t, t + 8, ...
+    from 0 in the dtype, then the partial sums are added pairwise (half = 4, 2, 1)."""
+    rows, cols = values.shape
+    threads, dtype = cuda_source.ROW_THREADS, values.dtype.type
+    sums = np.empty((1, cols), values.dtype)
+    for c in range(cols):
+        partial = [dtype(0)] * threads
+        for r in range(rows):
+            partial[r % threads] = dtype(partial[r % threads] + values[r, c])
+        half = threads // 2
+        while half:
+            for t in range(half):
+                partial[t] = dtype(partial[t] + partial[t + half])
+            half //= 2
+        sums[0, c] = partial[0]
+    return sums
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 40), (37, 1), (300, 70), (0, 3)])
+def test_column_sum_twin_is_the_kernels_order(dtype: str, shape: tuple[int, int]) -> None:
+    """``relu_backward_bias_gradient_twin``: dinputs bit for bit the reference; the column
+    sums equal a plain loop in the kernel's order, and within N eps sum|column| of the
+    reference's (a sum in another order, Higham)."""
+    d, output = RNG.standard_normal(shape).astype(dtype), RNG.standard_normal(shape).astype(dtype)
+    dinputs, dbiases = cuda_source.relu_backward_bias_gradient_twin(d, output)
+    ref_dinputs, ref_dbiases = REFERENCE.ops.relu_backward_bias_gradient(d, output)
+    _same_bits(dinputs, ref_dinputs)
+    _same_bits(dbiases, _column_sums_in_kernel_order(ref_dinputs))
+    eps = float(np.finfo(dtype).eps)
+    bound = shape[0] * eps * np.abs(ref_dinputs).sum(axis=0, keepdims=True)
+    assert np.all(np.abs(dbiases.astype(np.float64) - ref_dbiases) <= bound)
+
+
+def _softmax_twins(logits: np.ndarray, y: np.ndarray, eps: float = 1e-7):  # type: ignore[no-untyped-def]
+    p, dinputs, logp, hit = cuda_source.softmax_ce_rows_twin(logits, y, eps, 1 - eps)
+    loss, correct, errors = cuda_source.softmax_ce_reduce_twin(logp, hit)
+    return p, dinputs, loss, correct, errors, hit
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (300, 1), (37, 10), (600, 3)])
+def test_softmax_twins_within_the_tolerances(dtype: str, shape: tuple[int, int]) -> None:
+    """The row twin + the reduction twin against the reference's softmax cross-entropy
+    (forward and backward) on NumPy, within ``softmax_tolerances``; correct is the number
+    of argmax hits."""
+    rows, cols = shape
+    logits = (3 * RNG.standard_normal(shape)).astype(dtype)
+    y = RNG.integers(0, cols, rows)
+    p, dinputs, loss, correct, errors, _ = _softmax_twins(logits, y)
+    ref_p, ref_loss, _, ref_d = REFERENCE.ops.softmax_cross_entropy_forward_backward(
+        logits, y, 1e-7
+    )
+    p_tol, d_tol, loss_tol = cuda_source.softmax_tolerances(ref_p, ref_d, float(ref_loss))
+    assert p.dtype == dinputs.dtype == np.asarray(loss).dtype == np.dtype(dtype)
+    assert np.all(np.abs(p - ref_p) <= p_tol)
+    assert np.all(np.abs(dinputs - ref_d) <= d_tol)
+    assert abs(float(loss) - float(ref_loss)) <= loss_tol
+    assert correct.dtype == np.float32 and errors == 0
+    assert correct == (np.argmax(logits, axis=1) == y).sum()
+
+
+def test_softmax_twin_counts_argmax_hits_with_ties_and_nan() -> None:
+    """``correct``: the first maximal logit (a NaN first, as numpy.argmax) at y."""
+    logits = np.array(
+        [[1.0, 3.0, 3.0], [1.0, 3.0, 3.0], [np.nan, 5.0, 1.0], [0.0, np.nan, np.nan],
+         [2.0, 2.0, 2.0], [-np.inf, np.inf, 0.0]], np.float32,
+    )  # fmt: skip
+    y = np.array([1, 2, 0, 2, 0, 1])
+    *_, correct, errors, hit = _softmax_twins(logits, y)
+    expected = np.argmax(logits, axis=1) == y
+    assert hit.tolist() == expected.astype(int).tolist() == [1, 0, 1, 0, 1, 1]
+    assert correct == 4 and errors == 0
+
+
+@pytest.mark.parametrize("bad", [-1, 3, 2**40])
+def test_softmax_twin_bad_label_gives_nan_and_one_error(bad: int) -> None:
+    logits = RNG.standard_normal((4, 3)).astype(np.float32)
+    y = np.array([0, bad, 2, 1])
+    p, dinputs, loss, correct, errors, hit = _softmax_twins(logits, y)
+    assert np.isnan(p[1]).all() and np.isnan(dinputs[1]).all() and np.isnan(loss)
+    assert not np.isnan(np.delete(p, 1, axis=0)).any()
+    assert not np.isnan(np.delete(dinputs, 1, axis=0)).any()
+    assert hit[1] == -1 and errors == 1
+    good = np.array([0, 2, 3])
+    assert correct == (np.argmax(logits[good], axis=1) == y[good]).sum()
 
 
 def test_each_backend_runs_its_own_ops() -> None:
@@ -444,6 +635,81 @@ def test_cuda_kernels_equal_the_reference(dtype: str) -> None:
             ref.sgd_momentum(w_ref, v_ref, g, 0.1, 0.9, nesterov)
             assert bg.to_numpy(w).tobytes() == bg.to_numpy(w_ref).tobytes()
             assert bg.to_numpy(v).tobytes() == bg.to_numpy(v_ref).tobytes()
+
+
+@gpu_only
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 40), (300, 1), (513, 70)])
+def test_new_cuda_kernels_equal_the_reference(dtype: str, shape: tuple[int, int]) -> None:
+    """bias_relu and the optimizers bit for bit the reference on CuPy; the column sums within
+    N eps sum|x| and bit for bit their twin; the softmax within ``softmax_tolerances``, its
+    reduction bit for bit its twin on the kernel's own logp; a bad label counts 1 error."""
+    with bg.use_backend("cupy") as backend:
+        fast, ref = backend.ops, backend.with_reference_ops().ops
+        host = [_edge_array(shape, dtype) for _ in range(4)]
+        z, d, w, g = (bg.asarray(a) for a in host)
+        biases = bg.asarray(_edge_array((1, shape[1]), dtype))
+        got = bg.to_numpy(fast.bias_relu(z.copy(), biases))
+        assert got.tobytes() == bg.to_numpy(ref.bias_relu(z.copy(), biases)).tobytes()
+        dinputs, dbiases = fast.relu_backward_bias_gradient(d, z)
+        ref_dinputs, ref_dbiases = ref.relu_backward_bias_gradient(d, z)
+        assert bg.to_numpy(dinputs).tobytes() == bg.to_numpy(ref_dinputs).tobytes()
+        twin = cuda_source.relu_backward_bias_gradient_twin(host[1], host[0])[1]
+        np.testing.assert_array_equal(bg.to_numpy(dbiases), twin)  # (NaN payloads aside)
+        finite = np.nan_to_num(bg.to_numpy(ref_dinputs), nan=0, posinf=0, neginf=0)
+        bound = shape[0] * float(np.finfo(dtype).eps) * np.abs(finite).sum(0, keepdims=True)
+        ok = np.isfinite(bg.to_numpy(ref_dbiases))
+        assert np.all((np.abs(bg.to_numpy(dbiases - ref_dbiases)) <= bound)[ok])
+        cache = bg.asarray(np.abs(RNG.standard_normal(shape)).astype(dtype))
+        updates = [
+            ("sgd", (), {"lr": 0.1}),
+            ("sgd_momentum", (1,), {"lr": 0.1, "momentum": 0.9, "nesterov": True}),
+            ("adagrad", (1,), {"lr": 0.1, "epsilon": 1e-7}),
+            ("rmsprop", (1,), {"lr": 0.01, "rho": 0.9, "epsilon": 1e-7}),
+            ("adam", (1, 1), {"lr": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7,
+                              "t": 3}),
+        ]  # fmt: skip
+        for name, states, kwargs in updates:
+            runs = []
+            for ops in (fast, ref):
+                arrays = [w.copy(), *(cache.copy() for _ in states)]
+                getattr(ops, name)(*arrays, g, **kwargs)
+                runs.append([bg.to_numpy(a).tobytes() for a in arrays])
+            assert runs[0] == runs[1], name
+        rows, cols = shape
+        logits = bg.asarray((3 * RNG.standard_normal(shape)).astype(dtype))
+        y_host = RNG.integers(0, cols, rows)
+        p, loss, correct, dl = fast.softmax_cross_entropy_forward_backward(
+            logits, bg.asarray(y_host), 1e-7
+        )
+        ref_p, ref_loss, _, ref_d = ref.softmax_cross_entropy_forward_backward(
+            logits, bg.asarray(y_host), 1e-7
+        )
+        ref_p, ref_d = bg.to_numpy(ref_p), bg.to_numpy(ref_d)
+        p_tol, d_tol, loss_tol = cuda_source.softmax_tolerances(ref_p, ref_d, float(ref_loss))
+        assert np.all(np.abs(bg.to_numpy(p) - ref_p) <= p_tol)
+        assert np.all(np.abs(bg.to_numpy(dl) - ref_d) <= d_tol)
+        assert abs(float(loss) - float(ref_loss)) <= loss_tol
+        assert float(correct) == (np.argmax(bg.to_numpy(logits), axis=1) == y_host).sum()
+        # the reduction kernel alone, launched on given logp and hits: bit for bit its twin
+        xp, suffix = backend.xp, cuda_source.SUFFIX[dtype]
+        logp = RNG.standard_normal(rows).astype(dtype)
+        hit = RNG.integers(-1, 2, rows).astype(np.int32)
+        out_loss, out_correct = xp.empty((), dtype), xp.empty((), np.float32)
+        errors = xp.zeros(1, np.int64)
+        fast._run(f"softmax_ce_reduce_{suffix}", 1, (cuda_source.REDUCE_THREADS,),
+                  xp.asarray(logp), xp.asarray(hit), out_loss, out_correct, errors,
+                  np.dtype(dtype).type(rows), np.int64(rows))  # fmt: skip
+        twin_loss, twin_correct, twin_errors = cuda_source.softmax_ce_reduce_twin(logp, hit)
+        assert bg.to_numpy(out_loss).tobytes() == np.asarray(twin_loss, dtype).tobytes()
+        assert float(out_correct) == twin_correct and int(errors[0]) == twin_errors
+        assert int(fast.label_errors[0]) == 0
+        y_host[0] = cols  # a bad label: NaN on its row, one error counted
+        p, loss, _, dl = fast.softmax_cross_entropy_forward_backward(
+            logits, bg.asarray(y_host), 1e-7
+        )
+        assert np.isnan(bg.to_numpy(p)[0]).all() and np.isnan(bg.to_numpy(dl)[0]).all()
+        assert np.isnan(float(loss)) and int(fast.label_errors[0]) == 1
 
 
 @needs_ext

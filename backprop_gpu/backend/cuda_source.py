@@ -1,26 +1,67 @@
-"""The CUDA C of ``CupyOps``' kernels, and their per-element arithmetic as Python "twins".
+"""The CUDA C of ``CupyOps``' kernels, and their arithmetic as Python/NumPy "twins".
 
-Each kernel does in one pass what the reference ``Ops`` method does in several. Its
-per-element arithmetic is also written as a plain Python function (``*_element``), which the
-CPU tests hold equal to the reference; a ``gpu``-marked test holds the kernel itself equal.
+Each kernel does in one pass what the reference ``Ops`` method does in several CuPy calls.
+Its arithmetic is also written in Python or NumPy (the ``*_element`` and ``*_twin``
+functions), in the kernel's order of operations; the CPU tests hold each twin equal to the
+reference, and ``gpu``-marked tests hold the kernels themselves equal.
 
-Compiled with ``--fmad=false``: NVRTC otherwise contracts ``momentum * v - lr * g`` into one
-fused multiply-add (FFMA), rounded once instead of twice, so the GPU's result would differ
-from the reference's in the last bit (and, at cancellations, far more in relative terms). CI
-compiles this source to PTX and checks that no ``fma`` instruction appears.
+Elementwise kernels (ReLU, bias + ReLU, the optimizer updates) equal the reference bit for
+bit on CuPy: CuPy runs each of the reference's operations as its own kernel, rounding once
+to the array's dtype, and the kernel rounds every operation once in the same order:
+
+- compiled with ``--fmad=false``: NVRTC otherwise contracts ``momentum * v - lr * g`` into one
+  fused multiply-add (FFMA), rounded once instead of twice (CI compiles this source to PTX
+  and checks that every float add/sub/mul carries ``.rn``, which ptxas may not fuse);
+- division and ``sqrt`` are IEEE (NVRTC's defaults ``-prec-div=true -prec-sqrt=true``, as for
+  CuPy's own kernels; CI checks for ``div.rn``/``sqrt.rn`` in the PTX);
+- Python scalars are cast as CuPy 14 casts them (NEP 50: a Python float is "weak" and takes
+  the array's dtype): ``1 - beta_1`` and ``1 - beta_1**t`` are computed in Python (double)
+  and then rounded to the dtype once, as CuPy passes them to its kernel. ``grad**2`` is
+  CuPy's ``square`` (``x * x``: ``ndarray.__pow__`` special-cases the exponent 2).
+
+The reductions (column sums, softmax row sums, the mean loss) add in a fixed order, stated
+with each kernel, which is not CuPy's: they differ from the reference by the rounding of a
+sum, and the softmax also by ``exp``'s rounding (tolerances in ``softmax_tolerances``).
 """
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
+import numpy as np
+
 NVRTC_OPTIONS = ("-std=c++14", "--fmad=false")
 
-# --- the per-element arithmetic (the twins) -------------------------------------------------
+COL_TILE, ROW_THREADS = 32, 8  # relu_backward_bias_gradient's block: (columns, row threads)
+REDUCE_THREADS = 256  # softmax_ce_reduce's one block
+
+# --- the elementwise arithmetic (the twins), in the dtype of their NumPy scalar arguments -
 
 
 def relu_backward_element(d: float, x: float) -> float:
     """ReLU's gradient: ``d`` times the 0/1 mask of positive inputs (so, like the reference,
     an infinite ``d`` on a masked input gives NaN rather than 0)."""
     return d * (1.0 if x > 0 else 0.0)
+
+
+def relu_element(x: Any) -> Any:
+    """CuPy's ``maximum(x, 0)``: NaN stays NaN; otherwise the larger of ``x`` and 0 (the
+    kernel calls the same ``max`` as CuPy's ``maximum``, so even the sign of a -0.0 input's
+    result is CuPy's; here +0.0)."""
+    if x != x:
+        return x
+    return x if x > 0 else type(x)(0)
+
+
+def bias_relu_element(z: Any, bias: Any) -> Any:
+    """One element of ``bias_relu``: ``max(z + bias, 0)`` (the sum rounded to the dtype)."""
+    return relu_element(z + bias)
+
+
+def sgd_element(w: Any, g: Any, lr: Any) -> Any:
+    """``w - lr * g`` (``lr`` already in the dtype)."""
+    return w - lr * g
 
 
 def sgd_momentum_element(
@@ -32,43 +73,394 @@ def sgd_momentum_element(
     return (w + (momentum * v - lr * g if nesterov else v)), v
 
 
+def adagrad_element(w: Any, cache: Any, g: Any, lr: Any, epsilon: Any) -> tuple[Any, Any]:
+    """``cache + g * g``, then ``w - (lr * g) / (sqrt(cache) + epsilon)``: (new w, new cache)."""
+    cache = cache + g * g
+    return w - (lr * g) / (np.sqrt(cache) + epsilon), cache
+
+
+def rmsprop_element(
+    w: Any, cache: Any, g: Any, lr: Any, rho: Any, one_minus_rho: Any, epsilon: Any
+) -> tuple[Any, Any]:
+    """``cache * rho + (1 - rho) * (g * g)``, then ``w - (lr * g) / (sqrt(cache) +
+    epsilon)``: (new w, new cache)."""
+    cache = cache * rho + one_minus_rho * (g * g)
+    return w - (lr * g) / (np.sqrt(cache) + epsilon), cache
+
+
+def adam_element(
+    w: Any, m: Any, cache: Any, g: Any, lr: Any, beta_1: Any, one_minus_beta_1: Any,
+    beta_2: Any, one_minus_beta_2: Any, correction_1: Any, correction_2: Any, epsilon: Any,
+) -> tuple[Any, Any, Any]:  # fmt: skip
+    """``m * beta_1 + (1 - beta_1) * g``, ``cache * beta_2 + (1 - beta_2) * (g * g)``, then
+    ``w - (lr * (m / correction_1)) / (sqrt(cache / correction_2) + epsilon)`` with
+    ``correction_k = 1 - beta_k**t``: (new w, new m, new cache)."""
+    m = m * beta_1 + one_minus_beta_1 * g
+    cache = cache * beta_2 + one_minus_beta_2 * (g * g)
+    return w - (lr * (m / correction_1)) / (np.sqrt(cache / correction_2) + epsilon), m, cache
+
+
+def optimizer_scalars(dtype: Any, **scalars: float) -> dict[str, Any]:
+    """The Python scalars of an update as CuPy 14 passes them to a kernel on ``dtype``
+    arrays: each rounded once from its Python (double) value."""
+    cast = np.dtype(dtype).type
+    return {name: cast(value) for name, value in scalars.items()}
+
+
+# --- the reductions' twins (NumPy, in the kernels' order) ---------------------------------
+
+
+def _tree(partial: np.ndarray) -> np.ndarray:
+    """Pairwise halving over axis 0, as the kernels' shared-memory loops:
+    ``p[i] += p[i + half]`` for half = len / 2, ..., 1; returns p[0]."""
+    half = partial.shape[0] // 2
+    while half:
+        partial[:half] = partial[:half] + partial[half : 2 * half]
+        half //= 2
+    return np.asarray(partial[0])
+
+
+def _strided_sums(values: np.ndarray, threads: int) -> np.ndarray:
+    """Thread t's sum of rows t, t + threads, ... of ``values`` (rows first), in increasing
+    order starting from 0; (threads, ...) partial sums. (Padding with zero rows adds +0.0,
+    which changes no sum: a sum that starts at +0.0 is never -0.0.)"""
+    rows = values.shape[0]
+    padded = -(-rows // threads) * threads
+    steps = np.zeros((padded, *values.shape[1:]), values.dtype)
+    steps[:rows] = values
+    acc = np.zeros((threads, *values.shape[1:]), values.dtype)
+    for chunk in steps.reshape(-1, threads, *values.shape[1:]):
+        acc = acc + chunk
+    return acc
+
+
+def relu_backward_bias_gradient_twin(
+    dvalues: np.ndarray, output: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``relu_backward_bias_gradient``'s kernel in NumPy: (dinputs (N, C), column sums (1, C))
+    with each column summed as the kernel does (ROW_THREADS strided partial sums, then
+    pairwise)."""
+    dinputs = dvalues * (output > 0).astype(dvalues.dtype)
+    return dinputs, _tree(_strided_sums(dinputs, ROW_THREADS))[None, :]
+
+
+def softmax_ce_rows_twin(
+    logits: np.ndarray, y: np.ndarray, lo: float, hi: float, grad: bool = True
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+    """``softmax_ce_rows`` in NumPy, every row at once but each row in the kernel's column
+    order: (probabilities, dinputs or None, logp = log(clip(p[y], lo, hi)), hit) with hit 1
+    where the first maximal logit (a NaN first) is at ``y``, 0 where not, -1 where ``y`` is
+    outside [0, C) (p, dinputs and logp NaN on that row). NumPy's ``exp`` and ``log`` stand
+    in for CUDA's (a few ulp apart: see ``softmax_tolerances``)."""
+    dtype = logits.dtype.type
+    rows, cols = logits.shape
+    m, arg = logits[:, 0].copy(), np.zeros(rows, np.int64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for j in range(1, cols):
+            v = logits[:, j]
+            new = (v > m) | (np.isnan(v) & ~np.isnan(m))
+            m[new], arg[new] = v[new], j
+        e = np.exp(logits - m[:, None])
+        s = np.zeros(rows, logits.dtype)
+        for j in range(cols):
+            s = s + e[:, j]
+        p = e / s[:, None]
+        bad = (y < 0) | (y >= cols)
+        label = np.where(bad, 0, y)
+        p[bad] = np.nan
+        dinputs = None
+        if grad:
+            onehot = (np.arange(cols)[None, :] == label[:, None]).astype(logits.dtype)
+            dinputs = (p - onehot) / dtype(rows)
+        picked = p[np.arange(rows), label]
+        picked = np.where(
+            picked < dtype(lo), dtype(lo), np.where(picked > dtype(hi), dtype(hi), picked)
+        )
+        logp = np.log(picked)
+    hit = np.where(bad, -1, (arg == label).astype(np.int32)).astype(np.int32)
+    return p, dinputs, logp, hit
+
+
+def softmax_ce_reduce_twin(logp: np.ndarray, hit: np.ndarray) -> tuple[Any, np.float32, int]:
+    """``softmax_ce_reduce`` in NumPy: (mean loss ``-sum(logp) / N`` with the sum in the
+    kernel's order, correct rows as float32, rows with a bad label)."""
+    total = _tree(_strided_sums(logp, REDUCE_THREADS))
+    loss = -total / logp.dtype.type(logp.shape[0])
+    return loss, np.float32((hit == 1).sum()), int((hit == -1).sum())
+
+
+def softmax_tolerances(p: np.ndarray, d: np.ndarray, loss: float) -> tuple[Any, Any, float]:
+    """How far the CUDA softmax cross-entropy may be from the reference's on CuPy, as absolute
+    bounds (for p, for dinputs, for the loss), from the reference's p (N, C), dinputs and
+    loss. With eps the dtype's machine epsilon and C the classes: ``x - max`` is the same
+    rounding in both; each ``exp`` is within 2 ulp of exact in both (CUDA's expf/exp, the
+    latter 1 ulp), so 4 eps apart; each row sum, C - 1 additions of positive terms in
+    another order, is within (C - 1) eps relative (plus the exps' 4 eps); the division, half
+    an ulp in each: p within (C + 8) eps relative. dinputs ``(p - onehot) / N``: p's error,
+    plus the subtraction's and the division's roundings (2 eps relative to the result in each
+    of the two). The loss: each row's log within (C + 8) eps absolute from p, plus log's
+    rounding (2 eps relative); the mean, N additions in another order, within (N + 1) eps
+    relative to the sum of |log p|. Subnormal results may differ by a few of the smallest
+    subnormals."""
+    info = np.finfo(p.dtype)
+    eps, rows, cols = float(info.eps), p.shape[0], p.shape[1]
+    tiny = 8 * float(info.smallest_subnormal)
+    p_tol = (cols + 8) * eps * np.abs(p) + tiny
+    d_tol = ((cols + 8) * eps * np.abs(p) + 4 * eps * np.abs(d) * rows) / rows + tiny
+    loss_tol = eps * (cols + 8 + (rows + 3) * abs(loss))
+    return p_tol, d_tol, loss_tol
+
+
 # --- CUDA ---------------------------------------------------------------------------------
 
-CUDA_SOURCE = r"""
+_TEMPLATES = r"""
+#ifndef NAN
+#define NAN __int_as_float(0x7fffffff)
+#endif
+
+// Every elementwise kernel walks the array in a grid-stride loop: any n fits any grid.
+#define GRID_STRIDE(i, n)                                                            \
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (n);     \
+         i += (long long)blockDim.x * gridDim.x)
+
+// --- ReLU -----------------------------------------------------------------------------
+
 template <typename T>
 __device__ void relu_backward(const T* d, const T* x, T* out, long long n) {
-    long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
-    if (i < n) out[i] = d[i] * (x[i] > T(0) ? T(1) : T(0));
+    GRID_STRIDE(i, n) out[i] = d[i] * (x[i] > T(0) ? T(1) : T(0));
+}
+
+// CuPy's maximum(x, 0): NaN stays NaN (as CuPy's own NAN), else max(x, 0).
+template <typename T>
+__device__ T relu_value(T x) {
+    return isnan(x) ? T(NAN) : T(max(x, T(0)));
+}
+
+// z = max(z + biases, 0) in place: z (rows, cols), biases (cols,)
+template <typename T>
+__device__ void bias_relu(T* z, const T* biases, long long cols, long long n) {
+    GRID_STRIDE(i, n) z[i] = relu_value<T>(z[i] + biases[i % cols]);
+}
+
+// dinputs = d * (output > 0) and the column sums of dinputs, deterministic: block
+// (COL_TILE, ROW_THREADS) takes COL_TILE columns; thread (tx, ty) adds rows ty, ty +
+// ROW_THREADS, ... of column tx in increasing order, starting from 0; then the ROW_THREADS
+// partial sums of a column are added pairwise, p[ty] += p[ty + half] for half = 4, 2, 1.
+#define COL_TILE 32
+#define ROW_THREADS 8
+template <typename T>
+__device__ void relu_backward_bias_gradient(const T* d, const T* out, T* dinputs,
+                                            T* dbiases, long long rows, long long cols) {
+    __shared__ T partial[ROW_THREADS][COL_TILE + 1];
+    long long tiles = (cols + COL_TILE - 1) / COL_TILE;
+    for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        long long c = tile * COL_TILE + threadIdx.x;
+        T acc = T(0);
+        if (c < cols) {
+            for (long long r = threadIdx.y; r < rows; r += ROW_THREADS) {
+                long long i = r * cols + c;
+                T v = d[i] * (out[i] > T(0) ? T(1) : T(0));
+                dinputs[i] = v;
+                acc = acc + v;
+            }
+        }
+        partial[threadIdx.y][threadIdx.x] = acc;
+        __syncthreads();
+        for (int half = ROW_THREADS / 2; half > 0; half /= 2) {
+            if (threadIdx.y < half)
+                partial[threadIdx.y][threadIdx.x] =
+                    partial[threadIdx.y][threadIdx.x] + partial[threadIdx.y + half][threadIdx.x];
+            __syncthreads();
+        }
+        if (threadIdx.y == 0 && c < cols) dbiases[c] = partial[0][threadIdx.x];
+        __syncthreads();  // (partial is reused by the next tile)
+    }
+}
+
+// --- softmax cross-entropy --------------------------------------------------------------
+
+// One thread a row (grid-stride over rows), each row in three passes in column order:
+// the maximum and the first index holding it (a NaN is the maximum, the first NaN its index,
+// as numpy.argmax); e_j = exp(x_j - max) summed left to right from 0; p_j = e_j / sum and,
+// with grad, dinputs_j = (p_j - [j == y]) / n. Per row: log(clip(p_y, lo, hi)) in logp and
+// hit = 1 if the argmax is y, 0 if not, -1 if y is outside [0, cols) (that row's p,
+// dinputs and logp are NaN then, and nothing is read at y).
+template <typename T>
+__device__ void softmax_ce_rows(const T* logits, const long long* y, T* p, T* dinputs,
+                                T* logp, int* hit, T lo, T hi, T n_rows, int grad,
+                                long long rows, long long cols) {
+    GRID_STRIDE(r, rows) {
+        const T* x = logits + r * cols;
+        T* pr = p + r * cols;
+        T* dr = dinputs + r * cols;
+        long long label = y[r];
+        if (label < 0 || label >= cols) {
+            for (long long j = 0; j < cols; ++j) {
+                pr[j] = T(NAN);
+                if (grad) dr[j] = T(NAN);
+            }
+            logp[r] = T(NAN);
+            hit[r] = -1;
+            continue;
+        }
+        T m = x[0];
+        long long arg = 0;
+        for (long long j = 1; j < cols; ++j) {
+            T v = x[j];
+            if (v > m || (isnan(v) && !isnan(m))) {
+                m = v;
+                arg = j;
+            }
+        }
+        T s = T(0);
+        for (long long j = 0; j < cols; ++j) {
+            T e = exp(x[j] - m);
+            pr[j] = e;
+            s = s + e;
+        }
+        for (long long j = 0; j < cols; ++j) {
+            T pj = pr[j] / s;
+            pr[j] = pj;
+            if (grad) dr[j] = (pj - (j == label ? T(1) : T(0))) / n_rows;
+        }
+        T picked = pr[label];
+        picked = picked < lo ? lo : (picked > hi ? hi : picked);  // CuPy's clip
+        logp[r] = log(picked);
+        hit[r] = arg == label ? 1 : 0;
+    }
+}
+
+// The one reduction after softmax_ce_rows, in one block of REDUCE_THREADS threads: thread t
+// adds logp[t], logp[t + REDUCE_THREADS], ... in increasing order from 0, then the partial
+// sums are added pairwise (p[t] += p[t + half], half = REDUCE_THREADS / 2, ..., 1).
+// loss = -sum / n_rows (the reference's -sum(log p) / N); correct = the rows with hit 1 (as
+// float32); errors[0] += the rows with hit -1 (a counter the caller reads and resets).
+#define REDUCE_THREADS 256
+template <typename T>
+__device__ void softmax_ce_reduce(const T* logp, const int* hit, T* loss, float* correct,
+                                  long long* errors, T n_rows, long long rows) {
+    __shared__ T partial[REDUCE_THREADS];
+    __shared__ long long hits[REDUCE_THREADS];
+    __shared__ long long bad[REDUCE_THREADS];
+    T acc = T(0);
+    long long h = 0, b = 0;
+    for (long long r = threadIdx.x; r < rows; r += REDUCE_THREADS) {
+        acc = acc + logp[r];
+        h += hit[r] == 1;
+        b += hit[r] == -1;
+    }
+    partial[threadIdx.x] = acc;
+    hits[threadIdx.x] = h;
+    bad[threadIdx.x] = b;
+    __syncthreads();
+    for (int half = REDUCE_THREADS / 2; half > 0; half /= 2) {
+        if (threadIdx.x < half) {
+            partial[threadIdx.x] = partial[threadIdx.x] + partial[threadIdx.x + half];
+            hits[threadIdx.x] += hits[threadIdx.x + half];
+            bad[threadIdx.x] += bad[threadIdx.x + half];
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        loss[0] = -partial[0] / n_rows;
+        correct[0] = (float)hits[0];
+        errors[0] += bad[0];
+    }
+}
+
+// --- optimizer updates: each the reference's CuPy ops in order, one rounding each -------
+
+template <typename T>
+__device__ void sgd(T* w, const T* g, T lr, long long n) {
+    GRID_STRIDE(i, n) w[i] = w[i] - lr * g[i];
 }
 
 template <typename T>
 __device__ void sgd_momentum(T* w, T* v, const T* g, T lr, T momentum, int nesterov,
                              long long n) {
-    long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
-    if (i < n) {
+    GRID_STRIDE(i, n) {
         T vi = momentum * v[i] - lr * g[i];
         v[i] = vi;
-        w[i] += nesterov ? momentum * vi - lr * g[i] : vi;
+        w[i] = w[i] + (nesterov ? momentum * vi - lr * g[i] : vi);
     }
 }
 
-extern "C" {
-__global__ void relu_backward_f32(const float* d, const float* x, float* out, long long n) {
-    relu_backward<float>(d, x, out, n);
+template <typename T>
+__device__ void adagrad(T* w, T* cache, const T* g, T lr, T epsilon, long long n) {
+    GRID_STRIDE(i, n) {
+        T gi = g[i];
+        T c = cache[i] + gi * gi;
+        cache[i] = c;
+        w[i] = w[i] - (lr * gi) / (sqrt(c) + epsilon);
+    }
 }
-__global__ void relu_backward_f64(const double* d, const double* x, double* out,
-                                  long long n) {
-    relu_backward<double>(d, x, out, n);
+
+template <typename T>
+__device__ void rmsprop(T* w, T* cache, const T* g, T lr, T rho, T one_minus_rho,
+                        T epsilon, long long n) {
+    GRID_STRIDE(i, n) {
+        T gi = g[i];
+        T c = cache[i] * rho + one_minus_rho * (gi * gi);
+        cache[i] = c;
+        w[i] = w[i] - (lr * gi) / (sqrt(c) + epsilon);
+    }
 }
-__global__ void sgd_momentum_f32(float* w, float* v, const float* g, float lr,
-                                 float momentum, int nesterov, long long n) {
-    sgd_momentum<float>(w, v, g, lr, momentum, nesterov, n);
-}
-__global__ void sgd_momentum_f64(double* w, double* v, const double* g, double lr,
-                                 double momentum, int nesterov, long long n) {
-    sgd_momentum<double>(w, v, g, lr, momentum, nesterov, n);
-}
+
+template <typename T>
+__device__ void adam(T* w, T* m, T* cache, const T* g, T lr, T beta_1, T one_minus_beta_1,
+                     T beta_2, T one_minus_beta_2, T correction_1, T correction_2, T epsilon,
+                     long long n) {
+    GRID_STRIDE(i, n) {
+        T gi = g[i];
+        T mi = m[i] * beta_1 + one_minus_beta_1 * gi;
+        T ci = cache[i] * beta_2 + one_minus_beta_2 * (gi * gi);
+        m[i] = mi;
+        cache[i] = ci;
+        w[i] = w[i] - (lr * (mi / correction_1)) / (sqrt(ci / correction_2) + epsilon);
+    }
 }
 """
-KERNEL_NAMES = ("relu_backward_f32", "relu_backward_f64", "sgd_momentum_f32", "sgd_momentum_f64")
+
+# The exported kernels: each template above, instantiated for float32 ("_f32") and float64
+# ("_f64"); T in a signature is the element type.
+_ENTRIES = {
+    "relu_backward": "const T* d, const T* x, T* out, long long n",
+    "bias_relu": "T* z, const T* biases, long long cols, long long n",
+    "relu_backward_bias_gradient": (
+        "const T* d, const T* out, T* dinputs, T* dbiases, long long rows, long long cols"
+    ),
+    "softmax_ce_rows": (
+        "const T* logits, const long long* y, T* p, T* dinputs, T* logp, int* hit, T lo, T hi,"
+        " T n_rows, int grad, long long rows, long long cols"
+    ),
+    "softmax_ce_reduce": (
+        "const T* logp, const int* hit, T* loss, float* correct, long long* errors, T n_rows,"
+        " long long rows"
+    ),
+    "sgd": "T* w, const T* g, T lr, long long n",
+    "sgd_momentum": "T* w, T* v, const T* g, T lr, T momentum, int nesterov, long long n",
+    "adagrad": "T* w, T* cache, const T* g, T lr, T epsilon, long long n",
+    "rmsprop": "T* w, T* cache, const T* g, T lr, T rho, T one_minus_rho, T epsilon, long long n",
+    "adam": (
+        "T* w, T* m, T* cache, const T* g, T lr, T beta_1, T one_minus_beta_1, T beta_2,"
+        " T one_minus_beta_2, T correction_1, T correction_2, T epsilon, long long n"
+    ),
+}
 SUFFIX = {"float32": "f32", "float64": "f64"}
+_C_TYPES = {"f32": "float", "f64": "double"}
+
+
+def _entry(name: str, params: str, suffix: str) -> str:
+    c_type = _C_TYPES[suffix]
+    args = ", ".join(p.split()[-1].lstrip("*") for p in params.split(","))
+    typed = re.sub(r"\bT\b", c_type, params)
+    return f"__global__ void {name}_{suffix}({typed}) {{ {name}<{c_type}>({args}); }}"
+
+
+CUDA_SOURCE = (
+    _TEMPLATES
+    + 'extern "C" {\n'
+    + "\n".join(_entry(n, p, s) for n, p in _ENTRIES.items() for s in _C_TYPES)
+    + "\n}\n"
+)
+KERNEL_NAMES = tuple(f"{name}_{suffix}" for name in _ENTRIES for suffix in _C_TYPES)

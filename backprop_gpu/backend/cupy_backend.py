@@ -22,27 +22,63 @@ from . import cuda_source
 from .base import Backend, HostRead, dtype_name
 from .ops import Ops
 
-_THREADS = 256  # threads per block of the elementwise kernels
+_THREADS = 256  # threads per block of the elementwise and row kernels
+_MAX_BLOCKS = 4096  # the kernels loop (grid-stride) over what a grid this size does not cover
+
+
+def _blocks(n: int, per_block: int) -> int:
+    """Blocks for ``n`` items at ``per_block`` a block: at least 1 (a grid of 0 blocks is an
+    invalid launch), at most _MAX_BLOCKS."""
+    return max(1, min((n + per_block - 1) // per_block, _MAX_BLOCKS))
+
+
+def _python_scalars(*values: Any) -> bool:
+    """Whether every value is a Python int or float: "weak" scalars, which CuPy 14 casts to
+    the array's dtype (as the kernels take them). A NumPy scalar promotes instead (float64
+    with a float32 array), so the reference runs for it."""
+    return all(type(v) in (int, float) for v in values)
 
 
 class CupyOps(Ops):
     """The reference ops with fused CUDA kernels where they apply (float32/float64,
-    C-contiguous arrays)."""
+    C-contiguous arrays); anything else runs the reference.
+
+    ``label_errors`` is a 1-element int64 device array (made at the first softmax
+    cross-entropy kernel on this ops object): each ``softmax_cross_entropy*`` kernel adds the
+    number of rows whose class index was outside [0, C) (those rows' probabilities, gradient
+    and loss are NaN; nothing is read out of bounds). It is never read here (no host sync): a
+    caller reads it when it reads its metrics and sets it back to 0 with ``.fill(0)``.
+    """
 
     name = "cuda"
 
+    def __init__(self, backend: Backend) -> None:
+        super().__init__(backend)
+        self.label_errors: Any = None
+
     def _fits(self, *arrays: Any) -> str | None:
-        """The kernels' dtype suffix ("f32", "f64") when every array can go to a kernel."""
-        suffix = cuda_source.SUFFIX.get(dtype_name(arrays[0].dtype))
-        if suffix is None or not all(a.flags.c_contiguous for a in arrays):
+        """The kernels' dtype suffix ("f32", "f64") when every array can go to a kernel: the
+        first array's dtype float32 or float64, the others' the same, all C-contiguous."""
+        dtype = arrays[0].dtype
+        suffix = cuda_source.SUFFIX.get(dtype_name(dtype))
+        if suffix is None:
+            return None
+        if not all(a.dtype == dtype and a.flags.c_contiguous for a in arrays):
             return None
         return suffix
 
+    def _run(self, name: str, grid: int, block: tuple[int, ...], *args: Any) -> None:
+        _function(self.backend.device.id, name)((grid,), block, args)
+
     def _launch(self, name: str, n: int, *args: Any) -> None:
-        if n == 0:  # a grid of 0 blocks is an invalid launch
+        """An elementwise kernel over ``n`` elements (its last argument)."""
+        if n == 0:
             return
-        kernel = _function(self.backend.device.id, name)
-        kernel(((n + _THREADS - 1) // _THREADS,), (_THREADS,), (*args, np.int64(n)))
+        self._run(name, _blocks(n, _THREADS), (_THREADS,), *args, np.int64(n))
+
+    @staticmethod
+    def _scalar(param: Any) -> Any:
+        return np.dtype(dtype_name(param.dtype)).type  # a Python scalar as CuPy casts it
 
     def matmul(self, a: Any, b: Any, out: Any = None) -> Any:
         return self.xp.matmul(a, b, out=out)  # (cuBLAS writes straight into out)
@@ -55,24 +91,177 @@ class CupyOps(Ops):
 
         return uniform_cuda(self.backend, seed, stream, shape, dtype, rows)
 
+    # --- Dense + ReLU ----------------------------------------------------------------
+
+    def bias_relu(self, z: Any, biases: Any) -> Any:
+        """One kernel, in place on ``z``: ``max(z + biases, 0)`` with CuPy's ``maximum``
+        rules (NaN stays NaN). Bit for bit the reference."""
+        suffix = self._fits(z, biases)
+        if suffix is None or z.ndim != 2 or biases.size != z.shape[1]:
+            return super().bias_relu(z, biases)
+        self._launch(f"bias_relu_{suffix}", z.size, z, biases, np.int64(z.shape[1]))
+        return z
+
     def relu_backward(self, dvalues: Any, inputs: Any) -> Any:
         suffix = self._fits(dvalues, inputs)
-        if suffix is None or dvalues.dtype != inputs.dtype:
+        if suffix is None or dvalues.shape != inputs.shape:
             return super().relu_backward(dvalues, inputs)
         out = self.xp.empty_like(dvalues)
         self._launch(f"relu_backward_{suffix}", out.size, dvalues, inputs, out)
         return out
 
+    def relu_backward_bias_gradient(
+        self, dvalues: Any, output: Any, out: tuple[Any, Any] | None = None
+    ) -> tuple[Any, Any]:
+        """One kernel: ``dinputs = dvalues * (output > 0)`` (bit for bit the reference) and
+        its column sums (1, C), added in a fixed order, the same on every run: a block takes
+        32 columns; in each column thread k (0..7) adds rows k, k + 8, k + 16, ... in
+        increasing order starting from 0, then the 8 partial sums are added pairwise (p[k] +=
+        p[k + 4], then + p[k + 2], then + p[k + 1]). That is not CuPy's order: the sums differ
+        from the reference by a sum's rounding, at most (N - 1) eps sum(|column|) (Higham);
+        ``cuda_source.relu_backward_bias_gradient_twin`` is this order in NumPy. ``out``: as
+        the reference's (the kernel writes into it)."""
+        suffix = self._fits(dvalues, output, *(out or ()))
+        if (
+            suffix is None or dvalues.ndim != 2 or dvalues.shape != output.shape
+            or (out is not None and (out[0].shape != dvalues.shape
+                                     or out[1].shape != (1, dvalues.shape[1])))
+        ):  # fmt: skip
+            return super().relu_backward_bias_gradient(dvalues, output, out)
+        rows, cols = dvalues.shape
+        if out is None:
+            dinputs = self.xp.empty_like(dvalues)
+            dbiases = self.xp.empty((1, cols), dtype=dvalues.dtype)
+        else:
+            dinputs, dbiases = out
+        if cols:
+            grid = _blocks(cols, cuda_source.COL_TILE)
+            block = (cuda_source.COL_TILE, cuda_source.ROW_THREADS)
+            self._run(f"relu_backward_bias_gradient_{suffix}", grid, block, dvalues, output,
+                      dinputs, dbiases, np.int64(rows), np.int64(cols))  # fmt: skip
+        return dinputs, dbiases
+
+    # --- softmax cross-entropy -------------------------------------------------------
+
+    def _softmax_ce(self, logits: Any, y: Any, eps: Any, grad: bool) -> tuple[Any, ...] | None:
+        """The two kernels (rows, then one reduction): (p, loss, correct, dinputs or None),
+        or None where they do not apply (the caller then runs the reference)."""
+        xp = self.xp
+        suffix = self._fits(logits)
+        if (
+            suffix is None or logits.ndim != 2 or 0 in logits.shape or not _python_scalars(eps)
+            or y.ndim != 1 or y.shape[0] != logits.shape[0] or dtype_name(y.dtype) != "int64"
+            or not y.flags.c_contiguous
+        ):  # fmt: skip
+            return None
+        rows, cols = logits.shape
+        scalar = self._scalar(logits)
+        if self.label_errors is None:
+            with self.backend.on_device():
+                self.label_errors = xp.zeros(1, dtype=xp.int64)
+        p = xp.empty_like(logits)
+        dinputs = xp.empty_like(logits) if grad else p  # (not written without grad)
+        logp, hit = xp.empty(rows, dtype=logits.dtype), xp.empty(rows, dtype=xp.int32)
+        loss, correct = xp.empty((), dtype=logits.dtype), xp.empty((), dtype=xp.float32)
+        n_rows = scalar(rows)  # the reference's "/ N": a Python int, cast as CuPy casts it
+        self._run(f"softmax_ce_rows_{suffix}", _blocks(rows, _THREADS), (_THREADS,), logits, y,
+                  p, dinputs, logp, hit, scalar(eps), scalar(1 - eps), n_rows, np.int32(grad),
+                  np.int64(rows), np.int64(cols))  # fmt: skip
+        self._run(f"softmax_ce_reduce_{suffix}", 1, (cuda_source.REDUCE_THREADS,), logp, hit,
+                  loss, correct, self.label_errors, n_rows, np.int64(rows))  # fmt: skip
+        return p, loss, correct, dinputs if grad else None
+
+    def softmax_cross_entropy(self, logits: Any, y: Any, eps: float) -> tuple[Any, Any, Any]:
+        """Two kernels. One thread a row: the row's maximum and argmax (the first maximal
+        index; a NaN first, as numpy.argmax), ``e = exp(x - max)`` summed left to right,
+        ``p = e / sum``, and the row's ``log(clip(p[y], eps, 1 - eps))`` and hit; then one
+        block reduces the rows (fixed order: ``cuda_source.softmax_ce_reduce_twin``) to the
+        mean loss (0-d, the logits' dtype) and ``correct``, the count of rows whose argmax is
+        y (a 0-d float32 device array, exact below 2**24 rows; divide it by N on the device).
+        p and the loss differ from the reference by exp's rounding and the sums' order, within
+        ``cuda_source.softmax_tolerances``. A label outside [0, C) gives NaN on its row and
+        counts in ``label_errors``. ``y`` must be int64 class indices (N,): one-hot labels and
+        other dtypes or layouts run the reference (``correct`` None)."""
+        fused = self._softmax_ce(logits, y, eps, grad=False)
+        if fused is None:
+            return super().softmax_cross_entropy(logits, y, eps)
+        return fused[0], fused[1], fused[2]
+
+    def softmax_cross_entropy_forward_backward(
+        self, logits: Any, y: Any, eps: float
+    ) -> tuple[Any, Any, Any, Any]:
+        """``softmax_cross_entropy``'s two kernels, the row kernel also writing ``dinputs =
+        (p - onehot(y)) / N`` (within ``cuda_source.softmax_tolerances`` of the reference)."""
+        fused = self._softmax_ce(logits, y, eps, grad=True)
+        if fused is None:
+            return super().softmax_cross_entropy_forward_backward(logits, y, eps)
+        p, loss, correct, dinputs = fused
+        return p, loss, correct, dinputs
+
+    # --- optimizer updates: one kernel each, bit for bit the reference on CuPy --------
+
+    def sgd(self, param: Any, grad: Any, lr: float) -> None:
+        suffix = self._fits(param, grad)
+        if suffix is None or param.shape != grad.shape or not _python_scalars(lr):
+            return super().sgd(param, grad, lr)
+        self._launch(f"sgd_{suffix}", param.size, param, grad, self._scalar(param)(lr))
+
     def sgd_momentum(
         self, param: Any, velocity: Any, grad: Any, lr: float, momentum: float, nesterov: bool
     ) -> None:
         suffix = self._fits(param, velocity, grad)
-        if suffix is None:
+        if (
+            suffix is None or not param.shape == velocity.shape == grad.shape
+            or not _python_scalars(lr, momentum)
+        ):  # fmt: skip
             return super().sgd_momentum(param, velocity, grad, lr, momentum, nesterov)
-        scalar = np.dtype(dtype_name(param.dtype)).type  # lr and momentum in the params' dtype
+        scalar = self._scalar(param)
         self._launch(
             f"sgd_momentum_{suffix}", param.size,
             param, velocity, grad, scalar(lr), scalar(momentum), np.int32(nesterov),
+        )  # fmt: skip
+
+    def adagrad(self, param: Any, cache: Any, grad: Any, lr: float, epsilon: float) -> None:
+        suffix = self._fits(param, cache, grad)
+        if (
+            suffix is None or not param.shape == cache.shape == grad.shape
+            or not _python_scalars(lr, epsilon)
+        ):  # fmt: skip
+            return super().adagrad(param, cache, grad, lr, epsilon)
+        scalar = self._scalar(param)
+        self._launch(f"adagrad_{suffix}", param.size, param, cache, grad, scalar(lr),
+                     scalar(epsilon))  # fmt: skip
+
+    def rmsprop(
+        self, param: Any, cache: Any, grad: Any, lr: float, rho: float, epsilon: float
+    ) -> None:
+        suffix = self._fits(param, cache, grad)
+        if (
+            suffix is None or not param.shape == cache.shape == grad.shape
+            or not _python_scalars(lr, rho, epsilon)
+        ):  # fmt: skip
+            return super().rmsprop(param, cache, grad, lr, rho, epsilon)
+        scalar = self._scalar(param)
+        self._launch(f"rmsprop_{suffix}", param.size, param, cache, grad, scalar(lr),
+                     scalar(rho), scalar(1 - rho), scalar(epsilon))  # fmt: skip
+
+    def adam(
+        self, param: Any, momentums: Any, cache: Any, grad: Any, *, lr: float, beta_1: float,
+        beta_2: float, epsilon: float, t: int,
+    ) -> None:  # fmt: skip
+        suffix = self._fits(param, momentums, cache, grad)
+        if (
+            suffix is None or not param.shape == momentums.shape == cache.shape == grad.shape
+            or not _python_scalars(lr, beta_1, beta_2, epsilon, t)
+        ):  # fmt: skip
+            return super().adam(param, momentums, cache, grad, lr=lr, beta_1=beta_1,
+                                beta_2=beta_2, epsilon=epsilon, t=t)  # fmt: skip
+        scalar = self._scalar(param)
+        # (each as the reference's Python expression, then rounded once, as CuPy does)
+        self._launch(
+            f"adam_{suffix}", param.size, param, momentums, cache, grad, scalar(lr),
+            scalar(beta_1), scalar(1 - beta_1), scalar(beta_2), scalar(1 - beta_2),
+            scalar(1 - beta_1**t), scalar(1 - beta_2**t), scalar(epsilon),
         )  # fmt: skip
 
 
