@@ -158,7 +158,7 @@ class Dense:
         where = f"{self.name}.backward"
         dvalues = _checks.like(self.backend, dvalues, self.output, where, "dvalues")
         dbiases = self.backend.ops.bias_gradient(  # column sums, (1, n_neurons)
-            dvalues, self._out("dbiases", 1, self.n_neurons)
+            dvalues, self._dbiases_out(dvalues)
         )
         return self._backward(dvalues, dbiases, need_dinputs)
 
@@ -172,13 +172,25 @@ class Dense:
         where = f"{self.name}.backward_relu"
         dvalues = _checks.like(self.backend, dvalues, relu.output, where, "dvalues")
         out = None
-        if self.step_buffers is not None:
+        dbiases_out = self._dbiases_out(dvalues)
+        if dbiases_out is not None:
             n, c = dvalues.shape[0], self.n_neurons
-            out = (self._out("relu.dinputs", n, c), self._out("dbiases", 1, c))
+            dinputs_out = self._out("relu.dinputs", n, c)
+            if dinputs_out is None:
+                dinputs_out = self.backend.xp.empty_like(dvalues)
+            out = (dinputs_out, dbiases_out)
         relu.dinputs, dbiases = self.backend.ops.relu_backward_bias_gradient(
             dvalues, relu.output, out
         )
         return self._backward(relu.dinputs, dbiases, need_dinputs)
+
+    def _dbiases_out(self, dvalues: Any) -> Any:
+        """Where the bias gradient goes: this layer's view of a Model's flat gradient buffer
+        when it has one, else a step buffer (in Model.train), else None (a new array)."""
+        views = getattr(self, "_flat_views", None)
+        if views is not None and views["dbiases"].dtype == dvalues.dtype:
+            return views["dbiases"]
+        return self._out("dbiases", 1, self.n_neurons)
 
     def _backward(self, dvalues: Any, dbiases: Any, need_dinputs: bool) -> Any:
         xp, ops = self.backend.xp, self.backend.ops
@@ -188,10 +200,11 @@ class Dense:
         self.dweights = self.dbiases = self.dinputs = None
         views = getattr(self, "_flat_views", None)  # set by flat.FlatParameters (a Model's)
         if views is not None and views["dweights"].dtype == dvalues.dtype:
-            # straight into the flat gradient buffer (the bias gradient: a copy of C values)
+            # straight into the flat gradient buffer (the bias gradient is there already)
             self.dweights = ops.matmul(self.inputs.T, dvalues, views["dweights"])
             self.dbiases = views["dbiases"]
-            self.dbiases[...] = dbiases
+            if dbiases is not self.dbiases:
+                self.dbiases[...] = dbiases
         else:
             dweights = self._out("dweights", self.n_inputs, self.n_neurons)
             self.dweights = ops.matmul(self.inputs.T, dvalues, dweights)

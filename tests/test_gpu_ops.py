@@ -208,3 +208,16 @@ def test_device_array_is_taken_for_cupy(emulated: EmulatedCupyBackend) -> None:
     (a,) = arrays(emulated, (2, 2))
     assert bg.backend.array_library(a) == "cupy" and isinstance(a, DeviceArray)
     assert emulated.owns(a) and emulated.name == "cupy"
+
+
+@pytest.mark.parametrize("optimizer", ["sgd_momentum", "adam"])
+def test_a_three_layer_step_meets_the_launch_target_in_order(optimizer: str) -> None:
+    """The issue's target for [784, 1024, 1024, 10]: at most 8 GEMMs + 10 other device
+    operations a step (data in order; shuffled, the batch gather adds a take of X and of y).
+    Today: 2 bias+ReLU kernels, the last layer's bias add, the softmax-CE row and reduce
+    kernels, its bias sum, 2 ReLU-backward+bias-sum kernels, the accuracy's divide and one
+    update over the flat buffer."""
+    steady = gpu_ops.count((784, 1024, 1024, 10), 512, optimizer, shuffle=False, steps=2).step(-1)
+    assert steady["gemm"] == 8
+    assert gpu_ops.others(steady) <= 10, steady
+    assert steady["h2d"] == steady["d2h"] == 0  # nothing crosses to or from the host a step

@@ -83,6 +83,10 @@ class CupyOps(Ops):
     def matmul(self, a: Any, b: Any, out: Any = None) -> Any:
         return self.xp.matmul(a, b, out=out)  # (cuBLAS writes straight into out)
 
+    def bias_gradient(self, dvalues: Any, out: Any = None) -> Any:
+        # CuPy's own column sum (the reference's order), straight into ``out``: one launch
+        return self.xp.sum(dvalues, axis=0, keepdims=True, out=out)
+
     def uniform(
         self, seed: int, stream: tuple[int, int], shape: tuple[int, ...], dtype: Any,
         rows: tuple[int, int, int] | None = None,
