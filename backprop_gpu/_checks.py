@@ -204,7 +204,7 @@ def labels(
         xp = backend.xp
         given = y
         if y.ndim == 1:
-            given = xp.astype(y, xp.int64)
+            given = y if y.dtype == xp.int64 else xp.astype(y, xp.int64)
             y, errors = backend.ops.checked_labels(given, n_classes)
         else:
             errors = xp.sum(xp.astype(~_one_hot_rows_ok(xp, y), xp.int64))
@@ -277,7 +277,8 @@ class LabelChecker:
       checker's next call, for every pending answer that has reached the host without waiting
       (on a GPU, typically the answer of a step or two before; never on the stand-in, which
       cannot be asked); ``bg.to_numpy``; ``Model.train``, ``evaluate`` and each epoch's end
-      (``check_pending_labels``). The same device array given twice in a row is checked once.
+      (``check_pending_labels``). As host labels, the same device array given to a forward and
+      its backward is checked once; the next step checks it afresh.
     """
 
     MAX_PENDING = 64  # more unread answers than this are summed into one (positions lost)
@@ -294,8 +295,9 @@ class LabelChecker:
         key = (backend, n_samples, n_classes, dtype)
         last = self._last
         if last is not None and last[0] is y_true and last[1] == key:
-            if last[3]:  # host labels: good for this one reuse
-                self._last = None
+            # good for this one reuse (a backward after its forward): a label buffer refilled
+            # in place between steps is checked (and copied) afresh at the next call
+            self._last = None
             self.errors = last[4]
             return last[2]
         self.calls += 1

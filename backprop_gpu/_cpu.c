@@ -1,7 +1,7 @@
 /* backprop_gpu._cpu: the elementwise hot spots of a training step, fused into single passes
  * over C-contiguous float32 / float64 NumPy arrays (an optional accelerator for the NumPy
- * backend; backprop_gpu/kernels.py decides when to call it and falls back to the plain xp
- * code, the reference, otherwise). Arrays it cannot take (another type, dtype, layout or
+ * backend; NumpyOps in backprop_gpu/backend/numpy_backend.py calls it and falls back to the
+ * plain xp code of Ops, the reference, otherwise). Arrays it cannot take (another type, dtype, layout or
  * shape) raise TypeError before anything is written, and the caller runs the reference.
  *
  * Every function repeats the reference's arithmetic in the reference's order and dtype (the

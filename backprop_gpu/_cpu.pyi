@@ -1,4 +1,4 @@
-# Types of the optional C extension built from _cpu.c (see backprop_gpu/kernels.py).
+# Types of the optional C extension built from _cpu.c (see backprop_gpu/backend/numpy_backend.py).
 # Every array: a C-contiguous, aligned numpy.ndarray; floats all float32 or all float64.
 import numpy as np
 

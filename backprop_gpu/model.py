@@ -734,7 +734,7 @@ class Model:
 
     def _accuracy(self, output: Any, y: Any) -> Any:
         loss = self.loss
-        if (  # the fused CPU kernel counted the argmax hits already: the same value, as float32
+        if (  # a fused kernel (C or CUDA) counted the argmax hits already: the same value
             type(self.accuracy) is Accuracy
             and isinstance(loss, SoftmaxCrossEntropy)
             and loss.correct is not None

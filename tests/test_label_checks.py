@@ -139,3 +139,17 @@ def test_the_model_reads_what_a_hand_loop_left_pending(device: bg.Backend) -> No
     after = [bg.to_numpy(layer.weights) for layer in m.trainable_layers]
     assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
     m.train(P, Y, epochs=1, print_every=0)  # read: trains now
+
+
+def test_a_label_buffer_refilled_in_place_is_read_afresh(backend: bg.Backend) -> None:
+    """A hand loop that refills one device label array between steps trains on the new
+    labels: a forward and its backward share one check, the next step checks again."""
+    logits = np.log(np.array([[0.98, 0.01, 0.01], [0.01, 0.98, 0.01]], np.float32))
+    y = bg.asarray(np.array([0, 1]))
+    loss = bg.SoftmaxCrossEntropy()
+    first = float(loss.forward(logits, y))
+    loss.backward(loss.output, y)
+    y[...] = bg.asarray(np.array([2, 2]))  # the same array, new labels
+    second = float(loss.forward(logits, y))
+    assert first == pytest.approx(-np.log(0.98), rel=1e-5)
+    assert second == pytest.approx(-np.log(0.01), rel=1e-5)

@@ -74,7 +74,9 @@ class Ops:
 
     def relu_backward(self, dvalues: Any, inputs: Any) -> Any:
         """``dvalues`` times the 0/1 mask of positive ``inputs`` (so an infinite ``dvalues``
-        on a masked input gives NaN, not 0); a new array of ``dvalues``' shape."""
+        on a masked input gives NaN, not 0); a new array of ``dvalues``' shape. The ReLU's
+        input or its output give the same mask (``max(x, 0) > 0`` exactly where ``x > 0``):
+        ``ReLU.backward`` passes its output."""
         # (a multiply by the mask: xp.where was 8x slower on NumPy)
         return dvalues * self.xp.astype(inputs > 0, dvalues.dtype)
 
