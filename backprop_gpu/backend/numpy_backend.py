@@ -191,10 +191,10 @@ class NumpyOps(Ops):
                 return [True] * len(arrays)
         except TypeError:
             pass
-        return [_host_finite(a) for a in arrays]
+        return [host_finite(a) for a in arrays]
 
 
-def _host_finite(a: Any) -> bool:
+def host_finite(a: Any) -> bool:
     """A float array's min and max pass NaN on: two passes and no temporary array (6 vs 9 ms
     for 64 MB, against isfinite)."""
     if a.dtype.kind != "f":  # (complex: min and max compare lexically)
