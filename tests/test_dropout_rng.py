@@ -171,26 +171,8 @@ def test_bad_arguments_are_named() -> None:
 # --- the CUDA source ------------------------------------------------------------------------
 
 
-def test_philox_cuda_source_compiles_to_ptx() -> None:
-    """As test_kernels.test_cuda_source_compiles_to_ptx: BACKPROP_GPU_REQUIRE_NVRTC=1 makes it
-    required; elsewhere it skips, saying what is missing."""
-    required = os.environ.get("BACKPROP_GPU_REQUIRE_NVRTC") == "1"
-    try:
-        import cupy
-
-        nvrtc = cupy.cuda.nvrtc
-        program = nvrtc.createProgram(philox.PHILOX_CUDA_SOURCE, "philox.cu", [], [])
-    except Exception as e:  # CuPy or the NVRTC library itself is missing
-        if required:
-            raise
-        pytest.skip(f"needs CuPy and NVRTC (pip install cupy-cuda12x nvidia-cuda-nvrtc-cu12): {e}")
-    try:
-        nvrtc.compileProgram(program, ["-arch=compute_90", "-std=c++14"])
-    except Exception as e:
-        pytest.fail(f"the CUDA source does not compile: {e}\n{nvrtc.getProgramLog(program)}")
-    ptx = nvrtc.getPTX(program).decode()
-    for name in philox.PHILOX_KERNEL_NAMES:
-        assert f".entry {name}(" in ptx, name
+# (compiled to PTX with the other kernels, in one module: test_kernels.py's
+# test_cuda_source_compiles_to_ptx)
 
 
 @gpu_only

@@ -464,3 +464,11 @@ CUDA_SOURCE = (
     + "\n}\n"
 )
 KERNEL_NAMES = tuple(f"{name}_{suffix}" for name in _ENTRIES for suffix in _C_TYPES)
+
+
+def module() -> tuple[str, tuple[str, ...]]:
+    """The source of the one CUDA module CupyOps compiles (these kernels and Dropout's
+    Philox generator, ``backprop_gpu/philox.py``) and the names of its kernels."""
+    from ..philox import PHILOX_CUDA_SOURCE, PHILOX_KERNEL_NAMES  # (philox imports backend)
+
+    return CUDA_SOURCE + PHILOX_CUDA_SOURCE, (*KERNEL_NAMES, *PHILOX_KERNEL_NAMES)

@@ -290,12 +290,8 @@ def _function(device_id: int, name: str) -> Any:
             function = _functions.get((device_id, name))
             if function is None:
                 if _module is None:
-                    from ..philox import PHILOX_CUDA_SOURCE  # (Dropout's generator)
-
-                    _module = cupy.RawModule(
-                        code=cuda_source.CUDA_SOURCE + PHILOX_CUDA_SOURCE,
-                        options=cuda_source.NVRTC_OPTIONS,
-                    )
+                    source, _ = cuda_source.module()
+                    _module = cupy.RawModule(code=source, options=cuda_source.NVRTC_OPTIONS)
                 with on_gpu(cupy, device_id):
                     function = _functions[device_id, name] = _module.get_function(name)
     return function
