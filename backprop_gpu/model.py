@@ -22,7 +22,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import numpy as np
 
@@ -626,8 +626,8 @@ class Model:
                 Xb, yb = X_dev[lo:hi, ...], y_dev[lo:hi, ...]
             else:
                 idx, ops, kept = order[lo:hi], self.backend.ops, self._batch_buffers
-                Xb = ops.take_rows(X_dev, idx, _kept(xp, kept, "X", X_dev, hi - lo))
-                yb = ops.take_rows(y_dev, idx, _kept(xp, kept, "y", y_dev, hi - lo))
+                out = (_kept(xp, kept, "X", X_dev, hi - lo), _kept(xp, kept, "y", y_dev, hi - lo))
+                Xb, yb = ops.take_batch(X_dev, y_dev, idx, None if out[0] is None else out)
             if dist is not None:
                 for layer in dropouts:  # each rank keeps its rows of the whole batch's mask
                     layer.rows = (stop - start, lo - start, hi - start)
@@ -638,10 +638,14 @@ class Model:
         _checks.check_pending_labels(_READ_BY.format("Model.train"))  # (a hand loop's, if any)
         arrays = self._state_arrays()
         finite = self.backend.ops.finite_flags([a for *_, a in arrays])  # read with the metrics
+        hits = {i: step[2].rows for i, step in enumerate(steps) if isinstance(step[2], _Hits)}
+        steps = [(s[0], s[1], s[2].count) if isinstance(s[2], _Hits) else s for s in steps]
         values = _host_values(self.backend, [v for step in steps for v in step] + finite)
         flags = zip(arrays, values[3 * len(steps) :], strict=True)
         bad_arrays = [_array_name(*where) for (*where, _), ok in flags if not ok]
         values = values[: 3 * len(steps)].reshape(len(steps), 3)
+        for i, n_rows in hits.items():  # the float32 division the device would have done
+            values[i, 2] = np.float32(values[i, 2]) / np.float32(n_rows)
         sizes = np.minimum(size, n - np.arange(0, n, size))  # samples in each step
         taken = np.array(local, dtype=np.float64)
         loss_sum, acc_sum = (values[:, [0, 2]] * taken[:, None]).sum(axis=0)
@@ -726,13 +730,16 @@ class Model:
                     setattr(layer, "d" + name, None)  # zeros in the allreduce
         else:
             data_loss, output = self._train_pass(Xb, yb)
-            acc = self._accuracy(output, yb)
+            acc = self._accuracy(output, yb, hits_ok=True)
         if dist is not None:
             dist.allreduce_gradients(self.trainable_layers, share)
         self.optimizer.step(self.trainable_layers)
         return data_loss, reg_loss, acc
 
-    def _accuracy(self, output: Any, y: Any) -> Any:
+    def _accuracy(self, output: Any, y: Any, *, hits_ok: bool = False) -> Any:
+        """The batch's accuracy; with ``hits_ok``, a device count of hits may come back as
+        ``_Hits`` instead, divided on the host with the epoch's read (one launch a step less:
+        the same float32 division, so the same bits)."""
         loss = self.loss
         if (  # a fused kernel (C or CUDA) counted the argmax hits already: the same value
             type(self.accuracy) is Accuracy
@@ -743,6 +750,8 @@ class Model:
             correct = loss.correct
             if isinstance(correct, (int, np.integer)):  # counted on the host (the C kernel)
                 return np.float32(correct) / output.shape[0]
+            if hits_ok:
+                return _Hits(correct, output.shape[0])
             return correct / output.shape[0]  # a 0-d float32 device count (CUDA): no host sync
         return self.accuracy.calculate(output, y)
 
@@ -1020,6 +1029,14 @@ def _nonfinite_validation(val_loss: float, epoch: int) -> str:
         f"and optimizer state are back {back}. Lower the learning rate, or check the "
         "validation data"
     )
+
+
+class _Hits(NamedTuple):
+    """A batch's count of correct predictions on the device, and its rows (the accuracy is
+    count / rows, divided when the epoch's values reach the host)."""
+
+    count: Any
+    rows: int
 
 
 def _stages(layers: list[Any]) -> list[tuple[Any, ...]]:

@@ -158,6 +158,10 @@ def _softmax_ce_reduce_ordered(
     errors[0] += bad
 
 
+def _take_batch(ops: Ops, x: Any, y: Any, idx: Any, xo: Any, yo: Any, rows: Any, cols: Any) -> None:
+    xo[...], yo[...] = ops.take_batch(x, y, idx)
+
+
 def _sgd(ops: Ops, w: Any, g: Any, lr: Any) -> None:
     ops.sgd(w, g, lr)
 
@@ -206,6 +210,7 @@ KERNELS: dict[str, Kernel] = {
     ),
     "softmax_ce_rows": Kernel(_softmax_ce_rows, ordered=_softmax_ce_rows_ordered),
     "softmax_ce_reduce": Kernel(_softmax_ce_reduce, ordered=_softmax_ce_reduce_ordered),
+    "take_batch": Kernel(_take_batch),
     "sgd": Kernel(_sgd, Twin(cuda_source.sgd_element, reads=(0, 1, 2), writes=(0,))),
     "sgd_momentum": Kernel(
         _sgd_momentum,

@@ -199,8 +199,9 @@ def test_the_benchmark_prints_what_it_counts(capsys: pytest.CaptureFixture[str])
             steady = c.step(-1)
             assert numbers == [steady[k] for k in (*KINDS, "total")]
             in_order = gpu_ops.count(sizes, batch, optimizer, shuffle=False, steps=2)
-            # shuffled, each step gathers its batch: one take for X and one for y
-            assert steady["cupy"] - in_order.step(-1)["cupy"] == 2
+            # shuffled, each step gathers its batch: one kernel for X and y
+            assert steady["kernel"] - in_order.step(-1)["kernel"] == 1
+            assert steady["cupy"] == in_order.step(-1)["cupy"]
             assert steady["gemm"] == 3 * (len(sizes) - 1) - 1  # forward, dW, dX but the first
 
 
@@ -210,14 +211,16 @@ def test_device_array_is_taken_for_cupy(emulated: EmulatedCupyBackend) -> None:
     assert emulated.owns(a) and emulated.name == "cupy"
 
 
+@pytest.mark.parametrize("shuffle", [False, True])
 @pytest.mark.parametrize("optimizer", ["sgd_momentum", "adam"])
-def test_a_three_layer_step_meets_the_launch_target_in_order(optimizer: str) -> None:
+def test_a_three_layer_step_meets_the_launch_target(optimizer: str, shuffle: bool) -> None:
     """The issue's target for [784, 1024, 1024, 10]: at most 8 GEMMs + 10 other device
-    operations a step (data in order; shuffled, the batch gather adds a take of X and of y).
-    Today: 2 bias+ReLU kernels, the last layer's bias add, the softmax-CE row and reduce
-    kernels, its bias sum, 2 ReLU-backward+bias-sum kernels, the accuracy's divide and one
-    update over the flat buffer."""
-    steady = gpu_ops.count((784, 1024, 1024, 10), 512, optimizer, shuffle=False, steps=2).step(-1)
+    operations a step. Today 9 in order: 2 bias+ReLU kernels, the last layer's bias add, the
+    softmax-CE row and reduce kernels, its bias sum, 2 ReLU-backward+bias-sum kernels and one
+    update over the flat buffer (the accuracy is divided on the host, with the epoch's read);
+    shuffled, one more kernel gathers the batch's X and y."""
+    steady = gpu_ops.count((784, 1024, 1024, 10), 512, optimizer, shuffle=shuffle, steps=2)
+    steady = steady.step(-1)
     assert steady["gemm"] == 8
-    assert gpu_ops.others(steady) <= 10, steady
+    assert gpu_ops.others(steady) == (10 if shuffle else 9), steady
     assert steady["h2d"] == steady["d2h"] == 0  # nothing crosses to or from the host a step

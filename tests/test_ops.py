@@ -47,6 +47,7 @@ def _cases(dtype: str) -> dict[str, Callable[[], tuple[Any, ...]]]:
     w, g, m, v = floats(5, 7), floats(5, 7), floats(5, 7), np.abs(floats(5, 7))
     return {
         "matmul": lambda: (floats(n, 6), floats(6, c)),
+        "take_batch": lambda: (floats(n, 6), y.copy(), RNG.permutation(n)[:20]),
         "take_rows": lambda: (floats(n, c), RNG.permutation(n)[:20]),
         "take_rows_out": lambda: (floats(n, c), RNG.permutation(n)[:20], np.empty((20, c), dtype)),
         "add_bias": lambda: (floats(n, c), floats(1, c)),

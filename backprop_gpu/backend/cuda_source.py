@@ -419,6 +419,19 @@ __device__ void adam(T* w, T* m, T* cache, const T* g, T lr, T beta_1, T one_min
         w[i] = w[i] - (lr * (mi / correction_1)) / (sqrt(ci / correction_2) + epsilon);
     }
 }
+
+/* A shuffled batch in one launch: xo = x[idx] (rows of cols elements) and yo = y[idx]
+ * (int64 labels). Copies only: bit for bit two takes. */
+template <typename T>
+__device__ void take_batch(const T* x, const long long* y, const long long* idx, T* xo,
+                           long long* yo, long long rows, long long cols, long long n) {
+    const long long xs = rows * cols;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)blockDim.x * gridDim.x) {
+        if (i < xs) xo[i] = x[idx[i / cols] * cols + i % cols];
+        else yo[i - xs] = y[idx[i - xs]];
+    }
+}
 """
 
 # The exported kernels: each template above, instantiated for float32 ("_f32") and float64
@@ -436,6 +449,10 @@ _ENTRIES = {
     "softmax_ce_reduce": (
         "const T* logp, const int* hit, T* loss, float* correct, long long* errors, T n_rows,"
         " long long rows"
+    ),
+    "take_batch": (
+        "const T* x, const long long* y, const long long* idx, T* xo, long long* yo,"
+        " long long rows, long long cols, long long n"
     ),
     "sgd": "T* w, const T* g, T lr, long long n",
     "sgd_momentum": "T* w, T* v, const T* g, T lr, T momentum, int nesterov, long long n",

@@ -80,6 +80,29 @@ class CupyOps(Ops):
     def _scalar(param: Any) -> Any:
         return np.dtype(dtype_name(param.dtype)).type  # a Python scalar as CuPy casts it
 
+    def take_batch(
+        self, X: Any, y: Any, indices: Any, out: tuple[Any, Any] | None = None
+    ) -> tuple[Any, Any]:
+        """One kernel for both gathers (float X (N, F), int64 labels y (N,), int64 indices);
+        other arrays: the two takes."""
+        xp = self.xp
+        suffix = self._fits(X)
+        if (
+            suffix is None or X.ndim != 2 or y.ndim != 1 or y.dtype != xp.int64
+            or indices.dtype != xp.int64
+            or not (y.flags.c_contiguous and indices.flags.c_contiguous)
+        ):  # fmt: skip
+            return super().take_batch(X, y, indices, out)
+        rows, cols = indices.shape[0], X.shape[1]
+        if out is None:
+            out = (xp.empty((rows, cols), X.dtype), xp.empty((rows,), xp.int64))
+        x_out, y_out = out
+        self._launch(
+            f"take_batch_{suffix}", rows * cols + rows,
+            X, y, indices, x_out, y_out, np.int64(rows), np.int64(cols),
+        )  # fmt: skip
+        return x_out, y_out
+
     def matmul(self, a: Any, b: Any, out: Any = None) -> Any:
         return self.xp.matmul(a, b, out=out)  # (cuBLAS writes straight into out)
 

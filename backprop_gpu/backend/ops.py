@@ -40,6 +40,14 @@ class Ops:
         of that shape and ``a``'s dtype) when given, and returned."""
         return _into(out, self.xp.take(a, indices, axis=0))
 
+    def take_batch(
+        self, X: Any, y: Any, indices: Any, out: tuple[Any, Any] | None = None
+    ) -> tuple[Any, Any]:
+        """A shuffled batch: ``(X[indices], y[indices])`` along the first axis (``take_rows``
+        of each), into ``out`` (two arrays) when given."""
+        x_out, y_out = (None, None) if out is None else out
+        return self.take_rows(X, indices, x_out), self.take_rows(y, indices, y_out)
+
     # --- Dense ---------------------------------------------------------------------------
 
     def matmul(self, a: Any, b: Any, out: Any = None) -> Any:
