@@ -334,7 +334,7 @@ __device__ void softmax_ce_rows(const T* logits, const long long* y, T* p, T* di
 // adds logp[t], logp[t + REDUCE_THREADS], ... in increasing order from 0, then the partial
 // sums are added pairwise (p[t] += p[t + half], half = REDUCE_THREADS / 2, ..., 1).
 // loss = -sum / n_rows (the reference's -sum(log p) / N); correct = the rows with hit 1 (as
-// float32); errors[0] += the rows with hit -1 (a counter the caller reads and resets).
+// float32); errors[0] += the rows with hit -1 (a cumulative count: CupyOps.label_errors).
 #define REDUCE_THREADS 256
 template <typename T>
 __device__ void softmax_ce_reduce(const T* logp, const int* hit, T* loss, float* correct,

@@ -46,8 +46,11 @@ class CupyOps(Ops):
     ``label_errors`` is a 1-element int64 device array (made at the first softmax
     cross-entropy kernel on this ops object): each ``softmax_cross_entropy*`` kernel adds the
     number of rows whose class index was outside [0, C) (those rows' probabilities, gradient
-    and loss are NaN; nothing is read out of bounds). It is never read here (no host sync): a
-    caller reads it when it reads its metrics and sets it back to 0 with ``.fill(0)``.
+    and loss are NaN; nothing is read out of bounds). The library's own label checks are
+    ``_checks.LabelChecker``'s, before a loss runs (``Model.train`` checks its data once and
+    then passes ``validate=False``), so no bad label reaches the kernel from there; this
+    cumulative count is the kernel's safety net for a caller who turned the checks off
+    (``SoftmaxCrossEntropy(validate=False)``), never read by the library (no host sync).
     """
 
     name = "cuda"
@@ -204,7 +207,7 @@ class CupyOps(Ops):
         ``p = e / sum``, and the row's ``log(clip(p[y], eps, 1 - eps))`` and hit; then one
         block reduces the rows (fixed order: ``cuda_source.softmax_ce_reduce_twin``) to the
         mean loss (0-d, the logits' dtype) and ``correct``, the count of rows whose argmax is
-        y (a 0-d float32 device array, exact below 2**24 rows; divide it by N on the device).
+        y (a 0-d float32 device array, exact below 2**24 rows).
         p and the loss differ from the reference by exp's rounding and the sums' order, within
         ``cuda_source.softmax_tolerances``. A label outside [0, C) gives NaN on its row and
         counts in ``label_errors``. ``y`` must be int64 class indices (N,): one-hot labels and
