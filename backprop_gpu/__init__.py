@@ -14,6 +14,17 @@ from .backend import (
     set_backend,
     use_backend,
 )
+from .callbacks import (
+    Callback,
+    CSVLogger,
+    EarlyStopping,
+    LambdaCallback,
+    ModelCheckpoint,
+    NonFiniteLossError,
+    ProgressBar,
+    ReduceLROnPlateau,
+    TerminateOnNaN,
+)
 from .checkpoint import CheckpointError
 from .layers import Dense, Dropout
 from .losses import (
@@ -24,7 +35,7 @@ from .losses import (
     SoftmaxCrossEntropy,
 )
 from .metrics import Accuracy, BinaryAccuracy, RegressionAccuracy
-from .model import Model, NonFiniteLossError
+from .model import Model
 from .optimizers import SGD, Adagrad, Adam, RMSprop
 
 __version__ = "0.1.0"
@@ -38,21 +49,29 @@ __all__ = [
     "BackendUnavailableError",
     "BinaryAccuracy",
     "BinaryCrossEntropy",
+    "CSVLogger",
+    "Callback",
     "CategoricalCrossEntropy",
     "CheckpointError",
     "Dense",
     "Dropout",
+    "EarlyStopping",
+    "LambdaCallback",
     "Linear",
     "MeanAbsoluteError",
     "MeanSquaredError",
     "Model",
+    "ModelCheckpoint",
     "NonFiniteLossError",
+    "ProgressBar",
     "RMSprop",
     "ReLU",
+    "ReduceLROnPlateau",
     "RegressionAccuracy",
     "Sigmoid",
     "Softmax",
     "SoftmaxCrossEntropy",
+    "TerminateOnNaN",
     "asarray",
     "check_finite",
     "get_backend",

@@ -42,6 +42,7 @@ import json
 import math
 import os
 import reprlib
+import shutil
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -144,6 +145,12 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], objec
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def copy_file(source: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
+    """Replace ``path`` by a copy of ``source``, atomically (as ``save``)."""
+    with Path(source).open("rb") as f:
+        return atomic_write(path, lambda to: shutil.copyfileobj(f, to))
 
 
 def _temporary(path: Path) -> tuple[int, Path]:

@@ -36,7 +36,9 @@ from typing import Any, NoReturn, TypeVar
 import numpy as np
 
 from .backend import Backend, dtype_name, gpu_count, to_numpy, use_backend
-from .flat import assign, flat_of, state_name
+from .flat import assign, flat_of
+from .state import walk
+from .strategy import Local
 
 T = TypeVar("T")
 
@@ -209,32 +211,30 @@ class Context:
     def broadcast_state(self, layers: Sequence[Any], optimizer: Any, extra: Any = None) -> Any:
         """Rank 0's parameters, optimizer state (None where rank 0 has none yet) and counters
         to every rank, so all start identical (once, at start); returns rank 0's ``extra``."""
-        trainable = [layer for layer in layers if getattr(layer, "params", ())]
-        kinds = optimizer.state_kinds if optimizer is not None else ()
-        slots = [(i, layer, attr, getattr(layer, name))
-                 for i, layer in enumerate(trainable) for name in layer.params
-                 for attr in (name, *(state_name(name, kind) for kind in kinds))]  # fmt: skip
-        state = None
+        slots = list(walk(layers, optimizer))
+        message = None
         if self.is_root:
-            arrays = {(i, attr): to_numpy(value) for i, layer, attr, _ in slots
-                      if (value := getattr(layer, attr, None)) is not None}  # fmt: skip
+            arrays = {s.key: to_numpy(s.value) for s in slots if s.value is not None}
             counters = None
             if optimizer is not None:
-                counters = (optimizer.iterations, optimizer.current_learning_rate)
-            state = (arrays, counters, extra)
-        arrays, counters, extra = self.comm.bcast(state, root=0)
+                counters = (optimizer.iterations, optimizer.learning_rate,
+                            optimizer.current_learning_rate)  # fmt: skip
+            message = (arrays, counters, extra)
+        arrays, counters, extra = self.comm.bcast(message, root=0)
         if self.is_root:
             return extra
-        for i, layer, attr, param in slots:
-            value = arrays.get((i, attr))
-            if value is not None and value.shape != tuple(param.shape):
-                raise DistributedError(f"rank 0's {attr} of layer {i} has shape {value.shape}, "
-                                       f"this rank's {tuple(param.shape)}")  # fmt: skip
+        for slot in slots:
+            value = arrays.get(slot.key)
+            if value is not None and value.shape != tuple(slot.param.shape):
+                raise DistributedError(f"rank 0's {slot.key} has shape {value.shape}, this "
+                                       f"rank's {tuple(slot.param.shape)}")  # fmt: skip
             assign(  # (into the flat buffers, where the layers use them)
-                layer, attr, None if value is None else layer.backend.asarray(value, param.dtype)
-            )
+                slot.layer, slot.attr,
+                None if value is None else slot.layer.backend.asarray(value, slot.param.dtype),
+            )  # fmt: skip
         if counters is not None:
-            optimizer.iterations, optimizer.current_learning_rate = counters
+            (optimizer.iterations, optimizer.learning_rate,
+             optimizer.current_learning_rate) = counters  # fmt: skip
         return extra
 
     # --- every step -----------------------------------------------------------------------
@@ -252,10 +252,10 @@ class Context:
                 self._allreduce_flat(flat.gather_gradients(group), weight)
             return
         groups: dict[str, list[tuple[Any, str, Any]]] = {}
-        for layer in layers:
-            for name in layer.params:
-                param = getattr(layer, name)
-                groups.setdefault(dtype_name(param.dtype), []).append((layer, name, param))
+        for slot in walk(layers):
+            groups.setdefault(dtype_name(slot.param.dtype), []).append(
+                (slot.layer, slot.name, slot.param)
+            )
         for dtype, slots in groups.items():
             self._allreduce_group(dtype, slots, weight)
 
@@ -342,6 +342,78 @@ class Context:
         time.sleep(ABORT_GRACE_SECONDS)
         self.comm.Abort(code)
         raise SystemExit(code)  # not reached: Abort ends the process
+
+
+class DataParallel(Local):
+    """The fit loop's strategy over MPI ranks (``Model.train(distributed=True)``): each rank
+    takes its slice of every global batch, the gradients are summed in one allreduce a step
+    before the update, the epoch's sums are reduced, and an error on one rank stops all."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        self.rank, self.size = context.rank, context.size
+
+    @property
+    def is_root(self) -> bool:  # type: ignore[override]
+        return self.context.is_root
+
+    def setup(self, model: Any, data: tuple[Any, Any], validation: Any,
+              settings: dict[str, Any]) -> None:  # fmt: skip
+        """Check that every rank has the same model, data and settings, that the global
+        batch gives every rank a sample; then broadcast rank 0's parameters and optimizer
+        state, and print the job's description on rank 0."""
+        dist = self.context
+        dist.bind(model.backend)
+        spec = {
+            "model": [{"class": type(o).__name__, "config": o.get_config()}
+                      for o in (*model.layers, model.loss, model.optimizer, model.accuracy)
+                      if o is not None],
+            "backend": model.backend.name,
+            "train": settings,
+            "data": fingerprint(model.backend, *data),
+            "validation": None if validation is None else fingerprint(model.backend, *validation),
+        }  # fmt: skip
+        dist.check_same("the model, the data or the Model.train arguments", spec)
+        check_batch(settings["batch_size"], dist.size, "Model.train")
+        model.epochs_trained = dist.broadcast_state(model.layers, model.optimizer,
+                                                    model.epochs_trained)  # fmt: skip
+        dist.check_gpus(model.backend, stacklevel=5)  # (the caller of Model.train)
+        if dist.is_root:
+            print(dist.describe(), file=sys.stderr, flush=True)
+
+    def on_every_rank(self, action: Callable[[], T]) -> T:
+        return self.context.together(action)
+
+    def on_root(self, action: Callable[[], T]) -> T:
+        return self.context.root_result(action)
+
+    def guard(self) -> Any:
+        return self.context.abort_on_error()
+
+    def shard(self, start: int, stop: int, dropouts: Sequence[Any] = ()) -> tuple[int, int]:
+        lo, hi = (start + b for b in shard_bounds(stop - start, self.rank, self.size))
+        for layer in dropouts:  # each rank keeps its rows of the whole batch's mask
+            layer.rows = (stop - start, lo - start, hi - start)
+        return lo, hi
+
+    def end_epoch(self, dropouts: Sequence[Any] = ()) -> None:
+        for layer in dropouts:
+            layer.rows = None
+
+    def reduce_gradients(self, layers: Sequence[Any], share: float) -> None:
+        self.context.allreduce_gradients(layers, share)
+
+    def sum(self, values: Sequence[float]) -> np.ndarray:
+        return self.context.sum(values)
+
+    def min(self, value: float) -> float:
+        return self.context.min(value)
+
+    def evaluation_rows(self, n: int) -> tuple[int, int]:
+        return shard_bounds(n, self.rank, self.size)
+
+    def any(self, flag: bool) -> bool:
+        return bool(self.context.comm.allreduce(bool(flag), op=self.context.MPI.LOR))
 
 
 class DistributedOptimizer:

@@ -53,12 +53,13 @@ from .backend import (
     to_numpy,
     use_backend,
 )
+from .callbacks import Callback, LambdaCallback, NonFiniteLossError, ProgressBar
 from .distributed import Context, check_batch, on_every_rank, on_root, transport
 from .distributed import info as distributed_info
 from .layers import Dense, Dropout
 from .losses import MeanSquaredError, SoftmaxCrossEntropy
 from .metrics import Accuracy, RegressionAccuracy
-from .model import Model, NonFiniteLossError
+from .model import Model
 from .optimizers import SGD, Adagrad, Adam, RMSprop
 from .run_folder import RunError as RunError  # (re-exported: part of this API)
 from .run_folder import RunInterrupted as RunInterrupted
@@ -435,13 +436,11 @@ def _execute(
             # each rank loads; if one fails, all stop (none waits for it in a collective)
             X, y, X_val, y_val, model = on_every_rank(dist, load)
             history: list[dict[str, float]] = []
-            writer: run_folder.MetricsWriter | None = None
 
             def open_run() -> int:
                 """Take the run folder, load the checkpoint when resuming (and bring the
-                metrics and best.npz back to it), record the run and open its metrics files;
-                the epochs done."""
-                nonlocal model, history, writer, committed
+                metrics and best.npz back to it), record the run; the epochs done."""
+                nonlocal model, history, committed
                 held.enter_context(run_folder.run_lock(out))  # to the end: one writer per folder
                 run_folder.remove_temporaries(out)
                 if not resuming:  # (another run may have taken it since prepare_folder)
@@ -479,51 +478,38 @@ def _execute(
                         "command": command if command is not None else sys.argv,
                         "started": dt.datetime.now().isoformat(timespec="seconds"),
                     })  # fmt: skip
-                writer = run_folder.MetricsWriter(out)
                 return int(model.epochs_trained)
 
             # rank 0's epoch count (the others get its parameters and state in Model.train)
             done = on_root(dist, open_run)
             remaining = max(config.epochs - done, 0)
             best_row = run_folder.best_row(history)
-            best = math.inf if best_row is None else best_row["val_loss"]
-            bar = _progress_bar(remaining, progress) if root and remaining else None
-            report = report if root else None
-            started = epoch_started = time.perf_counter()
-
-            def on_epoch_end(row: dict[str, float]) -> None:
-                nonlocal best, epoch_started, committed
-                now = time.perf_counter()
-                row = {**row, "seconds": now - epoch_started}
-                epoch_started = now
-                history.append(row)
-                if writer is None:  # not rank 0
-                    return
-                improved = row["val_loss"] < best
-                with interrupts.deferred():  # (Ctrl-C or SIGTERM: after the commit, not inside)
-                    run_folder.commit(writer, row, model, out, improved)
-                    committed = int(row["epoch"])
-                if improved:
-                    best = row["val_loss"]
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['accuracy']:.3f}",
-                                    val_acc=f"{row['val_accuracy']:.3f}")  # fmt: skip
+            timing = _EpochTimes(history)  # every rank: the rows with their seconds
+            callbacks: list[Any] = [timing]
+            folder = None
+            if root:
+                best = math.inf if best_row is None else best_row["val_loss"]
+                folder = run_folder.RunFolderLog(out, interrupts, best)
+                callbacks.append(folder)
+                if progress and _tqdm_available():
+                    callbacks.append(ProgressBar())
                 elif report is not None:
-                    report(_line(row, config.epochs))
-
+                    say, total = report, config.epochs
+                    show = LambdaCallback(on_epoch_end=lambda epoch, row: say(_line(row, total)))
+                    callbacks.append(show)
+            started = time.perf_counter()
             try:
                 if remaining:
                     model.train(
                         X, y, epochs=remaining, batch_size=config.batch_size,
                         validation_data=(X_val, y_val), print_every=0, seed=config.seed,
-                        on_epoch_end=on_epoch_end, distributed=dist or False,
+                        callbacks=callbacks, distributed=dist or False,
                     )  # fmt: skip
             finally:
-                if writer is not None:
-                    writer.close()
-                if bar is not None:
-                    bar.close()
+                if folder is not None:
+                    folder.close()
+                    if folder.committed is not None:
+                        committed = folder.committed
             seconds = time.perf_counter() - started  # (this call's training)
             # the run's end: its plots, then summary.json, last, the mark that it finished (a
             # call stopped before it, even after the last epoch, leaves it to the next resume)
@@ -622,14 +608,29 @@ def _check_same_architecture(loaded: Model, expected: Model, out: Path) -> None:
         )
 
 
-def _progress_bar(total: int, wanted: bool) -> Any:
-    if not wanted:
-        return None
+def _tqdm_available() -> bool:
     try:
-        from tqdm import tqdm
+        import tqdm  # noqa: F401
     except ImportError:
-        return None
-    return tqdm(total=total, unit="epoch", dynamic_ncols=True)
+        return False
+    return True
+
+
+class _EpochTimes(Callback):
+    """Each epoch's row, with the seconds it took (every rank: the summary needs them)."""
+
+    def __init__(self, history: list[dict[str, float]]) -> None:
+        self.history = history
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        now = time.perf_counter()
+        assert logs is not None
+        logs["seconds"] = now - self.started  # (the row the callbacks after this one get)
+        self.started = now
+        self.history.append(logs)
 
 
 def _line(row: dict[str, float], epochs: int) -> str:

@@ -17,27 +17,18 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-import math
 import os
-import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, NamedTuple, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
 from . import _checks, checkpoint
 from .activations import Linear, ReLU, Sigmoid, Softmax
 from .backend import Backend, array_library, host_array, to_numpy
-from .distributed import (
-    Context,
-    check_batch,
-    fingerprint,
-    on_every_rank,
-    on_root,
-    shard_bounds,
-)
-from .flat import FlatParameters, assign, state_name
+from .callbacks import Callback
+from .flat import FlatParameters, assign
 from .layers import Dense, Dropout
 from .losses import (
     LOSSES,
@@ -48,18 +39,25 @@ from .losses import (
 )
 from .metrics import ACCURACIES, Accuracy, BinaryAccuracy
 from .optimizers import OPTIMIZERS, Optimizer
+from .state import walk
+from .strategy import Local
+from .trainer import (
+    READ_BY,
+    History,
+    Hits,
+    Trainer,
+    Unchecked,
+    callbacks_for,
+    host_values,
+    strategy_for,
+)
 
 LAYERS: dict[str, type] = {
     cls.__name__: cls for cls in (Dense, Dropout, ReLU, Softmax, Sigmoid, Linear)
 }
 CLASS_LOSSES = (CategoricalCrossEntropy, SoftmaxCrossEntropy)
 
-History = list[dict[str, float]]
 M = TypeVar("M", bound=Callable[..., Any])
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN or infinite loss (see ``Model.train(on_nonfinite=...)``)."""
 
 
 def _on_its_gpu(method: M) -> M:
@@ -170,6 +168,7 @@ class Model:
         self._step_buffers: dict[Any, dict[str, Any]] | None = None  # (see _train_pass)
         self._batch_buffers: dict[str, Any] | None = None
         self._flat: FlatParameters | None = None
+        self.saved_extra: dict[str, Any] = {}  # what Model.load found in save(extra=...)
         for layer in layers:
             self.add(layer)
 
@@ -429,316 +428,61 @@ class Model:
         print_every: int | None = 1,
         shuffle: bool = True,
         seed: int | None = None,
+        callbacks: Iterable[Callback] | None = None,
         on_epoch_end: Callable[[dict[str, float]], None] | None = None,
         on_nonfinite: str = "raise",
-        distributed: bool | Context = False,
+        distributed: Any = False,
     ) -> History:
         """Train for ``epochs`` passes over (X, y) in mini-batches of ``batch_size`` (all of X
         when None; the last batch may be smaller) and return the history: one dict per epoch
         with ``epoch``, ``loss`` (data loss), ``regularization_loss``, ``accuracy``,
         ``learning_rate`` and, with ``validation_data``, ``val_loss`` and ``val_accuracy``.
+        The loop is :class:`backprop_gpu.trainer.Trainer`'s.
+
+        ``callbacks``: :mod:`backprop_gpu.callbacks` objects (``EarlyStopping``,
+        ``ReduceLROnPlateau``, ``ModelCheckpoint``, ``CSVLogger``, ``TerminateOnNaN``,
+        ``ProgressBar``, your own ``Callback``), called in order at each point of the loop;
+        one may stop training. Shortcuts, added after them: ``print_every`` prints a summary
+        every that many epochs (None or 0: silent); ``on_epoch_end`` gets each epoch's dict.
 
         Epoch ``e`` (counting every epoch this model has trained) is shuffled with
         ``numpy.random.default_rng([seed, e])``, so a run is repeatable and a run resumed from
-        a checkpoint shuffles as the uninterrupted one would. ``print_every`` prints a summary
-        every that many epochs (None or 0: silent); ``on_epoch_end`` gets each epoch's dict.
-        On NumPy each step writes the Dense layers' outputs and gradients into the previous
-        step's arrays (no allocation a step): a layer's ``output``, ``dweights`` etc. read
-        in ``on_epoch_end`` hold until the next epoch overwrites them (copy them to keep
-        them); arrays held from before the call, and after it, are never overwritten.
+        a checkpoint shuffles as the uninterrupted one would. On NumPy each step writes the
+        Dense layers' outputs and gradients into the previous step's arrays (no allocation a
+        step): a layer's ``output``, ``dweights`` etc. read in a callback hold until the next
+        step overwrites them (copy them to keep them); arrays held from before the call, and
+        after it, are never overwritten.
 
         The loss, every parameter and every optimizer state are checked at each epoch's end
         (one reduction an array, read with the epoch's metrics): when any is NaN or infinite,
         parameters and optimizer state go back to where that epoch started, which was
         checked finite too, and then ``on_nonfinite="raise"`` raises ``NonFiniteLossError``
         naming the epoch and step and what went non-finite, while ``"stop"`` ends training
-        quietly and returns the finite history. A model whose parameters or optimizer state
-        are not finite when ``train`` is called has no finite state to go back to:
-        ``ValueError`` names the array, before anything changes.
+        quietly and returns the finite history (``TerminateOnNaN`` in ``callbacks`` says the
+        same, and can keep no copy: ``restore=False``). A model whose parameters or
+        optimizer state are not finite when ``train`` is called has no finite state to go
+        back to: ``ValueError`` names the array, before anything changes.
 
         ``distributed=True`` (or a ``distributed.Context``) trains data-parallel over MPI, the
         script started under ``mpiexec -n R``: every rank passes the same model, data and
         arguments (checked by hash at start), rank 0's parameters are broadcast, each global
         batch of ``batch_size`` is split across the ranks, gradients are summed in one
         allreduce a step, and the metrics are reduced across ranks. Only rank 0 prints;
-        ``on_epoch_end`` runs on every rank (write files from rank 0 only). See
-        :mod:`backprop_gpu.distributed`.
+        callbacks run on every rank but those that write files (``writes = True``), which
+        run on rank 0 only. See :mod:`backprop_gpu.distributed`.
         """
-        dist = _context(distributed)
-        # distributed, every rank checks its own inputs; if any fails, all stop with the reasons
-        X_dev, y_dev, val, size = on_every_rank(dist, lambda: self._train_inputs(
-            X, y, epochs, batch_size, validation_data, on_nonfinite))  # fmt: skip
-        self._pack()  # (again, if a parameter or state was replaced since)
-        if dist is not None:
-            settings = {"epochs": epochs, "batch_size": size, "shuffle": shuffle,
-                        "seed": seed, "on_nonfinite": on_nonfinite}  # fmt: skip
-            self._distribute(dist, X_dev, y_dev, val, settings)
-            if not dist.is_root:
-                print_every = 0
-        self._check_state_finite()  # (after the broadcast: alike on every rank)
-        if seed is None:  # (rank 0's draw on every rank, so all shuffle alike)
-            seed = on_root(dist, lambda: int(np.random.default_rng().integers(2**31)))
-        guard = dist.abort_on_error if dist is not None else contextlib.nullcontext
-        n = X_dev.shape[0]
-        history: History = []
-        saved = None
-        reuse = self.backend.reuses_step_buffers  # (fresh ones each call: see _train_pass)
-        dense = [layer for layer in self.layers if type(layer) is Dense]
-        self._step_buffers = {layer: {} for layer in dense} if reuse else None
-        self._batch_buffers = {} if reuse else None  # the shuffled batches' rows
-        with _Unchecked(self.loss, self.accuracy):
-            for _ in range(epochs):
-                epoch = self.epochs_trained
-                with guard():  # on several ranks: a rank that raises aborts the whole job
-                    for layer in self.layers:
-                        if hasattr(layer, "reseed"):
-                            layer.reseed(epoch)
-                    order = None
-                    if shuffle:
-                        perm = np.random.default_rng([seed, epoch]).permutation(n)
-                        order = self.backend.asarray(perm)  # one small copy per epoch
-                    saved = self._snapshot(saved)  # (finite: checked before this epoch)
-                    loss, reg, acc, bad_step, bad_arrays = self._epoch(
-                        X_dev, y_dev, size, order, dist
-                    )
-                if bad_arrays or not all(math.isfinite(v) for v in (loss, reg, acc)):
-                    # (alike on all ranks) back to the epoch's start, which was finite
-                    values = {"loss": loss, "regularization loss": reg, "accuracy": acc}
-                    message = _nonfinite(values, epoch, bad_step, -(-n // size), bad_arrays)
-                    self._restore(saved)
-                    if on_nonfinite == "stop":
-                        return history
-                    raise NonFiniteLossError(message)
-                with guard():
-                    row = self._epoch_row(loss, reg, acc, val, size, dist)
-                if not math.isfinite(row.get("val_loss", 0.0)):  # (reduced: alike on all ranks)
-                    # finite parameters whose outputs overflow: as unusable as NaN weights
-                    self._restore(saved)
-                    if on_nonfinite == "stop":
-                        return history
-                    raise NonFiniteLossError(_nonfinite_validation(row["val_loss"], epoch))
-                with guard():
-                    history.append(row)
-                    if print_every and (
-                        self.epochs_trained % print_every == 0 or len(history) == epochs
-                    ):
-                        print(_summary(row))
-                    if on_epoch_end is not None:
-                        on_epoch_end(row)
-        return history
-
-    def _train_inputs(
-        self,
-        X: Any,
-        y: Any,
-        epochs: int,
-        batch_size: int | None,
-        validation_data: Any,
-        on_nonfinite: str,
-    ) -> tuple[Any, Any, Any, int]:
-        """``train``'s checks: (X, y) and the validation pair on the device, and the batch
-        size; raises naming the bad argument."""
-        self._ready("train", train=True)
-        _checks.check_pending_labels(_READ_BY.format("Model.train"))
-        assert self.loss is not None and self.optimizer is not None
-        if not isinstance(epochs, int) or epochs < 0:
-            raise ValueError(f"Model.train: epochs must be an integer >= 0, got {epochs!r}")
-        if on_nonfinite not in ("raise", "stop"):
-            raise ValueError(
-                f"Model.train: on_nonfinite must be 'raise' or 'stop', got {on_nonfinite!r}"
-            )
-        X_dev, y_dev = self._prepare(X, y, "Model.train")
-        self.optimizer.check_dtype(self.dtype)  # e.g. an epsilon that is 0 in float32
-        size = self._batch_size(batch_size, X_dev.shape[0], "Model.train")
-        val = None
-        if validation_data is not None:
-            if not isinstance(validation_data, tuple | list) or len(validation_data) != 2:
-                raise ValueError("Model.train: validation_data must be a pair (X_val, y_val)")
-            X_val, y_val = validation_data
-            val = self._prepare(X_val, y_val, "Model.train validation_data")
-        if self.accuracy is not None:
-            self.accuracy.init(y)
-        return X_dev, y_dev, val, size
-
-    def _epoch_row(
-        self, loss: float, reg: float, acc: float, val: Any, size: int, dist: Context | None
-    ) -> dict[str, float]:
-        """Count the finished epoch and return its history row (validation metrics too)."""
-        assert self.optimizer is not None
-        self.epochs_trained += 1
-        row = {
-            "epoch": self.epochs_trained,
-            "loss": loss,
-            "regularization_loss": reg,
-            "accuracy": acc,
-            "learning_rate": self.optimizer.current_learning_rate,
-        }
-        if val is not None:
-            X_val, y_val = val
-            val_metrics = self._evaluate(X_val, y_val, size, dist)
-            row |= {"val_loss": val_metrics["loss"], "val_accuracy": val_metrics["accuracy"]}
-        return row
-
-    def _distribute(
-        self, dist: Context, X_dev: Any, y_dev: Any, val: Any, settings: dict[str, Any]
-    ) -> None:
-        """Before distributed training: check on every rank that all ranks agree on the
-        model, the data and the arguments, and that the global batch gives every rank a
-        sample; then broadcast rank 0's parameters and optimizer state."""
-        dist.bind(self.backend)
-        spec = {
-            "model": [_spec(o) for o in (*self.layers, self.loss, self.optimizer, self.accuracy)
-                      if o is not None],
-            "backend": self.backend.name,
-            "train": settings,
-            "data": fingerprint(self.backend, X_dev, y_dev),
-            "validation": None if val is None else fingerprint(self.backend, *val),
-        }  # fmt: skip
-        dist.check_same("the model, the data or the Model.train arguments", spec)
-        check_batch(settings["batch_size"], dist.size, "Model.train")
-        self.epochs_trained = dist.broadcast_state(self.layers, self.optimizer, self.epochs_trained)
-        dist.check_gpus(self.backend, stacklevel=4)  # (the caller of Model.train)
-        if dist.is_root:
-            print(dist.describe(), file=sys.stderr, flush=True)
-
-    def _epoch(
-        self, X_dev: Any, y_dev: Any, size: int, order: Any, dist: Context | None = None
-    ) -> tuple[float, float, float, int, list[str]]:
-        """One pass over the data in batches (in ``order``, if given). Returns the epoch's
-        mean data loss, regularisation loss and accuracy, the first step whose loss was not
-        finite (-1 if none), and the names of the parameters and optimizer states that are
-        not finite at the end (none: an empty list). Each step's values stay on the device until the
-        end of the epoch, then come to the host in one copy with the parameters' finiteness
-        (one reduction an array). Distributed, each rank takes its slice of every batch and
-        the sums are reduced across ranks at the end."""
-        xp, n = self.backend.xp, X_dev.shape[0]
-        # (looked up once an epoch, for _train_step: 2 us a layer)
-        self._penalized = [layer for layer in self.trainable_layers if _regularized(layer)]
-        dropouts = [layer for layer in self.layers if isinstance(layer, Dropout)]
-        steps: list[tuple[Any, Any, Any]] = []  # (data loss, regularization loss, accuracy)
-        local = []  # samples this rank took in each step
-        for start in range(0, n, size):
-            stop = min(start + size, n)  # the last batch may be partial
-            lo, hi = start, stop
-            if dist is not None:
-                lo, hi = (start + b for b in shard_bounds(stop - start, dist.rank, dist.size))
-            if order is None:
-                Xb, yb = X_dev[lo:hi, ...], y_dev[lo:hi, ...]
-            else:
-                idx, ops, kept = order[lo:hi], self.backend.ops, self._batch_buffers
-                out = (_kept(xp, kept, "X", X_dev, hi - lo), _kept(xp, kept, "y", y_dev, hi - lo))
-                Xb, yb = ops.take_batch(X_dev, y_dev, idx, None if out[0] is None else out)
-            if dist is not None:
-                for layer in dropouts:  # each rank keeps its rows of the whole batch's mask
-                    layer.rows = (stop - start, lo - start, hi - start)
-            steps.append(self._train_step(Xb, yb, dist, (hi - lo) / (stop - start)))
-            local.append(hi - lo)
-        for layer in dropouts:
-            layer.rows = None
-        _checks.check_pending_labels(_READ_BY.format("Model.train"))  # (a hand loop's, if any)
-        arrays = self._state_arrays()
-        finite = self.backend.ops.finite_flags([a for *_, a in arrays])  # read with the metrics
-        hits = {i: step[2].rows for i, step in enumerate(steps) if isinstance(step[2], _Hits)}
-        steps = [(s[0], s[1], s[2].count) if isinstance(s[2], _Hits) else s for s in steps]
-        values = _host_values(self.backend, [v for step in steps for v in step] + finite)
-        flags = zip(arrays, values[3 * len(steps) :], strict=True)
-        bad_arrays = [_array_name(*where) for (*where, _), ok in flags if not ok]
-        values = values[: 3 * len(steps)].reshape(len(steps), 3)
-        for i, n_rows in hits.items():  # the float32 division the device would have done
-            values[i, 2] = np.float32(values[i, 2]) / np.float32(n_rows)
-        sizes = np.minimum(size, n - np.arange(0, n, size))  # samples in each step
-        taken = np.array(local, dtype=np.float64)
-        loss_sum, acc_sum = (values[:, [0, 2]] * taken[:, None]).sum(axis=0)
-        reg = float((values[:, 1] * sizes).sum() / n)  # the same on every rank
-        bad = np.flatnonzero(~np.isfinite(values).all(axis=1) & (taken > 0))
-        first_bad = float(bad[0] + 1 if bad.size else math.inf)
-        n_bad = float(len(bad_arrays))
-        if dist is not None:
-            loss_sum, acc_sum, n_bad = dist.sum([loss_sum, acc_sum, n_bad])
-            first_bad = dist.min(first_bad)
-        if n_bad and not bad_arrays:  # (parameters are alike on every rank: not expected)
-            bad_arrays = ["an array on another rank"]
-        step = int(first_bad) if math.isfinite(first_bad) else -1
-        return loss_sum / n, reg, acc_sum / n, step, bad_arrays
-
-    def _state_arrays(self) -> list[tuple[str, Any, str, Any]]:
-        """``(key, layer, attribute, array)`` for every parameter and every optimizer state
-        that exists (``_array_name`` names one for an error)."""
-        return [
-            (key, layer, attr, value)
-            for key, layer, attr, _ in self._slots(with_state=True)
-            if (value := getattr(layer, attr, None)) is not None
-        ]
-
-    def _check_state_finite(self) -> None:
-        """Before training: every parameter and optimizer state must be finite, since a
-        non-finite epoch goes back to the state it started from."""
-        arrays = self._state_arrays()
-        finite = _host_values(self.backend, self.backend.ops.finite_flags([a for *_, a in arrays]))
-        for (key, layer, attr, value), ok in zip(arrays, finite, strict=True):
-            if not ok:
-                try:
-                    _checks.check_finite(value, _array_name(key, layer, attr))
-                except ValueError as e:
-                    raise ValueError(
-                        f"Model.train: {e} before training, so there is no finite state to "
-                        "train from or to go back to; rebuild the model or load a finite "
-                        "checkpoint"
-                    ) from None
-
-    def _snapshot(self, previous: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Device copies of every parameter and optimizer state (None where not created
-        yet), and the counters, for ``_restore`` after a non-finite loss. The arrays of a
-        ``previous`` snapshot are overwritten where they fit, so one copy of the parameters is
-        kept, not two at each epoch's start."""
-        assert self.optimizer is not None
-        xp = self.backend.xp
-        arrays, old = [], {}
-        if previous is not None:
-            old = {(id(layer), attr): copy for layer, attr, copy in previous["arrays"]}
-        for _, layer, attr, _ in self._slots(with_state=True):
-            value, copy = getattr(layer, attr, None), old.get((id(layer), attr))
-            if value is None:
-                copy = None
-            elif copy is not None and copy is not value and _same_kind(copy, value):
-                copy[...] = value
-            else:
-                copy = xp.asarray(value, copy=True)
-            arrays.append((layer, attr, copy))
-        counters = (self.optimizer.iterations, self.optimizer.current_learning_rate)
-        return {"arrays": arrays, "counters": counters, "epochs": self.epochs_trained}
-
-    def _restore(self, saved: dict[str, Any]) -> None:
-        assert self.optimizer is not None
-        self._assign(saved["arrays"])
-        self.optimizer.iterations, self.optimizer.current_learning_rate = saved["counters"]
-        self.epochs_trained = saved["epochs"]
-
-    def _train_step(
-        self, Xb: Any, yb: Any, dist: Context | None = None, share: float = 1.0
-    ) -> tuple[Any, Any, Any]:
-        """Forward, loss, backward and update on one batch; (data loss, regularisation loss,
-        accuracy) as device scalars. Distributed, (Xb, yb) is this rank's ``share`` of the
-        global batch and the gradients are summed across ranks before the update."""
-        assert self.loss is not None and self.optimizer is not None
-        penalized = self._penalized
-        reg_loss = self.loss.regularization_loss(*penalized) if penalized else 0.0
-        if Xb.shape[0] == 0:  # a rank with no sample in a last batch smaller than the ranks
-            data_loss = acc = 0.0
-            for layer in self.trainable_layers:
-                for name in layer.params:
-                    setattr(layer, "d" + name, None)  # zeros in the allreduce
-        else:
-            data_loss, output = self._train_pass(Xb, yb)
-            acc = self._accuracy(output, yb, hits_ok=True)
-        if dist is not None:
-            dist.allreduce_gradients(self.trainable_layers, share)
-        self.optimizer.step(self.trainable_layers)
-        return data_loss, reg_loss, acc
+        strategy = strategy_for(distributed)
+        if not strategy.is_root:
+            print_every = 0
+        chosen = callbacks_for(callbacks, print_every, on_epoch_end, on_nonfinite)
+        return Trainer(self, chosen, strategy).fit(
+            X, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data,
+            shuffle=shuffle, seed=seed,
+        )  # fmt: skip
 
     def _accuracy(self, output: Any, y: Any, *, hits_ok: bool = False) -> Any:
         """The batch's accuracy; with ``hits_ok``, a device count of hits may come back as
-        ``_Hits`` instead, divided on the host with the epoch's read (one launch a step less:
+        ``Hits`` instead, divided on the host with the epoch's read (one launch a step less:
         the same float32 division, so the same bits)."""
         loss = self.loss
         if (  # a fused kernel (C or CUDA) counted the argmax hits already: the same value
@@ -751,7 +495,7 @@ class Model:
             if isinstance(correct, (int, np.integer)):  # counted on the host (the C kernel)
                 return np.float32(correct) / output.shape[0]
             if hits_ok:
-                return _Hits(correct, output.shape[0])
+                return Hits(correct, output.shape[0])
             return correct / output.shape[0]  # a 0-d float32 device count (CUDA): no host sync
         return self.accuracy.calculate(output, y)
 
@@ -760,20 +504,21 @@ class Model:
     def evaluate(self, X: Any, y: Any, *, batch_size: int | None = None) -> dict[str, float]:
         """Loss and accuracy over (X, y) in inference mode (Dropout off), without training."""
         self._ready("evaluate")
-        _checks.check_pending_labels(_READ_BY.format("Model.evaluate"))
+        _checks.check_pending_labels(READ_BY.format("Model.evaluate"))
         X_dev, y_dev = self._prepare(X, y, "Model.evaluate")
         size = self._batch_size(batch_size, X_dev.shape[0], "Model.evaluate")
-        with _Unchecked(self.loss, self.accuracy):
+        with Unchecked(self.loss, self.accuracy):
             return self._evaluate(X_dev, y_dev, size)
 
     def _evaluate(
-        self, X_dev: Any, y_dev: Any, size: int, dist: Context | None = None
+        self, X_dev: Any, y_dev: Any, size: int, strategy: Local | None = None
     ) -> dict[str, float]:
-        """Mean loss and accuracy over (X_dev, y_dev); distributed, each rank evaluates its
-        slice and the sums are reduced."""
+        """Mean loss and accuracy over (X_dev, y_dev); distributed (``strategy``), each rank
+        evaluates its rows and the sums are reduced."""
         assert self.loss is not None
+        strategy = strategy if strategy is not None else Local()
         n = X_dev.shape[0]
-        lo, hi = (0, n) if dist is None else shard_bounds(n, dist.rank, dist.size)
+        lo, hi = strategy.evaluation_rows(n)
         sums = [0.0, 0.0]
         for start in range(lo, hi, size):
             stop = min(start + size, hi)
@@ -784,9 +529,7 @@ class Model:
                 s + v * Xb.shape[0]
                 for s, v in zip(sums, (loss, self._accuracy(output, yb)), strict=True)
             ]
-        loss_sum, acc_sum = _host_values(self.backend, sums)
-        if dist is not None:
-            loss_sum, acc_sum = dist.sum([loss_sum, acc_sum])
+        loss_sum, acc_sum = strategy.sum(list(host_values(self.backend, sums)))
         return {"loss": float(loss_sum) / n, "accuracy": float(acc_sum) / n}
 
     @_on_its_gpu
@@ -808,15 +551,10 @@ class Model:
 
     def _slots(self, with_state: bool) -> Iterator[tuple[str, Any, str, Any]]:
         """``(key, layer, attribute, parameter)`` for every parameter and, ``with_state``,
-        every optimizer-state slot beside it; ``key`` is the array's name in a checkpoint."""
-        kinds = self.optimizer.state_kinds if with_state and self.optimizer is not None else ()
-        for i, layer in enumerate(self.layers):
-            for name in getattr(layer, "params", ()):
-                param = getattr(layer, name)
-                yield f"layers.{i}.{name}", layer, name, param
-                for kind in kinds:
-                    attr = state_name(name, kind)
-                    yield f"optimizer.{i}.{attr}", layer, attr, param
+        every optimizer-state slot beside it (``state.walk``); ``key`` is the array's name in
+        a checkpoint."""
+        for slot in walk(self.layers, self.optimizer if with_state else None):
+            yield slot.key, slot.layer, slot.attr, slot.param
 
     def _host_arrays(self, with_state: bool) -> dict[str, np.ndarray]:
         """Parameters (and optimizer state that exists) as host arrays, by checkpoint key."""
@@ -876,10 +614,12 @@ class Model:
             assign(layer, attr, value)
 
     @_one_pass_at_a_time
-    def save(self, path: str | os.PathLike[str]) -> None:
+    def save(self, path: str | os.PathLike[str], *, extra: dict[str, Any] | None = None) -> None:
         """Write the whole model to one .npz, atomically: architecture, loss, accuracy and
         optimizer as JSON, parameters and optimizer state as arrays, and the epoch count, so
-        ``Model.load`` can resume training exactly."""
+        ``Model.load`` can resume training exactly. ``extra``: JSON-able data kept beside
+        (``ModelCheckpoint`` stores its callbacks' states there), ``saved_extra`` after a
+        ``load``."""
         self._ready("save")
         assert self.loss is not None
         meta: dict[str, Any] = {
@@ -889,12 +629,14 @@ class Model:
             "accuracy": None if self.accuracy is None else _spec(self.accuracy),
             "epochs_trained": self.epochs_trained,
             "optimizer": None,
+            "extra": extra or {},
         }
         if self.optimizer is not None:
             opt = self.optimizer
             meta["optimizer"] = _spec(opt) | {
                 "iterations": opt.iterations,
                 "current_learning_rate": opt.current_learning_rate,
+                "base_learning_rate": opt.learning_rate,
             }
         checkpoint.save(path, self._host_arrays(with_state=True), meta)
 
@@ -939,8 +681,11 @@ class Model:
                 assert opt is not None
                 opt.iterations = int(opt_meta["iterations"])
                 opt.current_learning_rate = float(opt_meta["current_learning_rate"])
+                # (a ReduceLROnPlateau may have lowered the base rate since construction)
+                opt.learning_rate = float(opt_meta.get("base_learning_rate", opt.learning_rate))
             model.finalize()
             model.epochs_trained = int(meta["epochs_trained"])
+            model.saved_extra = dict(meta.get("extra") or {})
         except (KeyError, TypeError, ValueError) as e:
             raise checkpoint.CheckpointError(f"{path}: cannot rebuild the model: {e!r}") from e
         model._assign(model._checked(arrays, path, with_state=True))
@@ -952,91 +697,6 @@ class Model:
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-# how a label check a hand-written loop left pending came to raise in the Model's pass
-_READ_BY = " (checked on the device in an earlier call, read by {})"
-
-
-class _Unchecked:
-    """Turn off the per-call label checks of a loss and accuracy for a block (the Model has
-    checked the whole data set once), and restore them after."""
-
-    def __init__(self, *objects: Any) -> None:
-        self.objects = [o for o in objects if o is not None and hasattr(o, "validate")]
-
-    def __enter__(self) -> None:
-        self.saved = [o.validate for o in self.objects]
-        for o in self.objects:
-            o.validate = False
-
-    def __exit__(self, *exc: object) -> None:
-        for o, v in zip(self.objects, self.saved, strict=True):
-            o.validate = v
-
-
-def _array_name(key: str, layer: Any, attr: str) -> str:
-    """A parameter or optimizer state named for an error: ``"layer 2 Dense(64, 3) weights"``
-    (``key`` is its checkpoint key, ``layers.2.weights`` or ``optimizer.2.weight_cache``)."""
-    state = " (optimizer state)" if key.startswith("optimizer.") else ""
-    label = getattr(layer, "name", type(layer).__name__)
-    return f"layer {key.split('.')[1]} {label} {attr}{state}"
-
-
-def _nonfinite(
-    values: dict[str, float], epoch: int, step: int, steps: int, bad_arrays: list[str]
-) -> str:
-    """``NonFiniteLossError``'s message: what went NaN or infinite (the first of ``values``,
-    the epoch's loss, regularization loss and accuracy, that is not finite, and the arrays),
-    where, and what now."""
-    arrays = bad_arrays[0] if bad_arrays else ""
-    if len(bad_arrays) > 1:
-        arrays += f" and {len(bad_arrays) - 1} more arrays"
-    bad = [(name, v) for name, v in values.items() if not math.isfinite(v)]
-    back = f"at the end of epoch {epoch}" if epoch else "where they were before training"
-    if bad:
-        what, value = bad[0]
-        text = f"the {what} became {value} at epoch {epoch + 1}, step {step} of {steps}"
-        if arrays:
-            verb = "are" if len(bad_arrays) > 1 else "is"
-            text += f"; {arrays} {verb} no longer finite either"
-        if step == 1:  # computed from the very state that is restored
-            cause = {
-                "loss": "their outputs overflow",
-                "regularization loss": "the L1/L2 penalty of those weights overflows",
-            }.get(what, "the accuracy's inputs")
-            back += (
-                f": those parameters are finite but gave that value at step 1 ({cause}), so "
-                "no state with a finite loss is kept"
-            )
-    else:  # every step's loss was finite: the updates made the parameters non-finite
-        text = (
-            f"{arrays} became NaN or infinite in epoch {epoch + 1} (every step's loss was "
-            f"finite, so by the last update, step {steps} of {steps}, at the latest)"
-        )
-    return (
-        f"Model.train: {text}; parameters and optimizer state are back {back}. Lower the "
-        "learning rate, or check the data and the loss's inputs"
-    )
-
-
-def _nonfinite_validation(val_loss: float, epoch: int) -> str:
-    """``NonFiniteLossError``'s message when only the validation loss is not finite."""
-    back = f"at the end of epoch {epoch}" if epoch else "where they were before training"
-    return (
-        f"Model.train: the validation loss became {val_loss} after epoch {epoch + 1}, though "
-        "the parameters and the training loss are finite (the outputs overflow); parameters "
-        f"and optimizer state are back {back}. Lower the learning rate, or check the "
-        "validation data"
-    )
-
-
-class _Hits(NamedTuple):
-    """A batch's count of correct predictions on the device, and its rows (the accuracy is
-    count / rows, divided when the epoch's values reach the host)."""
-
-    count: Any
-    rows: int
 
 
 def _stages(layers: list[Any]) -> list[tuple[Any, ...]]:
@@ -1055,58 +715,6 @@ def _stages(layers: list[Any]) -> list[tuple[Any, ...]]:
     return stages
 
 
-def _kept(xp: Any, buffers: dict[str, Any] | None, key: str, like: Any, rows: int) -> Any:
-    """The kept array ``key`` for ``rows`` rows of ``like`` (its dtype and other axes), made
-    if missing or of another shape; None where step buffers are off (a fresh array)."""
-    if buffers is None:
-        return None
-    shape = (rows, *like.shape[1:])
-    kept = buffers.get(key)
-    if kept is None or kept.shape != shape or kept.dtype != like.dtype:
-        kept = buffers[key] = xp.empty(shape, dtype=like.dtype)
-    return kept
-
-
-def _context(distributed: bool | Context) -> Context | None:
-    if isinstance(distributed, Context):
-        return distributed
-    return Context() if distributed else None
-
-
-_REGULARIZERS = ("weight_regularizer_l1", "weight_regularizer_l2", "bias_regularizer_l1",
-                 "bias_regularizer_l2")  # fmt: skip
-
-
-def _regularized(layer: Any) -> bool:
-    """Whether a layer has any L1/L2 penalty switched on (else its penalty is 0.0)."""
-    return any(getattr(layer, name, 0) for name in _REGULARIZERS)
-
-
-def _same_kind(a: Any, b: Any) -> bool:
-    return bool(a.shape == b.shape and a.dtype == b.dtype)
-
-
-def _host_values(backend: Backend, values: list[Any]) -> np.ndarray:
-    """Device scalars (and Python floats) to the host as float64, the device ones in one copy
-    and a constant number of device operations however many there are (an epoch's steps):
-    one stack and one cast per dtype, and one concatenation."""
-    if backend.host:  # already on the host: no copy to batch (stacking cost 3 us each)
-        return np.array([float(v) for v in values], dtype=np.float64)
-    out = np.array([float(v) if isinstance(v, float | int) else np.nan for v in values])
-    by_dtype: dict[str, list[int]] = {}  # positions of the device values, by dtype
-    for i, v in enumerate(values):
-        if not isinstance(v, float | int):
-            by_dtype.setdefault(str(v.dtype), []).append(i)
-    if by_dtype:
-        xp = backend.xp
-        parts = [xp.astype(xp.stack([values[i] for i in where]), xp.float64)
-                 for where in by_dtype.values()]  # fmt: skip
-        out[[i for where in by_dtype.values() for i in where]] = to_numpy(
-            parts[0] if len(parts) == 1 else xp.concat(parts)
-        )
-    return out
-
-
 def _spec(obj: Any) -> dict[str, Any]:
     return {"class": type(obj).__name__, "config": obj.get_config()}
 
@@ -1116,14 +724,3 @@ def _build(spec: dict[str, Any], registry: Mapping[str, Any]) -> Any:
     if name not in registry:
         raise ValueError(f"unknown class {name!r}; known: {', '.join(registry)}")
     return registry[name](**spec["config"])
-
-
-def _summary(row: dict[str, float]) -> str:
-    text = (
-        f"epoch {int(row['epoch'])}: loss {row['loss']:.4f} "
-        f"(reg {row['regularization_loss']:.4f}), acc {row['accuracy']:.4f}, "
-        f"lr {row['learning_rate']:.6g}"
-    )
-    if "val_loss" in row:
-        text += f", val_loss {row['val_loss']:.4f}, val_acc {row['val_accuracy']:.4f}"
-    return text

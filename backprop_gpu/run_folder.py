@@ -19,7 +19,6 @@ import math
 import os
 import re
 import reprlib
-import shutil
 import signal
 import threading
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import checkpoint
-from .model import Model
+from .callbacks import Callback, CSVLogger, ModelCheckpoint
 
 
 class RunError(RuntimeError):
@@ -89,29 +88,6 @@ def _jsonl_text(rows: list[dict[str, float]]) -> str:
     return "".join(json.dumps(row) + "\n" for row in rows)
 
 
-class MetricsWriter:
-    """Appends one row per epoch to metrics.csv and metrics.jsonl, synced to disk at once."""
-
-    def __init__(self, out: Path) -> None:
-        csv_path = out / "metrics.csv"
-        new = not csv_path.exists()
-        self.csv_file = csv_path.open("a", newline="")
-        self.jsonl_file = (out / "metrics.jsonl").open("a")
-        if new:
-            self.csv_file.write(_csv_text([], header=True))
-
-    def write(self, row: dict[str, float]) -> None:
-        self.csv_file.write(_csv_text([row], header=False))
-        self.jsonl_file.write(_jsonl_text([row]))
-        for f in (self.csv_file, self.jsonl_file):
-            f.flush()
-            os.fsync(f.fileno())
-
-    def close(self) -> None:
-        self.csv_file.close()
-        self.jsonl_file.close()
-
-
 def jsonl_rows(path: Path) -> list[dict[str, float]]:
     """The rows of a metrics.jsonl, in file order. A last line without its newline is one a
     killed process was writing: kept if it is a whole row (only its newline was cut off),
@@ -161,12 +137,6 @@ def _write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, data: Any) -> None:
     _write_text(path, json.dumps(data, indent=2, default=str) + "\n")
-
-
-def _copy_file(source: Path, path: Path) -> None:
-    """Replace ``path`` by a copy of ``source`` atomically."""
-    with source.open("rb") as f:
-        checkpoint.atomic_write(path, lambda to: shutil.copyfileobj(f, to))
 
 
 _RUN_FILES = ("checkpoint.npz", "best.npz", "config.json", "summary.json", "metrics.csv",
@@ -260,7 +230,7 @@ def restore_best(out: Path, history: list[dict[str, float]], epochs: int) -> Non
         return  # best.npz was written in an earlier, completed commit
     path, source = out / "best.npz", out / "checkpoint.npz"
     if not (path.is_file() and filecmp.cmp(path, source, shallow=False)):
-        _copy_file(source, path)
+        checkpoint.copy_file(source, path)
 
 
 class Interrupts:
@@ -388,8 +358,53 @@ def kept(out: Path, epochs: int | None) -> str:
     return f"the run folder {out} holds no checkpoint: no epoch ended finite"
 
 
+class RunFolderLog(Callback):
+    """The run folder's record of training, on the fit loop's callbacks: each finished
+    epoch's row goes to metrics.csv and metrics.jsonl (a ``CSVLogger``), then the model to
+    checkpoint.npz (a ``ModelCheckpoint``, with the callbacks' states for a resume), then,
+    when its validation loss is the best so far, best.npz as a copy of it (a second
+    ``ModelCheckpoint``), all in ``commit``'s order, with Ctrl-C and SIGTERM held meanwhile
+    (``interrupts``). ``committed`` is the last epoch on disk."""
+
+    writes = True
+
+    def __init__(self, out: Path, interrupts: Interrupts, best_val_loss: float) -> None:
+        self.interrupts = interrupts
+        self.metrics = CSVLogger(out / "metrics.csv", append=True, columns=COLUMNS,
+                                 jsonl=out / "metrics.jsonl")  # fmt: skip
+        self.checkpoint = ModelCheckpoint(out / "checkpoint.npz")
+        self.best = ModelCheckpoint(out / "best.npz", monitor="val_loss", save_best_only=True,
+                                    copy_from=out / "checkpoint.npz")  # fmt: skip
+        self.best.best = best_val_loss
+        self.committed: int | None = None
+        self._parts = (self.metrics, self.checkpoint, self.best)
+
+    def set_trainer(self, trainer: Any) -> None:
+        super().set_trainer(trainer)
+        for part in self._parts:
+            part.set_trainer(trainer)
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.metrics.open()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        with self.interrupts.deferred():  # (Ctrl-C or SIGTERM: after the commit, not inside)
+            commit(self.metrics, self.checkpoint, self.best, epoch, dict(logs or {}))
+            self.committed = epoch + 1
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        self.metrics.close()
+
+    def close(self) -> None:
+        self.metrics.close()
+
+
 def commit(
-    writer: MetricsWriter, row: dict[str, float], model: Model, out: Path, improved: bool
+    metrics: CSVLogger,
+    checkpoint_: ModelCheckpoint,
+    best: ModelCheckpoint,
+    epoch: int,
+    row: dict[str, Any],
 ) -> None:
     """Record a finished epoch: its rows, then checkpoint.npz, then (if ``improved``) best.npz
     as a copy of it.
@@ -415,7 +430,6 @@ def commit(
     removed when the next run or resume takes the folder. summary.json is written last, when a
     call has trained the last epoch and made the plots, and removed when a resume starts
     training (it would describe the end of an earlier call)."""
-    writer.write(row)
-    model.save(out / "checkpoint.npz")
-    if improved:  # (a copy: the model is not gathered, serialized and hashed twice)
-        _copy_file(out / "checkpoint.npz", out / "best.npz")
+    metrics.write(row)
+    checkpoint_.on_epoch_end(epoch, row)
+    best.on_epoch_end(epoch, row)  # (a copy: the model is not gathered, serialized twice)

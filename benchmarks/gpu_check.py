@@ -65,9 +65,12 @@ class Internals:
     @staticmethod
     def train_step(model: Any, X: Any, y: Any) -> Callable[[], object]:
         """One training step on a device batch without the epoch around it
-        (``Model._train_step``, with the ``Model._penalized`` list ``Model._epoch`` sets)."""
-        model._penalized = []  # what Model._epoch sets first: build() has no L1/L2 penalty
-        return lambda: model._train_step(X, y)
+        (``Trainer._train_step``, with the ``_penalized`` list ``Trainer._epoch`` sets)."""
+        from backprop_gpu.trainer import Trainer
+
+        trainer = Trainer(model)
+        trainer._penalized = []  # what Trainer._epoch sets first: build() has no L1/L2 penalty
+        return lambda: trainer._train_step(X, y)
 
     @staticmethod
     def kernel_host_costs(backend: Any) -> dict[str, Callable[[], object]]:

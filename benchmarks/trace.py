@@ -827,28 +827,35 @@ class Segment:
 def trace_training(model: Any, *args: Any, **kwargs: Any) -> list[Segment]:
     """Run ``model.train(*args, **kwargs)`` on an ``EmulatedCupyBackend`` and cut what it
     issued into segments: per epoch a ``start``, each ``step`` (the batch's gather too) and the
-    ``epoch end``. (Marks the model's ``_snapshot``, ``_train_step`` and ``_epoch``.)"""
+    ``epoch end``. (Marks ``TerminateOnNaN.on_epoch_begin``, the epoch's snapshot, and the
+    trainer's ``_train_step`` and ``_epoch``.)"""
     xp: EmulatedCupy = model.backend.xp
     if not isinstance(xp, EmulatedCupy):
         raise TypeError(f"trace_training needs a model on EmulatedCupyBackend, got {xp!r}")
-    originals = {name: getattr(model, name) for name in ("_snapshot", "_train_step", "_epoch")}
+    from backprop_gpu.callbacks import TerminateOnNaN
+    from backprop_gpu.trainer import Trainer
 
-    def marked(name: str) -> Callable[..., Any]:
+    # (class, method, mark): the epoch's snapshot starts its steps
+    hooks = [(TerminateOnNaN, "on_epoch_begin", "_snapshot"), (Trainer, "_train_step",
+             "_train_step"), (Trainer, "_epoch", "_epoch")]  # fmt: skip
+    originals = {mark: getattr(cls, name) for cls, name, mark in hooks}
+
+    def marked(mark: str) -> Callable[..., Any]:
         def run(*a: Any, **k: Any) -> Any:
-            result = originals[name](*a, **k)
-            xp.mark(name)
+            result = originals[mark](*a, **k)
+            xp.mark(mark)
             return result
 
         return run
 
     start = len(xp.events)
-    for name in originals:
-        setattr(model, name, marked(name))
+    for cls, name, mark in hooks:
+        setattr(cls, name, marked(mark))
     try:
         model.train(*args, **kwargs)
     finally:
-        for name in originals:
-            delattr(model, name)  # the class's methods again
+        for cls, name, mark in hooks:
+            setattr(cls, name, originals[mark])  # the class's methods again
     segments = [Segment("start", 1)]
     for item in xp.events[start:]:
         current = segments[-1]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import backprop_gpu as bg
+from backprop_gpu.trainer import Trainer
 from tests.host_reads import HostReads
 
 RNG = np.random.default_rng(7)
@@ -106,11 +107,11 @@ def test_the_epoch_end_costs_a_constant_number_of_operations(
     outside = {}
     for batch_size in (128, 16, 4):  # 2, 16 and 64 steps
         m = model()
-        step = bg.Model._train_step
+        step = Trainer._train_step
         counts: dict[str, int] = {}
         phase = ["epoch"]
 
-        def in_step(self: bg.Model, *args: Any, _step: Any = step, _phase: Any = phase) -> Any:
+        def in_step(self: Trainer, *args: Any, _step: Any = step, _phase: Any = phase) -> Any:
             _phase[0] = "step"
             try:
                 return _step(self, *args)
@@ -119,7 +120,7 @@ def test_the_epoch_end_costs_a_constant_number_of_operations(
 
         X_dev, y_dev = bg.asarray(X), bg.asarray(Y)
         with monkeypatch.context() as patch:
-            patch.setattr(bg.Model, "_train_step", in_step)
+            patch.setattr(Trainer, "_train_step", in_step)
             count_ops(patch, counts, phase)
             m.train(X_dev, y_dev, epochs=1, batch_size=batch_size, print_every=0)
         steps = -(-len(X) // batch_size)

@@ -1,0 +1,501 @@
+"""The fit loop: epochs of shuffled mini-batches over a ``Model``, with callbacks around it.
+
+``Model.train`` builds a ``Trainer`` and calls ``fit``; the model owns the math (its forward,
+loss and backward pass, ``Model._train_pass``), the trainer owns the order of things:
+
+    on_train_begin
+    for each epoch:   on_epoch_begin
+                      for each batch: take the batch, pass, (reduce gradients), update
+                                      [on_batch_end, only if a callback has one]
+                      one read of the epoch's metrics and every array's finiteness
+                      non-finite?  -> TerminateOnNaN (restores, raises or stops)
+                      validation; history row; on_epoch_end
+    on_train_end
+
+Where the loop runs is its ``strategy`` (:mod:`backprop_gpu.strategy`: one process, or MPI
+ranks splitting each batch, :class:`backprop_gpu.distributed.DataParallel`). No step reads
+the device: the losses and accuracies stay there until the epoch's end.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import _checks
+from .backend import Backend, to_numpy
+from .callbacks import Callback, LambdaCallback, PrintEpochs, TerminateOnNaN, overrides
+from .layers import Dense, Dropout
+from .state import walk
+from .strategy import Local
+
+History = list[dict[str, float]]
+
+# how a label check a hand-written loop left pending came to raise in the Model's pass
+READ_BY = " (checked on the device in an earlier call, read by {})"
+
+
+class Trainer:
+    """Trains ``model`` (finalized, with an optimizer) where ``strategy`` says, calling
+    ``callbacks`` at each point of the loop (see the module docstring). ``stop_training``,
+    set by a callback, ends training after the epoch running."""
+
+    def __init__(
+        self,
+        model: Any,
+        callbacks: Iterable[Callback] = (),
+        strategy: Local | None = None,
+    ) -> None:
+        self.model = model
+        self.strategy = strategy if strategy is not None else Local()
+        self.callbacks = list(callbacks)
+        for cb in self.callbacks:
+            if not isinstance(cb, Callback):
+                raise TypeError(
+                    f"Model.train: callbacks must be backprop_gpu Callback objects, got {cb!r}"
+                )
+        guards = [cb for cb in self.callbacks if isinstance(cb, TerminateOnNaN)]
+        if len(guards) > 1:
+            raise ValueError(f"Model.train: at most one TerminateOnNaN, got {guards}")
+        self.nonfinite: TerminateOnNaN = guards[0] if guards else TerminateOnNaN()
+        if not guards:
+            self.callbacks.insert(0, self.nonfinite)
+        self.stop_training = False
+        self.epochs_left = 0
+        self.metric_names: tuple[str, ...] = ()
+        self.history: History = []
+
+    # --- the callbacks ---------------------------------------------------------------------
+
+    def _active(self) -> list[Callback]:
+        """The callbacks of this rank: all on rank 0, those that do not write elsewhere."""
+        root = self.strategy.is_root
+        return [cb for cb in self.callbacks if root or not cb.writes]
+
+    def _call(self, hook: str, *args: Any) -> None:
+        for cb in self._running:
+            getattr(cb, hook)(*args)
+
+    def callback_states(self) -> dict[str, dict[str, Any]]:
+        """Every callback's ``get_state()`` by ``"<index>:<class>"`` (what a checkpoint keeps
+        for a resume)."""
+        states = {}
+        for i, cb in enumerate(self.callbacks):
+            saved = cb.get_state()
+            if saved:
+                states[f"{i}:{type(cb).__name__}"] = saved
+        return states
+
+    def check_state_finite(self) -> None:
+        """Every parameter and optimizer state must be finite before training, since a
+        non-finite epoch goes back to the state it started from."""
+        model = self.model
+        slots = [s for s in walk(model.layers, model.optimizer) if s.value is not None]
+        finite = host_values(
+            model.backend, model.backend.ops.finite_flags([s.value for s in slots])
+        )
+        for slot, ok in zip(slots, finite, strict=True):
+            if not ok:
+                try:
+                    _checks.check_finite(slot.value, array_name(slot))
+                except ValueError as e:
+                    raise ValueError(
+                        f"Model.train: {e} before training, so there is no finite state to "
+                        "train from or to go back to; rebuild the model or load a finite "
+                        "checkpoint"
+                    ) from None
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def fit(
+        self,
+        X: Any,
+        y: Any,
+        *,
+        epochs: int = 1,
+        batch_size: int | None = None,
+        validation_data: tuple[Any, Any] | None = None,
+        shuffle: bool = True,
+        seed: int | None = None,
+    ) -> History:
+        """See ``Model.train``."""
+        model, strategy = self.model, self.strategy
+        # every rank checks its own inputs; if any fails, all stop with the reasons
+        X_dev, y_dev, val, size = strategy.on_every_rank(
+            lambda: self._inputs(X, y, epochs, batch_size, validation_data)
+        )
+        model._pack()  # (again, if a parameter or state was replaced since)
+        deciding = [repr(cb) for cb in self.callbacks if not cb.writes]  # (on every rank)
+        settings = {"epochs": epochs, "batch_size": size, "shuffle": shuffle, "seed": seed,
+                    "callbacks": deciding}  # fmt: skip
+        strategy.setup(model, (X_dev, y_dev), val, settings)
+        if seed is None:  # (rank 0's draw on every rank, so all shuffle alike)
+            seed = strategy.on_root(lambda: int(np.random.default_rng().integers(2**31)))
+        names = ("epoch", "loss", "regularization_loss", "accuracy", "learning_rate")
+        self.metric_names = names + (("val_loss", "val_accuracy") if val else ())
+        self.epochs_left, self.stop_training, self.history = epochs, False, []
+        self._running = self._active()
+        batch_hooks = [cb for cb in self._running if overrides(cb, "on_batch_end")]
+        for cb in self.callbacks:
+            cb.set_trainer(self)
+        n = X_dev.shape[0]
+        reuse = model.backend.reuses_step_buffers  # (fresh ones each call: see Model._train_pass)
+        dense = [layer for layer in model.layers if type(layer) is Dense]
+        model._step_buffers = {layer: {} for layer in dense} if reuse else None
+        self._batch_buffers: dict[str, Any] | None = {} if reuse else None
+        try:
+            with Unchecked(model.loss, model.accuracy):
+                with strategy.guard():  # (distributed: a rank that raises aborts the job)
+                    self._call("on_train_begin", {})
+                while self.epochs_left > 0 and not self.stop_training:
+                    self._one_epoch(X_dev, y_dev, n, size, val, shuffle, seed, batch_hooks)
+                with strategy.guard():
+                    self._call("on_train_end", {"history": self.history})
+        finally:
+            model._step_buffers = None
+        return self.history
+
+    def _one_epoch(
+        self,
+        X_dev: Any,
+        y_dev: Any,
+        n: int,
+        size: int,
+        val: Any,
+        shuffle: bool,
+        seed: int,
+        batch_hooks: list[Callback],
+    ) -> None:
+        model, guard = self.model, self.strategy.guard
+        epoch = model.epochs_trained
+        with guard():  # (distributed: a rank that raises aborts the whole job)
+            for layer in model.layers:
+                if hasattr(layer, "reseed"):
+                    layer.reseed(epoch)
+            order = None
+            if shuffle:
+                perm = np.random.default_rng([seed, epoch]).permutation(n)
+                order = model.backend.asarray(perm)  # one small copy per epoch
+            self._call("on_epoch_begin", epoch, {})
+            loss, reg, acc, bad_step, bad_arrays = self._epoch(X_dev, y_dev, size, order,
+                                                               batch_hooks)  # fmt: skip
+        self.epochs_left -= 1
+        steps = -(-n // size)
+        # a non-finite epoch is seen alike on every rank (reduced): each raises or stops alike
+        if bad_arrays or not all(math.isfinite(v) for v in (loss, reg, acc)):
+            values = {"loss": loss, "regularization loss": reg, "accuracy": acc}
+            restore = self.nonfinite.restore
+            message = nonfinite_message(values, epoch, bad_step, steps, bad_arrays, restore)
+            self.nonfinite.on_nonfinite(message)  # (back to the epoch's start, which was finite)
+            return
+        with guard():
+            model.epochs_trained += 1
+            row = {
+                "epoch": model.epochs_trained,
+                "loss": loss,
+                "regularization_loss": reg,
+                "accuracy": acc,
+                "learning_rate": model.optimizer.current_learning_rate,
+            }
+            if val is not None:
+                metrics = model._evaluate(*val, size, self.strategy)
+                row |= {"val_loss": metrics["loss"], "val_accuracy": metrics["accuracy"]}
+        if not math.isfinite(row.get("val_loss", 0.0)):
+            # finite parameters whose outputs overflow: as unusable as NaN weights
+            message = nonfinite_validation_message(row["val_loss"], epoch, self.nonfinite.restore)
+            model.epochs_trained -= 1
+            self.nonfinite.on_nonfinite(message)
+            return
+        with guard():
+            self.history.append(row)
+            self._call("on_epoch_end", epoch, row)
+
+    def _inputs(
+        self, X: Any, y: Any, epochs: int, batch_size: int | None, validation_data: Any
+    ) -> tuple[Any, Any, Any, int]:
+        """``fit``'s checks: (X, y) and the validation pair on the device, and the batch
+        size; raises naming the bad argument."""
+        model = self.model
+        model._ready("train", train=True)
+        _checks.check_pending_labels(READ_BY.format("Model.train"))
+        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
+            raise ValueError(f"Model.train: epochs must be an integer >= 0, got {epochs!r}")
+        X_dev, y_dev = model._prepare(X, y, "Model.train")
+        model.optimizer.check_dtype(model.dtype)  # e.g. an epsilon that is 0 in float32
+        size = model._batch_size(batch_size, X_dev.shape[0], "Model.train")
+        val = None
+        if validation_data is not None:
+            if not isinstance(validation_data, tuple | list) or len(validation_data) != 2:
+                raise ValueError("Model.train: validation_data must be a pair (X_val, y_val)")
+            X_val, y_val = validation_data
+            val = model._prepare(X_val, y_val, "Model.train validation_data")
+        if model.accuracy is not None:
+            model.accuracy.init(y)
+        return X_dev, y_dev, val, size
+
+    def _epoch(
+        self, X_dev: Any, y_dev: Any, size: int, order: Any, batch_hooks: list[Callback]
+    ) -> tuple[float, float, float, int, list[str]]:
+        """One pass over the data in batches (in ``order``, if given). Returns the epoch's
+        mean data loss, regularisation loss and accuracy, the first step whose loss was not
+        finite (-1 if none), and the names of the parameters and optimizer states that are
+        not finite at the end (none: an empty list). Each step's values stay on the device
+        until the end of the epoch, then come to the host in one copy with the parameters'
+        finiteness (one reduction an array). The strategy gives this rank its rows of each
+        batch and reduces the sums at the end."""
+        model, strategy = self.model, self.strategy
+        xp, n = model.backend.xp, X_dev.shape[0]
+        # (looked up once an epoch, for _train_step: 2 us a layer)
+        self._penalized = [layer for layer in model.trainable_layers if _regularized(layer)]
+        dropouts = [layer for layer in model.layers if isinstance(layer, Dropout)]
+        steps: list[tuple[Any, Any, Any]] = []  # (data loss, regularization loss, accuracy)
+        local = []  # samples this rank took in each step
+        for start in range(0, n, size):
+            stop = min(start + size, n)  # the last batch may be partial
+            lo, hi = strategy.shard(start, stop, dropouts)
+            if order is None:
+                Xb, yb = X_dev[lo:hi, ...], y_dev[lo:hi, ...]
+            else:
+                idx, ops, kept = order[lo:hi], model.backend.ops, self._batch_buffers
+                out = (_kept(xp, kept, "X", X_dev, hi - lo), _kept(xp, kept, "y", y_dev, hi - lo))
+                Xb, yb = ops.take_batch(X_dev, y_dev, idx, None if out[0] is None else out)
+            steps.append(self._train_step(Xb, yb, (hi - lo) / (stop - start)))
+            local.append(hi - lo)
+            for cb in batch_hooks:
+                cb.on_batch_end(len(steps) - 1, {"size": hi - lo, "loss": steps[-1][0]})
+        strategy.end_epoch(dropouts)
+        _checks.check_pending_labels(READ_BY.format("Model.train"))  # (a hand loop's, if any)
+        slots = [s for s in walk(model.layers, model.optimizer) if s.value is not None]
+        finite = model.backend.ops.finite_flags([s.value for s in slots])  # read with metrics
+        hits = {i: step[2].rows for i, step in enumerate(steps) if isinstance(step[2], Hits)}
+        steps = [(s[0], s[1], s[2].count) if isinstance(s[2], Hits) else s for s in steps]
+        values = host_values(model.backend, [v for step in steps for v in step] + finite)
+        flags = zip(slots, values[3 * len(steps) :], strict=True)
+        bad_arrays = [array_name(slot) for slot, ok in flags if not ok]
+        values = values[: 3 * len(steps)].reshape(len(steps), 3)
+        for i, n_rows in hits.items():  # the float32 division the device would have done
+            values[i, 2] = np.float32(values[i, 2]) / np.float32(n_rows)
+        sizes = np.minimum(size, n - np.arange(0, n, size))  # samples in each step
+        taken = np.array(local, dtype=np.float64)
+        loss_sum, acc_sum = (values[:, [0, 2]] * taken[:, None]).sum(axis=0)
+        reg = float((values[:, 1] * sizes).sum() / n)  # the same on every rank
+        bad = np.flatnonzero(~np.isfinite(values).all(axis=1) & (taken > 0))
+        first_bad = float(bad[0] + 1 if bad.size else math.inf)
+        loss_sum, acc_sum, n_bad = strategy.sum([loss_sum, acc_sum, float(len(bad_arrays))])
+        first_bad = strategy.min(first_bad)
+        if n_bad and not bad_arrays:  # (parameters are alike on every rank: not expected)
+            bad_arrays = ["an array on another rank"]
+        step = int(first_bad) if math.isfinite(first_bad) else -1
+        return float(loss_sum) / n, reg, float(acc_sum) / n, step, bad_arrays
+
+    def _train_step(self, Xb: Any, yb: Any, share: float = 1.0) -> tuple[Any, Any, Any]:
+        """Forward, loss, backward and update on one batch; (data loss, regularisation loss,
+        accuracy) as device scalars. ``share``: this rank's part of the global batch (the
+        strategy sums the gradients over ranks before the update)."""
+        model = self.model
+        penalized = self._penalized
+        reg_loss = model.loss.regularization_loss(*penalized) if penalized else 0.0
+        if Xb.shape[0] == 0:  # a rank with no sample in a last batch smaller than the ranks
+            data_loss = acc = 0.0
+            for layer in model.trainable_layers:
+                for name in layer.params:
+                    setattr(layer, "d" + name, None)  # zeros in the allreduce
+        else:
+            data_loss, output = model._train_pass(Xb, yb)
+            acc = model._accuracy(output, yb, hits_ok=True)
+        self.strategy.reduce_gradients(model.trainable_layers, share)
+        model.optimizer.step(model.trainable_layers)
+        return data_loss, reg_loss, acc
+
+
+def callbacks_for(
+    callbacks: Iterable[Callback] | None,
+    print_every: int | None,
+    on_epoch_end: Callable[[dict[str, float]], None] | None,
+    on_nonfinite: str,
+) -> list[Callback]:
+    """``Model.train``'s callbacks: the given ones, then its shortcuts as callbacks
+    (``on_nonfinite`` as a TerminateOnNaN unless one is given, ``print_every`` as
+    PrintEpochs, ``on_epoch_end`` as a LambdaCallback)."""
+    if on_nonfinite not in ("raise", "stop"):
+        raise ValueError(
+            f"Model.train: on_nonfinite must be 'raise' or 'stop', got {on_nonfinite!r}"
+        )
+    given = list(callbacks or ())
+    if isinstance(callbacks, Callback):
+        raise TypeError("Model.train: callbacks must be a list of callbacks, got one callback")
+    result: list[Callback] = []
+    if not any(isinstance(cb, TerminateOnNaN) for cb in given):
+        result.append(TerminateOnNaN(on_nonfinite))
+    elif on_nonfinite != "raise":
+        raise ValueError(
+            "Model.train: on_nonfinite and a TerminateOnNaN callback both say what to do on a "
+            "NaN; give the mode to the callback (TerminateOnNaN(mode=...)) and drop on_nonfinite"
+        )
+    result += given
+    if print_every:
+        result.append(PrintEpochs(print_every))
+    if on_epoch_end is not None:
+        if not callable(on_epoch_end):
+            raise TypeError(f"Model.train: on_epoch_end must be callable, got {on_epoch_end!r}")
+        result.append(LambdaCallback(on_epoch_end=lambda epoch, logs: on_epoch_end(logs)))
+    return result
+
+
+def strategy_for(distributed: Any) -> Local:
+    """The strategy of ``Model.train(distributed=...)``: False, one process; True, MPI data
+    parallelism over ``COMM_WORLD``; a ``distributed.Context``, over its communicator."""
+    if distributed is False or distributed is None:
+        return Local()
+    from .distributed import Context, DataParallel  # (only when asked for: needs mpi4py)
+
+    if distributed is True:
+        return DataParallel(Context())
+    if isinstance(distributed, Context):
+        return DataParallel(distributed)
+    raise TypeError(
+        f"Model.train: distributed must be True, False or a distributed.Context, got "
+        f"{distributed!r}"
+    )
+
+
+# --- the epoch's one read ---------------------------------------------------------------------
+
+
+class Hits(NamedTuple):
+    """A batch's count of correct predictions on the device, and its rows (the accuracy is
+    count / rows, divided when the epoch's values reach the host)."""
+
+    count: Any
+    rows: int
+
+
+def host_values(backend: Backend, values: list[Any]) -> np.ndarray:
+    """Device scalars (and Python floats) to the host as float64, the device ones in one copy
+    and a constant number of device operations however many there are (an epoch's steps):
+    one stack and one cast per dtype, and one concatenation."""
+    if backend.host:  # already on the host: no copy to batch (stacking cost 3 us each)
+        return np.array([float(v) for v in values], dtype=np.float64)
+    out = np.array([float(v) if isinstance(v, float | int) else np.nan for v in values])
+    by_dtype: dict[str, list[int]] = {}  # positions of the device values, by dtype
+    for i, v in enumerate(values):
+        if not isinstance(v, float | int):
+            by_dtype.setdefault(str(v.dtype), []).append(i)
+    if by_dtype:
+        xp = backend.xp
+        parts = [xp.astype(xp.stack([values[i] for i in where]), xp.float64)
+                 for where in by_dtype.values()]  # fmt: skip
+        out[[i for where in by_dtype.values() for i in where]] = to_numpy(
+            parts[0] if len(parts) == 1 else xp.concat(parts)
+        )
+    return out
+
+
+class Unchecked:
+    """Turn off the per-call label checks of a loss and accuracy for a block (the Model has
+    checked the whole data set once), and restore them after."""
+
+    def __init__(self, *objects: Any) -> None:
+        self.objects = [o for o in objects if o is not None and hasattr(o, "validate")]
+
+    def __enter__(self) -> None:
+        self.saved = [o.validate for o in self.objects]
+        for o in self.objects:
+            o.validate = False
+
+    def __exit__(self, *exc: object) -> None:
+        for o, v in zip(self.objects, self.saved, strict=True):
+            o.validate = v
+
+
+def _kept(xp: Any, buffers: dict[str, Any] | None, key: str, like: Any, rows: int) -> Any:
+    """The kept array ``key`` for ``rows`` rows of ``like`` (its dtype and other axes), made
+    if missing or of another shape; None where step buffers are off (a fresh array)."""
+    if buffers is None:
+        return None
+    shape = (rows, *like.shape[1:])
+    kept = buffers.get(key)
+    if kept is None or kept.shape != shape or kept.dtype != like.dtype:
+        kept = buffers[key] = xp.empty(shape, dtype=like.dtype)
+    return kept
+
+
+_REGULARIZERS = ("weight_regularizer_l1", "weight_regularizer_l2", "bias_regularizer_l1",
+                 "bias_regularizer_l2")  # fmt: skip
+
+
+def _regularized(layer: Any) -> bool:
+    """Whether a layer has any L1/L2 penalty switched on (else its penalty is 0.0)."""
+    return any(getattr(layer, name, 0) for name in _REGULARIZERS)
+
+
+# --- messages ---------------------------------------------------------------------------------
+
+
+def array_name(slot: Any) -> str:
+    """A parameter or optimizer state named for an error: ``"layer 2 Dense(64, 3) weights"``."""
+    state = " (optimizer state)" if slot.is_state else ""
+    label = getattr(slot.layer, "name", type(slot.layer).__name__)
+    return f"layer {slot.key.split('.')[1]} {label} {slot.attr}{state}"
+
+
+def _where_now(epoch: int, restored: bool) -> str:
+    if not restored:
+        return "left as they are (TerminateOnNaN(restore=False))"
+    back = f"at the end of epoch {epoch}" if epoch else "where they were before training"
+    return f"back {back}"
+
+
+def nonfinite_message(
+    values: dict[str, float],
+    epoch: int,
+    step: int,
+    steps: int,
+    bad_arrays: Sequence[str],
+    restored: bool = True,
+) -> str:
+    """``NonFiniteLossError``'s message: what went NaN or infinite (the first of ``values``,
+    the epoch's loss, regularization loss and accuracy, that is not finite, and the arrays),
+    where, and what now."""
+    arrays = bad_arrays[0] if bad_arrays else ""
+    if len(bad_arrays) > 1:
+        arrays += f" and {len(bad_arrays) - 1} more arrays"
+    bad = [(name, v) for name, v in values.items() if not math.isfinite(v)]
+    now = _where_now(epoch, restored)
+    if bad:
+        what, value = bad[0]
+        text = f"the {what} became {value} at epoch {epoch + 1}, step {step} of {steps}"
+        if arrays:
+            verb = "are" if len(bad_arrays) > 1 else "is"
+            text += f"; {arrays} {verb} no longer finite either"
+        if step == 1 and restored:  # computed from the very state that is restored
+            cause = {
+                "loss": "their outputs overflow",
+                "regularization loss": "the L1/L2 penalty of those weights overflows",
+            }.get(what, "the accuracy's inputs")
+            now += (
+                f": those parameters are finite but gave that value at step 1 ({cause}), so "
+                "no state with a finite loss is kept"
+            )
+    else:  # every step's loss was finite: the updates made the parameters non-finite
+        text = (
+            f"{arrays} became NaN or infinite in epoch {epoch + 1} (every step's loss was "
+            f"finite, so by the last update, step {steps} of {steps}, at the latest)"
+        )
+    return (
+        f"Model.train: {text}; parameters and optimizer state are {now}. Lower the "
+        "learning rate, or check the data and the loss's inputs"
+    )
+
+
+def nonfinite_validation_message(val_loss: float, epoch: int, restored: bool = True) -> str:
+    """``NonFiniteLossError``'s message when only the validation loss is not finite."""
+    return (
+        f"Model.train: the validation loss became {val_loss} after epoch {epoch + 1}, though "
+        "the parameters and the training loss are finite (the outputs overflow); parameters "
+        f"and optimizer state are {_where_now(epoch, restored)}. Lower the learning rate, or "
+        "check the validation data"
+    )
