@@ -15,6 +15,7 @@ from .backend import (
     use_backend,
 )
 from .checkpoint import CheckpointError
+from .layer import Layer
 from .layers import Dense, Dropout
 from .losses import (
     BinaryCrossEntropy,
@@ -26,6 +27,7 @@ from .losses import (
 from .metrics import Accuracy, BinaryAccuracy, RegressionAccuracy
 from .model import Model, NonFiniteLossError
 from .optimizers import SGD, Adagrad, Adam, RMSprop
+from .registry import register
 
 __version__ = "0.1.0"
 
@@ -42,6 +44,7 @@ __all__ = [
     "CheckpointError",
     "Dense",
     "Dropout",
+    "Layer",
     "Linear",
     "MeanAbsoluteError",
     "MeanSquaredError",
@@ -56,6 +59,7 @@ __all__ = [
     "asarray",
     "check_finite",
     "get_backend",
+    "register",
     "set_backend",
     "to_numpy",
     "use_backend",
