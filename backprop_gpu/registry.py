@@ -98,7 +98,9 @@ def lookup(name: str, kind: str) -> type:
             f"{', '.join(names(kind))})"
         )
     if kind_of(cls) != kind:
-        raise ValueError(f"{name!r} is a {kind_of(cls)} ({_where(cls)}), not a {kind}")
+        raise ValueError(
+            f"{name!r} is registered as kind {kind_of(cls)!r} ({_where(cls)}), not {kind!r}"
+        )
     return cls
 
 
