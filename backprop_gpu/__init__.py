@@ -26,6 +26,7 @@ from .callbacks import (
     TerminateOnNaN,
 )
 from .checkpoint import CheckpointError
+from .layer import Layer
 from .layers import Dense, Dropout
 from .losses import (
     BinaryCrossEntropy,
@@ -37,6 +38,7 @@ from .losses import (
 from .metrics import Accuracy, BinaryAccuracy, RegressionAccuracy
 from .model import Model
 from .optimizers import SGD, Adagrad, Adam, RMSprop
+from .registry import register
 
 __version__ = "0.1.0"
 
@@ -57,6 +59,7 @@ __all__ = [
     "Dropout",
     "EarlyStopping",
     "LambdaCallback",
+    "Layer",
     "Linear",
     "MeanAbsoluteError",
     "MeanSquaredError",
@@ -75,6 +78,7 @@ __all__ = [
     "asarray",
     "check_finite",
     "get_backend",
+    "register",
     "set_backend",
     "to_numpy",
     "use_backend",

@@ -1,27 +1,18 @@
-"""Activation functions: no parameters, a forward and a backward each."""
+"""Activation functions: layers (``bg.Layer``) with no parameters, a forward and a backward
+each."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from . import _checks
-from .backend import Backend, get_backend
+from .layer import Layer
+from .registry import register
 
 
-class Activation:
-    """Base: remembers the backend active when built; ``output`` and ``dinputs`` as in nnfs.
-
-    ``forward(inputs, training=True)``: ``training`` is part of every layer's interface (the
-    Model passes it) and only matters to Dropout.
-    """
-
-    params: tuple[str, ...] = ()
-
-    def __init__(self) -> None:
-        self.backend: Backend = get_backend()
-        self.inputs: Any = None
-        self.output: Any = None
-        self.dinputs: Any = None
+class Activation(Layer):
+    """Base of the activations: a ``Layer`` without parameters or settings (``get_config``
+    is ``{}``), with the check every ``backward`` starts with."""
 
     def _dvalues(self, dvalues: Any) -> Any:
         if self.output is None:
@@ -29,13 +20,8 @@ class Activation:
         where = f"{type(self).__name__}.backward"
         return _checks.like(self.backend, dvalues, self.output, where, "dvalues")
 
-    def get_config(self) -> dict[str, Any]:
-        return {}
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
-
-
+@register
 class ReLU(Activation):
     """``max(0, x)`` elementwise; the gradient passes where the input was positive."""
 
@@ -51,6 +37,7 @@ class ReLU(Activation):
         return self.dinputs
 
 
+@register
 class Softmax(Activation):
     """Row-wise softmax of (batch, classes) logits, shifted by the row maximum so exp never
     overflows (logits of +-1e4 stay finite)."""
@@ -69,6 +56,7 @@ class Softmax(Activation):
         return self.dinputs
 
 
+@register
 class Sigmoid(Activation):
     """``1 / (1 + exp(-x))``, computed from ``exp(-|x|)`` so it never overflows; the gradient
     is ``s * (1 - s)``. For binary outputs (N, outputs) with BinaryCrossEntropy."""
@@ -86,6 +74,7 @@ class Sigmoid(Activation):
         return self.dinputs
 
 
+@register
 class Linear(Activation):
     """The identity, ``y = x``: the output activation for regression."""
 

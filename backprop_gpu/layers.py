@@ -1,4 +1,5 @@
-"""Layers with parameters. ``Dense`` is the fully connected layer of the nnfs book."""
+"""The built-in layers: ``Dense``, the fully connected layer of the nnfs book, and ``Dropout``.
+(Their base class, the contract a layer keeps, is ``bg.Layer``: ``layer.py``.)"""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ from typing import Any
 import numpy as np
 
 from . import _checks
-from .backend import Backend, array_library, dtype_name, get_backend, host_array, to_numpy
+from .backend import array_library, dtype_name, host_array, to_numpy
+from .layer import Layer
+from .registry import register
 
 INITS = ("nnfs", "he", "glorot")
 
 
-class Dense:
+@register
+class Dense(Layer):
     """Fully connected layer: ``output = inputs @ weights + biases``.
 
     Shapes: ``weights`` (n_inputs, n_neurons), kept "transposed" as in the book so no transpose
@@ -63,7 +67,7 @@ class Dense:
         self.weight_regularizer_l2 = check(weight_regularizer_l2, "Dense: weight_regularizer_l2")
         self.bias_regularizer_l1 = check(bias_regularizer_l1, "Dense: bias_regularizer_l1")
         self.bias_regularizer_l2 = check(bias_regularizer_l2, "Dense: bias_regularizer_l2")
-        self.backend: Backend = get_backend()
+        super().__init__()  # the backend, and inputs, output, dinputs (None)
         if array_library(weights) is None and weights is not None:  # lists: named if ragged
             weights = host_array(weights, "Dense: weights")
         if array_library(biases) is None and biases is not None:
@@ -82,11 +86,8 @@ class Dense:
             biases = np.zeros((1, self.n_neurons))
         self.weights = self._param(weights, (self.n_inputs, self.n_neurons), "weights")
         self.biases = self._param(biases, (1, self.n_neurons), "biases")
-        self.inputs: Any = None
-        self.output: Any = None
         self.dweights: Any = None
         self.dbiases: Any = None
-        self.dinputs: Any = None
         # Model.train's step buffers: while its pass runs, a dict of this layer's arrays from
         # the previous step, overwritten instead of allocated afresh (None: fresh arrays, as a
         # hand-written loop gets them: it may keep an earlier call's output)
@@ -260,7 +261,8 @@ class Dense:
         )
 
 
-class Dropout:
+@register
+class Dropout(Layer):
     """Inverted dropout: in training, zero each input with probability ``rate`` and scale the
     survivors by ``1 / (1 - rate)`` so the expected output equals the input; in inference
     (``training=False``) pass inputs through unchanged.
@@ -271,8 +273,6 @@ class Dropout:
     and a run resumed at an epoch boundary (``reseed``) drops what the uninterrupted one
     would, on any machine. ``seed=None`` draws a random 63-bit seed once, here.
     """
-
-    params: tuple[str, ...] = ()
 
     def __init__(self, rate: float, *, seed: int | None = None) -> None:
         self.rate = _checks.in_range(rate, 0.0, 1.0, "Dropout: rate")
@@ -289,15 +289,12 @@ class Dropout:
         )
         self.epoch = 0  # the stream of the masks: (epoch, draw number within it)
         self.draws = 0
-        self.backend: Backend = get_backend()
+        super().__init__()  # the backend, and inputs, output, dinputs (None)
         # (global batch size, first row, end row): set by Model.train in distributed training,
         # so each rank computes its rows of the mask of the whole batch, as one process would
         # (None: the mask is drawn for the inputs alone)
         self.rows: tuple[int, int, int] | None = None
-        self.inputs: Any = None
-        self.output: Any = None
         self.mask: Any = None
-        self.dinputs: Any = None
 
     def reseed(self, epoch: int) -> None:
         """Start the masks of epoch ``epoch`` (its draw 0); the Model calls this at each epoch

@@ -16,6 +16,7 @@ import numpy as np
 from . import _checks
 from .activations import Softmax
 from .backend import Backend, dtype_name, get_backend
+from .registry import register
 
 EPS = 1e-7  # the book's clip: predictions are kept in [EPS, 1 - EPS] before the log
 
@@ -45,6 +46,7 @@ class Loss(abc.ABC):
 
     # True when ``backward`` takes the loss's own ``output`` (not its input) as ``dvalues``
     backward_from_output = False
+    registry_kind = "loss"  # (what the registry files subclasses under)
 
     def __init__(self, *, validate: bool = True) -> None:
         self.backend: Backend = get_backend()
@@ -97,6 +99,7 @@ class Loss(abc.ABC):
         return f"{type(self).__name__}()"
 
 
+@register
 class CategoricalCrossEntropy(Loss):
     """``-log(p[true class])`` averaged over the batch, ``p`` being probabilities (N, C)
     clipped to [1e-7, 1 - 1e-7] as in the book."""
@@ -121,6 +124,7 @@ class CategoricalCrossEntropy(Loss):
         return self.dinputs
 
 
+@register
 class SoftmaxCrossEntropy(Loss):
     """Softmax followed by categorical cross-entropy, with the fused backward of the book:
     the gradient w.r.t. the logits is simply ``(softmax - onehot) / N``.
@@ -193,6 +197,7 @@ class _RegressionLoss(Loss):
         )
 
 
+@register
 class BinaryCrossEntropy(_RegressionLoss):
     """``-(y log p + (1 - y) log(1 - p))`` for independent binary outputs ``p`` in (0, 1)
     (a Sigmoid's output), p clipped to [1e-7, 1 - 1e-7] as in the book."""
@@ -212,6 +217,7 @@ class BinaryCrossEntropy(_RegressionLoss):
         return self.dinputs
 
 
+@register
 class MeanSquaredError(_RegressionLoss):
     """``mean((y - p) ** 2)``; dinputs = -2 (y - p) / outputs / N."""
 
@@ -225,6 +231,7 @@ class MeanSquaredError(_RegressionLoss):
         return self.dinputs
 
 
+@register
 class MeanAbsoluteError(_RegressionLoss):
     """``mean(|y - p|)``; dinputs = sign(p - y) / outputs / N.
 
@@ -239,15 +246,3 @@ class MeanAbsoluteError(_RegressionLoss):
         p, y = self._pair(dvalues, y_true, "MeanAbsoluteError.backward")
         self.dinputs = self.backend.xp.sign(p - y) / (p.shape[0] * p.shape[1])
         return self.dinputs
-
-
-LOSSES = {
-    cls.__name__: cls
-    for cls in (
-        CategoricalCrossEntropy,
-        SoftmaxCrossEntropy,
-        BinaryCrossEntropy,
-        MeanSquaredError,
-        MeanAbsoluteError,
-    )
-}

@@ -11,8 +11,10 @@ import numpy as np
 
 from . import _checks
 from .backend import Backend, get_backend, to_numpy
+from .registry import register
 
 
+@register
 class Accuracy:
     """Share of samples whose predicted class equals the true class.
 
@@ -20,6 +22,8 @@ class Accuracy:
     is the prediction) or predicted class indices (N,), and labels as indices (N,) or one-hot
     (N, C). It returns a 0-d device array; ``float()`` it to read it.
     """
+
+    registry_kind = "accuracy"  # (what the registry files it and its subclasses under)
 
     def __init__(self, *, validate: bool = True) -> None:
         self.backend: Backend = get_backend()
@@ -72,6 +76,7 @@ class Accuracy:
         return f"{type(self).__name__}()"
 
 
+@register
 class BinaryAccuracy(Accuracy):
     """For independent binary outputs (N, outputs) in (0, 1), a Sigmoid's output: the share of
     outputs on the right side of 0.5. Targets are 0/1 of the same shape ((N,) for one output).
@@ -86,6 +91,7 @@ class BinaryAccuracy(Accuracy):
         return xp.mean(xp.astype((pred > 0.5) == (y > 0.5), xp.float32))
 
 
+@register
 class RegressionAccuracy(Accuracy):
     """The share of predictions within ``precision`` of the target. ``precision`` defaults to
     ``std(y) / 250``, learnt from the training targets by ``init(y)``, as in the book."""
@@ -119,6 +125,3 @@ class RegressionAccuracy(Accuracy):
 
     def get_config(self) -> dict[str, Any]:
         return {"precision": self.precision, "divisor": self.divisor}
-
-
-ACCURACIES = {cls.__name__: cls for cls in (Accuracy, BinaryAccuracy, RegressionAccuracy)}

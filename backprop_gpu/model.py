@@ -16,29 +16,29 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import itertools
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar, cast
 
 import numpy as np
 
-from . import _checks, checkpoint
-from .activations import Linear, ReLU, Sigmoid, Softmax
+from . import _checks, checkpoint, registry
+from .activations import ReLU, Softmax
 from .backend import Backend, array_library, host_array, to_numpy
 from .callbacks import Callback
 from .flat import FlatParameters, assign
-from .layers import Dense, Dropout
+from .layers import Dense
 from .losses import (
-    LOSSES,
     BinaryCrossEntropy,
     CategoricalCrossEntropy,
     Loss,
     SoftmaxCrossEntropy,
 )
-from .metrics import ACCURACIES, Accuracy, BinaryAccuracy
-from .optimizers import OPTIMIZERS, Optimizer
+from .metrics import Accuracy, BinaryAccuracy
+from .optimizers import Optimizer
 from .state import walk
 from .strategy import Local
 from .trainer import (
@@ -52,9 +52,6 @@ from .trainer import (
     strategy_for,
 )
 
-LAYERS: dict[str, type] = {
-    cls.__name__: cls for cls in (Dense, Dropout, ReLU, Softmax, Sigmoid, Linear)
-}
 CLASS_LOSSES = (CategoricalCrossEntropy, SoftmaxCrossEntropy)
 
 M = TypeVar("M", bound=Callable[..., Any])
@@ -656,27 +653,34 @@ class Model:
         checkpoint.check_model_meta(meta, path)
         layers = []
         for i, spec in enumerate(meta["layers"]):
+            where = f"{path}: cannot rebuild layers[{i}] ({spec['class']})"
+            try:
+                layer_class = registry.lookup(spec["class"], "layer")
+            except ValueError as e:
+                raise checkpoint.CheckpointError(f"{where}: {e}") from e
+            # parameters the constructor takes go to it: Dense(n_inputs, n_neurons,
+            # weights=..., biases=...) checks their shapes; the others are assigned below
+            takes = inspect.signature(layer_class).parameters
             saved = {}
-            for name in getattr(LAYERS.get(spec["class"]), "params", ()):
+            for name in getattr(layer_class, "params", ()):
                 if (key := f"layers.{i}.{name}") not in arrays:
                     raise checkpoint.CheckpointError(f"{path}: missing array {key!r}")
-                saved[name] = arrays[key]
-            try:  # Dense(n_inputs, n_neurons, weights=..., biases=...) checks their shapes
-                layers.append(_build({**spec, "config": spec["config"] | saved}, LAYERS))
+                if name in takes:
+                    saved[name] = arrays[key]
+            try:
+                layers.append(layer_class(**spec["config"], **saved))
             except (KeyError, TypeError, ValueError) as e:
-                raise checkpoint.CheckpointError(
-                    f"{path}: cannot rebuild layers[{i}] ({spec['class']}): {e}"
-                ) from e
+                raise checkpoint.CheckpointError(f"{where}: {e}") from e
         try:
             model = cls(layers)
             accuracy = meta["accuracy"]
             model.set(
-                loss=_build(meta["loss"], LOSSES),
-                accuracy=None if accuracy is None else _build(accuracy, ACCURACIES),
+                loss=registry.build(meta["loss"], "loss"),
+                accuracy=None if accuracy is None else registry.build(accuracy, "accuracy"),
             )
             opt_meta = meta["optimizer"]
             if opt_meta is not None:
-                model.set(optimizer=_build(opt_meta, OPTIMIZERS))
+                model.set(optimizer=registry.build(opt_meta, "optimizer"))
                 opt = model.optimizer
                 assert opt is not None
                 opt.iterations = int(opt_meta["iterations"])
@@ -716,11 +720,6 @@ def _stages(layers: list[Any]) -> list[tuple[Any, ...]]:
 
 
 def _spec(obj: Any) -> dict[str, Any]:
-    return {"class": type(obj).__name__, "config": obj.get_config()}
-
-
-def _build(spec: dict[str, Any], registry: Mapping[str, Any]) -> Any:
-    name = spec["class"]
-    if name not in registry:
-        raise ValueError(f"unknown class {name!r}; known: {', '.join(registry)}")
-    return registry[name](**spec["config"])
+    """What a checkpoint stores of ``obj``: its registered class name and its config
+    (``ValueError`` for a class that is not registered: no file could bring it back)."""
+    return {"class": registry.name_of(obj), "config": obj.get_config()}

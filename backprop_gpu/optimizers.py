@@ -27,6 +27,7 @@ import numpy as np
 from . import _checks
 from .backend import array_library, dtype_name
 from .flat import flat_of, state_name
+from .registry import register
 
 
 class Optimizer(abc.ABC):
@@ -37,6 +38,7 @@ class Optimizer(abc.ABC):
     """
 
     state_kinds: tuple[str, ...] = ()
+    registry_kind = "optimizer"  # (what the registry files subclasses under)
 
     def __init__(self, learning_rate: float, decay: float = 0.0) -> None:
         self.learning_rate = _checks.positive_finite(learning_rate, self._arg("learning_rate"))
@@ -252,6 +254,7 @@ class Optimizer(abc.ABC):
         return f"{type(self).__name__}({args})"
 
 
+@register
 class SGD(Optimizer):
     """Stochastic gradient descent with the book's decay and optional momentum.
 
@@ -287,6 +290,7 @@ class SGD(Optimizer):
         return super().get_config() | {"momentum": self.momentum, "nesterov": self.nesterov}
 
 
+@register
 class Adagrad(Optimizer):
     """Per-parameter learning rates from the sum of squared gradients:
     ``cache += dw**2; w -= lr_t * dw / (sqrt(cache) + epsilon)``."""
@@ -305,6 +309,7 @@ class Adagrad(Optimizer):
         return super().get_config() | {"epsilon": self.epsilon}
 
 
+@register
 class RMSprop(Optimizer):
     """Adagrad with a moving average of squared gradients:
     ``cache = rho * cache + (1 - rho) * dw**2; w -= lr_t * dw / (sqrt(cache) + epsilon)``."""
@@ -330,6 +335,7 @@ class RMSprop(Optimizer):
         return super().get_config() | {"epsilon": self.epsilon, "rho": self.rho}
 
 
+@register
 class Adam(Optimizer):
     """RMSprop plus momentum, both bias-corrected (``t`` = iterations + 1)::
 
@@ -393,6 +399,3 @@ def _writable(a: Any, where: str) -> None:
             f"{where} is read-only (flags.writeable is False), so it cannot be updated in "
             "place; nothing was changed. Make it writable, or assign a writable copy"
         )
-
-
-OPTIMIZERS = {cls.__name__: cls for cls in (SGD, Adagrad, RMSprop, Adam)}

@@ -3,7 +3,9 @@
 A layer passes when its ``backward`` agrees with float64 central differences
 ``(f(x + eps) - f(x - eps)) / (2 eps)`` of a scalar built from its ``forward``. Build the layer
 with float64 parameters (``Dense(..., dtype="float64")``): float32 is too coarse for this.
-Works on every backend: values are perturbed on the host and copied to the layer's device.
+Works on every backend: values are perturbed on the host in float64 and copied to the layer's
+device (``layer.backend``) before each ``forward`` and ``backward``, so the layer sees arrays
+of its own backend, as in a Model.
 """
 
 from __future__ import annotations
@@ -69,9 +71,11 @@ def check_layer(
     The scalar is ``L = sum(forward(inputs) * R)`` for a fixed random ``R``, so
     ``dL/doutput = R`` is what backward receives. Returns the largest absolute error per
     gradient (``{"dinputs": ..., "dweights": ...}``) and raises ``AssertionError`` on a mismatch.
-    The layer's parameters are left as they were.
+    The layer's parameters are left as they were. ``inputs`` may be host data or an array of
+    the layer's backend; the layer gets float64 arrays of its backend (never host arrays).
     """
     backend = layer.backend
+    f64 = backend.dtype("float64")
     for p in _params(layer):
         if dtype_name(getattr(layer, p).dtype) != "float64":
             raise TypeError(
@@ -79,13 +83,17 @@ def check_layer(
                 "differences need float64 parameters (build it with dtype='float64')"
             )
     x = np.array(to_numpy(inputs), dtype=np.float64)
-    r = np.random.default_rng(seed).standard_normal(to_numpy(layer.forward(x)).shape)
+
+    def forward(v: np.ndarray) -> np.ndarray:
+        return to_numpy(layer.forward(backend.asarray(v, f64, what="check_layer inputs")))
+
+    r = np.random.default_rng(seed).standard_normal(forward(x).shape)
 
     def total(v: np.ndarray) -> float:
-        return float(np.sum(to_numpy(layer.forward(v)) * r))
+        return float(np.sum(forward(v) * r))
 
-    layer.forward(x)
-    layer.backward(r)
+    layer.forward(backend.asarray(x, f64))
+    layer.backward(backend.asarray(r, f64))
     analytic = {
         g: to_numpy(getattr(layer, g)) for g in ["dinputs"] + ["d" + p for p in _params(layer)]
     }

@@ -82,3 +82,16 @@ def test_register_backend_refuses_names_it_cannot_take() -> None:
             register_backend(name, bg.backend.numpy_backend.NumpyBackend)
     with pytest.raises(ValueError, match=r"unknown backend 'mine'.*array_api_strict"):
         bg.set_backend("mine")
+
+
+def test_custom_layer_checks_trains_saves_and_loads_in_a_new_process() -> None:
+    out = run("custom_layer.py")
+    for backend in ("numpy", "array_api_strict"):  # (and cupy, where a GPU works)
+        error = re.search(rf"gradient check on {backend}: max error ([\d.e+-]+)", out)
+        assert error is not None and float(error.group(1)) < 1e-8, out  # measured 6.6e-10
+    train, test = map(
+        float, re.search(r"train accuracy ([\d.]+), test accuracy ([\d.]+)", out).groups()
+    )  # type: ignore[union-attr]
+    assert train > 0.85 and test > 0.8, out  # measured 0.910 and 0.867
+    assert "loaded in a new process: LeakyReLU(alpha=0.1)" in out
+    assert "same predictions in the new process: True" in out

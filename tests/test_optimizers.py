@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import backprop_gpu as bg
-from backprop_gpu.optimizers import OPTIMIZERS, Optimizer, state_name
+from backprop_gpu import registry
+from backprop_gpu.optimizers import Optimizer, state_name
 
 W0 = np.array([[0.5, -1.0], [2.0, 0.25]])
 B0 = np.array([[0.1, -0.2]])
@@ -377,7 +378,8 @@ def test_config_and_repr_round_trip(opt: Optimizer, config: dict[str, object]) -
     assert repr(rebuilt) == repr(opt)
     args = ", ".join(f"{k}={v!r}" for k, v in config.items())
     assert repr(opt) == f"{type(opt).__name__}({args})"
-    evaluated = eval(repr(opt), dict(OPTIMIZERS))
+    optimizers = {n: registry.lookup(n, "optimizer") for n in registry.names("optimizer")}
+    evaluated = eval(repr(opt), optimizers)
     assert type(evaluated) is type(opt) and evaluated.get_config() == config
 
 
