@@ -26,6 +26,14 @@ from .losses import (
 from .metrics import Accuracy, BinaryAccuracy, RegressionAccuracy
 from .model import Model, NonFiniteLossError
 from .optimizers import SGD, Adagrad, Adam, RMSprop
+from .schedules import (
+    CosineDecay,
+    ExponentialDecay,
+    InverseTimeDecay,
+    OneCycle,
+    Schedule,
+    StepDecay,
+)
 
 __version__ = "0.1.0"
 
@@ -40,19 +48,25 @@ __all__ = [
     "BinaryCrossEntropy",
     "CategoricalCrossEntropy",
     "CheckpointError",
+    "CosineDecay",
     "Dense",
     "Dropout",
+    "ExponentialDecay",
+    "InverseTimeDecay",
     "Linear",
     "MeanAbsoluteError",
     "MeanSquaredError",
     "Model",
     "NonFiniteLossError",
+    "OneCycle",
     "RMSprop",
     "ReLU",
     "RegressionAccuracy",
+    "Schedule",
     "Sigmoid",
     "Softmax",
     "SoftmaxCrossEntropy",
+    "StepDecay",
     "asarray",
     "check_finite",
     "get_backend",
