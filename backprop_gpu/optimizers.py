@@ -310,12 +310,16 @@ class Optimizer(abc.ABC):
 
 
 class SGD(Optimizer):
-    """Stochastic gradient descent with the book's decay and optional momentum.
+    """Stochastic gradient descent with the book's decay (or a ``schedule``) and optional
+    momentum.
 
-    Without momentum: ``w -= lr_t * dw``. With momentum the velocity ``v`` (kept in
-    ``weight_momentums``) is ``v = momentum * v - lr_t * dw`` and ``w += v``, which equals
-    PyTorch's SGD when decay is 0. ``nesterov=True`` looks ahead: ``w += momentum * v - lr_t * dw``
-    with the new ``v`` (PyTorch's ``SGD(nesterov=True)`` when decay is 0).
+    Without momentum: ``w -= lr_t * dw`` (PyTorch's SGD under the same schedule). With
+    momentum the velocity ``v`` (kept in ``weight_momentums``) is ``v = momentum * v - lr_t *
+    dw`` and ``w += v``, which equals PyTorch's SGD at a constant rate. ``nesterov=True`` looks
+    ahead: ``w += momentum * v - lr_t * dw`` with the new ``v`` (PyTorch's
+    ``SGD(nesterov=True)`` at a constant rate). Under a changing rate the velocity keeps each
+    step's own rate, as Keras' SGD does; PyTorch's keeps ``v = momentum * v + dw`` and steps
+    ``w -= lr_t * v``, so a rate change there rescales the past steps too.
     """
 
     def __init__(

@@ -4,9 +4,10 @@
 MODE: ``train`` (the equivalence run: float64, L2, seeded Dropout, momentum under a warmup
 and cosine schedule, shuffling, a last batch smaller than the global batch), ``raise`` (rank 1
 raises in epoch 2), ``kill`` (rank 1 is killed by SIGKILL in epoch 2), ``small-batch`` (a
-global batch smaller than the ranks), ``disagree`` (rank 1 builds another model), ``bad-data`` (rank 1's data has a column
-too many, so only rank 1's input checks fail), ``single`` (train without MPI, to compare),
-``hand`` / ``hand-single`` (the nnfs hand-written loop with DistributedOptimizer / alone).
+global batch smaller than the ranks), ``disagree`` (rank 1 builds another model),
+``bad-data`` (rank 1's data has a column too many, so only rank 1's input checks fail),
+``single`` (train without MPI, to compare), ``hand`` / ``hand-single`` (the nnfs
+hand-written loop with DistributedOptimizer / alone).
 Rank 0 saves the model to OUT after every epoch.
 """
 

@@ -220,6 +220,23 @@ def test_sgd_under_a_schedule_equals_torch(
     assert not np.allclose(bg.to_numpy(dense1.weights), W1)  # it did train
 
 
+def test_momentum_under_a_schedule_keeps_each_steps_rate(backend: bg.Backend) -> None:
+    """``v = 0.9 v - lr_t dw; w += v`` with lr_t halving every step (Keras' rule; see SGD)."""
+    rng = np.random.default_rng(1)
+    W0, grads = rng.normal(size=(2, 3)), rng.normal(size=(4, 2, 3))
+    layer = bg.Dense(2, 3, weights=W0, biases=np.zeros((1, 3)), dtype="float64")
+    opt = bg.SGD(0.4, momentum=0.9, schedule=bg.StepDecay(1, gamma=0.5))
+    v, w = np.zeros_like(W0), W0.copy()
+    for t, dw in enumerate(grads):
+        layer.dweights = bg.asarray(dw, "float64")
+        layer.dbiases = bg.asarray(np.zeros((1, 3)), "float64")
+        opt.step([layer])
+        v = 0.9 * v - 0.4 * 0.5**t * dw
+        w = w + v
+    np.testing.assert_allclose(bg.to_numpy(layer.weights), w, rtol=1e-14)
+    np.testing.assert_allclose(bg.to_numpy(layer.weight_momentums), v, rtol=1e-14)
+
+
 # --- the base rate, read at every step ---------------------------------------------------------
 
 
