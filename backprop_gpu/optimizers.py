@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import abc
 import math
-import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -97,13 +96,20 @@ class Optimizer(abc.ABC):
         """``current_learning_rate``: the schedule's rate for this step, from the base
         ``learning_rate`` as it is now."""
         rate = self.schedule(self.learning_rate, self.iterations)
-        if not (isinstance(rate, numbers.Real) and math.isfinite(rate) and rate >= 0):
+        if not (type(rate) is float and 0.0 <= rate < math.inf):  # (NaN fails too)
+            rate = self._checked_rate(rate)
+        self.current_learning_rate = rate
+
+    def _checked_rate(self, rate: Any) -> float:
+        """A schedule's rate that is not a plain finite float >= 0: a NumPy scalar or an int
+        that is one, as a float; anything else raises, naming the schedule."""
+        if not (_checks._is_number(rate) and math.isfinite(rate) and rate >= 0):
             raise ValueError(
                 f"{type(self).__name__}: schedule {self.schedule!r} gave the learning rate "
                 f"{rate!r} at iteration {self.iterations} (base {self.learning_rate!r}); "
                 "expected a finite number >= 0"
             )
-        self.current_learning_rate = rate
+        return float(rate)
 
     def update_params(self, layer: Any) -> None:
         """Update every parameter of ``layer`` in place from its gradient. Everything the

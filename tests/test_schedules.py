@@ -295,6 +295,40 @@ def test_a_bad_rate_from_a_schedule_is_named() -> None:
         opt.pre_update_params()
 
 
+class Constant(bg.Schedule):
+    """Whatever ``value`` is, at every step (to try what an optimizer takes from a schedule)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __call__(self, learning_rate: float, iteration: int) -> float:
+        return self.value  # type: ignore[no-any-return]
+
+    def get_config(self) -> dict[str, Any]:
+        return {"value": self.value}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(np.float64(0.25), 0.25), (np.float32(0.5), 0.5), (2, 2.0), (0.0, 0.0)]
+)
+def test_a_numeric_rate_from_a_schedule_becomes_a_float(value: Any, expected: float) -> None:
+    opt = bg.SGD(0.1, schedule=Constant(value))
+    opt.pre_update_params()
+    assert type(opt.current_learning_rate) is float and opt.current_learning_rate == expected
+
+
+@pytest.mark.parametrize(
+    "value", [math.nan, math.inf, -1e-9, True, "0.1", None, np.float64(np.nan)]
+)
+def test_a_non_numeric_or_bad_rate_from_a_schedule_is_named(value: Any) -> None:
+    opt = bg.SGD(0.1, schedule=Constant(value))
+    match = (r"SGD: schedule Constant\(value=.*\) gave the learning rate .* at iteration 0 "
+             r"\(base 0.1\); expected a finite number >= 0")  # fmt: skip
+    with pytest.raises(ValueError, match=match):
+        opt.pre_update_params()
+    assert opt.current_learning_rate == 0.1  # unchanged
+
+
 # --- bad settings ----------------------------------------------------------------------------
 
 
