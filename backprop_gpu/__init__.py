@@ -39,6 +39,14 @@ from .metrics import Accuracy, BinaryAccuracy, RegressionAccuracy
 from .model import Model
 from .optimizers import SGD, Adagrad, Adam, RMSprop
 from .registry import register
+from .schedules import (
+    CosineDecay,
+    ExponentialDecay,
+    InverseTimeDecay,
+    OneCycle,
+    Schedule,
+    StepDecay,
+)
 
 __version__ = "0.1.0"
 
@@ -55,9 +63,12 @@ __all__ = [
     "Callback",
     "CategoricalCrossEntropy",
     "CheckpointError",
+    "CosineDecay",
     "Dense",
     "Dropout",
     "EarlyStopping",
+    "ExponentialDecay",
+    "InverseTimeDecay",
     "LambdaCallback",
     "Layer",
     "Linear",
@@ -66,14 +77,17 @@ __all__ = [
     "Model",
     "ModelCheckpoint",
     "NonFiniteLossError",
+    "OneCycle",
     "ProgressBar",
     "RMSprop",
     "ReLU",
     "ReduceLROnPlateau",
     "RegressionAccuracy",
+    "Schedule",
     "Sigmoid",
     "Softmax",
     "SoftmaxCrossEntropy",
+    "StepDecay",
     "TerminateOnNaN",
     "asarray",
     "check_finite",

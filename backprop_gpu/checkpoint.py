@@ -353,7 +353,7 @@ def check_model_meta(meta: dict[str, Any], path: str | os.PathLike[str]) -> None
     """Refuse a ``kind == "model"`` checkpoint whose metadata ``Model.load`` could not use:
     each layer, the loss, the accuracy (or null) and the optimizer (or null) a
     ``{"class": name, "config": {...}}`` object, ``epochs_trained`` and the optimizer's
-    ``iterations`` non-negative integers, its ``current_learning_rate`` positive and finite.
+    ``iterations`` non-negative integers, its ``current_learning_rate`` finite and >= 0.
     The settings inside each ``config`` are checked by the class's own constructor."""
 
     def fail(field: str, expected: str, got: Any) -> None:
@@ -393,6 +393,6 @@ def check_model_meta(meta: dict[str, Any], path: str | os.PathLike[str]) -> None
             not isinstance(rate, int | float)
             or isinstance(rate, bool)
             or not math.isfinite(rate)
-            or rate <= 0
-        ):
-            fail("optimizer.current_learning_rate", "a positive finite number", rate)
+            or rate < 0
+        ):  # (0 is a schedule's rate at a warmup's start or a cosine's end)
+            fail("optimizer.current_learning_rate", "a finite number >= 0", rate)

@@ -1,6 +1,6 @@
 """Optimizers, in order of increasing complexity, used the nnfs way::
 
-    optimizer.pre_update_params()        # learning-rate decay
+    optimizer.pre_update_params()        # the step's learning rate, from the schedule
     for layer in trainable_layers:
         optimizer.update_params(layer)   # one rule applied to each of layer.params
     optimizer.post_update_params()       # iterations += 1
@@ -14,12 +14,17 @@ time it is needed. Every update is in place, so a parameter keeps its array and 
 When the layers' parameters and states are views into flat buffers (``flat.FlatParameters``,
 which ``Model`` sets up), ``step`` applies the rule once per dtype over the whole buffers:
 the same bits, in one call instead of one per parameter.
+
+The learning rate of each step comes from a schedule (``schedules.py``): the book's
+``decay`` by default, or ``schedule=`` (``SGD(0.1, schedule=CosineDecay(total_steps=1000))``),
+which scales the base ``learning_rate`` read at each step.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -28,10 +33,19 @@ from . import _checks
 from .backend import array_library, dtype_name
 from .flat import flat_of, state_name
 from .registry import register
+from .schedules import InverseTimeDecay, Schedule, from_spec
+
+ScheduleLike = Schedule | Mapping[str, Any] | None
+"""A schedule, its saved spec ``{"class": name, "config": {...}}``, or None (``decay``)."""
 
 
 class Optimizer(abc.ABC):
-    """Base: learning rate with the book's decay, ``lr_t = lr / (1 + decay * iterations)``.
+    """Base: the learning rate of each step, ``current_learning_rate``, is the schedule's
+    at ``iterations`` for the base ``learning_rate``: by default the book's decay,
+    ``lr_t = lr / (1 + decay * iterations)``; with ``schedule=`` (a ``Schedule`` or its
+    saved spec; ``decay`` must then be 0) that schedule's. The base rate is read at every
+    step, so changing ``learning_rate`` (a ReduceLROnPlateau callback multiplies it) scales
+    the schedule from the next step on. Schedules count steps, not epochs (``schedules.py``).
 
     Subclasses define ``_apply`` (the rule, elementwise, on a parameter and its states) and
     list the per-parameter state they keep in ``state_kinds`` (used by checkpoints).
@@ -40,9 +54,20 @@ class Optimizer(abc.ABC):
     state_kinds: tuple[str, ...] = ()
     registry_kind = "optimizer"  # (what the registry files subclasses under)
 
-    def __init__(self, learning_rate: float, decay: float = 0.0) -> None:
+    def __init__(
+        self, learning_rate: float, decay: float = 0.0, *, schedule: ScheduleLike = None
+    ) -> None:
         self.learning_rate = _checks.positive_finite(learning_rate, self._arg("learning_rate"))
-        self.decay = _checks.non_negative_finite(decay, self._arg("decay"))
+        decay = _checks.non_negative_finite(decay, self._arg("decay"))
+        if schedule is None:
+            self.schedule: Schedule = InverseTimeDecay(decay)
+        elif decay:
+            raise ValueError(
+                f"{self._arg('decay')}={decay!r} and schedule={schedule!r}: pass one of them "
+                f"(decay is the schedule InverseTimeDecay({decay!r}))"
+            )
+        else:
+            self.schedule = from_spec(schedule, self._arg("schedule"))
         self.current_learning_rate = self.learning_rate
         self.iterations = 0
         # dtypes whose checks passed, with their largest value: a learning rate raised above
@@ -53,9 +78,40 @@ class Optimizer(abc.ABC):
     def _arg(self, name: str) -> str:
         return f"{type(self).__name__}: {name}"
 
+    @property
+    def decay(self) -> float:
+        """The book's decay: the ``InverseTimeDecay`` schedule's (0 under another schedule).
+        Assigning it sets that schedule (only where it is the schedule)."""
+        schedule = self.schedule
+        return schedule.decay if type(schedule) is InverseTimeDecay else 0.0
+
+    @decay.setter
+    def decay(self, value: float) -> None:
+        if type(self.schedule) is not InverseTimeDecay:
+            raise ValueError(
+                f"{self._arg('decay')} cannot be set under schedule={self.schedule!r}; "
+                "assign optimizer.schedule instead"
+            )
+        self.schedule = InverseTimeDecay(_checks.non_negative_finite(value, self._arg("decay")))
+
     def pre_update_params(self) -> None:
-        if self.decay:
-            self.current_learning_rate = self.learning_rate / (1.0 + self.decay * self.iterations)
+        """``current_learning_rate``: the schedule's rate for this step, from the base
+        ``learning_rate`` as it is now."""
+        rate = self.schedule(self.learning_rate, self.iterations)
+        if not (type(rate) is float and 0.0 <= rate < math.inf):  # (NaN fails too)
+            rate = self._checked_rate(rate)
+        self.current_learning_rate = rate
+
+    def _checked_rate(self, rate: Any) -> float:
+        """A schedule's rate that is not a plain finite float >= 0: a NumPy scalar or an int
+        that is one, as a float; anything else raises, naming the schedule."""
+        if not (_checks._is_number(rate) and math.isfinite(rate) and rate >= 0):
+            raise ValueError(
+                f"{type(self).__name__}: schedule {self.schedule!r} gave the learning rate "
+                f"{rate!r} at iteration {self.iterations} (base {self.learning_rate!r}); "
+                "expected a finite number >= 0"
+            )
+        return float(rate)
 
     def update_params(self, layer: Any) -> None:
         """Update every parameter of ``layer`` in place from its gradient. Everything the
@@ -246,22 +302,33 @@ class Optimizer(abc.ABC):
         return value
 
     def get_config(self) -> dict[str, Any]:
-        """The constructor's arguments (what ``repr`` shows and checkpoints store)."""
-        return {"learning_rate": self.learning_rate, "decay": self.decay}
+        """The constructor's arguments (what ``repr`` shows and checkpoints store); a
+        schedule other than the book's decay as its spec ``{"class": ..., "config": ...}``."""
+        config: dict[str, Any] = {"learning_rate": self.learning_rate, "decay": self.decay}
+        if type(self.schedule) is not InverseTimeDecay:
+            config["schedule"] = self.schedule.spec()
+        return config
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        config = self.get_config()
+        if "schedule" in config:
+            config["schedule"] = self.schedule  # its repr, not its spec
+        args = ", ".join(f"{k}={v!r}" for k, v in config.items())
         return f"{type(self).__name__}({args})"
 
 
 @register
 class SGD(Optimizer):
-    """Stochastic gradient descent with the book's decay and optional momentum.
+    """Stochastic gradient descent with the book's decay (or a ``schedule``) and optional
+    momentum.
 
-    Without momentum: ``w -= lr_t * dw``. With momentum the velocity ``v`` (kept in
-    ``weight_momentums``) is ``v = momentum * v - lr_t * dw`` and ``w += v``, which equals
-    PyTorch's SGD when decay is 0. ``nesterov=True`` looks ahead: ``w += momentum * v - lr_t * dw``
-    with the new ``v`` (PyTorch's ``SGD(nesterov=True)`` when decay is 0).
+    Without momentum: ``w -= lr_t * dw`` (PyTorch's SGD under the same schedule). With
+    momentum the velocity ``v`` (kept in ``weight_momentums``) is ``v = momentum * v - lr_t *
+    dw`` and ``w += v``, which equals PyTorch's SGD at a constant rate. ``nesterov=True`` looks
+    ahead: ``w += momentum * v - lr_t * dw`` with the new ``v`` (PyTorch's
+    ``SGD(nesterov=True)`` at a constant rate). Under a changing rate the velocity keeps each
+    step's own rate, as Keras' SGD does; PyTorch's keeps ``v = momentum * v + dw`` and steps
+    ``w -= lr_t * v``, so a rate change there rescales the past steps too.
     """
 
     def __init__(
@@ -270,8 +337,10 @@ class SGD(Optimizer):
         decay: float = 0.0,
         momentum: float = 0.0,
         nesterov: bool = False,
+        *,
+        schedule: ScheduleLike = None,
     ) -> None:
-        super().__init__(learning_rate, decay)
+        super().__init__(learning_rate, decay, schedule=schedule)
         self.momentum = _checks.in_range(momentum, 0.0, 1.0, self._arg("momentum"))
         if nesterov and not self.momentum:
             raise ValueError("SGD: nesterov=True needs a momentum > 0, got momentum=0")
@@ -297,8 +366,15 @@ class Adagrad(Optimizer):
 
     state_kinds = ("cache",)
 
-    def __init__(self, learning_rate: float = 1.0, decay: float = 0.0, epsilon: float = 1e-7):
-        super().__init__(learning_rate, decay)
+    def __init__(
+        self,
+        learning_rate: float = 1.0,
+        decay: float = 0.0,
+        epsilon: float = 1e-7,
+        *,
+        schedule: ScheduleLike = None,
+    ) -> None:
+        super().__init__(learning_rate, decay, schedule=schedule)
         self.epsilon = _checks.positive_finite(epsilon, self._arg("epsilon"))
 
     def _apply(self, ops: Any, param: Any, grad: Any, states: list[Any]) -> None:
@@ -322,8 +398,10 @@ class RMSprop(Optimizer):
         decay: float = 0.0,
         epsilon: float = 1e-7,
         rho: float = 0.9,
+        *,
+        schedule: ScheduleLike = None,
     ) -> None:
-        super().__init__(learning_rate, decay)
+        super().__init__(learning_rate, decay, schedule=schedule)
         self.epsilon = _checks.positive_finite(epsilon, self._arg("epsilon"))
         self.rho = _checks.in_range(rho, 0.0, 1.0, self._arg("rho"))
 
@@ -355,8 +433,10 @@ class Adam(Optimizer):
         epsilon: float = 1e-7,
         beta_1: float = 0.9,
         beta_2: float = 0.999,
+        *,
+        schedule: ScheduleLike = None,
     ) -> None:
-        super().__init__(learning_rate, decay)
+        super().__init__(learning_rate, decay, schedule=schedule)
         self.epsilon = _checks.positive_finite(epsilon, self._arg("epsilon"))
         self.beta_1 = _checks.in_range(beta_1, 0.0, 1.0, self._arg("beta_1"))
         self.beta_2 = _checks.in_range(beta_2, 0.0, 1.0, self._arg("beta_2"))

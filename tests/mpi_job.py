@@ -1,12 +1,13 @@
 """A small training job for the MPI tests (tests/test_distributed.py), run as
 ``mpiexec -n R python tests/mpi_job.py MODE OUT`` or as plain ``python`` (one process).
 
-MODE: ``train`` (the equivalence run: float64, L2, seeded Dropout, momentum, shuffling, a
-last batch smaller than the global batch), ``raise`` (rank 1 raises in epoch 2), ``kill``
-(rank 1 is killed by SIGKILL in epoch 2), ``small-batch`` (a global batch smaller than the
-ranks), ``disagree`` (rank 1 builds another model), ``bad-data`` (rank 1's data has a column
-too many, so only rank 1's input checks fail), ``single`` (train without MPI, to compare),
-``hand`` / ``hand-single`` (the nnfs hand-written loop with DistributedOptimizer / alone).
+MODE: ``train`` (the equivalence run: float64, L2, seeded Dropout, momentum under a warmup
+and cosine schedule, shuffling, a last batch smaller than the global batch), ``raise`` (rank 1
+raises in epoch 2), ``kill`` (rank 1 is killed by SIGKILL in epoch 2), ``small-batch`` (a
+global batch smaller than the ranks), ``disagree`` (rank 1 builds another model),
+``bad-data`` (rank 1's data has a column too many, so only rank 1's input checks fail),
+``single`` (train without MPI, to compare), ``hand`` / ``hand-single`` (the nnfs
+hand-written loop with DistributedOptimizer / alone).
 Rank 0 saves the model to OUT after every epoch.
 """
 
@@ -31,7 +32,9 @@ def build(hidden: int = 16) -> bg.Model:
         bg.Dropout(0.25, seed=5),
         bg.Dense(hidden, 4, seed=1, dtype="float64"),
     ])  # fmt: skip
-    model.set(loss=bg.SoftmaxCrossEntropy(), optimizer=bg.SGD(0.2, decay=1e-2, momentum=0.9))
+    # 6 steps an epoch (103 samples, batch 20): a warmup over the first epoch, then a cosine
+    schedule = bg.CosineDecay(EPOCHS * 6, warmup_steps=6, min_learning_rate=0.01)
+    model.set(loss=bg.SoftmaxCrossEntropy(), optimizer=bg.SGD(0.2, momentum=0.9, schedule=schedule))
     return model.finalize()
 
 
