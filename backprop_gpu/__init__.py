@@ -25,7 +25,7 @@ from .losses import (
 )
 from .metrics import Accuracy, BinaryAccuracy, RegressionAccuracy
 from .model import Model, NonFiniteLossError
-from .optimizers import SGD, Adagrad, Adam, RMSprop
+from .optimizers import SGD, Adagrad, Adam, AdamW, RMSprop
 
 __version__ = "0.1.0"
 
@@ -34,6 +34,7 @@ __all__ = [
     "Accuracy",
     "Adagrad",
     "Adam",
+    "AdamW",
     "Backend",
     "BackendUnavailableError",
     "BinaryAccuracy",
