@@ -35,7 +35,9 @@ from .flat import flat_of, state_name
 
 
 class Optimizer(abc.ABC):
-    """Base: learning rate with the book's decay, ``lr_t = lr / (1 + decay * iterations)``.
+    """Base: learning rate with the book's decay, ``lr_t = lr / (1 + decay * iterations)``,
+    and gradient clipping before each update (``clip_norm`` or ``clip_value``, see
+    ``_set_clipping``; ``step`` and ``clip_gradients`` clip, ``update_params`` by value only).
 
     Subclasses define ``_apply`` (the rule, elementwise, on a parameter and its states) and
     list the per-parameter state they keep in ``state_kinds`` (used by checkpoints).
