@@ -37,7 +37,7 @@ from .losses import (
 )
 from .metrics import Accuracy, BinaryAccuracy, RegressionAccuracy
 from .model import Model
-from .optimizers import SGD, Adagrad, Adam, RMSprop
+from .optimizers import SGD, Adagrad, Adam, AdamW, RMSprop
 from .registry import register
 from .schedules import (
     CosineDecay,
@@ -55,6 +55,7 @@ __all__ = [
     "Accuracy",
     "Adagrad",
     "Adam",
+    "AdamW",
     "Backend",
     "BackendUnavailableError",
     "BinaryAccuracy",

@@ -466,6 +466,15 @@ class DistributedOptimizer:
         self._sum([layer], share)
         self.optimizer.update_params(layer)
 
+    def clip_gradients(self, layers: Sequence[Any]) -> Any:
+        """Refused: clipping by the global norm needs the gradients summed over the ranks,
+        which ``step`` does first (it allreduces, clips, then updates)."""
+        raise RuntimeError(
+            "DistributedOptimizer.clip_gradients: the clip needs the gradients summed over "
+            "the ranks; use step(layers), which allreduces them, clips and updates (per-layer "
+            "update_params calls can clip by value only)"
+        )
+
     def _check(self, layers: Sequence[Any], method: str) -> None:
         """The wrapped optimizer's checks, before the allreduce replaces the gradients (a bad
         step then changes nothing); on several ranks a rank that fails them stops the job,

@@ -73,7 +73,13 @@ ACTIVATIONS = ("relu", "sigmoid", "linear")
 # runs here are small (the default: 300 epochs of 16 steps on 1000 spiral points), where
 # 0.001 is still descending at the end (best validation loss 0.312, at epoch 300) and 0.02,
 # the nnfs book's rate for its spiral models, reaches 0.222 by epoch 171.
-DEFAULT_LR = {"sgd": 1.0, "adam": 0.02, "rmsprop": 0.001, "adagrad": 1.0}
+DEFAULT_LR = {
+    "sgd": 1.0,
+    "adam": 0.02,
+    "adamw": 0.02,  # (AdamW: Adam's reason)
+    "rmsprop": 0.001,
+    "adagrad": 1.0,
+}
 OPTIMIZERS = tuple(DEFAULT_LR)
 BACKENDS = ("auto", "numpy", "cupy")  # the backends a run takes, and cupy:N (GPU N)
 

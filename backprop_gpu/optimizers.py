@@ -11,6 +11,11 @@ names in ``params`` (``("weights", "biases")`` for Dense); the gradient of ``wei
 names (``weight_momentums``, ``bias_cache``), created on the parameter's device the first
 time it is needed. Every update is in place, so a parameter keeps its array and dtype.
 
+Every optimizer can clip the gradients before its update: ``clip_norm`` (by their global
+norm, over every layer of the step) or ``clip_value`` (each element). ``step`` clips; in the
+hand loop ``update_params`` clips by value itself, and clipping by norm needs
+``optimizer.clip_gradients(trainable_layers)`` before the ``update_params`` calls.
+
 When the layers' parameters and states are views into flat buffers (``flat.FlatParameters``,
 which ``Model`` sets up), ``step`` applies the rule once per dtype over the whole buffers:
 the same bits, in one call instead of one per parameter.
@@ -46,6 +51,8 @@ class Optimizer(abc.ABC):
     saved spec; ``decay`` must then be 0) that schedule's. The base rate is read at every
     step, so changing ``learning_rate`` (a ReduceLROnPlateau callback multiplies it) scales
     the schedule from the next step on. Schedules count steps, not epochs (``schedules.py``).
+    Gradients are clipped before each update (``clip_norm`` or ``clip_value``, see
+    ``_set_clipping``; ``step`` and ``clip_gradients`` clip, ``update_params`` by value only).
 
     Subclasses define ``_apply`` (the rule, elementwise, on a parameter and its states) and
     list the per-parameter state they keep in ``state_kinds`` (used by checkpoints).
@@ -55,7 +62,13 @@ class Optimizer(abc.ABC):
     registry_kind = "optimizer"  # (what the registry files subclasses under)
 
     def __init__(
-        self, learning_rate: float, decay: float = 0.0, *, schedule: ScheduleLike = None
+        self,
+        learning_rate: float,
+        decay: float = 0.0,
+        *,
+        schedule: ScheduleLike = None,
+        clip_norm: float | None = None,
+        clip_value: float | None = None,
     ) -> None:
         self.learning_rate = _checks.positive_finite(learning_rate, self._arg("learning_rate"))
         decay = _checks.non_negative_finite(decay, self._arg("decay"))
@@ -74,6 +87,25 @@ class Optimizer(abc.ABC):
         # it later (opt.learning_rate = 1e39 in a hand loop) is caught at the next step
         self._dtypes_ok: dict[Any, float] = {}
         self._state_attrs: dict[str, tuple[str, ...]] = {}  # "weights" -> ("weight_cache", ...)
+        self._set_clipping(clip_norm, clip_value)
+
+    def _set_clipping(self, clip_norm: float | None, clip_value: float | None) -> None:
+        """Gradient clipping, applied to the gradients before each update: ``clip_norm``
+        scales all of them together so their global 2-norm is at most ``clip_norm``
+        (``torch.nn.utils.clip_grad_norm_``), ``clip_value`` clips each element to
+        ``[-clip_value, clip_value]`` (``clip_grad_value_``); one of them, or neither (None)."""
+        self.clip_norm = self._optional_positive(clip_norm, "clip_norm")
+        self.clip_value = self._optional_positive(clip_value, "clip_value")
+        if self.clip_norm is not None and self.clip_value is not None:
+            raise ValueError(
+                f"{type(self).__name__}: set clip_norm or clip_value, not both (got "
+                f"clip_norm={clip_norm!r}, clip_value={clip_value!r}): the result would depend "
+                "on the order they are applied in"
+            )
+        self._clipped = False  # clip_gradients ran since the last post_update_params
+
+    def _optional_positive(self, value: float | None, name: str) -> float | None:
+        return None if value is None else _checks.positive_finite(value, self._arg(name))
 
     def _arg(self, name: str) -> str:
         return f"{type(self).__name__}: {name}"
@@ -115,9 +147,75 @@ class Optimizer(abc.ABC):
 
     def update_params(self, layer: Any) -> None:
         """Update every parameter of ``layer`` in place from its gradient. Everything the
-        update touches is checked first: on a bad array nothing changes."""
-        for name, param, grad in self._checked(layer, "update_params"):
+        update touches is checked first: on a bad array nothing changes.
+
+        Clipping in a hand loop (one call per layer): ``clip_value`` is elementwise, so this
+        clips the layer's gradients itself. ``clip_norm`` needs every layer's gradients at
+        once: call ``clip_gradients(layers)`` first in each step (after the backward pass,
+        before the first ``update_params``), or this raises; ``step(layers)`` does both."""
+        checked = self._checked(layer, "update_params")
+        if not self._clipped:
+            if self.clip_norm is not None:
+                raise RuntimeError(
+                    f"{type(self).__name__}.update_params: clip_norm={self.clip_norm!r} clips "
+                    "by the norm of all the layers' gradients together, which one layer "
+                    "cannot know; call optimizer.clip_gradients(layers) before the "
+                    "update_params calls of each step, or use optimizer.step(layers)"
+                )
+            self._clip(layer.backend.ops, checked)
+        for name, param, grad in checked:
             self._update(layer, name, param, grad)
+
+    def clip_gradients(self, layers: Iterable[Any]) -> Any:
+        """Clip the gradients of ``layers`` (those with ``params``) in place as set
+        (``clip_norm``: by their global norm; ``clip_value``: each element), after checking
+        them as ``step`` does; ``step`` calls it, a hand loop calls it before its
+        ``update_params`` calls (which then clip nothing more until ``post_update_params``).
+        Returns the global norm before clipping, a 0-d array on the device, when clipping by
+        norm (None otherwise). A gradient the checks converted (a big-endian one) or a
+        read-only one becomes a clipped copy in its layer's ``d<param>``."""
+        trainable = [layer for layer in layers if getattr(layer, "params", ())]
+        checked = [self._checked(layer, "clip_gradients") for layer in trainable]
+        norm = None
+        if trainable and not self._clipped:
+            norm = self._clip_all(trainable, checked)
+            for layer, gradients in zip(trainable, checked, strict=True):
+                for name, _, grad in gradients:
+                    if grad is not getattr(layer, "d" + name):
+                        setattr(layer, "d" + name, grad)
+        self._clipped = True
+        return norm
+
+    def _clip_all(self, trainable: list[Any], checked: list[list[tuple[str, Any, Any]]]) -> Any:
+        """Clip the checked gradients of ``trainable`` in place (a read-only one replaced in
+        ``checked`` by a clipped copy): by value one by one, or by their global norm (one
+        norm over every layer, so all on one backend), returned."""
+        backend = trainable[0].backend
+        if self.clip_norm is None:
+            for gradients in checked:
+                self._clip(backend.ops, gradients)
+            return None
+        for layer in trainable:
+            if layer.backend != backend:
+                raise ValueError(
+                    f"{type(self).__name__}: clip_norm needs every layer on one backend; "
+                    f"{layer!r} is on {layer.backend.name} {layer.backend.device}, the first "
+                    f"layer on {backend.name} {backend.device}"
+                )
+        for gradients in checked:
+            gradients[:] = [(n, p, _writable_gradient(g)) for n, p, g in gradients]
+        grads = [grad for gradients in checked for _, _, grad in gradients]
+        return backend.ops.clip_grad_norm(grads, self.clip_norm)
+
+    def _clip(self, ops: Any, checked: list[tuple[str, Any, Any]]) -> None:
+        """Clip each gradient of ``checked`` by value in place (when ``clip_value`` is set:
+        elementwise, so one layer at a time is the same as all at once); a read-only one is
+        replaced in ``checked`` by a clipped copy."""
+        if self.clip_value is not None:
+            for i, (name, param, grad) in enumerate(checked):
+                grad = _writable_gradient(grad)
+                ops.clip_grad_value(grad, self.clip_value)
+                checked[i] = (name, param, grad)
 
     def _checked(
         self, layer: Any, method: str, missing_ok: bool = False
@@ -263,6 +361,7 @@ class Optimizer(abc.ABC):
 
     def post_update_params(self) -> None:
         self.iterations += 1
+        self._clipped = False
 
     def check(self, layers: Iterable[Any], method: str = "step", missing_ok: bool = False) -> None:
         """Raise as ``step(layers)`` would on a bad parameter, state or gradient, changing
@@ -274,8 +373,10 @@ class Optimizer(abc.ABC):
 
     def step(self, layers: Iterable[Any]) -> None:
         """``pre_update_params``, ``update_params`` on each layer that has ``params``,
-        ``post_update_params``. Every layer's arrays are checked before any of them changes,
-        so a step applies to every layer or to none."""
+        ``post_update_params``, with the gradients clipped (``clip_norm``: by the global norm
+        over every layer here; ``clip_value``: each element) before the first update. Every
+        layer's arrays are checked before any of them changes, so a step applies to every
+        layer or to none."""
         trainable = [layer for layer in layers if getattr(layer, "params", ())]
         checked = [self._checked(layer, "step") for layer in trainable]
         self.pre_update_params()
@@ -283,10 +384,19 @@ class Optimizer(abc.ABC):
         if flat is not None and flat.ready(checked, self.state_kinds):
             # every parameter and state is a view of the flat buffers: one call per dtype
             ops = flat.backend.ops
+            if not self._clipped:  # (one reduction and one scaling per dtype)
+                grads = [group.grads for group in flat.groups.values()]
+                if self.clip_norm is not None:
+                    ops.clip_grad_norm(grads, self.clip_norm)
+                elif self.clip_value is not None:
+                    for grad in grads:
+                        ops.clip_grad_value(grad, self.clip_value)
             for group in flat.groups.values():
                 states = [group.states[kind] for kind in self.state_kinds]
                 self._apply(ops, group.params, group.grads, states)
         else:
+            if trainable and not self._clipped and (self.clip_norm or self.clip_value):
+                self._clip_all(trainable, checked)
             for layer, gradients in zip(trainable, checked, strict=True):
                 for name, param, grad in gradients:
                     self._update(layer, name, param, grad)
@@ -304,7 +414,12 @@ class Optimizer(abc.ABC):
     def get_config(self) -> dict[str, Any]:
         """The constructor's arguments (what ``repr`` shows and checkpoints store); a
         schedule other than the book's decay as its spec ``{"class": ..., "config": ...}``."""
-        config: dict[str, Any] = {"learning_rate": self.learning_rate, "decay": self.decay}
+        config: dict[str, Any] = {
+            "learning_rate": self.learning_rate,
+            "decay": self.decay,
+            "clip_norm": self.clip_norm,
+            "clip_value": self.clip_value,
+        }
         if type(self.schedule) is not InverseTimeDecay:
             config["schedule"] = self.schedule.spec()
         return config
@@ -329,6 +444,10 @@ class SGD(Optimizer):
     ``SGD(nesterov=True)`` at a constant rate). Under a changing rate the velocity keeps each
     step's own rate, as Keras' SGD does; PyTorch's keeps ``v = momentum * v + dw`` and steps
     ``w -= lr_t * v``, so a rate change there rescales the past steps too.
+
+    ``weight_decay`` is L2 decay coupled to the gradient, PyTorch's ``SGD(weight_decay=...)``:
+    ``dw + weight_decay * w`` replaces ``dw`` in the rule (before the momentum), for every
+    parameter (biases too). ``clip_norm``/``clip_value``: see ``Optimizer``.
     """
 
     def __init__(
@@ -337,18 +456,25 @@ class SGD(Optimizer):
         decay: float = 0.0,
         momentum: float = 0.0,
         nesterov: bool = False,
+        weight_decay: float = 0.0,
         *,
         schedule: ScheduleLike = None,
+        clip_norm: float | None = None,
+        clip_value: float | None = None,
     ) -> None:
-        super().__init__(learning_rate, decay, schedule=schedule)
+        super().__init__(learning_rate, decay, schedule=schedule, clip_norm=clip_norm,
+                         clip_value=clip_value)  # fmt: skip
         self.momentum = _checks.in_range(momentum, 0.0, 1.0, self._arg("momentum"))
         if nesterov and not self.momentum:
             raise ValueError("SGD: nesterov=True needs a momentum > 0, got momentum=0")
         self.nesterov = bool(nesterov)
+        self.weight_decay = _checks.non_negative_finite(weight_decay, self._arg("weight_decay"))
         self.state_kinds = ("momentums",) if self.momentum else ()
 
     def _apply(self, ops: Any, param: Any, grad: Any, states: list[Any]) -> None:
         lr = self.current_learning_rate
+        if self.weight_decay:  # (a new array: the layer's gradient stays the loss's)
+            grad = ops.weight_decay_gradient(param, grad, self.weight_decay)
         if not self.momentum:
             ops.sgd(param, grad, lr)
             return
@@ -356,7 +482,11 @@ class SGD(Optimizer):
         ops.sgd_momentum(param, velocity, grad, lr, self.momentum, self.nesterov)
 
     def get_config(self) -> dict[str, Any]:
-        return super().get_config() | {"momentum": self.momentum, "nesterov": self.nesterov}
+        return super().get_config() | {
+            "momentum": self.momentum,
+            "nesterov": self.nesterov,
+            "weight_decay": self.weight_decay,
+        }
 
 
 @register
@@ -373,8 +503,11 @@ class Adagrad(Optimizer):
         epsilon: float = 1e-7,
         *,
         schedule: ScheduleLike = None,
+        clip_norm: float | None = None,
+        clip_value: float | None = None,
     ) -> None:
-        super().__init__(learning_rate, decay, schedule=schedule)
+        super().__init__(learning_rate, decay, schedule=schedule, clip_norm=clip_norm,
+                         clip_value=clip_value)  # fmt: skip
         self.epsilon = _checks.positive_finite(epsilon, self._arg("epsilon"))
 
     def _apply(self, ops: Any, param: Any, grad: Any, states: list[Any]) -> None:
@@ -400,8 +533,11 @@ class RMSprop(Optimizer):
         rho: float = 0.9,
         *,
         schedule: ScheduleLike = None,
+        clip_norm: float | None = None,
+        clip_value: float | None = None,
     ) -> None:
-        super().__init__(learning_rate, decay, schedule=schedule)
+        super().__init__(learning_rate, decay, schedule=schedule, clip_norm=clip_norm,
+                         clip_value=clip_value)  # fmt: skip
         self.epsilon = _checks.positive_finite(epsilon, self._arg("epsilon"))
         self.rho = _checks.in_range(rho, 0.0, 1.0, self._arg("rho"))
 
@@ -435,8 +571,11 @@ class Adam(Optimizer):
         beta_2: float = 0.999,
         *,
         schedule: ScheduleLike = None,
+        clip_norm: float | None = None,
+        clip_value: float | None = None,
     ) -> None:
-        super().__init__(learning_rate, decay, schedule=schedule)
+        super().__init__(learning_rate, decay, schedule=schedule, clip_norm=clip_norm,
+                         clip_value=clip_value)  # fmt: skip
         self.epsilon = _checks.positive_finite(epsilon, self._arg("epsilon"))
         self.beta_1 = _checks.in_range(beta_1, 0.0, 1.0, self._arg("beta_1"))
         self.beta_2 = _checks.in_range(beta_2, 0.0, 1.0, self._arg("beta_2"))
@@ -472,6 +611,13 @@ def _describe(a: Any, backend: Any = None) -> str:
     return f"shape {tuple(a.shape)}, {dtype} from {library}{where}"
 
 
+def _writable_gradient(grad: Any) -> Any:
+    """``grad``, or a copy of it if it is read-only (clipping writes in place)."""
+    if isinstance(grad, np.ndarray) and not grad.flags.writeable:
+        return grad.copy()
+    return grad
+
+
 def _writable(a: Any, where: str) -> None:
     """Raise unless ``a`` can be updated in place (NumPy's ``flags.writeable``)."""
     if not getattr(getattr(a, "flags", None), "writeable", True):
@@ -479,3 +625,40 @@ def _writable(a: Any, where: str) -> None:
             f"{where} is read-only (flags.writeable is False), so it cannot be updated in "
             "place; nothing was changed. Make it writable, or assign a writable copy"
         )
+
+
+@register
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov and Hutter), PyTorch's ``AdamW``: each
+    step first shrinks every parameter (biases too), ``w *= 1 - lr_t * weight_decay``, then
+    takes the Adam step (``Adam``) from the loss's gradient alone. ``weight_decay`` defaults
+    to PyTorch's 0.01; ``epsilon`` to the book's 1e-7 (PyTorch's is 1e-8), added after the
+    square root as in ``Adam``. With ``weight_decay=0`` it is ``Adam``.
+    """
+
+    def __init__(
+        self,
+        learning_rate: float = 0.001,
+        decay: float = 0.0,
+        epsilon: float = 1e-7,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        weight_decay: float = 0.01,
+        *,
+        schedule: ScheduleLike = None,
+        clip_norm: float | None = None,
+        clip_value: float | None = None,
+    ) -> None:
+        super().__init__(
+            learning_rate, decay, epsilon, beta_1, beta_2, schedule=schedule,
+            clip_norm=clip_norm, clip_value=clip_value,
+        )  # fmt: skip
+        self.weight_decay = _checks.non_negative_finite(weight_decay, self._arg("weight_decay"))
+
+    def _apply(self, ops: Any, param: Any, grad: Any, states: list[Any]) -> None:
+        if self.weight_decay:
+            ops.decoupled_weight_decay(param, self.current_learning_rate, self.weight_decay)
+        super()._apply(ops, param, grad, states)
+
+    def get_config(self) -> dict[str, Any]:
+        return super().get_config() | {"weight_decay": self.weight_decay}

@@ -538,7 +538,10 @@ def test_unwritable_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     ("args", "message"),
     [
         (["train", "--dataset", "mnist"], "invalid choice: 'mnist' (choose from 'spiral', 'vert"),
-        (["train", "--optimizer", "lbfgs"], "choose from 'sgd', 'adam', 'rmsprop', 'adagrad'"),
+        (
+            ["train", "--optimizer", "lbfgs"],
+            "choose from 'sgd', 'adam', 'adamw', 'rmsprop', 'adagrad'",
+        ),
         (["train", "--activation", "tanh"], "choose from 'relu', 'sigmoid', 'linear'"),
         (["train", "--hidden", "64,x"], "hidden: expected comma-separated layer sizes"),
         (

@@ -224,3 +224,46 @@ def test_a_three_layer_step_meets_the_launch_target(optimizer: str, shuffle: boo
     assert steady["gemm"] == 8
     assert gpu_ops.others(steady) == (10 if shuffle else 9), steady
     assert steady["h2d"] == steady["d2h"] == 0  # nothing crosses to or from the host a step
+
+
+CLIPPED = {
+    "sgd_clip_norm_weight_decay": lambda: bg.SGD(0.1, momentum=0.9, weight_decay=1e-3,
+                                                 clip_norm=0.5),
+    "adamw_clip_value": lambda: bg.AdamW(0.01, weight_decay=0.1, clip_value=0.05),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("optimizer", CLIPPED)
+def test_the_emulated_cupy_path_clips_and_decays_like_the_stand_in(optimizer: str) -> None:
+    """Clipping and weight decay on the CuPy path (the reference ops as CuPy kernels, and
+    CupyOps.clip_grad_value) train to the stand-in's bits."""
+    history, params = _train(EmulatedCupyBackend(), CLIPPED[optimizer](), shuffle=True)
+    reference, expected = _train(StrictBackend(), CLIPPED[optimizer](), shuffle=True)
+    assert history == reference
+    for got, want in zip(params, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    ("make", "extra"),
+    [
+        # the norm: one dot product (cuBLAS) per dtype, then sqrt, + 1e-6, max_norm / it and
+        # the clamp on 0-d arrays, and the scaling of the gradient buffer
+        (lambda: bg.SGD(0.01, momentum=0.9, clip_norm=1.0), {"gemm": 1, "cupy": 5}),
+        (lambda: bg.SGD(0.01, momentum=0.9, clip_value=1.0), {"cupy": 1}),  # one clip
+        (lambda: bg.SGD(0.01, momentum=0.9, weight_decay=1e-4), {"cupy": 2}),  # wd * w, + g
+        (lambda: bg.AdamW(0.001), {"cupy": 1}),  # w *= 1 - lr * wd
+    ],
+    ids=["clip_norm", "clip_value", "sgd_weight_decay", "adamw"],
+)
+def test_what_clipping_and_weight_decay_add_to_a_step(
+    monkeypatch: pytest.MonkeyPatch, make: Any, extra: dict[str, int]
+) -> None:
+    """The device operations each setting adds to a steady [784, 1024, 1024, 10] step over
+    the flat buffers (one dtype), whatever the number of layers."""
+    base = "adam" if "AdamW" in repr(make()) else "sgd_momentum"
+    plain = gpu_ops.count((784, 1024, 1024, 10), 512, base, shuffle=False, steps=2).step(-1)
+    monkeypatch.setattr(gpu_ops, "make_optimizer", lambda name: make())
+    got = gpu_ops.count((784, 1024, 1024, 10), 512, base, shuffle=False, steps=2).step(-1)
+    added = {k: got[k] - plain[k] for k in got if got[k] != plain[k] and k != "total"}
+    assert added == extra

@@ -25,13 +25,17 @@ def strict() -> Iterator[bg.Backend]:
         yield b
 
 
-def test_a_hand_written_loop_reads_nothing_per_step(strict: bg.Backend) -> None:
+@pytest.mark.parametrize("clip_norm", [None, 0.5])
+def test_a_hand_written_loop_reads_nothing_per_step(
+    strict: bg.Backend, clip_norm: float | None
+) -> None:
     """The nnfs loop (Dense, ReLU, Dense, SoftmaxCrossEntropy, Accuracy, SGD with momentum)
-    on device labels sliced afresh each step: 0 reads a step, labels checked all the same."""
+    on device labels sliced afresh each step: 0 reads a step, labels checked all the same;
+    with ``clip_gradients`` first when clipping by norm (the norm stays on the device)."""
     X_dev, y_dev = bg.asarray(X), bg.asarray(Y)
     dense1, relu, dense2 = bg.Dense(4, 16), bg.ReLU(), bg.Dense(16, 3)
     loss, accuracy = bg.SoftmaxCrossEntropy(), bg.Accuracy()
-    optimizer = bg.SGD(learning_rate=0.5, momentum=0.9)
+    optimizer = bg.SGD(learning_rate=0.5, momentum=0.9, clip_norm=clip_norm)
     losses = []
     with HostReads() as reads:
         for step in range(48):
@@ -48,6 +52,8 @@ def test_a_hand_written_loop_reads_nothing_per_step(strict: bg.Backend) -> None:
             relu.backward(dense2.dinputs)
             dense1.backward(relu.dinputs)
             optimizer.pre_update_params()
+            if clip_norm is not None:
+                optimizer.clip_gradients([dense1, dense2])
             optimizer.update_params(dense1)
             optimizer.update_params(dense2)
             optimizer.post_update_params()
@@ -58,15 +64,27 @@ def test_a_hand_written_loop_reads_nothing_per_step(strict: bg.Backend) -> None:
     assert np.mean(values[-8:]) < 0.8 * np.mean(values[:8])  # a real loop: it learns
 
 
-def model() -> bg.Model:
+def model(optimizer: Any = None) -> bg.Model:
     m = bg.Model()
     for layer in (bg.Dense(4, 16), bg.ReLU(), bg.Dense(16, 3)):
         m.add(layer)
-    return m.set(loss=bg.SoftmaxCrossEntropy(), optimizer=bg.SGD(momentum=0.9)).finalize()
+    optimizer = bg.SGD(momentum=0.9) if optimizer is None else optimizer
+    return m.set(loss=bg.SoftmaxCrossEntropy(), optimizer=optimizer).finalize()
 
 
+OPTIMIZERS = {
+    "sgd": lambda: None,
+    # clipping and weight decay keep their factors on the device
+    "clip_norm": lambda: bg.SGD(momentum=0.9, weight_decay=1e-3, clip_norm=0.5),
+    "adamw_clip_value": lambda: bg.AdamW(0.01, clip_value=0.1),
+}
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
 @pytest.mark.parametrize("y_on_device", [False, True])
-def test_model_train_reads_once_an_epoch(strict: bg.Backend, y_on_device: bool) -> None:
+def test_model_train_reads_once_an_epoch(
+    strict: bg.Backend, y_on_device: bool, optimizer: str
+) -> None:
     """Reads per epoch do not depend on the number of steps: one (the epoch's metrics and
     the parameters' finiteness, in one copy)."""
     y = bg.asarray(Y) if y_on_device else Y
@@ -74,7 +92,7 @@ def test_model_train_reads_once_an_epoch(strict: bg.Backend, y_on_device: bool) 
     for batch_size in (128, 16):  # 2 and 16 steps an epoch
         counts = []
         for epochs in (1, 3):
-            m = model()
+            m = model(OPTIMIZERS[optimizer]())
             with HostReads() as reads:
                 m.train(bg.asarray(X), y, epochs=epochs, batch_size=batch_size, print_every=0)
             counts.append(reads.count)

@@ -166,7 +166,8 @@ def test_repr_names_the_layer() -> None:
         assert repr(bg.Dense(2, 64)) == "Dense(2, 64, dtype=float32, backend=numpy)"
     assert repr(bg.ReLU()) == "ReLU()"
     assert repr(bg.SGD(0.5, momentum=0.9)) == (
-        "SGD(learning_rate=0.5, decay=0.0, momentum=0.9, nesterov=False)"
+        "SGD(learning_rate=0.5, decay=0.0, clip_norm=None, clip_value=None, momentum=0.9, "
+        "nesterov=False, weight_decay=0.0)"
     )
 
 

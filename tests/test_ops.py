@@ -82,6 +82,14 @@ def _cases(dtype: str) -> dict[str, Callable[[], tuple[Any, ...]]]:
         "adagrad": lambda: (w.copy(), v.copy(), g.copy(), 0.3, 1e-7),
         "rmsprop": lambda: (w.copy(), v.copy(), g.copy(), 0.3, 0.9, 1e-7),
         "adam": lambda: (w.copy(), m.copy(), v.copy(), g.copy()),
+        # the gradients of two parameters, by their global norm: clipped (norm about 6) or not
+        "clip_grad_norm": lambda: (g.copy(), floats(3, 4), 1.0),
+        "clip_grad_norm_below": lambda: (g.copy(), floats(3, 4), 100.0),
+        "clip_grad_norm_special": lambda: (special(5, 7), floats(3, 4), 1.0),
+        "clip_grad_value": lambda: (floats(5, 7), 0.5),
+        "clip_grad_value_special": lambda: (special(5, 7), 0.5),
+        "weight_decay_gradient": lambda: (w.copy(), g.copy(), 0.01),
+        "decoupled_weight_decay": lambda: (w.copy(), 0.3, 0.01),
     }
 
 
@@ -93,9 +101,11 @@ def _call(ops: bg.backend.Ops, name: str, args: tuple[Any, ...]) -> list[Any]:
         name = "sgd_momentum"
     if name == "relu_backward_bias_gradient_out":  # out= as the pair it is
         name, dev = "relu_backward_bias_gradient", [dev[0], dev[1], (dev[2], dev[3])]
-    for variant in ("_tall", "_one_column", "_special", "_out", "_flat_biases"):
+    for variant in ("_tall", "_one_column", "_special", "_out", "_flat_biases", "_below"):
         name = name.removesuffix(variant)
-    if name == "adam":
+    if name == "clip_grad_norm":  # (a list of gradients, then the limit)
+        result = ops.clip_grad_norm(dev[:-1], dev[-1])
+    elif name == "adam":
         result = ops.adam(*dev, lr=0.01, beta_1=0.8, beta_2=0.95, epsilon=1e-4, t=3)
     else:
         result = getattr(ops, name)(*dev)
@@ -191,3 +201,18 @@ def test_model_training_fuses_dense_and_relu_pairs() -> None:
                                     bg.Dropout(0.1), bg.Dense(2, 2), bg.ReLU())  # fmt: skip
     stages = _stages([d1, r1, d2, r2, drop, d3, r3])
     assert stages == [(d1, r1), (d2,), (r2,), (drop,), (d3, r3)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_clip_grad_norm_known_answer(backend: bg.Backend, dtype: str) -> None:
+    """[3, 4] and [[12]] have the global norm 13: a limit of 6.5 halves them (the factor is
+    6.5 / (13 + 1e-6), as torch's clip_grad_norm_), a limit of 14 leaves them as they are."""
+    for limit, factor in ((6.5, 6.5 / (13 + 1e-6)), (14.0, 1.0)):
+        a = backend.asarray(np.array([3.0, 4.0], dtype))
+        b = backend.asarray(np.array([[12.0]], dtype))
+        norm = backend.ops.clip_grad_norm([a, b], limit)
+        assert backend.owns(norm) and float(bg.to_numpy(norm)) == 13.0
+        rtol = 0 if factor == 1 else 1e-7
+        np.testing.assert_allclose(bg.to_numpy(a), np.array([3, 4]) * factor, rtol=rtol)
+        np.testing.assert_allclose(bg.to_numpy(b), [[12 * factor]], rtol=rtol)
+        assert bg.to_numpy(a).dtype == dtype

@@ -349,28 +349,44 @@ def test_bad_settings_of_every_optimizer_are_named(
         cls(**kwargs)
 
 
+NO_CLIP = {"clip_norm": None, "clip_value": None}
+
+
 @pytest.mark.parametrize(
     ("opt", "config"),
     [
         (
             bg.SGD(0.5, decay=0.01, momentum=0.9, nesterov=True),
-            {"learning_rate": 0.5, "decay": 0.01, "momentum": 0.9, "nesterov": True},
+            {"learning_rate": 0.5, "decay": 0.01, **NO_CLIP, "momentum": 0.9, "nesterov": True,
+             "weight_decay": 0.0},
         ),
         (
-            bg.Adagrad(0.25, decay=1e-4, epsilon=1e-6),
-            {"learning_rate": 0.25, "decay": 1e-4, "epsilon": 1e-6},
+            bg.SGD(0.5, momentum=0.9, weight_decay=1e-3, clip_norm=2.0),
+            {"learning_rate": 0.5, "decay": 0.0, "clip_norm": 2.0, "clip_value": None,
+             "momentum": 0.9, "nesterov": False, "weight_decay": 1e-3},
+        ),
+        (
+            bg.Adagrad(0.25, decay=1e-4, epsilon=1e-6, clip_value=0.5),
+            {"learning_rate": 0.25, "decay": 1e-4, "clip_norm": None, "clip_value": 0.5,
+             "epsilon": 1e-6},
         ),
         (
             bg.RMSprop(0.02, decay=1e-5, epsilon=1e-6, rho=0.95),
-            {"learning_rate": 0.02, "decay": 1e-5, "epsilon": 1e-6, "rho": 0.95},
+            {"learning_rate": 0.02, "decay": 1e-5, **NO_CLIP, "epsilon": 1e-6, "rho": 0.95},
         ),
         (
             bg.Adam(0.05, decay=5e-7, epsilon=1e-8, beta_1=0.8, beta_2=0.99),
-            {"learning_rate": 0.05, "decay": 5e-7, "epsilon": 1e-8, "beta_1": 0.8, "beta_2": 0.99},
+            {"learning_rate": 0.05, "decay": 5e-7, **NO_CLIP, "epsilon": 1e-8, "beta_1": 0.8,
+             "beta_2": 0.99},
+        ),
+        (
+            bg.AdamW(0.05, epsilon=1e-8, weight_decay=0.1, clip_norm=1.0),
+            {"learning_rate": 0.05, "decay": 0.0, "clip_norm": 1.0, "clip_value": None,
+             "epsilon": 1e-8, "beta_1": 0.9, "beta_2": 0.999, "weight_decay": 0.1},
         ),
     ],
-    ids=["sgd", "adagrad", "rmsprop", "adam"],
-)
+    ids=["sgd", "sgd-decay-clip", "adagrad-clip", "rmsprop", "adam", "adamw"],
+)  # fmt: skip
 def test_config_and_repr_round_trip(opt: Optimizer, config: dict[str, object]) -> None:
     assert opt.get_config() == config
     rebuilt = type(opt)(**opt.get_config())

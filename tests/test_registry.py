@@ -217,7 +217,7 @@ def test_lookups_know_kinds_and_the_command_line_names() -> None:
         registry.lookup("Adam", "layer")
     with pytest.raises(ValueError, match="unknown optimizer class 'Lion'.*: SGD, Adagrad"):
         registry.lookup("Lion", "optimizer")
-    assert registry.names("optimizer") == ("SGD", "Adagrad", "RMSprop", "Adam")
+    assert registry.names("optimizer") == ("SGD", "Adagrad", "RMSprop", "Adam", "AdamW")
     assert registry.names("loss")[0] == "CategoricalCrossEntropy"
 
 
@@ -227,7 +227,7 @@ def test_the_cli_default_learning_rates_are_the_classes_but_adams() -> None:
 
     for name, lr in experiment.DEFAULT_LR.items():
         default = inspect.signature(registry.lookup(name, "optimizer")).parameters
-        expected = 0.02 if name == "adam" else default["learning_rate"].default
+        expected = 0.02 if name in ("adam", "adamw") else default["learning_rate"].default
         assert lr == expected, name
     assert inspect.signature(bg.Adam).parameters["learning_rate"].default == 0.001
 

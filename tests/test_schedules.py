@@ -51,9 +51,13 @@ def test_default_schedule_is_the_books_decay_bit_for_bit() -> None:
         got.append(opt.current_learning_rate)
         opt.post_update_params()
     assert got == [0.7 / (1.0 + 3e-3 * t) for t in range(50)]
-    assert repr(opt) == "SGD(learning_rate=0.7, decay=0.003, momentum=0.0, nesterov=False)"
+    assert repr(opt) == (
+        "SGD(learning_rate=0.7, decay=0.003, clip_norm=None, clip_value=None, momentum=0.0, "
+        "nesterov=False, weight_decay=0.0)"
+    )
     assert opt.get_config() == {
         "learning_rate": 0.7, "decay": 3e-3, "momentum": 0.0, "nesterov": False,
+        "clip_norm": None, "clip_value": None, "weight_decay": 0.0,
     }  # fmt: skip
 
 

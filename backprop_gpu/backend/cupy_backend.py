@@ -228,6 +228,10 @@ class CupyOps(Ops):
         p, loss, correct, dinputs = fused
         return p, loss, correct, dinputs
 
+    def clip_grad_value(self, grad: Any, clip_value: float) -> None:
+        # in place: one CuPy kernel (the reference's clip and copy back are two)
+        self.xp.clip(grad, -clip_value, clip_value, out=grad)
+
     # --- optimizer updates: one kernel each, bit for bit the reference on CuPy --------
 
     def sgd(self, param: Any, grad: Any, lr: float) -> None:

