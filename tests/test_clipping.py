@@ -407,6 +407,7 @@ def test_adamw_is_registered_and_exported() -> None:
 def test_clip_gradients_across_ranks_is_refused() -> None:
     """A DistributedOptimizer's global norm needs the summed gradients: its step clips after
     the allreduce; clip_gradients alone (before any sum) is refused, saying so."""
+    pytest.importorskip("mpi4py")  # (a DistributedOptimizer needs MPI)
     from backprop_gpu.distributed import DistributedOptimizer
 
     opt = DistributedOptimizer(bg.SGD(0.1, clip_norm=1.0))
