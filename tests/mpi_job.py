@@ -7,7 +7,9 @@ raises in epoch 2), ``kill`` (rank 1 is killed by SIGKILL in epoch 2), ``small-b
 global batch smaller than the ranks), ``disagree`` (rank 1 builds another model),
 ``bad-data`` (rank 1's data has a column too many, so only rank 1's input checks fail),
 ``single`` (train without MPI, to compare), ``hand`` / ``hand-single`` (the nnfs
-hand-written loop with DistributedOptimizer / alone).
+hand-written loop with DistributedOptimizer / alone), ``controls`` / ``controls-single``
+(EarlyStopping restoring the best weights and ReduceLROnPlateau over a step schedule, with
+MPI / alone: every rank writes where it stopped to OUT.rankR).
 Rank 0 saves the model to OUT after every epoch.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +39,30 @@ def build(hidden: int = 16) -> bg.Model:
     schedule = bg.CosineDecay(EPOCHS * 6, warmup_steps=6, min_learning_rate=0.01)
     model.set(loss=bg.SoftmaxCrossEntropy(), optimizer=bg.SGD(0.2, momentum=0.9, schedule=schedule))
     return model.finalize()
+
+
+def controls(X: np.ndarray, y: np.ndarray, val: tuple[Any, Any], out: str, dist: bool) -> None:
+    """Callbacks that decide (on every rank, from the reduced validation metrics): a plateau
+    halves the learning rate, and early stopping ends training before the epoch limit.
+    Labels that the features decide (the first four columns' argmax) but for a few flipped ones,
+    so the validation loss first falls, then rises as the model learns the noise."""
+    y = X[:, :4].argmax(axis=1)
+    y[::7] = (y[::7] + 1) % 4
+    val = (val[0], val[0][:, :4].argmax(axis=1))
+    model = bg.Model([bg.Dense(6, 16, seed=0, dtype="float64"), bg.ReLU(), bg.Dropout(0.25, seed=5),
+                      bg.Dense(16, 4, seed=1, dtype="float64")])  # fmt: skip
+    optimizer = bg.SGD(0.5, momentum=0.9, schedule=bg.StepDecay(12, gamma=0.5))
+    model.set(loss=bg.SoftmaxCrossEntropy(), optimizer=optimizer).finalize()
+    stopper = bg.EarlyStopping("val_loss", patience=3, restore_best_weights=True)
+    plateau = bg.ReduceLROnPlateau("val_loss", factor=0.5, patience=0)
+    history = model.train(X, y, epochs=30, batch_size=BATCH, validation_data=val, print_every=0,
+                          seed=3, callbacks=[stopper, plateau], distributed=dist)  # fmt: skip
+    rank = 0 if not dist else __import__("mpi4py.MPI").MPI.COMM_WORLD.Get_rank()
+    rates = " ".join(f"{row['learning_rate']:.17g}" for row in history)
+    decided = f"stopped {stopper.stopped_epoch} best {stopper.best_epoch} lr {rates}"
+    Path(f"{out}.rank{rank}").write_text(decided)  # (ranks' prints would interleave)
+    if rank == 0:
+        model.save(out)
 
 
 def hand_loop(X: np.ndarray, y: np.ndarray, out: str, distributed: bool) -> None:
@@ -83,6 +110,9 @@ def main(mode: str, out: str) -> None:
     rng = np.random.default_rng(7)
     X, y = rng.standard_normal((103, 6)), rng.integers(0, 4, 103)  # 103 = 5 x 20 + 3
     X_val, y_val = rng.standard_normal((9, 6)), rng.integers(0, 4, 9)
+    if mode in ("controls", "controls-single"):
+        controls(X, y, (X_val, y_val), out, dist=mode == "controls")
+        return
     if mode in ("hand", "hand-single"):
         hand_loop(X, y, out, distributed=mode == "hand")
         return

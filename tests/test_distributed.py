@@ -248,6 +248,33 @@ def test_ranks_with_global_batch_equal_one_process(ranks: int, tmp_path: Path) -
     assert f"{ranks} rank(s) on numpy, transport host" in result.stderr
 
 
+@needs_mpi
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_early_stopping_and_plateau_decide_alike_on_every_rank(ranks: int, tmp_path: Path) -> None:
+    """EarlyStopping (restoring the best weights) and ReduceLROnPlateau over a step schedule
+    decide on every rank from the reduced validation loss: every rank stops after the same
+    epoch, with the learning rates of one process, and ends with its parameters."""
+    single = subprocess.run([sys.executable, JOB, "controls-single", str(tmp_path / "one.npz")],
+                            capture_output=True, text=True)  # fmt: skip
+    assert single.returncode == 0, single.stderr
+    decided = (tmp_path / "one.npz.rank0").read_text()
+    stopped, best = int(decided.split()[1]), int(decided.split()[3])
+    assert 0 < best < stopped < 30  # it stopped early, and not at its best epoch
+    rates = [float(v) for v in decided.split(" lr ")[1].split()]
+    assert len(rates) == stopped and rates[0] == 0.5
+    # 6 steps an epoch: the step schedule alone halves the rate every 2 epochs; the plateau more
+    assert rates[:5] == [0.5, 0.5, 0.25, 0.25, 0.125]
+    assert rates != [0.5 * 0.5 ** (i // 2) for i in range(stopped)]
+    result = mpirun(ranks, sys.executable, JOB, "controls", str(tmp_path / "many.npz"))
+    assert result.returncode == 0, result.stderr
+    for rank in range(ranks):
+        assert (tmp_path / f"many.npz.rank{rank}").read_text() == decided, rank
+    one, many = arrays(tmp_path / "one.npz"), arrays(tmp_path / "many.npz")
+    assert one.keys() == many.keys()
+    for key in one:
+        np.testing.assert_allclose(many[key], one[key], rtol=1e-9, atol=1e-12, err_msg=key)
+
+
 # A rank that cannot run cupy on any machine, GPU or not: CUDA itself hides every device from
 # a process whose CUDA_VISIBLE_DEVICES is empty (and without a driver there is none to hide).
 NO_GPU = ["env", "CUDA_VISIBLE_DEVICES="]
