@@ -8,8 +8,9 @@ global batch smaller than the ranks), ``disagree`` (rank 1 builds another model)
 ``bad-data`` (rank 1's data has a column too many, so only rank 1's input checks fail),
 ``single`` (train without MPI, to compare), ``hand`` / ``hand-single`` (the nnfs
 hand-written loop with DistributedOptimizer / alone), ``controls`` / ``controls-single``
-(EarlyStopping restoring the best weights and ReduceLROnPlateau over a step schedule, with
-MPI / alone: every rank writes where it stopped to OUT.rankR).
+(EarlyStopping restoring the best weights, ReduceLROnPlateau over a step schedule, clipping by
+the global norm and weight decay, with MPI / alone: every rank writes where it stopped to
+OUT.rankR).
 Rank 0 saves the model to OUT after every epoch.
 """
 
@@ -51,7 +52,9 @@ def controls(X: np.ndarray, y: np.ndarray, val: tuple[Any, Any], out: str, dist:
     val = (val[0], val[0][:, :4].argmax(axis=1))
     model = bg.Model([bg.Dense(6, 16, seed=0, dtype="float64"), bg.ReLU(), bg.Dropout(0.25, seed=5),
                       bg.Dense(16, 4, seed=1, dtype="float64")])  # fmt: skip
-    optimizer = bg.SGD(0.5, momentum=0.9, schedule=bg.StepDecay(12, gamma=0.5))
+    optimizer = bg.SGD(
+        0.5, momentum=0.9, schedule=bg.StepDecay(12, gamma=0.5), clip_norm=0.5, weight_decay=1e-3
+    )
     model.set(loss=bg.SoftmaxCrossEntropy(), optimizer=optimizer).finalize()
     stopper = bg.EarlyStopping("val_loss", patience=3, restore_best_weights=True)
     plateau = bg.ReduceLROnPlateau("val_loss", factor=0.5, patience=0)

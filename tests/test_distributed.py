@@ -250,10 +250,11 @@ def test_ranks_with_global_batch_equal_one_process(ranks: int, tmp_path: Path) -
 
 @needs_mpi
 @pytest.mark.parametrize("ranks", [2, 3])
-def test_early_stopping_and_plateau_decide_alike_on_every_rank(ranks: int, tmp_path: Path) -> None:
+def test_early_stopping_plateau_and_clipping_act_alike_on_ranks(ranks: int, tmp_path: Path) -> None:
     """EarlyStopping (restoring the best weights) and ReduceLROnPlateau over a step schedule
     decide on every rank from the reduced validation loss: every rank stops after the same
-    epoch, with the learning rates of one process, and ends with its parameters."""
+    epoch, with the learning rates of one process, and ends with its parameters (SGD with
+    momentum, weight decay and clipping by the global norm of the summed gradients)."""
     single = subprocess.run([sys.executable, JOB, "controls-single", str(tmp_path / "one.npz")],
                             capture_output=True, text=True)  # fmt: skip
     assert single.returncode == 0, single.stderr
