@@ -30,6 +30,7 @@ import csv
 import json
 import math
 import os
+import string
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -80,8 +81,10 @@ class Callback:
 
 
 def overrides(callback: Callback, hook: str) -> bool:
-    """Whether ``callback`` has its own ``hook`` (the loop skips hooks nobody overrides)."""
-    return getattr(type(callback), hook) is not getattr(Callback, hook)
+    """Whether ``callback`` has its own ``hook`` (the loop skips hooks nobody overrides): a
+    method of its class, or a function set on the object (``LambdaCallback``)."""
+    own = getattr(callback, hook)
+    return getattr(own, "__func__", own) is not getattr(Callback, hook)
 
 
 class LambdaCallback(Callback):
@@ -124,7 +127,13 @@ class _Monitor(Callback):
             )
 
     def _value(self, logs: dict[str, Any] | None) -> float:
-        return float((logs or {})[self.monitor])
+        logs = logs or {}
+        if self.monitor not in logs:
+            raise ValueError(
+                f"{self._owner}: monitor={self.monitor!r} is not in this epoch's logs; they "
+                f"hold {', '.join(logs) or 'nothing'}"
+            )
+        return float(logs[self.monitor])
 
 
 def _non_negative(value: Any, name: str) -> float:
@@ -150,9 +159,10 @@ class EarlyStopping(_Monitor):
     puts them back when training ends, whether this callback stopped it or the epoch limit
     came first (the optimizer state and the epoch count stay those of the last epoch, as in
     Keras). ``baseline``: the value to beat before any epoch counts as an improvement.
-    ``start_from_epoch``: epochs (from the start of this training) during which no stop is
-    counted (warm-up). ``stopped_epoch`` is the epoch (1-based, as in the history) after
-    which it stopped, 0 if it did not.
+    ``start_from_epoch``: epochs (the first this callback sees, over every training it is
+    used in, and carried over a resume by ``get_state``) during which no stop is counted
+    (warm-up). ``stopped_epoch`` is the epoch (1-based, as in the history) after which it
+    stopped, 0 if it did not.
     """
 
     def __init__(
@@ -181,7 +191,7 @@ class EarlyStopping(_Monitor):
         self.wait = 0
         self.stopped_epoch = 0
         self.best_weights: dict[str, Any] | None = None
-        self._seen = 0  # epochs seen in this training (for start_from_epoch)
+        self._seen = 0  # epochs seen (for start_from_epoch)
 
     def _initial(self) -> float:
         if self.baseline is not None:
@@ -195,7 +205,7 @@ class EarlyStopping(_Monitor):
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         super().on_train_begin(logs)
-        self.stopped_epoch, self._seen = 0, 0
+        self.stopped_epoch = 0
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         value = self._value(logs)
@@ -218,11 +228,13 @@ class EarlyStopping(_Monitor):
             state.put_back(list(state.walk(self.model.layers)), self.best_weights)
 
     def get_state(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}
+        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait,
+                "seen": self._seen}  # fmt: skip
 
     def set_state(self, saved: dict[str, Any]) -> None:
         self.best = float(saved["best"])
         self.best_epoch, self.wait = int(saved["best_epoch"]), int(saved["wait"])
+        self._seen = int(saved.get("seen", 0))
 
     def __repr__(self) -> str:
         return (
@@ -364,6 +376,14 @@ class ModelCheckpoint(_Monitor):
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         if self.save_best_only:
             super().on_train_begin(logs)
+        names = self.trainer.metric_names  # (the fields filepath may name, checked up front)
+        for _, field, _, _ in string.Formatter().parse(self.filepath):
+            if field is not None and field.split(".")[0].split("[")[0] not in names:
+                hint = " (pass validation_data to train)" if field.startswith("val_") else ""
+                raise ValueError(
+                    f"ModelCheckpoint: filepath {self.filepath!r} names {{{field}}}, which is "
+                    f"not a metric of this training{hint}; it may name {', '.join(names)}"
+                )
 
     def improved(self, logs: dict[str, Any] | None) -> bool:
         value = self._value(logs)

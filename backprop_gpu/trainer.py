@@ -324,9 +324,12 @@ def callbacks_for(
         raise ValueError(
             f"Model.train: on_nonfinite must be 'raise' or 'stop', got {on_nonfinite!r}"
         )
-    given = list(callbacks or ())
     if isinstance(callbacks, Callback):
-        raise TypeError("Model.train: callbacks must be a list of callbacks, got one callback")
+        raise TypeError(
+            f"Model.train: callbacks must be a list of callbacks, got one callback, {callbacks!r}"
+            " (pass callbacks=[...])"
+        )
+    given = list(callbacks or ())
     result: list[Callback] = []
     if not any(isinstance(cb, TerminateOnNaN) for cb in given):
         result.append(TerminateOnNaN(on_nonfinite))
