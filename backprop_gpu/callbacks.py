@@ -152,17 +152,21 @@ def _count(value: Any, name: str) -> int:
 
 class EarlyStopping(_Monitor):
     """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience``
-    epochs in a row (Keras's rule: the epoch after the ``patience``-th one without
-    improvement is not trained).
+    epochs (Keras 3's rule: each epoch counts one more ``wait``; an improvement on the best
+    value so far resets it, and once ``wait >= patience`` on an epoch that did not improve,
+    after the first epoch, training stops).
 
     ``restore_best_weights=True`` keeps a device copy of the parameters of the best epoch and
     puts them back when training ends, whether this callback stopped it or the epoch limit
     came first (the optimizer state and the epoch count stay those of the last epoch, as in
-    Keras). ``baseline``: the value to beat before any epoch counts as an improvement.
-    ``start_from_epoch``: epochs (the first this callback sees, over every training it is
-    used in, and carried over a resume by ``get_state``) during which no stop is counted
-    (warm-up). ``stopped_epoch`` is the epoch (1-based, as in the history) after which it
-    stopped, 0 if it did not.
+    Keras). ``baseline``: an improvement resets ``wait`` only if it also beats this value, so
+    training stops ``patience`` epochs after the start if the baseline is never beaten.
+    ``start_from_epoch``: the first epochs of the model (counted over every ``train`` call and
+    a resume) that are not looked at (warm-up). ``stopped_epoch`` is the epoch (1-based, as in
+    the history) after which it stopped, 0 if it did not; ``best_epoch`` the best one.
+
+    Unlike Keras, a second ``train`` call with the same callback continues its count (``best``
+    and ``wait``), as a resumed run must: ``get_state``/``set_state`` carry them.
     """
 
     def __init__(
@@ -186,22 +190,20 @@ class EarlyStopping(_Monitor):
             raise ValueError(f"EarlyStopping: baseline must be a finite number, got {baseline!r}")
         self.baseline = None if baseline is None else float(baseline)
         self.start_from_epoch = _count(start_from_epoch, "EarlyStopping: start_from_epoch")
-        self.best = self._initial()
+        self.best = math.inf if self.mode == "min" else -math.inf
         self.best_epoch = 0
         self.wait = 0
         self.stopped_epoch = 0
         self.best_weights: dict[str, Any] | None = None
-        self._seen = 0  # epochs seen (for start_from_epoch)
 
-    def _initial(self) -> float:
-        if self.baseline is not None:
-            return self.baseline
-        return math.inf if self.mode == "min" else -math.inf
+    def _improves(self, value: float, reference: float) -> bool:
+        if self.mode == "min":  # (beats it by more than min_delta)
+            return value + self.min_delta < reference
+        return value - self.min_delta > reference
 
-    def _improved(self, value: float) -> bool:
-        if self.mode == "min":
-            return value < self.best - self.min_delta
-        return value > self.best + self.min_delta
+    def _keep_weights(self) -> None:
+        slots = list(state.walk(self.model.layers))
+        self.best_weights = state.copy_of(slots, self.model.backend.xp, self.best_weights)
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         super().on_train_begin(logs)
@@ -209,17 +211,19 @@ class EarlyStopping(_Monitor):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         value = self._value(logs)
-        self._seen += 1
-        if self._seen <= self.start_from_epoch:
+        if epoch < self.start_from_epoch:  # (epoch: 0-based, over every training)
             return
-        if self._improved(value):
-            self.best, self.best_epoch, self.wait = value, epoch + 1, 0
-            if self.restore_best_weights:
-                slots = list(state.walk(self.model.layers))
-                self.best_weights = state.copy_of(slots, self.model.backend.xp, self.best_weights)
-            return
+        if self.restore_best_weights and self.best_weights is None:
+            self._keep_weights()  # (the first epoch looked at, or the first after a resume)
         self.wait += 1
-        if self.wait >= self.patience:
+        if self._improves(value, self.best):
+            self.best, self.best_epoch = value, epoch + 1
+            if self.restore_best_weights:
+                self._keep_weights()
+            if self.baseline is None or self._improves(value, self.baseline):
+                self.wait = 0
+            return
+        if self.wait >= self.patience and epoch > 0:
             self.stopped_epoch = epoch + 1
             self.trainer.stop_training = True
 
@@ -228,13 +232,11 @@ class EarlyStopping(_Monitor):
             state.put_back(list(state.walk(self.model.layers)), self.best_weights)
 
     def get_state(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait,
-                "seen": self._seen}  # fmt: skip
+        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}
 
     def set_state(self, saved: dict[str, Any]) -> None:
         self.best = float(saved["best"])
         self.best_epoch, self.wait = int(saved["best_epoch"]), int(saved["wait"])
-        self._seen = int(saved.get("seen", 0))
 
     def __repr__(self) -> str:
         return (

@@ -304,22 +304,26 @@ def keras_stop(
     baseline: float | None = None,
     start_from_epoch: int = 0,
 ) -> tuple[int, float, int]:
-    """Keras's EarlyStopping (2.2's ``on_epoch_end``: ``monitor_op(current - min_delta,
-    best)`` with min_delta negated for "min", the best starting at the baseline; 2.11's
-    ``start_from_epoch``): (the 1-based epoch after which it stops or 0, best, best epoch)."""
+    """Keras 3's ``EarlyStopping.on_epoch_end`` (keras/src/callbacks/early_stopping.py):
+    ``monitor_op(current - min_delta, reference)`` with min_delta negated for "min", the best
+    starting at +-inf, ``wait`` counted up each epoch looked at and reset by an improvement
+    that also beats the baseline, a stop only on an epoch that did not improve, after the
+    first; (the 1-based epoch after which it stops or 0, best, best epoch)."""
     op = np.less if mode == "min" else np.greater
     delta = -min_delta if mode == "min" else min_delta
-    best = baseline if baseline is not None else (math.inf if mode == "min" else -math.inf)
+    best = math.inf if mode == "min" else -math.inf
     best_epoch, wait = 0, 0
     for epoch, current in enumerate(values):
         if epoch < start_from_epoch:
             continue
+        wait += 1
         if op(current - delta, best):
-            best, best_epoch, wait = current, epoch + 1, 0
-        else:
-            wait += 1
-            if wait >= patience:
-                return epoch + 1, best, best_epoch
+            best, best_epoch = current, epoch + 1
+            if baseline is None or op(current - delta, baseline):
+                wait = 0
+            continue
+        if wait >= patience and epoch > 0:
+            return epoch + 1, best, best_epoch
     return 0, best, best_epoch
 
 
@@ -336,8 +340,10 @@ HAND_TRACES = [
     ([0.5, 0.625, 0.625, 0.5], {"patience": 2, "monitor": "val_accuracy"}, 4, 0.625, 2),
     ([0.5, 0.625, 0.625, 0.5], {"patience": 2, "mode": "max"}, 4, 0.625, 2),
     ([0.5, 0.625, 0.625, 0.5], {"patience": 2, "mode": "min"}, 3, 0.5, 1),
-    # baseline: nothing counts until a value beats it
-    ([1.0, 0.75, 0.625, 0.25], {"patience": 2, "baseline": 0.5}, 2, 0.5, 0),
+    # baseline: improvements that do not beat it still count towards the patience, but a stop
+    # comes only on an epoch that did not improve
+    ([1.0, 0.75, 0.625, 0.25], {"patience": 2, "baseline": 0.5}, 0, 0.25, 4),
+    ([1.0, 0.75, 0.75, 0.25], {"patience": 2, "baseline": 0.5}, 3, 0.75, 2),
     ([1.0, 0.75, 0.25, 0.375], {"patience": 3, "baseline": 0.5}, 0, 0.25, 3),
     # start_from_epoch: the first two epochs are not looked at
     ([1.0, 2.0, 3.0, 2.5, 2.75], {"patience": 0, "start_from_epoch": 2}, 5, 2.5, 4),
