@@ -185,6 +185,9 @@ def _mean_cross_entropy(backend: Backend, p: Any, y: Any) -> Any:
     return backend.ops.cross_entropy(p, y, _clip_eps(dtype_name(p.dtype)))
 
 
+CLASS_LOSSES = (CategoricalCrossEntropy, SoftmaxCrossEntropy)  # their targets are class labels
+
+
 class _RegressionLoss(Loss):
     """Base for losses on real-valued targets shaped like the predictions (N, outputs);
     targets (N,) are accepted for a single output. The loss is the mean over outputs, then

@@ -1,16 +1,19 @@
 """Accuracy: the share of right answers, for classes, binary outputs and regression.
 
 Each ``calculate(predictions, y_true)`` returns a 0-d device array (``float()`` reads it).
+``batch_accuracy`` is the Model's and the trainer's way to it for a batch, which takes the
+count a fused softmax cross-entropy kernel made already when there is one.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from . import _checks
 from .backend import Backend, get_backend, to_numpy
+from .losses import SoftmaxCrossEntropy
 from .registry import register
 
 
@@ -125,3 +128,35 @@ class RegressionAccuracy(Accuracy):
 
     def get_config(self) -> dict[str, Any]:
         return {"precision": self.precision, "divisor": self.divisor}
+
+
+# --- a batch's accuracy in a pass of the Model ----------------------------------------------
+
+
+class Hits(NamedTuple):
+    """A batch's count of correct predictions on the device, and its rows (the accuracy is
+    count / rows, divided when the epoch's values reach the host)."""
+
+    count: Any
+    rows: int
+
+
+def batch_accuracy(accuracy: Any, loss: Any, output: Any, y: Any, *, hits_ok: bool = False) -> Any:
+    """``accuracy.calculate(output, y)``, or the same value from the count of hits that a
+    fused softmax cross-entropy kernel (C or CUDA) made while computing ``loss`` of
+    ``output``. With ``hits_ok``, a device count may come back as ``Hits`` instead, divided
+    on the host with the epoch's read (one launch a step less: the same float32 division, so
+    the same bits)."""
+    if (
+        type(accuracy) is Accuracy
+        and isinstance(loss, SoftmaxCrossEntropy)
+        and loss.correct is not None
+        and loss.logits is output
+    ):
+        correct = loss.correct
+        if isinstance(correct, (int, np.integer)):  # counted on the host (the C kernel)
+            return np.float32(correct) / output.shape[0]
+        if hits_ok:
+            return Hits(correct, output.shape[0])
+        return correct / output.shape[0]  # a 0-d float32 device count (CUDA): no host sync
+    return accuracy.calculate(output, y)

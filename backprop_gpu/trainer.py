@@ -1,7 +1,8 @@
 """The fit loop: epochs of shuffled mini-batches over a ``Model``, with callbacks around it.
 
 ``Model.train`` builds a ``Trainer`` and calls ``fit``; the model owns the math (its forward,
-loss and backward pass, ``Model._train_pass``), the trainer owns the order of things:
+loss and backward pass, ``Model._train_pass``), :mod:`backprop_gpu.inputs` how the data enter,
+the trainer the order of things:
 
     on_train_begin
     for each epoch:   on_epoch_begin
@@ -21,21 +22,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
-from . import _checks
-from .backend import Backend, to_numpy
+from . import _checks, inputs
+from .backend import host_values
 from .callbacks import Callback, LambdaCallback, PrintEpochs, TerminateOnNaN, overrides
+from .inputs import Unchecked
 from .layers import Dense, Dropout
+from .metrics import Hits, batch_accuracy
 from .state import walk
 from .strategy import Local
 
 History = list[dict[str, float]]
-
-# how a label check a hand-written loop left pending came to raise in the Model's pass
-READ_BY = " (checked on the device in an earlier call, read by {})"
 
 
 class Trainer:
@@ -67,6 +67,9 @@ class Trainer:
         self.epochs_left = 0
         self.metric_names: tuple[str, ...] = ()
         self.history: History = []
+        # NumPy: each Dense's arrays of the last step, rewritten by the next (see _pass)
+        self._step_buffers: dict[Any, dict[str, Any]] | None = None
+        self._batch_buffers: dict[str, Any] | None = None
 
     # --- the callbacks ---------------------------------------------------------------------
 
@@ -121,7 +124,34 @@ class Trainer:
         shuffle: bool = True,
         seed: int | None = None,
     ) -> History:
-        """See ``Model.train``."""
+        """``Model.train``'s loop (see there for the arguments and the history).
+
+        Epoch ``e`` (counting every epoch this model has trained) is shuffled with
+        ``numpy.random.default_rng([seed, e])``, so a run is repeatable and a run resumed from
+        a checkpoint shuffles as the uninterrupted one would. On NumPy each step writes the
+        Dense layers' outputs and gradients into the previous step's arrays (no allocation a
+        step): a layer's ``output``, ``dweights`` etc. read in a callback hold until the next
+        step overwrites them (copy them to keep them); arrays held from before the call, and
+        after it, are never overwritten.
+
+        The loss, every parameter and every optimizer state are checked at each epoch's end
+        (one reduction an array, read with the epoch's metrics): when any is NaN or infinite,
+        parameters and optimizer state go back to where that epoch started, which was
+        checked finite too, and then ``on_nonfinite="raise"`` raises ``NonFiniteLossError``
+        naming the epoch and step and what went non-finite, while ``"stop"`` ends training
+        quietly and returns the finite history (``TerminateOnNaN`` in ``callbacks`` says the
+        same, and can keep no copy: ``restore=False``). A model whose parameters or
+        optimizer state are not finite when ``train`` is called has no finite state to go
+        back to: ``ValueError`` names the array, before anything changes.
+
+        ``distributed=True`` (or a ``distributed.Context``) trains data-parallel over MPI, the
+        script started under ``mpiexec -n R``: every rank passes the same model, data and
+        arguments (checked by hash at start), rank 0's parameters are broadcast, each global
+        batch of ``batch_size`` is split across the ranks, gradients are summed in one
+        allreduce a step, and the metrics are reduced across ranks. Only rank 0 prints;
+        callbacks run on every rank but those that write files (``writes = True``), which
+        run on rank 0 only. See :mod:`backprop_gpu.distributed`.
+        """
         model, strategy = self.model, self.strategy
         # every rank checks its own inputs; if any fails, all stop with the reasons
         X_dev, y_dev, val, size = strategy.on_every_rank(
@@ -142,10 +172,10 @@ class Trainer:
         for cb in self.callbacks:
             cb.set_trainer(self)
         n = X_dev.shape[0]
-        reuse = model.backend.reuses_step_buffers  # (fresh ones each call: see Model._train_pass)
+        reuse = model.backend.reuses_step_buffers  # (fresh ones each call: see _pass)
         dense = [layer for layer in model.layers if type(layer) is Dense]
-        model._step_buffers = {layer: {} for layer in dense} if reuse else None
-        self._batch_buffers: dict[str, Any] | None = {} if reuse else None
+        self._step_buffers = {layer: {} for layer in dense} if reuse else None
+        self._batch_buffers = {} if reuse else None
         try:
             with Unchecked(model.loss, model.accuracy):
                 with strategy.guard():  # (distributed: a rank that raises aborts the job)
@@ -155,7 +185,7 @@ class Trainer:
                 with strategy.guard():
                     self._call("on_train_end", {"history": self.history})
         finally:
-            model._step_buffers = None
+            self._step_buffers = self._batch_buffers = None
         return self.history
 
     def _one_epoch(
@@ -220,18 +250,18 @@ class Trainer:
         size; raises naming the bad argument."""
         model = self.model
         model._ready("train", train=True)
-        _checks.check_pending_labels(READ_BY.format("Model.train"))
+        inputs.check_pending("Model.train")
         if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
             raise ValueError(f"Model.train: epochs must be an integer >= 0, got {epochs!r}")
-        X_dev, y_dev = model._prepare(X, y, "Model.train")
+        X_dev, y_dev = inputs.prepare_xy(model, X, y, "Model.train")
         model.optimizer.check_dtype(model.dtype)  # e.g. an epsilon that is 0 in float32
-        size = model._batch_size(batch_size, X_dev.shape[0], "Model.train")
+        size = inputs.batch_size(batch_size, X_dev.shape[0], "Model.train")
         val = None
         if validation_data is not None:
             if not isinstance(validation_data, tuple | list) or len(validation_data) != 2:
                 raise ValueError("Model.train: validation_data must be a pair (X_val, y_val)")
             X_val, y_val = validation_data
-            val = model._prepare(X_val, y_val, "Model.train validation_data")
+            val = inputs.prepare_xy(model, X_val, y_val, "Model.train validation_data")
         if model.accuracy is not None:
             model.accuracy.init(y)
         return X_dev, y_dev, val, size
@@ -267,7 +297,7 @@ class Trainer:
             for cb in batch_hooks:
                 cb.on_batch_end(len(steps) - 1, {"size": hi - lo, "loss": steps[-1][0]})
         strategy.end_epoch(dropouts)
-        _checks.check_pending_labels(READ_BY.format("Model.train"))  # (a hand loop's, if any)
+        inputs.check_pending("Model.train")  # (a hand loop's, if any)
         slots = [s for s in walk(model.layers, model.optimizer) if s.value is not None]
         finite = model.backend.ops.finite_flags([s.value for s in slots])  # read with metrics
         hits = {i: step[2].rows for i, step in enumerate(steps) if isinstance(step[2], Hits)}
@@ -304,11 +334,29 @@ class Trainer:
                 for name in layer.params:
                     setattr(layer, "d" + name, None)  # zeros in the allreduce
         else:
-            data_loss, output = model._train_pass(Xb, yb)
-            acc = model._accuracy(output, yb, hits_ok=True)
+            data_loss, output = self._pass(model, Xb, yb)
+            acc = batch_accuracy(model.accuracy, model.loss, output, yb, hits_ok=True)
         self.strategy.reduce_gradients(model.trainable_layers, share)
         model.optimizer.step(model.trainable_layers)
         return data_loss, reg_loss, acc
+
+    def _pass(self, model: Any, Xb: Any, yb: Any) -> tuple[Any, Any]:
+        """``model._train_pass`` with each Dense writing its products (output, dweights,
+        dbiases, dinputs, its ReLU's output and dinputs) into the arrays of the previous step
+        of this ``fit``, where the backend gains by it (NumPy): nothing outside the step reads
+        those arrays in between (the epoch keeps only scalars), and arrays a caller holds
+        from before the call are never overwritten (each call starts fresh buffers); a layer
+        used outside the step (a callback's, a hand-written loop's) gets fresh arrays."""
+        buffers = self._step_buffers
+        if buffers is None:
+            return model._train_pass(Xb, yb)  # type: ignore[no-any-return]
+        for layer, kept in buffers.items():
+            layer.step_buffers = kept
+        try:
+            return model._train_pass(Xb, yb)  # type: ignore[no-any-return]
+        finally:
+            for layer in buffers:
+                layer.step_buffers = None
 
 
 def callbacks_for(
@@ -365,53 +413,7 @@ def strategy_for(distributed: Any) -> Local:
     )
 
 
-# --- the epoch's one read ---------------------------------------------------------------------
-
-
-class Hits(NamedTuple):
-    """A batch's count of correct predictions on the device, and its rows (the accuracy is
-    count / rows, divided when the epoch's values reach the host)."""
-
-    count: Any
-    rows: int
-
-
-def host_values(backend: Backend, values: list[Any]) -> np.ndarray:
-    """Device scalars (and Python floats) to the host as float64, the device ones in one copy
-    and a constant number of device operations however many there are (an epoch's steps):
-    one stack and one cast per dtype, and one concatenation."""
-    if backend.host:  # already on the host: no copy to batch (stacking cost 3 us each)
-        return np.array([float(v) for v in values], dtype=np.float64)
-    out = np.array([float(v) if isinstance(v, float | int) else np.nan for v in values])
-    by_dtype: dict[str, list[int]] = {}  # positions of the device values, by dtype
-    for i, v in enumerate(values):
-        if not isinstance(v, float | int):
-            by_dtype.setdefault(str(v.dtype), []).append(i)
-    if by_dtype:
-        xp = backend.xp
-        parts = [xp.astype(xp.stack([values[i] for i in where]), xp.float64)
-                 for where in by_dtype.values()]  # fmt: skip
-        out[[i for where in by_dtype.values() for i in where]] = to_numpy(
-            parts[0] if len(parts) == 1 else xp.concat(parts)
-        )
-    return out
-
-
-class Unchecked:
-    """Turn off the per-call label checks of a loss and accuracy for a block (the Model has
-    checked the whole data set once), and restore them after."""
-
-    def __init__(self, *objects: Any) -> None:
-        self.objects = [o for o in objects if o is not None and hasattr(o, "validate")]
-
-    def __enter__(self) -> None:
-        self.saved = [o.validate for o in self.objects]
-        for o in self.objects:
-            o.validate = False
-
-    def __exit__(self, *exc: object) -> None:
-        for o, v in zip(self.objects, self.saved, strict=True):
-            o.validate = v
+# --- helpers ---------------------------------------------------------------------------------
 
 
 def _kept(xp: Any, buffers: dict[str, Any] | None, key: str, like: Any, rows: int) -> Any:

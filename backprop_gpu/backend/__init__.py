@@ -15,7 +15,15 @@ Who owns what:
 Nothing outside this package imports an array library by name (NumPy aside, the host format).
 """
 
-from .base import Backend, BackendUnavailableError, array_library, dtype_name, host_array, to_numpy
+from .base import (
+    Backend,
+    BackendUnavailableError,
+    array_library,
+    dtype_name,
+    host_array,
+    host_values,
+    to_numpy,
+)
 from .detect import INSTALL_HINT, MIN_CUPY, NO_DRIVER, detect_gpu, gpu_count
 from .ops import Ops
 from .select import (
@@ -54,6 +62,7 @@ __all__ = [
     "gpu_count",
     "gpu_index",
     "host_array",
+    "host_values",
     "register_backend",
     "set_backend",
     "to_numpy",
