@@ -24,7 +24,6 @@ from . import inputs, model_io
 from ._guards import PassGuard, on_its_gpu, one_pass_at_a_time
 from .activations import ReLU, Softmax
 from .backend import Backend, host_values
-from .backend import to_numpy as to_numpy  # (importable here as before: tests patch it)
 from .flat import FlatParameters
 from .layers import Dense
 from .losses import (
@@ -352,10 +351,6 @@ class Model:
         that does not fit (unknown class, bad setting, missing or misshapen array, ...) raises
         ``CheckpointError`` naming the file and field (see ``model_io.load``)."""
         return model_io.load(cls, path)
-
-    def _host_arrays(self, with_state: bool) -> dict[str, Any]:
-        """Parameters (and optimizer state, ``with_state``) as host arrays by checkpoint key."""
-        return model_io.host_arrays(self, with_state)
 
     def __repr__(self) -> str:
         inner = ", ".join(repr(layer) for layer in self.layers)

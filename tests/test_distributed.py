@@ -25,7 +25,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import backprop_gpu as bg
-from backprop_gpu import distributed, experiment
+from backprop_gpu import distributed, experiment, model_io
 from backprop_gpu.distributed import shard_bounds
 
 JOB = str(Path(__file__).with_name("mpi_job.py"))
@@ -216,7 +216,7 @@ def test_one_rank_equals_plain_training(backend: bg.Backend, second: str) -> Non
         model.set(loss=bg.SoftmaxCrossEntropy(), optimizer=bg.Adam(0.05)).finalize()
         history = model.train(X, y, epochs=3, batch_size=16, print_every=0, seed=2,
                               validation_data=(X[:7], y[:7]), distributed=dist)  # fmt: skip
-        return history, {k: bg.to_numpy(v) for k, v in model._host_arrays(True).items()}
+        return history, {k: bg.to_numpy(v) for k, v in model_io.host_arrays(model, True).items()}
 
     (h1, p1), (h2, p2) = run(False), run(True)
     assert len(h1) == 3
