@@ -383,6 +383,42 @@ def test_early_stopping_follows_keras_rule(seed: int) -> None:
     assert (es.stopped_epoch, es.best, es.best_epoch) == keras_stop(values, mode=mode, **kwargs)
 
 
+def keras_itself(values: list[float], mode: str, **kwargs: Any) -> tuple[int, float, int]:
+    """Keras's own EarlyStopping (its NumPy backend) over ``values``, in our numbering."""
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "numpy")  # (no TensorFlow or JAX needed)
+    keras = pytest.importorskip("keras")
+    es = keras.callbacks.EarlyStopping(monitor="val_loss", mode=mode, **kwargs)
+    es.set_model(SimpleNamespace(stop_training=False))
+    es.on_train_begin()
+    for epoch, value in enumerate(values):
+        es.on_epoch_end(epoch, {"val_loss": value})
+        if es.model.stop_training:
+            break
+    stopped = es.stopped_epoch + 1 if es.model.stop_training else 0
+    return stopped, float(es.best), es.best_epoch + 1  # (Keras counts epochs from 0)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_early_stopping_equals_keras(seed: int) -> None:
+    """The same random sequences and settings through Keras 3's EarlyStopping (where Keras is
+    installed): the same stop epoch, best value and best epoch."""
+    rng = np.random.default_rng(seed)
+    mode = ["min", "max"][seed % 2]
+    kwargs = {
+        "patience": int(rng.integers(0, 4)),
+        "min_delta": float(rng.integers(0, 3)) / 8,
+        "baseline": None if rng.random() < 0.5 else float(rng.integers(4, 12)) / 8,
+        "start_from_epoch": int(rng.integers(0, 3)),
+    }
+    walk_ = np.cumsum(rng.integers(-2, 3, 15) * (1 if mode == "min" else -1)) / 8 + 1.0
+    values = [float(v) for v in (walk_[::-1] if seed % 3 == 0 else walk_)]
+    es = bg.EarlyStopping("val_loss", mode=mode, **kwargs)
+    drive(es, values, "val_loss")
+    assert (es.stopped_epoch, es.best, es.best_epoch) == keras_itself(values, mode, **kwargs)
+
+
 def test_early_stopping_stops_training_at_keras_epoch(backend: bg.Backend) -> None:
     scripted = [3.0, 1.0, 2.0, 1.5, 0.5, 0.25]
     es = bg.EarlyStopping("val_loss", patience=2)
