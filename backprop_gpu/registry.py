@@ -43,7 +43,8 @@ def register(cls: Any = None, *, name: str | None = None) -> Any:
     ``@register(name="...")``.
 
     The kind comes from the base class (``Layer``, ``Loss``, ``Optimizer``, ``Accuracy``,
-    ``Schedule``); a class with ``forward`` and ``backward`` but none of those bases counts as a layer.
+    ``Schedule``); a class with ``forward`` and ``backward`` but none of those bases counts as
+    a layer.
     """
     if cls is None:
         return lambda c: register(c, name=name)
@@ -71,7 +72,8 @@ def register(cls: Any = None, *, name: str | None = None) -> Any:
 
 def kind_of(cls: type) -> str:
     """``"layer"``, ``"loss"``, ``"optimizer"``, ``"accuracy"`` or ``"schedule"``: the
-    ``registry_kind`` of a base class, else ``"layer"`` for a class with ``forward`` and ``backward``."""
+    ``registry_kind`` of a base class, else ``"layer"`` for a class with ``forward`` and
+    ``backward``."""
     kind = getattr(cls, "registry_kind", None)
     if kind in KINDS:
         return str(kind)

@@ -13,6 +13,7 @@ import pytest
 
 import backprop_gpu as bg
 from backprop_gpu import checkpoint, experiment, registry
+from backprop_gpu.datasets import spiral_data
 from backprop_gpu.testing import check_layer
 
 RNG = np.random.default_rng(14)
@@ -236,8 +237,6 @@ def test_the_cli_default_learning_rates_are_the_classes_but_adams() -> None:
 
 
 def spiral_model(*middle: Any) -> tuple[bg.Model, np.ndarray, np.ndarray]:
-    from backprop_gpu.datasets import spiral_data
-
     X, y = spiral_data(30, 3, seed=0)
     model = bg.Model([bg.Dense(2, 8, seed=0), *middle, bg.Dense(8, 3, seed=1)])
     model.set(loss=bg.SoftmaxCrossEntropy(), optimizer=bg.Adam(0.02))
@@ -311,9 +310,8 @@ def test_the_metadata_of_a_custom_layer_is_plain_json(tmp_path: Path) -> None:
 
 
 def test_schedules_are_in_the_one_registry() -> None:
-    assert registry.names("schedule")[:5] == (
-        "InverseTimeDecay", "StepDecay", "ExponentialDecay", "CosineDecay", "OneCycle"
-    )  # fmt: skip  (then those the test modules define)
+    built_in = ("InverseTimeDecay", "StepDecay", "ExponentialDecay", "CosineDecay", "OneCycle")
+    assert registry.names("schedule")[:5] == built_in  # (then those the test modules define)
     assert registry.lookup("cosinedecay", "schedule") is bg.CosineDecay
     with pytest.raises(ValueError, match=r"'Dense' is registered as kind 'layer'"):
         registry.lookup("Dense", "schedule")
@@ -328,7 +326,7 @@ def test_a_schedule_registered_with_register_is_found_by_the_checkpoint_loader(
     (and by nothing else: with the name gone from the registry, the load is refused)."""
 
     @bg.register(name="HalvingEvery")
-    class Halving(bg.Schedule):
+    class Halve(bg.Schedule):
         def __init__(self, every: int) -> None:
             self.every = every
 
@@ -340,14 +338,14 @@ def test_a_schedule_registered_with_register_is_found_by_the_checkpoint_loader(
 
     X, y = spiral_data(30, 3, seed=0)
     model = bg.Model([bg.Dense(2, 8, seed=0), bg.ReLU(), bg.Dense(8, 3, seed=1)])
-    model.set(loss=bg.SoftmaxCrossEntropy(), optimizer=bg.SGD(0.5, schedule=Halving(every=3)))
+    model.set(loss=bg.SoftmaxCrossEntropy(), optimizer=bg.SGD(0.5, schedule=Halve(every=3)))
     model.finalize().train(X, y, epochs=2, batch_size=30, print_every=0, seed=0)  # 3 steps each
     model.save(tmp_path / "m.npz")
     _, meta = checkpoint.load(tmp_path / "m.npz")
     assert meta["optimizer"]["config"]["schedule"] == {"class": "HalvingEvery",
                                                        "config": {"every": 3}}  # fmt: skip
     loaded = bg.Model.load(tmp_path / "m.npz")
-    assert loaded.optimizer is not None and type(loaded.optimizer.schedule) is Halving
+    assert loaded.optimizer is not None and type(loaded.optimizer.schedule) is Halve
     # step 6, the next epoch's first: 6 // 3 = 2 halvings; steps 7, 8 too (the row's rate: 8's)
     history = loaded.train(X, y, epochs=1, batch_size=30, print_every=0, seed=0)
     assert history[0]["learning_rate"] == 0.5 / 2**2
