@@ -102,7 +102,9 @@ def from_spec(schedule: Any, where: str) -> Schedule:
             f'{where} spec must be {{"class": name, "config": {{...}}}}, got {schedule!r}'
         )
     try:
-        cls = registry.lookup(name, "schedule")
+        if not isinstance(name, str):
+            raise ValueError(name)
+        cls: type[Schedule] = registry.lookup(name, "schedule")
     except ValueError:
         known = ", ".join(sorted(registry.names("schedule")))
         raise ValueError(
