@@ -443,7 +443,7 @@ def build_schedule(config: Config, steps: int) -> Any:
     try:
         return cls(**kwargs)
     except ValueError as e:  # (a cycle too short for its steps, say)
-        key = "warmup" if config.schedule == "onecycle" else "schedule"
+        key = "warmup" if "pct_start" in str(e) else "schedule"  # (onecycle's peak: its warmup)
         raise ConfigError(
             f"{key}: --schedule {config.schedule} over {config.epochs} epochs of {steps} steps: {e}"
         ) from None

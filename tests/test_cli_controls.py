@@ -403,8 +403,12 @@ def test_the_toml_keys_are_the_flags_names(tmp_path: Path) -> None:
         (["--schedule", "cosine", "--warmup", "-1"], "warmup: must be an integer >= 0, got -1"),
         (["--schedule", "onecycle", "--warmup", "0"], "warmup: onecycle rises to its peak for "
          ">= 1 epoch, got 0"),
-        (["--schedule", "onecycle", "--epochs", "1", "--batch-size", "1000"], "warmup: --schedule "
-         "onecycle over 1 epochs of 1 steps: OneCycle: total_steps must be an integer >= 2"),
+        (["--schedule", "onecycle", "--epochs", "1", "--batch-size", "1000"], "schedule: "
+         "--schedule onecycle over 1 epochs of 1 steps: OneCycle: total_steps must be an "
+         "integer >= 2"),
+        (["--schedule", "onecycle", "--epochs", "2", "--batch-size", "1000"], "warmup: --schedule "
+         "onecycle over 2 epochs of 1 steps: OneCycle: pct_start * total_steps - 1 (the step of "
+         "the peak) must lie in (0, 1)"),
         (["--schedule", "cosine", "--min-lr", "-1"], "min_lr: must be a finite number >= 0"),
         (["--schedule", "linear"], "invalid choice: 'linear' (choose from 'step', "
          "'exponential', 'cosine', 'onecycle')"),
