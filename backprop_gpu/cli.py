@@ -60,12 +60,29 @@ def _parser() -> argparse.ArgumentParser:
     add("--lr", type=float, help="learning rate (default: per optimizer, "
         f"{experiment.DEFAULT_LR}: the classes' defaults but Adam's, 0.02 for these small runs "
         "instead of Adam's 0.001, which has not converged on spiral in 300 epochs)")  # fmt: skip
-    add("--decay", type=float, help=f"learning-rate decay (default: {D.decay})")
+    add("--decay", type=float, help="the book's learning-rate decay, lr / (1 + decay * step) "
+        f"(default: {experiment.DEFAULT_DECAY}; none with --schedule)")  # fmt: skip
     add("--momentum", type=float, help=f"SGD momentum (default: {D.momentum})")
     add("--l2", type=float, help=f"L2 weight regularisation (default: {D.l2})")
     add(
         "--dropout", type=float, help=f"dropout rate after each hidden layer (default: {D.dropout})"
     )
+    add("--schedule", choices=experiment.SCHEDULES, help="learning-rate schedule over the "
+        "epochs, instead of --decay: step (times --gamma every --step-size epochs), "
+        "exponential (times --gamma each epoch), cosine (down to --min-lr, after --warmup "
+        "epochs of linear warmup), onecycle (up to --lr over --warmup epochs, default 30 %%, "
+        "then down)")  # fmt: skip
+    add("--warmup", type=int, metavar="E", help="epochs of warmup (cosine, onecycle)")
+    add("--step-size", type=int, metavar="E", help="epochs between the rate's drops (step)")
+    add("--gamma", type=float, help="the rate's factor, in (0, 1] (step: default 0.1; "
+        "exponential: each epoch)")  # fmt: skip
+    add("--min-lr", type=float, help="cosine's final learning rate (default: 0)")
+    add("--early-stopping", type=int, metavar="N", help="stop when val_loss has not improved "
+        "for N epochs, and end with the best epoch's weights")  # fmt: skip
+    add("--clip-norm", type=float, metavar="X", help="clip the gradients' global norm to X")
+    add("--clip-value", type=float, metavar="X", help="clip each gradient to [-X, X]")
+    add("--weight-decay", type=float, metavar="X", help="sgd: L2 in the gradient (torch's); "
+        "adamw: decoupled (default: the optimizer's, adamw 0.01, sgd 0)")  # fmt: skip
     add("--epochs", type=int, help=f"(default: {D.epochs})")
     add("--batch-size", type=int, dest="batch_size", help=f"(default: {D.batch_size})")
     add("--samples", type=int, help=f"samples for generated data sets (default: {D.samples})")
@@ -101,7 +118,6 @@ SETTINGS = [f.name for f in dataclasses.fields(Config)]
 # flags of other tools (Keras, PyTorch scripts) that a newcomer types: what to type here
 _OTHER_NAMES = {
     "--learning-rate": ("--lr", "the learning rate is --lr"),
-    "--weight-decay": ("--l2", "L2 regularisation is --l2 (--decay: the learning rate's decay)"),
     "--device": ("--backend", "the device is chosen with --backend (auto, numpy, cupy, cupy:N)"),
 }
 
@@ -181,21 +197,34 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
     if summary.get("rank", 0) != 0:
         return 0  # rank 0 reports for the whole job
     run, total = summary["epochs_run"], summary["epochs"]
+    stopping = summary.get("early_stopping") or {}
+    stopped = ""
+    if stopping.get("stopped_epoch"):
+        stopped = (
+            f" (early stopping: no better val_loss in the {_epochs(stopping['patience'])} "
+            f"after epoch {stopping['best_epoch']}, whose weights it keeps)"
+        )
     if run:
         print(
-            f"done: {_epochs(run)}{f' ({total} in all)' if total != run else ''} in "
+            f"done: {_epochs(run)}{f' ({total} in all)' if total != run else ''}{stopped} in "
             f"{summary['wall_seconds']:.1f} s, "
             f"val_loss {final['val_loss']:.4f}, val_acc {final['val_accuracy']:.4f}; "
             f"run folder: {summary['run']}"
         )
+        return 0
+    made = ""
+    if summary.get("finished"):  # (stopped after its last epoch, before its end)
+        made = f"; wrote the {'plots and ' * ('plots' in summary)}summary.json it lacked"
+    if stopped:  # (a resume of a run that early stopping ended: it would stop there again)
+        print(f"nothing to do: {summary['run']} has ended after {_epochs(total)}{stopped}{made}")
     else:  # (a resume whose target the run has reached: success, as for make)
-        made = ""
-        if summary.get("finished"):  # (stopped after its last epoch, before its end)
-            made = f"; wrote the {'plots and ' * ('plots' in summary)}summary.json it lacked"
+        more = f"backprop-gpu train --resume --out {summary['run']} --epochs {2 * total}"
+        schedule = experiment.saved_config(Path(summary["run"])).schedule
+        if schedule in experiment.SPANS_THE_RUN:
+            more = f"its {schedule} schedule spans these epochs, so start a new run"
         print(
             f"nothing to do: {summary['run']} already has {_epochs(total)}{made} (--epochs is "
-            f"the total to reach); to train more: backprop-gpu train --resume --out "
-            f"{summary['run']} --epochs {2 * total}"
+            f"the total to reach); to train more: {more}"
         )
     return 0
 

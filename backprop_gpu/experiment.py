@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import inspect
 import itertools
 import json
 import math
@@ -41,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, datasets, registry, run_folder
+from . import __version__, datasets, registry, run_folder, state
 from .activations import Linear
 from .backend import (
     BACKEND_NAMES,
@@ -53,7 +54,7 @@ from .backend import (
     to_numpy,
     use_backend,
 )
-from .callbacks import Callback, LambdaCallback, NonFiniteLossError, ProgressBar
+from .callbacks import Callback, EarlyStopping, LambdaCallback, NonFiniteLossError, ProgressBar
 from .distributed import Context, check_batch, on_every_rank, on_root, transport
 from .distributed import info as distributed_info
 from .layers import Dense, Dropout
@@ -82,6 +83,24 @@ DEFAULT_LR = {
 }
 OPTIMIZERS = tuple(DEFAULT_LR)
 BACKENDS = ("auto", "numpy", "cupy")  # the backends a run takes, and cupy:N (GPU N)
+DEFAULT_DECAY = 1e-4  # the book's learning-rate decay, when no --schedule is given
+# --schedule's names and the registered schedule classes they build (schedules.py); a run's
+# schedule counts epochs, converted to optimizer steps (one a global batch: ceil(n / batch))
+SCHEDULES = {
+    "step": "StepDecay",
+    "exponential": "ExponentialDecay",
+    "cosine": "CosineDecay",
+    "onecycle": "OneCycle",
+}
+# each schedule's settings (the others are refused with it); every one takes learning_rate
+SCHEDULE_SETTINGS = {
+    None: (),
+    "step": ("step_size", "gamma"),
+    "exponential": ("gamma",),
+    "cosine": ("warmup", "min_lr"),
+    "onecycle": ("warmup",),
+}
+WEIGHT_DECAY = ("sgd", "adamw")  # the optimizers with a weight_decay argument
 
 
 class ConfigError(ValueError):
@@ -93,14 +112,24 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 @dataclasses.dataclass
 class Config:
-    """Every setting of a run. ``lr=None`` takes the optimizer's default (``DEFAULT_LR``)."""
+    """Every setting of a run. ``lr=None`` takes the optimizer's default (``DEFAULT_LR``);
+    ``decay=None`` the book's ``DEFAULT_DECAY`` without a schedule, none with one;
+    ``weight_decay=None`` the optimizer's own default (AdamW's 0.01, SGD's 0).
+
+    The training controls: ``schedule`` (``SCHEDULES``; None: the book's decay) with, in
+    epochs, ``warmup`` (cosine: a linear warmup from 0; onecycle: the rise to the peak,
+    default 30 % of the epochs), ``step_size`` and ``gamma`` (step: the rate times gamma,
+    default 0.1, every step_size epochs; exponential: times gamma each epoch) and ``min_lr``
+    (cosine's floor, default 0); ``early_stopping`` (patience in epochs: stop when val_loss
+    has not improved for that many, and end with the best epoch's weights); ``clip_norm`` /
+    ``clip_value`` (gradient clipping); ``weight_decay`` (sgd and adamw)."""
 
     dataset: str = "spiral"
     hidden: tuple[int, ...] = (64, 64)
     activation: str = "relu"
     optimizer: str = "adam"
     lr: float | None = None
-    decay: float = 1e-4
+    decay: float | None = None
     momentum: float = 0.0
     l2: float = 0.0
     dropout: float = 0.0
@@ -108,6 +137,15 @@ class Config:
     batch_size: int = 64
     samples: int = 1000
     seed: int = 0
+    schedule: str | None = None
+    warmup: int | None = None
+    step_size: int | None = None
+    gamma: float | None = None
+    min_lr: float | None = None
+    early_stopping: int | None = None
+    clip_norm: float | None = None
+    clip_value: float | None = None
+    weight_decay: float | None = None
     # the environment variable, as everywhere in backprop_gpu; --backend / the file override it
     backend: str = dataclasses.field(
         default_factory=lambda: os.environ.get("BACKPROP_GPU_BACKEND", "").strip().lower() or "auto"
@@ -139,9 +177,10 @@ class Config:
         for key in ("epochs", "batch_size", "samples"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
-        for key in ("decay", "momentum", "l2", "dropout"):
-            if not math.isfinite(getattr(self, key)) or getattr(self, key) < 0:
-                raise ConfigError(f"{key}: must be a finite number >= 0, got {getattr(self, key)}")
+        for key in ("decay", "momentum", "l2", "dropout", "min_lr", "weight_decay"):
+            value = getattr(self, key)
+            if value is not None and (not math.isfinite(value) or value < 0):
+                raise ConfigError(f"{key}: must be a finite number >= 0, got {value}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"lr: must be a positive finite number, got {self.lr}")
         if self.lr is not None and self.lr > FLOAT32_MAX:  # (the models are float32)
@@ -158,6 +197,74 @@ class Config:
             raise ConfigError(
                 f"momentum: only the sgd optimizer has momentum, not {self.optimizer}"
             )
+        self._validate_controls()
+
+    def _validate_controls(self) -> None:
+        """The training controls: schedule, early stopping, clipping, weight decay."""
+        if self.schedule is not None and self.schedule not in SCHEDULES:
+            raise ConfigError(
+                f"schedule: unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)} "
+                "(none: the book's decay, 1 / (1 + decay * step))"
+            )
+        if self.schedule is not None and self.decay:
+            raise ConfigError(
+                f"decay: {self.decay:g} and schedule {self.schedule!r} are two learning-rate "
+                "schedules; pass one (decay is the default schedule, lr / (1 + decay * step))"
+            )
+        used = SCHEDULE_SETTINGS[self.schedule]
+        for key in ("warmup", "step_size", "gamma", "min_lr"):
+            if getattr(self, key) is not None and key not in used:
+                takers = [n for n, keys in SCHEDULE_SETTINGS.items() if key in keys]
+                which = " and ".join(f"--schedule {n}" for n in takers)
+                now = f"--schedule {self.schedule}" if self.schedule else "no --schedule"
+                verb = "takes" if len(takers) == 1 else "take"
+                raise ConfigError(f"{key}: only {which} {verb} it, not {now}")
+        for key, least in (("warmup", 0), ("step_size", 1), ("early_stopping", 1)):
+            value = getattr(self, key)
+            if value is not None and value < least:
+                raise ConfigError(f"{key}: must be an integer >= {least}, got {value}")
+        if self.warmup is not None and self.warmup >= self.epochs:
+            raise ConfigError(
+                f"warmup: {self.warmup} epochs, but the run has {self.epochs}; the warmup is "
+                "part of the schedule's epochs, so it must be fewer"
+            )
+        if self.schedule == "onecycle" and self.warmup == 0:
+            raise ConfigError("warmup: onecycle rises to its peak for >= 1 epoch, got 0")
+        if self.schedule == "step" and self.step_size is None:
+            raise ConfigError("step_size: --schedule step needs --step-size E, the epochs "
+                              "between the rate's drops")  # fmt: skip
+        if self.schedule == "exponential" and self.gamma is None:
+            raise ConfigError("gamma: --schedule exponential needs --gamma, the rate's factor "
+                              "each epoch, in (0, 1]")  # fmt: skip
+        if self.gamma is not None and not (math.isfinite(self.gamma) and 0 < self.gamma <= 1):
+            raise ConfigError(f"gamma: must be a number in (0, 1], got {self.gamma}")
+        for key in ("clip_norm", "clip_value"):
+            value = getattr(self, key)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{key}: must be a positive finite number, got {value}")
+        if self.clip_norm is not None and self.clip_value is not None:
+            raise ConfigError(
+                "clip_norm and clip_value: pass one of them (the result would depend on the "
+                "order they are applied in)"
+            )
+        if self.weight_decay is not None and self.optimizer not in WEIGHT_DECAY:
+            raise ConfigError(
+                f"weight_decay: only the {' and '.join(WEIGHT_DECAY)} optimizers take weight "
+                f"decay, not {self.optimizer} (L2 regularisation for any optimizer: l2)"
+            )
+
+    def resolved(self) -> Config:
+        """This config with the defaults that depend on other settings filled in (what a
+        run records in config.json): ``lr``, ``decay`` and ``weight_decay``."""
+        lr = self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+        decay = self.decay
+        if decay is None:
+            decay = DEFAULT_DECAY if self.schedule is None else 0.0
+        weight_decay = self.weight_decay
+        if weight_decay is None and self.optimizer in WEIGHT_DECAY:
+            cls = registry.lookup(self.optimizer, "optimizer")
+            weight_decay = inspect.signature(cls).parameters["weight_decay"].default
+        return dataclasses.replace(self, lr=lr, decay=decay, weight_decay=weight_decay)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], where: str = "config") -> Config:
@@ -180,8 +287,13 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "dataset": (str,), "activation": (str,), "optimizer": (str,), "backend": (str,),
     "out": (str,), "lr": (int, float), "decay": (int, float), "momentum": (int, float),
     "l2": (int, float), "dropout": (int, float), "epochs": (int,), "batch_size": (int,),
-    "samples": (int,), "seed": (int,),
+    "samples": (int,), "seed": (int,), "schedule": (str,), "warmup": (int,),
+    "step_size": (int,), "gamma": (int, float), "min_lr": (int, float),
+    "early_stopping": (int,), "clip_norm": (int, float), "clip_value": (int, float),
+    "weight_decay": (int, float),
 }  # fmt: skip
+# the settings whose None means a default (config.json holds null for them)
+_OPTIONAL = frozenset(f.name for f in dataclasses.fields(Config) if f.default is None)
 
 
 def parse_hidden(value: Any) -> tuple[int, ...]:
@@ -205,7 +317,7 @@ def parse_hidden(value: Any) -> tuple[int, ...]:
 def _coerce(key: str, value: Any, where: str) -> Any:
     if key == "hidden":
         return parse_hidden(value)
-    if value is None and key in ("lr", "out"):
+    if value is None and key in _OPTIONAL:
         return None
     types = _TYPES[key]
     if isinstance(value, bool) or not isinstance(value, types):
@@ -263,9 +375,12 @@ def load_data(config: Config) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
     return X, y, X_val, y_val
 
 
-def build_model(config: Config, n_inputs: int, n_outputs: int) -> Model:
+def build_model(config: Config, n_inputs: int, n_outputs: int, n_train: int | None = None) -> Model:
     """Dense layers of ``hidden`` sizes with the activation (and dropout) after each, then a
-    Dense output: logits with softmax cross-entropy, or a Linear output with MSE for sine."""
+    Dense output: logits with softmax cross-entropy, or a Linear output with MSE for sine.
+    The optimizer has the config's schedule (its epochs in steps of ``n_train`` samples,
+    which a schedule needs), clipping and weight decay."""
+    config = config.resolved()
     layers: list[Any] = []
     sizes = [n_inputs, *config.hidden]
     for i, (a, b) in enumerate(itertools.pairwise(sizes)):
@@ -275,10 +390,20 @@ def build_model(config: Config, n_inputs: int, n_outputs: int) -> Model:
         if config.dropout:
             layers.append(Dropout(config.dropout, seed=config.seed + i))
     layers.append(Dense(sizes[-1], n_outputs, init="glorot", seed=config.seed + len(sizes)))
-    lr = config.lr if config.lr is not None else DEFAULT_LR[config.optimizer]
-    kwargs: dict[str, Any] = {"learning_rate": lr, "decay": config.decay}
+    kwargs: dict[str, Any] = {
+        "learning_rate": config.lr,
+        "decay": config.decay,
+        "clip_norm": config.clip_norm,
+        "clip_value": config.clip_value,
+    }
     if config.optimizer == "sgd":
         kwargs["momentum"] = config.momentum
+    if config.optimizer in WEIGHT_DECAY:
+        kwargs["weight_decay"] = config.weight_decay
+    if config.schedule is not None:
+        if n_train is None:
+            raise ValueError(f"build_model: schedule {config.schedule!r} needs n_train")
+        kwargs["schedule"] = build_schedule(config, steps_per_epoch(n_train, config.batch_size))
     model = Model(layers)
     if config.dataset == "sine":
         model.add(Linear())
@@ -287,6 +412,41 @@ def build_model(config: Config, n_inputs: int, n_outputs: int) -> Model:
         model.set(loss=SoftmaxCrossEntropy(), accuracy=Accuracy())
     model.set(optimizer=registry.lookup(config.optimizer, "optimizer")(**kwargs))
     return model.finalize()
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """Optimizer steps an epoch: one a (global) batch, the last one partial. Distributed
+    training splits each batch across the ranks and steps once for all of them."""
+    return -(-n_train // batch_size)
+
+
+def build_schedule(config: Config, steps: int) -> Any:
+    """The ``Schedule`` of ``config.schedule``, its epochs converted to optimizer steps
+    (``steps`` an epoch); a ``ConfigError`` naming the setting that it refuses."""
+    assert config.schedule is not None
+    cls = registry.lookup(SCHEDULES[config.schedule], "schedule")
+    total = config.epochs * steps
+    kwargs: dict[str, Any]
+    if config.schedule == "step":
+        assert config.step_size is not None
+        gamma = 0.1 if config.gamma is None else config.gamma
+        kwargs = {"step_size": config.step_size * steps, "gamma": gamma}
+    elif config.schedule == "exponential":
+        assert config.gamma is not None
+        kwargs = {"gamma": config.gamma ** (1 / steps)}  # (gamma an epoch)
+    elif config.schedule == "cosine":
+        kwargs = {"total_steps": total, "warmup_steps": (config.warmup or 0) * steps,
+                  "min_learning_rate": config.min_lr or 0.0}  # fmt: skip
+    else:  # onecycle: max rate = lr
+        pct = 0.3 if config.warmup is None else config.warmup / config.epochs
+        kwargs = {"total_steps": total, "pct_start": pct}
+    try:
+        return cls(**kwargs)
+    except ValueError as e:  # (a cycle too short for its steps, say)
+        key = "warmup" if "pct_start" in str(e) else "schedule"  # (onecycle's peak: its warmup)
+        raise ConfigError(
+            f"{key}: --schedule {config.schedule} over {config.epochs} epochs of {steps} steps: {e}"
+        ) from None
 
 
 # --- the run's folder name and record (the folder itself: run_folder.py) ---------------------
@@ -360,8 +520,7 @@ def run(
     if dist is not None:  # before any folder is made: a misuse leaves nothing behind
         check_batch(config.batch_size, dist.size, "--distributed")
     out = on_root(dist, prepare)
-    lr = config.lr if config.lr is not None else DEFAULT_LR[config.optimizer]
-    config = dataclasses.replace(config, out=str(out), lr=lr)  # config.json: the value used
+    config = dataclasses.replace(config.resolved(), out=str(out))  # config.json: values used
     try:
         return _execute(config, False, report, progress, plots, command, dist)
     except BaseException:
@@ -401,9 +560,16 @@ def resume(
 def _resumed_config(run_dir: Path, overrides: Mapping[str, Any] | None) -> Config:
     """The saved settings of the run in ``run_dir`` with ``overrides`` (only epochs may
     change)."""
-    saved = _saved_config(run_dir, resuming=True)
+    saved = saved_config(run_dir, resuming=True)
     for key, value in (overrides or {}).items():
         value = Config.from_mapping({**saved.as_dict(), key: value}).as_dict()[key]
+        if key == "epochs" and value != saved.epochs and saved.schedule in SPANS_THE_RUN:
+            raise RunError(
+                f"{run_dir}: epochs={value!r} differs from the run's {saved.epochs}, which its "
+                f"{saved.schedule} schedule spans (its rate ends at epoch {saved.epochs}), so "
+                f"no uninterrupted run of {value} epochs would have trained as this one did; "
+                "start a new run for that many"
+            )
         if key == "epochs":
             saved = dataclasses.replace(saved, epochs=value)
         elif key != "out" and value != saved.as_dict()[key]:
@@ -417,6 +583,7 @@ def _resumed_config(run_dir: Path, overrides: Mapping[str, Any] | None) -> Confi
 
 
 ARCHITECTURE = ("dataset", "hidden", "activation", "dropout", "samples")
+SPANS_THE_RUN = ("cosine", "onecycle")  # the schedules whose length is the run's epochs
 
 
 def _execute(
@@ -443,31 +610,44 @@ def _execute(
             def load() -> tuple[Any, ...]:
                 X, y, X_val, y_val = load_data(config)
                 n_outputs = 1 if config.dataset == "sine" else int(y.max()) + 1
-                return X, y, X_val, y_val, build_model(config, X.shape[1], n_outputs)
+                return X, y, X_val, y_val, build_model(config, X.shape[1], n_outputs, len(X))
 
             # each rank loads; if one fails, all stop (none waits for it in a collective)
             X, y, X_val, y_val, model = on_every_rank(dist, load)
             history: list[dict[str, float]] = []
+            # the callbacks that decide (every rank), before the run folder's, whose checkpoint
+            # then holds their state after the epoch it saves
+            stopping = None
+            if config.early_stopping is not None:
+                stopping = EarlyStopping("val_loss", patience=config.early_stopping,
+                                         restore_best_weights=True)  # fmt: skip
+            deciding: list[Callback] = [] if stopping is None else [stopping]
 
-            def open_run() -> int:
+            def open_run() -> tuple[int, dict[str, Any]]:
                 """Take the run folder, load the checkpoint when resuming (and bring the
-                metrics and best.npz back to it), record the run; the epochs done."""
+                metrics and best.npz back to it), record the run; the epochs done and the
+                callbacks' states the checkpoint holds."""
                 nonlocal model, history, committed
                 held.enter_context(run_folder.run_lock(out))  # to the end: one writer per folder
                 run_folder.remove_temporaries(out)
                 if not resuming:  # (another run may have taken it since prepare_folder)
                     run_folder.refuse_a_used_folder(out)
+                states: dict[str, Any] = {}
                 if resuming:
                     if (out / "checkpoint.npz").is_file():
                         loaded = Model.load(out / "checkpoint.npz")
                         _check_same_architecture(loaded, model, out)
                         model = loaded
+                        states = dict(loaded.saved_extra.get("callbacks") or {})
                     # (else killed in its first epoch: it starts again from the built model)
                     done = committed = int(model.epochs_trained)
                     history = run_folder.committed_history(out, done)
                     run_folder.restore_best(out, history, done)
-                    if done >= config.epochs:
-                        return done  # nothing to do: the folder stays as it is
+                    set_states(deciding, states)
+                    if stopping is not None:
+                        _best_weights_back(stopping, out, history, model)
+                    if done >= config.epochs or _stopped(stopping):
+                        return done, states  # nothing to do: the folder stays as it is
                     recorded = json.loads((out / "config.json").read_text())
                     recorded["config"] = config.as_dict()  # the raised epoch target, if any
                     recorded.setdefault("resumed", []).append({
@@ -490,14 +670,16 @@ def _execute(
                         "command": command if command is not None else sys.argv,
                         "started": dt.datetime.now().isoformat(timespec="seconds"),
                     })  # fmt: skip
-                return int(model.epochs_trained)
+                return int(model.epochs_trained), states
 
-            # rank 0's epoch count (the others get its parameters and state in Model.train)
-            done = on_root(dist, open_run)
-            remaining = max(config.epochs - done, 0)
+            # rank 0's epoch count and callback states (the others get its parameters and
+            # optimizer state in Model.train)
+            done, states = on_root(dist, open_run)
+            set_states(deciding, states)  # (again on rank 0: the same)
+            remaining = 0 if _stopped(stopping) else max(config.epochs - done, 0)
             best_row = run_folder.best_row(history)
             timing = _EpochTimes(history)  # every rank: the rows with their seconds
-            callbacks: list[Any] = [timing]
+            callbacks: list[Any] = [timing, *deciding]
             folder = None
             if root:
                 best = math.inf if best_row is None else best_row["val_loss"]
@@ -523,16 +705,22 @@ def _execute(
                     if folder.committed is not None:
                         committed = folder.committed
             seconds = time.perf_counter() - started  # (this call's training)
+            if not remaining and stopping is not None and stopping.best_weights is not None:
+                # a resume with nothing to train: the model ends as training would have left it
+                state.put_back(list(state.walk(model.layers)), stopping.best_weights)
             # the run's end: its plots, then summary.json, last, the mark that it finished (a
             # call stopped before it, even after the last epoch, leaves it to the next resume)
             finish = root and (remaining > 0 or not (out / "summary.json").exists())
             made = None
             if finish and plots:
                 made = _plots(out, history, model if X.shape[1] == 2 else None, X, y, report)
-            summary = _summary(config, history, remaining, len(X) * remaining, seconds,
+            trained = int(model.epochs_trained) - done  # (fewer than remaining: stopped early)
+            summary = _summary(config, history, trained, len(X) * trained, seconds,
                                time.perf_counter() - called, backend.name)  # fmt: skip
             if made is not None:
                 summary["plots"] = made
+            if stopping is not None:
+                summary["early_stopping"] = _early_stopping_summary(stopping, done, remaining)
             if finish:
                 run_folder.write_json(out / "summary.json", summary)
             summary["finished"] = finish  # (this call wrote summary.json; not in the file)
@@ -546,6 +734,57 @@ def _execute(
         raise
     except KeyboardInterrupt as e:
         raise RunInterrupted(out, committed, interrupts.signum or signal.SIGINT) from e
+
+
+def set_states(callbacks: list[Callback], saved: Mapping[str, Any]) -> None:
+    """Give each callback its state from ``saved`` (``Trainer.callback_states()``, keyed
+    ``"<index>:<class>"``, as a checkpoint holds it): the states of a class in the order of
+    their indices, to the callbacks of that class in the list's order, so what else the list
+    held when they were saved (a progress bar, the run folder's log on rank 0 only) does not
+    matter."""
+    by_class: dict[str, list[Any]] = {}
+    for key in sorted(saved, key=_index):
+        by_class.setdefault(key.partition(":")[2], []).append(saved[key])
+    for callback in callbacks:
+        found = by_class.get(type(callback).__name__)
+        if found:
+            callback.set_state(found.pop(0))
+
+
+def _index(key: str) -> int:
+    head = key.partition(":")[0]
+    return int(head) if head.isdigit() else -1
+
+
+def _stopped(stopping: EarlyStopping | None) -> bool:
+    """Whether early stopping has ended the run: ``patience`` epochs without improvement
+    (what its state says after the epoch it stopped at, also in a checkpoint)."""
+    return stopping is not None and stopping.wait >= max(stopping.patience, 1)
+
+
+def _best_weights_back(
+    stopping: EarlyStopping, out: Path, history: list[dict[str, float]], model: Model
+) -> None:
+    """A resumed run's early stopping gets the weights of its best epoch back from best.npz
+    (the uninterrupted run kept them in memory; the checkpoint keeps the count): that file
+    holds the first epoch of lowest val_loss, which is early stopping's best (``val_loss``,
+    ``min_delta=0``), when the epochs agree."""
+    best = run_folder.best_row(history)
+    path = out / "best.npz"
+    if best is None or int(best["epoch"]) != stopping.best_epoch or not path.is_file():
+        return
+    saved = Model.load(path)
+    stopping.best_weights = state.copy_of(list(state.walk(saved.layers)), model.backend.xp)
+
+
+def _early_stopping_summary(stopping: EarlyStopping, done: int, remaining: int) -> dict[str, Any]:
+    """What summary.json says of early stopping: the best epoch (whose weights the run ends
+    with) and the epoch it stopped after (None: the epoch limit came first)."""
+    stopped = stopping.stopped_epoch or None
+    if stopped is None and _stopped(stopping) and not remaining:
+        stopped = done  # (a resume of a stopped run: it stopped at its last epoch)
+    return {"patience": stopping.patience, "best_epoch": stopping.best_epoch,
+            "stopped_epoch": stopped}  # fmt: skip
 
 
 def _nonfinite(model: Model) -> str | None:
@@ -562,7 +801,7 @@ def _nonfinite(model: Model) -> str | None:
     return None
 
 
-def _saved_config(run_dir: Path, resuming: bool = False) -> Config:
+def saved_config(run_dir: Path, resuming: bool = False) -> Config:
     """The settings in ``run_dir/config.json``; a ``RunError`` saying what ``run_dir`` is when
     it is not a run folder (missing, a file, a parent of run folders, ...)."""
     path = run_dir / "config.json"
@@ -795,7 +1034,7 @@ def _load_run_model(run_dir: Path, best: bool) -> tuple[Model, Path, Config]:
     """The model ``evaluate`` and ``predict`` use (best.npz if present and ``best``, else
     checkpoint.npz), its file and the run's settings; a ``RunError`` saying what ``run_dir``
     holds instead."""
-    config = _saved_config(run_dir)
+    config = saved_config(run_dir)
     for name in ("best.npz", "checkpoint.npz") if best else ("checkpoint.npz",):
         path = run_dir / name
         if path.is_file():

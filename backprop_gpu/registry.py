@@ -1,11 +1,12 @@
 """The one registry of classes that are named in files and on the command line: layers,
-losses, optimizers and accuracies, by name.
+losses, optimizers, accuracies and learning-rate schedules, by name.
 
-``Model.save`` writes each layer, the loss, the accuracy and the optimizer as
-``{"class": name, "config": obj.get_config()}``; ``Model.load`` looks the name up here and
-calls ``cls(**config)``. The command line's lower-case names (``--optimizer adam``,
-``--activation relu``) are looked up here too, case-insensitively. Every built-in class is
-registered where it is defined; register your own with the decorator::
+``Model.save`` writes each layer, the loss, the accuracy and the optimizer (with its
+schedule) as ``{"class": name, "config": obj.get_config()}``; ``Model.load`` looks the name up
+here and calls ``cls(**config)``. The command line's names (``--optimizer adam``,
+``--activation relu``, ``--schedule cosine``) are looked up here too, case-insensitively.
+Every built-in class is registered where it is defined (a ``Schedule`` subclass registers
+itself when it is defined); register your own with the decorator::
 
     @bg.register
     class LeakyReLU(bg.Layer):
@@ -13,7 +14,7 @@ registered where it is defined; register your own with the decorator::
 
 and import its module before ``Model.load`` reads a file that names it.
 
-One name space for all four kinds (a name means one class), and no two names that differ
+One name space for all five kinds (a name means one class), and no two names that differ
 only in case (so the case-insensitive names stay unambiguous). Registering a name again with
 a class of the same module and qualified name replaces it (a re-run notebook cell, a
 reloaded module); with any other class it is an error naming both.
@@ -24,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
-KINDS = ("layer", "loss", "optimizer", "accuracy")
+KINDS = ("layer", "loss", "optimizer", "accuracy", "schedule")
 
 _CLASSES: dict[str, type] = {}  # registered name -> class
 _NAMES: dict[type, str] = {}  # class -> its registered name
@@ -41,8 +42,9 @@ def register(cls: Any = None, *, name: str | None = None) -> Any:
     command line can name it; returns ``cls`` unchanged. As a decorator: ``@register`` or
     ``@register(name="...")``.
 
-    The kind comes from the base class (``Layer``, ``Loss``, ``Optimizer``, ``Accuracy``); a
-    class with ``forward`` and ``backward`` but none of those bases counts as a layer.
+    The kind comes from the base class (``Layer``, ``Loss``, ``Optimizer``, ``Accuracy``,
+    ``Schedule``); a class with ``forward`` and ``backward`` but none of those bases counts as
+    a layer.
     """
     if cls is None:
         return lambda c: register(c, name=name)
@@ -69,16 +71,17 @@ def register(cls: Any = None, *, name: str | None = None) -> Any:
 
 
 def kind_of(cls: type) -> str:
-    """``"layer"``, ``"loss"``, ``"optimizer"`` or ``"accuracy"``: the ``registry_kind`` of a
-    base class, else ``"layer"`` for a class with ``forward`` and ``backward``."""
+    """``"layer"``, ``"loss"``, ``"optimizer"``, ``"accuracy"`` or ``"schedule"``: the
+    ``registry_kind`` of a base class, else ``"layer"`` for a class with ``forward`` and
+    ``backward``."""
     kind = getattr(cls, "registry_kind", None)
     if kind in KINDS:
         return str(kind)
     if callable(getattr(cls, "forward", None)) and callable(getattr(cls, "backward", None)):
         return "layer"
     raise TypeError(
-        f"register: {_where(cls)} is not a layer, loss, optimizer or accuracy (derive from "
-        "bg.Layer, or give it forward and backward methods)"
+        f"register: {_where(cls)} is not a layer, loss, optimizer, accuracy or schedule "
+        "(derive from bg.Layer, or give it forward and backward methods)"
     )
 
 
@@ -88,9 +91,7 @@ def lookup(name: str, kind: str) -> type:
     register a class of your own."""
     if kind not in KINDS:
         raise ValueError(f"lookup: kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    cls = _CLASSES.get(name)
-    if cls is None and isinstance(name, str):
-        cls = next((c for n, c in _CLASSES.items() if n.casefold() == name.casefold()), None)
+    cls = find(name)
     if cls is None:
         raise ValueError(
             f"unknown {kind} class {name!r}: if it is your own, decorate it with "
@@ -101,6 +102,15 @@ def lookup(name: str, kind: str) -> type:
         raise ValueError(
             f"{name!r} is registered as kind {kind_of(cls)!r} ({_where(cls)}), not {kind!r}"
         )
+    return cls
+
+
+def find(name: str) -> type | None:
+    """The class registered as ``name``, or under a name equal to it but for case, whatever
+    its kind; None if there is none."""
+    cls = _CLASSES.get(name)
+    if cls is None and isinstance(name, str):
+        cls = next((c for n, c in _CLASSES.items() if n.casefold() == name.casefold()), None)
     return cls
 
 

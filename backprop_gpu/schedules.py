@@ -21,9 +21,11 @@ Without ``schedule=`` an optimizer uses the book's ``InverseTimeDecay(decay)``, 
 ``torch.optim.lr_scheduler`` on the same steps (see each class; tests/test_schedules.py).
 
 A schedule is saved as ``{"class": name, "config": get_config()}`` inside its optimizer's
-config, and the optimizer's constructor takes that spec back. Your own schedule: subclass
-``Schedule``, define ``__call__`` and ``get_config`` (its constructor's arguments); defining the
-class registers it by name, so ``Model.load`` finds it once its module is imported.
+config, and the optimizer's constructor takes that spec back, looking the name up in the one
+registry of layers, losses, optimizers and schedules (``registry.py``). Your own schedule:
+subclass ``Schedule``, define ``__call__`` and ``get_config`` (its constructor's arguments);
+defining the class registers it under its class name (``@bg.register(name=...)`` adds
+another), so ``Model.load`` finds it once its module is imported.
 """
 
 from __future__ import annotations
@@ -34,31 +36,30 @@ import numbers
 from collections.abc import Mapping
 from typing import Any
 
-from . import _checks
-
-SCHEDULES: dict[str, type[Schedule]] = {}
-"""Every ``Schedule`` subclass by class name (filled as the classes are defined)."""
+from . import _checks, registry
 
 
 class Schedule(abc.ABC):
     """The learning rate of each optimizer step, from the optimizer's base learning rate.
 
-    Subclasses define ``__call__`` (a pure function of its two arguments) and ``get_config``.
+    Subclasses define ``__call__`` (a pure function of its two arguments) and ``get_config``;
+    defining one registers it under its class name (``registry.register``).
     """
+
+    registry_kind = "schedule"  # (what the registry files subclasses under)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        known = SCHEDULES.get(cls.__name__)
-        if known is not None and (known.__module__, known.__qualname__) != (
-            cls.__module__,
-            cls.__qualname__,
-        ):
+        try:  # (the same class defined again, in a notebook: replaces the old one)
+            registry.register(cls)
+        except ValueError:  # the name is another class's (a schedule, a layer, ...)
+            known = registry.find(cls.__name__)
+            assert known is not None
             raise TypeError(
                 f"Schedule {cls.__name__!r}: the name is taken by {known.__module__}."
-                f"{known.__qualname__}; checkpoints find schedules by class name, so give "
+                f"{known.__qualname__}; checkpoints find schedules by registered name, so give "
                 "this one another name"
-            )
-        SCHEDULES[cls.__name__] = cls  # (the same class defined again, in a notebook: kept)
+            ) from None
 
     @abc.abstractmethod
     def __call__(self, learning_rate: float, iteration: int) -> float:
@@ -71,7 +72,7 @@ class Schedule(abc.ABC):
 
     def spec(self) -> dict[str, Any]:
         """``{"class": name, "config": get_config()}``: what ``from_spec`` builds back."""
-        return {"class": type(self).__name__, "config": self.get_config()}
+        return {"class": registry.name_of(self), "config": self.get_config()}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
@@ -100,13 +101,18 @@ def from_spec(schedule: Any, where: str) -> Schedule:
         raise ValueError(
             f'{where} spec must be {{"class": name, "config": {{...}}}}, got {schedule!r}'
         )
-    if name not in SCHEDULES:
-        raise ValueError(
-            f"{where}: unknown schedule class {name!r}; known: {', '.join(sorted(SCHEDULES))} "
-            "(a schedule of your own registers when its module is imported)"
-        )
     try:
-        return SCHEDULES[name](**config)
+        if not isinstance(name, str):
+            raise ValueError(name)
+        cls: type[Schedule] = registry.lookup(name, "schedule")
+    except ValueError:
+        known = ", ".join(sorted(registry.names("schedule")))
+        raise ValueError(
+            f"{where}: unknown schedule class {name!r}; known: {known} (a schedule of your own "
+            "registers when its module is imported)"
+        ) from None
+    try:
+        return cls(**config)
     except TypeError as e:  # an unexpected or missing argument
         raise TypeError(f"{where}: cannot build {name} from {dict(config)!r}: {e}") from None
 

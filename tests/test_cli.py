@@ -92,8 +92,8 @@ def test_train_writes_a_complete_run_folder(tmp_path: Path) -> None:
 
     config = json.loads((out / "config.json").read_text())
     expected = experiment.Config(
-        epochs=3, samples=150, hidden=(16,), batch_size=32, out=str(out), lr=0.02
-    )  # every resolved setting: Adam's default learning rate is written out
+        epochs=3, samples=150, hidden=(16,), batch_size=32, out=str(out), lr=0.02, decay=1e-4
+    )  # every resolved setting: Adam's default learning rate and the book's decay written out
     assert config["config"] == expected.as_dict()
     assert config["backend"]["name"] == ("cupy" if GPU_OK else "numpy")
     assert config["backend"]["reason"].startswith("auto: ")
@@ -591,9 +591,8 @@ def test_usage_errors_exit_2(
             "you mean --no-plots?",
         ),
         (
-            ["train", "--weight-decay", "1e-4"],
-            "--weight-decay 1e-4; --weight-decay: L2 regularisation is --l2 (--decay: the "
-            "learning rate's decay)",
+            ["train", "--weight_decay", "0.1"],
+            "--weight_decay 0.1; --weight_decay: did you mean --weight-decay?",
         ),
         (["train", "--verbose"], "--verbose"),  # (nothing close)
         (

@@ -13,6 +13,7 @@ import pytest
 
 import backprop_gpu as bg
 from backprop_gpu import checkpoint, experiment, registry
+from backprop_gpu.datasets import spiral_data
 from backprop_gpu.testing import check_layer
 
 RNG = np.random.default_rng(14)
@@ -197,7 +198,7 @@ def test_a_redefined_class_replaces_the_old_one() -> None:
 def test_register_refuses_what_no_checkpoint_could_hold() -> None:
     with pytest.raises(TypeError, match="register: expected a class, got 3"):
         bg.register(3)  # type: ignore[call-overload]
-    with pytest.raises(TypeError, match="is not a layer, loss, optimizer or accuracy"):
+    with pytest.raises(TypeError, match="is not a layer, loss, optimizer, accuracy or schedule"):
         bg.register(dict)
     with pytest.raises(ValueError, match="name must be a Python identifier, got 'a b'"):
         bg.register(name="a b")(bg.ReLU)
@@ -236,8 +237,6 @@ def test_the_cli_default_learning_rates_are_the_classes_but_adams() -> None:
 
 
 def spiral_model(*middle: Any) -> tuple[bg.Model, np.ndarray, np.ndarray]:
-    from backprop_gpu.datasets import spiral_data
-
     X, y = spiral_data(30, 3, seed=0)
     model = bg.Model([bg.Dense(2, 8, seed=0), *middle, bg.Dense(8, 3, seed=1)])
     model.set(loss=bg.SoftmaxCrossEntropy(), optimizer=bg.Adam(0.02))
@@ -305,3 +304,51 @@ def test_the_metadata_of_a_custom_layer_is_plain_json(tmp_path: Path) -> None:
     model.save(tmp_path / "m.npz")
     _, meta = checkpoint.load(tmp_path / "m.npz")
     assert json.loads(json.dumps(meta))["layers"][1]["config"] == {"alpha": 0.5}
+
+
+# --- schedules: the same registry ----------------------------------------------------------
+
+
+def test_schedules_are_in_the_one_registry() -> None:
+    built_in = ("InverseTimeDecay", "StepDecay", "ExponentialDecay", "CosineDecay", "OneCycle")
+    assert registry.names("schedule")[:5] == built_in  # (then those the test modules define)
+    assert registry.lookup("cosinedecay", "schedule") is bg.CosineDecay
+    with pytest.raises(ValueError, match=r"'Dense' is registered as kind 'layer'"):
+        registry.lookup("Dense", "schedule")
+    with pytest.raises(ValueError, match=r"SGD: schedule: unknown schedule class 'Dense'"):
+        bg.SGD(schedule={"class": "Dense", "config": {}})  # a layer is no schedule
+
+
+def test_a_schedule_registered_with_register_is_found_by_the_checkpoint_loader(
+    backend: bg.Backend, tmp_path: Path
+) -> None:
+    """Saved under the name @bg.register gave it; Model.load finds the class by that name
+    (and by nothing else: with the name gone from the registry, the load is refused)."""
+
+    @bg.register(name="HalvingEvery")
+    class Halve(bg.Schedule):
+        def __init__(self, every: int) -> None:
+            self.every = every
+
+        def __call__(self, learning_rate: float, iteration: int) -> float:
+            return learning_rate * 0.5 ** (iteration // self.every)
+
+        def get_config(self) -> dict[str, Any]:
+            return {"every": self.every}
+
+    X, y = spiral_data(30, 3, seed=0)
+    model = bg.Model([bg.Dense(2, 8, seed=0), bg.ReLU(), bg.Dense(8, 3, seed=1)])
+    model.set(loss=bg.SoftmaxCrossEntropy(), optimizer=bg.SGD(0.5, schedule=Halve(every=3)))
+    model.finalize().train(X, y, epochs=2, batch_size=30, print_every=0, seed=0)  # 3 steps each
+    model.save(tmp_path / "m.npz")
+    _, meta = checkpoint.load(tmp_path / "m.npz")
+    assert meta["optimizer"]["config"]["schedule"] == {"class": "HalvingEvery",
+                                                       "config": {"every": 3}}  # fmt: skip
+    loaded = bg.Model.load(tmp_path / "m.npz")
+    assert loaded.optimizer is not None and type(loaded.optimizer.schedule) is Halve
+    # step 6, the next epoch's first: 6 // 3 = 2 halvings; steps 7, 8 too (the row's rate: 8's)
+    history = loaded.train(X, y, epochs=1, batch_size=30, print_every=0, seed=0)
+    assert history[0]["learning_rate"] == 0.5 / 2**2
+    del registry._CLASSES["HalvingEvery"]
+    with pytest.raises(bg.CheckpointError, match="unknown schedule class 'HalvingEvery'"):
+        bg.Model.load(tmp_path / "m.npz")

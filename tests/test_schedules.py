@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import backprop_gpu as bg
-from backprop_gpu import checkpoint, schedules
+from backprop_gpu import checkpoint, registry
 from backprop_gpu.datasets import spiral_data
 
 from .test_model import params
@@ -530,4 +530,5 @@ class Halving(bg.Schedule):
 
 def test_registry_holds_the_built_ins() -> None:
     for name in ("InverseTimeDecay", "StepDecay", "ExponentialDecay", "CosineDecay", "OneCycle"):
-        assert schedules.SCHEDULES[name] is getattr(bg, name)
+        assert registry.lookup(name, "schedule") is getattr(bg, name)
+        assert registry.kind_of(getattr(bg, name)) == "schedule"
