@@ -591,8 +591,7 @@ class TerminateOnNaN(Callback):
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self.restore:
             model = self.model
-            slots = list(state.walk(model.layers, model.optimizer))
-            self._saved = state.copy_of(slots, model.backend.xp, self._saved)
+            self._saved = state.copy_of(self.trainer.slots, model.backend.xp, self._saved)
             opt = model.optimizer
             self._counters = (opt.iterations, opt.learning_rate, opt.current_learning_rate,
                               model.epochs_trained)  # fmt: skip
@@ -602,7 +601,7 @@ class TerminateOnNaN(Callback):
         non-finite (``message`` says where); the epoch is not added to the history."""
         if self.restore and self._saved is not None:
             model = self.model
-            state.put_back(list(state.walk(model.layers, model.optimizer)), self._saved)
+            state.put_back(self.trainer.slots, self._saved)
             opt = model.optimizer
             opt.iterations, opt.learning_rate, opt.current_learning_rate, epochs = self._counters
             model.epochs_trained = epochs

@@ -32,7 +32,7 @@ from .callbacks import Callback, LambdaCallback, PrintEpochs, TerminateOnNaN, ov
 from .inputs import Unchecked
 from .layers import Dense, Dropout
 from .metrics import Hits, batch_accuracy
-from .state import walk
+from .state import Slot, walk
 from .strategy import Local
 
 History = list[dict[str, float]]
@@ -66,6 +66,7 @@ class Trainer:
         self.stop_training = False
         self.epochs_left = 0
         self.metric_names: tuple[str, ...] = ()
+        self.slots: list[Slot] = []  # every array of the training state (set by fit)
         self.history: History = []
         # NumPy: each Dense's arrays of the last step, rewritten by the next (see _pass)
         self._step_buffers: dict[Any, dict[str, Any]] | None = None
@@ -158,6 +159,7 @@ class Trainer:
             lambda: self._inputs(X, y, epochs, batch_size, validation_data)
         )
         model._pack()  # (again, if a parameter or state was replaced since)
+        self.slots = list(walk(model.layers, model.optimizer))  # (the state's arrays, by name)
         deciding = [repr(cb) for cb in self.callbacks if not cb.writes]  # (on every rank)
         settings = {"epochs": epochs, "batch_size": size, "shuffle": shuffle, "seed": seed,
                     "callbacks": deciding}  # fmt: skip
@@ -298,7 +300,7 @@ class Trainer:
                 cb.on_batch_end(len(steps) - 1, {"size": hi - lo, "loss": steps[-1][0]})
         strategy.end_epoch(dropouts)
         inputs.check_pending("Model.train")  # (a hand loop's, if any)
-        slots = [s for s in walk(model.layers, model.optimizer) if s.value is not None]
+        slots = [s for s in self.slots if s.value is not None]
         finite = model.backend.ops.finite_flags([s.value for s in slots])  # read with metrics
         hits = {i: step[2].rows for i, step in enumerate(steps) if isinstance(step[2], Hits)}
         steps = [(s[0], s[1], s[2].count) if isinstance(s[2], Hits) else s for s in steps]
