@@ -269,3 +269,38 @@ def test_the_copy_stream_and_the_compute_stream_are_ordered_by_events() -> None:
         ("wait", compute, "event 1"), ("record", compute, "event 3"),         # step 2
     ]  # fmt: skip
     assert log == expected
+
+
+# --- the benchmark ---------------------------------------------------------------------------
+
+
+def test_the_streaming_benchmark_prints_its_measurements_and_targets(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``python -m benchmarks.streaming --quick``, small: every line it promises, numbers
+    that add up (budget = parts), and the temporary data folder removed. (A script, not a
+    timed test: only the format and the arithmetic are checked here.)"""
+    import re
+    import tempfile
+
+    from benchmarks import streaming
+
+    before = set(Path(tempfile.gettempdir()).glob("bg-streaming-*"))
+    assert streaming.main(["--quick", "--file-mib", "4", "--batch", "128", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert set(Path(tempfile.gettempdir()).glob("bg-streaming-*")) == before
+    parts = re.search(r"budget ([\d.]+) MiB = model \+ optimizer state ([\d.]+) MiB \+ 4 batches "
+                      r"([\d.]+) MiB \+ 64 MiB", out)  # fmt: skip
+    assert parts is not None
+    total, state, batches = (float(v) for v in parts.groups())
+    assert abs(total - (state + batches + 64)) <= 0.15
+    assert abs(batches - 4 * 128 * (784 * 4 + 8) / 2**20) <= 0.05
+    assert re.search(r"memory: \d+ steps of 128 in [\d.]+ s \([\d.]+ steps/s\)", out)
+    assert re.search(r"peak RssAnon [\d.]+ MiB .* held by training -?[\d.]+ MiB", out)
+    assert out.count("the file is under 4x the budget") == 2
+    speed = re.search(
+        r"target: streamed / in-memory step time ([\d.]+) .* <= 1.15: (PASS|MISS)", out
+    )
+    assert speed is not None
+    assert (float(speed.group(1)) <= 1.15) == (speed.group(2) == "PASS")
+    assert re.search(r"target: GPU streamed / on-device step time .*(needs a GPU|PASS|MISS)", out)
