@@ -29,20 +29,29 @@ def batch(backend: Backend, inputs: Any, n_features: int, dtype: Any, where: str
     if array_library(inputs) in ("numpy", None):
         inputs = host_array(inputs, f"{where} inputs")
         warn_if_integer(inputs.dtype, where)
-    x = backend.asarray(inputs, dtype, what=f"{where} inputs")
+    else:
+        inputs = backend.asarray(inputs, what=f"{where} inputs")
+    batch_shape(inputs, n_features, where, "inputs", " (the layer's n_inputs)")
+    return backend.asarray(inputs, dtype, what=f"{where} inputs")
+
+
+def batch_shape(x: Any, n_features: int | None, where: str, name: str, origin: str = "") -> Any:
+    """``x`` when it is a 2-D batch (samples, n_features) with samples > 0, else
+    ``ValueError`` naming ``where`` and ``name`` (``origin``: where n_features comes from).
+    A layer's inputs and a Model pass's X alike."""
+    shape = tuple(x.shape)
     if x.ndim != 2:
-        hint = " (one sample? use x.reshape(1, -1))" if x.ndim == 1 else ""
+        hint = f" (one sample? use {name}.reshape(1, -1))" if x.ndim == 1 else ""
         raise ValueError(
-            f"{where} expected a 2-D batch of shape (batch, {n_features}), "
-            f"got a {x.ndim}-D array of shape {tuple(x.shape)}{hint}"
+            f"{where} expected {name} as a 2-D batch of shape (samples, {n_features}), got "
+            f"{x.ndim}-D shape {shape}{hint}"
         )
-    if x.shape[1] != n_features:
+    if n_features is not None and shape[1] != n_features:
         raise ValueError(
-            f"{where} expected inputs with {n_features} features (shape (batch, {n_features})), "
-            f"got shape {tuple(x.shape)}"
+            f"{where} expected {name} with {n_features} features{origin}, got shape {shape}"
         )
-    if x.shape[0] == 0:
-        raise ValueError(f"{where} got an empty batch (shape {tuple(x.shape)})")
+    if shape[0] == 0:
+        raise ValueError(f"{where} got an empty batch: {name} has shape {shape}")
     return x
 
 

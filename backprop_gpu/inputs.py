@@ -134,21 +134,8 @@ def host_x(model: Model, X: Any, where: str) -> np.ndarray:
 
 def check_x_shape(model: Model, x: Any, where: str) -> Any:
     """``x`` when it is (samples, the first Dense's n_inputs) with samples > 0."""
-    n_inputs = model.n_inputs
-    if x.ndim != 2:
-        hint = " (one sample? use X.reshape(1, -1))" if x.ndim == 1 else ""
-        raise ValueError(
-            f"{where}: expected X of shape (samples, {n_inputs}), got {x.ndim}-D "
-            f"shape {tuple(x.shape)}{hint}"
-        )
-    if n_inputs is not None and x.shape[1] != n_inputs:
-        raise ValueError(
-            f"{where}: expected X with {n_inputs} features (the first Dense's "
-            f"n_inputs), got shape {tuple(x.shape)}"
-        )
-    if x.shape[0] == 0:
-        raise ValueError(f"{where}: X is empty (shape {tuple(x.shape)})")
-    return x
+    origin = " (the first Dense's n_inputs)"
+    return _checks.batch_shape(x, model.n_inputs, f"{where}:", "X", origin)
 
 
 def host_y(model: Model, y: Any, n: int, where: str) -> np.ndarray:
