@@ -534,8 +534,11 @@ class DeviceArray:
     def set(self, arr: np.ndarray, stream: EmulatedStream | None = None) -> None:
         """``cupy.ndarray.set``: a host-to-device copy into this array, on ``stream`` (async:
         ``arr`` must be pinned) or the current one."""
-        if not _is_host_array(arr) or arr.shape != self.shape:
-            raise ValueError(f"benchmarks.trace: set needs a host array of shape {self.shape}")
+        if not _is_host_array(arr) or arr.shape != self.shape or arr.dtype != self.dtype:
+            raise ValueError(  # (CuPy: TypeError or ValueError; neither casts nor reshapes)
+                f"benchmarks.trace: set needs a host array of shape {self.shape} and dtype "
+                f"{self.dtype}, got {type(arr).__name__} {getattr(arr, 'shape', '')}"
+            )
         if stream is not None and not self._xp.is_pinned(arr):
             raise ValueError(
                 "benchmarks.trace: an asynchronous copy from pageable host memory (CUDA runs "
