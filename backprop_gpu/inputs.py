@@ -1,17 +1,24 @@
-"""How data enters a ``Model``'s passes (``train``, ``evaluate``, ``predict``).
+"""How data enters a ``Model``'s passes (``train``, ``evaluate``, ``predict``): the checks,
+the casting, the labels, and the copy or the stream.
 
-Data come in as host arrays (NumPy, lists) or arrays already on the model's device. Each call
-checks them once, on the host where they live there (shape, NaN/Inf, labels against the
-model's classes), and copies them to the device once; the steps then run with the per-call
-label checks of the loss and accuracy off (``Unchecked``), since the whole data set passed.
+Data come in as host arrays (NumPy, lists, memory-mapped files) or arrays already on the
+model's device. Each call checks them once, on the host where they live there (shape,
+NaN/Inf and labels against the model's classes, in blocks for a file), and places them
+(``place``): copied to the device once (``DeviceData``), or left on the host and streamed a
+batch at a time (``HostData``, through the backend's ``Transfer``). The trainer and
+``evaluate`` ask the ``Data`` for their batches and never where it lives. The steps then run
+with the per-call label checks of the loss and accuracy off (``Unchecked``), since the whole
+data set passed.
 
-    X_dev, y_dev = prepare_xy(model, X, y, "Model.train")   # train, evaluate
-    X_dev = prepare_x(model, X, "Model.predict", sync_ok=False)
-    size = batch_size(batch_size, X_dev.shape[0], "Model.train")
+    data = prepare(model, X, y, "Model.train", data_on_device)   # train, evaluate
+    for Xb, yb in data.batches(order, [(0, 128), (128, 200)]): ...
+    X_dev = prepare_x(model, X, "Model.predict", sync_ok=False)   # predict: on the device
+    size = batch_size(batch_size, data.n, "Model.train")
 """
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -164,7 +171,7 @@ def _classes(model: Model, where: str) -> int:
 Ranges = Sequence[tuple[int, int]]
 
 
-class Data:
+class Data(abc.ABC):
     """A checked data set of a pass, asked for its batches: ``batches(order, ranges)``
     gives the rows ``order[lo:hi]`` (``lo:hi`` when ``order`` is None) of each ``(lo, hi)``
     in turn, as (X, y) device arrays in the model's dtype (int64 labels) for the next step.
@@ -173,16 +180,17 @@ class Data:
     on_device = True
     n: int
 
+    @abc.abstractmethod
     def order(self, permutation: np.ndarray) -> Any:
         """An epoch's shuffle (host int64) where this data takes it from."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def batches(self, order: Any, ranges: Ranges) -> Iterator[tuple[Any, Any]]:
-        raise NotImplementedError
+        """The batches of ``ranges`` in turn (see the class)."""
 
+    @abc.abstractmethod
     def host_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Rows ``rows`` of X and y on the host, as on the device (a data set's fingerprint)."""
-        raise NotImplementedError
 
 
 class DeviceData(Data):
