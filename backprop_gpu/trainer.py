@@ -70,7 +70,6 @@ class Trainer:
         self.history: History = []
         # NumPy: each Dense's arrays of the last step, rewritten by the next (see _pass)
         self._step_buffers: dict[Any, dict[str, Any]] | None = None
-        self._batch_buffers: dict[str, Any] | None = None
 
     # --- the callbacks ---------------------------------------------------------------------
 
