@@ -35,11 +35,12 @@ from .losses import (
 )
 from .metrics import Accuracy, BinaryAccuracy, batch_accuracy
 from .optimizers import Optimizer
-from .strategy import Local
 
 if TYPE_CHECKING:
     from .callbacks import Callback
     from .trainer import History
+
+Reduce = Callable[[list[Any]], Any]  # (the ranks' sum of an evaluation's sums)
 
 
 class Model:
@@ -294,23 +295,22 @@ class Model:
         with inputs.Unchecked(self.loss, self.accuracy):
             return self._evaluate(data, size)
 
-    def _evaluate(
-        self, data: inputs.Data, size: int, strategy: Local | None = None
-    ) -> dict[str, float]:
-        """Mean loss and accuracy over ``data`` (``inputs.prepare``'s); distributed
-        (``strategy``), each rank evaluates its rows and the sums are reduced."""
+    def _evaluate(self, data: inputs.Data, size: int, rows: tuple[int, int] | None = None,
+                  reduce: Reduce | None = None) -> dict[str, float]:  # fmt: skip
+        """Mean loss and accuracy over ``data`` (``inputs.prepare``'s); distributed, each
+        rank evaluates its ``rows`` and ``reduce`` sums the (loss, accuracy) sums over ranks."""
         assert self.loss is not None
-        strategy = strategy if strategy is not None else Local()
-        n = data.n
-        lo, hi = strategy.evaluation_rows(n)
-        sums = [0.0, 0.0]
+        n, sums = data.n, [0.0, 0.0]
+        lo, hi = rows if rows is not None else (0, n)
         ranges = [(start, min(start + size, hi)) for start in range(lo, hi, size)]
         for Xb, yb in data.batches(None, ranges):
             output = self.forward(Xb, training=False)
             loss = self.loss.forward(output, yb)
             accuracy = batch_accuracy(self.accuracy, self.loss, output, yb)
             sums = [s + v * Xb.shape[0] for s, v in zip(sums, (loss, accuracy), strict=True)]
-        loss_sum, acc_sum = strategy.sum(list(host_values(self.backend, sums)))
+        loss_sum, acc_sum = list(host_values(self.backend, sums))
+        if reduce is not None:
+            loss_sum, acc_sum = reduce([loss_sum, acc_sum])
         return {"loss": float(loss_sum) / n, "accuracy": float(acc_sum) / n}
 
     @on_its_gpu
