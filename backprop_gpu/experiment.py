@@ -209,7 +209,8 @@ class Config:
         if self.schedule is not None and self.decay:
             raise ConfigError(
                 f"decay: {self.decay:g} and schedule {self.schedule!r} are two learning-rate "
-                "schedules; pass one (decay is the default schedule, lr / (1 + decay * step))"
+                "schedules; pass one (decay is the default schedule, lr / (1 + decay * step); "
+                "drop decay from the config file or pass --decay 0)"
             )
         used = SCHEDULE_SETTINGS[self.schedule]
         for key in ("warmup", "step_size", "gamma", "min_lr"):
