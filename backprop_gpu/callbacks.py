@@ -366,8 +366,10 @@ class ModelCheckpoint(_Monitor):
         save_best_only: bool = False,
         mode: str = "auto",
         copy_from: str | os.PathLike[str] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(monitor, mode, "ModelCheckpoint")
+        self.extra = dict(extra or {})  # JSON-able, kept in each file's metadata
         self.filepath = os.fspath(filepath)
         self.save_best_only = bool(save_best_only)
         # a file another checkpoint wrote this very epoch: copied instead of saving again
@@ -402,7 +404,8 @@ class ModelCheckpoint(_Monitor):
 
             copy_file(self.copy_from, path)
         else:
-            self.model.save(path, extra={"callbacks": self.trainer.callback_states()})
+            states = self.trainer.callback_states()
+            self.model.save(path, extra={**self.extra, "callbacks": states})
         self.saved.append(path)
 
     def get_state(self) -> dict[str, Any]:
