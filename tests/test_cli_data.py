@@ -6,6 +6,8 @@ usage, 1 for bad data, no run folder left behind)."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -252,3 +254,41 @@ def test_predict_on_a_built_in_run_takes_npy_only(
     assert "not a .npy file" in capsys.readouterr().err
     with pytest.raises(experiment.RunError, match="a run on a built-in data set takes its"):
         experiment.predictions(out, f"{E}/iris-like-new.csv")
+
+
+def test_the_readme_commands_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's "Your own data" commands and Python, as written but for fewer epochs,
+    from a folder holding the examples."""
+    pytest.importorskip("PIL")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Your own data") : readme.index("## The GPU path")]
+    (tmp_path / "examples").symlink_to(EXAMPLES.parent)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BACKPROP_GPU_BACKEND", "numpy")
+    commands = re.findall(r"```bash\n(.*?)```", section, re.S)[0].replace("\\\n", " ")
+    ran = []
+    for line in commands.splitlines():
+        argv = shlex.split(line, comments=True)
+        if argv[0] != "backprop-gpu":
+            continue
+        if argv[1] == "train":
+            epochs = "3" if "--resume" in argv else "2"
+            argv += ["--epochs", epochs, "--quiet", "--no-plots", "--hidden", "8"]
+            if "--resume" in argv:
+                argv = argv[:-2]  # (a resume keeps its hidden sizes)
+        capsys.readouterr()
+        assert cli.main(argv[1:]) == 0, line
+        ran.append(argv[1])
+        if argv[1] == "predict":
+            printed = capsys.readouterr().out.splitlines()
+            assert printed and all(re.fullmatch(r"(\S+\t)?[a-z]+", p) for p in printed)
+    assert ran.count("train") == 6 and ran.count("predict") == 2
+    python = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    python = python.replace('"epochs": 60', '"epochs": 2')
+    capsys.readouterr()
+    exec(compile(python, "README.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "(96, 4) ['setosa', 'versicolor', 'virginica']"
+    assert len(eval(lines[1])) == 6

@@ -302,11 +302,11 @@ def test_the_example_idx_files() -> None:
 
 def test_image_folder_classes_and_pixels() -> None:
     pytest.importorskip("PIL")
-    images, labels = make_examples().bar_images(24, 5)  # type: ignore[attr-defined]
+    images, labels = make_examples().bar_images(48, 5)  # type: ignore[attr-defined]
     loaded = data.load(EXAMPLES / "shapes", val_split=0.25)
     info = loaded.description
     assert info.class_names == ["diagonal", "horizontal", "vertical"]
-    assert info.input_shape == (8, 8) and loaded.X.shape == (18, 64)
+    assert info.input_shape == (8, 8) and loaded.X.shape == (36, 64)
     table = data.read(EXAMPLES / "shapes")
     assert table.row_names is not None
     for name, pixels in zip(table.row_names, table.X, strict=True):  # file i is image i

@@ -126,7 +126,7 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def write_shapes(folder: Path) -> None:
-    images, labels = bar_images(24, 5)
+    images, labels = bar_images(48, 5)
     names = ("horizontal", "vertical", "diagonal")
     for i, (image, label) in enumerate(zip(images, labels, strict=True)):
         path = folder / "shapes" / names[label] / f"{i:03d}.png"
