@@ -197,7 +197,12 @@ def kind_of(path: Path) -> str:
         return "images"
     suffix = path.suffix.lower()
     if suffix == ".gz":
-        suffix = Path(path.stem).suffix.lower() or ".gz"
+        inner = Path(path.stem).suffix.lower()
+        if inner in (".npz", ".npy", *TABLE_SUFFIXES, *PARQUET_SUFFIXES, *IMAGE_SUFFIXES):
+            raise DataUsageError(
+                f"{path}: a gzipped {inner} file; only IDX files are read gzipped (gunzip it)"
+            )
+        suffix = ".gz"
     if suffix in (".npz", ".npy"):
         return suffix[1:]
     if suffix in TABLE_SUFFIXES:

@@ -454,6 +454,8 @@ def test_usage_errors(tmp_path: Path) -> None:
     with pytest.raises(DataUsageError, match=r"an .npy holds the inputs only; pass the targets"):
         np.save(tmp_path / "X.npy", np.ones((3, 2)))
         data.load(tmp_path / "X.npy")
+    with pytest.raises(DataUsageError, match=r"a gzipped .csv file; only IDX files are read gz"):
+        data.load(write(tmp_path / "t.csv.gz", ""), target="x")
     with pytest.raises(DataUsageError, match=r"target names a column of a CSV"):
         data.load(EXAMPLES / "blobs.npz", target="y")
     with pytest.raises(DataUsageError, match=r"scale: unknown scaling 'z'; valid: none, stan"):
