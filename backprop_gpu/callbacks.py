@@ -48,11 +48,16 @@ class Callback:
     training starts."""
 
     writes = False  # True: runs on rank 0 only in distributed training (it writes files)
+    saves_states = False  # True: its on_epoch_end saves get_state() of the callbacks before it
     trainer: Any = None
     model: Any = None
 
     def set_trainer(self, trainer: Any) -> None:
         self.trainer, self.model = trainer, trainer.model
+
+    def check(self) -> None:
+        """Before any callback's ``on_train_begin``: raise if this callback cannot run in
+        this training (a metric the logs will not hold, ...), so nothing is written first."""
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         """Before the first epoch."""
@@ -69,12 +74,16 @@ class Callback:
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         """After the last epoch (also when a callback stopped training)."""
 
+    def close(self) -> None:
+        """Let go of what the callback holds open (a file, a progress bar): called after
+        ``on_train_end``, and also when training ends on an error."""
+
     def get_state(self) -> dict[str, Any]:
         """What a resumed run needs to go on deciding as this one would (JSON-able)."""
         return {}
 
     def set_state(self, saved: dict[str, Any]) -> None:
-        """Take back what ``get_state`` returned."""
+        """Take back what ``get_state`` returned (before ``train``, to resume)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -116,8 +125,19 @@ class _Monitor(Callback):
         if mode == "auto":  # (Keras's rule: accuracies grow, everything else shrinks)
             mode = "max" if "acc" in monitor else "min"
         self.monitor, self.mode, self._owner = monitor, mode, owner
+        self._resumed = False  # set_state since the last training: go on from that state
+
+    def reset(self) -> None:
+        """Forget earlier trainings (the best value so far, the counts)."""
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        # As in Keras, each training starts afresh (a callback reused for another model
+        # must not carry its best over), unless set_state gave it a run's state to resume.
+        if not self._resumed:
+            self.reset()
+        self._resumed = False
+
+    def check(self) -> None:
         names = self.trainer.metric_names
         if self.monitor not in names:
             hint = " (pass validation_data to train)" if self.monitor.startswith("val_") else ""
@@ -190,11 +210,13 @@ class EarlyStopping(_Monitor):
             raise ValueError(f"EarlyStopping: baseline must be a finite number, got {baseline!r}")
         self.baseline = None if baseline is None else float(baseline)
         self.start_from_epoch = _count(start_from_epoch, "EarlyStopping: start_from_epoch")
-        self.best = math.inf if self.mode == "min" else -math.inf
-        self.best_epoch = 0
-        self.wait = 0
-        self.stopped_epoch = 0
         self.best_weights: dict[str, Any] | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.best_epoch = self.wait = self.stopped_epoch = 0
+        self.best_weights = None
 
     def _improves(self, value: float, reference: float) -> bool:
         if self.mode == "min":  # (beats it by more than min_delta)
@@ -213,8 +235,8 @@ class EarlyStopping(_Monitor):
         value = self._value(logs)
         if epoch < self.start_from_epoch:  # (epoch: 0-based, over every training)
             return
-        if self.restore_best_weights and self.best_weights is None:
-            self._keep_weights()  # (the first epoch looked at, or the first after a resume)
+        if self.restore_best_weights and self.best_weights is None and not self.best_epoch:
+            self._keep_weights()  # (Keras: the first epoch looked at is the best until beaten)
         self.wait += 1
         if self._improves(value, self.best):
             self.best, self.best_epoch = value, epoch + 1
@@ -235,14 +257,19 @@ class EarlyStopping(_Monitor):
         return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}
 
     def set_state(self, saved: dict[str, Any]) -> None:
+        """Resume from ``get_state()``. The best epoch's weights are not part of it: set
+        ``best_weights`` too (``state.copy_of`` of a model holding them, as the run folder
+        does from ``best.npz``), or only an epoch that beats ``best`` is restored."""
         self.best = float(saved["best"])
         self.best_epoch, self.wait = int(saved["best_epoch"]), int(saved["wait"])
+        self._resumed = True
 
     def __repr__(self) -> str:
         return (
             f"EarlyStopping(monitor={self.monitor!r}, patience={self.patience}, "
             f"min_delta={self.min_delta}, mode={self.mode!r}, "
-            f"restore_best_weights={self.restore_best_weights})"
+            f"restore_best_weights={self.restore_best_weights}, baseline={self.baseline}, "
+            f"start_from_epoch={self.start_from_epoch})"
         )
 
 
@@ -283,9 +310,11 @@ class ReduceLROnPlateau(_Monitor):
         self.cooldown = _count(cooldown, "ReduceLROnPlateau: cooldown")
         self.min_lr = _non_negative(min_lr, "ReduceLROnPlateau: min_lr")
         self.eps = _non_negative(eps, "ReduceLROnPlateau: eps")
+        self.reset()
+
+    def reset(self) -> None:
         self.best = math.inf if self.mode == "min" else -math.inf
-        self.num_bad_epochs = 0
-        self.cooldown_counter = 0
+        self.num_bad_epochs = self.cooldown_counter = 0
 
     def _better(self, value: float) -> bool:
         if self.mode == "min":
@@ -330,11 +359,14 @@ class ReduceLROnPlateau(_Monitor):
         self.best = float(saved["best"])
         self.num_bad_epochs = int(saved["num_bad_epochs"])
         self.cooldown_counter = int(saved["cooldown_counter"])
+        self._resumed = True
 
     def __repr__(self) -> str:
         return (
             f"ReduceLROnPlateau(monitor={self.monitor!r}, factor={self.factor}, "
-            f"patience={self.patience}, min_lr={self.min_lr})"
+            f"patience={self.patience}, threshold={self.threshold}, "
+            f"threshold_mode={self.threshold_mode!r}, cooldown={self.cooldown}, "
+            f"min_lr={self.min_lr}, eps={self.eps}, mode={self.mode!r})"
         )
 
 
@@ -354,9 +386,11 @@ class ModelCheckpoint(_Monitor):
     callbacks' states for a resume) to ``filepath`` after every epoch, or with
     ``save_best_only`` only when ``monitor`` improved on the best so far. ``filepath`` may
     name the epoch and any metric (``"ckpt-{epoch:03d}-{val_loss:.3f}.npz"``). Each save is
-    atomic (a temporary file renamed): a kill leaves the previous file whole."""
+    atomic (a temporary file renamed): a kill leaves the previous file whole. It saves the
+    states of the callbacks listed before it: put it after those that decide."""
 
     writes = True
+    saves_states = True
 
     def __init__(
         self,
@@ -371,23 +405,39 @@ class ModelCheckpoint(_Monitor):
         super().__init__(monitor, mode, "ModelCheckpoint")
         self.extra = dict(extra or {})  # JSON-able, kept in each file's metadata
         self.filepath = os.fspath(filepath)
+        try:  # (the fields it names: checked against the metrics when training starts)
+            self._fields = [f for _, f, _, _ in string.Formatter().parse(self.filepath) if f]
+        except ValueError as e:
+            raise ValueError(
+                f"ModelCheckpoint: filepath {self.filepath!r} is not a valid format string: {e}"
+            ) from None
         self.save_best_only = bool(save_best_only)
         # a file another checkpoint wrote this very epoch: copied instead of saving again
         self.copy_from = None if copy_from is None else Path(copy_from)
-        self.best = math.inf if self.mode == "min" else -math.inf
         self.saved: list[Path] = []  # every path written, in order
+        self.reset()
 
-    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+    def reset(self) -> None:
+        self.best = math.inf if self.mode == "min" else -math.inf
+
+    def check(self) -> None:
         if self.save_best_only:
-            super().on_train_begin(logs)
-        names = self.trainer.metric_names  # (the fields filepath may name, checked up front)
-        for _, field, _, _ in string.Formatter().parse(self.filepath):
-            if field is not None and field.split(".")[0].split("[")[0] not in names:
+            super().check()
+        names = self.trainer.metric_names
+        for field in self._fields:
+            if field.split(".")[0].split("[")[0] not in names:
                 hint = " (pass validation_data to train)" if field.startswith("val_") else ""
                 raise ValueError(
                     f"ModelCheckpoint: filepath {self.filepath!r} names {{{field}}}, which is "
                     f"not a metric of this training{hint}; it may name {', '.join(names)}"
                 )
+        try:  # a bad format spec ({epoch:03q}) fails here, not after the first epoch
+            self.filepath.format(**{name: 1.0 for name in names} | {"epoch": 1})
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+            raise ValueError(
+                f"ModelCheckpoint: filepath {self.filepath!r} cannot be formatted with an "
+                f"epoch's metrics: {e}"
+            ) from None
 
     def improved(self, logs: dict[str, Any] | None) -> bool:
         value = self._value(logs)
@@ -412,7 +462,7 @@ class ModelCheckpoint(_Monitor):
         return {"best": self.best}
 
     def set_state(self, saved: dict[str, Any]) -> None:
-        self.best = float(saved["best"])
+        self.best, self._resumed = float(saved["best"]), True
 
     def __repr__(self) -> str:
         return (
@@ -556,6 +606,9 @@ class ProgressBar(Callback):
         self._bar.set_postfix(shown)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        self.close()
+
+    def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None

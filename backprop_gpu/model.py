@@ -35,7 +35,6 @@ from .losses import (
 )
 from .metrics import Accuracy, BinaryAccuracy, batch_accuracy
 from .optimizers import Optimizer
-from .strategy import Local
 
 if TYPE_CHECKING:
     from .callbacks import Callback
@@ -287,14 +286,18 @@ class Model:
             return self._evaluate(X_dev, y_dev, size)
 
     def _evaluate(
-        self, X_dev: Any, y_dev: Any, size: int, strategy: Local | None = None
+        self,
+        X_dev: Any,
+        y_dev: Any,
+        size: int,
+        rows: tuple[int, int] | None = None,
+        reduce: Callable[[list[Any]], Any] | None = None,
     ) -> dict[str, float]:
-        """Mean loss and accuracy over (X_dev, y_dev); distributed (``strategy``), each rank
-        evaluates its rows and the sums are reduced."""
+        """Mean loss and accuracy over (X_dev, y_dev); distributed, each rank evaluates its
+        ``rows`` and ``reduce`` sums the (loss, accuracy) sums over the ranks."""
         assert self.loss is not None
-        strategy = strategy if strategy is not None else Local()
         n = X_dev.shape[0]
-        lo, hi = strategy.evaluation_rows(n)
+        lo, hi = rows if rows is not None else (0, n)
         sums = [0.0, 0.0]
         for start in range(lo, hi, size):
             stop = min(start + size, hi)
@@ -303,7 +306,9 @@ class Model:
             loss = self.loss.forward(output, yb)
             accuracy = batch_accuracy(self.accuracy, self.loss, output, yb)
             sums = [s + v * Xb.shape[0] for s, v in zip(sums, (loss, accuracy), strict=True)]
-        loss_sum, acc_sum = strategy.sum(list(host_values(self.backend, sums)))
+        loss_sum, acc_sum = list(host_values(self.backend, sums))
+        if reduce is not None:
+            loss_sum, acc_sum = reduce([loss_sum, acc_sum])
         return {"loss": float(loss_sum) / n, "accuracy": float(acc_sum) / n}
 
     @on_its_gpu

@@ -367,6 +367,7 @@ class RunFolderLog(Callback):
     (``interrupts``). ``committed`` is the last epoch on disk."""
 
     writes = True
+    saves_states = True  # (checkpoint.npz holds the states of the callbacks before it)
 
     def __init__(
         self,

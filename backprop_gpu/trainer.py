@@ -60,6 +60,15 @@ class Trainer:
         guards = [cb for cb in self.callbacks if isinstance(cb, TerminateOnNaN)]
         if len(guards) > 1:
             raise ValueError(f"Model.train: at most one TerminateOnNaN, got {guards}")
+        for i, cb in enumerate(self.callbacks):  # a checkpoint saves the states before it
+            stateful = [c for c in self.callbacks[i + 1 :]
+                        if not c.writes and overrides(c, "get_state")]  # fmt: skip
+            if cb.saves_states and stateful:
+                raise ValueError(
+                    f"Model.train: {cb!r} saves the callbacks' states, but {stateful[0]!r} "
+                    "comes after it and would be saved as of the epoch before; put the "
+                    "callbacks that decide (EarlyStopping, ReduceLROnPlateau, ...) first"
+                )
         self.nonfinite: TerminateOnNaN = guards[0] if guards else TerminateOnNaN()
         if not guards:
             self.callbacks.insert(0, self.nonfinite)
@@ -160,7 +169,7 @@ class Trainer:
         )
         model._pack()  # (again, if a parameter or state was replaced since)
         self.slots = list(walk(model.layers, model.optimizer))  # (the state's arrays, by name)
-        deciding = [repr(cb) for cb in self.callbacks if not cb.writes]  # (on every rank)
+        deciding = [_settings(cb) for cb in self.callbacks if not cb.writes]  # (on every rank)
         settings = {"epochs": epochs, "batch_size": size, "shuffle": shuffle, "seed": seed,
                     "callbacks": deciding}  # fmt: skip
         strategy.setup(model, (X_dev, y_dev), val, settings)
@@ -181,6 +190,7 @@ class Trainer:
         try:
             with Unchecked(model.loss, model.accuracy):
                 with strategy.guard():  # (distributed: a rank that raises aborts the job)
+                    self._call("check")  # (every callback, before any of them writes)
                     self._call("on_train_begin", {})
                 while self.epochs_left > 0 and not self.stop_training:
                     self._one_epoch(X_dev, y_dev, n, size, val, shuffle, seed, batch_hooks)
@@ -188,6 +198,8 @@ class Trainer:
                     self._call("on_train_end", {"history": self.history})
         finally:
             self._step_buffers = self._batch_buffers = None
+            for cb in self._running:  # (files and bars, also when training raised)
+                cb.close()
         return self.history
 
     def _one_epoch(
@@ -233,7 +245,8 @@ class Trainer:
                 "learning_rate": model.optimizer.current_learning_rate,
             }
             if val is not None:
-                metrics = model._evaluate(*val, size, self.strategy)
+                rows = self.strategy.evaluation_rows(val[0].shape[0])
+                metrics = model._evaluate(*val, size, rows, self.strategy.sum)
                 row |= {"val_loss": metrics["loss"], "val_accuracy": metrics["accuracy"]}
         if not math.isfinite(row.get("val_loss", 0.0)):
             # finite parameters whose outputs overflow: as unusable as NaN weights
@@ -244,6 +257,8 @@ class Trainer:
         with guard():
             self.history.append(row)
             self._call("on_epoch_end", epoch, row)
+        # every rank stops together, whichever rank's callback asked (one scalar reduction)
+        self.stop_training = self.strategy.any(self.stop_training)
 
     def _inputs(
         self, X: Any, y: Any, epochs: int, batch_size: int | None, validation_data: Any
@@ -361,6 +376,15 @@ class Trainer:
                 layer.step_buffers = None
 
 
+def _settings(callback: Callback) -> str:
+    """What a callback that decides is set to and where it stands (its public plain
+    settings and ``get_state()``), for checking that every rank has the same."""
+    plain = (bool, int, float, str, type(None), tuple)
+    settings = {k: v for k, v in sorted(vars(callback).items())
+                if not k.startswith("_") and isinstance(v, plain)}  # fmt: skip
+    return f"{type(callback).__name__}({settings}, state={callback.get_state()})"
+
+
 def callbacks_for(
     callbacks: Iterable[Callback] | None,
     print_every: int | None,
@@ -379,15 +403,21 @@ def callbacks_for(
             f"Model.train: callbacks must be a list of callbacks, got one callback, {callbacks!r}"
             " (pass callbacks=[...])"
         )
+    if callbacks is not None and (isinstance(callbacks, type | str) or
+                                  not isinstance(callbacks, Iterable)):  # fmt: skip
+        raise TypeError(
+            f"Model.train: callbacks must be a list of Callback objects, got {callbacks!r}"
+        )
     given = list(callbacks or ())
     result: list[Callback] = []
-    if not any(isinstance(cb, TerminateOnNaN) for cb in given):
+    if on_nonfinite != "raise":  # (else the Trainer's own default, TerminateOnNaN("raise"))
+        if any(isinstance(cb, TerminateOnNaN) for cb in given):
+            raise ValueError(
+                "Model.train: on_nonfinite and a TerminateOnNaN callback both say what to do "
+                "on a NaN; give the mode to the callback (TerminateOnNaN(mode=...)) and drop "
+                "on_nonfinite"
+            )
         result.append(TerminateOnNaN(on_nonfinite))
-    elif on_nonfinite != "raise":
-        raise ValueError(
-            "Model.train: on_nonfinite and a TerminateOnNaN callback both say what to do on a "
-            "NaN; give the mode to the callback (TerminateOnNaN(mode=...)) and drop on_nonfinite"
-        )
     result += given
     if print_every:
         result.append(PrintEpochs(print_every))

@@ -76,7 +76,8 @@ WORKER = textwrap.dedent(
             ]
         model.train(X, y, **kwargs)  # (warm-up: buffers, caches)
         built[name] = (model, X, y, kwargs)
-    print("ready", flush=True)
+    from backprop_gpu.backend import numpy_backend
+    print("ready", "C" if numpy_backend.HAVE_C else "no-C", flush=True)
     for line in sys.stdin:
         model, X, y, kwargs = built[line.strip()]
         gc.collect(); gc.disable()
@@ -110,8 +111,10 @@ class Worker:
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         text=True)  # fmt: skip
         assert self.process.stdout is not None and self.process.stdin is not None
-        if self.process.stdout.readline().strip() != "ready":
+        ready = self.process.stdout.readline().split()
+        if not ready or ready[0] != "ready":
             raise RuntimeError(f"the worker in {tree} did not start")
+        self.kernels = ready[1]  # (whether its C extension was built and loaded)
 
     def time(self, case: str) -> float:
         assert self.process.stdin is not None and self.process.stdout is not None
@@ -132,11 +135,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="bg-base-"))
+    workers: dict[str, Worker] = {}
     try:
         base_tree = checkout(args.base, tmp)
-        workers = {"base": Worker(base_tree, False), "head": Worker(ROOT, False),
-                   "head+cb": Worker(ROOT, True)}  # fmt: skip
-        print(f"Model.train, NumPy, {os.cpu_count()} cores; base = {args.base}, head = {ROOT}")
+        for name, tree, callbacks in (("base", base_tree, False), ("head", ROOT, False),
+                                      ("head+cb", ROOT, True)):  # fmt: skip
+            workers[name] = Worker(tree, callbacks)
+        kernels = {worker.kernels for worker in workers.values()}
+        if kernels != {"C"}:
+            print(f"warning: not every worker has the C kernels: {kernels} (build them with "
+                  "`python setup.py build_ext --inplace`)")  # fmt: skip
+        print(
+            f"Model.train, NumPy, {os.cpu_count()} cores; base = {args.base}, head = {ROOT}; "
+            f"kernels: {', '.join(f'{n} {w.kernels}' for n, w in workers.items())}"
+        )
         print(f"{'case':24} {'base s':>9} {'head/base':>18} {'head+cb/base':>18}")
         missed = False
         for case in CASES:
@@ -154,10 +166,10 @@ def main(argv: list[str] | None = None) -> int:
             base_s = statistics.median(times["base"])
             print(f"{case:24} {base_s:9.4f} {cells[0]:>18} {cells[1]:>18}")
         print(f"target: medians <= {TARGET} -> {'MISS' if missed else 'PASS'}")
-        for worker in workers.values():
-            worker.close()
         return 1 if missed and args.strict else 0
     finally:
+        for worker in workers.values():
+            worker.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -10,7 +10,9 @@ global batch smaller than the ranks), ``disagree`` (rank 1 builds another model)
 hand-written loop with DistributedOptimizer / alone), ``controls`` / ``controls-single``
 (EarlyStopping restoring the best weights, ReduceLROnPlateau over a step schedule, clipping by
 the global norm and weight decay, with MPI / alone: every rank writes where it stopped to
-OUT.rankR).
+OUT.rankR), ``stop-root`` (a callback on rank 0 only stops training after epoch 2: every rank
+writes its epoch count to OUT.rankR), ``disagree-callback`` (rank 1's EarlyStopping has another
+baseline).
 Rank 0 saves the model to OUT after every epoch.
 """
 
@@ -140,6 +142,24 @@ def main(mode: str, out: str) -> None:
             if mode == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
 
+    if mode == "stop-root":
+
+        class StopOnRoot(bg.Callback):
+            writes = True  # (so it runs on rank 0 only)
+
+            def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+                if epoch == 1:
+                    self.trainer.stop_training = True
+
+        model.train(X, y, epochs=EPOCHS, batch_size=BATCH, print_every=0, seed=3,
+                    callbacks=[StopOnRoot()], distributed=True)  # fmt: skip
+        Path(f"{out}.rank{rank}").write_text(str(model.epochs_trained))
+        return
+    if mode == "disagree-callback":
+        stopper = bg.EarlyStopping("val_loss", patience=2, baseline=0.5 if rank == 1 else None)
+        model.train(X, y, epochs=EPOCHS, batch_size=BATCH, validation_data=(X_val, y_val),
+                    print_every=0, seed=3, callbacks=[stopper], distributed=True)  # fmt: skip
+        return
     if mode == "bad-data" and rank == 1:
         X = np.hstack([X, X[:, :1]])
     model.train(X, y, epochs=EPOCHS, batch_size=1 if mode == "small-batch" else BATCH,

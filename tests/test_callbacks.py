@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.util
 import io
 import json
 import math
@@ -365,9 +366,8 @@ def test_early_stopping_hand_traces(
     assert keras_stop(values, mode=mode, **kwargs) == (stopped, best, best_epoch)
 
 
-@pytest.mark.parametrize("seed", range(40))
-def test_early_stopping_follows_keras_rule(seed: int) -> None:
-    """Random sequences on a grid of eighths (exact arithmetic, many ties) and settings."""
+def random_case(seed: int) -> tuple[list[float], str, dict[str, Any]]:
+    """A random sequence on a grid of eighths (exact arithmetic, many ties) and settings."""
     rng = np.random.default_rng(seed)
     mode = ["min", "max"][seed % 2]
     kwargs = {
@@ -377,17 +377,14 @@ def test_early_stopping_follows_keras_rule(seed: int) -> None:
         "start_from_epoch": int(rng.integers(0, 3)),
     }
     walk_ = np.cumsum(rng.integers(-2, 3, 15) * (1 if mode == "min" else -1)) / 8 + 1.0
-    values = [float(v) for v in (walk_[::-1] if seed % 3 == 0 else walk_)]
-    es = bg.EarlyStopping("val_loss", mode=mode, **kwargs)
-    drive(es, values, "val_loss")
-    assert (es.stopped_epoch, es.best, es.best_epoch) == keras_stop(values, mode=mode, **kwargs)
+    return [float(v) for v in (walk_[::-1] if seed % 3 == 0 else walk_)], mode, kwargs
 
 
-def keras_itself(values: list[float], mode: str, **kwargs: Any) -> tuple[int, float, int]:
+def keras_itself(
+    values: list[float], mode: str, monkeypatch: pytest.MonkeyPatch, **kwargs: Any
+) -> tuple[int, float, int]:
     """Keras's own EarlyStopping (its NumPy backend) over ``values``, in our numbering."""
-    import os
-
-    os.environ.setdefault("KERAS_BACKEND", "numpy")  # (no TensorFlow or JAX needed)
+    monkeypatch.setenv("KERAS_BACKEND", "numpy")  # (no TensorFlow or JAX needed)
     keras = pytest.importorskip("keras")
     es = keras.callbacks.EarlyStopping(monitor="val_loss", mode=mode, **kwargs)
     es.set_model(SimpleNamespace(stop_training=False))
@@ -401,22 +398,17 @@ def keras_itself(values: list[float], mode: str, **kwargs: Any) -> tuple[int, fl
 
 
 @pytest.mark.parametrize("seed", range(40))
-def test_early_stopping_equals_keras(seed: int) -> None:
-    """The same random sequences and settings through Keras 3's EarlyStopping (where Keras is
-    installed): the same stop epoch, best value and best epoch."""
-    rng = np.random.default_rng(seed)
-    mode = ["min", "max"][seed % 2]
-    kwargs = {
-        "patience": int(rng.integers(0, 4)),
-        "min_delta": float(rng.integers(0, 3)) / 8,
-        "baseline": None if rng.random() < 0.5 else float(rng.integers(4, 12)) / 8,
-        "start_from_epoch": int(rng.integers(0, 3)),
-    }
-    walk_ = np.cumsum(rng.integers(-2, 3, 15) * (1 if mode == "min" else -1)) / 8 + 1.0
-    values = [float(v) for v in (walk_[::-1] if seed % 3 == 0 else walk_)]
+def test_early_stopping_follows_keras_rule(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Random sequences and settings: the transcribed rule always, and Keras 3 itself where
+    it is installed."""
+    values, mode, kwargs = random_case(seed)
     es = bg.EarlyStopping("val_loss", mode=mode, **kwargs)
     drive(es, values, "val_loss")
-    assert (es.stopped_epoch, es.best, es.best_epoch) == keras_itself(values, mode, **kwargs)
+    assert (es.stopped_epoch, es.best, es.best_epoch) == keras_stop(values, mode=mode, **kwargs)
+    if importlib.util.find_spec("keras") is not None:
+        assert (es.stopped_epoch, es.best, es.best_epoch) == keras_itself(
+            values, mode, monkeypatch, **kwargs
+        )
 
 
 def test_early_stopping_stops_training_at_keras_epoch(backend: bg.Backend) -> None:
@@ -1023,3 +1015,109 @@ def test_print_every_prints_the_epoch_a_callback_stopped_at(
     history = train(small_model(), 20, [stop], print_every=10)
     assert len(history) == 3
     assert capsys.readouterr().out.splitlines() == [line(history[-1])]
+
+
+# --- reuse, checks before anything is written, order, closing on errors ------------------------
+
+
+def test_a_reused_early_stopping_starts_afresh_for_another_model(backend: bg.Backend) -> None:
+    """As in Keras, each training starts from no best (a callback reused for a second model
+    does not measure it against the first, nor put the first model's weights back)."""
+    es = bg.EarlyStopping("val_loss", patience=2, restore_best_weights=True)
+    train(small_model(), 3, [Script("val_loss", [0.25, 0.5, 0.5]), es])
+    assert es.best == 0.25 and es.stopped_epoch == 3
+    second, snaps = small_model(0.05), Snapshots()
+    train(second, 3, [Script("val_loss", [2.0, 1.0, 1.5]), es, snaps])
+    assert (es.best, es.best_epoch, es.stopped_epoch) == (1.0, 2, 0)
+    assert_bit_equal(params_only(snapshot(second)), params_only(snaps.at[2]))
+
+
+def test_a_reused_plateau_and_checkpoint_start_afresh(tmp_path: Path) -> None:
+    plateau = bg.ReduceLROnPlateau("val_loss", patience=0, factor=0.5)
+    best = bg.ModelCheckpoint(tmp_path / "best.npz", save_best_only=True)
+    train(small_model(), 2, [Script("val_loss", [0.25, 0.5]), plateau, best])
+    assert plateau.best == 0.25 and best.best == 0.25
+    model = small_model()
+    train(model, 1, [Script("val_loss", [3.0]), plateau, best])
+    assert plateau.best == 3.0 and best.best == 3.0  # (not 0.25: another model)
+    assert bg.Model.load(tmp_path / "best.npz").epochs_trained == 1  # this model's epoch 1
+
+
+def test_set_state_before_train_resumes_instead_of_starting_afresh() -> None:
+    es = bg.EarlyStopping("val_loss", patience=2)
+    es.set_state({"best": 0.25, "best_epoch": 1, "wait": 1})
+    history = train(small_model(), 4, [Script("val_loss", [9.0, 0.5, 0.5, 0.5]), es])
+    assert es.best == 0.25 and es.stopped_epoch == 2 and len(history) == 2
+
+
+def test_a_resume_without_the_best_weights_restores_only_a_later_best() -> None:
+    """After ``set_state`` the best epoch's weights are unknown: the first epoch of the
+    resumed run is not taken for them (it is not the best); a later improvement is."""
+    model, snaps = small_model(), Snapshots()
+    es = bg.EarlyStopping("val_loss", patience=5, restore_best_weights=True)
+    es.set_state({"best": 0.25, "best_epoch": 1, "wait": 0})
+    train(model, 2, [Script("val_loss", [1.0, 2.0]), es, snaps])
+    assert es.best_weights is None and es.best_epoch == 1
+    assert_bit_equal(snapshot(model), snaps.at[2])  # nothing put back
+    model, snaps = small_model(), Snapshots()
+    es.set_state({"best": 0.25, "best_epoch": 1, "wait": 0})
+    train(model, 3, [Script("val_loss", [1.0, 0.125, 2.0]), es, snaps])
+    assert es.best_epoch == 2
+    assert_bit_equal(params_only(snapshot(model)), params_only(snaps.at[2]))
+
+
+def test_a_refused_callback_leaves_the_files_of_the_others_untouched(tmp_path: Path) -> None:
+    """Every callback's check runs before any on_train_begin: the CSV log given first is not
+    truncated when the checkpoint after it names a metric this training does not have."""
+    log = tmp_path / "m.csv"
+    log.write_text("epoch,loss\n1,0.5\n")
+    logger = bg.CSVLogger(log)
+    callbacks = [logger, bg.ModelCheckpoint(tmp_path / "ck-{val_loss}.npz")]
+    model = small_model()
+    with pytest.raises(ValueError, match=r"names \{val_loss\}.*pass validation_data"):
+        train(model, 2, callbacks, val=False)
+    assert log.read_text() == "epoch,loss\n1,0.5\n" and model.epochs_trained == 0
+
+
+@pytest.mark.parametrize(
+    ("filepath", "match"),
+    [("ck-{epoch.npz", r"ModelCheckpoint: filepath '.*ck-\{epoch.npz' is not a valid format"),
+     ("ck-{epoch:03q}.npz", r"ModelCheckpoint: filepath '.*ck-\{epoch:03q\}.npz' cannot be "
+                            r"formatted with an epoch's metrics: Unknown format code 'q'")],
+)  # fmt: skip
+def test_a_bad_checkpoint_filepath_is_named_before_training(
+    filepath: str, match: str, tmp_path: Path
+) -> None:
+    model = small_model()
+    with pytest.raises(ValueError, match=match):
+        train(model, 1, [bg.ModelCheckpoint(tmp_path / filepath)])
+    assert model.epochs_trained == 0 and list(tmp_path.iterdir()) == []
+
+
+def test_files_are_closed_when_training_raises(tmp_path: Path) -> None:
+    logger = bg.CSVLogger(tmp_path / "m.csv")
+    model = small_model(0.1, momentum=0.9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.raises(bg.NonFiniteLossError):
+            train(model, 4, [logger, Poison()])
+    assert logger._files == []  # closed, with epoch 1's row on disk
+    assert len(list(csv.DictReader((tmp_path / "m.csv").open()))) == 1
+
+
+def test_a_checkpoint_before_a_callback_it_would_save_stale_is_refused(tmp_path: Path) -> None:
+    es = bg.EarlyStopping("val_loss", patience=3)
+    checkpoint_ = bg.ModelCheckpoint(tmp_path / "ck.npz")
+    with pytest.raises(ValueError, match=r"ModelCheckpoint\(.*saves the callbacks' states, but "
+                                         r"EarlyStopping\(.*comes after it"):  # fmt: skip
+        train(small_model(), 1, [checkpoint_, es])
+    train(small_model(), 1, [es, checkpoint_])  # (the order that saves this epoch's state)
+    assert bg.Model.load(tmp_path / "ck.npz").saved_extra["callbacks"]["1:EarlyStopping"] == (
+        es.get_state())  # fmt: skip
+
+
+@pytest.mark.parametrize("given", [5, bg.EarlyStopping, "EarlyStopping"])
+def test_callbacks_that_are_no_list_are_named(given: Any) -> None:
+    with pytest.raises(TypeError, match=r"Model.train: callbacks must be a list of Callback "
+                                        rf"objects, got {re.escape(repr(given))}"):  # fmt: skip
+        small_model().train(X, Y, epochs=1, callbacks=given, print_every=0)

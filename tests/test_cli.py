@@ -628,13 +628,19 @@ def test_an_unknown_flag_shows_its_commands_usage_and_the_closest_flag(
 def test_bad_config_files_name_the_key(
     tmp_path: Path, toml: str, message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    assert message in refused_config(tmp_path, toml, capsys)
+
+
+def refused_config(tmp_path: Path, toml: str, capsys: pytest.CaptureFixture[str]) -> str:
+    """``train --config`` of a file holding ``toml``: exits 2 leaving no run folder; its
+    message."""
     path = tmp_path / "sweep.toml"
     path.write_text(toml + "\n")
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["train", "--config", str(path), "--out", str(tmp_path / "run")])
     assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+    return capsys.readouterr().err
 
 
 def test_a_config_file_that_is_not_utf8_is_a_usage_error_naming_it(

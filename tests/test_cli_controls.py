@@ -19,6 +19,7 @@ import pytest
 import backprop_gpu as bg
 from backprop_gpu import cli, experiment, run_folder
 
+from .test_cli import refused_config
 from .test_distributed import arrays, mpirun, needs_mpi
 
 # 150 spiral points (3 x 50) in batches of 32: 5 optimizer steps an epoch
@@ -444,13 +445,7 @@ def test_bad_controls_exit_2_naming_the_setting(
 def test_bad_control_keys_exit_2_naming_the_key(
     tmp_path: Path, toml: str, message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = tmp_path / "sweep.toml"
-    path.write_text(toml + "\n")
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["train", "--config", str(path), "--out", str(tmp_path / "run")])
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
-    assert not (tmp_path / "run").exists()
+    assert message in refused_config(tmp_path, toml, capsys)
 
 
 # --- distributed -------------------------------------------------------------------------------

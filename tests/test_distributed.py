@@ -276,6 +276,15 @@ def test_early_stopping_plateau_and_clipping_act_alike_on_ranks(ranks: int, tmp_
         np.testing.assert_allclose(many[key], one[key], rtol=1e-9, atol=1e-12, err_msg=key)
 
 
+@needs_mpi
+def test_a_stop_asked_on_rank_0_only_stops_every_rank(tmp_path: Path) -> None:
+    """A callback that runs on rank 0 only (it writes) and stops training: the ranks agree
+    on stopping at each epoch's end, so none waits for a step the others never take."""
+    result = mpirun(2, sys.executable, JOB, "stop-root", str(tmp_path / "m.npz"), timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert [(tmp_path / f"m.npz.rank{r}").read_text() for r in (0, 1)] == ["2", "2"]
+
+
 # A rank that cannot run cupy on any machine, GPU or not: CUDA itself hides every device from
 # a process whose CUDA_VISIBLE_DEVICES is empty (and without a driver there is none to hide).
 NO_GPU = ["env", "CUDA_VISIBLE_DEVICES="]
@@ -393,6 +402,8 @@ def test_a_rank_that_dies_stops_the_job(tmp_path: Path) -> None:
         ("disagree", "ranks disagree on the model, the data or the Model.train arguments: "
                      "rank(s) [1] differ from rank 0"),
         ("bad-data", "Model.train: expected X with 6 features"),
+        ("disagree-callback", "ranks disagree on the model, the data or the Model.train "
+                              "arguments: rank(s) [1] differ from rank 0"),
     ],
 )  # fmt: skip
 def test_misuse_stops_every_rank_with_a_message(mode: str, message: str, tmp_path: Path) -> None:
