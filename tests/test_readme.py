@@ -46,7 +46,8 @@ def test_readme_training_controls_run(tmp_path: object, monkeypatch: object) -> 
 
 
 def test_readme_sweep_runs(tmp_path: object, monkeypatch: object) -> None:
-    block = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[3]
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+                if "for lr in (0.01, 0.02):" in b]  # fmt: skip
     monkeypatch.chdir(tmp_path)  # type: ignore[attr-defined]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
