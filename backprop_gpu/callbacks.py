@@ -400,8 +400,10 @@ class ModelCheckpoint(_Monitor):
         save_best_only: bool = False,
         mode: str = "auto",
         copy_from: str | os.PathLike[str] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(monitor, mode, "ModelCheckpoint")
+        self.extra = dict(extra or {})  # JSON-able, kept in each file's metadata
         self.filepath = os.fspath(filepath)
         try:  # (the fields it names: checked against the metrics when training starts)
             self._fields = [f for _, f, _, _ in string.Formatter().parse(self.filepath) if f]
@@ -452,7 +454,8 @@ class ModelCheckpoint(_Monitor):
 
             copy_file(self.copy_from, path)
         else:
-            self.model.save(path, extra={"callbacks": self.trainer.callback_states()})
+            states = self.trainer.callback_states()
+            self.model.save(path, extra={**self.extra, "callbacks": states})
         self.saved.append(path)
 
     def get_state(self) -> dict[str, Any]:

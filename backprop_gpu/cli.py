@@ -4,7 +4,10 @@ Exit codes: 0 ok, 2 usage errors (unknown flags, shown with their command's usag
 closest real flag; unknown names, malformed values, bad config files), 1 failures (a run
 folder that exists or is training, a path that is no run folder, an unwritable folder, no GPU
 for ``--backend cupy``, a damaged checkpoint, an ``--input`` that is no .npy array of numbers,
-a loss or model that is not finite, a data set too large for the memory; ``info`` when
+data files that cannot be used (a missing column, a cell that is no number, ... : a
+``data.DataError``; a combination of data flags that cannot work is a usage error, 2), a
+data file changed since the run started, a loss or model that is not finite, a data set too
+large for the memory; ``info`` when
 BACKPROP_GPU_BACKEND names no backend a run takes, or one that cannot run here), 130 after
 Ctrl-C and 143 after SIGTERM (both stop a run cleanly; ``--resume`` continues it). Errors
 and warnings are one line on stderr, ``backprop-gpu: ...``.
@@ -28,7 +31,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from . import experiment
+from . import data, experiment
 from .backend import ENV_VAR, BackendUnavailableError
 from .checkpoint import CheckpointError, atomic_write
 from .experiment import Config, ConfigError, RunError, RunInterrupted
@@ -47,13 +50,28 @@ def _parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser(
         "train",
-        help="train on a built-in data set and record the run in a folder",
-        description="Train on a built-in data set; flags override --config, which overrides "
-        "the defaults shown.",
+        help="train on a built-in data set or your files and record the run in a folder",
+        description="Train on a built-in data set (--dataset) or on your own files (--data); "
+        "flags override --config, which overrides the defaults shown.",
     )
     add = train.add_argument
     add("--config", type=Path, metavar="FILE.toml", help="settings file (same keys as the flags)")
-    add("--dataset", choices=experiment.DATASETS, help=f"(default: {D.dataset})")
+    add("--dataset", choices=experiment.DATASETS, help=f"a built-in data set, without --data "
+        f"(default: {D.dataset})")  # fmt: skip
+    add("--data", metavar="PATH", help="train on your data: a .csv/.tsv/.parquet table (with "
+        "--target), an .npz (X, y or X_train, y_train, X_val, y_val), an .npy or IDX file "
+        "(with --labels) or a folder of images, root/<class>/*.png")  # fmt: skip
+    add("--target", metavar="COLUMN", help="the label column of a --data table")
+    add("--labels", metavar="FILE", help="the targets of an .npy or IDX --data file")
+    add("--val-data", metavar="PATH", help="validation data of the same kind as --data "
+        "(default: a stratified --val-split of it)")  # fmt: skip
+    add("--val-labels", metavar="FILE", help="the targets of an .npy or IDX --val-data file")
+    add("--val-split", type=float, metavar="F", help="the fraction of --data held out for "
+        f"validation, seeded by --seed (default: {data.DEFAULT_VAL_SPLIT})")  # fmt: skip
+    add("--scale", choices=data.SCALES, help="scale the inputs, fitted on the training rows and "
+        f"saved with the model (default: {D.scale})")  # fmt: skip
+    add("--task", choices=data.TASKS, help="(default: inferred from the targets: integers or "
+        "text classify, floats regress)")  # fmt: skip
     add("--hidden", metavar="SIZES", help="hidden layer sizes, e.g. 128,64 (default: 64,64)")
     add("--activation", choices=experiment.ACTIVATIONS, help=f"(default: {D.activation})")
     add("--optimizer", choices=experiment.OPTIMIZERS, help=f"(default: {D.optimizer})")
@@ -104,9 +122,16 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     evaluate.add_argument("--last", action="store_true", help="checkpoint.npz, not best.npz")
 
-    predict = commands.add_parser("predict", help="a run's model on inputs from a .npy file")
+    predict = commands.add_parser(
+        "predict",
+        help="a run's model on inputs from a file",
+        description="Print a run's predictions for the inputs in a file: for a run on your "
+        "data, the class names (after the file of each image), and any kind of file --data "
+        "takes (a table without its target column, .npy, .npz, IDX images, an image folder or "
+        "one image); for a built-in data set, the outputs for a .npy array.",
+    )
     predict.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    predict.add_argument("--input", type=Path, required=True, metavar="FILE.npy")
+    predict.add_argument("--input", type=Path, required=True, metavar="FILE")
     predict.add_argument("--output", type=Path, metavar="FILE.npy", help="save outputs here")
     predict.add_argument("--force", action="store_true", help="overwrite an existing --output")
     predict.add_argument("--last", action="store_true", help="checkpoint.npz, not best.npz")
@@ -191,7 +216,11 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
     else:
         values = _read_toml(args.config) if args.config else {}
         where = f"--config {args.config}" if args.config else "flags"
-        config = Config.from_mapping({**values, **given}, where=where)
+        values = {key.replace("-", "_"): value for key, value in {**values, **given}.items()}
+        if values.get("data") is not None and "samples" in values:
+            raise ConfigError("samples: the size of a generated data set; --data reads its "
+                              "samples from your files")  # fmt: skip
+        config = Config.from_mapping(values, where=where)
         summary = experiment.run(config, **options)
     final = summary["final"]
     if summary.get("rank", 0) != 0:
@@ -290,11 +319,22 @@ def _predict(args: argparse.Namespace) -> int:
                            f"{args.output / 'outputs.npy'}")  # fmt: skip
         if output.exists() and not args.force:
             raise RunError(f"--output {output} exists; pass --force to overwrite it")
-    inputs = _read_input(args.input)
-    outputs = experiment.predict(args.run_dir, inputs, best=not args.last)
+    inputs: np.ndarray | Path
+    if args.input.suffix.lower() == ".npy" or experiment.saved_config(args.run_dir).data is None:
+        inputs = _read_input(args.input)  # (a built-in data set's run takes .npy inputs)
+    else:
+        inputs = args.input  # (read as the run's data were: data.read_inputs)
+    found = experiment.predictions(args.run_dir, inputs, best=not args.last)
+    outputs = found.outputs
     if output is not None:
         _save_npy(output, outputs)
         print(f"wrote {output} {outputs.shape}")
+    elif found.classes is not None:
+        rows: list[str | None] = [None] * len(found.classes)
+        if found.rows is not None:
+            rows = list(found.rows)
+        for row, name in zip(rows, found.classes, strict=True):
+            print(name if row is None else f"{row}\t{name}")
     else:
         np.savetxt(sys.stdout, outputs, fmt="%.6g")
     return 0
@@ -433,7 +473,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[s
                 print(json.dumps(experiment.evaluate(args.run_dir, best=not args.last)))
                 return 0
             return _predict(args)
-    except ConfigError as e:
+    except (ConfigError, data.DataUsageError) as e:
         parser.exit(2, f"backprop-gpu: error: {e}\n")
     except (RunError, CheckpointError, RuntimeError, OSError, ValueError, ImportError,
             FloatingPointError, MemoryError) as e:  # fmt: skip

@@ -1,5 +1,6 @@
 """Scripted experiments: one function, ``run(config)``, trains a model on a built-in data set
-and records the run in a folder, so a sweep is a Python loop or a shell loop over the
+or on the user's files (``Config.data``, read by :mod:`backprop_gpu.data`) and records the
+run in a folder, so a sweep is a Python loop or a shell loop over the
 ``backprop-gpu`` command, which calls this.
 
 A run folder holds:
@@ -11,6 +12,9 @@ A run folder holds:
 - ``checkpoint.npz``: the whole model after the last epoch (atomic; ``resume`` continues from
   it) and ``best.npz`` when the validation loss was lowest;
 - ``loss.png``, ``accuracy.png`` and, for 2-D data, ``decision_boundary.png`` (``plot`` extra);
+- for data from files, ``data.json``: the class names, the scaler and the files read (the
+  checkpoints hold the same in their metadata, so the model file alone can predict), and in
+  config.json each file's SHA-256 (``data_files``: a resume or evaluate refuses a changed one);
 - ``summary.json``: final and best metrics, wall time and samples per second, written last,
   after the plots, when a run (or a resumed run) ends: a folder without it holds a run that
   has not finished, and ``resume`` finishes it (trains what is left, or makes the plots and
@@ -42,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, datasets, registry, run_folder, state
+from . import __version__, data, datasets, registry, run_folder, state
 from .activations import Linear
 from .backend import (
     BACKEND_NAMES,
@@ -108,6 +112,9 @@ class ConfigError(ValueError):
 
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+# the settings of data from files (Config.data and those that go with it)
+DATA_SETTINGS = ("data", "target", "labels", "val_data", "val_labels", "val_split", "scale",
+                 "task")  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -122,9 +129,15 @@ class Config:
     default 0.1, every step_size epochs; exponential: times gamma each epoch) and ``min_lr``
     (cosine's floor, default 0); ``early_stopping`` (patience in epochs: stop when val_loss
     has not improved for that many, and end with the best epoch's weights); ``clip_norm`` /
-    ``clip_value`` (gradient clipping); ``weight_decay`` (sgd and adamw)."""
+    ``clip_value`` (gradient clipping); ``weight_decay`` (sgd and adamw).
 
-    dataset: str = "spiral"
+    The user's own data, instead of a built-in ``dataset``: ``data`` (a file or image folder,
+    see :mod:`backprop_gpu.data`) with ``target`` (a table's label column) or ``labels`` (the
+    targets' file of an .npy or IDX file), ``val_data`` (and ``val_labels``) or ``val_split``
+    (the fraction held out, default 0.2), ``scale`` (``SCALES``, fitted on the training rows)
+    and ``task`` (``TASKS``; None: inferred, and recorded once known)."""
+
+    dataset: str | None = None  # None: "spiral", unless data names files
     hidden: tuple[int, ...] = (64, 64)
     activation: str = "relu"
     optimizer: str = "adam"
@@ -146,6 +159,14 @@ class Config:
     clip_norm: float | None = None
     clip_value: float | None = None
     weight_decay: float | None = None
+    data: str | None = None
+    target: str | None = None
+    labels: str | None = None
+    val_data: str | None = None
+    val_labels: str | None = None
+    val_split: float | None = None
+    scale: str = "none"
+    task: str | None = None
     # the environment variable, as everywhere in backprop_gpu; --backend / the file override it
     backend: str = dataclasses.field(
         default_factory=lambda: os.environ.get("BACKPROP_GPU_BACKEND", "").strip().lower() or "auto"
@@ -153,14 +174,19 @@ class Config:
     out: str | None = None
 
     def __post_init__(self) -> None:
+        if self.dataset is None and self.data is None:
+            self.dataset = "spiral"
         self.validate()
 
     def validate(self) -> None:
+        self._validate_data()
         choices = {
-            "dataset": DATASETS,
+            "dataset": DATASETS if self.data is None else (None,),
             "activation": tuple(ACTIVATIONS),
             "optimizer": tuple(OPTIMIZERS),
             "backend": BACKENDS,
+            "scale": data.SCALES,
+            "task": (None, *data.TASKS),
         }
         for key, valid in choices.items():
             value = getattr(self, key)
@@ -168,7 +194,7 @@ class Config:
                 continue  # "cupy:N"
             if value not in valid:
                 source = " (from BACKPROP_GPU_BACKEND?)" if key == "backend" else ""
-                names = (*valid, "cupy:N") if key == "backend" else valid
+                names = (*valid, "cupy:N") if key == "backend" else [v for v in valid if v]
                 raise ConfigError(
                     f"{key}: unknown {key} {value!r}{source}; valid: {', '.join(names)}"
                 )
@@ -199,6 +225,38 @@ class Config:
             )
         self._validate_controls()
 
+    def _validate_data(self) -> None:
+        """The user's data: ``data`` or a built-in ``dataset``, and the settings of files."""
+        if self.data is not None and self.dataset is not None:
+            raise ConfigError(
+                f"dataset and data: {self.dataset!r} is a built-in data set, {self.data!r} "
+                "your files; pass one of them"
+            )
+        if self.data is None:
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            for key in DATA_SETTINGS:
+                if getattr(self, key) != defaults[key]:
+                    raise ConfigError(
+                        f"{key}: a setting of data from files, which needs data (--data PATH); "
+                        f"this run uses the built-in {self.dataset}"
+                    )
+        if self.val_split is not None and not (
+            math.isfinite(self.val_split) and 0 < self.val_split < 1
+        ):
+            raise ConfigError(f"val_split: must be a fraction in (0, 1), got {self.val_split}")
+        if self.val_split is not None and self.val_data is not None:
+            raise ConfigError(
+                f"val_split and val_data: {self.val_split:g} of the training rows, or the "
+                f"validation set {self.val_data!r}; pass one of them"
+            )
+        if self.val_labels is not None and self.val_data is None:
+            raise ConfigError("val_labels: the targets of val_data (--val-data), not given")
+        if self.target is not None and self.labels is not None:
+            raise ConfigError(
+                "target and labels: target names a table's label column, labels the targets' "
+                "file of an .npy or IDX file; pass the one your data takes"
+            )
+
     def _validate_controls(self) -> None:
         """The training controls: schedule, early stopping, clipping, weight decay."""
         if self.schedule is not None and self.schedule not in SCHEDULES:
@@ -209,7 +267,8 @@ class Config:
         if self.schedule is not None and self.decay:
             raise ConfigError(
                 f"decay: {self.decay:g} and schedule {self.schedule!r} are two learning-rate "
-                "schedules; pass one (decay is the default schedule, lr / (1 + decay * step))"
+                "schedules; pass one (decay is the default schedule, lr / (1 + decay * step); "
+                "drop decay from the config file or pass --decay 0)"
             )
         used = SCHEDULE_SETTINGS[self.schedule]
         for key in ("warmup", "step_size", "gamma", "min_lr"):
@@ -284,6 +343,8 @@ class Config:
 
 
 _TYPES: dict[str, tuple[type, ...]] = {
+    "data": (str,), "target": (str,), "labels": (str,), "val_data": (str,),
+    "val_labels": (str,), "val_split": (int, float), "scale": (str,), "task": (str,),
     "dataset": (str,), "activation": (str,), "optimizer": (str,), "backend": (str,),
     "out": (str,), "lr": (int, float), "decay": (int, float), "momentum": (int, float),
     "l2": (int, float), "dropout": (int, float), "epochs": (int,), "batch_size": (int,),
@@ -346,7 +407,7 @@ def _physical_memory() -> int | None:
 def _check_fits(config: Config) -> None:
     """Refuse, before allocating anything, a generated data set larger than this machine's
     memory (say ``--samples 1000000000000``), naming the setting."""
-    if config.dataset not in _BYTES_PER_SAMPLE:
+    if config.dataset is None or config.dataset not in _BYTES_PER_SAMPLE:
         return
     need = config.samples * 6 // 5 * _BYTES_PER_SAMPLE[config.dataset]  # (+ a fifth: validation)
     memory = _physical_memory()
@@ -360,6 +421,37 @@ def _check_fits(config: Config) -> None:
 
 def load_data(config: Config) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``X_train, y_train, X_val, y_val`` for the configured data set (host arrays)."""
+    return load_dataset(config)[:4]  # type: ignore[return-value]
+
+
+def load_dataset(
+    config: Config,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, data.Description | None]:
+    """``X_train, y_train, X_val, y_val`` and, for data from files, its description (None
+    for a built-in data set). A combination of file settings that cannot work is a
+    ``ConfigError``; bad data a ``data.DataError``."""
+    if config.data is not None:
+        try:
+            loaded = data.load(
+                config.data, target=config.target, labels=config.labels,
+                val_path=config.val_data, val_labels=config.val_labels,
+                val_split=config.val_split, scale=config.scale, task=config.task,
+                seed=config.seed,
+            )  # fmt: skip
+        except data.DataUsageError as e:
+            raise ConfigError(str(e)) from None
+        return loaded.X, loaded.y, loaded.X_val, loaded.y_val, loaded.description
+    return (*_builtin_data(config), None)
+
+
+def task_of(config: Config, described: data.Description | None) -> str:
+    """ "classification" or "regression" (the built-in sine, float targets from files)."""
+    if described is not None:
+        return described.task
+    return "regression" if config.dataset == "sine" else "classification"
+
+
+def _builtin_data(config: Config) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     _check_fits(config)
     n, seed = config.samples, config.seed
     if config.dataset == "digits":
@@ -375,9 +467,16 @@ def load_data(config: Config) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
     return X, y, X_val, y_val
 
 
-def build_model(config: Config, n_inputs: int, n_outputs: int, n_train: int | None = None) -> Model:
+def build_model(
+    config: Config,
+    n_inputs: int,
+    n_outputs: int,
+    n_train: int | None = None,
+    task: str | None = None,
+) -> Model:
     """Dense layers of ``hidden`` sizes with the activation (and dropout) after each, then a
-    Dense output: logits with softmax cross-entropy, or a Linear output with MSE for sine.
+    Dense output: logits with softmax cross-entropy, or, for ``task`` "regression" (default:
+    sine's), a Linear output with MSE and the regression accuracy.
     The optimizer has the config's schedule (its epochs in steps of ``n_train`` samples,
     which a schedule needs), clipping and weight decay."""
     config = config.resolved()
@@ -405,7 +504,7 @@ def build_model(config: Config, n_inputs: int, n_outputs: int, n_train: int | No
             raise ValueError(f"build_model: schedule {config.schedule!r} needs n_train")
         kwargs["schedule"] = build_schedule(config, steps_per_epoch(n_train, config.batch_size))
     model = Model(layers)
-    if config.dataset == "sine":
+    if (task or task_of(config, None)) == "regression":
         model.add(Linear())
         model.set(loss=MeanSquaredError(), accuracy=RegressionAccuracy())
     else:
@@ -454,11 +553,12 @@ def build_schedule(config: Config, steps: int) -> Any:
 
 def default_out(config: Config) -> Path:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = Path("runs") / f"{config.dataset}-{stamp}"
+    name = config.dataset or Path(str(config.data)).name.split(".")[0] or "data"
+    path = Path("runs") / f"{name}-{stamp}"
     suffix = 1
     while path.exists():
         suffix += 1
-        path = Path("runs") / f"{config.dataset}-{stamp}-{suffix}"
+        path = Path("runs") / f"{name}-{stamp}-{suffix}"
     return path
 
 
@@ -582,7 +682,7 @@ def _resumed_config(run_dir: Path, overrides: Mapping[str, Any] | None) -> Confi
     return dataclasses.replace(saved, out=str(run_dir))
 
 
-ARCHITECTURE = ("dataset", "hidden", "activation", "dropout", "samples")
+ARCHITECTURE = ("dataset", "hidden", "activation", "dropout", "samples", *DATA_SETTINGS)
 SPANS_THE_RUN = ("cosine", "onecycle")  # the schedules whose length is the run's epochs
 
 
@@ -608,12 +708,22 @@ def _execute(
         with interrupts.installed(), use_backend(name) as backend, contextlib.ExitStack() as held:
 
             def load() -> tuple[Any, ...]:
-                X, y, X_val, y_val = load_data(config)
-                n_outputs = 1 if config.dataset == "sine" else int(y.max()) + 1
-                return X, y, X_val, y_val, build_model(config, X.shape[1], n_outputs, len(X))
+                X, y, X_val, y_val, described = load_dataset(config)
+                task = task_of(config, described)
+                if task == "regression":
+                    n_outputs = y.shape[1]
+                elif described is not None and described.class_names is not None:
+                    n_outputs = len(described.class_names)
+                else:
+                    n_outputs = int(y.max()) + 1
+                model = build_model(config, X.shape[1], n_outputs, len(X), task)
+                return X, y, X_val, y_val, described, model
 
             # each rank loads; if one fails, all stop (none waits for it in a collective)
-            X, y, X_val, y_val, model = on_every_rank(dist, load)
+            X, y, X_val, y_val, described, model = on_every_rank(dist, load)
+            task = task_of(config, described)
+            if described is not None:  # (recorded: a resume loads the data as this run did)
+                config = dataclasses.replace(config, task=task, val_split=described.val_split)
             history: list[dict[str, float]] = []
             # the callbacks that decide (every rank), before the run folder's, whose checkpoint
             # then holds their state after the epoch it saves
@@ -634,6 +744,8 @@ def _execute(
                     run_folder.refuse_a_used_folder(out)
                 states: dict[str, Any] = {}
                 if resuming:
+                    if described is not None:
+                        _check_same_files(out, described)
                     if (out / "checkpoint.npz").is_file():
                         loaded = Model.load(out / "checkpoint.npz")
                         _check_same_architecture(loaded, model, out)
@@ -669,7 +781,10 @@ def _execute(
                         "versions": versions(),
                         "command": command if command is not None else sys.argv,
                         "started": dt.datetime.now().isoformat(timespec="seconds"),
+                        **({} if described is None else {"data_files": described.files}),
                     })  # fmt: skip
+                    if described is not None:  # the classes' names and the scaler, for people
+                        run_folder.write_json(out / "data.json", described.as_dict())
                 return int(model.epochs_trained), states
 
             # rank 0's epoch count and callback states (the others get its parameters and
@@ -683,7 +798,8 @@ def _execute(
             folder = None
             if root:
                 best = math.inf if best_row is None else best_row["val_loss"]
-                folder = run_folder.RunFolderLog(out, interrupts, best)
+                extra = None if described is None else {"data": described.as_dict()}
+                folder = run_folder.RunFolderLog(out, interrupts, best, extra)
                 callbacks.append(folder)
                 if progress and _tqdm_available():
                     callbacks.append(ProgressBar())
@@ -713,7 +829,8 @@ def _execute(
             finish = root and (remaining > 0 or not (out / "summary.json").exists())
             made = None
             if finish and plots:
-                made = _plots(out, history, model if X.shape[1] == 2 else None, X, y, report)
+                boundary = X.shape[1] == 2 and task == "classification"
+                made = _plots(out, history, model if boundary else None, X, y, report)
             trained = int(model.epochs_trained) - done  # (fewer than remaining: stopped early)
             summary = _summary(config, history, trained, len(X) * trained, seconds,
                                time.perf_counter() - called, backend.name)  # fmt: skip
@@ -910,6 +1027,7 @@ def _summary(
     return {
         "run": config.out,
         "dataset": config.dataset,
+        "data": config.data,
         "backend": backend,
         "epochs": int(final.get("epoch", 0)),  # in all, a resumed run's earlier ones too
         "epochs_run": epochs_run,  # by this call
@@ -1010,19 +1128,83 @@ def _env_backend(value: str) -> dict[str, Any]:
         return {"name": value, "known": True, "usable": False, "why": str(e)}
 
 
-def predict(
-    run_dir: str | os.PathLike[str], inputs: np.ndarray, *, best: bool = True
-) -> np.ndarray:
-    """Outputs of a run's model (best.npz if present and ``best``, else checkpoint.npz)."""
+def _check_same_files(run_dir: Path, described: data.Description) -> None:
+    """Refuse data files whose contents differ from those the run in ``run_dir`` started
+    with (config.json's ``data_files``: each path as given and its SHA-256)."""
+    recorded = json.loads((run_dir / "config.json").read_text()).get("data_files") or {}
+    for path, digest in recorded.items():
+        if described.files.get(path) != digest:
+            raise RunError(
+                f"{path} has changed since the run in {run_dir} started (its SHA-256 differs "
+                "from config.json's data_files); the run continues only on the data it began "
+                "with: put that file back, or start a new run"
+            )
+
+
+@dataclasses.dataclass
+class Predictions:
+    """What ``predictions`` returns: the model's ``outputs`` (probabilities, or regression
+    values), the predicted class of each row by name (``classes``; None for regression and
+    for the built-in data sets, whose classes have no names) and, for image files, the file
+    of each row (``rows``)."""
+
+    outputs: np.ndarray
+    classes: list[str] | None = None
+    rows: list[str] | None = None
+
+
+def predictions(
+    run_dir: str | os.PathLike[str],
+    inputs: np.ndarray | str | os.PathLike[str],
+    *,
+    best: bool = True,
+) -> Predictions:
+    """A run's model (best.npz if present and ``best``, else checkpoint.npz) on ``inputs``:
+    an array of raw inputs or a file of them (any kind ``data.read_inputs`` reads, for a run
+    on data from files; an .npy for a built-in data set). A run on files scales them as its
+    training data were (the scaler its checkpoint holds) and names the predicted classes."""
     model, _, _ = _load_run_model(Path(run_dir), best)
-    return to_numpy(model.predict(inputs))
+    saved = model.saved_extra.get("data")
+    described = None if saved is None else data.Description.from_dict(saved)
+    rows = None
+    if isinstance(inputs, str | os.PathLike):
+        if described is None:
+            raise RunError(f"{run_dir}: a run on a built-in data set takes its inputs as an "
+                           "array (a .npy file from the command line)")  # fmt: skip
+        X, rows = data.read_inputs(inputs, described)
+    elif described is not None:
+        X = np.asarray(inputs)
+        if X.ndim == len(described.input_shape) and X.shape == described.input_shape:
+            X = X[None]
+        X = X.reshape(len(X), -1)
+        X = X.astype(np.float32) if described.scaler is None else described.scaler.apply(X)
+    else:
+        X = inputs
+    outputs = to_numpy(model.predict(X))
+    names = None if described is None else described.class_names
+    classes = None if names is None else [names[i] for i in outputs.argmax(axis=1)]
+    return Predictions(outputs, classes, rows)
+
+
+def predict(
+    run_dir: str | os.PathLike[str],
+    inputs: np.ndarray | str | os.PathLike[str],
+    *,
+    best: bool = True,
+) -> np.ndarray:
+    """Outputs of a run's model (best.npz if present and ``best``, else checkpoint.npz) on
+    raw ``inputs`` (see ``predictions``, which names the classes too)."""
+    return predictions(run_dir, inputs, best=best).outputs
 
 
 def evaluate(run_dir: str | os.PathLike[str], *, best: bool = True) -> dict[str, float]:
-    """The run's model on its validation data: ``{"loss": ..., "accuracy": ...}``. A model
-    whose parameters or loss are not finite raises ``RunError``."""
+    """The run's model on its validation data: ``{"loss": ..., "accuracy": ...}`` (data from
+    files read again, and refused if changed since the run started). A model whose
+    parameters or loss are not finite raises ``RunError``."""
     model, path, config = _load_run_model(Path(run_dir), best)
-    _, _, X_val, y_val = load_data(config)
+    _, _, X_val, y_val, described = load_dataset(config)
+    if described is not None:
+        _check_same_files(Path(run_dir), described)
     metrics = model.evaluate(X_val, y_val)
     for key, value in metrics.items():
         if not math.isfinite(value):

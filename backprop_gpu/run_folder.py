@@ -140,7 +140,7 @@ def write_json(path: Path, data: Any) -> None:
 
 
 _RUN_FILES = ("checkpoint.npz", "best.npz", "config.json", "summary.json", "metrics.csv",
-              "metrics.jsonl")  # fmt: skip
+              "metrics.jsonl", "data.json")  # fmt: skip
 
 
 # the temporaries of checkpoint.atomic_write (.checkpoint.npz.<random>.tmp), and of earlier
@@ -369,11 +369,17 @@ class RunFolderLog(Callback):
     writes = True
     saves_states = True  # (checkpoint.npz holds the states of the callbacks before it)
 
-    def __init__(self, out: Path, interrupts: Interrupts, best_val_loss: float) -> None:
+    def __init__(
+        self,
+        out: Path,
+        interrupts: Interrupts,
+        best_val_loss: float,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         self.interrupts = interrupts
         self.metrics = CSVLogger(out / "metrics.csv", append=True, columns=COLUMNS,
                                  jsonl=out / "metrics.jsonl")  # fmt: skip
-        self.checkpoint = ModelCheckpoint(out / "checkpoint.npz")
+        self.checkpoint = ModelCheckpoint(out / "checkpoint.npz", extra=extra)
         self.best = ModelCheckpoint(out / "best.npz", monitor="val_loss", save_best_only=True,
                                     copy_from=out / "checkpoint.npz")  # fmt: skip
         self.best.best = best_val_loss

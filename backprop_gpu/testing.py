@@ -50,9 +50,11 @@ def assert_gradient_close(
     err = np.abs(analytic - numeric)
     if not np.all(err <= atol + rtol * np.abs(numeric)):
         i = np.unravel_index(np.argmax(err - rtol * np.abs(numeric)), err.shape)
+        where = tuple(int(k) for k in i)  # (plain ints and floats: no NumPy reprs)
         raise AssertionError(
-            f"{name}: backward disagrees with finite differences at index {i}: "
-            f"analytic {analytic[i]!r}, numeric {numeric[i]!r} (max abs error {err.max():.3g})"
+            f"{name}: backward disagrees with finite differences at index {where}: "
+            f"analytic {float(analytic[i])!r}, numeric {float(numeric[i])!r} "
+            f"(max abs error {err.max():.3g})"
         )
     return float(err.max())
 
@@ -80,7 +82,8 @@ def check_layer(
         if dtype_name(getattr(layer, p).dtype) != "float64":
             raise TypeError(
                 f"check_layer: {layer!r} {p} are {dtype_name(getattr(layer, p).dtype)}; finite "
-                "differences need float64 parameters (build it with dtype='float64')"
+                "differences need float64 parameters (build it with dtype='float64'; a layer of "
+                "your own: give its constructor a dtype for its parameters)"
             )
     x = np.array(to_numpy(inputs), dtype=np.float64)
 

@@ -773,3 +773,20 @@ def test_kernels_compile_once_and_load_once_per_gpu(monkeypatch: pytest.MonkeyPa
     relu = [(gpu, n) for name, gpu, n in launches if name == "relu_backward_f32"]
     assert sorted(relu) == [(0, 300)] * 10 + [(1, 300)] * 10  # each on its backend's GPU
     assert len(launches) == 40
+
+
+def test_the_stand_in_without_its_package_is_an_unavailable_backend() -> None:
+    """Without array-api-strict, asking for it raises BackendUnavailableError (what a script
+    skipping the backends it cannot run catches, as examples/custom_layer.py does), naming the
+    extra."""
+    code = (
+        "import sys; sys.modules['array_api_strict'] = None\n"
+        "import backprop_gpu as bg\n"
+        "try:\n    bg.set_backend('array_api_strict')\n"
+        "except bg.BackendUnavailableError as e:\n    print(e)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == (
+        "backend 'array_api_strict' needs the array-api-strict package (the test extra: "
+        "pip install -e '.[test]' in a checkout of backprop_gpu)"
+    )

@@ -34,8 +34,20 @@ def test_readme_model_section_runs(tmp_path: object, monkeypatch: object) -> Non
     assert namespace["probabilities"].shape == (5, 10)  # type: ignore[attr-defined]
 
 
+def test_readme_training_controls_run(tmp_path: object, monkeypatch: object) -> None:
+    """The callbacks example stops early, after the epoch it says, with the best weights."""
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+                if "bg.EarlyStopping(patience=30" in b]  # fmt: skip
+    out = io.StringIO()
+    with bg.use_backend("numpy"), contextlib.redirect_stdout(out):
+        exec(compile(block, str(README), "exec"), {})
+    assert out.getvalue().split() == ["275", "245", "0.6048", "0.6048"]
+    assert "It stops after epoch 275 with the weights of epoch 245" in README.read_text()
+
+
 def test_readme_sweep_runs(tmp_path: object, monkeypatch: object) -> None:
-    block = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[2]
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+                if "for lr in (0.01, 0.02):" in b]  # fmt: skip
     monkeypatch.chdir(tmp_path)  # type: ignore[attr-defined]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Backend
+from .base import Backend, BackendUnavailableError
 
 
 class StrictBackend(Backend):
@@ -24,8 +24,8 @@ class StrictBackend(Backend):
             try:
                 import array_api_strict as xp
             except ImportError as e:
-                raise RuntimeError(
+                raise BackendUnavailableError(
                     "backend 'array_api_strict' needs the array-api-strict package "
-                    "(the test extra: pip install '.[test]' in a checkout of backprop_gpu)"
+                    "(the test extra: pip install -e '.[test]' in a checkout of backprop_gpu)"
                 ) from e
         super().__init__(xp, xp.Device("device1") if device is None else device, reason, fast_ops)

@@ -1,0 +1,294 @@
+"""``backprop-gpu train --data ...`` on the user's own files, driven as a user would: train,
+resume (exactly), evaluate and predict (with class names) on each kind of file, from the
+example files that ``examples/data/make_examples.py`` writes; and the refusals (exit 2 for
+usage, 1 for bad data, no run folder left behind)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import backprop_gpu as bg
+from backprop_gpu import cli, data, experiment
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "data"
+E = str(EXAMPLES)
+QUICK = ["--hidden", "16", "--batch-size", "16", "--backend", "numpy", "--quiet", "--no-plots"]
+IDX = ["--data", f"{E}/bars-train-images-idx3-ubyte.gz",
+       "--labels", f"{E}/bars-train-labels-idx1-ubyte.gz",
+       "--val-data", f"{E}/bars-t10k-images-idx3-ubyte.gz",
+       "--val-labels", f"{E}/bars-t10k-labels-idx1-ubyte.gz"]  # fmt: skip
+
+# each kind of file: the train flags, a file to predict on, and whether it needs Pillow
+KINDS = {
+    "csv": (["--data", f"{E}/iris-like.csv", "--target", "species", "--scale", "standard"],
+            f"{E}/iris-like-new.csv"),
+    "tsv-regression": (["--data", f"{E}/wave.tsv", "--target", "y", "--scale", "minmax"],
+                       f"{E}/wave.tsv"),
+    "npz": (["--data", f"{E}/blobs.npz"], f"{E}/blobs.npz"),
+    "idx": (IDX, f"{E}/bars-t10k-images-idx3-ubyte.gz"),
+    "images": (["--data", f"{E}/shapes", "--val-split", "0.25"], f"{E}/shapes/vertical"),
+}  # fmt: skip
+
+
+def exit_code(argv: list[str]) -> int:
+    """``backprop-gpu argv``'s exit status (usage errors exit through argparse: 2)."""
+    try:
+        return cli.main(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+
+
+def rows_without_seconds(run: Path) -> list[dict[str, float]]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in experiment.read_metrics(run)]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_train_resume_evaluate_predict(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flags, inputs = KINDS[kind]
+    if kind == "images":
+        pytest.importorskip("PIL")
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert cli.main(["train", *flags, *QUICK, "--epochs", "4", "--out", str(full)]) == 0
+    assert cli.main(["train", *flags, *QUICK, "--epochs", "2", "--out", str(part)]) == 0
+    assert cli.main(["train", "--resume", "--epochs", "4", "--out", str(part), "--quiet"]) == 0
+    assert rows_without_seconds(part) == rows_without_seconds(full)  # resumed exactly
+    # config.json: the paths as given, the content hash of each file read
+    recorded = json.loads((part / "config.json").read_text())
+    given = flags[flags.index("--data") + 1]
+    assert recorded["config"]["data"] == given and recorded["config"]["dataset"] is None
+    digests = recorded["data_files"]
+    assert digests[given] == data.file_hash(Path(given)) and len(digests) in (1, 2, 4)
+    # the class names and scaler: in data.json and in the model file's own metadata
+    described = json.loads((part / "data.json").read_text())
+    saved = bg.Model.load(part / "best.npz").saved_extra["data"]
+    assert saved == described
+    regression = kind == "tsv-regression"
+    assert described["task"] == ("regression" if regression else "classification")
+    # evaluate: the best epoch's validation numbers
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(part)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    best = min(experiment.read_metrics(part), key=lambda r: r["val_loss"])
+    assert metrics["loss"] == pytest.approx(best["val_loss"], rel=1e-6)
+    assert metrics["accuracy"] == pytest.approx(best["val_accuracy"], rel=1e-6)
+    # predict: names printed; the same as the model file alone gives on the scaled inputs
+    assert cli.main(["predict", str(part), "--input", inputs]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    model = bg.Model.load(part / "best.npz")
+    description = data.Description.from_dict(saved)
+    X, names = data.read_inputs(inputs, description)
+    outputs = bg.to_numpy(model.predict(X))
+    if regression:
+        np.testing.assert_allclose(np.array(printed, dtype=float), outputs[:, 0], rtol=1e-5)
+        return
+    expected = [description.class_names[i] for i in outputs.argmax(axis=1)]  # type: ignore[index]
+    if names is not None:
+        expected = [f"{n}\t{c}" for n, c in zip(names, expected, strict=True)]
+    assert printed == expected and len(printed) == len(X)
+
+
+@pytest.mark.parametrize("kind", ["npy", "parquet"])
+def test_npy_pairs_and_parquet(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The iris-like table as an .npy pair (string labels) or a Parquet file trains as the
+    CSV does: the same split, scaling and metrics, resumed exactly."""
+    table = data.read(EXAMPLES / "iris-like.csv", target="species")
+    if kind == "npy":
+        np.save(tmp_path / "X.npy", table.X)
+        np.save(tmp_path / "y.npy", table.y)
+        flags = ["--data", str(tmp_path / "X.npy"), "--labels", str(tmp_path / "y.npy")]
+        new = tmp_path / "new.npy"
+        np.save(new, np.genfromtxt(f"{E}/iris-like-new.csv", delimiter=",", skip_header=1))
+    else:
+        pandas = pytest.importorskip("pandas")
+        pytest.importorskip("pyarrow")
+        frame = pandas.DataFrame(table.X, columns=table.feature_names)
+        frame["species"] = table.y
+        frame.to_parquet(tmp_path / "iris.parquet")
+        flags = ["--data", str(tmp_path / "iris.parquet"), "--target", "species"]
+        new = tmp_path / "new.parquet"
+        pandas.read_csv(f"{E}/iris-like-new.csv").to_parquet(new)
+    csv_flags = [*KINDS["csv"][0][:4], "--scale", "standard"]
+    run, part, reference = tmp_path / "run", tmp_path / "part", tmp_path / "csv"
+    for out, epochs, given in ((run, "4", flags), (part, "2", flags), (reference, "4", csv_flags)):
+        given = given if given is csv_flags else [*given, "--scale", "standard"]
+        assert cli.main(["train", *given, *QUICK, "--epochs", epochs, "--out", str(out)]) == 0
+    assert cli.main(["train", "--resume", "--epochs", "4", "--out", str(part), "--quiet"]) == 0
+    assert rows_without_seconds(run) == rows_without_seconds(part)
+    assert rows_without_seconds(run) == rows_without_seconds(reference)
+    capsys.readouterr()
+    assert cli.main(["predict", str(run), "--input", str(new)]) == 0
+    assert cli.main(["predict", str(reference), "--input", f"{E}/iris-like-new.csv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:6] == lines[6:] and set(lines) <= {"setosa", "versicolor", "virginica"}
+
+
+def test_predict_names_the_right_classes_and_takes_raw_inputs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Trained long enough, the iris-like model names the 6 new rows' species as they were
+    drawn (setosa, versicolor, virginica, twice); raw inputs from a CSV, an .npy or an array
+    are scaled by the saved scaler alike."""
+    flags = KINDS["csv"][0]
+    out = tmp_path / "run"
+    assert cli.main(["train", *flags, *QUICK, "--epochs", "60", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert cli.main(["predict", str(out), "--input", f"{E}/iris-like-new.csv"]) == 0
+    species = ["setosa", "versicolor", "virginica"] * 2
+    assert capsys.readouterr().out.splitlines() == species
+    raw = np.genfromtxt(f"{E}/iris-like-new.csv", delimiter=",", skip_header=1)
+    assert experiment.predictions(out, raw).classes == species
+    np.save(tmp_path / "raw.npy", raw)
+    assert cli.main(["predict", str(out), "--input", str(tmp_path / "raw.npy")]) == 0
+    assert capsys.readouterr().out.splitlines() == species
+    np.testing.assert_array_equal(
+        experiment.predict(out, raw), experiment.predict(out, f"{E}/iris-like-new.csv")
+    )
+    assert cli.main(["predict", str(out), "--input", f"{E}/wave.tsv"]) == 1
+    assert "no column(s) 'sepal_length'" in capsys.readouterr().err
+
+
+def test_regression_from_a_file_learns(tmp_path: Path) -> None:
+    """Float targets train with MSE and the regression accuracy, as the built-in sine."""
+    out = tmp_path / "run"
+    flags = ["--data", f"{E}/wave.tsv", "--target", "y", "--scale", "standard"]
+    assert cli.main(["train", *flags, *QUICK, "--epochs", "150", "--out", str(out)]) == 0
+    model = bg.Model.load(out / "best.npz")
+    assert type(model.loss).__name__ == "MeanSquaredError"
+    assert type(model.accuracy).__name__ == "RegressionAccuracy"
+    best = min(experiment.read_metrics(out), key=lambda r: r["val_loss"])
+    assert best["val_loss"] < 0.05 and best["val_accuracy"] > 0.2  # (y's variance: ~1.2)
+
+
+def test_a_changed_file_is_refused_by_resume_and_evaluate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "iris.csv"
+    shutil.copy(EXAMPLES / "iris-like.csv", path)
+    out = tmp_path / "run"
+    flags = ["--data", str(path), "--target", "species"]
+    assert cli.main(["train", *flags, *QUICK, "--epochs", "2", "--out", str(out)]) == 0
+    path.write_text(path.read_text().replace("5.9,3.0", "5.9,3.1", 1))
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", "--epochs", "3", "--out", str(out), "--quiet"]) == 1
+    said = capsys.readouterr().err
+    assert f"{path} has changed since the run in {out} started" in said
+    assert len(experiment.read_metrics(out)) == 2
+    assert cli.main(["evaluate", str(out)]) == 1
+    assert "has changed since the run" in capsys.readouterr().err
+
+
+def test_the_settings_from_a_toml_file(tmp_path: Path) -> None:
+    toml = tmp_path / "run.toml"
+    toml.write_text(f'data = "{E}/iris-like.csv"\ntarget = "species"\nscale = "minmax"\n'
+                    'val_split = 0.25\nepochs = 2\nhidden = [8]\nbackend = "numpy"\n')  # fmt: skip
+    assert cli.main(["train", "--config", str(toml), "--out", str(tmp_path / "a"), "--quiet",
+                     "--no-plots"]) == 0  # fmt: skip
+    flags = ["--data", f"{E}/iris-like.csv", "--target", "species", "--scale", "minmax",
+             "--val-split", "0.25", "--epochs", "2", "--hidden", "8"]  # fmt: skip
+    flags += ["--backend", "numpy"]
+    assert cli.main(["train", *flags, "--out", str(tmp_path / "b"), "--quiet", "--no-plots"]) == 0
+    a, b = (json.loads((tmp_path / n / "config.json").read_text()) for n in "ab")
+    assert a["config"] | {"out": ""} == b["config"] | {"out": ""}
+    assert a["config"]["val_split"] == 0.25 and a["config"]["scale"] == "minmax"
+    assert rows_without_seconds(tmp_path / "a") == rows_without_seconds(tmp_path / "b")
+
+
+@pytest.mark.parametrize(
+    ("flags", "code", "said"),
+    [
+        (["--data", f"{E}/blobs.npz", "--dataset", "spiral"], 2, "dataset and data: 'spiral'"),
+        (["--target", "y"], 2, "target: a setting of data from files, which needs data"),
+        (["--data", f"{E}/iris-like.csv"], 2, "name the table's target column (--target"),
+        (["--data", f"{E}/iris-like.csv", "--target", "species", "--samples", "9"], 2,
+         "samples: the size of a generated data set"),
+        (["--data", f"{E}/blobs.npz", "--val-split", "0.1"], 2, "val_split: 0.1 and a valid"),
+        (["--data", f"{E}/wave.tsv", "--target", "y", "--val-split", "2"], 2,
+         "val_split: must be a fraction in (0, 1), got 2.0"),
+        (["--data", f"{E}/iris-like.csv", "--target", "nope"], 1,
+         "no column 'nope'; its columns: sepal_length, sepal_width"),
+        (["--data", f"{E}/nope.csv", "--target", "y"], 1, "nope.csv: no such file or folder"),
+        (["--data", f"{E}/bars-train-images-idx3-ubyte.gz",
+          "--labels", f"{E}/bars-t10k-labels-idx1-ubyte.gz"], 1,
+         "15 targets for the 60 samples of"),
+    ],
+)  # fmt: skip
+def test_refusals_leave_no_run_folder(
+    flags: list[str], code: int, said: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert exit_code(["train", *flags, *QUICK, "--epochs", "1", "--out", str(out)]) == code
+    assert said in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_bad_data_cells_exit_1_without_a_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("a,b,label\n1,2,x\n3,abc,y\n")
+    out = tmp_path / "runs" / "run"
+    assert cli.main(["train", "--data", str(path), "--target", "label", *QUICK,
+                     "--out", str(out)]) == 1  # fmt: skip
+    assert f"{path}: line 3, column 'b': 'abc' is not a number" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_predict_on_a_built_in_run_takes_npy_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert cli.main(["train", "--samples", "60", "--epochs", "1", *QUICK, "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert cli.main(["predict", str(out), "--input", f"{E}/iris-like-new.csv"]) == 1
+    assert "not a .npy file" in capsys.readouterr().err
+    with pytest.raises(experiment.RunError, match="a run on a built-in data set takes its"):
+        experiment.predictions(out, f"{E}/iris-like-new.csv")
+
+
+def test_the_readme_commands_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's "Your own data" commands and Python, as written but for fewer epochs,
+    from a folder holding the examples."""
+    pytest.importorskip("PIL")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Your own data") : readme.index("## The GPU path")]
+    (tmp_path / "examples").symlink_to(EXAMPLES.parent)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BACKPROP_GPU_BACKEND", "numpy")
+    commands = re.findall(r"```bash\n(.*?)```", section, re.S)[0].replace("\\\n", " ")
+    ran = []
+    for line in commands.splitlines():
+        argv = shlex.split(line, comments=True)
+        if argv[0] != "backprop-gpu":
+            continue
+        if argv[1] == "train":
+            epochs = "3" if "--resume" in argv else "2"
+            argv += ["--epochs", epochs, "--quiet", "--no-plots", "--hidden", "8"]
+            if "--resume" in argv:
+                argv = argv[:-2]  # (a resume keeps its hidden sizes)
+        capsys.readouterr()
+        assert cli.main(argv[1:]) == 0, line
+        ran.append(argv[1])
+        if argv[1] == "predict":
+            printed = capsys.readouterr().out.splitlines()
+            assert printed and all(re.fullmatch(r"(\S+\t)?[a-z]+", p) for p in printed)
+    assert ran.count("train") == 6 and ran.count("predict") == 2
+    python = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    python = python.replace('"epochs": 60', '"epochs": 2')
+    capsys.readouterr()
+    exec(compile(python, "README.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "(96, 4) ['setosa', 'versicolor', 'virginica']"
+    assert len(eval(lines[1])) == 6
