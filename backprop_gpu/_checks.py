@@ -10,6 +10,7 @@ import sys
 import types
 import warnings
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -28,20 +29,29 @@ def batch(backend: Backend, inputs: Any, n_features: int, dtype: Any, where: str
     if array_library(inputs) in ("numpy", None):
         inputs = host_array(inputs, f"{where} inputs")
         warn_if_integer(inputs.dtype, where)
-    x = backend.asarray(inputs, dtype, what=f"{where} inputs")
+    else:
+        inputs = backend.asarray(inputs, what=f"{where} inputs")
+    batch_shape(inputs, n_features, where, "inputs", " (the layer's n_inputs)")
+    return backend.asarray(inputs, dtype, what=f"{where} inputs")
+
+
+def batch_shape(x: Any, n_features: int | None, where: str, name: str, origin: str = "") -> Any:
+    """``x`` when it is a 2-D batch (samples, n_features) with samples > 0, else
+    ``ValueError`` naming ``where`` and ``name`` (``origin``: where n_features comes from).
+    A layer's inputs and a Model pass's X alike."""
+    shape = tuple(x.shape)
     if x.ndim != 2:
-        hint = " (one sample? use x.reshape(1, -1))" if x.ndim == 1 else ""
+        hint = f" (one sample? use {name}.reshape(1, -1))" if x.ndim == 1 else ""
         raise ValueError(
-            f"{where} expected a 2-D batch of shape (batch, {n_features}), "
-            f"got a {x.ndim}-D array of shape {tuple(x.shape)}{hint}"
+            f"{where} expected {name} as a 2-D batch of shape (samples, {n_features}), got "
+            f"{x.ndim}-D shape {shape}{hint}"
         )
-    if x.shape[1] != n_features:
+    if n_features is not None and shape[1] != n_features:
         raise ValueError(
-            f"{where} expected inputs with {n_features} features (shape (batch, {n_features})), "
-            f"got shape {tuple(x.shape)}"
+            f"{where} expected {name} with {n_features} features{origin}, got shape {shape}"
         )
-    if x.shape[0] == 0:
-        raise ValueError(f"{where} got an empty batch (shape {tuple(x.shape)})")
+    if shape[0] == 0:
+        raise ValueError(f"{where} got an empty batch: {name} has shape {shape}")
     return x
 
 
@@ -76,14 +86,36 @@ def check_finite(array: Any, name: str = "array") -> Any:
         raise TypeError(f"{name} must hold numbers, got dtype {a.dtype}")
     if kind not in "fc" or a.size == 0:
         return array
-    if not bool(all_finite(xp, a)):
+    if xp is np:  # in chunks: a memory-mapped file is never read whole at once
+        if all(host_finite(part) for _, part in host_chunks(a)):
+            return array
+        nan = bad = 0
+        for _, part in host_chunks(a):
+            nan += int(np.count_nonzero(np.isnan(part)))
+            bad += int(part.size - np.count_nonzero(np.isfinite(part)))
+    elif not bool(all_finite(xp, a)):
         counts = xp.stack([xp.sum(xp.astype(xp.isnan(a), xp.int64)),
                            xp.sum(xp.astype(~xp.isfinite(a), xp.int64))])  # fmt: skip
         nan, bad = (int(c) for c in to_numpy(counts))
-        raise ValueError(
-            f"{name} holds {bad} NaN or infinite values ({nan} NaN, {bad - nan} infinite)"
-        )
-    return array
+    else:
+        return array
+    raise ValueError(f"{name} holds {bad} NaN or infinite values ({nan} NaN, {bad - nan} infinite)")
+
+
+CHUNK_BYTES = 16 * 1024 * 1024  # a host scan reads at most this much of an array at a time
+
+
+def host_chunks(a: np.ndarray, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, Any]]:
+    """``(first row, rows)`` of host array ``a`` in blocks of about ``chunk_bytes`` along the
+    first axis (one block when it is smaller), so a scan of a memory-mapped file holds one
+    block and its temporaries at a time."""
+    if a.ndim == 0:
+        yield 0, a
+        return
+    row_bytes = max(1, a.itemsize * (a.size // a.shape[0] if a.shape[0] else 1))
+    step = max(1, chunk_bytes // row_bytes)
+    for start in range(0, max(a.shape[0], 1), step):
+        yield start, a[start : start + step]
 
 
 def _namespace(array: Any, library: str) -> Any:
@@ -167,36 +199,14 @@ def labels(
     ):
         return backend.asarray(y_true, backend.xp.int64, what=f"{where} y_true")
     on_host = array_library(y_true) in ("numpy", None)
-    y = (
-        host_array(y_true, f"{where} y_true")
-        if on_host
-        else backend.asarray(y_true, what=f"{where} y_true")
-    )
-    if y.ndim == 2 and y.shape[1] == 1 and (n_classes > 1 or dtype_kind(y.dtype) in "iu"):
-        # (N, 1) class indices; with a single class, float (N, 1) rows are one-hot
-        y = y[:, 0] if on_host else backend.xp.reshape(y, (y.shape[0],))
-    if y.ndim not in (1, 2) or y.shape[0] != n_samples:
-        raise ValueError(
-            f"{where} expected y_true as {n_samples} class indices, shape ({n_samples},), or "
-            f"one-hot of shape ({n_samples}, {n_classes}); got shape {tuple(y.shape)} "
-            f"for {n_samples} samples"
-        )
-    if y.ndim == 2 and y.shape[1] != n_classes:
-        raise ValueError(
-            f"{where} expected one-hot y_true with {n_classes} columns (one per class), "
-            f"got shape {tuple(y.shape)}"
-        )
-    kind = dtype_kind(y.dtype)
-    if y.ndim == 1 and kind not in "iu":
-        raise TypeError(
-            f"{where} expected integer class indices in y_true, got dtype {y.dtype} "
-            "(convert with y.astype(int), or pass one-hot rows)"
-        )
-    if y.ndim == 2 and kind not in "iubf":
-        raise TypeError(f"{where} expected numeric one-hot y_true, got dtype {y.dtype}")
     if on_host:
-        _raise_if_bad_labels(y, n_classes, where)
-    elif later is not None:  # on the device: checked there, read later
+        y = host_labels(y_true, n_samples, n_classes, where)
+        return backend.asarray(
+            y, backend.xp.int64 if y.ndim == 1 else dtype, what=f"{where} y_true"
+        )
+    y = backend.asarray(y_true, what=f"{where} y_true")
+    y = label_shape(backend.xp, y, n_samples, n_classes, where)
+    if later is not None:  # on the device: checked there, read later
         xp = backend.xp
         given = y
         if y.ndim == 1:
@@ -218,29 +228,71 @@ def labels(
     return backend.asarray(y, dtype, what=f"{where} y_true")
 
 
+def host_labels(y_true: Any, n_samples: int, n_classes: int, where: str) -> np.ndarray:
+    """Host class labels checked (shape, dtype, values; in chunks, so a memory-mapped file
+    is not read whole at once) and returned without a copy: (N,) indices ((N, 1) as a view
+    of (N,)) or (N, C) one-hot rows, in their own dtype."""
+    y: np.ndarray = label_shape(np, host_array(y_true, f"{where} y_true"), n_samples, n_classes,
+                                where)  # fmt: skip
+    _raise_if_bad_labels(y, n_classes, where)
+    return y
+
+
+def label_shape(xp: Any, y: Any, n_samples: int, n_classes: int, where: str) -> Any:
+    """Labels ``y`` of ``xp`` as (N,) class indices or (N, C) one-hot rows (their shape and
+    dtype checked, not their values); (N, 1) integer indices become (N,), a view."""
+    if y.ndim == 2 and y.shape[1] == 1 and (n_classes > 1 or dtype_kind(y.dtype) in "iu"):
+        # (N, 1) class indices; with a single class, float (N, 1) rows are one-hot
+        y = xp.reshape(y, (y.shape[0],))
+    if y.ndim not in (1, 2) or y.shape[0] != n_samples:
+        raise ValueError(
+            f"{where} expected y_true as {n_samples} class indices, shape ({n_samples},), or "
+            f"one-hot of shape ({n_samples}, {n_classes}); got shape {tuple(y.shape)} "
+            f"for {n_samples} samples"
+        )
+    if y.ndim == 2 and y.shape[1] != n_classes:
+        raise ValueError(
+            f"{where} expected one-hot y_true with {n_classes} columns (one per class), "
+            f"got shape {tuple(y.shape)}"
+        )
+    kind = dtype_kind(y.dtype)
+    if y.ndim == 1 and kind not in "iu":
+        raise TypeError(
+            f"{where} expected integer class indices in y_true, got dtype {y.dtype} "
+            "(convert with y.astype(int), or pass one-hot rows)"
+        )
+    if y.ndim == 2 and kind not in "iubf":
+        raise TypeError(f"{where} expected numeric one-hot y_true, got dtype {y.dtype}")
+    return y
+
+
 def _raise_if_bad_labels(y: np.ndarray, n_classes: int, where: str, when: str = "") -> None:
     """Raise for host labels ``y`` (checked for shape and dtype) that are not class indices
     in [0, n_classes) (1-D) or one-hot rows (2-D), naming the values and where they are;
     ``when`` is added to the message (how a check on the device came to be read)."""
+    count, first, lo, hi = 0, -1, math.inf, -math.inf  # (in chunks: see host_chunks)
+    for start, part in host_chunks(y):
+        bad = np.flatnonzero(
+            ((part < 0) | (part >= n_classes)) if y.ndim == 1 else ~_one_hot_rows_ok(np, part)
+        )
+        if bad.size and first < 0:
+            first = start + int(bad[0])
+        count += bad.size
+        if y.ndim == 1 and part.size:
+            lo, hi = min(lo, int(part.min())), max(hi, int(part.max()))
+    if not count:
+        return
     if y.ndim == 1:
-        bad = np.flatnonzero((y < 0) | (y >= n_classes))
-        if bad.size:
-            lo, hi = int(y.min()), int(y.max())
-            first = int(bad[0])
-            raise ValueError(
-                f"{where} expected class indices in [0, {n_classes - 1}] for {n_classes} "
-                f"classes, got values from {lo} to {hi} ({bad.size} outside, the first "
-                f"y_true[{first}] = {int(y[first])}){when}"
-            )
-    else:
-        rows = np.flatnonzero(~_one_hot_rows_ok(np, y))
-        if rows.size:
-            first = int(rows[0])
-            raise ValueError(
-                f"{where} expected one-hot y_true: each row all 0 but a single 1 (or pass "
-                f"class indices of shape (N,)); {rows.size} rows are not, the first "
-                f"y_true[{first}] = {np.asarray(y[first]).tolist()}{when}"
-            )
+        raise ValueError(
+            f"{where} expected class indices in [0, {n_classes - 1}] for {n_classes} "
+            f"classes, got values from {lo} to {hi} ({count} outside, the first "
+            f"y_true[{first}] = {int(y[first])}){when}"
+        )
+    raise ValueError(
+        f"{where} expected one-hot y_true: each row all 0 but a single 1 (or pass "
+        f"class indices of shape (N,)); {count} rows are not, the first "
+        f"y_true[{first}] = {np.asarray(y[first]).tolist()}{when}"
+    )
 
 
 def dtype_kind(dtype: Any) -> str:
@@ -461,8 +513,14 @@ def targets(backend: Backend, y_true: Any, n: int, outputs: int, dtype: Any, whe
     if n == 0:
         raise ValueError(f"{where} got an empty batch (0 samples)")
     y = backend.asarray(y_true, dtype, what=f"{where} y_true")
+    return target_shape(backend.xp, y, n, outputs, where)
+
+
+def target_shape(xp: Any, y: Any, n: int, outputs: int, where: str) -> Any:
+    """Targets ``y`` of ``xp`` shaped (n, outputs) ((n,) as a view of (n, 1) when there is
+    one output), or ``ValueError``."""
     if y.ndim == 1 and outputs == 1 and y.shape[0] == n:
-        y = backend.xp.reshape(y, (n, 1))
+        y = xp.reshape(y, (n, 1))
     if tuple(y.shape) != (n, outputs):
         raise ValueError(
             f"{where} expected y_true of shape ({n}, {outputs}) like the predictions, "

@@ -357,7 +357,7 @@ class DataParallel(Local):
     def is_root(self) -> bool:  # type: ignore[override]
         return self.context.is_root
 
-    def setup(self, model: Any, data: tuple[Any, Any], validation: Any,
+    def setup(self, model: Any, data: Any, validation: Any,
               settings: dict[str, Any]) -> None:  # fmt: skip
         """Check that every rank has the same model, data and settings, that the global
         batch gives every rank a sample; then broadcast rank 0's parameters and optimizer
@@ -370,8 +370,8 @@ class DataParallel(Local):
                       if o is not None],
             "backend": model.backend.name,
             "train": settings,
-            "data": fingerprint(model.backend, *data),
-            "validation": None if validation is None else fingerprint(model.backend, *validation),
+            "data": fingerprint(data),
+            "validation": None if validation is None else fingerprint(validation),
         }  # fmt: skip
         dist.check_same("the model, the data or the Model.train arguments", spec)
         check_batch(settings["batch_size"], dist.size, "Model.train")
@@ -594,15 +594,16 @@ def info() -> dict[str, Any]:
     }
 
 
-def fingerprint(backend: Backend, X: Any, y: Any) -> list[Any]:
-    """A cheap summary of a data set on ``backend`` for ``check_same``: shapes, dtypes and a
-    hash of up to 64 evenly spaced rows (copied to the host, not the whole set)."""
-    n = X.shape[0]
-    rows = backend.asarray(np.unique(np.linspace(0, max(n - 1, 0), 64).astype(np.int64)))
-    xp = backend.xp
-    x_rows, y_rows = to_numpy(xp.take(X, rows, axis=0)), to_numpy(xp.take(y, rows, axis=0))
+def fingerprint(data: Any) -> list[Any]:
+    """A cheap summary of a data set (an ``inputs.Data``, on the device or streamed) for
+    ``check_same``: shapes, dtypes and a hash of up to 64 evenly spaced rows (copied to the
+    host, not the whole set), the same wherever the data live."""
+    n = data.n
+    rows = np.unique(np.linspace(0, max(n - 1, 0), 64).astype(np.int64))
+    x_rows, y_rows = data.host_rows(rows)
     sample = _sha256(x_rows.tobytes() + y_rows.tobytes())
-    return [list(X.shape), str(X.dtype), list(y.shape), str(y.dtype), sample]
+    shapes = [[n, *x_rows.shape[1:]], str(x_rows.dtype), [n, *y_rows.shape[1:]], str(y_rows.dtype)]
+    return [*shapes, sample]
 
 
 def _sha256(data: bytes) -> str:

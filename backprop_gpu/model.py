@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from .callbacks import Callback
     from .trainer import History
 
+Reduce = Callable[[list[Any]], Any]  # (the ranks' sum of an evaluation's sums)
+
 
 class Model:
     """Layers run in order; ``set`` the loss, optimizer and accuracy; ``finalize``; train.
@@ -245,6 +247,7 @@ class Model:
         on_epoch_end: Callable[[dict[str, float]], None] | None = None,
         on_nonfinite: str = "raise",
         distributed: Any = False,
+        data_on_device: bool | None = None,
     ) -> History:
         """Train for ``epochs`` passes over (X, y) in mini-batches of ``batch_size`` (all of X
         when None; the last batch may be smaller) and return the history: one dict per epoch
@@ -262,6 +265,10 @@ class Model:
         infinite puts the epoch back and raises ``NonFiniteLossError`` (``on_nonfinite="stop"``
         ends quietly); ``distributed=True`` trains data-parallel over MPI (``mpiexec -n R``).
         Each in full, and the step buffers of NumPy: :meth:`backprop_gpu.trainer.Trainer.fit`.
+
+        ``data_on_device``: True copies the data to the device once, False streams it from
+        the host batch by batch (memory-mapped files too, never read whole), None decides
+        (``inputs.place``: on a GPU, whether it fits in half the free memory); alike results.
         """
         from .trainer import Trainer, callbacks_for, strategy_for  # (the loop: above the model)
 
@@ -271,37 +278,32 @@ class Model:
         chosen = callbacks_for(callbacks, print_every, on_epoch_end, on_nonfinite)
         return Trainer(self, chosen, strategy).fit(
             X, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data,
-            shuffle=shuffle, seed=seed,
+            shuffle=shuffle, seed=seed, data_on_device=data_on_device,
         )  # fmt: skip
 
     @on_its_gpu
     @one_pass_at_a_time
-    def evaluate(self, X: Any, y: Any, *, batch_size: int | None = None) -> dict[str, float]:
-        """Loss and accuracy over (X, y) in inference mode (Dropout off), without training."""
+    def evaluate(
+        self, X: Any, y: Any, *, batch_size: int | None = None, data_on_device: bool | None = None
+    ) -> dict[str, float]:
+        """Loss and accuracy over (X, y) in inference mode (Dropout off), without training;
+        ``data_on_device`` as in ``train``."""
         self._ready("evaluate")
         inputs.check_pending("Model.evaluate")
-        X_dev, y_dev = inputs.prepare_xy(self, X, y, "Model.evaluate")
-        size = inputs.batch_size(batch_size, X_dev.shape[0], "Model.evaluate")
+        data = inputs.prepare(self, X, y, "Model.evaluate", data_on_device)
+        size = inputs.batch_size(batch_size, data.n, "Model.evaluate")
         with inputs.Unchecked(self.loss, self.accuracy):
-            return self._evaluate(X_dev, y_dev, size)
+            return self._evaluate(data, size)
 
-    def _evaluate(
-        self,
-        X_dev: Any,
-        y_dev: Any,
-        size: int,
-        rows: tuple[int, int] | None = None,
-        reduce: Callable[[list[Any]], Any] | None = None,
-    ) -> dict[str, float]:
-        """Mean loss and accuracy over (X_dev, y_dev); distributed, each rank evaluates its
-        ``rows`` and ``reduce`` sums the (loss, accuracy) sums over the ranks."""
+    def _evaluate(self, data: inputs.Data, size: int, rows: tuple[int, int] | None = None,
+                  reduce: Reduce | None = None) -> dict[str, float]:  # fmt: skip
+        """Mean loss and accuracy over ``data`` (``inputs.prepare``'s); distributed, each
+        rank evaluates its ``rows`` and ``reduce`` sums the (loss, accuracy) sums over ranks."""
         assert self.loss is not None
-        n = X_dev.shape[0]
+        n, sums = data.n, [0.0, 0.0]
         lo, hi = rows if rows is not None else (0, n)
-        sums = [0.0, 0.0]
-        for start in range(lo, hi, size):
-            stop = min(start + size, hi)
-            Xb, yb = X_dev[start:stop, ...], y_dev[start:stop, ...]
+        ranges = [(start, min(start + size, hi)) for start in range(lo, hi, size)]
+        for Xb, yb in data.batches(None, ranges):
             output = self.forward(Xb, training=False)
             loss = self.loss.forward(output, yb)
             accuracy = batch_accuracy(self.accuracy, self.loss, output, yb)

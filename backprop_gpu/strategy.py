@@ -25,11 +25,10 @@ class Local:
     size = 1
     is_root = True
 
-    def setup(
-        self, model: Any, data: tuple[Any, Any], validation: Any, settings: dict[str, Any]
-    ) -> None:
-        """Before the first epoch, after the inputs are checked (distributed: agree on the
-        model, data and settings and start from rank 0's parameters)."""
+    def setup(self, model: Any, data: Any, validation: Any, settings: dict[str, Any]) -> None:
+        """Before the first epoch, after the inputs are checked (``data``, ``validation``:
+        ``inputs.Data``; distributed: agree on the model, data and settings and start from
+        rank 0's parameters)."""
 
     def on_every_rank(self, action: Callable[[], T]) -> T:
         """``action()`` on every rank; if it raises on one, all stop."""

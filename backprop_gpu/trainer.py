@@ -79,7 +79,6 @@ class Trainer:
         self.history: History = []
         # NumPy: each Dense's arrays of the last step, rewritten by the next (see _pass)
         self._step_buffers: dict[Any, dict[str, Any]] | None = None
-        self._batch_buffers: dict[str, Any] | None = None
 
     # --- the callbacks ---------------------------------------------------------------------
 
@@ -133,6 +132,7 @@ class Trainer:
         validation_data: tuple[Any, Any] | None = None,
         shuffle: bool = True,
         seed: int | None = None,
+        data_on_device: bool | None = None,
     ) -> History:
         """``Model.train``'s loop (see there for the arguments and the history).
 
@@ -164,15 +164,15 @@ class Trainer:
         """
         model, strategy = self.model, self.strategy
         # every rank checks its own inputs; if any fails, all stop with the reasons
-        X_dev, y_dev, val, size = strategy.on_every_rank(
-            lambda: self._inputs(X, y, epochs, batch_size, validation_data)
+        data, val, size = strategy.on_every_rank(
+            lambda: self._inputs(X, y, epochs, batch_size, validation_data, data_on_device)
         )
         model._pack()  # (again, if a parameter or state was replaced since)
         self.slots = list(walk(model.layers, model.optimizer))  # (the state's arrays, by name)
         deciding = [_settings(cb) for cb in self.callbacks if not cb.writes]  # (on every rank)
         settings = {"epochs": epochs, "batch_size": size, "shuffle": shuffle, "seed": seed,
                     "callbacks": deciding}  # fmt: skip
-        strategy.setup(model, (X_dev, y_dev), val, settings)
+        strategy.setup(model, data, val, settings)
         if seed is None:  # (rank 0's draw on every rank, so all shuffle alike)
             seed = strategy.on_root(lambda: int(np.random.default_rng().integers(2**31)))
         names = ("epoch", "loss", "regularization_loss", "accuracy", "learning_rate")
@@ -182,31 +182,27 @@ class Trainer:
         batch_hooks = [cb for cb in self._running if overrides(cb, "on_batch_end")]
         for cb in self.callbacks:
             cb.set_trainer(self)
-        n = X_dev.shape[0]
         reuse = model.backend.reuses_step_buffers  # (fresh ones each call: see _pass)
         dense = [layer for layer in model.layers if type(layer) is Dense]
         self._step_buffers = {layer: {} for layer in dense} if reuse else None
-        self._batch_buffers = {} if reuse else None
         try:
             with Unchecked(model.loss, model.accuracy):
                 with strategy.guard():  # (distributed: a rank that raises aborts the job)
                     self._call("check")  # (every callback, before any of them writes)
                     self._call("on_train_begin", {})
                 while self.epochs_left > 0 and not self.stop_training:
-                    self._one_epoch(X_dev, y_dev, n, size, val, shuffle, seed, batch_hooks)
+                    self._one_epoch(data, size, val, shuffle, seed, batch_hooks)
                 with strategy.guard():
                     self._call("on_train_end", {"history": self.history})
         finally:
-            self._step_buffers = self._batch_buffers = None
+            self._step_buffers = None
             for cb in self._running:  # (files and bars, also when training raised)
                 cb.close()
         return self.history
 
     def _one_epoch(
         self,
-        X_dev: Any,
-        y_dev: Any,
-        n: int,
+        data: inputs.Data,
         size: int,
         val: Any,
         shuffle: bool,
@@ -214,7 +210,7 @@ class Trainer:
         batch_hooks: list[Callback],
     ) -> None:
         model, guard = self.model, self.strategy.guard
-        epoch = model.epochs_trained
+        epoch, n = model.epochs_trained, data.n
         with guard():  # (distributed: a rank that raises aborts the whole job)
             for layer in model.layers:
                 if hasattr(layer, "reseed"):
@@ -222,10 +218,9 @@ class Trainer:
             order = None
             if shuffle:
                 perm = np.random.default_rng([seed, epoch]).permutation(n)
-                order = model.backend.asarray(perm)  # one small copy per epoch
+                order = data.order(perm)  # (on the device: one small copy an epoch)
             self._call("on_epoch_begin", epoch, {})
-            loss, reg, acc, bad_step, bad_arrays = self._epoch(X_dev, y_dev, size, order,
-                                                               batch_hooks)  # fmt: skip
+            loss, reg, acc, bad_step, bad_arrays = self._epoch(data, size, order, batch_hooks)
         self.epochs_left -= 1
         steps = -(-n // size)
         # a non-finite epoch is seen alike on every rank (reduced): each raises or stops alike
@@ -245,8 +240,8 @@ class Trainer:
                 "learning_rate": model.optimizer.current_learning_rate,
             }
             if val is not None:
-                rows = self.strategy.evaluation_rows(val[0].shape[0])
-                metrics = model._evaluate(*val, size, rows, self.strategy.sum)
+                rows = self.strategy.evaluation_rows(val.n)
+                metrics = model._evaluate(val, size, rows, self.strategy.sum)
                 row |= {"val_loss": metrics["loss"], "val_accuracy": metrics["accuracy"]}
         if not math.isfinite(row.get("val_loss", 0.0)):
             # finite parameters whose outputs overflow: as unusable as NaN weights
@@ -261,30 +256,33 @@ class Trainer:
         self.stop_training = self.strategy.any(self.stop_training)
 
     def _inputs(
-        self, X: Any, y: Any, epochs: int, batch_size: int | None, validation_data: Any
-    ) -> tuple[Any, Any, Any, int]:
-        """``fit``'s checks: (X, y) and the validation pair on the device, and the batch
-        size; raises naming the bad argument."""
+        self, X: Any, y: Any, epochs: int, batch_size: int | None, validation_data: Any,
+        data_on_device: bool | None = None,
+    ) -> tuple[inputs.Data, inputs.Data | None, int]:  # fmt: skip
+        """``fit``'s checks: (X, y) and the validation pair checked and placed (on the
+        device, or streamed: ``inputs.prepare``), and the batch size; raises naming the bad
+        argument."""
         model = self.model
         model._ready("train", train=True)
         inputs.check_pending("Model.train")
         if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
             raise ValueError(f"Model.train: epochs must be an integer >= 0, got {epochs!r}")
-        X_dev, y_dev = inputs.prepare_xy(model, X, y, "Model.train")
+        data = inputs.prepare(model, X, y, "Model.train", data_on_device)
         model.optimizer.check_dtype(model.dtype)  # e.g. an epsilon that is 0 in float32
-        size = inputs.batch_size(batch_size, X_dev.shape[0], "Model.train")
+        size = inputs.batch_size(batch_size, data.n, "Model.train")
         val = None
         if validation_data is not None:
             if not isinstance(validation_data, tuple | list) or len(validation_data) != 2:
                 raise ValueError("Model.train: validation_data must be a pair (X_val, y_val)")
             X_val, y_val = validation_data
-            val = inputs.prepare_xy(model, X_val, y_val, "Model.train validation_data")
+            where = "Model.train validation_data"
+            val = inputs.prepare(model, X_val, y_val, where, data_on_device)
         if model.accuracy is not None:
             model.accuracy.init(y)
-        return X_dev, y_dev, val, size
+        return data, val, size
 
     def _epoch(
-        self, X_dev: Any, y_dev: Any, size: int, order: Any, batch_hooks: list[Callback]
+        self, data: inputs.Data, size: int, order: Any, batch_hooks: list[Callback]
     ) -> tuple[float, float, float, int, list[str]]:
         """One pass over the data in batches (in ``order``, if given). Returns the epoch's
         mean data loss, regularisation loss and accuracy, the first step whose loss was not
@@ -292,27 +290,24 @@ class Trainer:
         not finite at the end (none: an empty list). Each step's values stay on the device
         until the end of the epoch, then come to the host in one copy with the parameters'
         finiteness (one reduction an array). The strategy gives this rank its rows of each
-        batch and reduces the sums at the end."""
-        model, strategy = self.model, self.strategy
-        xp, n = model.backend.xp, X_dev.shape[0]
+        batch, which ``data`` gives (from the device, or streamed), and reduces the sums at
+        the end."""
+        model, strategy, n = self.model, self.strategy, data.n
         # (looked up once an epoch, for _train_step: 2 us a layer)
         self._penalized = [layer for layer in model.trainable_layers if _regularized(layer)]
         dropouts = [layer for layer in model.layers if isinstance(layer, Dropout)]
         steps: list[tuple[Any, Any, Any]] = []  # (data loss, regularization loss, accuracy)
-        local = []  # samples this rank took in each step
-        for start in range(0, n, size):
-            stop = min(start + size, n)  # the last batch may be partial
-            lo, hi = strategy.shard(start, stop, dropouts)
-            if order is None:
-                Xb, yb = X_dev[lo:hi, ...], y_dev[lo:hi, ...]
-            else:
-                idx, ops, kept = order[lo:hi], model.backend.ops, self._batch_buffers
-                out = (_kept(xp, kept, "X", X_dev, hi - lo), _kept(xp, kept, "y", y_dev, hi - lo))
-                Xb, yb = ops.take_batch(X_dev, y_dev, idx, None if out[0] is None else out)
-            steps.append(self._train_step(Xb, yb, (hi - lo) / (stop - start)))
-            local.append(hi - lo)
+        starts = range(0, n, size)  # the last batch may be partial
+        rows = [strategy.shard(start, min(start + size, n)) for start in starts]
+        local = [hi - lo for lo, hi in rows]  # samples this rank takes in each step
+        # (the batches first: zip resumes them after the last step, which lets its buffers go)
+        for (Xb, yb), start, mine in zip(data.batches(order, rows), starts, local, strict=True):
+            stop = min(start + size, n)
+            if dropouts:
+                strategy.shard(start, stop, dropouts)  # (each Dropout's rows of the batch)
+            steps.append(self._train_step(Xb, yb, mine / (stop - start)))
             for cb in batch_hooks:
-                cb.on_batch_end(len(steps) - 1, {"size": hi - lo, "loss": steps[-1][0]})
+                cb.on_batch_end(len(steps) - 1, {"size": mine, "loss": steps[-1][0]})
         strategy.end_epoch(dropouts)
         inputs.check_pending("Model.train")  # (a hand loop's, if any)
         slots = [s for s in self.slots if s.value is not None]
@@ -446,18 +441,6 @@ def strategy_for(distributed: Any) -> Local:
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def _kept(xp: Any, buffers: dict[str, Any] | None, key: str, like: Any, rows: int) -> Any:
-    """The kept array ``key`` for ``rows`` rows of ``like`` (its dtype and other axes), made
-    if missing or of another shape; None where step buffers are off (a fresh array)."""
-    if buffers is None:
-        return None
-    shape = (rows, *like.shape[1:])
-    kept = buffers.get(key)
-    if kept is None or kept.shape != shape or kept.dtype != like.dtype:
-        kept = buffers[key] = xp.empty(shape, dtype=like.dtype)
-    return kept
 
 
 _REGULARIZERS = ("weight_regularizer_l1", "weight_regularizer_l2", "bias_regularizer_l1",

@@ -334,7 +334,11 @@ class EmulatedDevice:
 
 class _Runtime:
     """``cupy.cuda.runtime`` for one emulated GPU: the current device is always 0 (host
-    calls, no device operation)."""
+    calls, no device operation); ``memGetInfo`` reports the emulated GPU's ``free`` and
+    ``total`` bytes (``EmulatedCupy.memory``)."""
+
+    def __init__(self, xp: EmulatedCupy) -> None:
+        self._xp = xp
 
     @staticmethod
     def getDevice() -> int:  # noqa: N802 (CuPy's names)
@@ -348,6 +352,9 @@ class _Runtime:
     def deviceSynchronize() -> None:  # noqa: N802
         pass
 
+    def memGetInfo(self) -> tuple[int, int]:  # noqa: N802
+        return self._xp.memory
+
 
 class _Driver:
     """``cupy.cuda.driver``: a current context (nonzero) exists."""
@@ -357,12 +364,86 @@ class _Driver:
         return 1
 
 
+class EmulatedStream:
+    """``cupy.cuda.Stream``: work on it runs at once (the emulator has no concurrency), and
+    what is ordered on it is logged in ``EmulatedCupy.streams`` (``"wait"``: the stream waits
+    for an event) for the tests of the ordering between streams."""
+
+    def __init__(self, xp: EmulatedCupy, name: str, non_blocking: bool = False) -> None:
+        self._xp, self.name, self.non_blocking = xp, name, non_blocking
+
+    def wait_event(self, event: EmulatedEvent) -> None:
+        self._xp.streams.append(("wait", self.name, event.name))
+
+    def synchronize(self) -> None:
+        self._xp.streams.append(("host waits", self.name, ""))
+
+    def __repr__(self) -> str:
+        return f"<emulated stream {self.name}>"
+
+
+class EmulatedEvent:
+    """``cupy.cuda.Event``: ``record`` on a stream and ``synchronize`` (the host waits) are
+    logged in ``EmulatedCupy.streams``; it is always ``done`` (the work ran already)."""
+
+    def __init__(self, xp: EmulatedCupy, name: str) -> None:
+        self._xp, self.name, self.recorded = xp, name, False
+
+    def record(self, stream: EmulatedStream | None = None) -> None:
+        where = "null" if stream is None else stream.name  # (CuPy's default: the null stream)
+        self._xp.streams.append(("record", where, self.name))
+        self.recorded = True
+
+    def synchronize(self) -> None:
+        self._xp.streams.append(("host waits", "", self.name))
+
+    @property
+    def done(self) -> bool:
+        return True
+
+
 class _Cuda:
-    """``cupy.cuda``: the ``Device`` class, ``runtime`` and ``driver`` (``on_gpu``)."""
+    """``cupy.cuda`` of one ``EmulatedCupy``: the ``Device`` class, ``runtime`` and ``driver``
+    (``on_gpu``), and the streams, events and pinned host memory of a streamed data set."""
 
     Device = EmulatedDevice
-    runtime = _Runtime
     driver = _Driver
+
+    def __init__(self, xp: EmulatedCupy) -> None:
+        self._xp = xp
+        self.runtime = _Runtime(xp)
+        self._current = EmulatedStream(xp, "compute")  # (the current stream: the null one)
+        self._counts = {"stream": 0, "event": 0}
+
+    def Stream(self, non_blocking: bool = False) -> EmulatedStream:  # noqa: N802 (CuPy's)
+        self._counts["stream"] += 1
+        return EmulatedStream(self._xp, f"stream {self._counts['stream']}", non_blocking)
+
+    def Event(  # noqa: N802
+        self, block: bool = False, disable_timing: bool = False, interprocess: bool = False
+    ) -> EmulatedEvent:
+        self._counts["event"] += 1
+        return EmulatedEvent(self._xp, f"event {self._counts['event']}")
+
+    def get_current_stream(self) -> EmulatedStream:
+        return self._current
+
+    def alloc_pinned_memory(self, nbytes: int) -> bytearray:
+        """Page-locked host memory: here a bytearray the emulator remembers as pinned (an
+        asynchronous copy from any other host memory is refused, as it would not be async)."""
+        memory = bytearray(nbytes)
+        self._xp.pinned.append(memory)
+        return memory
+
+
+class _MemoryPool:
+    """``cupy.get_default_memory_pool()``: its unused bytes (``EmulatedCupy.pool_free``)."""
+
+    def __init__(self, xp: EmulatedCupy) -> None:
+        self._xp = xp
+
+    def free_bytes(self) -> int:
+        return self._xp.pool_free
 
 
 def _is_host_array(a: Any) -> bool:
@@ -449,6 +530,24 @@ class DeviceArray:
             "Implicit conversion to a NumPy array is not allowed. Please use `.get()` to "
             "construct a NumPy array explicitly."
         )
+
+    def set(self, arr: np.ndarray, stream: EmulatedStream | None = None) -> None:
+        """``cupy.ndarray.set``: a host-to-device copy into this array, on ``stream`` (async:
+        ``arr`` must be pinned) or the current one."""
+        if not _is_host_array(arr) or arr.shape != self.shape or arr.dtype != self.dtype:
+            raise ValueError(  # (CuPy: TypeError or ValueError; neither casts nor reshapes)
+                f"benchmarks.trace: set needs a host array of shape {self.shape} and dtype "
+                f"{self.dtype}, got {type(arr).__name__} {getattr(arr, 'shape', '')}"
+            )
+        if stream is not None and not self._xp.is_pinned(arr):
+            raise ValueError(
+                "benchmarks.trace: an asynchronous copy from pageable host memory (CUDA runs "
+                "it synchronously); allocate the host buffer with alloc_pinned_memory"
+            )
+        where = "current stream" if stream is None else stream.name
+        self._xp.record("h2d", f"set (on {where})")
+        self._xp.streams.append(("copy", where, ""))
+        self._data[...] = arr
 
     # --- methods ---
     def astype(self, dtype: Any, copy: bool = True) -> DeviceArray:
@@ -610,11 +709,16 @@ class EmulatedCupy:
     for small arrays) instead of their vectorised reference."""
 
     ndarray = DeviceArray
-    cuda = _Cuda
 
     def __init__(self, twins: bool = False) -> None:
         self.device = EmulatedDevice(0)
         self.twins = twins
+        self.cuda = _Cuda(self)
+        self.memory = (16 << 30, 16 << 30)  # (free, total) bytes: memGetInfo's answer
+        self.pool_free = 0  # bytes CuPy's pool holds unused
+        self.pinned: list[bytearray] = []  # the pinned host memory allocated
+        # what was ordered on the streams: (what, stream, event), see EmulatedStream
+        self.streams: list[tuple[str, str, str]] = []
         self.events: list[Event | str] = []  # a str marks a boundary (see ``mark``)
         self.recording = True
         self.reference = Ops(NumpyBackend(fast_ops=False))  # the kernels' CPU computations
@@ -630,6 +734,16 @@ class EmulatedCupy:
             f"benchmarks.trace: the emulated cupy has no {name!r}; add it to EmulatedCupy "
             "with the device operations it costs on CuPy"
         )
+
+    def get_default_memory_pool(self) -> _MemoryPool:
+        return _MemoryPool(self)
+
+    def is_pinned(self, a: np.ndarray) -> bool:
+        """Whether host array ``a`` lies in pinned memory from ``cuda.alloc_pinned_memory``."""
+        base: Any = a
+        while isinstance(base, np.ndarray):
+            base = base.base
+        return any(base is memory for memory in self.pinned)
 
     # --- the record ---
     def record(self, kind: str, op: str) -> None:

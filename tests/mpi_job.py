@@ -2,7 +2,9 @@
 ``mpiexec -n R python tests/mpi_job.py MODE OUT`` or as plain ``python`` (one process).
 
 MODE: ``train`` (the equivalence run: float64, L2, seeded Dropout, momentum under a warmup
-and cosine schedule, shuffling, a last batch smaller than the global batch), ``raise`` (rank 1
+and cosine schedule, shuffling, a last batch smaller than the global batch), ``streamed`` (the
+same with the data streamed from memory-mapped files on even ranks, copied on odd ones:
+``data_on_device``), ``raise`` (rank 1
 raises in epoch 2), ``kill`` (rank 1 is killed by SIGKILL in epoch 2), ``small-batch`` (a
 global batch smaller than the ranks), ``disagree`` (rank 1 builds another model),
 ``bad-data`` (rank 1's data has a column too many, so only rank 1's input checks fail),
@@ -162,9 +164,16 @@ def main(mode: str, out: str) -> None:
         return
     if mode == "bad-data" and rank == 1:
         X = np.hstack([X, X[:, :1]])
+    on_device = None
+    if mode == "streamed":  # (each rank its own files: rank r's Xr.npy, ... beside OUT)
+        on_device = rank % 2 == 1
+        arrays = {"X": X, "y": y, "X_val": X_val, "y_val": y_val}
+        for name, a in arrays.items():
+            np.save(f"{out}.{name}{rank}.npy", a)
+        X, y, X_val, y_val = (np.load(f"{out}.{name}{rank}.npy", mmap_mode="r") for name in arrays)
     model.train(X, y, epochs=EPOCHS, batch_size=1 if mode == "small-batch" else BATCH,
                 validation_data=(X_val, y_val), print_every=1, seed=3,
-                on_epoch_end=on_epoch_end, distributed=True)  # fmt: skip
+                on_epoch_end=on_epoch_end, distributed=True, data_on_device=on_device)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -60,10 +60,11 @@ TRAIN_CASES: list[tuple[str, Callable[[Any], tuple[Any, Any]], type, str]] = [
     ("transposed X", lambda b: (X.T, Y), ValueError,
      r"expected X with 4 features .*got shape \(4, 20\)"),
     ("one sample, 1-D", lambda b: (X[0], Y[:1]), ValueError,
-     r"expected X of shape \(samples, 4\), got 1-D shape \(4,\) "
+     r"expected X as a 2-D batch of shape \(samples, 4\), got 1-D shape \(4,\) "
      r"\(one sample\? use X.reshape\(1, -1\)\)"),
     ("3-D input", lambda b: (X[None], Y), ValueError, r"got 3-D shape \(1, 20, 4\)"),
-    ("empty batch", lambda b: (X[:0], Y[:0]), ValueError, r"X is empty \(shape \(0, 4\)\)"),
+    ("empty batch", lambda b: (X[:0], Y[:0]), ValueError,
+     r"Model.train: got an empty batch: X has shape \(0, 4\)"),
     ("len(X) != len(y)", lambda b: (X, Y[:-1]), ValueError, "X has 20 samples but y has 19"),
     ("labels out of range", lambda b: (X, np.where(Y == 2, 3, Y)), ValueError,
      r"y expected class indices in \[0, 2\] for 3 classes, got values from 0 to 3"),
@@ -158,8 +159,8 @@ def test_bad_settings(make: Callable[[], Any], match: str) -> None:
     ("x", "match"),
     [
         (X[:, :3], r"Dense\(4, 8\).forward expected inputs with 4 features"),
-        (X[0], r"Dense\(4, 8\).forward expected a 2-D batch.*reshape\(1, -1\)"),
-        (X[None], r"Dense\(4, 8\).forward expected a 2-D batch .* 3-D"),
+        (X[0], r"Dense\(4, 8\).forward expected inputs as a 2-D batch.*inputs.reshape\(1, -1\)"),
+        (X[None], r"Dense\(4, 8\).forward expected inputs as a 2-D batch .* 3-D"),
         (X[:0], r"Dense\(4, 8\).forward got an empty batch"),
     ],
 )

@@ -230,15 +230,16 @@ def test_one_rank_equals_plain_training(backend: bg.Backend, second: str) -> Non
 
 
 @needs_mpi
-@pytest.mark.parametrize("ranks", [2, 3])
-def test_ranks_with_global_batch_equal_one_process(ranks: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("ranks", "mode"), [(2, "train"), (3, "train"), (3, "streamed")])
+def test_ranks_with_global_batch_equal_one_process(ranks: int, mode: str, tmp_path: Path) -> None:
     """R ranks with global batch B end with the parameters and momentums of one process with
     batch B (float64, 4 epochs of 103 samples: shuffled, L2, a last batch of 3 split unevenly),
-    and report the same history."""
+    and report the same history; also when some ranks stream their shards from memory-mapped
+    files (``streamed``: ranks 0 and 2) and the others copy the data to the device."""
     single = subprocess.run([sys.executable, JOB, "single", str(tmp_path / "one.npz")],
                             capture_output=True, text=True)  # fmt: skip
     assert single.returncode == 0, single.stderr
-    result = mpirun(ranks, sys.executable, JOB, "train", str(tmp_path / "many.npz"))
+    result = mpirun(ranks, sys.executable, JOB, mode, str(tmp_path / "many.npz"))
     assert result.returncode == 0, result.stderr
     one, many = arrays(tmp_path / "one.npz"), arrays(tmp_path / "many.npz")
     assert one.keys() == many.keys() and len(one) == 8

@@ -125,8 +125,14 @@ def test_gradient_checker_catches_a_wrong_backward(backend: bg.Backend) -> None:
             np.ones((2, 5)),
             r"Dense\(\d+, \d+\)\.forward expected inputs with 4 features .*got shape \(2, 5\)",
         ),
-        (np.ones(4), r"Dense\(\d+, \d+\)\.forward expected a 2-D batch.*1-D.*reshape\(1, -1\)"),
-        (np.ones((2, 2, 4)), r"Dense\(\d+, \d+\)\.forward expected a 2-D batch.*3-D .*\(2, 2, 4\)"),
+        (
+            np.ones(4),
+            r"Dense\(\d+, \d+\)\.forward expected inputs as a 2-D batch.*1-D.*reshape\(1, -1\)",
+        ),
+        (
+            np.ones((2, 2, 4)),
+            r"Dense\(\d+, \d+\)\.forward expected inputs as a 2-D batch.*3-D .*\(2, 2, 4\)",
+        ),
         (np.ones((0, 4)), r"Dense\(4, 3\)\.forward got an empty batch"),
         (np.ones((4, 2)), r"expected inputs with 4 features.*\(4, 2\)"),  # transposed
     ],

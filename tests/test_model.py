@@ -216,7 +216,7 @@ def test_finalize_checks_the_stack() -> None:
         (X[:10], Y[:9], ValueError, "X has 10 samples but y has 9"),
         (X[:, :1], Y, ValueError, r"expected X with 2 features .*got shape \(300, 1\)"),
         (X[0], Y[:1], ValueError, r"1-D shape \(2,\).*reshape\(1, -1\)"),
-        (X[:0], Y[:0], ValueError, r"X is empty"),
+        (X[:0], Y[:0], ValueError, r"empty batch: X has shape \(0, 2\)"),
         (X, Y + 1, ValueError, r"indices in \[0, 2\].*from 1 to 3"),
         (X, Y.astype(float), TypeError, "integer class indices"),
         (np.where(np.arange(600).reshape(300, 2) == 7, np.nan, X), Y, ValueError, "1 NaN or inf"),

@@ -55,3 +55,15 @@ def test_readme_sweep_runs(tmp_path: object, monkeypatch: object) -> None:
     lines = out.getvalue().splitlines()
     assert [line.split()[0] for line in lines] == ["0.01", "0.02"]
     assert all(0.3 < float(line.split()[1]) <= 1 for line in lines)
+
+
+def test_readme_streaming_section_runs(tmp_path: object, monkeypatch: object) -> None:
+    """The memory-mapped example: streamed equals copied, and the model learns the rule."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    (block,) = [b for b in blocks if 'mmap_mode="r"' in b]
+    monkeypatch.chdir(tmp_path)  # type: ignore[attr-defined]
+    out = io.StringIO()
+    with bg.use_backend("numpy"), contextlib.redirect_stdout(out):
+        exec(compile(block, str(README), "exec"), {})
+    same, accuracy = out.getvalue().split()
+    assert same == "True" and float(accuracy) > 0.9

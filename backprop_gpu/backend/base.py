@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -155,10 +156,62 @@ class Backend:
         until ``value()`` is read."""
         return HostRead(a, self.host)
 
+    def free_memory(self) -> int | None:
+        """Bytes the device could still give a data set (CuPy: free device memory and what
+        its pool holds unused); None where unknown or where arrays live on the host."""
+        return None
+
+    def transfer(self, rows: int, columns: Sequence[tuple[tuple[int, ...], Any]]) -> Transfer:
+        """Host buffers for a data set streamed batch by batch (``inputs.HostData``) and
+        their way to this backend's device: one buffer of ``rows`` rows per column, given as
+        (the shape of one row, a NumPy dtype). See ``Transfer``."""
+        return Transfer(self, rows, columns)
+
     def with_reference_ops(self) -> Backend:
         """The same library and device, running the plain ``xp`` reference ops (for tests
         holding every fast path equal to the reference)."""
         return type(self)(self.xp, self.device, self.reason, fast_ops=False)
+
+
+class Transfer:
+    """Batches on their way from host buffers to the device (``Backend.transfer``), in
+    ``slots`` sets of buffers used in turn. For batch ``i`` in slot ``i % slots``:
+
+        hosts = t.buffers(slot)     # the slot's host buffers, free to fill (may wait)
+        ...gather the batch's rows into hosts[c][:rows]...
+        t.send(slot, rows)          # start copying them to the device
+        arrays = t.receive(slot, rows)   # the batch on the device, for the next work queued
+        ...the step on arrays...
+        t.release(slot)             # the step is queued: the slot's device arrays may go
+
+    Here (the stand-in) one slot and a plain copy at ``receive``. NumPy's arrays are the
+    host buffers themselves; CuPy's copies run on a second stream while the previous batch
+    computes (two slots, pinned host memory, events between the streams)."""
+
+    slots = 1
+
+    def __init__(
+        self, backend: Backend, rows: int, columns: Sequence[tuple[tuple[int, ...], Any]]
+    ) -> None:
+        self.backend = backend
+        self.rows = rows
+        self.host = [[self._host_empty((rows, *shape), dtype) for shape, dtype in columns]
+                     for _ in range(self.slots)]  # fmt: skip
+
+    def _host_empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        return np.empty(shape, dtype)
+
+    def buffers(self, slot: int) -> list[np.ndarray]:
+        return self.host[slot]
+
+    def send(self, slot: int, rows: int) -> None:
+        pass
+
+    def receive(self, slot: int, rows: int) -> list[Any]:
+        return [self.backend.from_host(h[:rows]) for h in self.host[slot]]
+
+    def release(self, slot: int) -> None:
+        pass
 
 
 class HostRead:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
 from . import cuda_source
-from .base import Backend, HostRead, dtype_name
+from .base import Backend, HostRead, Transfer, dtype_name
 from .ops import Ops
 
 _THREADS = 256  # threads per block of the elementwise and row kernels
@@ -381,6 +381,15 @@ class CupyBackend(Backend):
     def start_read(self, a: Any) -> HostRead:
         return _CupyRead(self.xp, a)
 
+    def free_memory(self) -> int | None:
+        with self.on_device():
+            free, _total = self.xp.cuda.runtime.memGetInfo()
+            return int(free) + int(self.xp.get_default_memory_pool().free_bytes())
+
+    def transfer(self, rows: int, columns: Sequence[tuple[tuple[int, ...], Any]]) -> Transfer:
+        with self.on_device():
+            return CupyTransfer(self, rows, columns)
+
     def from_host(self, host: np.ndarray, dtype: Any = None) -> Any:
         dtype = getattr(self.xp, host.dtype.name) if dtype is None else dtype
         with self.on_device():
@@ -416,3 +425,57 @@ class _CupyRead(HostRead):
             self._value = np.array(self._host, copy=True)  # (the pinned buffer goes back)
             self.array = self._host = None
         return self._value
+
+
+class CupyTransfer(Transfer):
+    """CuPy's ``Transfer``: two slots, each a set of pinned host buffers and device arrays.
+    ``send`` copies a slot's host buffers on a second stream (``copy``), after the compute
+    stream's last use of that slot's device arrays (event ``consumed``, recorded by
+    ``release``), and records event ``copied``; ``receive`` makes the compute stream (the
+    current one) wait for ``copied``, so the next batch's copy runs while this one computes.
+    The host waits only before refilling a pinned buffer, for the copy that last read it
+    (``buffers``: in a training loop, the copy of two batches before, long done)."""
+
+    slots = 2
+
+    def __init__(
+        self, backend: Backend, rows: int, columns: Sequence[tuple[tuple[int, ...], Any]]
+    ) -> None:
+        cuda, xp = backend.xp.cuda, backend.xp
+        self._cuda = cuda
+        super().__init__(backend, rows, columns)
+        self.device = [[xp.empty(h.shape, h.dtype) for h in hosts] for hosts in self.host]
+        self.copy = cuda.Stream(non_blocking=True)
+        self.copied = [cuda.Event(block=False, disable_timing=True) for _ in range(self.slots)]
+        self.consumed = [cuda.Event(block=False, disable_timing=True) for _ in range(self.slots)]
+        self._sent = [False] * self.slots  # a copy from the slot was queued
+        self._used = [False] * self.slots  # the compute stream used the slot's arrays
+
+    def _host_empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        # (cupyx.empty_pinned's way, through cupy.cuda: page-locked, so the copy is async)
+        nbytes = max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
+        memory = self._cuda.alloc_pinned_memory(nbytes)
+        pinned: np.ndarray = np.ndarray(shape, dtype=dtype, buffer=memory)
+        return pinned
+
+    def buffers(self, slot: int) -> list[np.ndarray]:
+        if self._sent[slot]:
+            self.copied[slot].synchronize()  # the copy that read these buffers has run
+        return self.host[slot]
+
+    def send(self, slot: int, rows: int) -> None:
+        if self._used[slot]:
+            self.copy.wait_event(self.consumed[slot])  # the step on these arrays has run
+        if rows:
+            for h, d in zip(self.host[slot], self.device[slot], strict=True):
+                d[:rows].set(h[:rows], stream=self.copy)
+        self.copied[slot].record(self.copy)
+        self._sent[slot] = True
+
+    def receive(self, slot: int, rows: int) -> list[Any]:
+        self._cuda.get_current_stream().wait_event(self.copied[slot])
+        return [d[:rows] for d in self.device[slot]]
+
+    def release(self, slot: int) -> None:
+        self.consumed[slot].record(self._cuda.get_current_stream())
+        self._used[slot] = True

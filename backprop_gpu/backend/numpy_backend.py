@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .base import Backend
+from .base import Backend, Transfer
 from .ops import Ops
 
 try:
@@ -212,6 +212,14 @@ def host_finite(a: Any) -> bool:
     return math.isfinite(lo) and math.isfinite(hi)  # (2 us less than NumPy's isfinite)
 
 
+class HostTransfer(Transfer):
+    """NumPy's ``Transfer``: the host buffers are the batch (no copy; one slot, refilled
+    each step)."""
+
+    def receive(self, slot: int, rows: int) -> list[Any]:
+        return [h[:rows] for h in self.host[slot]]
+
+
 class NumpyBackend(Backend):
     """NumPy on the host (``device`` is ``"cpu"``)."""
 
@@ -225,6 +233,9 @@ class NumpyBackend(Backend):
 
     def _array_type(self) -> Any:
         return np.ndarray
+
+    def transfer(self, rows: int, columns: Sequence[tuple[tuple[int, ...], Any]]) -> Transfer:
+        return HostTransfer(self, rows, columns)
 
     def device_of(self, a: Any) -> Any:
         return "cpu"
