@@ -121,12 +121,24 @@ def prepare_x(model: Model, X: Any, where: str, *, sync_ok: bool = True) -> Any:
     the device costs a sync for that, skipped when not ``sync_ok``."""
     backend = model.backend
     if array_library(X) in ("numpy", None):
-        return backend.asarray(host_x(model, X, where), model.dtype, what=f"{where} X")
+        x = host_x(model, X, where)
+        if isinstance(x, np.memmap) and not backend.host:  # (a file: to the device in blocks,
+            return _to_device_in_blocks(backend, x, model.dtype)  # never whole on the host)
+        return backend.asarray(x, model.dtype, what=f"{where} X")
     x = check_x_shape(model, backend.asarray(X, what=f"{where} X"), where)
     x = backend.asarray(x, model.dtype, what=f"{where} X")
     if sync_ok:
         _checks.check_finite(x, f"{where}: X")
     return x
+
+
+def _to_device_in_blocks(backend: Any, x: np.ndarray, dtype: Any) -> Any:
+    """A memory-mapped ``x`` on the device in ``dtype``, copied a check block at a time (the
+    host holds one block and its cast, not the file)."""
+    out = backend.empty(x.shape, dtype)
+    for start, part in _checks.host_chunks(x, _checks.CHUNK_BYTES):
+        out[start : start + part.shape[0], ...] = backend.asarray(np.asarray(part), dtype)
+    return out
 
 
 def host_x(model: Model, X: Any, where: str) -> np.ndarray:
@@ -177,7 +189,6 @@ class Data(abc.ABC):
     in turn, as (X, y) device arrays in the model's dtype (int64 labels) for the next step.
     A batch's arrays hold until the next batch is asked for (they may be reused buffers)."""
 
-    on_device = True
     n: int
 
     @abc.abstractmethod
@@ -227,8 +238,6 @@ class HostData(Data):
     backend's ``Transfer``: NumPy's buffers are the batch (reused: no allocation a step);
     CuPy's are pinned and copied on a second stream while the previous batch computes."""
 
-    on_device = False
-
     def __init__(self, model: Model, X: np.ndarray, y: np.ndarray) -> None:
         self.backend, self.X, self.y, self.n = model.backend, X, y, X.shape[0]
         x_dtype = np.dtype(dtype_name(model.dtype))
@@ -262,15 +271,18 @@ class HostData(Data):
                 self._gather(c, source, index, out[: hi - lo])
             t.send(i % slots, hi - lo)
 
-        for i in range(min(ahead, len(ranges))):  # (CuPy: the first batch, before the loop)
-            load(i)
-        for i, (lo, hi) in enumerate(ranges):
-            if i + ahead < len(ranges):
-                load(i + ahead)  # (CuPy: the next batch's copy, queued before this step)
-            try:
-                yield tuple(t.receive(i % slots, hi - lo))  # type: ignore[misc]
-            finally:  # (also when the loop stops early: the slot's arrays may go)
-                t.release(i % slots)
+        try:
+            for i in range(min(ahead, len(ranges))):  # (CuPy: the first batch, before the loop)
+                load(i)
+            for i, (lo, hi) in enumerate(ranges):
+                if i + ahead < len(ranges):
+                    load(i + ahead)  # (CuPy: the next batch's copy, queued before this step)
+                try:
+                    yield tuple(t.receive(i % slots, hi - lo))  # type: ignore[misc]
+                finally:  # (also when the loop stops early: the slot's arrays may go)
+                    t.release(i % slots)
+        finally:  # (a copy queued for a batch never asked for finishes before buffers can go)
+            t.settle()
 
     def _gather(self, column: int, source: np.ndarray, index: Any, out: np.ndarray) -> None:
         """Rows ``index`` (a slice or host int64 indices) of ``source`` into ``out``, cast to
@@ -320,7 +332,7 @@ def batch_size(size: int | None, n: int, where: str) -> int:
 
 class Unchecked:
     """Turn off the per-call label checks of a loss and accuracy for a block (the data set
-    was checked once, by ``prepare_xy``), and restore them after."""
+    was checked once, by ``prepare``), and restore them after."""
 
     def __init__(self, *objects: Any) -> None:
         self.objects = [o for o in objects if o is not None and hasattr(o, "validate")]

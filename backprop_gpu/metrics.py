@@ -7,6 +7,7 @@ count a fused softmax cross-entropy kernel made already when there is one.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -94,6 +95,22 @@ class BinaryAccuracy(Accuracy):
         return xp.mean(xp.astype((pred > 0.5) == (y > 0.5), xp.float32))
 
 
+def _std(y: np.ndarray) -> float:
+    """``np.std(y)``; for targets larger than one check block (a memory-mapped file, say) two
+    float64 passes over blocks of it, so they are never read whole."""
+    if y.nbytes <= _checks.CHUNK_BYTES:
+        return float(np.std(y))
+    blocks = [part for _, part in _checks.host_chunks(y, _checks.CHUNK_BYTES)]  # (views)
+    mean = sum(float(np.sum(part, dtype=np.float64)) for part in blocks) / y.size
+    squares = 0.0
+    for part in blocks:  # (one float64 copy of one block at a time)
+        d = part.astype(np.float64).ravel()
+        d -= mean
+        squares += float(d @ d)
+        del d  # (before the next block's copy)
+    return math.sqrt(squares / y.size)
+
+
 @register
 class RegressionAccuracy(Accuracy):
     """The share of predictions within ``precision`` of the target. ``precision`` defaults to
@@ -111,7 +128,7 @@ class RegressionAccuracy(Accuracy):
     def init(self, y: Any, reinit: bool = False) -> None:
         """Set ``precision = std(y) / divisor`` unless already set (or ``reinit``)."""
         if self.precision is None or reinit:
-            std = float(np.std(to_numpy(y)))
+            std = _std(y if isinstance(y, np.ndarray) else to_numpy(y))
             self.precision = std / self.divisor if std > 0 else 1e-7
 
     def calculate(self, predictions: Any, y_true: Any) -> Any:

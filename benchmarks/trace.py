@@ -414,10 +414,13 @@ class _Cuda:
         self.runtime = _Runtime(xp)
         self._current = EmulatedStream(xp, "compute")  # (the current stream: the null one)
         self._counts = {"stream": 0, "event": 0}
+        self.created: list[EmulatedStream] = []  # every Stream() made, in order
 
     def Stream(self, non_blocking: bool = False) -> EmulatedStream:  # noqa: N802 (CuPy's)
         self._counts["stream"] += 1
-        return EmulatedStream(self._xp, f"stream {self._counts['stream']}", non_blocking)
+        stream = EmulatedStream(self._xp, f"stream {self._counts['stream']}", non_blocking)
+        self.created.append(stream)
+        return stream
 
     def Event(  # noqa: N802
         self, block: bool = False, disable_timing: bool = False, interprocess: bool = False

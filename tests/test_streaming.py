@@ -267,8 +267,32 @@ def test_the_copy_stream_and_the_compute_stream_are_ordered_by_events() -> None:
         ("copy", copy, ""), ("copy", copy, ""), ("record", copy, "event 1"),
         ("wait", compute, "event 2"), ("record", compute, "event 4"),         # step 1
         ("wait", compute, "event 1"), ("record", compute, "event 3"),         # step 2
+        ("wait", compute, "event 1"), ("wait", compute, "event 2"),           # settled: the
+        ("host waits", copy, ""),                                             # pass is over
     ]  # fmt: skip
     assert log == expected
+    # a blocking copy stream would serialise with the null stream the steps run on
+    assert [(s.name, s.non_blocking) for s in emulated.xp.cuda.created] == [(copy, True)]
+
+
+def test_a_pass_stopped_early_waits_for_the_copy_it_queued() -> None:
+    """A callback raises at the first step, while the second batch's copy is queued: the
+    compute stream waits for it and the host for the copy stream before the buffers go."""
+
+    class Stop(bg.Callback):
+        def on_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            raise RuntimeError("stop here")
+
+    emulated = EmulatedCupyBackend(EmulatedCupy())
+    with bg.use_backend(emulated):
+        model = build()
+        with pytest.raises(RuntimeError, match="stop here"):
+            model.train(X, Y, epochs=1, batch_size=16, print_every=0, data_on_device=False,
+                        callbacks=[Stop()])  # fmt: skip
+    log = emulated.xp.streams
+    assert ("record", "stream 1", "event 2") in log  # batch 1's copy was queued
+    assert log[-3:] == [("wait", "compute", "event 1"), ("wait", "compute", "event 2"),
+                        ("host waits", "stream 1", "")]  # fmt: skip
 
 
 # --- the benchmark ---------------------------------------------------------------------------
@@ -304,3 +328,94 @@ def test_the_streaming_benchmark_prints_its_measurements_and_targets(
     assert speed is not None
     assert (float(speed.group(1)) <= 1.15) == (speed.group(2) == "PASS")
     assert re.search(r"target: GPU streamed / on-device step time .*(needs a GPU|PASS|MISS)", out)
+
+
+def test_regression_targets_in_a_memmap_are_not_read_whole(tmp_path: Path) -> None:
+    """RegressionAccuracy learns its precision from std(y) in blocks when y is larger than
+    one check block: the same value as NumPy's (to float64 rounding), with the traced memory
+    held to a block's temporaries, not the whole targets'."""
+    import tracemalloc
+
+    from backprop_gpu import metrics
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "y.npy"
+    np.save(path, (rng.standard_normal((300_000, 8)) * 3 + 1).astype(np.float32))  # 9.6 MB
+    y = np.load(path, mmap_mode="r")
+    chunk = 1 << 20  # (1 MiB blocks here, so that 9.6 MB is many of them)
+    original = _checks.CHUNK_BYTES
+    _checks.CHUNK_BYTES = chunk
+    try:
+        tracemalloc.start()
+        value = metrics._std(y)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    finally:
+        _checks.CHUNK_BYTES = original
+    assert value == pytest.approx(float(np.std(np.asarray(y, dtype=np.float64))), rel=1e-12)
+    assert peak < 3 * chunk  # (a float64 copy of one block; y is 9.6 MB, 19 MB in float64)
+
+
+def test_a_memmap_placed_on_the_device_is_copied_in_blocks(
+    backend: bg.Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """data_on_device=True with a memory-mapped X: copied to the device a block at a time
+    (here of 2 rows' bytes), and the same training as from the array in memory."""
+    (X_map,) = memmaps(tmp_path, X=X)
+    copies: list[int] = []
+    real = inputs._to_device_in_blocks
+
+    def counted(backend_: Any, x: np.ndarray, dtype: Any) -> Any:
+        copies.append(x.shape[0])
+        return real(backend_, x, dtype)
+
+    monkeypatch.setattr(inputs, "_to_device_in_blocks", counted)
+    monkeypatch.setattr(_checks, "CHUNK_BYTES", 2 * X.itemsize * X.shape[1])
+    kwargs = {"epochs": 2, "batch_size": 16, "print_every": 0, "seed": 0}
+    streamed = build().train(X_map, Y, data_on_device=True, **kwargs)
+    in_memory = build().train(np.array(X), Y, **kwargs)
+    assert streamed == in_memory
+    assert copies == ([] if backend.host else [X.shape[0]])
+
+
+def test_a_memmap_placed_on_the_emulated_gpu_is_copied_in_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same on the emulated CuPy (CupyBackend.empty and a copy a block): the training of
+    the array in memory, bit for bit."""
+    (X_map,) = memmaps(tmp_path, X=X)
+    monkeypatch.setattr(_checks, "CHUNK_BYTES", 2 * X.itemsize * X.shape[1])
+    kwargs = {"epochs": 2, "batch_size": 16, "print_every": 0, "seed": 0}
+    results = []
+    for source in (X_map, np.array(X)):
+        with bg.use_backend(EmulatedCupyBackend(EmulatedCupy())):
+            results.append(build().train(source, Y, data_on_device=True, **kwargs))
+    assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("task", ["classes", "one-hot", "regression"])
+def test_training_from_memmaps_holds_batches_not_the_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, task: str
+) -> None:
+    """NumPy's buffers are traced by tracemalloc: training an epoch from memory-mapped files
+    (2 MB of X, and 0.8-2.4 MB of y) holds a few batches, the checks' blocks and the shuffle
+    (8 bytes a sample), never the files' size: a whole-array read or cast anywhere would
+    show. (A first, small training warms up what is made once.)"""
+    import tracemalloc
+
+    n = 100_000
+    rng = np.random.default_rng(1)
+    y = {"classes": rng.integers(0, 3, n), "one-hot": np.eye(3)[rng.integers(0, 3, n)],
+         "regression": rng.standard_normal((n, 3))}[task]  # fmt: skip
+    X_map, y_map = memmaps(tmp_path, X=rng.standard_normal((n, 5)).astype(np.float32), y=y)
+    assert X_map.nbytes == 2_000_000 and y_map.nbytes >= 800_000
+    monkeypatch.setattr(_checks, "CHUNK_BYTES", 64 * 1024)
+    loss = None if task != "regression" else bg.MeanSquaredError()
+    with bg.use_backend("numpy"):
+        build(loss=loss).train(X_map[:512], y_map[:512], epochs=1, batch_size=256, print_every=0)
+        model = build(loss=loss)
+        tracemalloc.start()
+        model.train(X_map, y_map, epochs=1, batch_size=256, print_every=0, seed=0)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < 8 * n + 500_000, peak  # the shuffle, plus batches and blocks

@@ -140,6 +140,10 @@ class Backend:
         dtype = getattr(self.xp, host.dtype.name) if dtype is None else dtype
         return self.xp.asarray(host, dtype=dtype, device=self.device)
 
+    def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        """An uninitialised array on this backend's device."""
+        return self.xp.empty(shape, dtype=dtype, device=self.device)
+
     def arange(self, n: int) -> Any:
         """``0, 1, ..., n-1`` as an int64 array on this backend's device."""
         return self.xp.arange(n, dtype=self.xp.int64, device=self.device)
@@ -212,6 +216,10 @@ class Transfer:
 
     def release(self, slot: int) -> None:
         pass
+
+    def settle(self) -> None:
+        """After a pass's last batch, or when it stops early: every copy sent has finished
+        before later work (or a free of the buffers) can touch what it reads or writes."""
 
 
 class HostRead:

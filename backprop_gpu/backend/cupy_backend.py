@@ -395,6 +395,10 @@ class CupyBackend(Backend):
         with self.on_device():
             return self.xp.asarray(host, dtype=dtype)
 
+    def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        with self.on_device():
+            return self.xp.empty(shape, dtype=dtype)
+
     def arange(self, n: int) -> Any:
         with self.on_device():
             return self.xp.arange(n, dtype=self.xp.int64)
@@ -479,3 +483,15 @@ class CupyTransfer(Transfer):
     def release(self, slot: int) -> None:
         self.consumed[slot].record(self._cuda.get_current_stream())
         self._used[slot] = True
+
+    def settle(self) -> None:
+        # The compute stream (where the device slots were allocated, so where the pool
+        # reuses them) waits for every copy sent, and the host for the copy stream before
+        # the pinned buffers can go back to their pool: a copy queued for a batch the loop
+        # never took (it stopped early) would otherwise write into, or read from, memory
+        # already given to something else. One host wait a pass.
+        current = self._cuda.get_current_stream()
+        for slot in range(self.slots):
+            if self._sent[slot]:
+                current.wait_event(self.copied[slot])
+        self.copy.synchronize()
