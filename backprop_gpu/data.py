@@ -81,10 +81,12 @@ class Scaler:
         if kind == "standard":
             offset, scale = X64.mean(axis=0), X64.std(axis=0)
         elif kind == "minmax":
-            offset, scale = X64.min(axis=0), X64.max(axis=0) - X64.min(axis=0)
+            offset, scale = X64.min(axis=0), np.ptp(X64, axis=0)
         else:
             raise DataUsageError(f"scale: unknown scaling {kind!r}; valid: {', '.join(SCALES)}")
-        return cls(kind, offset, np.where(scale > 0, scale, 1.0))
+        # constant by its range (a column of 0.1s has a std of float noise, ~1e-17, not 0)
+        constant = np.ptp(X64, axis=0) == 0
+        return cls(kind, offset, np.where(constant, 1.0, scale))
 
     def apply(self, X: np.ndarray) -> np.ndarray:
         """``X`` scaled, as float32."""
@@ -188,6 +190,7 @@ class Table:
     files: dict[str, str]
     val: Table | None = None
     row_names: list[str] | None = None  # the files of an image folder, one a row
+    labels: str = ""  # where the targets came from, for messages ("labels y.npy", ...)
 
 
 def kind_of(path: Path) -> str:
@@ -270,17 +273,19 @@ def read(
             "only; pass the targets' file too (--labels FILE)"
         )
     labels = Path(labels)
+    named = f"{'val_labels' if where == 'val_data' else 'labels'} {labels}"
     if not labels.exists():
-        raise DataError(f"labels {labels}: no such file")
+        raise DataError(f"{named}: no such file")
     y = _read_npy(labels, labels=True) if kind_of(labels) == "npy" else read_idx(labels)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if len(y) != len(X):
-        raise DataError(f"labels {labels}: {len(y)} targets for the {len(X)} samples of {path}")
-    _check_finite(y, f"labels {labels}")
+        raise DataError(f"{named}: {len(y)} targets for the {len(X)} samples of {path}")
+    _check_finite(y, named)
     X = X.astype(np.float64) / 255.0 if kind == "idx" and X.dtype == np.uint8 else X
     return Table(X, y, _pixel_names(X.shape[1:]), f"{path} (labels {labels})",
-                 {str(path): file_hash(path), str(labels): file_hash(labels)})  # fmt: skip
+                 {str(path): file_hash(path), str(labels): file_hash(labels)},
+                 labels=named)  # fmt: skip
 
 
 def file_hash(path: Path) -> str:
@@ -299,11 +304,33 @@ def file_hash(path: Path) -> str:
 
 
 def _check_finite(values: np.ndarray, where: str) -> None:
+    """A ``DataError`` naming the first value that is NaN or infinite (of text labels: the
+    first that reads as one, "nan", "inf", ...)."""
     if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
         bad = np.argwhere(~np.isfinite(values))[0]
         at = ", ".join(map(str, bad))
         raise DataError(f"{where}: holds {values[tuple(bad)]} at index [{at}]; every value "
                         "must be a finite number")  # fmt: skip
+    if values.dtype.kind in "US" and (first := _first_nonfinite_text(values)) is not None:
+        at = ", ".join(map(str, np.unravel_index(first, values.shape)))
+        raise DataError(f"{where}: holds {str(values.flat[first])!r} at index [{at}]; every "
+                        "value must be a finite number or a class name")  # fmt: skip
+
+
+def _first_nonfinite_text(values: np.ndarray) -> int | None:
+    """The flat index of the first text value that reads as NaN or an infinity, else None."""
+    flat = values.ravel().astype(str)
+    bad = []
+    for text in np.unique(flat).tolist():  # (labels: few distinct values)
+        try:
+            number = float(text)
+        except ValueError:
+            continue
+        if not math.isfinite(number):
+            bad.append(text)
+    if not bad:
+        return None
+    return int(np.flatnonzero(np.isin(flat, bad))[0])
 
 
 def _check_numbers(values: np.ndarray, where: str, name: str) -> None:
@@ -367,7 +394,9 @@ def _read_npz(path: Path) -> Table:
         _check_finite(X, f"{path} {x_name}")
         _check_finite(y, f"{path} {y_name}")
         names = _pixel_names(X.shape[1:]) if X.ndim > 2 else [f"x{i}" for i in range(X.shape[1])]
-        tables.append(Table(X, y, names, str(path), {str(path): file_hash(path)}))
+        tables.append(
+            Table(X, y, names, str(path), {str(path): file_hash(path)}, labels=f"{path} {y_name}")
+        )
     if len(tables) == 2:
         train, val = tables
         if train.X.shape[1:] != val.X.shape[1:]:
@@ -440,7 +469,17 @@ def _read_table(path: Path, target: str | None) -> Table:
         y = np.array([row[column].strip() for row in rows])
         if (empty := np.flatnonzero(y == "")).size:
             raise DataError(f"{path}: line {lines[empty[0]]}, column {target!r}: empty cell")
-    return Table(X, y, [header[i] for i in features], str(path), {str(path): file_hash(path)})
+        if (bad := _first_nonfinite_text(y)) is not None:
+            raise DataError(f"{path}: line {lines[bad]}, column {target!r}: {str(y[bad])!r} is "
+                            "not a finite number")  # fmt: skip
+    return Table(
+        X,
+        y,
+        [header[i] for i in features],
+        str(path),
+        {str(path): file_hash(path)},
+        labels=f"{path} column {target!r}",
+    )
 
 
 def _numbers(
@@ -513,7 +552,17 @@ def _read_parquet(path: Path, target: str | None) -> Table:
                             f"{target!r}: missing value")  # fmt: skip
         y = column.to_numpy()
         y = y.astype(str) if y.dtype.kind == "O" else y
-    return Table(X, y, features, str(path), {str(path): file_hash(path)})
+        bad: int | None = None
+        if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
+            bad = int(np.flatnonzero(~np.isfinite(y))[0])
+        elif y.dtype.kind in "US":
+            bad = _first_nonfinite_text(y)
+        if bad is not None:
+            raise DataError(f"{path}: row {bad}, column {target!r}: {y[bad]} is not a finite "
+                            "number")  # fmt: skip
+    return Table(
+        X, y, features, str(path), {str(path): file_hash(path)}, labels=f"{path} column {target!r}"
+    )
 
 
 # --- IDX (MNIST, Fashion-MNIST) -------------------------------------------------------------
@@ -644,6 +693,8 @@ def _as_numbers(y: np.ndarray) -> np.ndarray | None:
         return y.astype(np.int64)
     except ValueError:
         pass
+    except OverflowError:  # integers beyond int64: text labels (floats would merge them)
+        return None
     try:
         return y.astype(np.float64)
     except ValueError:
@@ -660,6 +711,8 @@ def class_names_of(y: np.ndarray) -> list[str]:
 
 
 def _name(value: Any) -> str:
+    if isinstance(value, int | np.integer):  # (exactly: uint64 beyond float64's integers)
+        return str(int(value))
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
@@ -688,6 +741,9 @@ def encode(y: np.ndarray, class_names: list[str], where: str) -> np.ndarray:
 def regression_targets(y: np.ndarray, where: str) -> np.ndarray:
     """Float targets as float32 (samples, outputs)."""
     numbers = _as_numbers(y) if y.dtype.kind in "US" else y
+    if numbers is None and y.dtype.kind in "US":  # (integers beyond int64)
+        with contextlib.suppress(ValueError):
+            numbers = y.astype(np.float64)
     if numbers is None or numbers.dtype.kind not in "biuf":
         example = y.ravel()[0] if y.size else ""
         raise DataUsageError(
@@ -757,6 +813,7 @@ def load(
     task = task or infer_task(table.y)
     class_names = None
     if task == "classification":
+        _check_one_label_a_sample(table)
         class_names = class_names_of(table.y)
         y = encode(table.y, class_names, str(path))
     else:
@@ -778,6 +835,7 @@ def load(
         if class_names is None:
             y_val = regression_targets(val.y, val.source)
         else:
+            _check_one_label_a_sample(val)
             y_val = encode(val.y, class_names, val.source)
         validation = val.source
         if y_val.ndim == 2 and y_val.shape[1] != y.shape[1]:
@@ -791,6 +849,16 @@ def load(
         files=files, validation=validation, val_split=fraction, target=target,
     )  # fmt: skip
     return Data(_inputs(X, scaler), y, _inputs(X_val, scaler), y_val, description)
+
+
+def _check_one_label_a_sample(table: Table) -> None:
+    assert table.y is not None
+    if table.y.ndim != 1:
+        raise DataError(
+            f"{table.labels or table.source}: targets of shape {table.y.shape}; a "
+            "classification takes one label a sample, (samples,) or (samples, 1) (several "
+            "float outputs a sample: --task regression)"
+        )
 
 
 def _inputs(X: np.ndarray, scaler: Scaler | None) -> np.ndarray:

@@ -5,6 +5,7 @@ usage, 1 for bad data, no run folder left behind)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shlex
@@ -292,3 +293,46 @@ def test_the_readme_commands_run(
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "(96, 4) ['setosa', 'versicolor', 'virginica']"
     assert len(eval(lines[1])) == 6
+
+
+def _bad_files(folder: Path) -> dict[str, tuple[list[str], str]]:
+    """Bad data of each kind, written into ``folder``: the train flags and what the error says."""
+    (folder / "nan.csv").write_text("a,y\n" + "".join(f"{i},{i / 2}\n" for i in range(40))
+                                    + "1,nan\n")  # fmt: skip
+    (folder / "a.csv").write_text("x,c\n1,cat\n2,dog\n3,cat\n4,dog\n")
+    (folder / "b.csv").write_text("x,c\n4,cat\n5,bird\n")
+    images = bytes([0, 0, 8, 3, 0, 0, 0, 10, 0, 0, 0, 2, 0, 0, 0, 2, *range(40)])
+    (folder / "im-idx3-ubyte").write_bytes(images)
+    (folder / "bad-idx1-ubyte").write_bytes(b"\x00\x00\x07\x01" + bytes(14))
+    cases = {
+        "nan target": (["--data", f"{folder}/nan.csv", "--target", "y"],
+                       "nan.csv: line 42, column 'y': 'nan' is not a finite number"),
+        "class only in validation": (
+            ["--data", f"{folder}/a.csv", "--target", "c", "--val-data", f"{folder}/b.csv"],
+            "b.csv: class(es) 'bird' not in the training data"),
+        "labels of 3 dimensions": (
+            ["--data", f"{folder}/im-idx3-ubyte", "--labels", f"{folder}/im-idx3-ubyte"],
+            "targets of shape (10, 2, 2); a classification takes one label a sample"),
+        "bad IDX magic": (
+            ["--data", f"{folder}/im-idx3-ubyte", "--labels", f"{folder}/bad-idx1-ubyte"],
+            "bad-idx1-ubyte: not an IDX file (magic number 00 00 07 01"),
+    }  # fmt: skip
+    with contextlib.suppress(ImportError):
+        from PIL import Image
+
+        for name, mode in (("a/1.png", "L"), ("a/2.png", "L"), ("b/1.png", "RGB")):
+            (folder / "mixed" / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.new(mode, (4, 4)).save(folder / "mixed" / name)
+        cases["mixed image modes"] = (["--data", f"{folder}/mixed"], "b/1.png has mode RGB")
+    return cases
+
+
+def test_bad_data_of_each_kind_exits_1_without_a_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, (flags, said) in _bad_files(tmp_path).items():
+        out = tmp_path / name.replace(" ", "-")
+        assert exit_code(["train", *flags, *QUICK, "--epochs", "1", "--out", str(out)]) == 1, name
+        err = capsys.readouterr().err
+        assert said in err and err.count("\n") == 1, (name, err)
+        assert not out.exists(), name

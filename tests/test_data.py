@@ -475,3 +475,81 @@ def test_file_hash_follows_the_contents(tmp_path: Path) -> None:
     assert data.file_hash(write(path, "a,c\n2,x\n")) != first
     folder = data.file_hash(EXAMPLES / "shapes")
     assert len(folder) == 64 and folder != data.file_hash(EXAMPLES / "shapes" / "vertical")
+
+
+# --- targets: not finite, beyond int64, of several dimensions --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("targets", "task", "bad"),
+    [
+        (["0.5", "1.5", "nan"], None, "nan"),  # float targets: a regression
+        (["0", "1", "inf"], None, "inf"),  # integer labels and one inf
+        (["0", "1", "-Infinity"], "classification", "-Infinity"),  # not a class named -inf
+        (["a", "b", "NaN"], None, "NaN"),  # text labels
+    ],
+)
+def test_a_target_that_is_not_finite_names_its_line(
+    tmp_path: Path, targets: list[str], task: str | None, bad: str
+) -> None:
+    rows = "".join(f"{i},{targets[i % 2]}\n" for i in range(20))
+    path = write(tmp_path / "t.csv", f"x,y\n{rows}7,{bad}\n8,{targets[0]}\n")
+    with pytest.raises(DataError, match=rf"t.csv: line 22, column 'y': '{bad}' is not a finite"):
+        data.load(path, target="y", task=task)
+
+
+def test_a_target_that_is_not_finite_in_arrays_and_parquet(tmp_path: Path) -> None:
+    np.savez(tmp_path / "s.npz", X=np.ones((4, 2)), y=np.array(["a", "b", "inf", "a"]))
+    with pytest.raises(DataError, match=r"s.npz y: holds 'inf' at index \[2\]; every value"):
+        data.load(tmp_path / "s.npz")
+    pandas = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    frame = pandas.DataFrame({"a": np.arange(6.0), "y": [0.5, 1.0, np.inf, 2.0, 3.0, 1.0]})
+    frame.to_parquet(tmp_path / "inf.parquet")
+    with pytest.raises(DataError, match=r"inf.parquet: row 2, column 'y': inf is not a finite"):
+        data.load(tmp_path / "inf.parquet", target="y")
+
+
+def test_standard_scaling_of_a_constant_column_of_tenths(tmp_path: Path) -> None:
+    """0.1 is no binary fraction: the mean of 100 of them differs from 0.1 by float noise
+    and their std is ~1e-17, not 0; the column is constant all the same, scaled by 1."""
+    rng = np.random.default_rng(0)
+    X = np.column_stack([rng.normal(size=100), np.full(100, 0.1)])
+    assert X[:, 1].std() > 0  # (the noise the scaler must not divide by)
+    np.savez(tmp_path / "c.npz", X=X, y=np.arange(100) % 2)
+    for kind in ("standard", "minmax"):
+        loaded = data.load(tmp_path / "c.npz", scale=kind)
+        scaler = loaded.description.scaler
+        assert scaler is not None and scaler.scale[1] == 1.0
+        moved = scaler.apply(np.array([[0.0, 0.2]]))[0, 1]  # 0.2 - 0.1 (or - the mean)
+        assert moved == pytest.approx(0.1, abs=1e-6)
+
+
+def test_integer_labels_beyond_int64_are_text_labels(tmp_path: Path) -> None:
+    big = [99999999999999999999, 100000000000000000000]
+    rows = "".join(f"{i},{big[i % 2]}\n" for i in range(20))
+    loaded = data.load(write(tmp_path / "b.csv", f"x,y\n{rows}"), target="y")
+    assert loaded.description.task == "classification"
+    assert sorted(loaded.description.class_names or []) == sorted(map(str, big))
+    y = np.concatenate([loaded.y, loaded.y_val])
+    names = loaded.description.class_names or []
+    X = np.concatenate([loaded.X, loaded.X_val])[:, 0].astype(int)
+    assert all(names[label] == str(big[x % 2]) for x, label in zip(X, y, strict=True))
+    np.savez(tmp_path / "u.npz", X=np.ones((6, 1)), y=np.array([2**64 - 1, 2**64 - 2] * 3,
+                                                                  dtype=np.uint64))  # fmt: skip
+    assert data.load(tmp_path / "u.npz").description.class_names == [str(2**64 - 2), str(2**64 - 1)]
+
+
+def test_labels_of_several_dimensions_do_not_classify(tmp_path: Path) -> None:
+    images = tmp_path / "i-idx3-ubyte"
+    images.write_bytes(bytes([0, 0, 8, 3, 0, 0, 0, 10, 0, 0, 0, 2, 0, 0, 0, 2, *range(40)]))
+    with pytest.raises(DataError, match=r"labels .*i-idx3-ubyte: targets of shape \(10, 2, 2\); "
+                       r"a classification takes one label a sample"):  # fmt: skip
+        data.load(images, labels=images)
+    np.save(tmp_path / "X.npy", np.ones((10, 2)))
+    np.save(tmp_path / "y.npy", np.arange(30).reshape(10, 3))
+    with pytest.raises(DataError, match=r"labels .*y.npy: targets of shape \(10, 3\); a class"):
+        data.load(tmp_path / "X.npy", labels=tmp_path / "y.npy")
+    # several float outputs: a regression, as before
+    np.save(tmp_path / "f.npy", np.arange(30.0).reshape(10, 3) / 7)
+    assert data.load(tmp_path / "X.npy", labels=tmp_path / "f.npy").y.shape == (8, 3)
