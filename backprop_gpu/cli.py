@@ -121,6 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="a run's model on its validation data")
     evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     evaluate.add_argument("--last", action="store_true", help="checkpoint.npz, not best.npz")
+    for flag in ("--data", "--labels", "--val-data", "--val-labels"):
+        evaluate.add_argument(flag, metavar="PATH", help=f"the run's {flag[2:]} file, moved "
+                              "here (the same contents: checked by its SHA-256)")  # fmt: skip
 
     predict = commands.add_parser(
         "predict",
@@ -187,7 +190,6 @@ def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
             values: dict[str, Any] = tomllib.load(f)
-            return values
     except OSError as e:
         raise ConfigError(f"--config {path}: {e.strerror or e}") from None
     except UnicodeDecodeError as e:  # (TOML files are UTF-8)
@@ -196,6 +198,23 @@ def _read_toml(path: Path) -> dict[str, Any]:
         ) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"--config {path}: not valid TOML ({e})") from None
+    return _paths_from(path, values)
+
+
+def _paths_from(toml: Path, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with the data paths of the TOML file ``toml`` resolved against its folder
+    (as paths in a config file are); a ``data.DataError`` for one that is not there."""
+    values = {key.replace("-", "_"): value for key, value in values.items()}
+    for key in experiment.DATA_PATHS:
+        given = values.get(key)
+        if not isinstance(given, str) or Path(given).is_absolute():
+            continue
+        values[key] = str(toml.parent / given)
+        if not Path(values[key]).exists():
+            raise data.DataError(f"{key} {os.path.abspath(values[key])}: no such file or "
+                                 f"folder (from --config {toml}, {given!r} relative to its "
+                                 "folder)")  # fmt: skip
+    return values
 
 
 def _train(args: argparse.Namespace, argv: list[str]) -> int:
@@ -470,7 +489,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[s
             if args.command == "train":
                 return _train(args, argv)
             if args.command == "evaluate":
-                print(json.dumps(experiment.evaluate(args.run_dir, best=not args.last)))
+                paths = {key: getattr(args, key) for key in experiment.DATA_PATHS}
+                found = experiment.evaluate(args.run_dir, best=not args.last, paths=paths)
+                print(json.dumps(found))
                 return 0
             return _predict(args)
     except (ConfigError, data.DataUsageError) as e:

@@ -336,3 +336,84 @@ def test_bad_data_of_each_kind_exits_1_without_a_folder(
         err = capsys.readouterr().err
         assert said in err and err.count("\n") == 1, (name, err)
         assert not out.exists(), name
+
+
+def test_relative_paths_resume_and_evaluate_from_another_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """config.json keeps the path as given and where it resolved to: a run trained with a
+    relative path resumes and evaluates from any folder, as an uninterrupted run does."""
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir(), elsewhere.mkdir()
+    shutil.copy(EXAMPLES / "iris-like.csv", project / "iris.csv")
+    flags = ["--data", "iris.csv", "--target", "species", *QUICK]
+    monkeypatch.chdir(project)
+    assert cli.main(["train", *flags, "--epochs", "2", "--out", str(tmp_path / "part")]) == 0
+    assert cli.main(["train", *flags, "--epochs", "3", "--out", str(tmp_path / "full")]) == 0
+    recorded = json.loads((tmp_path / "part" / "config.json").read_text())
+    assert recorded["config"]["data"] == "iris.csv"
+    assert recorded["data_paths"] == {"data": str(project / "iris.csv")}
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    part = str(tmp_path / "part")
+    assert cli.main(["train", "--resume", "--out", part, "--epochs", "3", "--quiet"]) == 0
+    assert rows_without_seconds(tmp_path / "part") == rows_without_seconds(tmp_path / "full")
+    capsys.readouterr()
+    assert cli.main(["evaluate", part]) == 0
+    best = min(experiment.read_metrics(tmp_path / "part"), key=lambda r: r["val_loss"])
+    assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(best["val_loss"])
+
+
+def test_moved_data_can_be_pointed_at_when_its_contents_are_the_same(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    shutil.copy(EXAMPLES / "iris-like.csv", old / "iris.csv")
+    out = tmp_path / "run"
+    flags = ["--data", str(old / "iris.csv"), "--target", "species", *QUICK]
+    assert cli.main(["train", *flags, "--epochs", "2", "--out", str(out)]) == 0
+    old.rename(new)
+    capsys.readouterr()
+    resume = ["train", "--resume", "--out", str(out), "--epochs", "3", "--quiet"]
+    assert cli.main(resume) == 1
+    said = capsys.readouterr().err
+    assert f"data {old / 'iris.csv'}: no such file or folder (from config.json of {out})" in said
+    assert "moved? pass --data NEWPATH" in said
+    assert cli.main(["evaluate", str(out)]) == 1
+    assert "no such file or folder (from config.json of" in capsys.readouterr().err
+    assert cli.main(["evaluate", str(out), "--data", str(new / "iris.csv")]) == 0
+    capsys.readouterr()
+    # another file at the new place: refused by its contents, naming the flag
+    (tmp_path / "other.csv").write_text((new / "iris.csv").read_text().replace("5.9", "6.9", 1))
+    assert cli.main([*resume, "--data", str(tmp_path / "other.csv")]) == 1
+    said = capsys.readouterr().err
+    assert f"--data {tmp_path / 'other.csv'}: not the file the run in {out} began with" in said
+    assert len(experiment.read_metrics(out)) == 2
+    assert cli.main([*resume, "--data", str(new / "iris.csv")]) == 0
+    assert len(experiment.read_metrics(out)) == 3
+    # the new place is remembered: evaluate needs no flag now
+    assert cli.main(["evaluate", str(out)]) == 0
+
+
+def test_toml_paths_are_relative_to_the_toml_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "configs" / "data").mkdir(parents=True)
+    shutil.copy(EXAMPLES / "iris-like.csv", tmp_path / "configs" / "data" / "iris.csv")
+    toml = tmp_path / "configs" / "run.toml"
+    toml.write_text('data = "data/iris.csv"\ntarget = "species"\nepochs = 1\nhidden = [8]\n'
+                    'backend = "numpy"\n')  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    assert cli.main(["train", "--config", str(toml), "--out", str(out), "--quiet",
+                     "--no-plots"]) == 0  # fmt: skip
+    recorded = json.loads((out / "config.json").read_text())
+    assert recorded["data_paths"] == {"data": str(tmp_path / "configs" / "data" / "iris.csv")}
+    toml.write_text(toml.read_text().replace("data/iris.csv", "data/nope.csv"))
+    capsys.readouterr()
+    assert cli.main(["train", "--config", str(toml), "--out", str(tmp_path / "b"), "--quiet"]) == 1
+    said = capsys.readouterr().err
+    assert f"data {tmp_path / 'configs' / 'data' / 'nope.csv'}: no such file or folder" in said
+    assert f"(from --config {toml}, 'data/nope.csv' relative to its folder)" in said
+    assert not (tmp_path / "b").exists()
