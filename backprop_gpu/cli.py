@@ -325,10 +325,6 @@ def _info(args: argparse.Namespace) -> int:
     return 0 if usable else 1
 
 
-_KINDS = {"U": "strings", "S": "bytes", "c": "complex numbers", "O": "objects",
-          "V": "records", "M": "dates", "m": "time spans"}  # fmt: skip
-
-
 def _predict(args: argparse.Namespace) -> int:
     output = None
     if args.output is not None:  # checked first: a refusal costs no prediction
@@ -339,11 +335,14 @@ def _predict(args: argparse.Namespace) -> int:
         if output.exists() and not args.force:
             raise RunError(f"--output {output} exists; pass --force to overwrite it")
     inputs: np.ndarray | Path
-    if args.input.suffix.lower() == ".npy" or experiment.saved_config(args.run_dir).data is None:
-        inputs = _read_input(args.input)  # (a built-in data set's run takes .npy inputs)
+    if experiment.saved_config(args.run_dir).data is None:  # (a built-in data set: .npy)
+        inputs = data.read_npy(args.input, f"--input {args.input}")
     else:
         inputs = args.input  # (read as the run's data were: data.read_inputs)
     found = experiment.predictions(args.run_dir, inputs, best=not args.last)
+    if found.ignored:
+        _say(f"backprop-gpu: note: ignored column(s) {', '.join(found.ignored)} of "
+             f"{args.input} (not features of the model)")  # fmt: skip
     outputs = found.outputs
     if output is not None:
         _save_npy(output, outputs)
@@ -357,48 +356,6 @@ def _predict(args: argparse.Namespace) -> int:
     else:
         np.savetxt(sys.stdout, outputs, fmt="%.6g")
     return 0
-
-
-NPY_MAGIC = b"\x93NUMPY"  # how every .npy file starts
-
-
-def _read_input(path: Path) -> np.ndarray:
-    """The array of real numbers in the .npy file ``path``, else a ``RunError`` saying what
-    the file is. Its header is read first: a file of another kind, or an array of strings or
-    Python objects, is refused before its data is read (and never unpickled)."""
-    where = f"--input {path}"
-    try:
-        with path.open("rb") as f:
-            start = f.read(6)
-            if start[:4] == b"PK\x03\x04":  # (np.load would open it as an NpzFile)
-                raise RunError(f"{where}: a .npz archive, not a .npy array (np.save)")
-            if start != NPY_MAGIC:
-                what = f"it starts with {start!r}, not {NPY_MAGIC!r}" if start else "empty"
-                raise RunError(f"{where}: not a .npy file ({what}); save the array with np.save")
-            f.seek(0)
-            version = np.lib.format.read_magic(f)
-            header = {(1, 0): np.lib.format.read_array_header_1_0,
-                      (2, 0): np.lib.format.read_array_header_2_0}.get(version)  # fmt: skip
-            if header is not None:  # (3.0, for field names that are not ASCII: records)
-                _check_real(header(f)[2], where)
-        inputs = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise RunError(f"{where}: no such file") from None
-    except IsADirectoryError:
-        raise RunError(f"{where}: a folder, not a .npy file") from None
-    except (OSError, ValueError, EOFError) as e:
-        text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise RunError(f"{where}: cannot read a .npy array ({text})") from None
-    _check_real(inputs.dtype, where)
-    return np.asarray(inputs)
-
-
-def _check_real(dtype: np.dtype[Any], where: str) -> None:
-    if dtype.kind not in "biuf":
-        raise RunError(
-            f"{where}: expected an array of real numbers, got dtype {dtype} "
-            f"({_KINDS.get(dtype.kind, 'not numbers')})"
-        )
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

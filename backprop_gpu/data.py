@@ -36,11 +36,12 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 TASKS = ("classification", "regression")
+PIXEL_MAX = 255.0  # uint8 pixels (IDX files, images) are divided by it: to [0, 1]
 SCALES = ("none", "standard", "minmax")
 DEFAULT_VAL_SPLIT = 0.2
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -123,6 +124,7 @@ class Description:
     validation: str = ""
     val_split: float | None = None
     target: str | None = None  # the target column of a table
+    pixel_max: float | None = None  # uint8 pixels were divided by it (255); None: not pixels
 
     @property
     def n_outputs(self) -> int | None:
@@ -142,6 +144,7 @@ class Description:
             "validation": self.validation,
             "val_split": self.val_split,
             "target": self.target,
+            "pixel_max": self.pixel_max,
         }
 
     @classmethod
@@ -158,6 +161,7 @@ class Description:
             validation=str(saved.get("validation", "")),
             val_split=saved.get("val_split"),
             target=saved.get("target"),
+            pixel_max=saved.get("pixel_max"),
         )
 
 
@@ -191,6 +195,7 @@ class Table:
     val: Table | None = None
     row_names: list[str] | None = None  # the files of an image folder, one a row
     labels: str = ""  # where the targets came from, for messages ("labels y.npy", ...)
+    pixel_max: float | None = None  # uint8 pixels divided by it (IDX files, images)
 
 
 def kind_of(path: Path) -> str:
@@ -282,10 +287,11 @@ def read(
     if len(y) != len(X):
         raise DataError(f"{named}: {len(y)} targets for the {len(X)} samples of {path}")
     _check_finite(y, named)
-    X = X.astype(np.float64) / 255.0 if kind == "idx" and X.dtype == np.uint8 else X
+    pixels = kind == "idx" and X.dtype == np.uint8
+    X = X.astype(np.float64) / PIXEL_MAX if pixels else X
     return Table(X, y, _pixel_names(X.shape[1:]), f"{path} (labels {labels})",
                  {str(path): file_hash(path), str(labels): file_hash(labels)},
-                 labels=named)  # fmt: skip
+                 labels=named, pixel_max=PIXEL_MAX if pixels else None)  # fmt: skip
 
 
 def file_hash(path: Path) -> str:
@@ -338,17 +344,60 @@ def _check_numbers(values: np.ndarray, where: str, name: str) -> None:
         raise DataError(f"{where}: {name} holds {values.dtype} values, not numbers")
 
 
-def _read_npy(path: Path, labels: bool = False) -> np.ndarray:
+NPY_MAGIC = b"\x93NUMPY"  # how every .npy file starts
+_KINDS = {"U": "strings", "S": "bytes", "c": "complex numbers", "O": "objects",
+          "V": "records", "M": "dates", "m": "time spans"}  # fmt: skip
+
+
+def read_npy(
+    path: str | os.PathLike[str], where: str | None = None, text: bool = False
+) -> np.ndarray:
+    """The array of real numbers (``text``: or strings, labels) in the .npy file ``path``,
+    else a ``DataError`` saying what the file is. Its header is read first: a file of
+    another kind, or an array of Python objects, is refused before its data is read (and
+    never unpickled). ``where`` names it in messages (``--input x.npy``)."""
+    path = Path(path)
+    where = where or str(path)
     try:
+        with path.open("rb") as f:
+            start = f.read(6)
+            if start[:4] == b"PK\x03\x04":  # (np.load would open it as an NpzFile)
+                raise DataError(f"{where}: a .npz archive, not a .npy array (np.save)")
+            if start != NPY_MAGIC:
+                what = f"it starts with {start!r}, not {NPY_MAGIC!r}" if start else "empty"
+                raise DataError(f"{where}: not a .npy file ({what}); save the array with np.save")
+            f.seek(0)
+            version = np.lib.format.read_magic(f)
+            header = {(1, 0): np.lib.format.read_array_header_1_0,
+                      (2, 0): np.lib.format.read_array_header_2_0}.get(version)  # fmt: skip
+            if header is not None:  # (3.0, for field names that are not ASCII: records)
+                _check_real(header(f)[2], where, text)
         array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f"{where}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{where}: a folder, not a .npy file") from None
     except (OSError, ValueError, EOFError) as e:
-        raise DataError(f"{path}: not a readable .npy array ({e})") from None
-    if not isinstance(array, np.ndarray):
-        array.close()
-        raise DataError(f"{path}: an .npz archive, not a .npy array")
-    _check_numbers(array, str(path), "y" if labels else "the array")
-    _check_finite(array, str(path))
-    if array.ndim < (1 if labels else 2):
+        if isinstance(e, DataError):
+            raise
+        said = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise DataError(f"{where}: cannot read a .npy array ({said})") from None
+    _check_real(array.dtype, where, text)
+    return np.asarray(array)
+
+
+def _check_real(dtype: np.dtype[Any], where: str, text: bool = False) -> None:
+    if dtype.kind not in ("biufUS" if text else "biuf"):
+        raise DataError(
+            f"{where}: expected an array of real numbers, got dtype {dtype} "
+            f"({_KINDS.get(dtype.kind, 'not numbers')})"
+        )
+
+
+def _read_npy(path: Path, labels: bool = False, where: str | None = None) -> np.ndarray:
+    array = read_npy(path, where, text=labels)
+    _check_finite(array, where or str(path))
+    if array.ndim < (1 if labels else 2) and where is None:
         expected = "(samples,)" if labels else "(samples, features)"
         raise DataError(f"{path}: an array of shape {array.shape}; expected {expected}")
     return array
@@ -424,22 +473,44 @@ def _columns(path: Path, kind: str) -> list[str]:
     if kind == "parquet":
         return list(_pandas(path).read_parquet(path).columns.astype(str))
     with _open_text(path) as f:
-        return next(csv.reader(f, delimiter=TABLE_SUFFIXES[path.suffix.lower()]), [])
+        reader = csv.reader(f, delimiter=TABLE_SUFFIXES[path.suffix.lower()],
+                            skipinitialspace=True)  # fmt: skip
+        return [name.strip() for name in next(reader, [])]
 
 
-def _read_table(path: Path, target: str | None) -> Table:
-    """A CSV or TSV file with a header line: every column but ``target`` (None: none, for
-    prediction inputs) a number; ``target`` kept as strings, interpreted later."""
+def _check_header(path: Path, header: list[str]) -> None:
+    twice = sorted({name for name in header if header.count(name) > 1})
+    if twice:
+        raise DataError(f"{path}: column name(s) {', '.join(map(repr, twice))} appear more than "
+                        "once; each column needs a name of its own")  # fmt: skip
+
+
+def _no_column(path: Path, name: str, header: list[str]) -> DataError:
+    """The error for a table without the column ``name``, with a hint when its header is one
+    cell holding another delimiter."""
+    hint = ""
+    if len(header) == 1 and (";" in header[0] or "\t" in header[0]):
+        other = "';'" if ";" in header[0] else "tabs"
+        hint = (f" (one column: is the file delimited by {other}? a .csv is read with ',', a "
+                ".tsv with tabs)")  # fmt: skip
+    return DataError(f"{path}: no column {name!r}; its columns: {', '.join(header)}{hint}")
+
+
+def _read_table(path: Path, target: str | None, only: Sequence[str] | None = None) -> Table:
+    """A CSV or TSV file with a header line: every column but ``target`` a number (or, for
+    prediction inputs, the columns ``only``, the others not read); ``target`` kept as
+    strings, interpreted later."""
     delimiter = TABLE_SUFFIXES[path.suffix.lower()]
     try:
         with _open_text(path) as f:
-            reader = csv.reader(f, delimiter=delimiter)
+            reader = csv.reader(f, delimiter=delimiter, skipinitialspace=True)
             header = next(reader, None)
             if header is None or not any(cell.strip() for cell in header):
                 raise DataError(f"{path}: empty file (expected a header line of column names)")
             header = [name.strip() for name in header]
+            _check_header(path, header)
             if target is not None and target not in header:
-                raise DataError(f"{path}: no column {target!r}; its columns: {', '.join(header)}")
+                raise _no_column(path, target, header)
             rows: list[list[str]] = []
             lines: list[int] = []
             for row in reader:
@@ -460,6 +531,8 @@ def _read_table(path: Path, target: str | None) -> Table:
     if not rows:
         raise DataError(f"{path}: no data rows after the header line")
     features = [i for i, name in enumerate(header) if name != target]
+    if only is not None:
+        features = [header.index(name) for name in only]
     if not features:
         raise DataError(f"{path}: no feature columns beside the target {target!r}")
     X = _numbers(rows, features, header, lines, path)
@@ -518,7 +591,7 @@ def _pandas(path: Path) -> Any:
     return pandas
 
 
-def _read_parquet(path: Path, target: str | None) -> Table:
+def _read_parquet(path: Path, target: str | None, only: Sequence[str] | None = None) -> Table:
     pandas = _pandas(path)
     try:
         frame = pandas.read_parquet(path)
@@ -527,12 +600,13 @@ def _read_parquet(path: Path, target: str | None) -> Table:
     except Exception as e:  # (pyarrow's errors have no common public base)
         raise DataError(f"{path}: not a readable Parquet file ({e})") from None
     columns = [str(c) for c in frame.columns]
+    _check_header(path, columns)
     frame.columns = columns
     if target is not None and target not in columns:
-        raise DataError(f"{path}: no column {target!r}; its columns: {', '.join(columns)}")
+        raise _no_column(path, target, columns)
     if len(frame) == 0:
         raise DataError(f"{path}: no data rows")
-    features = [c for c in columns if c != target]
+    features = [c for c in columns if c != target] if only is None else list(only)
     if not features:
         raise DataError(f"{path}: no feature columns beside the target {target!r}")
     for name in features:
@@ -666,10 +740,10 @@ def _read_image_folder(root: Path) -> Table:
         files += found
         labels += [name] * len(found)
     pixels = read_images(files, str(root))
-    X = pixels.astype(np.float64) / 255.0
+    X = pixels.astype(np.float64) / PIXEL_MAX
     return Table(X, np.array(labels), _pixel_names(X.shape[1:]), f"{root}/<class>/*",
-                 {str(root): file_hash(root)},
-                 row_names=[str(f.relative_to(root)) for f in files])  # fmt: skip
+                 {str(root): file_hash(root)}, row_names=[str(f.relative_to(root)) for f in files],
+                 pixel_max=PIXEL_MAX)  # fmt: skip
 
 
 # --- labels, splits, scaling ----------------------------------------------------------------
@@ -847,6 +921,7 @@ def load(
         feature_names=table.feature_names, class_names=class_names, task=task,
         source=table.source, input_shape=tuple(table.X.shape[1:]), scaler=scaler,
         files=files, validation=validation, val_split=fraction, target=target,
+        pixel_max=table.pixel_max,
     )  # fmt: skip
     return Data(_inputs(X, scaler), y, _inputs(X_val, scaler), y_val, description)
 
@@ -868,28 +943,38 @@ def _inputs(X: np.ndarray, scaler: Scaler | None) -> np.ndarray:
 # --- prediction inputs ----------------------------------------------------------------------
 
 
+class Inputs(NamedTuple):
+    """What ``read_inputs`` returns: ``X`` as the model takes it, the file of each row
+    (``rows``: images; else None) and the columns of a table left out (``ignored``: neither
+    features nor the target)."""
+
+    X: np.ndarray
+    rows: list[str] | None
+    ignored: list[str]
+
+
 def read_inputs(
-    path: str | os.PathLike[str], description: Description, where: str = "--input"
-) -> tuple[np.ndarray, list[str] | None]:
-    """The raw inputs in ``path`` as the model takes them (float32, scaled by the
-    description's scaler), and for an image folder or image the name of each row's file:
-    a table's feature columns by name (its target column, if there, is left out), an .npy or
-    .npz (``X``, ``X_test``, ``X_val``, or its one array), IDX images, a folder of images
-    (flat, or root/<class>/*) or one image."""
+    path: str | os.PathLike[str], description: Description, where: str | None = None
+) -> Inputs:
+    """The raw inputs in ``path`` as the model takes them (``prepare_inputs``), and for an
+    image folder or image the name of each row's file: a table's feature columns by name
+    (the others, the target column among them, are not read), an .npy or .npz (``X``,
+    ``X_test``, ``X_val``, or its one array), IDX images, a folder of images (flat, or
+    root/<class>/*) or one image. ``where`` names it in messages (``--input PATH``)."""
     path = Path(path)
+    where = where or f"--input {path}"
     if not path.exists():
-        raise DataError(f"{where} {path}: no such file or folder")
+        raise DataError(f"{where}: no such file or folder")
     kind = kind_of(path)
-    names = None
+    names, ignored = None, list[str]()
     if kind == "table" or kind == "parquet":
-        X = _table_inputs(path, kind, description)
+        X, ignored = _table_inputs(path, kind, description)
     elif kind == "npy":
-        X = _read_npy(path)
+        X = _read_npy(path, where=where)
     elif kind == "npz":
         X = _npz_inputs(path)
     elif kind == "idx":
         X = read_idx(path)
-        X = X.astype(np.float64) / 255.0 if X.dtype == np.uint8 else X
     else:
         files = [path] if kind == "image" else _image_files(path)
         root = path.parent if kind == "image" else path
@@ -897,34 +982,52 @@ def read_inputs(
             subfolders = sorted(p for p in path.iterdir() if p.is_dir())
             files = [f for folder in subfolders for f in _image_files(folder)]
         if not files:
-            raise DataError(f"{where} {path}: no images in it, nor in its subfolders")
-        X = read_images(files, str(path)).astype(np.float64) / 255.0
+            raise DataError(f"{where}: no images in it, nor in its subfolders")
+        X = read_images(files, str(path))
         names = [str(f.relative_to(root)) for f in files]
+    return Inputs(prepare_inputs(X, description, where), names, ignored)
+
+
+def prepare_inputs(X: Any, description: Description, where: str = "inputs") -> np.ndarray:
+    """Raw inputs ``X`` as the model described by ``description`` takes them: one sample
+    or several, of the training samples' shape (or flat rows of as many values); uint8
+    pixels divided as the training images were (``pixel_max``); scaled by the description's
+    scaler; float32 (samples, features). A ``DataError`` naming ``where`` for inputs that
+    are not finite numbers or of another shape."""
+    X = np.asarray(X)
+    _check_real(X.dtype, where)
     shape = description.input_shape
-    if X.ndim == len(shape) and X.shape == shape:  # (one sample)
+    if X.shape == shape:  # (one sample)
         X = X[None]
-    if tuple(X.shape[1:]) != shape and math.prod(X.shape[1:]) != math.prod(shape):
-        raise DataError(
-            f"{where} {path}: samples of shape {tuple(X.shape[1:])}; the model was trained on "
-            f"{shape} ({description.source})"
-        )
-    return _inputs(X.reshape(len(X), -1), description.scaler), names
+    width = math.prod(shape)
+    if X.ndim < 1 or (X.shape[1:] != shape and not (X.ndim == 2 and X.shape[1] == width)):
+        if len(shape) == 1:
+            names = description.feature_names
+            listed = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+            takes = f"{width} feature{'s' * (width != 1)} ({listed})"
+        else:
+            takes = f"{shape} (or flat rows of {width} values)"
+        raise DataError(f"{where}: samples of shape {tuple(X.shape[1:])}; the model takes "
+                        f"{takes}, as in {description.source}")  # fmt: skip
+    _check_finite(X, where)
+    if X.dtype == np.uint8 and description.pixel_max is not None:
+        X = X.astype(np.float64) / description.pixel_max  # (as the training images were)
+    return _inputs(X.reshape(len(X), -1), description.scaler)
 
 
-def _table_inputs(path: Path, kind: str, description: Description) -> np.ndarray:
+def _table_inputs(path: Path, kind: str, description: Description) -> tuple[np.ndarray, list[str]]:
+    """A table's feature columns, in the model's order, and the other columns but the
+    target (not read)."""
     columns = _columns(path, kind)
-    missing = [name for name in description.feature_names if name not in columns]
+    features = description.feature_names
+    missing = [name for name in features if name not in columns]
     if missing:
         raise DataError(f"{path}: no column(s) {', '.join(map(repr, missing))}; the model takes "
-                        f"{', '.join(description.feature_names)}")  # fmt: skip
-    target = description.target if description.target in columns else None
-    table = _read_table(path, target) if kind == "table" else _read_parquet(path, target)
-    order = [table.feature_names.index(name) for name in description.feature_names]
-    extra = sorted(set(table.feature_names) - set(description.feature_names))
-    if extra:
-        raise DataError(f"{path}: column(s) {', '.join(map(repr, extra))} are not features the "
-                        f"model takes ({', '.join(description.feature_names)})")  # fmt: skip
-    return table.X[:, order]
+                        f"{', '.join(features)}")  # fmt: skip
+    read = _read_table if kind == "table" else _read_parquet
+    table = read(path, None, only=features)
+    ignored = [name for name in columns if name not in features and name != description.target]
+    return table.X, ignored
 
 
 def _npz_inputs(path: Path) -> np.ndarray:

@@ -1219,6 +1219,7 @@ class Predictions:
     outputs: np.ndarray
     classes: list[str] | None = None
     rows: list[str] | None = None
+    ignored: list[str] = dataclasses.field(default_factory=list)  # a table's other columns
 
 
 def predictions(
@@ -1234,24 +1235,20 @@ def predictions(
     model, _, _ = _load_run_model(Path(run_dir), best)
     saved = model.saved_extra.get("data")
     described = None if saved is None else data.Description.from_dict(saved)
-    rows = None
+    rows, ignored = None, list[str]()
     if isinstance(inputs, str | os.PathLike):
         if described is None:
             raise RunError(f"{run_dir}: a run on a built-in data set takes its inputs as an "
                            "array (a .npy file from the command line)")  # fmt: skip
-        X, rows = data.read_inputs(inputs, described)
+        X, rows, ignored = data.read_inputs(inputs, described)
     elif described is not None:
-        X = np.asarray(inputs)
-        if X.ndim == len(described.input_shape) and X.shape == described.input_shape:
-            X = X[None]
-        X = X.reshape(len(X), -1)
-        X = X.astype(np.float32) if described.scaler is None else described.scaler.apply(X)
+        X = data.prepare_inputs(inputs, described)
     else:
         X = inputs
     outputs = to_numpy(model.predict(X))
     names = None if described is None else described.class_names
     classes = None if names is None else [names[i] for i in outputs.argmax(axis=1)]
-    return Predictions(outputs, classes, rows)
+    return Predictions(outputs, classes, rows, ignored)
 
 
 def predict(

@@ -86,7 +86,7 @@ def test_train_resume_evaluate_predict(
     printed = capsys.readouterr().out.splitlines()
     model = bg.Model.load(part / "best.npz")
     description = data.Description.from_dict(saved)
-    X, names = data.read_inputs(inputs, description)
+    X, names, _ = data.read_inputs(inputs, description)
     outputs = bg.to_numpy(model.predict(X))
     if regression:
         np.testing.assert_allclose(np.array(printed, dtype=float), outputs[:, 0], rtol=1e-5)
@@ -417,3 +417,47 @@ def test_toml_paths_are_relative_to_the_toml_file(
     assert f"data {tmp_path / 'configs' / 'data' / 'nope.csv'}: no such file or folder" in said
     assert f"(from --config {toml}, 'data/nope.csv' relative to its folder)" in said
     assert not (tmp_path / "b").exists()
+
+
+def test_predict_reads_only_the_features_and_says_what_it_ignored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert cli.main(["train", *KINDS["csv"][0], *QUICK, "--epochs", "2", "--out", str(out)]) == 0
+    lines = (EXAMPLES / "iris-like-new.csv").read_text().splitlines()
+    with_more = tmp_path / "more.csv"  # an id, a blank species, a note with a comma
+    rows = [f'{i},,{row},"a, b"' for i, row in enumerate(lines[1:])]
+    with_more.write_text("\n".join([f"id,species,{lines[0]},note", *rows]))
+    capsys.readouterr()
+    assert cli.main(["predict", str(out), "--input", f"{E}/iris-like-new.csv"]) == 0
+    plain = capsys.readouterr()
+    assert "note" not in plain.err
+    assert cli.main(["predict", str(out), "--input", str(with_more)]) == 0
+    more = capsys.readouterr()
+    assert more.out == plain.out and len(more.out.splitlines()) == 6
+    notes = [line for line in more.err.splitlines() if "note:" in line]
+    assert notes == [f"backprop-gpu: note: ignored column(s) id, note of {with_more} (not "
+                     "features of the model)"]  # fmt: skip
+    np.save(tmp_path / "five.npy", np.ones((3, 5)))
+    assert cli.main(["predict", str(out), "--input", str(tmp_path / "five.npy")]) == 1
+    assert (f"backprop-gpu: --input {tmp_path / 'five.npy'}: samples of shape (5,); the model "
+            "takes 4 features (sepal_length") in capsys.readouterr().err  # fmt: skip
+
+
+def test_an_image_run_predicts_raw_uint8_pixels_as_its_images(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    Image = pytest.importorskip("PIL.Image")
+    out = tmp_path / "run"
+    flags, folder = KINDS["images"]
+    assert cli.main(["train", *flags, *QUICK, "--epochs", "3", "--out", str(out)]) == 0
+    files = sorted(Path(folder).glob("*.png"))
+    np.save(tmp_path / "raw.npy", np.stack([np.asarray(Image.open(f)) for f in files]))
+    capsys.readouterr()
+    assert cli.main(["predict", str(out), "--input", folder]) == 0
+    from_files = [line.split("\t")[1] for line in capsys.readouterr().out.splitlines()]
+    assert cli.main(["predict", str(out), "--input", str(tmp_path / "raw.npy")]) == 0
+    assert capsys.readouterr().out.splitlines() == from_files
+    np.save(tmp_path / "wide.npy", np.zeros((2, 4, 16), dtype=np.uint8))  # 64 pixels, not 8x8
+    assert cli.main(["predict", str(out), "--input", str(tmp_path / "wide.npy")]) == 1
+    assert "samples of shape (4, 16); the model takes (8, 8)" in capsys.readouterr().err

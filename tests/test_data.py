@@ -174,7 +174,7 @@ def test_inputs_to_predict_are_read_by_column_name(tmp_path: Path) -> None:
     loaded = data.load(IRIS, target="species", scale="standard")
     info = loaded.description
     rows = csv_rows(EXAMPLES / "iris-like-new.csv")
-    X, names = data.read_inputs(EXAMPLES / "iris-like-new.csv", info)
+    X, names, _ = data.read_inputs(EXAMPLES / "iris-like-new.csv", info)
     assert names is None and X.shape == (6, 4)
     raw = np.array([[float(r[c]) for c in info.feature_names] for r in rows])
     assert info.scaler is not None
@@ -313,7 +313,7 @@ def test_image_folder_classes_and_pixels() -> None:
         i = int(Path(name).stem)
         assert np.array_equal(pixels, images[i] / 255.0)
         assert Path(name).parent.name == ("horizontal", "vertical", "diagonal")[labels[i]]
-    X, names = data.read_inputs(EXAMPLES / "shapes" / "vertical" / "001.png", info)
+    X, names, _ = data.read_inputs(EXAMPLES / "shapes" / "vertical" / "001.png", info)
     assert names == ["001.png"] and np.array_equal(X, (images[1] / 255.0).reshape(1, 64)
                                                    .astype(np.float32))  # fmt: skip
 
@@ -553,3 +553,60 @@ def test_labels_of_several_dimensions_do_not_classify(tmp_path: Path) -> None:
     # several float outputs: a regression, as before
     np.save(tmp_path / "f.npy", np.arange(30.0).reshape(10, 3) / 7)
     assert data.load(tmp_path / "X.npy", labels=tmp_path / "f.npy").y.shape == (8, 3)
+
+
+# --- prediction inputs: one way in -----------------------------------------------------------
+
+
+def test_prediction_tables_ignore_the_target_and_other_columns(tmp_path: Path) -> None:
+    """A table to predict on: its feature columns by name; the target column (blank: the
+    labels are unknown) and columns the model never saw (an id, a note) are not read."""
+    loaded = data.load(IRIS, target="species", scale="standard")
+    info = loaded.description
+    rows = csv_rows(EXAMPLES / "iris-like-new.csv")
+    path = tmp_path / "p.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, ["id", "species", *info.feature_names[::-1], "note"])
+        writer.writeheader()
+        writer.writerows({**r, "id": str(i), "species": "", "note": "x, y"}
+                         for i, r in enumerate(rows))  # fmt: skip
+    found = data.read_inputs(path, info)
+    raw = np.array([[float(r[c]) for c in info.feature_names] for r in rows])
+    assert info.scaler is not None
+    np.testing.assert_array_equal(found.X, info.scaler.apply(raw))
+    assert found.ignored == ["id", "note"] and found.rows is None
+
+
+def test_raw_uint8_pixels_are_scaled_as_the_training_images_were(tmp_path: Path) -> None:
+    """An IDX run given the same pixels as a uint8 .npy (or array) sees what it trained on:
+    pixel / 255; floats are taken as already scaled."""
+    images = tmp_path / "i-idx3-ubyte"
+    pixels = np.arange(40, dtype=np.uint8).reshape(10, 2, 2) * 6
+    images.write_bytes(bytes([0, 0, 8, 3, 0, 0, 0, 10, 0, 0, 0, 2, 0, 0, 0, 2]) + pixels.tobytes())
+    labels = tmp_path / "l-idx1-ubyte"
+    labels.write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 10, *([0, 1] * 5)]))
+    info = data.load(images, labels=labels, val_split=0.2).description
+    expected = (pixels.reshape(10, 4) / 255.0).astype(np.float32)
+    np.testing.assert_array_equal(data.read_inputs(images, info).X, expected)
+    np.save(tmp_path / "raw.npy", pixels)
+    np.testing.assert_array_equal(data.read_inputs(tmp_path / "raw.npy", info).X, expected)
+    np.testing.assert_array_equal(data.prepare_inputs(pixels, info), expected)
+    np.testing.assert_array_equal(data.prepare_inputs(pixels[3], info), expected[3:4])
+    np.testing.assert_array_equal(data.prepare_inputs(pixels / 255.0, info), expected)
+    saved = data.Description.from_dict(json.loads(json.dumps(info.as_dict())))
+    np.testing.assert_array_equal(data.prepare_inputs(pixels, saved), expected)
+
+
+def test_prediction_inputs_of_another_shape_are_refused(tmp_path: Path) -> None:
+    images = data.Description(["p"] * 192, ["a", "b"], "classification", "imgs", (8, 8, 3))
+    ok = np.zeros((2, 8, 8, 3), dtype=np.uint8)
+    assert data.prepare_inputs(ok, images).shape == (2, 192)
+    assert data.prepare_inputs(ok.reshape(2, 192), images).shape == (2, 192)  # flat rows
+    with pytest.raises(DataError, match=r"inputs: samples of shape \(16, 12\); the model takes "
+                       r"\(8, 8, 3\) \(or flat rows of 192 values\)"):  # fmt: skip
+        data.prepare_inputs(np.zeros((2, 16, 12)), images)
+    table = data.load(IRIS, target="species").description
+    np.save(tmp_path / "five.npy", np.ones((3, 5)))
+    said = r"--input .*five.npy: samples of shape \(5,\); the model takes 4 features \(sepal_l"
+    with pytest.raises(DataError, match=said):
+        data.read_inputs(tmp_path / "five.npy", table)
