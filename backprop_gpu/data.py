@@ -48,6 +48,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 IMAGE_MODES = ("L", "LA", "RGB", "RGBA")  # 8 bits a channel
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 PARQUET_SUFFIXES = (".parquet", ".pq")
+_KIND_NAMES = {"npz": "an .npz", "npy": "an .npy", "table": "a table", "parquet": "a table",
+               "image": "an image", "images": "an image folder", "idx": "an IDX file"}  # fmt: skip
 KINDS = (
     ".npz, .npy (with --labels), .csv / .tsv (with --target), .parquet (with --target), "
     "IDX files (with --labels) or a folder of images, root/<class>/*.png"
@@ -281,7 +283,12 @@ def read(
     named = f"{'val_labels' if where == 'val_data' else 'labels'} {labels}"
     if not labels.exists():
         raise DataError(f"{named}: no such file")
-    y = _read_npy(labels, labels=True) if kind_of(labels) == "npy" else read_idx(labels)
+    labels_kind = kind_of(labels)
+    if labels_kind not in ("npy", "idx"):
+        flag = "--val-labels" if where == "val_data" else "--labels"
+        raise DataUsageError(f"{named}: {flag} takes an .npy or an IDX file of the targets, one "
+                             f"a sample, not {_KIND_NAMES[labels_kind]}")  # fmt: skip
+    y = _read_npy(labels, labels=True) if labels_kind == "npy" else read_idx(labels)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if len(y) != len(X):
@@ -710,6 +717,9 @@ def read_images(files: Sequence[Path], where: str) -> np.ndarray:
     for file in files:
         try:
             with Image.open(file) as image:
+                if image.mode in ("P", "PA"):  # (a palette: its colours)
+                    rgba = image.mode == "PA" or "transparency" in image.info
+                    image = image.convert("RGBA" if rgba else "RGB")
                 mode, size = image.mode, image.size
                 if mode not in IMAGE_MODES:
                     raise DataError(f"{file}: image mode {mode}; expected 8-bit "
@@ -849,7 +859,7 @@ def load(
     *,
     target: str | None = None,
     labels: str | os.PathLike[str] | None = None,
-    val_path: str | os.PathLike[str] | None = None,
+    val_data: str | os.PathLike[str] | None = None,
     val_labels: str | os.PathLike[str] | None = None,
     val_split: float | None = None,
     scale: str = "none",
@@ -857,38 +867,39 @@ def load(
     seed: int = 0,
 ) -> Data:
     """The data set in ``path`` ready to train on (see the module's docstring): validation
-    from ``val_path`` (with ``val_labels``), from an .npz's ``X_val``/``y_val``, else a
+    from ``val_data`` (with ``val_labels``), from an .npz's ``X_val``/``y_val``, else a
     seeded stratified ``val_split`` (default 0.2) of the training rows."""
-    if scale not in SCALES:
-        raise DataUsageError(f"scale: unknown scaling {scale!r}; valid: {', '.join(SCALES)}")
-    if task is not None and task not in TASKS:
-        raise DataUsageError(f"task: unknown task {task!r}; valid: {', '.join(TASKS)}")
-    if val_labels is not None and val_path is None:
-        raise DataUsageError("val_labels: the targets of --val-data, which is not given")
+    check_settings(val_data=val_data, val_labels=val_labels, val_split=val_split, scale=scale,
+                   task=task, target=target, labels=labels)  # fmt: skip
     table = read(path, target=target, labels=labels, where="data")
     val = table.val
-    if val_path is not None:
+    if val_data is not None:
         if val is not None:
             raise DataUsageError(f"val_data: {path} holds its own X_val and y_val")
-        val = read(val_path, target=target, labels=val_labels, where="val_data")
+        kinds = (_KIND_NAMES[kind_of(Path(path))], _KIND_NAMES[kind_of(Path(val_data))])
+        if kinds[0] != kinds[1]:
+            raise DataUsageError(f"val_data {val_data}: must be the same kind as --data "
+                                 f"({kinds[0]}), not {kinds[1]}")  # fmt: skip
+        val = read(val_data, target=target, labels=val_labels, where="val_data")
         if val.feature_names != table.feature_names and table.X.ndim == 2:
-            raise DataError(f"val_data {val_path}: columns {', '.join(val.feature_names)}, but "
+            raise DataError(f"val_data {val_data}: columns {', '.join(val.feature_names)}, but "
                             f"{path} has {', '.join(table.feature_names)}")  # fmt: skip
         if val.X.shape[1:] != table.X.shape[1:]:
-            raise DataError(f"val_data {val_path}: samples of shape {val.X.shape[1:]}, but "
+            raise DataError(f"val_data {val_data}: samples of shape {val.X.shape[1:]}, but "
                             f"{path} has {table.X.shape[1:]}")  # fmt: skip
     if val is not None and val_split is not None:
         raise DataUsageError(
-            f"val_split: {val_split} and a validation set ({val.source}); pass one of them"
+            f"val_split: {val_split:g} and a validation set ({val.source}); pass one of them"
         )
-    if val_split is not None and not 0 < val_split < 1:
-        raise DataUsageError(f"val_split: must be in (0, 1), got {val_split}")
     assert table.y is not None
     task = task or infer_task(table.y)
     class_names = None
     if task == "classification":
         _check_one_label_a_sample(table)
         class_names = class_names_of(table.y)
+        if len(class_names) < 2:
+            raise DataError(f"{path}: one class only ({class_names[0]!r}); a classification "
+                            "needs 2 or more (regression targets: --task regression)")  # fmt: skip
         y = encode(table.y, class_names, str(path))
     else:
         y = regression_targets(table.y, str(path))
@@ -897,8 +908,7 @@ def load(
         fraction = DEFAULT_VAL_SPLIT if val_split is None else val_split
         train, held = stratified_split(None if class_names is None else y, len(X), fraction, seed)
         if held.size == 0:
-            raise DataError(f"{path}: {len(X)} samples are too few to hold out {fraction:g} "
-                            "for validation; add samples or pass --val-data")  # fmt: skip
+            raise DataError(_too_few(path, table.y, class_names, len(X), fraction))
         X, X_val, y, y_val = X[train], X[held], y[train], y[held]
         how = "stratified, " if class_names is not None else ""
         validation = f"{fraction:g} of {path} held out ({how}seed {seed})"
@@ -924,6 +934,55 @@ def load(
         pixel_max=table.pixel_max,
     )  # fmt: skip
     return Data(_inputs(X, scaler), y, _inputs(X_val, scaler), y_val, description)
+
+
+def _too_few(
+    path: Any, y: np.ndarray, class_names: list[str] | None, n: int, fraction: float
+) -> str:
+    """Why no row could be held out for validation."""
+    if class_names is None:
+        return (f"{path}: {n} samples are too few to hold out {fraction:g} for validation; add "
+                "samples or pass --val-data")  # fmt: skip
+    least = max(2, math.floor(0.5 / fraction) + 1)  # (round(k * fraction) > 0 from k = least)
+    numbers = _as_numbers(y) if y.dtype.kind in "US" else y
+    integers = numbers is not None and numbers.dtype.kind in "biu"
+    hint = "add samples or pass --val-data"
+    if integers:
+        hint = "integer targets: pass --task regression?"
+    return (f"{path}: every one of its {len(class_names)} classes has fewer than {least} "
+            f"samples, too few to hold out {fraction:g} of any for validation; {hint}")  # fmt: skip
+
+
+def check_settings(
+    *,
+    val_data: Any = None,
+    val_labels: Any = None,
+    val_split: float | None = None,
+    scale: str = "none",
+    task: str | None = None,
+    target: str | None = None,
+    labels: Any = None,
+) -> None:
+    """A ``DataUsageError`` for settings of data from files that cannot work, whatever the
+    files hold (``Config`` checks its settings with it too)."""
+    if scale not in SCALES:
+        raise DataUsageError(f"scale: unknown scaling {scale!r}; valid: {', '.join(SCALES)}")
+    if task is not None and task not in TASKS:
+        raise DataUsageError(f"task: unknown task {task!r}; valid: {', '.join(TASKS)}")
+    if val_split is not None and not (math.isfinite(val_split) and 0 < val_split < 1):
+        raise DataUsageError(f"val_split: must be a fraction in (0, 1), got {val_split}")
+    if val_split is not None and val_data is not None:
+        raise DataUsageError(
+            f"val_split and val_data: {val_split:g} of the training rows, or the validation "
+            f"set {str(val_data)!r}; pass one of them"
+        )
+    if val_labels is not None and val_data is None:
+        raise DataUsageError("val_labels: the targets of val_data (--val-data), not given")
+    if target is not None and labels is not None:
+        raise DataUsageError(
+            "target and labels: target names a table's label column, labels the targets' "
+            "file of an .npy or IDX file; pass the one your data takes"
+        )
 
 
 def _check_one_label_a_sample(table: Table) -> None:

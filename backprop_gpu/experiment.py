@@ -187,8 +187,6 @@ class Config:
             "activation": tuple(ACTIVATIONS),
             "optimizer": tuple(OPTIMIZERS),
             "backend": BACKENDS,
-            "scale": data.SCALES,
-            "task": (None, *data.TASKS),
         }
         for key, valid in choices.items():
             value = getattr(self, key)
@@ -242,22 +240,13 @@ class Config:
                         f"{key}: a setting of data from files, which needs data (--data PATH); "
                         f"this run uses the built-in {self.dataset}"
                     )
-        if self.val_split is not None and not (
-            math.isfinite(self.val_split) and 0 < self.val_split < 1
-        ):
-            raise ConfigError(f"val_split: must be a fraction in (0, 1), got {self.val_split}")
-        if self.val_split is not None and self.val_data is not None:
-            raise ConfigError(
-                f"val_split and val_data: {self.val_split:g} of the training rows, or the "
-                f"validation set {self.val_data!r}; pass one of them"
-            )
-        if self.val_labels is not None and self.val_data is None:
-            raise ConfigError("val_labels: the targets of val_data (--val-data), not given")
-        if self.target is not None and self.labels is not None:
-            raise ConfigError(
-                "target and labels: target names a table's label column, labels the targets' "
-                "file of an .npy or IDX file; pass the one your data takes"
-            )
+        try:  # (the checks data.load makes of its arguments: one place)
+            data.check_settings(
+                val_data=self.val_data, val_labels=self.val_labels, val_split=self.val_split,
+                scale=self.scale, task=self.task, target=self.target, labels=self.labels,
+            )  # fmt: skip
+        except data.DataUsageError as e:
+            raise ConfigError(str(e)) from None
 
     def _validate_controls(self) -> None:
         """The training controls: schedule, early stopping, clipping, weight decay."""
@@ -438,7 +427,7 @@ def load_dataset(
         try:
             loaded = data.load(
                 where["data"], target=config.target, labels=where["labels"],
-                val_path=where["val_data"], val_labels=where["val_labels"],
+                val_data=where["val_data"], val_labels=where["val_labels"],
                 val_split=config.val_split, scale=config.scale, task=config.task,
                 seed=config.seed,
             )  # fmt: skip

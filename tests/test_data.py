@@ -162,7 +162,7 @@ def test_integer_labels_classify_and_the_task_can_be_overridden(tmp_path: Path) 
 def test_a_validation_file_and_quoted_cells(tmp_path: Path) -> None:
     train = write(tmp_path / "a.csv", 'x,"y y",c\n1,2,a\n3,4,b\n5,6,a\n7,8,b\n')
     val = write(tmp_path / "b.csv", 'x,"y y",c\n9,10,b\n"11",12,a\n')
-    loaded = data.load(train, target="c", val_path=val)
+    loaded = data.load(train, target="c", val_data=val)
     assert loaded.X.tolist() == [[1, 2], [3, 4], [5, 6], [7, 8]]  # no split: all in training
     assert loaded.X_val.tolist() == [[9, 10], [11, 12]] and loaded.y_val.tolist() == [1, 0]
     assert loaded.description.feature_names == ["x", "y y"]
@@ -283,7 +283,7 @@ def test_idx_read_by_the_spec(tmp_path: Path) -> None:
     labels = bytes([0, 0, 0x08, 1, 0, 0, 0, 2, 7, 3])
     (tmp_path / "labels-idx1-ubyte").write_bytes(labels)
     loaded = data.load(tmp_path / "images-idx3-ubyte", labels=tmp_path / "labels-idx1-ubyte",
-                       val_path=tmp_path / "images-idx3-ubyte",
+                       val_data=tmp_path / "images-idx3-ubyte",
                        val_labels=tmp_path / "labels-idx1-ubyte")  # fmt: skip
     assert loaded.description.class_names == ["3", "7"] and loaded.y.tolist() == [1, 0]
     np.testing.assert_array_equal(loaded.X, np.arange(12, dtype=np.float32).reshape(2, 6) / 255)
@@ -389,7 +389,7 @@ def test_a_class_only_in_validation(tmp_path: Path) -> None:
     val = write(tmp_path / "b.csv", "x,c\n4,cat\n5,bird\n")
     with pytest.raises(DataError, match=r"b.csv: class\(es\) 'bird' not in the training data "
                        r"\(its classes: cat, dog\)"):  # fmt: skip
-        data.load(train, target="c", val_path=val)
+        data.load(train, target="c", val_data=val)
 
 
 def test_wrong_idx_files(tmp_path: Path) -> None:
@@ -462,10 +462,16 @@ def test_usage_errors(tmp_path: Path) -> None:
         data.load(IRIS, target="species", scale="z")
     with pytest.raises(DataUsageError, match=r"task: unknown task 'clustering'"):
         data.load(IRIS, target="species", task="clustering")
-    with pytest.raises(DataUsageError, match=r"val_split: must be in \(0, 1\), got 1.0"):
+    with pytest.raises(DataUsageError, match=r"val_split: must be a fraction in \(0, 1\), got 1"):
         data.load(IRIS, target="species", val_split=1.0)
-    with pytest.raises(DataError, match=r"2 samples are too few to hold out 0.2"):
-        data.load(write(tmp_path / "two.csv", "a,c\n1,x\n2,x\n"), target="c")
+    with pytest.raises(
+        DataError,
+        match=r"two.csv: every one of its 2 classes has fewer than 3 "
+        "samples, too few to hold out 0.2 of any for validation; add samples or",
+    ):
+        data.load(write(tmp_path / "two.csv", "a,c\n1,x\n2,y\n"), target="c")
+    with pytest.raises(DataError, match=r"wave.tsv: 2 samples are too few to hold out 0.2 for"):
+        data.load(write(tmp_path / "wave.tsv", "a\ty\n1\t0.5\n2\t1.5\n"), target="y")
 
 
 def test_file_hash_follows_the_contents(tmp_path: Path) -> None:
@@ -610,3 +616,98 @@ def test_prediction_inputs_of_another_shape_are_refused(tmp_path: Path) -> None:
     said = r"--input .*five.npy: samples of shape \(5,\); the model takes 4 features \(sepal_l"
     with pytest.raises(DataError, match=said):
         data.read_inputs(tmp_path / "five.npy", table)
+
+
+# --- what a newcomer's files hit -----------------------------------------------------------
+
+
+def test_integer_targets_with_a_class_a_sample_suggest_a_regression(tmp_path: Path) -> None:
+    rows = "".join(f"{i},{1000 + 7 * i}\n" for i in range(500))  # prices: each value once
+    path = write(tmp_path / "prices.csv", f"size,price\n{rows}")
+    with pytest.raises(DataError, match=r"prices.csv: every one of its 500 classes has fewer "
+                       r"than 3 samples, too few to hold out 0.2 of any for validation; integer "
+                       r"targets: pass --task regression\?"):  # fmt: skip
+        data.load(path, target="price")
+    assert data.load(path, target="price", task="regression").y.shape == (400, 1)
+
+
+def test_one_class_is_no_classification(tmp_path: Path) -> None:
+    path = write(tmp_path / "one.csv", "x,c\n" + "".join(f"{i},cat\n" for i in range(20)))
+    with pytest.raises(DataError, match=r"one.csv: one class only \('cat'\); a classification "
+                       r"needs 2 or more"):  # fmt: skip
+        data.load(path, target="c")
+
+
+def test_the_labels_flags_take_npy_or_idx_files(tmp_path: Path) -> None:
+    images = tmp_path / "i-idx3-ubyte"
+    images.write_bytes(bytes([0, 0, 8, 3, 0, 0, 0, 10, 0, 0, 0, 2, 0, 0, 0, 2, *range(40)]))
+    labels = tmp_path / "l-idx1-ubyte"
+    labels.write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 10, *([0, 1] * 5)]))
+    np.savez(tmp_path / "y.npz", y=np.arange(10) % 2)
+    for name in ("y.npz", "y.csv"):
+        (tmp_path / "y.csv").write_text("y\n" + "0\n1\n" * 5)
+        with pytest.raises(DataUsageError, match=rf"labels .*{name}: --labels takes an .npy or "
+                           r"an IDX file of the targets"):  # fmt: skip
+            data.load(images, labels=tmp_path / name)
+    with pytest.raises(DataError, match=r"val_labels .*nope: no such file"):
+        data.load(images, labels=labels, val_data=images, val_labels=tmp_path / "nope")
+    short = tmp_path / "s-idx1-ubyte"
+    short.write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 5, 0, 1, 0, 1, 0]))
+    with pytest.raises(DataError, match=r"val_labels .*s-idx1-ubyte: 5 targets for the 10"):
+        data.load(images, labels=labels, val_data=images, val_labels=short)
+
+
+def test_duplicate_column_names_are_refused(tmp_path: Path) -> None:
+    for header in ("a,a,y", "a,y,y"):
+        path = write(tmp_path / "d.csv", f"{header}\n1,2,3\n4,5,6\n")
+        twice = "'a'" if header == "a,a,y" else "'y'"
+        with pytest.raises(DataError, match=rf"d.csv: column name\(s\) {twice} appear more than "
+                           "once"):  # fmt: skip
+            data.load(path, target="y")
+
+
+def test_csv_dialects_bom_crlf_spaces_and_tsv(tmp_path: Path) -> None:
+    """Excel's BOM and CRLF line ends, spaces after the commas (quoted cells too), blank
+    lines at the end, and a TSV: all read as the plain CSV."""
+    rows = [(i / 4, i % 3, "ab"[i % 2]) for i in range(12)]
+    plain = write(tmp_path / "p.csv", "a,b,c\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
+    expected = data.load(plain, target="c", val_split=0.25)
+    variants = {
+        "excel.csv": ("\ufeffa,b,c\r\n" + "".join(f"{a},{b},{c}\r\n" for a, b, c in rows)
+                      + "\r\n\r\n"),
+        "spaced.csv": "a, b, c\n" + "".join(f'{a}, "{b}", {c}\n' for a, b, c in rows),
+        "tabs.tsv": "a\tb\tc\n" + "".join(f"{a}\t{b}\t{c}\n" for a, b, c in rows),
+    }  # fmt: skip
+    for name, text in variants.items():
+        (tmp_path / name).write_bytes(text.encode())
+        loaded = data.load(tmp_path / name, target="c", val_split=0.25)
+        assert loaded.description.feature_names == ["a", "b"], name
+        assert np.array_equal(loaded.X, expected.X) and np.array_equal(loaded.y, expected.y)
+        assert np.array_equal(loaded.X_val, expected.X_val), name
+    path = write(tmp_path / "eu.csv", "a;b;y\n1;2;3\n")
+    with pytest.raises(DataError, match=r"no column 'y'; its columns: a;b;y \(one column: is "
+                       r"the file delimited by ';'\? a .csv is read with ','"):  # fmt: skip
+        data.load(path, target="y")
+
+
+def test_palette_images_are_read_as_rgb(tmp_path: Path) -> None:
+    Image = pytest.importorskip("PIL.Image")
+    colours = [(255, 0, 0), (0, 0, 255)]
+    for label, colour in zip("ab", colours, strict=True):
+        (tmp_path / "pal" / label).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (3, 2), colour).convert("P").save(
+                tmp_path / "pal" / label / f"{i}.png"
+            )
+    loaded = data.load(tmp_path / "pal", val_split=0.25)
+    assert loaded.description.input_shape == (2, 3, 3)
+    X = np.concatenate([loaded.X, loaded.X_val]).reshape(-1, 6, 3)
+    y = np.concatenate([loaded.y, loaded.y_val])
+    for pixels, label in zip(X, y, strict=True):
+        assert np.all(pixels == np.array(colours[label]) / 255.0)
+
+
+def test_a_validation_set_of_another_kind_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(DataUsageError, match=r"val_data .*blobs.npz: must be the same kind as "
+                       r"--data \(a table\), not an .npz"):  # fmt: skip
+        data.load(IRIS, target="species", val_data=EXAMPLES / "blobs.npz")
