@@ -936,6 +936,24 @@ def load(
     return Data(_inputs(X, scaler), y, _inputs(X_val, scaler), y_val, description)
 
 
+def summary(description: Description, y: np.ndarray, n_val: int, inferred: bool = True) -> str:
+    """One line of what the data are (printed as a run starts): the task and its classes or
+    target range, the training, validation and feature counts; for whole-number float
+    targets with few values taken as a regression (``inferred``), how to classify them."""
+    n, width = len(y), len(description.feature_names)
+    counts = f"{n} training and {n_val} validation samples, {width} feature{'s' * (width != 1)}"
+    if description.class_names is not None:
+        names = description.class_names
+        listed = ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
+        return f"data: classification of {len(names)} classes ({listed}); {counts}"
+    outputs = y.shape[1] if y.ndim == 2 else 1
+    what = "a target" if outputs == 1 else f"{outputs} targets"
+    line = f"data: regression of {what} in [{float(y.min()):.4g}, {float(y.max()):.4g}]; {counts}"
+    if inferred and np.all(y == np.round(y)) and len(np.unique(y)) <= 20:
+        line += " (whole-number targets: --task classification for classes)"
+    return line
+
+
 def _too_few(
     path: Any, y: np.ndarray, class_names: list[str] | None, n: int, fraction: float
 ) -> str:

@@ -760,6 +760,8 @@ def _execute(
             # each rank loads; if one fails, all stop (none waits for it in a collective)
             X, y, X_val, y_val, described, model = on_every_rank(dist, load)
             task = task_of(config, described)
+            if root and report is not None and described is not None:  # what it inferred
+                report(data.summary(described, y, len(X_val), inferred=config.task is None))
             if described is not None:  # (recorded: a resume loads the data as this run did)
                 config = dataclasses.replace(config, task=task, val_split=described.val_split)
             history: list[dict[str, float]] = []

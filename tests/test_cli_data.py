@@ -461,3 +461,25 @@ def test_an_image_run_predicts_raw_uint8_pixels_as_its_images(
     np.save(tmp_path / "wide.npy", np.zeros((2, 4, 16), dtype=np.uint8))  # 64 pixels, not 8x8
     assert cli.main(["predict", str(out), "--input", str(tmp_path / "wide.npy")]) == 1
     assert "samples of shape (4, 16); the model takes (8, 8)" in capsys.readouterr().err
+
+
+def test_a_run_says_what_it_inferred_from_the_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    quick = [f for f in QUICK if f != "--quiet"]
+    assert cli.main(["train", *KINDS["csv"][0], *quick, "--epochs", "1",
+                     "--out", str(tmp_path / "a")]) == 0  # fmt: skip
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == ("data: classification of 3 classes (setosa, versicolor, virginica); 96 "
+                     "training and 24 validation samples, 4 features")  # fmt: skip
+    whole = tmp_path / "whole.csv"  # float labels that are classes in disguise
+    whole.write_text("x,y\n" + "".join(f"{i},{i % 3}.0\n" for i in range(30)))
+    assert cli.main(["train", "--data", str(whole), "--target", "y", *quick, "--epochs", "1",
+                     "--out", str(tmp_path / "b")]) == 0  # fmt: skip
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == ("data: regression of a target in [0, 2]; 24 training and 6 validation "
+                     "samples, 1 feature (whole-number targets: --task classification for "
+                     "classes)")  # fmt: skip
+    assert cli.main(["train", "--data", str(whole), "--target", "y", "--task", "regression",
+                     *quick, "--epochs", "1", "--out", str(tmp_path / "c")]) == 0  # fmt: skip
+    assert "whole-number" not in capsys.readouterr().out
