@@ -9,7 +9,8 @@ data files that cannot be used (a missing column, a cell that is no number, ... 
 data file changed since the run started, a loss or model that is not finite, a data set too
 large for the memory; ``info`` when
 BACKPROP_GPU_BACKEND names no backend a run takes, or one that cannot run here), 130 after
-Ctrl-C and 143 after SIGTERM (both stop a run cleanly; ``--resume`` continues it). Errors
+Ctrl-C and 143 after SIGTERM (both stop a run cleanly; ``--resume`` continues it), 141 when
+the reader of the output goes away (``predict ... | head -1``: quietly, as SIGPIPE). Errors
 and warnings are one line on stderr, ``backprop-gpu: ...``.
 """
 
@@ -363,6 +364,16 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     atomic_write(path, lambda f: np.save(f, array))
 
 
+def _pipe_closed() -> int:
+    """What a Unix tool does when the reader of its output goes away: stop quietly, with
+    the status of a process that SIGPIPE ended (128 + 13). stdout goes to /dev/null, so that
+    flushing it at the interpreter's exit raises nothing (Python's "Note on SIGPIPE")."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):  # (not a file: a test's)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
+
+
 def _say(message: str) -> None:
     """``message`` on stderr in one write (print writes its end apart, and the lines of the
     ranks of an MPI job, which share the terminal, could then run into each other)."""
@@ -453,6 +464,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[s
             return _predict(args)
     except (ConfigError, data.DataUsageError) as e:
         parser.exit(2, f"backprop-gpu: error: {e}\n")
+    except BrokenPipeError:  # (predict ... | head -1: the reader is gone)
+        return _pipe_closed()
     except (RunError, CheckpointError, RuntimeError, OSError, ValueError, ImportError,
             FloatingPointError, MemoryError) as e:  # fmt: skip
         hint = ""

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -483,3 +486,21 @@ def test_a_run_says_what_it_inferred_from_the_data(
     assert cli.main(["train", "--data", str(whole), "--target", "y", "--task", "regression",
                      *quick, "--epochs", "1", "--out", str(tmp_path / "c")]) == 0  # fmt: skip
     assert "whole-number" not in capsys.readouterr().out
+
+
+def test_predict_into_a_pipe_closed_early_stops_quietly(tmp_path: Path) -> None:
+    """``backprop-gpu predict ... | head -1``: no "Broken pipe" error, SIGPIPE's status."""
+    out = tmp_path / "run"
+    assert cli.main(["train", "--samples", "60", "--epochs", "1", *QUICK, "--out", str(out)]) == 0
+    np.save(tmp_path / "many.npy", np.zeros((200_000, 2), dtype=np.float32))  # (MBs of text)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "BACKPROP_GPU_BACKEND": "numpy"}  # fmt: skip
+    command = [sys.executable, "-m", "backprop_gpu", "predict", str(out), "--input",
+               str(tmp_path / "many.npy")]  # fmt: skip
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as p:
+        assert p.stdout is not None and p.stderr is not None
+        assert len(p.stdout.readline().split()) == 3  # (three class probabilities)
+        p.stdout.close()
+        err = p.stderr.read().decode()
+        assert p.wait(timeout=120) == 141
+    assert "Broken pipe" not in err and "Traceback" not in err and "Exception" not in err
