@@ -477,8 +477,16 @@ def _open_text(path: Path) -> io.TextIOWrapper:
 
 def _columns(path: Path, kind: str) -> list[str]:
     """A table's column names (its header line)."""
-    if kind == "parquet":
-        return list(_pandas(path).read_parquet(path).columns.astype(str))
+    if kind == "parquet":  # (its schema only: the columns are not read)
+        _pandas(path)
+        import pyarrow.parquet
+
+        try:
+            schema = pyarrow.parquet.read_schema(path)
+        except Exception as e:  # (pyarrow's errors have no common public base)
+            raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+        index = (schema.pandas_metadata or {}).get("index_columns", [])  # (pandas' index)
+        return [str(name) for name in schema.names if name not in index]
     with _open_text(path) as f:
         reader = csv.reader(f, delimiter=TABLE_SUFFIXES[path.suffix.lower()],
                             skipinitialspace=True)  # fmt: skip
@@ -503,14 +511,41 @@ def _no_column(path: Path, name: str, header: list[str]) -> DataError:
     return DataError(f"{path}: no column {name!r}; its columns: {', '.join(header)}{hint}")
 
 
+ROWS_A_BLOCK = 1 << 14  # a table's cells are converted to numbers a block of rows at a time
+
+
+class _Hashing(io.RawIOBase):
+    """A binary file read through, its bytes hashed into ``digest`` as they go by (one
+    read of a table: its SHA-256 and its contents)."""
+
+    def __init__(self, raw: io.BufferedReader, digest: Any) -> None:
+        super().__init__()
+        self.raw, self.digest = raw, digest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        count = self.raw.readinto(buffer)
+        if count:
+            self.digest.update(memoryview(buffer)[:count])
+        return count
+
+
 def _read_table(path: Path, target: str | None, only: Sequence[str] | None = None) -> Table:
     """A CSV or TSV file with a header line: every column but ``target`` a number (or, for
     prediction inputs, the columns ``only``, the others not read); ``target`` kept as
-    strings, interpreted later."""
+    strings, interpreted later. Read once (hashed on the way), its cells converted a block
+    of rows at a time: the memory it takes is the float64 array's and one block's strings."""
     delimiter = TABLE_SUFFIXES[path.suffix.lower()]
+    digest = hashlib.sha256()
+    blocks: list[np.ndarray] = []
+    targets: list[np.ndarray] = []
     try:
-        with _open_text(path) as f:
-            reader = csv.reader(f, delimiter=delimiter, skipinitialspace=True)
+        with path.open("rb") as raw:
+            buffered = io.BufferedReader(_Hashing(raw, digest))
+            text = io.TextIOWrapper(buffered, encoding="utf-8-sig", newline="")  # (Excel's BOM)
+            reader = csv.reader(text, delimiter=delimiter, skipinitialspace=True)
             header = next(reader, None)
             if header is None or not any(cell.strip() for cell in header):
                 raise DataError(f"{path}: empty file (expected a header line of column names)")
@@ -518,8 +553,20 @@ def _read_table(path: Path, target: str | None, only: Sequence[str] | None = Non
             _check_header(path, header)
             if target is not None and target not in header:
                 raise _no_column(path, target, header)
+            features = [i for i, name in enumerate(header) if name != target]
+            if only is not None:
+                features = [header.index(name) for name in only]
+            column = None if target is None else header.index(target)
             rows: list[list[str]] = []
             lines: list[int] = []
+
+            def convert() -> None:
+                blocks.append(_numbers(rows, features, header, lines, path))
+                if column is not None:
+                    targets.append(_target_cells(rows, column, lines, path, header[column]))
+                rows.clear()
+                lines.clear()
+
             for row in reader:
                 if not row or (len(row) == 1 and not row[0].strip()):
                     continue  # blank line
@@ -530,36 +577,39 @@ def _read_table(path: Path, target: str | None, only: Sequence[str] | None = Non
                     )
                 rows.append(row)
                 lines.append(reader.line_num)
+                if len(rows) == ROWS_A_BLOCK and features:
+                    convert()
+            if rows and features:
+                convert()
+            while buffered.read(1 << 20):  # (the rest, if any, for the hash)
+                pass
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     except csv.Error as e:
         kind = "TSV" if delimiter == "\t" else "CSV"
         raise DataError(f"{path}: not a readable {kind} file ({e})") from None
-    if not rows:
+    if not blocks and not rows:
         raise DataError(f"{path}: no data rows after the header line")
-    features = [i for i, name in enumerate(header) if name != target]
-    if only is not None:
-        features = [header.index(name) for name in only]
     if not features:
         raise DataError(f"{path}: no feature columns beside the target {target!r}")
-    X = _numbers(rows, features, header, lines, path)
-    y = None
-    if target is not None:
-        column = header.index(target)
-        y = np.array([row[column].strip() for row in rows])
-        if (empty := np.flatnonzero(y == "")).size:
-            raise DataError(f"{path}: line {lines[empty[0]]}, column {target!r}: empty cell")
-        if (bad := _first_nonfinite_text(y)) is not None:
-            raise DataError(f"{path}: line {lines[bad]}, column {target!r}: {str(y[bad])!r} is "
-                            "not a finite number")  # fmt: skip
-    return Table(
-        X,
-        y,
-        [header[i] for i in features],
-        str(path),
-        {str(path): file_hash(path)},
-        labels=f"{path} column {target!r}",
-    )
+    X = np.concatenate(blocks)
+    y = None if column is None else np.concatenate(targets)
+    return Table(X, y, [header[i] for i in features], str(path), {str(path): digest.hexdigest()},
+                 labels=f"{path} column {target!r}")  # fmt: skip
+
+
+def _target_cells(
+    rows: list[list[str]], column: int, lines: list[int], path: Path, name: str
+) -> np.ndarray:
+    """The target cells of ``rows`` as text; a ``DataError`` for one that is empty or reads
+    as NaN or an infinity, by its line."""
+    y = np.array([row[column].strip() for row in rows])
+    if (empty := np.flatnonzero(y == "")).size:
+        raise DataError(f"{path}: line {lines[empty[0]]}, column {name!r}: empty cell")
+    if (bad := _first_nonfinite_text(y)) is not None:
+        raise DataError(f"{path}: line {lines[bad]}, column {name!r}: {str(y[bad])!r} is not a "
+                        "finite number")  # fmt: skip
+    return y
 
 
 def _numbers(

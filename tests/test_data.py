@@ -711,3 +711,23 @@ def test_a_validation_set_of_another_kind_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DataUsageError, match=r"val_data .*blobs.npz: must be the same kind as "
                        r"--data \(a table\), not an .npz"):  # fmt: skip
         data.load(IRIS, target="species", val_data=EXAMPLES / "blobs.npz")
+
+
+def test_a_table_read_a_block_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Converted block by block (here of 4 rows), a table reads as it does whole, hashed in
+    the same read, and a bad cell in a later block is found by its own line."""
+    rows = [(i / 8, i % 5, "abc"[i % 3]) for i in range(30)]
+    path = write(tmp_path / "t.csv", "a,b,c\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
+    whole = data.read(path, target="c")
+    monkeypatch.setattr(data, "ROWS_A_BLOCK", 4)
+    blocks = data.read(path, target="c")
+    assert np.array_equal(blocks.X, np.array([r[:2] for r in rows], dtype=np.float64))
+    assert blocks.y is not None and blocks.y.tolist() == [r[2] for r in rows]
+    assert np.array_equal(blocks.X, whole.X) and blocks.files == whole.files
+    assert blocks.files == {str(path): data.file_hash(path)}
+    bad = write(tmp_path / "bad.csv", path.read_text().replace("\n2.5,0,c\n", "\n2.5,x,c\n"))
+    with pytest.raises(DataError, match=r"bad.csv: line 22, column 'b': 'x' is not a number"):
+        data.read(bad, target="c")
+    bad = write(tmp_path / "nan.csv", path.read_text().replace("\n2.5,0,c\n", "\n2.5,0,nan\n"))
+    with pytest.raises(DataError, match=r"nan.csv: line 22, column 'c': 'nan' is not a finite"):
+        data.read(bad, target="c")
