@@ -89,6 +89,7 @@ class Scaler:
             raise DataUsageError(f"scale: unknown scaling {kind!r}; valid: {', '.join(SCALES)}")
         # constant by its range (a column of 0.1s has a std of float noise, ~1e-17, not 0)
         constant = np.ptp(X64, axis=0) == 0
+        offset = np.where(constant, X64[0], offset)  # (its value: 0 once scaled, exactly)
         return cls(kind, offset, np.where(constant, 1.0, scale))
 
     def apply(self, X: np.ndarray) -> np.ndarray:

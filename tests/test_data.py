@@ -526,9 +526,9 @@ def test_standard_scaling_of_a_constant_column_of_tenths(tmp_path: Path) -> None
     for kind in ("standard", "minmax"):
         loaded = data.load(tmp_path / "c.npz", scale=kind)
         scaler = loaded.description.scaler
-        assert scaler is not None and scaler.scale[1] == 1.0
-        moved = scaler.apply(np.array([[0.0, 0.2]]))[0, 1]  # 0.2 - 0.1 (or - the mean)
-        assert moved == pytest.approx(0.1, abs=1e-6)
+        assert scaler is not None and scaler.scale[1] == 1.0 and scaler.offset[1] == 0.1
+        assert np.all(loaded.X[:, 1] == 0) and np.all(loaded.X_val[:, 1] == 0)
+        assert scaler.apply(np.array([[0.0, 0.2]]))[0, 1] == np.float32(0.2 - 0.1)
 
 
 def test_integer_labels_beyond_int64_are_text_labels(tmp_path: Path) -> None:
