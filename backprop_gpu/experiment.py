@@ -14,7 +14,9 @@ A run folder holds:
 - ``loss.png``, ``accuracy.png`` and, for 2-D data, ``decision_boundary.png`` (``plot`` extra);
 - for data from files, ``data.json``: the class names, the scaler and the files read (the
   checkpoints hold the same in their metadata, so the model file alone can predict), and in
-  config.json each file's SHA-256 (``data_files``: a resume or evaluate refuses a changed one);
+  config.json each file's SHA-256 (``data_files``: a resume or evaluate refuses a changed one)
+  and each path setting made absolute (``data_paths``: where a resume or evaluate from any
+  folder reads them; a moved file is pointed at again with the same setting);
 - ``summary.json``: final and best metrics, wall time and samples per second, written last,
   after the plots, when a run (or a resumed run) ends: a folder without it holds a run that
   has not finished, and ``resume`` finishes it (trains what is left, or makes the plots and
