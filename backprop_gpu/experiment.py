@@ -675,7 +675,9 @@ def _resumed_config(
         if key == "epochs":
             saved = dataclasses.replace(saved, epochs=value)
         elif key != "out" and value != saved.as_dict()[key]:
-            what = "a different architecture" if key in ARCHITECTURE else "a different setting"
+            what = "a different setting"
+            if key in ARCHITECTURE and key not in DATA_SETTINGS:
+                what = "a different architecture"
             raise RunError(
                 f"{run_dir}: {key}={value!r} is {what} from the run's {key}="
                 f"{saved.as_dict()[key]!r}; a resumed run keeps its settings (only epochs may "

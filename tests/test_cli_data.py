@@ -527,3 +527,14 @@ def test_predict_into_a_pipe_closed_early_stops_quietly(tmp_path: Path) -> None:
         err = p.stderr.read().decode()
         assert p.wait(timeout=120) == 141
     assert "Broken pipe" not in err and "Traceback" not in err and "Exception" not in err
+
+
+def test_a_resume_keeps_the_settings_of_its_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert cli.main(["train", *KINDS["csv"][0], *QUICK, "--epochs", "1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", "--out", str(out), "--scale", "minmax"]) == 1
+    assert ("scale='minmax' is a different setting from the run's scale='standard'; a resumed "
+            "run keeps its settings") in capsys.readouterr().err  # fmt: skip
