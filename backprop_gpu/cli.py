@@ -9,7 +9,8 @@ data files that cannot be used (a missing column, a cell that is no number, ... 
 data file changed since the run started, a loss or model that is not finite, a data set too
 large for the memory; ``info`` when
 BACKPROP_GPU_BACKEND names no backend a run takes, or one that cannot run here), 130 after
-Ctrl-C and 143 after SIGTERM (both stop a run cleanly; ``--resume`` continues it). Errors
+Ctrl-C and 143 after SIGTERM (both stop a run cleanly; ``--resume`` continues it), 141 when
+the reader of the output goes away (``predict ... | head -1``: quietly, as SIGPIPE). Errors
 and warnings are one line on stderr, ``backprop-gpu: ...``.
 """
 
@@ -121,6 +122,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="a run's model on its validation data")
     evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     evaluate.add_argument("--last", action="store_true", help="checkpoint.npz, not best.npz")
+    for flag in ("--data", "--labels", "--val-data", "--val-labels"):
+        evaluate.add_argument(flag, metavar="PATH", help=f"the run's {flag[2:]} file, moved "
+                              "here (the same contents: checked by its SHA-256)")  # fmt: skip
 
     predict = commands.add_parser(
         "predict",
@@ -187,7 +191,6 @@ def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
             values: dict[str, Any] = tomllib.load(f)
-            return values
     except OSError as e:
         raise ConfigError(f"--config {path}: {e.strerror or e}") from None
     except UnicodeDecodeError as e:  # (TOML files are UTF-8)
@@ -196,6 +199,23 @@ def _read_toml(path: Path) -> dict[str, Any]:
         ) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"--config {path}: not valid TOML ({e})") from None
+    return _paths_from(path, values)
+
+
+def _paths_from(toml: Path, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with the data paths of the TOML file ``toml`` resolved against its folder
+    (as paths in a config file are); a ``data.DataError`` for one that is not there."""
+    values = {key.replace("-", "_"): value for key, value in values.items()}
+    for key in experiment.DATA_PATHS:
+        given = values.get(key)
+        if not isinstance(given, str) or Path(given).is_absolute():
+            continue
+        values[key] = str(toml.parent / given)
+        if not Path(values[key]).exists():
+            raise data.DataError(f"{key} {os.path.abspath(values[key])}: no such file or "
+                                 f"folder (from --config {toml}, {given!r} relative to its "
+                                 "folder)")  # fmt: skip
+    return values
 
 
 def _train(args: argparse.Namespace, argv: list[str]) -> int:
@@ -306,10 +326,6 @@ def _info(args: argparse.Namespace) -> int:
     return 0 if usable else 1
 
 
-_KINDS = {"U": "strings", "S": "bytes", "c": "complex numbers", "O": "objects",
-          "V": "records", "M": "dates", "m": "time spans"}  # fmt: skip
-
-
 def _predict(args: argparse.Namespace) -> int:
     output = None
     if args.output is not None:  # checked first: a refusal costs no prediction
@@ -320,11 +336,14 @@ def _predict(args: argparse.Namespace) -> int:
         if output.exists() and not args.force:
             raise RunError(f"--output {output} exists; pass --force to overwrite it")
     inputs: np.ndarray | Path
-    if args.input.suffix.lower() == ".npy" or experiment.saved_config(args.run_dir).data is None:
-        inputs = _read_input(args.input)  # (a built-in data set's run takes .npy inputs)
+    if experiment.saved_config(args.run_dir).data is None:  # (a built-in data set: .npy)
+        inputs = data.read_npy(args.input, f"--input {args.input}")
     else:
         inputs = args.input  # (read as the run's data were: data.read_inputs)
     found = experiment.predictions(args.run_dir, inputs, best=not args.last)
+    if found.ignored:
+        _say(f"backprop-gpu: note: ignored column(s) {', '.join(found.ignored)} of "
+             f"{args.input} (not features of the model)")  # fmt: skip
     outputs = found.outputs
     if output is not None:
         _save_npy(output, outputs)
@@ -340,51 +359,19 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-NPY_MAGIC = b"\x93NUMPY"  # how every .npy file starts
-
-
-def _read_input(path: Path) -> np.ndarray:
-    """The array of real numbers in the .npy file ``path``, else a ``RunError`` saying what
-    the file is. Its header is read first: a file of another kind, or an array of strings or
-    Python objects, is refused before its data is read (and never unpickled)."""
-    where = f"--input {path}"
-    try:
-        with path.open("rb") as f:
-            start = f.read(6)
-            if start[:4] == b"PK\x03\x04":  # (np.load would open it as an NpzFile)
-                raise RunError(f"{where}: a .npz archive, not a .npy array (np.save)")
-            if start != NPY_MAGIC:
-                what = f"it starts with {start!r}, not {NPY_MAGIC!r}" if start else "empty"
-                raise RunError(f"{where}: not a .npy file ({what}); save the array with np.save")
-            f.seek(0)
-            version = np.lib.format.read_magic(f)
-            header = {(1, 0): np.lib.format.read_array_header_1_0,
-                      (2, 0): np.lib.format.read_array_header_2_0}.get(version)  # fmt: skip
-            if header is not None:  # (3.0, for field names that are not ASCII: records)
-                _check_real(header(f)[2], where)
-        inputs = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise RunError(f"{where}: no such file") from None
-    except IsADirectoryError:
-        raise RunError(f"{where}: a folder, not a .npy file") from None
-    except (OSError, ValueError, EOFError) as e:
-        text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise RunError(f"{where}: cannot read a .npy array ({text})") from None
-    _check_real(inputs.dtype, where)
-    return np.asarray(inputs)
-
-
-def _check_real(dtype: np.dtype[Any], where: str) -> None:
-    if dtype.kind not in "biuf":
-        raise RunError(
-            f"{where}: expected an array of real numbers, got dtype {dtype} "
-            f"({_KINDS.get(dtype.kind, 'not numbers')})"
-        )
-
-
 def _save_npy(path: Path, array: np.ndarray) -> None:
     """np.save, atomically (``checkpoint.atomic_write``), with the umask's mode as np.save."""
     atomic_write(path, lambda f: np.save(f, array))
+
+
+def _pipe_closed() -> int:
+    """What a Unix tool does when the reader of its output goes away: stop quietly, with
+    the status of a process that SIGPIPE ended (128 + 13). stdout goes to /dev/null, so that
+    flushing it at the interpreter's exit raises nothing (Python's "Note on SIGPIPE")."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):  # (not a file: a test's)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
 
 
 def _say(message: str) -> None:
@@ -470,11 +457,15 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[s
             if args.command == "train":
                 return _train(args, argv)
             if args.command == "evaluate":
-                print(json.dumps(experiment.evaluate(args.run_dir, best=not args.last)))
+                paths = {key: getattr(args, key) for key in experiment.DATA_PATHS}
+                found = experiment.evaluate(args.run_dir, best=not args.last, paths=paths)
+                print(json.dumps(found))
                 return 0
             return _predict(args)
     except (ConfigError, data.DataUsageError) as e:
         parser.exit(2, f"backprop-gpu: error: {e}\n")
+    except BrokenPipeError:  # (predict ... | head -1: the reader is gone)
+        return _pipe_closed()
     except (RunError, CheckpointError, RuntimeError, OSError, ValueError, ImportError,
             FloatingPointError, MemoryError) as e:  # fmt: skip
         hint = ""

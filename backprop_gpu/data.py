@@ -36,17 +36,20 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 TASKS = ("classification", "regression")
+PIXEL_MAX = 255.0  # uint8 pixels (IDX files, images) are divided by it: to [0, 1]
 SCALES = ("none", "standard", "minmax")
 DEFAULT_VAL_SPLIT = 0.2
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 IMAGE_MODES = ("L", "LA", "RGB", "RGBA")  # 8 bits a channel
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 PARQUET_SUFFIXES = (".parquet", ".pq")
+_KIND_NAMES = {"npz": "an .npz", "npy": "an .npy", "table": "a table", "parquet": "a table",
+               "image": "an image", "images": "an image folder", "idx": "an IDX file"}  # fmt: skip
 KINDS = (
     ".npz, .npy (with --labels), .csv / .tsv (with --target), .parquet (with --target), "
     "IDX files (with --labels) or a folder of images, root/<class>/*.png"
@@ -81,10 +84,13 @@ class Scaler:
         if kind == "standard":
             offset, scale = X64.mean(axis=0), X64.std(axis=0)
         elif kind == "minmax":
-            offset, scale = X64.min(axis=0), X64.max(axis=0) - X64.min(axis=0)
+            offset, scale = X64.min(axis=0), np.ptp(X64, axis=0)
         else:
             raise DataUsageError(f"scale: unknown scaling {kind!r}; valid: {', '.join(SCALES)}")
-        return cls(kind, offset, np.where(scale > 0, scale, 1.0))
+        # constant by its range (a column of 0.1s has a std of float noise, ~1e-17, not 0)
+        constant = np.ptp(X64, axis=0) == 0
+        offset = np.where(constant, X64[0], offset)  # (its value: 0 once scaled, exactly)
+        return cls(kind, offset, np.where(constant, 1.0, scale))
 
     def apply(self, X: np.ndarray) -> np.ndarray:
         """``X`` scaled, as float32."""
@@ -121,6 +127,7 @@ class Description:
     validation: str = ""
     val_split: float | None = None
     target: str | None = None  # the target column of a table
+    pixel_max: float | None = None  # uint8 pixels were divided by it (255); None: not pixels
 
     @property
     def n_outputs(self) -> int | None:
@@ -140,6 +147,7 @@ class Description:
             "validation": self.validation,
             "val_split": self.val_split,
             "target": self.target,
+            "pixel_max": self.pixel_max,
         }
 
     @classmethod
@@ -156,6 +164,7 @@ class Description:
             validation=str(saved.get("validation", "")),
             val_split=saved.get("val_split"),
             target=saved.get("target"),
+            pixel_max=saved.get("pixel_max"),
         )
 
 
@@ -188,6 +197,8 @@ class Table:
     files: dict[str, str]
     val: Table | None = None
     row_names: list[str] | None = None  # the files of an image folder, one a row
+    labels: str = ""  # where the targets came from, for messages ("labels y.npy", ...)
+    pixel_max: float | None = None  # uint8 pixels divided by it (IDX files, images)
 
 
 def kind_of(path: Path) -> str:
@@ -270,17 +281,25 @@ def read(
             "only; pass the targets' file too (--labels FILE)"
         )
     labels = Path(labels)
+    named = f"{'val_labels' if where == 'val_data' else 'labels'} {labels}"
     if not labels.exists():
-        raise DataError(f"labels {labels}: no such file")
-    y = _read_npy(labels, labels=True) if kind_of(labels) == "npy" else read_idx(labels)
+        raise DataError(f"{named}: no such file")
+    labels_kind = kind_of(labels)
+    if labels_kind not in ("npy", "idx"):
+        flag = "--val-labels" if where == "val_data" else "--labels"
+        raise DataUsageError(f"{named}: {flag} takes an .npy or an IDX file of the targets, one "
+                             f"a sample, not {_KIND_NAMES[labels_kind]}")  # fmt: skip
+    y = _read_npy(labels, labels=True) if labels_kind == "npy" else read_idx(labels)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if len(y) != len(X):
-        raise DataError(f"labels {labels}: {len(y)} targets for the {len(X)} samples of {path}")
-    _check_finite(y, f"labels {labels}")
-    X = X.astype(np.float64) / 255.0 if kind == "idx" and X.dtype == np.uint8 else X
+        raise DataError(f"{named}: {len(y)} targets for the {len(X)} samples of {path}")
+    _check_finite(y, named)
+    pixels = kind == "idx" and X.dtype == np.uint8
+    X = X.astype(np.float64) / PIXEL_MAX if pixels else X
     return Table(X, y, _pixel_names(X.shape[1:]), f"{path} (labels {labels})",
-                 {str(path): file_hash(path), str(labels): file_hash(labels)})  # fmt: skip
+                 {str(path): file_hash(path), str(labels): file_hash(labels)},
+                 labels=named, pixel_max=PIXEL_MAX if pixels else None)  # fmt: skip
 
 
 def file_hash(path: Path) -> str:
@@ -299,11 +318,33 @@ def file_hash(path: Path) -> str:
 
 
 def _check_finite(values: np.ndarray, where: str) -> None:
+    """A ``DataError`` naming the first value that is NaN or infinite (of text labels: the
+    first that reads as one, "nan", "inf", ...)."""
     if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
         bad = np.argwhere(~np.isfinite(values))[0]
         at = ", ".join(map(str, bad))
         raise DataError(f"{where}: holds {values[tuple(bad)]} at index [{at}]; every value "
                         "must be a finite number")  # fmt: skip
+    if values.dtype.kind in "US" and (first := _first_nonfinite_text(values)) is not None:
+        at = ", ".join(map(str, np.unravel_index(first, values.shape)))
+        raise DataError(f"{where}: holds {str(values.flat[first])!r} at index [{at}]; every "
+                        "value must be a finite number or a class name")  # fmt: skip
+
+
+def _first_nonfinite_text(values: np.ndarray) -> int | None:
+    """The flat index of the first text value that reads as NaN or an infinity, else None."""
+    flat = values.ravel().astype(str)
+    bad = []
+    for text in np.unique(flat).tolist():  # (labels: few distinct values)
+        try:
+            number = float(text)
+        except ValueError:
+            continue
+        if not math.isfinite(number):
+            bad.append(text)
+    if not bad:
+        return None
+    return int(np.flatnonzero(np.isin(flat, bad))[0])
 
 
 def _check_numbers(values: np.ndarray, where: str, name: str) -> None:
@@ -311,17 +352,60 @@ def _check_numbers(values: np.ndarray, where: str, name: str) -> None:
         raise DataError(f"{where}: {name} holds {values.dtype} values, not numbers")
 
 
-def _read_npy(path: Path, labels: bool = False) -> np.ndarray:
+NPY_MAGIC = b"\x93NUMPY"  # how every .npy file starts
+_KINDS = {"U": "strings", "S": "bytes", "c": "complex numbers", "O": "objects",
+          "V": "records", "M": "dates", "m": "time spans"}  # fmt: skip
+
+
+def read_npy(
+    path: str | os.PathLike[str], where: str | None = None, text: bool = False
+) -> np.ndarray:
+    """The array of real numbers (``text``: or strings, labels) in the .npy file ``path``,
+    else a ``DataError`` saying what the file is. Its header is read first: a file of
+    another kind, or an array of Python objects, is refused before its data is read (and
+    never unpickled). ``where`` names it in messages (``--input x.npy``)."""
+    path = Path(path)
+    where = where or str(path)
     try:
+        with path.open("rb") as f:
+            start = f.read(6)
+            if start[:4] == b"PK\x03\x04":  # (np.load would open it as an NpzFile)
+                raise DataError(f"{where}: a .npz archive, not a .npy array (np.save)")
+            if start != NPY_MAGIC:
+                what = f"it starts with {start!r}, not {NPY_MAGIC!r}" if start else "empty"
+                raise DataError(f"{where}: not a .npy file ({what}); save the array with np.save")
+            f.seek(0)
+            version = np.lib.format.read_magic(f)
+            header = {(1, 0): np.lib.format.read_array_header_1_0,
+                      (2, 0): np.lib.format.read_array_header_2_0}.get(version)  # fmt: skip
+            if header is not None:  # (3.0, for field names that are not ASCII: records)
+                _check_real(header(f)[2], where, text)
         array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f"{where}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{where}: a folder, not a .npy file") from None
     except (OSError, ValueError, EOFError) as e:
-        raise DataError(f"{path}: not a readable .npy array ({e})") from None
-    if not isinstance(array, np.ndarray):
-        array.close()
-        raise DataError(f"{path}: an .npz archive, not a .npy array")
-    _check_numbers(array, str(path), "y" if labels else "the array")
-    _check_finite(array, str(path))
-    if array.ndim < (1 if labels else 2):
+        if isinstance(e, DataError):
+            raise
+        said = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise DataError(f"{where}: cannot read a .npy array ({said})") from None
+    _check_real(array.dtype, where, text)
+    return np.asarray(array)
+
+
+def _check_real(dtype: np.dtype[Any], where: str, text: bool = False) -> None:
+    if dtype.kind not in ("biufUS" if text else "biuf"):
+        raise DataError(
+            f"{where}: expected an array of real numbers, got dtype {dtype} "
+            f"({_KINDS.get(dtype.kind, 'not numbers')})"
+        )
+
+
+def _read_npy(path: Path, labels: bool = False, where: str | None = None) -> np.ndarray:
+    array = read_npy(path, where, text=labels)
+    _check_finite(array, where or str(path))
+    if array.ndim < (1 if labels else 2) and where is None:
         expected = "(samples,)" if labels else "(samples, features)"
         raise DataError(f"{path}: an array of shape {array.shape}; expected {expected}")
     return array
@@ -367,7 +451,9 @@ def _read_npz(path: Path) -> Table:
         _check_finite(X, f"{path} {x_name}")
         _check_finite(y, f"{path} {y_name}")
         names = _pixel_names(X.shape[1:]) if X.ndim > 2 else [f"x{i}" for i in range(X.shape[1])]
-        tables.append(Table(X, y, names, str(path), {str(path): file_hash(path)}))
+        tables.append(
+            Table(X, y, names, str(path), {str(path): file_hash(path)}, labels=f"{path} {y_name}")
+        )
     if len(tables) == 2:
         train, val = tables
         if train.X.shape[1:] != val.X.shape[1:]:
@@ -392,27 +478,96 @@ def _open_text(path: Path) -> io.TextIOWrapper:
 
 def _columns(path: Path, kind: str) -> list[str]:
     """A table's column names (its header line)."""
-    if kind == "parquet":
-        return list(_pandas(path).read_parquet(path).columns.astype(str))
+    if kind == "parquet":  # (its schema only: the columns are not read)
+        _pandas(path)
+        import pyarrow.parquet
+
+        try:
+            schema = pyarrow.parquet.read_schema(path)
+        except Exception as e:  # (pyarrow's errors have no common public base)
+            raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+        index = (schema.pandas_metadata or {}).get("index_columns", [])  # (pandas' index)
+        return [str(name) for name in schema.names if name not in index]
     with _open_text(path) as f:
-        return next(csv.reader(f, delimiter=TABLE_SUFFIXES[path.suffix.lower()]), [])
+        reader = csv.reader(f, delimiter=TABLE_SUFFIXES[path.suffix.lower()],
+                            skipinitialspace=True)  # fmt: skip
+        return [name.strip() for name in next(reader, [])]
 
 
-def _read_table(path: Path, target: str | None) -> Table:
-    """A CSV or TSV file with a header line: every column but ``target`` (None: none, for
-    prediction inputs) a number; ``target`` kept as strings, interpreted later."""
+def _check_header(path: Path, header: list[str]) -> None:
+    twice = sorted({name for name in header if header.count(name) > 1})
+    if twice:
+        raise DataError(f"{path}: column name(s) {', '.join(map(repr, twice))} appear more than "
+                        "once; each column needs a name of its own")  # fmt: skip
+
+
+def _no_column(path: Path, name: str, header: list[str]) -> DataError:
+    """The error for a table without the column ``name``, with a hint when its header is one
+    cell holding another delimiter."""
+    hint = ""
+    if len(header) == 1 and (";" in header[0] or "\t" in header[0]):
+        other = "';'" if ";" in header[0] else "tabs"
+        hint = (f" (one column: is the file delimited by {other}? a .csv is read with ',', a "
+                ".tsv with tabs)")  # fmt: skip
+    return DataError(f"{path}: no column {name!r}; its columns: {', '.join(header)}{hint}")
+
+
+ROWS_A_BLOCK = 1 << 14  # a table's cells are converted to numbers a block of rows at a time
+
+
+class _Hashing(io.RawIOBase):
+    """A binary file read through, its bytes hashed into ``digest`` as they go by (one
+    read of a table: its SHA-256 and its contents)."""
+
+    def __init__(self, raw: io.BufferedReader, digest: Any) -> None:
+        super().__init__()
+        self.raw, self.digest = raw, digest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        count = self.raw.readinto(buffer)
+        if count:
+            self.digest.update(memoryview(buffer)[:count])
+        return count
+
+
+def _read_table(path: Path, target: str | None, only: Sequence[str] | None = None) -> Table:
+    """A CSV or TSV file with a header line: every column but ``target`` a number (or, for
+    prediction inputs, the columns ``only``, the others not read); ``target`` kept as
+    strings, interpreted later. Read once (hashed on the way), its cells converted a block
+    of rows at a time: the memory it takes is the float64 array's and one block's strings."""
     delimiter = TABLE_SUFFIXES[path.suffix.lower()]
+    digest = hashlib.sha256()
+    blocks: list[np.ndarray] = []
+    targets: list[np.ndarray] = []
     try:
-        with _open_text(path) as f:
-            reader = csv.reader(f, delimiter=delimiter)
+        with path.open("rb") as raw:
+            buffered = io.BufferedReader(_Hashing(raw, digest))
+            text = io.TextIOWrapper(buffered, encoding="utf-8-sig", newline="")  # (Excel's BOM)
+            reader = csv.reader(text, delimiter=delimiter, skipinitialspace=True)
             header = next(reader, None)
             if header is None or not any(cell.strip() for cell in header):
                 raise DataError(f"{path}: empty file (expected a header line of column names)")
             header = [name.strip() for name in header]
+            _check_header(path, header)
             if target is not None and target not in header:
-                raise DataError(f"{path}: no column {target!r}; its columns: {', '.join(header)}")
+                raise _no_column(path, target, header)
+            features = [i for i, name in enumerate(header) if name != target]
+            if only is not None:
+                features = [header.index(name) for name in only]
+            column = None if target is None else header.index(target)
             rows: list[list[str]] = []
             lines: list[int] = []
+
+            def convert() -> None:
+                blocks.append(_numbers(rows, features, header, lines, path))
+                if column is not None:
+                    targets.append(_target_cells(rows, column, lines, path, header[column]))
+                rows.clear()
+                lines.clear()
+
             for row in reader:
                 if not row or (len(row) == 1 and not row[0].strip()):
                     continue  # blank line
@@ -423,24 +578,39 @@ def _read_table(path: Path, target: str | None) -> Table:
                     )
                 rows.append(row)
                 lines.append(reader.line_num)
+                if len(rows) == ROWS_A_BLOCK and features:
+                    convert()
+            if rows and features:
+                convert()
+            while buffered.read(1 << 20):  # (the rest, if any, for the hash)
+                pass
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     except csv.Error as e:
         kind = "TSV" if delimiter == "\t" else "CSV"
         raise DataError(f"{path}: not a readable {kind} file ({e})") from None
-    if not rows:
+    if not blocks and not rows:
         raise DataError(f"{path}: no data rows after the header line")
-    features = [i for i, name in enumerate(header) if name != target]
     if not features:
         raise DataError(f"{path}: no feature columns beside the target {target!r}")
-    X = _numbers(rows, features, header, lines, path)
-    y = None
-    if target is not None:
-        column = header.index(target)
-        y = np.array([row[column].strip() for row in rows])
-        if (empty := np.flatnonzero(y == "")).size:
-            raise DataError(f"{path}: line {lines[empty[0]]}, column {target!r}: empty cell")
-    return Table(X, y, [header[i] for i in features], str(path), {str(path): file_hash(path)})
+    X = np.concatenate(blocks)
+    y = None if column is None else np.concatenate(targets)
+    return Table(X, y, [header[i] for i in features], str(path), {str(path): digest.hexdigest()},
+                 labels=f"{path} column {target!r}")  # fmt: skip
+
+
+def _target_cells(
+    rows: list[list[str]], column: int, lines: list[int], path: Path, name: str
+) -> np.ndarray:
+    """The target cells of ``rows`` as text; a ``DataError`` for one that is empty or reads
+    as NaN or an infinity, by its line."""
+    y = np.array([row[column].strip() for row in rows])
+    if (empty := np.flatnonzero(y == "")).size:
+        raise DataError(f"{path}: line {lines[empty[0]]}, column {name!r}: empty cell")
+    if (bad := _first_nonfinite_text(y)) is not None:
+        raise DataError(f"{path}: line {lines[bad]}, column {name!r}: {str(y[bad])!r} is not a "
+                        "finite number")  # fmt: skip
+    return y
 
 
 def _numbers(
@@ -479,7 +649,7 @@ def _pandas(path: Path) -> Any:
     return pandas
 
 
-def _read_parquet(path: Path, target: str | None) -> Table:
+def _read_parquet(path: Path, target: str | None, only: Sequence[str] | None = None) -> Table:
     pandas = _pandas(path)
     try:
         frame = pandas.read_parquet(path)
@@ -488,12 +658,13 @@ def _read_parquet(path: Path, target: str | None) -> Table:
     except Exception as e:  # (pyarrow's errors have no common public base)
         raise DataError(f"{path}: not a readable Parquet file ({e})") from None
     columns = [str(c) for c in frame.columns]
+    _check_header(path, columns)
     frame.columns = columns
     if target is not None and target not in columns:
-        raise DataError(f"{path}: no column {target!r}; its columns: {', '.join(columns)}")
+        raise _no_column(path, target, columns)
     if len(frame) == 0:
         raise DataError(f"{path}: no data rows")
-    features = [c for c in columns if c != target]
+    features = [c for c in columns if c != target] if only is None else list(only)
     if not features:
         raise DataError(f"{path}: no feature columns beside the target {target!r}")
     for name in features:
@@ -513,7 +684,17 @@ def _read_parquet(path: Path, target: str | None) -> Table:
                             f"{target!r}: missing value")  # fmt: skip
         y = column.to_numpy()
         y = y.astype(str) if y.dtype.kind == "O" else y
-    return Table(X, y, features, str(path), {str(path): file_hash(path)})
+        bad: int | None = None
+        if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
+            bad = int(np.flatnonzero(~np.isfinite(y))[0])
+        elif y.dtype.kind in "US":
+            bad = _first_nonfinite_text(y)
+        if bad is not None:
+            raise DataError(f"{path}: row {bad}, column {target!r}: {y[bad]} is not a finite "
+                            "number")  # fmt: skip
+    return Table(
+        X, y, features, str(path), {str(path): file_hash(path)}, labels=f"{path} column {target!r}"
+    )
 
 
 # --- IDX (MNIST, Fashion-MNIST) -------------------------------------------------------------
@@ -587,6 +768,9 @@ def read_images(files: Sequence[Path], where: str) -> np.ndarray:
     for file in files:
         try:
             with Image.open(file) as image:
+                if image.mode in ("P", "PA"):  # (a palette: its colours)
+                    rgba = image.mode == "PA" or "transparency" in image.info
+                    image = image.convert("RGBA" if rgba else "RGB")
                 mode, size = image.mode, image.size
                 if mode not in IMAGE_MODES:
                     raise DataError(f"{file}: image mode {mode}; expected 8-bit "
@@ -617,10 +801,10 @@ def _read_image_folder(root: Path) -> Table:
         files += found
         labels += [name] * len(found)
     pixels = read_images(files, str(root))
-    X = pixels.astype(np.float64) / 255.0
+    X = pixels.astype(np.float64) / PIXEL_MAX
     return Table(X, np.array(labels), _pixel_names(X.shape[1:]), f"{root}/<class>/*",
-                 {str(root): file_hash(root)},
-                 row_names=[str(f.relative_to(root)) for f in files])  # fmt: skip
+                 {str(root): file_hash(root)}, row_names=[str(f.relative_to(root)) for f in files],
+                 pixel_max=PIXEL_MAX)  # fmt: skip
 
 
 # --- labels, splits, scaling ----------------------------------------------------------------
@@ -644,6 +828,8 @@ def _as_numbers(y: np.ndarray) -> np.ndarray | None:
         return y.astype(np.int64)
     except ValueError:
         pass
+    except OverflowError:  # integers beyond int64: text labels (floats would merge them)
+        return None
     try:
         return y.astype(np.float64)
     except ValueError:
@@ -660,6 +846,8 @@ def class_names_of(y: np.ndarray) -> list[str]:
 
 
 def _name(value: Any) -> str:
+    if isinstance(value, int | np.integer):  # (exactly: uint64 beyond float64's integers)
+        return str(int(value))
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
@@ -688,6 +876,9 @@ def encode(y: np.ndarray, class_names: list[str], where: str) -> np.ndarray:
 def regression_targets(y: np.ndarray, where: str) -> np.ndarray:
     """Float targets as float32 (samples, outputs)."""
     numbers = _as_numbers(y) if y.dtype.kind in "US" else y
+    if numbers is None and y.dtype.kind in "US":  # (integers beyond int64)
+        with contextlib.suppress(ValueError):
+            numbers = y.astype(np.float64)
     if numbers is None or numbers.dtype.kind not in "biuf":
         example = y.ravel()[0] if y.size else ""
         raise DataUsageError(
@@ -719,7 +910,7 @@ def load(
     *,
     target: str | None = None,
     labels: str | os.PathLike[str] | None = None,
-    val_path: str | os.PathLike[str] | None = None,
+    val_data: str | os.PathLike[str] | None = None,
     val_labels: str | os.PathLike[str] | None = None,
     val_split: float | None = None,
     scale: str = "none",
@@ -727,37 +918,39 @@ def load(
     seed: int = 0,
 ) -> Data:
     """The data set in ``path`` ready to train on (see the module's docstring): validation
-    from ``val_path`` (with ``val_labels``), from an .npz's ``X_val``/``y_val``, else a
+    from ``val_data`` (with ``val_labels``), from an .npz's ``X_val``/``y_val``, else a
     seeded stratified ``val_split`` (default 0.2) of the training rows."""
-    if scale not in SCALES:
-        raise DataUsageError(f"scale: unknown scaling {scale!r}; valid: {', '.join(SCALES)}")
-    if task is not None and task not in TASKS:
-        raise DataUsageError(f"task: unknown task {task!r}; valid: {', '.join(TASKS)}")
-    if val_labels is not None and val_path is None:
-        raise DataUsageError("val_labels: the targets of --val-data, which is not given")
+    check_settings(val_data=val_data, val_labels=val_labels, val_split=val_split, scale=scale,
+                   task=task, target=target, labels=labels)  # fmt: skip
     table = read(path, target=target, labels=labels, where="data")
     val = table.val
-    if val_path is not None:
+    if val_data is not None:
         if val is not None:
             raise DataUsageError(f"val_data: {path} holds its own X_val and y_val")
-        val = read(val_path, target=target, labels=val_labels, where="val_data")
+        kinds = (_KIND_NAMES[kind_of(Path(path))], _KIND_NAMES[kind_of(Path(val_data))])
+        if kinds[0] != kinds[1]:
+            raise DataUsageError(f"val_data {val_data}: must be the same kind as --data "
+                                 f"({kinds[0]}), not {kinds[1]}")  # fmt: skip
+        val = read(val_data, target=target, labels=val_labels, where="val_data")
         if val.feature_names != table.feature_names and table.X.ndim == 2:
-            raise DataError(f"val_data {val_path}: columns {', '.join(val.feature_names)}, but "
+            raise DataError(f"val_data {val_data}: columns {', '.join(val.feature_names)}, but "
                             f"{path} has {', '.join(table.feature_names)}")  # fmt: skip
         if val.X.shape[1:] != table.X.shape[1:]:
-            raise DataError(f"val_data {val_path}: samples of shape {val.X.shape[1:]}, but "
+            raise DataError(f"val_data {val_data}: samples of shape {val.X.shape[1:]}, but "
                             f"{path} has {table.X.shape[1:]}")  # fmt: skip
     if val is not None and val_split is not None:
         raise DataUsageError(
-            f"val_split: {val_split} and a validation set ({val.source}); pass one of them"
+            f"val_split: {val_split:g} and a validation set ({val.source}); pass one of them"
         )
-    if val_split is not None and not 0 < val_split < 1:
-        raise DataUsageError(f"val_split: must be in (0, 1), got {val_split}")
     assert table.y is not None
     task = task or infer_task(table.y)
     class_names = None
     if task == "classification":
+        _check_one_label_a_sample(table)
         class_names = class_names_of(table.y)
+        if len(class_names) < 2:
+            raise DataError(f"{path}: one class only ({class_names[0]!r}); a classification "
+                            "needs 2 or more (regression targets: --task regression)")  # fmt: skip
         y = encode(table.y, class_names, str(path))
     else:
         y = regression_targets(table.y, str(path))
@@ -766,8 +959,7 @@ def load(
         fraction = DEFAULT_VAL_SPLIT if val_split is None else val_split
         train, held = stratified_split(None if class_names is None else y, len(X), fraction, seed)
         if held.size == 0:
-            raise DataError(f"{path}: {len(X)} samples are too few to hold out {fraction:g} "
-                            "for validation; add samples or pass --val-data")  # fmt: skip
+            raise DataError(_too_few(path, table.y, class_names, len(X), fraction))
         X, X_val, y, y_val = X[train], X[held], y[train], y[held]
         how = "stratified, " if class_names is not None else ""
         validation = f"{fraction:g} of {path} held out ({how}seed {seed})"
@@ -778,6 +970,7 @@ def load(
         if class_names is None:
             y_val = regression_targets(val.y, val.source)
         else:
+            _check_one_label_a_sample(val)
             y_val = encode(val.y, class_names, val.source)
         validation = val.source
         if y_val.ndim == 2 and y_val.shape[1] != y.shape[1]:
@@ -789,8 +982,86 @@ def load(
         feature_names=table.feature_names, class_names=class_names, task=task,
         source=table.source, input_shape=tuple(table.X.shape[1:]), scaler=scaler,
         files=files, validation=validation, val_split=fraction, target=target,
+        pixel_max=table.pixel_max,
     )  # fmt: skip
     return Data(_inputs(X, scaler), y, _inputs(X_val, scaler), y_val, description)
+
+
+def summary(description: Description, y: np.ndarray, n_val: int, inferred: bool = True) -> str:
+    """One line of what the data are (printed as a run starts): the task and its classes or
+    target range, the training, validation and feature counts; for whole-number float
+    targets with few values taken as a regression (``inferred``), how to classify them."""
+    n, width = len(y), len(description.feature_names)
+    counts = f"{n} training and {n_val} validation samples, {width} feature{'s' * (width != 1)}"
+    if description.class_names is not None:
+        names = description.class_names
+        listed = ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
+        return f"data: classification of {len(names)} classes ({listed}); {counts}"
+    outputs = y.shape[1] if y.ndim == 2 else 1
+    what = "a target" if outputs == 1 else f"{outputs} targets"
+    line = f"data: regression of {what} in [{float(y.min()):.4g}, {float(y.max()):.4g}]; {counts}"
+    if inferred and np.all(y == np.round(y)) and len(np.unique(y)) <= 20:
+        line += " (whole-number targets: --task classification for classes)"
+    return line
+
+
+def _too_few(
+    path: Any, y: np.ndarray, class_names: list[str] | None, n: int, fraction: float
+) -> str:
+    """Why no row could be held out for validation."""
+    if class_names is None:
+        return (f"{path}: {n} samples are too few to hold out {fraction:g} for validation; add "
+                "samples or pass --val-data")  # fmt: skip
+    least = max(2, math.floor(0.5 / fraction) + 1)  # (round(k * fraction) > 0 from k = least)
+    numbers = _as_numbers(y) if y.dtype.kind in "US" else y
+    integers = numbers is not None and numbers.dtype.kind in "biu"
+    hint = "add samples or pass --val-data"
+    if integers:
+        hint = "integer targets: pass --task regression?"
+    return (f"{path}: every one of its {len(class_names)} classes has fewer than {least} "
+            f"samples, too few to hold out {fraction:g} of any for validation; {hint}")  # fmt: skip
+
+
+def check_settings(
+    *,
+    val_data: Any = None,
+    val_labels: Any = None,
+    val_split: float | None = None,
+    scale: str = "none",
+    task: str | None = None,
+    target: str | None = None,
+    labels: Any = None,
+) -> None:
+    """A ``DataUsageError`` for settings of data from files that cannot work, whatever the
+    files hold (``Config`` checks its settings with it too)."""
+    if scale not in SCALES:
+        raise DataUsageError(f"scale: unknown scaling {scale!r}; valid: {', '.join(SCALES)}")
+    if task is not None and task not in TASKS:
+        raise DataUsageError(f"task: unknown task {task!r}; valid: {', '.join(TASKS)}")
+    if val_split is not None and not (math.isfinite(val_split) and 0 < val_split < 1):
+        raise DataUsageError(f"val_split: must be a fraction in (0, 1), got {val_split}")
+    if val_split is not None and val_data is not None:
+        raise DataUsageError(
+            f"val_split and val_data: {val_split:g} of the training rows, or the validation "
+            f"set {str(val_data)!r}; pass one of them"
+        )
+    if val_labels is not None and val_data is None:
+        raise DataUsageError("val_labels: the targets of val_data (--val-data), not given")
+    if target is not None and labels is not None:
+        raise DataUsageError(
+            "target and labels: target names a table's label column, labels the targets' "
+            "file of an .npy or IDX file; pass the one your data takes"
+        )
+
+
+def _check_one_label_a_sample(table: Table) -> None:
+    assert table.y is not None
+    if table.y.ndim != 1:
+        raise DataError(
+            f"{table.labels or table.source}: targets of shape {table.y.shape}; a "
+            "classification takes one label a sample, (samples,) or (samples, 1) (several "
+            "float outputs a sample: --task regression)"
+        )
 
 
 def _inputs(X: np.ndarray, scaler: Scaler | None) -> np.ndarray:
@@ -800,28 +1071,38 @@ def _inputs(X: np.ndarray, scaler: Scaler | None) -> np.ndarray:
 # --- prediction inputs ----------------------------------------------------------------------
 
 
+class Inputs(NamedTuple):
+    """What ``read_inputs`` returns: ``X`` as the model takes it, the file of each row
+    (``rows``: images; else None) and the columns of a table left out (``ignored``: neither
+    features nor the target)."""
+
+    X: np.ndarray
+    rows: list[str] | None
+    ignored: list[str]
+
+
 def read_inputs(
-    path: str | os.PathLike[str], description: Description, where: str = "--input"
-) -> tuple[np.ndarray, list[str] | None]:
-    """The raw inputs in ``path`` as the model takes them (float32, scaled by the
-    description's scaler), and for an image folder or image the name of each row's file:
-    a table's feature columns by name (its target column, if there, is left out), an .npy or
-    .npz (``X``, ``X_test``, ``X_val``, or its one array), IDX images, a folder of images
-    (flat, or root/<class>/*) or one image."""
+    path: str | os.PathLike[str], description: Description, where: str | None = None
+) -> Inputs:
+    """The raw inputs in ``path`` as the model takes them (``prepare_inputs``), and for an
+    image folder or image the name of each row's file: a table's feature columns by name
+    (the others, the target column among them, are not read), an .npy or .npz (``X``,
+    ``X_test``, ``X_val``, or its one array), IDX images, a folder of images (flat, or
+    root/<class>/*) or one image. ``where`` names it in messages (``--input PATH``)."""
     path = Path(path)
+    where = where or f"--input {path}"
     if not path.exists():
-        raise DataError(f"{where} {path}: no such file or folder")
+        raise DataError(f"{where}: no such file or folder")
     kind = kind_of(path)
-    names = None
+    names, ignored = None, list[str]()
     if kind == "table" or kind == "parquet":
-        X = _table_inputs(path, kind, description)
+        X, ignored = _table_inputs(path, kind, description)
     elif kind == "npy":
-        X = _read_npy(path)
+        X = _read_npy(path, where=where)
     elif kind == "npz":
         X = _npz_inputs(path)
     elif kind == "idx":
         X = read_idx(path)
-        X = X.astype(np.float64) / 255.0 if X.dtype == np.uint8 else X
     else:
         files = [path] if kind == "image" else _image_files(path)
         root = path.parent if kind == "image" else path
@@ -829,34 +1110,52 @@ def read_inputs(
             subfolders = sorted(p for p in path.iterdir() if p.is_dir())
             files = [f for folder in subfolders for f in _image_files(folder)]
         if not files:
-            raise DataError(f"{where} {path}: no images in it, nor in its subfolders")
-        X = read_images(files, str(path)).astype(np.float64) / 255.0
+            raise DataError(f"{where}: no images in it, nor in its subfolders")
+        X = read_images(files, str(path))
         names = [str(f.relative_to(root)) for f in files]
+    return Inputs(prepare_inputs(X, description, where), names, ignored)
+
+
+def prepare_inputs(X: Any, description: Description, where: str = "inputs") -> np.ndarray:
+    """Raw inputs ``X`` as the model described by ``description`` takes them: one sample
+    or several, of the training samples' shape (or flat rows of as many values); uint8
+    pixels divided as the training images were (``pixel_max``); scaled by the description's
+    scaler; float32 (samples, features). A ``DataError`` naming ``where`` for inputs that
+    are not finite numbers or of another shape."""
+    X = np.asarray(X)
+    _check_real(X.dtype, where)
     shape = description.input_shape
-    if X.ndim == len(shape) and X.shape == shape:  # (one sample)
+    if X.shape == shape:  # (one sample)
         X = X[None]
-    if tuple(X.shape[1:]) != shape and math.prod(X.shape[1:]) != math.prod(shape):
-        raise DataError(
-            f"{where} {path}: samples of shape {tuple(X.shape[1:])}; the model was trained on "
-            f"{shape} ({description.source})"
-        )
-    return _inputs(X.reshape(len(X), -1), description.scaler), names
+    width = math.prod(shape)
+    if X.ndim < 1 or (X.shape[1:] != shape and not (X.ndim == 2 and X.shape[1] == width)):
+        if len(shape) == 1:
+            names = description.feature_names
+            listed = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+            takes = f"{width} feature{'s' * (width != 1)} ({listed})"
+        else:
+            takes = f"{shape} (or flat rows of {width} values)"
+        raise DataError(f"{where}: samples of shape {tuple(X.shape[1:])}; the model takes "
+                        f"{takes}, as in {description.source}")  # fmt: skip
+    _check_finite(X, where)
+    if X.dtype == np.uint8 and description.pixel_max is not None:
+        X = X.astype(np.float64) / description.pixel_max  # (as the training images were)
+    return _inputs(X.reshape(len(X), -1), description.scaler)
 
 
-def _table_inputs(path: Path, kind: str, description: Description) -> np.ndarray:
+def _table_inputs(path: Path, kind: str, description: Description) -> tuple[np.ndarray, list[str]]:
+    """A table's feature columns, in the model's order, and the other columns but the
+    target (not read)."""
     columns = _columns(path, kind)
-    missing = [name for name in description.feature_names if name not in columns]
+    features = description.feature_names
+    missing = [name for name in features if name not in columns]
     if missing:
         raise DataError(f"{path}: no column(s) {', '.join(map(repr, missing))}; the model takes "
-                        f"{', '.join(description.feature_names)}")  # fmt: skip
-    target = description.target if description.target in columns else None
-    table = _read_table(path, target) if kind == "table" else _read_parquet(path, target)
-    order = [table.feature_names.index(name) for name in description.feature_names]
-    extra = sorted(set(table.feature_names) - set(description.feature_names))
-    if extra:
-        raise DataError(f"{path}: column(s) {', '.join(map(repr, extra))} are not features the "
-                        f"model takes ({', '.join(description.feature_names)})")  # fmt: skip
-    return table.X[:, order]
+                        f"{', '.join(features)}")  # fmt: skip
+    read = _read_table if kind == "table" else _read_parquet
+    table = read(path, None, only=features)
+    ignored = [name for name in columns if name not in features and name != description.target]
+    return table.X, ignored
 
 
 def _npz_inputs(path: Path) -> np.ndarray:

@@ -14,7 +14,9 @@ A run folder holds:
 - ``loss.png``, ``accuracy.png`` and, for 2-D data, ``decision_boundary.png`` (``plot`` extra);
 - for data from files, ``data.json``: the class names, the scaler and the files read (the
   checkpoints hold the same in their metadata, so the model file alone can predict), and in
-  config.json each file's SHA-256 (``data_files``: a resume or evaluate refuses a changed one);
+  config.json each file's SHA-256 (``data_files``: a resume or evaluate refuses a changed one)
+  and each path setting made absolute (``data_paths``: where a resume or evaluate from any
+  folder reads them; a moved file is pointed at again with the same setting);
 - ``summary.json``: final and best metrics, wall time and samples per second, written last,
   after the plots, when a run (or a resumed run) ends: a folder without it holds a run that
   has not finished, and ``resume`` finishes it (trains what is left, or makes the plots and
@@ -115,6 +117,8 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 # the settings of data from files (Config.data and those that go with it)
 DATA_SETTINGS = ("data", "target", "labels", "val_data", "val_labels", "val_split", "scale",
                  "task")  # fmt: skip
+# the settings that are paths: a resume or evaluate may point them at the same files elsewhere
+DATA_PATHS = ("data", "labels", "val_data", "val_labels")
 
 
 @dataclasses.dataclass
@@ -185,8 +189,6 @@ class Config:
             "activation": tuple(ACTIVATIONS),
             "optimizer": tuple(OPTIMIZERS),
             "backend": BACKENDS,
-            "scale": data.SCALES,
-            "task": (None, *data.TASKS),
         }
         for key, valid in choices.items():
             value = getattr(self, key)
@@ -240,22 +242,13 @@ class Config:
                         f"{key}: a setting of data from files, which needs data (--data PATH); "
                         f"this run uses the built-in {self.dataset}"
                     )
-        if self.val_split is not None and not (
-            math.isfinite(self.val_split) and 0 < self.val_split < 1
-        ):
-            raise ConfigError(f"val_split: must be a fraction in (0, 1), got {self.val_split}")
-        if self.val_split is not None and self.val_data is not None:
-            raise ConfigError(
-                f"val_split and val_data: {self.val_split:g} of the training rows, or the "
-                f"validation set {self.val_data!r}; pass one of them"
-            )
-        if self.val_labels is not None and self.val_data is None:
-            raise ConfigError("val_labels: the targets of val_data (--val-data), not given")
-        if self.target is not None and self.labels is not None:
-            raise ConfigError(
-                "target and labels: target names a table's label column, labels the targets' "
-                "file of an .npy or IDX file; pass the one your data takes"
-            )
+        try:  # (the checks data.load makes of its arguments: one place)
+            data.check_settings(
+                val_data=self.val_data, val_labels=self.val_labels, val_split=self.val_split,
+                scale=self.scale, task=self.task, target=self.target, labels=self.labels,
+            )  # fmt: skip
+        except data.DataUsageError as e:
+            raise ConfigError(str(e)) from None
 
     def _validate_controls(self) -> None:
         """The training controls: schedule, early stopping, clipping, weight decay."""
@@ -425,16 +418,18 @@ def load_data(config: Config) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
 
 
 def load_dataset(
-    config: Config,
+    config: Config, paths: Mapping[str, str] | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, data.Description | None]:
     """``X_train, y_train, X_val, y_val`` and, for data from files, its description (None
-    for a built-in data set). A combination of file settings that cannot work is a
-    ``ConfigError``; bad data a ``data.DataError``."""
+    for a built-in data set), read from ``paths`` (``DATA_PATHS`` keys: where a resumed run
+    finds its files) or else the config's paths. A combination of file settings that cannot
+    work is a ``ConfigError``; bad data a ``data.DataError``."""
     if config.data is not None:
+        where = {key: getattr(config, key) for key in DATA_PATHS} | dict(paths or {})
         try:
             loaded = data.load(
-                config.data, target=config.target, labels=config.labels,
-                val_path=config.val_data, val_labels=config.val_labels,
+                where["data"], target=config.target, labels=where["labels"],
+                val_data=where["val_data"], val_labels=where["val_labels"],
                 val_split=config.val_split, scale=config.scale, task=config.task,
                 seed=config.seed,
             )  # fmt: skip
@@ -653,15 +648,22 @@ def resume(
     folder)."""
     run_dir = Path(run_dir)
     dist = Context() if distributed else None
-    config = on_root(dist, lambda: _resumed_config(run_dir, overrides))
-    return _execute(config, True, report, progress, plots, command, dist)
+    config, paths = on_root(dist, lambda: _resumed_config(run_dir, overrides))
+    return _execute(config, True, report, progress, plots, command, dist, paths)
 
 
-def _resumed_config(run_dir: Path, overrides: Mapping[str, Any] | None) -> Config:
+def _resumed_config(
+    run_dir: Path, overrides: Mapping[str, Any] | None
+) -> tuple[Config, dict[str, str]]:
     """The saved settings of the run in ``run_dir`` with ``overrides`` (only epochs may
-    change)."""
+    change, and the paths of its data files: see ``run_data_paths``), and where its data
+    files are."""
     saved = saved_config(run_dir, resuming=True)
-    for key, value in (overrides or {}).items():
+    overrides = dict(overrides or {})
+    moved = {key: overrides.pop(key) for key in DATA_PATHS
+             if getattr(saved, key) is not None and overrides.get(key) is not None}  # fmt: skip
+    paths = run_data_paths(run_dir, saved, moved, "train --resume")
+    for key, value in overrides.items():
         value = Config.from_mapping({**saved.as_dict(), key: value}).as_dict()[key]
         if key == "epochs" and value != saved.epochs and saved.schedule in SPANS_THE_RUN:
             raise RunError(
@@ -673,13 +675,52 @@ def _resumed_config(run_dir: Path, overrides: Mapping[str, Any] | None) -> Confi
         if key == "epochs":
             saved = dataclasses.replace(saved, epochs=value)
         elif key != "out" and value != saved.as_dict()[key]:
-            what = "a different architecture" if key in ARCHITECTURE else "a different setting"
+            what = "a different setting"
+            if key in ARCHITECTURE and key not in DATA_SETTINGS:
+                what = "a different architecture"
             raise RunError(
                 f"{run_dir}: {key}={value!r} is {what} from the run's {key}="
                 f"{saved.as_dict()[key]!r}; a resumed run keeps its settings (only epochs may "
                 "change)"
             )
-    return dataclasses.replace(saved, out=str(run_dir))
+    return dataclasses.replace(saved, out=str(run_dir)), paths
+
+
+def absolute_data_paths(config: Config) -> dict[str, str]:
+    """Each data path setting (``DATA_PATHS``) made absolute, against the working folder."""
+    return {key: os.path.abspath(getattr(config, key)) for key in DATA_PATHS
+            if getattr(config, key) is not None}  # fmt: skip
+
+
+def run_data_paths(
+    run_dir: Path, config: Config, moved: Mapping[str, Any], command: str
+) -> dict[str, str]:
+    """Where the data files of the run in ``run_dir`` are: each path setting as ``moved``
+    says (a new place, given by the user: its contents are checked against the recorded
+    SHA-256 once read), else where it resolved to when the run started (config.json's
+    ``data_paths``; a run recorded without them: the path as given). A ``data.DataError``
+    for one that is not there, saying where the path came from."""
+    recorded = json.loads((run_dir / "config.json").read_text()).get("data_paths") or {}
+    paths = {}
+    for key in DATA_PATHS:
+        given = getattr(config, key)
+        if given is None:
+            continue
+        flag = f"--{key.replace('_', '-')}"
+        if key in moved:
+            path, origin = os.path.abspath(moved[key]), flag
+        else:
+            path, origin = recorded.get(key, given), f"config.json of {run_dir}"
+            if path != given:
+                origin += f", given as {given!r}"
+        if not Path(path).exists():
+            hint = "" if key in moved else (
+                f"; moved? pass {flag} NEWPATH to {command} (the same contents: its SHA-256 "
+                "is checked)"
+            )  # fmt: skip
+            raise data.DataError(f"{key} {path}: no such file or folder (from {origin}){hint}")
+        paths[key] = path
+    return paths
 
 
 ARCHITECTURE = ("dataset", "hidden", "activation", "dropout", "samples", *DATA_SETTINGS)
@@ -694,6 +735,7 @@ def _execute(
     plots: bool,
     command: list[str] | None,
     dist: Context | None = None,
+    paths: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     called = time.perf_counter()
     out = Path(str(config.out))
@@ -708,7 +750,7 @@ def _execute(
         with interrupts.installed(), use_backend(name) as backend, contextlib.ExitStack() as held:
 
             def load() -> tuple[Any, ...]:
-                X, y, X_val, y_val, described = load_dataset(config)
+                X, y, X_val, y_val, described = load_dataset(config, paths)
                 task = task_of(config, described)
                 if task == "regression":
                     n_outputs = y.shape[1]
@@ -722,6 +764,8 @@ def _execute(
             # each rank loads; if one fails, all stop (none waits for it in a collective)
             X, y, X_val, y_val, described, model = on_every_rank(dist, load)
             task = task_of(config, described)
+            if root and report is not None and described is not None:  # what it inferred
+                report(data.summary(described, y, len(X_val), inferred=config.task is None))
             if described is not None:  # (recorded: a resume loads the data as this run did)
                 config = dataclasses.replace(config, task=task, val_split=described.val_split)
             history: list[dict[str, float]] = []
@@ -745,7 +789,7 @@ def _execute(
                 states: dict[str, Any] = {}
                 if resuming:
                     if described is not None:
-                        _check_same_files(out, described)
+                        _check_same_files(out, described, config, paths or {})
                     if (out / "checkpoint.npz").is_file():
                         loaded = Model.load(out / "checkpoint.npz")
                         _check_same_architecture(loaded, model, out)
@@ -762,6 +806,8 @@ def _execute(
                         return done, states  # nothing to do: the folder stays as it is
                     recorded = json.loads((out / "config.json").read_text())
                     recorded["config"] = config.as_dict()  # the raised epoch target, if any
+                    if paths:  # (where its files are now: a later resume finds them there)
+                        recorded["data_paths"] = dict(paths)
                     recorded.setdefault("resumed", []).append({
                         "command": command if command is not None else sys.argv,
                         "at": dt.datetime.now().isoformat(timespec="seconds"),
@@ -781,7 +827,9 @@ def _execute(
                         "versions": versions(),
                         "command": command if command is not None else sys.argv,
                         "started": dt.datetime.now().isoformat(timespec="seconds"),
-                        **({} if described is None else {"data_files": described.files}),
+                        **({} if described is None else {
+                            "data_files": described.files,
+                            "data_paths": absolute_data_paths(config)}),
                     })  # fmt: skip
                     if described is not None:  # the classes' names and the scaler, for people
                         run_folder.write_json(out / "data.json", described.as_dict())
@@ -1128,17 +1176,32 @@ def _env_backend(value: str) -> dict[str, Any]:
         return {"name": value, "known": True, "usable": False, "why": str(e)}
 
 
-def _check_same_files(run_dir: Path, described: data.Description) -> None:
+def _check_same_files(
+    run_dir: Path, described: data.Description, config: Config, paths: Mapping[str, str]
+) -> None:
     """Refuse data files whose contents differ from those the run in ``run_dir`` started
-    with (config.json's ``data_files``: each path as given and its SHA-256)."""
+    with (config.json's ``data_files``: each path as given and its SHA-256), read from
+    ``paths`` (``run_data_paths``)."""
     recorded = json.loads((run_dir / "config.json").read_text()).get("data_files") or {}
-    for path, digest in recorded.items():
-        if described.files.get(path) != digest:
+    for key in DATA_PATHS:
+        given = getattr(config, key)
+        digest = None if given is None else recorded.get(str(Path(given)))
+        if digest is None:
+            continue
+        read = paths.get(key, given)
+        if described.files.get(str(Path(read))) == digest:
+            continue
+        if os.path.abspath(read) == os.path.abspath(given) or key not in paths:
             raise RunError(
-                f"{path} has changed since the run in {run_dir} started (its SHA-256 differs "
+                f"{given} has changed since the run in {run_dir} started (its SHA-256 differs "
                 "from config.json's data_files); the run continues only on the data it began "
                 "with: put that file back, or start a new run"
             )
+        raise RunError(
+            f"--{key.replace('_', '-')} {read}: not the file the run in {run_dir} began with "
+            f"({given}: its SHA-256 differs from config.json's data_files); the run continues "
+            "only on the data it began with"
+        )
 
 
 @dataclasses.dataclass
@@ -1151,6 +1214,7 @@ class Predictions:
     outputs: np.ndarray
     classes: list[str] | None = None
     rows: list[str] | None = None
+    ignored: list[str] = dataclasses.field(default_factory=list)  # a table's other columns
 
 
 def predictions(
@@ -1166,24 +1230,20 @@ def predictions(
     model, _, _ = _load_run_model(Path(run_dir), best)
     saved = model.saved_extra.get("data")
     described = None if saved is None else data.Description.from_dict(saved)
-    rows = None
+    rows, ignored = None, list[str]()
     if isinstance(inputs, str | os.PathLike):
         if described is None:
             raise RunError(f"{run_dir}: a run on a built-in data set takes its inputs as an "
                            "array (a .npy file from the command line)")  # fmt: skip
-        X, rows = data.read_inputs(inputs, described)
+        X, rows, ignored = data.read_inputs(inputs, described)
     elif described is not None:
-        X = np.asarray(inputs)
-        if X.ndim == len(described.input_shape) and X.shape == described.input_shape:
-            X = X[None]
-        X = X.reshape(len(X), -1)
-        X = X.astype(np.float32) if described.scaler is None else described.scaler.apply(X)
+        X = data.prepare_inputs(inputs, described)
     else:
         X = inputs
     outputs = to_numpy(model.predict(X))
     names = None if described is None else described.class_names
     classes = None if names is None else [names[i] for i in outputs.argmax(axis=1)]
-    return Predictions(outputs, classes, rows)
+    return Predictions(outputs, classes, rows, ignored)
 
 
 def predict(
@@ -1197,14 +1257,26 @@ def predict(
     return predictions(run_dir, inputs, best=best).outputs
 
 
-def evaluate(run_dir: str | os.PathLike[str], *, best: bool = True) -> dict[str, float]:
+def evaluate(
+    run_dir: str | os.PathLike[str],
+    *,
+    best: bool = True,
+    paths: Mapping[str, str | os.PathLike[str]] | None = None,
+) -> dict[str, float]:
     """The run's model on its validation data: ``{"loss": ..., "accuracy": ...}`` (data from
-    files read again, and refused if changed since the run started). A model whose
-    parameters or loss are not finite raises ``RunError``."""
+    files read again, and refused if changed since the run started; ``paths`` points
+    ``data``, ``labels``, ``val_data`` or ``val_labels`` at the same files in another
+    place). A model whose parameters or loss are not finite raises ``RunError``."""
     model, path, config = _load_run_model(Path(run_dir), best)
-    _, _, X_val, y_val, described = load_dataset(config)
+    moved = {key: value for key, value in (paths or {}).items() if value is not None}
+    unknown = sorted(set(moved) - set(DATA_PATHS))
+    if unknown or any(getattr(config, key) is None for key in moved):
+        which = ", ".join(unknown or [k for k in moved if getattr(config, k) is None])
+        raise ConfigError(f"paths: {which}: not a data file of the run in {run_dir}")
+    where = run_data_paths(Path(run_dir), config, moved, "evaluate") if config.data else {}
+    _, _, X_val, y_val, described = load_dataset(config, where)
     if described is not None:
-        _check_same_files(Path(run_dir), described)
+        _check_same_files(Path(run_dir), described, config, where)
     metrics = model.evaluate(X_val, y_val)
     for key, value in metrics.items():
         if not math.isfinite(value):

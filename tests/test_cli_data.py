@@ -5,10 +5,15 @@ usage, 1 for bad data, no run folder left behind)."""
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import json
+import os
 import re
 import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -84,16 +89,38 @@ def test_train_resume_evaluate_predict(
     assert cli.main(["predict", str(part), "--input", inputs]) == 0
     printed = capsys.readouterr().out.splitlines()
     model = bg.Model.load(part / "best.npz")
-    description = data.Description.from_dict(saved)
-    X, names = data.read_inputs(inputs, description)
-    outputs = bg.to_numpy(model.predict(X))
+    X, names = model_inputs(kind, inputs)  # (read here with NumPy and Pillow, not data.py)
+    if described["scaler"] is not None:
+        X = (X - np.array(described["scaler"]["offset"])) / np.array(described["scaler"]["scale"])
+    outputs = bg.to_numpy(model.predict(X.astype(np.float32)))
     if regression:
         np.testing.assert_allclose(np.array(printed, dtype=float), outputs[:, 0], rtol=1e-5)
         return
-    expected = [description.class_names[i] for i in outputs.argmax(axis=1)]  # type: ignore[index]
+    expected = [described["class_names"][i] for i in outputs.argmax(axis=1)]
     if names is not None:
         expected = [f"{n}\t{c}" for n, c in zip(names, expected, strict=True)]
     assert printed == expected and len(printed) == len(X)
+
+
+def model_inputs(kind: str, path: str) -> tuple[np.ndarray, list[str] | None]:
+    """The raw inputs of the file ``path`` of ``kind`` as the model takes them, read by the
+    files' own formats (not by backprop_gpu.data), and the image file of each row."""
+    if kind == "csv":
+        return np.loadtxt(path, delimiter=",", skiprows=1), None
+    if kind == "tsv-regression":  # (x1, x2, then the target y)
+        return np.loadtxt(path, delimiter="\t", skiprows=1)[:, :2], None
+    if kind == "npz":
+        with np.load(path) as archive:
+            return archive["X_val"].astype(np.float64), None
+    if kind == "idx":  # 16 header bytes (magic, 3 sizes), then the uint8 pixels
+        raw = gzip.decompress(Path(path).read_bytes())
+        count = int.from_bytes(raw[4:8], "big")
+        return np.frombuffer(raw, np.uint8, offset=16).reshape(count, -1) / 255.0, None
+    from PIL import Image
+
+    files = sorted(Path(path).glob("*.png"))
+    pixels = np.stack([np.asarray(Image.open(f), dtype=np.float64) for f in files])
+    return pixels.reshape(len(files), -1) / 255.0, [f.name for f in files]
 
 
 @pytest.mark.parametrize("kind", ["npy", "parquet"])
@@ -292,3 +319,222 @@ def test_the_readme_commands_run(
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "(96, 4) ['setosa', 'versicolor', 'virginica']"
     assert len(eval(lines[1])) == 6
+
+
+def _bad_files(folder: Path) -> dict[str, tuple[list[str], str]]:
+    """Bad data of each kind, written into ``folder``: the train flags and what the error says."""
+    (folder / "nan.csv").write_text("a,y\n" + "".join(f"{i},{i / 2}\n" for i in range(40))
+                                    + "1,nan\n")  # fmt: skip
+    (folder / "a.csv").write_text("x,c\n1,cat\n2,dog\n3,cat\n4,dog\n")
+    (folder / "b.csv").write_text("x,c\n4,cat\n5,bird\n")
+    images = bytes([0, 0, 8, 3, 0, 0, 0, 10, 0, 0, 0, 2, 0, 0, 0, 2, *range(40)])
+    (folder / "im-idx3-ubyte").write_bytes(images)
+    (folder / "bad-idx1-ubyte").write_bytes(b"\x00\x00\x07\x01" + bytes(14))
+    cases = {
+        "nan target": (["--data", f"{folder}/nan.csv", "--target", "y"],
+                       "nan.csv: line 42, column 'y': 'nan' is not a finite number"),
+        "class only in validation": (
+            ["--data", f"{folder}/a.csv", "--target", "c", "--val-data", f"{folder}/b.csv"],
+            "b.csv: class(es) 'bird' not in the training data"),
+        "labels of 3 dimensions": (
+            ["--data", f"{folder}/im-idx3-ubyte", "--labels", f"{folder}/im-idx3-ubyte"],
+            "targets of shape (10, 2, 2); a classification takes one label a sample"),
+        "bad IDX magic": (
+            ["--data", f"{folder}/im-idx3-ubyte", "--labels", f"{folder}/bad-idx1-ubyte"],
+            "bad-idx1-ubyte: not an IDX file (magic number 00 00 07 01"),
+    }  # fmt: skip
+    with contextlib.suppress(ImportError):
+        from PIL import Image
+
+        for name, mode in (("a/1.png", "L"), ("a/2.png", "L"), ("b/1.png", "RGB")):
+            (folder / "mixed" / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.new(mode, (4, 4)).save(folder / "mixed" / name)
+        cases["mixed image modes"] = (["--data", f"{folder}/mixed"], "b/1.png has mode RGB")
+    return cases
+
+
+def test_bad_data_of_each_kind_exits_1_without_a_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, (flags, said) in _bad_files(tmp_path).items():
+        out = tmp_path / name.replace(" ", "-")
+        assert exit_code(["train", *flags, *QUICK, "--epochs", "1", "--out", str(out)]) == 1, name
+        err = capsys.readouterr().err
+        assert said in err and err.count("\n") == 1, (name, err)
+        assert not out.exists(), name
+
+
+def test_relative_paths_resume_and_evaluate_from_another_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """config.json keeps the path as given and where it resolved to: a run trained with a
+    relative path resumes and evaluates from any folder, as an uninterrupted run does."""
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir(), elsewhere.mkdir()
+    shutil.copy(EXAMPLES / "iris-like.csv", project / "iris.csv")
+    flags = ["--data", "iris.csv", "--target", "species", *QUICK]
+    monkeypatch.chdir(project)
+    assert cli.main(["train", *flags, "--epochs", "2", "--out", str(tmp_path / "part")]) == 0
+    assert cli.main(["train", *flags, "--epochs", "3", "--out", str(tmp_path / "full")]) == 0
+    recorded = json.loads((tmp_path / "part" / "config.json").read_text())
+    assert recorded["config"]["data"] == "iris.csv"
+    assert recorded["data_paths"] == {"data": str(project / "iris.csv")}
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    part = str(tmp_path / "part")
+    assert cli.main(["train", "--resume", "--out", part, "--epochs", "3", "--quiet"]) == 0
+    assert rows_without_seconds(tmp_path / "part") == rows_without_seconds(tmp_path / "full")
+    capsys.readouterr()
+    assert cli.main(["evaluate", part]) == 0
+    best = min(experiment.read_metrics(tmp_path / "part"), key=lambda r: r["val_loss"])
+    assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(best["val_loss"])
+
+
+def test_moved_data_can_be_pointed_at_when_its_contents_are_the_same(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    shutil.copy(EXAMPLES / "iris-like.csv", old / "iris.csv")
+    out = tmp_path / "run"
+    flags = ["--data", str(old / "iris.csv"), "--target", "species", *QUICK]
+    assert cli.main(["train", *flags, "--epochs", "2", "--out", str(out)]) == 0
+    old.rename(new)
+    capsys.readouterr()
+    resume = ["train", "--resume", "--out", str(out), "--epochs", "3", "--quiet"]
+    assert cli.main(resume) == 1
+    said = capsys.readouterr().err
+    assert f"data {old / 'iris.csv'}: no such file or folder (from config.json of {out})" in said
+    assert "moved? pass --data NEWPATH" in said
+    assert cli.main(["evaluate", str(out)]) == 1
+    assert "no such file or folder (from config.json of" in capsys.readouterr().err
+    assert cli.main(["evaluate", str(out), "--data", str(new / "iris.csv")]) == 0
+    capsys.readouterr()
+    # another file at the new place: refused by its contents, naming the flag
+    (tmp_path / "other.csv").write_text((new / "iris.csv").read_text().replace("5.9", "6.9", 1))
+    assert cli.main([*resume, "--data", str(tmp_path / "other.csv")]) == 1
+    said = capsys.readouterr().err
+    assert f"--data {tmp_path / 'other.csv'}: not the file the run in {out} began with" in said
+    assert len(experiment.read_metrics(out)) == 2
+    assert cli.main([*resume, "--data", str(new / "iris.csv")]) == 0
+    assert len(experiment.read_metrics(out)) == 3
+    # the new place is remembered: evaluate needs no flag now
+    assert cli.main(["evaluate", str(out)]) == 0
+
+
+def test_toml_paths_are_relative_to_the_toml_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "configs" / "data").mkdir(parents=True)
+    shutil.copy(EXAMPLES / "iris-like.csv", tmp_path / "configs" / "data" / "iris.csv")
+    toml = tmp_path / "configs" / "run.toml"
+    toml.write_text('data = "data/iris.csv"\ntarget = "species"\nepochs = 1\nhidden = [8]\n'
+                    'backend = "numpy"\n')  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    assert cli.main(["train", "--config", str(toml), "--out", str(out), "--quiet",
+                     "--no-plots"]) == 0  # fmt: skip
+    recorded = json.loads((out / "config.json").read_text())
+    assert recorded["data_paths"] == {"data": str(tmp_path / "configs" / "data" / "iris.csv")}
+    toml.write_text(toml.read_text().replace("data/iris.csv", "data/nope.csv"))
+    capsys.readouterr()
+    assert cli.main(["train", "--config", str(toml), "--out", str(tmp_path / "b"), "--quiet"]) == 1
+    said = capsys.readouterr().err
+    assert f"data {tmp_path / 'configs' / 'data' / 'nope.csv'}: no such file or folder" in said
+    assert f"(from --config {toml}, 'data/nope.csv' relative to its folder)" in said
+    assert not (tmp_path / "b").exists()
+
+
+def test_predict_reads_only_the_features_and_says_what_it_ignored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert cli.main(["train", *KINDS["csv"][0], *QUICK, "--epochs", "2", "--out", str(out)]) == 0
+    lines = (EXAMPLES / "iris-like-new.csv").read_text().splitlines()
+    with_more = tmp_path / "more.csv"  # an id, a blank species, a note with a comma
+    rows = [f'{i},,{row},"a, b"' for i, row in enumerate(lines[1:])]
+    with_more.write_text("\n".join([f"id,species,{lines[0]},note", *rows]))
+    capsys.readouterr()
+    assert cli.main(["predict", str(out), "--input", f"{E}/iris-like-new.csv"]) == 0
+    plain = capsys.readouterr()
+    assert "note" not in plain.err
+    assert cli.main(["predict", str(out), "--input", str(with_more)]) == 0
+    more = capsys.readouterr()
+    assert more.out == plain.out and len(more.out.splitlines()) == 6
+    notes = [line for line in more.err.splitlines() if "note:" in line]
+    assert notes == [f"backprop-gpu: note: ignored column(s) id, note of {with_more} (not "
+                     "features of the model)"]  # fmt: skip
+    np.save(tmp_path / "five.npy", np.ones((3, 5)))
+    assert cli.main(["predict", str(out), "--input", str(tmp_path / "five.npy")]) == 1
+    assert (f"backprop-gpu: --input {tmp_path / 'five.npy'}: samples of shape (5,); the model "
+            "takes 4 features (sepal_length") in capsys.readouterr().err  # fmt: skip
+
+
+def test_an_image_run_predicts_raw_uint8_pixels_as_its_images(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    Image = pytest.importorskip("PIL.Image")
+    out = tmp_path / "run"
+    flags, folder = KINDS["images"]
+    assert cli.main(["train", *flags, *QUICK, "--epochs", "3", "--out", str(out)]) == 0
+    files = sorted(Path(folder).glob("*.png"))
+    np.save(tmp_path / "raw.npy", np.stack([np.asarray(Image.open(f)) for f in files]))
+    capsys.readouterr()
+    assert cli.main(["predict", str(out), "--input", folder]) == 0
+    from_files = [line.split("\t")[1] for line in capsys.readouterr().out.splitlines()]
+    assert cli.main(["predict", str(out), "--input", str(tmp_path / "raw.npy")]) == 0
+    assert capsys.readouterr().out.splitlines() == from_files
+    np.save(tmp_path / "wide.npy", np.zeros((2, 4, 16), dtype=np.uint8))  # 64 pixels, not 8x8
+    assert cli.main(["predict", str(out), "--input", str(tmp_path / "wide.npy")]) == 1
+    assert "samples of shape (4, 16); the model takes (8, 8)" in capsys.readouterr().err
+
+
+def test_a_run_says_what_it_inferred_from_the_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    quick = [f for f in QUICK if f != "--quiet"]
+    assert cli.main(["train", *KINDS["csv"][0], *quick, "--epochs", "1",
+                     "--out", str(tmp_path / "a")]) == 0  # fmt: skip
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == ("data: classification of 3 classes (setosa, versicolor, virginica); 96 "
+                     "training and 24 validation samples, 4 features")  # fmt: skip
+    whole = tmp_path / "whole.csv"  # float labels that are classes in disguise
+    whole.write_text("x,y\n" + "".join(f"{i},{i % 3}.0\n" for i in range(30)))
+    assert cli.main(["train", "--data", str(whole), "--target", "y", *quick, "--epochs", "1",
+                     "--out", str(tmp_path / "b")]) == 0  # fmt: skip
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == ("data: regression of a target in [0, 2]; 24 training and 6 validation "
+                     "samples, 1 feature (whole-number targets: --task classification for "
+                     "classes)")  # fmt: skip
+    assert cli.main(["train", "--data", str(whole), "--target", "y", "--task", "regression",
+                     *quick, "--epochs", "1", "--out", str(tmp_path / "c")]) == 0  # fmt: skip
+    assert "whole-number" not in capsys.readouterr().out
+
+
+def test_predict_into_a_pipe_closed_early_stops_quietly(tmp_path: Path) -> None:
+    """``backprop-gpu predict ... | head -1``: no "Broken pipe" error, SIGPIPE's status."""
+    out = tmp_path / "run"
+    assert cli.main(["train", "--samples", "60", "--epochs", "1", *QUICK, "--out", str(out)]) == 0
+    np.save(tmp_path / "many.npy", np.zeros((200_000, 2), dtype=np.float32))  # (MBs of text)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "BACKPROP_GPU_BACKEND": "numpy"}  # fmt: skip
+    command = [sys.executable, "-m", "backprop_gpu", "predict", str(out), "--input",
+               str(tmp_path / "many.npy")]  # fmt: skip
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as p:
+        assert p.stdout is not None and p.stderr is not None
+        assert len(p.stdout.readline().split()) == 3  # (three class probabilities)
+        p.stdout.close()
+        err = p.stderr.read().decode()
+        assert p.wait(timeout=120) == 141
+    assert "Broken pipe" not in err and "Traceback" not in err and "Exception" not in err
+
+
+def test_a_resume_keeps_the_settings_of_its_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert cli.main(["train", *KINDS["csv"][0], *QUICK, "--epochs", "1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", "--out", str(out), "--scale", "minmax"]) == 1
+    assert ("scale='minmax' is a different setting from the run's scale='standard'; a resumed "
+            "run keeps its settings") in capsys.readouterr().err  # fmt: skip

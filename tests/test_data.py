@@ -162,7 +162,7 @@ def test_integer_labels_classify_and_the_task_can_be_overridden(tmp_path: Path) 
 def test_a_validation_file_and_quoted_cells(tmp_path: Path) -> None:
     train = write(tmp_path / "a.csv", 'x,"y y",c\n1,2,a\n3,4,b\n5,6,a\n7,8,b\n')
     val = write(tmp_path / "b.csv", 'x,"y y",c\n9,10,b\n"11",12,a\n')
-    loaded = data.load(train, target="c", val_path=val)
+    loaded = data.load(train, target="c", val_data=val)
     assert loaded.X.tolist() == [[1, 2], [3, 4], [5, 6], [7, 8]]  # no split: all in training
     assert loaded.X_val.tolist() == [[9, 10], [11, 12]] and loaded.y_val.tolist() == [1, 0]
     assert loaded.description.feature_names == ["x", "y y"]
@@ -174,7 +174,7 @@ def test_inputs_to_predict_are_read_by_column_name(tmp_path: Path) -> None:
     loaded = data.load(IRIS, target="species", scale="standard")
     info = loaded.description
     rows = csv_rows(EXAMPLES / "iris-like-new.csv")
-    X, names = data.read_inputs(EXAMPLES / "iris-like-new.csv", info)
+    X, names, _ = data.read_inputs(EXAMPLES / "iris-like-new.csv", info)
     assert names is None and X.shape == (6, 4)
     raw = np.array([[float(r[c]) for c in info.feature_names] for r in rows])
     assert info.scaler is not None
@@ -283,7 +283,7 @@ def test_idx_read_by_the_spec(tmp_path: Path) -> None:
     labels = bytes([0, 0, 0x08, 1, 0, 0, 0, 2, 7, 3])
     (tmp_path / "labels-idx1-ubyte").write_bytes(labels)
     loaded = data.load(tmp_path / "images-idx3-ubyte", labels=tmp_path / "labels-idx1-ubyte",
-                       val_path=tmp_path / "images-idx3-ubyte",
+                       val_data=tmp_path / "images-idx3-ubyte",
                        val_labels=tmp_path / "labels-idx1-ubyte")  # fmt: skip
     assert loaded.description.class_names == ["3", "7"] and loaded.y.tolist() == [1, 0]
     np.testing.assert_array_equal(loaded.X, np.arange(12, dtype=np.float32).reshape(2, 6) / 255)
@@ -313,7 +313,7 @@ def test_image_folder_classes_and_pixels() -> None:
         i = int(Path(name).stem)
         assert np.array_equal(pixels, images[i] / 255.0)
         assert Path(name).parent.name == ("horizontal", "vertical", "diagonal")[labels[i]]
-    X, names = data.read_inputs(EXAMPLES / "shapes" / "vertical" / "001.png", info)
+    X, names, _ = data.read_inputs(EXAMPLES / "shapes" / "vertical" / "001.png", info)
     assert names == ["001.png"] and np.array_equal(X, (images[1] / 255.0).reshape(1, 64)
                                                    .astype(np.float32))  # fmt: skip
 
@@ -389,7 +389,7 @@ def test_a_class_only_in_validation(tmp_path: Path) -> None:
     val = write(tmp_path / "b.csv", "x,c\n4,cat\n5,bird\n")
     with pytest.raises(DataError, match=r"b.csv: class\(es\) 'bird' not in the training data "
                        r"\(its classes: cat, dog\)"):  # fmt: skip
-        data.load(train, target="c", val_path=val)
+        data.load(train, target="c", val_data=val)
 
 
 def test_wrong_idx_files(tmp_path: Path) -> None:
@@ -462,10 +462,16 @@ def test_usage_errors(tmp_path: Path) -> None:
         data.load(IRIS, target="species", scale="z")
     with pytest.raises(DataUsageError, match=r"task: unknown task 'clustering'"):
         data.load(IRIS, target="species", task="clustering")
-    with pytest.raises(DataUsageError, match=r"val_split: must be in \(0, 1\), got 1.0"):
+    with pytest.raises(DataUsageError, match=r"val_split: must be a fraction in \(0, 1\), got 1"):
         data.load(IRIS, target="species", val_split=1.0)
-    with pytest.raises(DataError, match=r"2 samples are too few to hold out 0.2"):
-        data.load(write(tmp_path / "two.csv", "a,c\n1,x\n2,x\n"), target="c")
+    with pytest.raises(
+        DataError,
+        match=r"two.csv: every one of its 2 classes has fewer than 3 "
+        "samples, too few to hold out 0.2 of any for validation; add samples or",
+    ):
+        data.load(write(tmp_path / "two.csv", "a,c\n1,x\n2,y\n"), target="c")
+    with pytest.raises(DataError, match=r"wave.tsv: 2 samples are too few to hold out 0.2 for"):
+        data.load(write(tmp_path / "wave.tsv", "a\ty\n1\t0.5\n2\t1.5\n"), target="y")
 
 
 def test_file_hash_follows_the_contents(tmp_path: Path) -> None:
@@ -475,3 +481,253 @@ def test_file_hash_follows_the_contents(tmp_path: Path) -> None:
     assert data.file_hash(write(path, "a,c\n2,x\n")) != first
     folder = data.file_hash(EXAMPLES / "shapes")
     assert len(folder) == 64 and folder != data.file_hash(EXAMPLES / "shapes" / "vertical")
+
+
+# --- targets: not finite, beyond int64, of several dimensions --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("targets", "task", "bad"),
+    [
+        (["0.5", "1.5", "nan"], None, "nan"),  # float targets: a regression
+        (["0", "1", "inf"], None, "inf"),  # integer labels and one inf
+        (["0", "1", "-Infinity"], "classification", "-Infinity"),  # not a class named -inf
+        (["a", "b", "NaN"], None, "NaN"),  # text labels
+    ],
+)
+def test_a_target_that_is_not_finite_names_its_line(
+    tmp_path: Path, targets: list[str], task: str | None, bad: str
+) -> None:
+    rows = "".join(f"{i},{targets[i % 2]}\n" for i in range(20))
+    path = write(tmp_path / "t.csv", f"x,y\n{rows}7,{bad}\n8,{targets[0]}\n")
+    with pytest.raises(DataError, match=rf"t.csv: line 22, column 'y': '{bad}' is not a finite"):
+        data.load(path, target="y", task=task)
+
+
+def test_a_target_that_is_not_finite_in_arrays_and_parquet(tmp_path: Path) -> None:
+    np.savez(tmp_path / "s.npz", X=np.ones((4, 2)), y=np.array(["a", "b", "inf", "a"]))
+    with pytest.raises(DataError, match=r"s.npz y: holds 'inf' at index \[2\]; every value"):
+        data.load(tmp_path / "s.npz")
+    pandas = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    frame = pandas.DataFrame({"a": np.arange(6.0), "y": [0.5, 1.0, np.inf, 2.0, 3.0, 1.0]})
+    frame.to_parquet(tmp_path / "inf.parquet")
+    with pytest.raises(DataError, match=r"inf.parquet: row 2, column 'y': inf is not a finite"):
+        data.load(tmp_path / "inf.parquet", target="y")
+
+
+def test_standard_scaling_of_a_constant_column_of_tenths(tmp_path: Path) -> None:
+    """0.1 is no binary fraction: the mean of 100 of them differs from 0.1 by float noise
+    and their std is ~1e-17, not 0; the column is constant all the same, scaled by 1."""
+    rng = np.random.default_rng(0)
+    X = np.column_stack([rng.normal(size=100), np.full(100, 0.1)])
+    assert X[:, 1].std() > 0  # (the noise the scaler must not divide by)
+    np.savez(tmp_path / "c.npz", X=X, y=np.arange(100) % 2)
+    for kind in ("standard", "minmax"):
+        loaded = data.load(tmp_path / "c.npz", scale=kind)
+        scaler = loaded.description.scaler
+        assert scaler is not None and scaler.scale[1] == 1.0 and scaler.offset[1] == 0.1
+        assert np.all(loaded.X[:, 1] == 0) and np.all(loaded.X_val[:, 1] == 0)
+        assert scaler.apply(np.array([[0.0, 0.2]]))[0, 1] == np.float32(0.2 - 0.1)
+
+
+def test_integer_labels_beyond_int64_are_text_labels(tmp_path: Path) -> None:
+    big = [99999999999999999999, 100000000000000000000]
+    rows = "".join(f"{i},{big[i % 2]}\n" for i in range(20))
+    loaded = data.load(write(tmp_path / "b.csv", f"x,y\n{rows}"), target="y")
+    assert loaded.description.task == "classification"
+    assert sorted(loaded.description.class_names or []) == sorted(map(str, big))
+    y = np.concatenate([loaded.y, loaded.y_val])
+    names = loaded.description.class_names or []
+    X = np.concatenate([loaded.X, loaded.X_val])[:, 0].astype(int)
+    assert all(names[label] == str(big[x % 2]) for x, label in zip(X, y, strict=True))
+    np.savez(tmp_path / "u.npz", X=np.ones((6, 1)), y=np.array([2**64 - 1, 2**64 - 2] * 3,
+                                                                  dtype=np.uint64))  # fmt: skip
+    assert data.load(tmp_path / "u.npz").description.class_names == [str(2**64 - 2), str(2**64 - 1)]
+
+
+def test_labels_of_several_dimensions_do_not_classify(tmp_path: Path) -> None:
+    images = tmp_path / "i-idx3-ubyte"
+    images.write_bytes(bytes([0, 0, 8, 3, 0, 0, 0, 10, 0, 0, 0, 2, 0, 0, 0, 2, *range(40)]))
+    with pytest.raises(DataError, match=r"labels .*i-idx3-ubyte: targets of shape \(10, 2, 2\); "
+                       r"a classification takes one label a sample"):  # fmt: skip
+        data.load(images, labels=images)
+    np.save(tmp_path / "X.npy", np.ones((10, 2)))
+    np.save(tmp_path / "y.npy", np.arange(30).reshape(10, 3))
+    with pytest.raises(DataError, match=r"labels .*y.npy: targets of shape \(10, 3\); a class"):
+        data.load(tmp_path / "X.npy", labels=tmp_path / "y.npy")
+    # several float outputs: a regression, as before
+    np.save(tmp_path / "f.npy", np.arange(30.0).reshape(10, 3) / 7)
+    assert data.load(tmp_path / "X.npy", labels=tmp_path / "f.npy").y.shape == (8, 3)
+
+
+# --- prediction inputs: one way in -----------------------------------------------------------
+
+
+def test_prediction_tables_ignore_the_target_and_other_columns(tmp_path: Path) -> None:
+    """A table to predict on: its feature columns by name; the target column (blank: the
+    labels are unknown) and columns the model never saw (an id, a note) are not read."""
+    loaded = data.load(IRIS, target="species", scale="standard")
+    info = loaded.description
+    rows = csv_rows(EXAMPLES / "iris-like-new.csv")
+    path = tmp_path / "p.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, ["id", "species", *info.feature_names[::-1], "note"])
+        writer.writeheader()
+        writer.writerows({**r, "id": str(i), "species": "", "note": "x, y"}
+                         for i, r in enumerate(rows))  # fmt: skip
+    found = data.read_inputs(path, info)
+    raw = np.array([[float(r[c]) for c in info.feature_names] for r in rows])
+    assert info.scaler is not None
+    np.testing.assert_array_equal(found.X, info.scaler.apply(raw))
+    assert found.ignored == ["id", "note"] and found.rows is None
+
+
+def test_raw_uint8_pixels_are_scaled_as_the_training_images_were(tmp_path: Path) -> None:
+    """An IDX run given the same pixels as a uint8 .npy (or array) sees what it trained on:
+    pixel / 255; floats are taken as already scaled."""
+    images = tmp_path / "i-idx3-ubyte"
+    pixels = np.arange(40, dtype=np.uint8).reshape(10, 2, 2) * 6
+    images.write_bytes(bytes([0, 0, 8, 3, 0, 0, 0, 10, 0, 0, 0, 2, 0, 0, 0, 2]) + pixels.tobytes())
+    labels = tmp_path / "l-idx1-ubyte"
+    labels.write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 10, *([0, 1] * 5)]))
+    info = data.load(images, labels=labels, val_split=0.2).description
+    expected = (pixels.reshape(10, 4) / 255.0).astype(np.float32)
+    np.testing.assert_array_equal(data.read_inputs(images, info).X, expected)
+    np.save(tmp_path / "raw.npy", pixels)
+    np.testing.assert_array_equal(data.read_inputs(tmp_path / "raw.npy", info).X, expected)
+    np.testing.assert_array_equal(data.prepare_inputs(pixels, info), expected)
+    np.testing.assert_array_equal(data.prepare_inputs(pixels[3], info), expected[3:4])
+    np.testing.assert_array_equal(data.prepare_inputs(pixels / 255.0, info), expected)
+    saved = data.Description.from_dict(json.loads(json.dumps(info.as_dict())))
+    np.testing.assert_array_equal(data.prepare_inputs(pixels, saved), expected)
+
+
+def test_prediction_inputs_of_another_shape_are_refused(tmp_path: Path) -> None:
+    images = data.Description(["p"] * 192, ["a", "b"], "classification", "imgs", (8, 8, 3))
+    ok = np.zeros((2, 8, 8, 3), dtype=np.uint8)
+    assert data.prepare_inputs(ok, images).shape == (2, 192)
+    assert data.prepare_inputs(ok.reshape(2, 192), images).shape == (2, 192)  # flat rows
+    with pytest.raises(DataError, match=r"inputs: samples of shape \(16, 12\); the model takes "
+                       r"\(8, 8, 3\) \(or flat rows of 192 values\)"):  # fmt: skip
+        data.prepare_inputs(np.zeros((2, 16, 12)), images)
+    table = data.load(IRIS, target="species").description
+    np.save(tmp_path / "five.npy", np.ones((3, 5)))
+    said = r"--input .*five.npy: samples of shape \(5,\); the model takes 4 features \(sepal_l"
+    with pytest.raises(DataError, match=said):
+        data.read_inputs(tmp_path / "five.npy", table)
+
+
+# --- what a newcomer's files hit -----------------------------------------------------------
+
+
+def test_integer_targets_with_a_class_a_sample_suggest_a_regression(tmp_path: Path) -> None:
+    rows = "".join(f"{i},{1000 + 7 * i}\n" for i in range(500))  # prices: each value once
+    path = write(tmp_path / "prices.csv", f"size,price\n{rows}")
+    with pytest.raises(DataError, match=r"prices.csv: every one of its 500 classes has fewer "
+                       r"than 3 samples, too few to hold out 0.2 of any for validation; integer "
+                       r"targets: pass --task regression\?"):  # fmt: skip
+        data.load(path, target="price")
+    assert data.load(path, target="price", task="regression").y.shape == (400, 1)
+
+
+def test_one_class_is_no_classification(tmp_path: Path) -> None:
+    path = write(tmp_path / "one.csv", "x,c\n" + "".join(f"{i},cat\n" for i in range(20)))
+    with pytest.raises(DataError, match=r"one.csv: one class only \('cat'\); a classification "
+                       r"needs 2 or more"):  # fmt: skip
+        data.load(path, target="c")
+
+
+def test_the_labels_flags_take_npy_or_idx_files(tmp_path: Path) -> None:
+    images = tmp_path / "i-idx3-ubyte"
+    images.write_bytes(bytes([0, 0, 8, 3, 0, 0, 0, 10, 0, 0, 0, 2, 0, 0, 0, 2, *range(40)]))
+    labels = tmp_path / "l-idx1-ubyte"
+    labels.write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 10, *([0, 1] * 5)]))
+    np.savez(tmp_path / "y.npz", y=np.arange(10) % 2)
+    for name in ("y.npz", "y.csv"):
+        (tmp_path / "y.csv").write_text("y\n" + "0\n1\n" * 5)
+        with pytest.raises(DataUsageError, match=rf"labels .*{name}: --labels takes an .npy or "
+                           r"an IDX file of the targets"):  # fmt: skip
+            data.load(images, labels=tmp_path / name)
+    with pytest.raises(DataError, match=r"val_labels .*nope: no such file"):
+        data.load(images, labels=labels, val_data=images, val_labels=tmp_path / "nope")
+    short = tmp_path / "s-idx1-ubyte"
+    short.write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 5, 0, 1, 0, 1, 0]))
+    with pytest.raises(DataError, match=r"val_labels .*s-idx1-ubyte: 5 targets for the 10"):
+        data.load(images, labels=labels, val_data=images, val_labels=short)
+
+
+def test_duplicate_column_names_are_refused(tmp_path: Path) -> None:
+    for header in ("a,a,y", "a,y,y"):
+        path = write(tmp_path / "d.csv", f"{header}\n1,2,3\n4,5,6\n")
+        twice = "'a'" if header == "a,a,y" else "'y'"
+        with pytest.raises(DataError, match=rf"d.csv: column name\(s\) {twice} appear more than "
+                           "once"):  # fmt: skip
+            data.load(path, target="y")
+
+
+def test_csv_dialects_bom_crlf_spaces_and_tsv(tmp_path: Path) -> None:
+    """Excel's BOM and CRLF line ends, spaces after the commas (quoted cells too), blank
+    lines at the end, and a TSV: all read as the plain CSV."""
+    rows = [(i / 4, i % 3, "ab"[i % 2]) for i in range(12)]
+    plain = write(tmp_path / "p.csv", "a,b,c\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
+    expected = data.load(plain, target="c", val_split=0.25)
+    variants = {
+        "excel.csv": ("\ufeffa,b,c\r\n" + "".join(f"{a},{b},{c}\r\n" for a, b, c in rows)
+                      + "\r\n\r\n"),
+        "spaced.csv": "a, b, c\n" + "".join(f'{a}, "{b}", {c}\n' for a, b, c in rows),
+        "tabs.tsv": "a\tb\tc\n" + "".join(f"{a}\t{b}\t{c}\n" for a, b, c in rows),
+    }  # fmt: skip
+    for name, text in variants.items():
+        (tmp_path / name).write_bytes(text.encode())
+        loaded = data.load(tmp_path / name, target="c", val_split=0.25)
+        assert loaded.description.feature_names == ["a", "b"], name
+        assert np.array_equal(loaded.X, expected.X) and np.array_equal(loaded.y, expected.y)
+        assert np.array_equal(loaded.X_val, expected.X_val), name
+    path = write(tmp_path / "eu.csv", "a;b;y\n1;2;3\n")
+    with pytest.raises(DataError, match=r"no column 'y'; its columns: a;b;y \(one column: is "
+                       r"the file delimited by ';'\? a .csv is read with ','"):  # fmt: skip
+        data.load(path, target="y")
+
+
+def test_palette_images_are_read_as_rgb(tmp_path: Path) -> None:
+    Image = pytest.importorskip("PIL.Image")
+    colours = [(255, 0, 0), (0, 0, 255)]
+    for label, colour in zip("ab", colours, strict=True):
+        (tmp_path / "pal" / label).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (3, 2), colour).convert("P").save(
+                tmp_path / "pal" / label / f"{i}.png"
+            )
+    loaded = data.load(tmp_path / "pal", val_split=0.25)
+    assert loaded.description.input_shape == (2, 3, 3)
+    X = np.concatenate([loaded.X, loaded.X_val]).reshape(-1, 6, 3)
+    y = np.concatenate([loaded.y, loaded.y_val])
+    for pixels, label in zip(X, y, strict=True):
+        assert np.all(pixels == np.array(colours[label]) / 255.0)
+
+
+def test_a_validation_set_of_another_kind_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(DataUsageError, match=r"val_data .*blobs.npz: must be the same kind as "
+                       r"--data \(a table\), not an .npz"):  # fmt: skip
+        data.load(IRIS, target="species", val_data=EXAMPLES / "blobs.npz")
+
+
+def test_a_table_read_a_block_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Converted block by block (here of 4 rows), a table reads as it does whole, hashed in
+    the same read, and a bad cell in a later block is found by its own line."""
+    rows = [(i / 8, i % 5, "abc"[i % 3]) for i in range(30)]
+    path = write(tmp_path / "t.csv", "a,b,c\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
+    whole = data.read(path, target="c")
+    monkeypatch.setattr(data, "ROWS_A_BLOCK", 4)
+    blocks = data.read(path, target="c")
+    assert np.array_equal(blocks.X, np.array([r[:2] for r in rows], dtype=np.float64))
+    assert blocks.y is not None and blocks.y.tolist() == [r[2] for r in rows]
+    assert np.array_equal(blocks.X, whole.X) and blocks.files == whole.files
+    assert blocks.files == {str(path): data.file_hash(path)}
+    bad = write(tmp_path / "bad.csv", path.read_text().replace("\n2.5,0,c\n", "\n2.5,x,c\n"))
+    with pytest.raises(DataError, match=r"bad.csv: line 22, column 'b': 'x' is not a number"):
+        data.read(bad, target="c")
+    bad = write(tmp_path / "nan.csv", path.read_text().replace("\n2.5,0,c\n", "\n2.5,0,nan\n"))
+    with pytest.raises(DataError, match=r"nan.csv: line 22, column 'c': 'nan' is not a finite"):
+        data.read(bad, target="c")
