@@ -26,7 +26,7 @@ import os
 import signal
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -180,7 +180,7 @@ def _hint(arg: str, command: argparse.ArgumentParser, name: str) -> str | None:
     return f"{flag}: did you mean {match[0]}?"
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_toml(path: Path, overridden: Iterable[str] = ()) -> dict[str, Any]:
     try:
         import tomllib  # type: ignore[import-not-found,unused-ignore]
     except ImportError:  # Python 3.10
@@ -199,19 +199,23 @@ def _read_toml(path: Path) -> dict[str, Any]:
         ) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"--config {path}: not valid TOML ({e})") from None
-    return _paths_from(path, values)
+    return _paths_from(path, values, overridden)
 
 
-def _paths_from(toml: Path, values: dict[str, Any]) -> dict[str, Any]:
+def _paths_from(
+    toml: Path, values: dict[str, Any], overridden: Iterable[str] = ()
+) -> dict[str, Any]:
     """``values`` with the data paths of the TOML file ``toml`` resolved against its folder
-    (as paths in a config file are); a ``data.DataError`` for one that is not there."""
+    (as paths in a config file are); a ``data.DataError`` for one that is not there, unless
+    a flag overrides it (``overridden``: flags win over the file)."""
     values = {key.replace("-", "_"): value for key, value in values.items()}
+    flags = {key.replace("-", "_") for key in overridden}
     for key in experiment.DATA_PATHS:
         given = values.get(key)
         if not isinstance(given, str) or Path(given).is_absolute():
             continue
         values[key] = str(toml.parent / given)
-        if not Path(values[key]).exists():
+        if key not in flags and not Path(values[key]).exists():
             raise data.DataError(f"{key} {os.path.abspath(values[key])}: no such file or "
                                  f"folder (from --config {toml}, {given!r} relative to its "
                                  "folder)")  # fmt: skip
@@ -231,10 +235,10 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
     if args.resume:
         if args.out is None:
             raise ConfigError("--resume needs --out RUN_DIR, the run to continue")
-        file_values = _read_toml(args.config) if args.config else {}
+        file_values = _read_toml(args.config, given) if args.config else {}
         summary = experiment.resume(args.out, {**file_values, **given}, **options)
     else:
-        values = _read_toml(args.config) if args.config else {}
+        values = _read_toml(args.config, given) if args.config else {}
         where = f"--config {args.config}" if args.config else "flags"
         values = {key.replace("-", "_"): value for key, value in {**values, **given}.items()}
         if values.get("data") is not None and "samples" in values:

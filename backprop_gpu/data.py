@@ -164,8 +164,20 @@ class Description:
             validation=str(saved.get("validation", "")),
             val_split=saved.get("val_split"),
             target=saved.get("target"),
-            pixel_max=saved.get("pixel_max"),
+            pixel_max=saved["pixel_max"] if "pixel_max" in saved else _old_pixel_max(saved),
         )
+
+
+def _old_pixel_max(saved: dict[str, Any]) -> float | None:
+    """A description saved before ``pixel_max`` was: image folders and IDX files had their
+    uint8 pixels divided by ``PIXEL_MAX`` (the only inputs it applies to are uint8)."""
+    if str(saved.get("source", "")).endswith("/<class>/*"):
+        return PIXEL_MAX
+    first = next(iter(saved.get("files") or {}), None)
+    try:
+        return PIXEL_MAX if first is not None and kind_of(Path(first)) == "idx" else None
+    except DataUsageError:
+        return None
 
 
 @dataclasses.dataclass
@@ -276,15 +288,19 @@ def read(
         raise DataError(f"{where} {path}: an array of shape {X.shape}; expected (samples, "
                         "features) or images (samples, rows, columns)")  # fmt: skip
     if labels is None:
+        flag = "--val-labels" if where == "val_data" else "--labels"
         raise DataUsageError(
             f"{where} {path}: {'an .npy' if kind == 'npy' else 'an IDX file'} holds the inputs "
-            "only; pass the targets' file too (--labels FILE)"
+            f"only; pass the targets' file too ({flag} FILE)"
         )
     labels = Path(labels)
     named = f"{'val_labels' if where == 'val_data' else 'labels'} {labels}"
     if not labels.exists():
         raise DataError(f"{named}: no such file")
-    labels_kind = kind_of(labels)
+    try:
+        labels_kind = kind_of(labels)
+    except DataUsageError as e:
+        raise DataUsageError(f"{named.split()[0]} {e}") from None
     if labels_kind not in ("npy", "idx"):
         flag = "--val-labels" if where == "val_data" else "--labels"
         raise DataUsageError(f"{named}: {flag} takes an .npy or an IDX file of the targets, one "
@@ -1125,7 +1141,9 @@ def prepare_inputs(X: Any, description: Description, where: str = "inputs") -> n
     X = np.asarray(X)
     _check_real(X.dtype, where)
     shape = description.input_shape
-    if X.shape == shape:  # (one sample)
+    if shape == (1,) and X.ndim == 1:  # (one feature: a 1-D array is one value a sample)
+        X = X[:, None]
+    elif X.shape == shape:  # (one sample)
         X = X[None]
     width = math.prod(shape)
     if X.ndim < 1 or (X.shape[1:] != shape and not (X.ndim == 2 and X.shape[1] == width)):

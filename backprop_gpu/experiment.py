@@ -710,7 +710,7 @@ def run_data_paths(
         if key in moved:
             path, origin = os.path.abspath(moved[key]), flag
         else:
-            path, origin = recorded.get(key, given), f"config.json of {run_dir}"
+            path, origin = os.path.abspath(recorded.get(key, given)), f"config.json of {run_dir}"
             if path != given:
                 origin += f", given as {given!r}"
         if not Path(path).exists():
@@ -1182,7 +1182,8 @@ def _check_same_files(
     """Refuse data files whose contents differ from those the run in ``run_dir`` started
     with (config.json's ``data_files``: each path as given and its SHA-256), read from
     ``paths`` (``run_data_paths``)."""
-    recorded = json.loads((run_dir / "config.json").read_text()).get("data_files") or {}
+    saved = json.loads((run_dir / "config.json").read_text())
+    recorded, places = saved.get("data_files") or {}, saved.get("data_paths") or {}
     for key in DATA_PATHS:
         given = getattr(config, key)
         digest = None if given is None else recorded.get(str(Path(given)))
@@ -1191,7 +1192,8 @@ def _check_same_files(
         read = paths.get(key, given)
         if described.files.get(str(Path(read))) == digest:
             continue
-        if os.path.abspath(read) == os.path.abspath(given) or key not in paths:
+        # where the run last read it (its recorded place): changed in place, not re-pointed
+        if os.path.abspath(read) == os.path.abspath(places.get(key, given)):
             raise RunError(
                 f"{given} has changed since the run in {run_dir} started (its SHA-256 differs "
                 "from config.json's data_files); the run continues only on the data it began "
@@ -1271,8 +1273,11 @@ def evaluate(
     moved = {key: value for key, value in (paths or {}).items() if value is not None}
     unknown = sorted(set(moved) - set(DATA_PATHS))
     if unknown or any(getattr(config, key) is None for key in moved):
-        which = ", ".join(unknown or [k for k in moved if getattr(config, k) is None])
-        raise ConfigError(f"paths: {which}: not a data file of the run in {run_dir}")
+        which = unknown or [k for k in moved if getattr(config, k) is None]
+        flags = ", ".join(f"--{key.replace('_', '-')}" for key in which)
+        files = ", ".join(f"{key} {getattr(config, key)}" for key in DATA_PATHS
+                          if getattr(config, key) is not None) or "a built-in data set"  # fmt: skip
+        raise ConfigError(f"{flags}: the run in {run_dir} has no such file (its data: {files})")
     where = run_data_paths(Path(run_dir), config, moved, "evaluate") if config.data else {}
     _, _, X_val, y_val, described = load_dataset(config, where)
     if described is not None:

@@ -215,6 +215,57 @@ def test_a_changed_file_is_refused_by_resume_and_evaluate(
     assert "has changed since the run" in capsys.readouterr().err
 
 
+def test_a_file_changed_in_place_is_named_so_from_another_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A relative path, resumed from elsewhere: the file changed where the run read it, which
+    is what the message says (no flag was given to blame)."""
+    shutil.copy(EXAMPLES / "iris-like.csv", tmp_path / "iris.csv")
+    monkeypatch.chdir(tmp_path)
+    flags = ["--data", "iris.csv", "--target", "species"]
+    assert cli.main(["train", *flags, *QUICK, "--epochs", "2", "--out", "run"]) == 0
+    (tmp_path / "iris.csv").write_text((tmp_path / "iris.csv").read_text().replace(
+        "5.9,3.0", "5.9,3.1", 1))  # fmt: skip
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", "--epochs", "3", "--out", "../run", "--quiet"]) == 1
+    assert "iris.csv has changed since the run in ../run started" in capsys.readouterr().err
+
+
+def test_an_older_run_resumed_records_where_its_files_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run folder from before data_paths were recorded (its paths as given, relative):
+    resumed from its folder, it records them absolute, so a later resume works anywhere."""
+    shutil.copy(EXAMPLES / "iris-like.csv", tmp_path / "iris.csv")
+    monkeypatch.chdir(tmp_path)
+    flags = ["--data", "iris.csv", "--target", "species"]
+    assert cli.main(["train", *flags, *QUICK, "--epochs", "2", "--out", "run"]) == 0
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())
+    del recorded["data_paths"]
+    (tmp_path / "run" / "config.json").write_text(json.dumps(recorded))
+    assert cli.main(["train", "--resume", "--epochs", "3", "--out", "run", "--quiet"]) == 0
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert recorded["data_paths"] == {"data": str(tmp_path / "iris.csv")}
+    monkeypatch.chdir(tmp_path.parent)
+    assert cli.main(["evaluate", str(tmp_path / "run")]) == 0
+
+
+def test_evaluate_with_a_flag_for_a_file_the_run_has_not_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    flags = ["--data", str(EXAMPLES / "iris-like.csv"), "--target", "species"]
+    assert cli.main(["train", *flags, *QUICK, "--epochs", "1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["evaluate", str(out), "--labels", str(tmp_path / "y.npy")])
+    assert exit_info.value.code == 2
+    said = capsys.readouterr().err
+    assert f"--labels: the run in {out} has no such file (its data: data " in said
+
+
 def test_the_settings_from_a_toml_file(tmp_path: Path) -> None:
     toml = tmp_path / "run.toml"
     toml.write_text(f'data = "{E}/iris-like.csv"\ntarget = "species"\nscale = "minmax"\n'
@@ -443,6 +494,10 @@ def test_toml_paths_are_relative_to_the_toml_file(
     assert f"data {tmp_path / 'configs' / 'data' / 'nope.csv'}: no such file or folder" in said
     assert f"(from --config {toml}, 'data/nope.csv' relative to its folder)" in said
     assert not (tmp_path / "b").exists()
+    # a flag overrides the file's missing path (flags win over --config)
+    flag = ["--data", str(tmp_path / "configs" / "data" / "iris.csv")]
+    assert cli.main(["train", "--config", str(toml), *flag, "--out", str(tmp_path / "c"),
+                     "--quiet", "--no-plots"]) == 0  # fmt: skip
 
 
 def test_predict_reads_only_the_features_and_says_what_it_ignored(

@@ -601,6 +601,16 @@ def test_raw_uint8_pixels_are_scaled_as_the_training_images_were(tmp_path: Path)
     np.testing.assert_array_equal(data.prepare_inputs(pixels / 255.0, info), expected)
     saved = data.Description.from_dict(json.loads(json.dumps(info.as_dict())))
     np.testing.assert_array_equal(data.prepare_inputs(pixels, saved), expected)
+    # a description saved before pixel_max was recorded (IDX and image runs divided by 255)
+    old = {k: v for k, v in info.as_dict().items() if k != "pixel_max"}
+    np.testing.assert_array_equal(data.prepare_inputs(pixels, data.Description.from_dict(old)),
+                                  expected)  # fmt: skip
+    folder = data.load(EXAMPLES / "shapes", val_split=0.25).description.as_dict()
+    del folder["pixel_max"]
+    assert data.Description.from_dict(folder).pixel_max == 255.0
+    table = data.load(IRIS, target="species").description.as_dict()
+    del table["pixel_max"]
+    assert data.Description.from_dict(table).pixel_max is None
 
 
 def test_prediction_inputs_of_another_shape_are_refused(tmp_path: Path) -> None:
@@ -731,3 +741,21 @@ def test_a_table_read_a_block_at_a_time(tmp_path: Path, monkeypatch: pytest.Monk
     bad = write(tmp_path / "nan.csv", path.read_text().replace("\n2.5,0,c\n", "\n2.5,0,nan\n"))
     with pytest.raises(DataError, match=r"nan.csv: line 22, column 'c': 'nan' is not a finite"):
         data.read(bad, target="c")
+
+
+def test_a_one_feature_model_takes_a_1d_array_of_samples() -> None:
+    one = data.Description(["x"], None, "regression", "wave.tsv", (1,))
+    np.testing.assert_array_equal(data.prepare_inputs(np.array([0.1, 0.2, 0.3]), one),
+                                  np.array([[0.1], [0.2], [0.3]], dtype=np.float32))  # fmt: skip
+    assert data.prepare_inputs(np.array([0.5]), one).shape == (1, 1)
+
+
+def test_labels_errors_name_their_flag(tmp_path: Path) -> None:
+    np.save(tmp_path / "x.npy", np.ones((10, 2)))
+    np.save(tmp_path / "y.npy", np.arange(10) % 2)
+    (tmp_path / "y.txt").write_text("0\n1\n")
+    with pytest.raises(DataUsageError, match=r"labels .*y\.txt: unknown kind of data file"):
+        data.load(tmp_path / "x.npy", labels=tmp_path / "y.txt")
+    with pytest.raises(DataUsageError, match=r"holds the inputs only; pass the targets' file too "
+                                             r"\(--val-labels FILE\)"):  # fmt: skip
+        data.load(tmp_path / "x.npy", labels=tmp_path / "y.npy", val_data=tmp_path / "x.npy")
