@@ -21,6 +21,7 @@
 #                     reference math (the tests own that comparison)
 #   tests-gpu         the rest of pytest -m gpu with BACKPROP_GPU_REQUIRE_GPU=1 (nox tests_gpu)
 #   bench-gpu*        benchmarks/gpu.py at 784-1024-1024-10 @ 4096 (also CUPY_TF32=1), 2-64-3
+#   streaming-gpu     benchmarks/streaming.py --gpu-only: streamed vs on-device step time
 #   timing-fp32/tf32  Model.train and one step timed with CUDA events at four sizes
 #   timing-kernels-off  the step again with BACKPROP_GPU_KERNELS=0 (the plain reference math)
 #   graph, mpi        CUDA-graph replay of one step; distributed training as an MPI singleton
@@ -209,6 +210,7 @@ GPU_CHECK_TAIL=3 phase timing-kernels-off 60 20 env BACKPROP_GPU_KERNELS=0 "$PY"
     --step-only --json "$OUT/timing-kernels-off.json"
 GPU_CHECK_TAIL=3 phase bench-gpu-tf32 60 15 env CUPY_TF32=1 "$PY" benchmarks/gpu.py
 GPU_CHECK_TAIL=3 phase bench-gpu-small 60 15 "$PY" benchmarks/gpu.py --sizes 2,64,3 --batch 300 --steps 500
+GPU_CHECK_TAIL=2 phase streaming-gpu 60 15 "$PY" -m benchmarks.streaming --gpu-only --rounds 3
 GPU_CHECK_TAIL=4 phase graph 60 20 "$PY" "${CHECK[@]}" timing --graph --json "$OUT/timing-graph.json" \
     --cases 784-1024-1024-10@4096,2-64-3@300
 if "$PY" -c "import mpi4py" 2>/dev/null; then

@@ -300,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None, help="speed rounds (default 7)")
     parser.add_argument("--epochs", type=int, default=1, help="epochs over the file")
     parser.add_argument("--file-mib", type=int, default=None, help="data file size (default 4x)")
+    parser.add_argument("--gpu-only", action="store_true",
+                        help="only the GPU target (benchmarks/gpu_check.sh's phase)")  # fmt: skip
     parser.add_argument("--child", choices=("memory", "speed"), help=argparse.SUPPRESS)
     parser.add_argument("--child-backend", default="numpy", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
@@ -310,8 +312,9 @@ def main(argv: list[str] | None = None) -> int:
         _child(args)
         return 0
     rounds = args.rounds or (2 if args.quick else 7)
-    memory(args.quick, args.batch, args.file_mib, args.epochs)
-    speed(args.quick, args.batch, rounds)
+    if not args.gpu_only:
+        memory(args.quick, args.batch, args.file_mib, args.epochs)
+        speed(args.quick, args.batch, rounds)
     gpu(args.batch, rounds)
     return 0
 
