@@ -764,8 +764,7 @@ def _execute(
             # each rank loads; if one fails, all stop (none waits for it in a collective)
             X, y, X_val, y_val, described, model = on_every_rank(dist, load)
             task = task_of(config, described)
-            if root and report is not None and described is not None:  # what it inferred
-                report(data.summary(described, y, len(X_val), inferred=config.task is None))
+            inferred = config.task is None  # (the task was not given: say what was inferred)
             if described is not None:  # (recorded: a resume loads the data as this run did)
                 config = dataclasses.replace(config, task=task, val_split=described.val_split)
             history: list[dict[str, float]] = []
@@ -840,6 +839,9 @@ def _execute(
             done, states = on_root(dist, open_run)
             set_states(deciding, states)  # (again on rank 0: the same)
             remaining = 0 if _stopped(stopping) else max(config.epochs - done, 0)
+            if root and report is not None and described is not None and remaining:
+                # what it inferred (after the resume's checks: a refused run says only why)
+                report(data.summary(described, y, len(X_val), inferred=inferred))
             best_row = run_folder.best_row(history)
             timing = _EpochTimes(history)  # every rank: the rows with their seconds
             callbacks: list[Any] = [timing, *deciding]
