@@ -22,6 +22,7 @@ Run from the repository root::
 
     python -m benchmarks.revisions                 # about a minute on 2 cores
     python -m benchmarks.revisions --base HEAD~5 --rounds 11
+    python -m benchmarks.revisions --rounds 20 --fresh 2   # new processes every 2 rounds
 """
 
 from __future__ import annotations
@@ -133,14 +134,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", default=BASE, help=f"git revision to compare (default {BASE})")
     parser.add_argument("--rounds", type=int, default=9, help="rounds per case (default 9)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("--fresh", type=int, default=0, metavar="K",
+                        help="new worker processes every K rounds (a process's own layout of "
+                        "memory can bias it by a few percent; default 0: never)")  # fmt: skip
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="bg-base-"))
     workers: dict[str, Worker] = {}
     try:
         base_tree = checkout(args.base, tmp)
-        for name, tree, callbacks in (("base", base_tree, False), ("head", ROOT, False),
-                                      ("head+cb", ROOT, True)):  # fmt: skip
-            workers[name] = Worker(tree, callbacks)
+        trees = {"base": (base_tree, False), "head": (ROOT, False), "head+cb": (ROOT, True)}
+
+        def start() -> None:
+            for name, (tree, callbacks) in trees.items():
+                if name in workers:
+                    workers[name].close()
+                workers[name] = Worker(tree, callbacks)
+
+        start()
         kernels = {worker.kernels for worker in workers.values()}
         if kernels != {"C"}:
             print(f"warning: not every worker has the C kernels: {kernels} (build them with "
@@ -155,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             times: dict[str, list[float]] = {name: [] for name in workers}
             order = list(workers)
             for r in range(args.rounds):
+                if args.fresh and r and r % args.fresh == 0:
+                    start()
                 for name in order if r % 2 == 0 else order[::-1]:
                     times[name].append(workers[name].time(case))
             cells = []
