@@ -185,8 +185,9 @@ class EarlyStopping(_Monitor):
     a resume) that are not looked at (warm-up). ``stopped_epoch`` is the epoch (1-based, as in
     the history) after which it stopped, 0 if it did not; ``best_epoch`` the best one.
 
-    Unlike Keras, a second ``train`` call with the same callback continues its count (``best``
-    and ``wait``), as a resumed run must: ``get_state``/``set_state`` carry them.
+    As in Keras, each ``train`` call starts afresh (no best, ``wait`` 0), unless ``set_state``
+    gave it a run's state first, as a resume does: ``get_state``/``set_state`` carry ``best``,
+    ``best_epoch`` and ``wait``.
     """
 
     def __init__(

@@ -4,7 +4,7 @@ book's toy sets).
 ``load(path, ...)`` reads one of these and returns host arrays with a ``Description``:
 
 - ``.npz`` holding ``X`` and ``y``, or ``X_train``, ``y_train``, ``X_val``, ``y_val``;
-- ``.npy``: the inputs, with ``labels=`` the ``.npy`` of the targets;
+- ``.npy``: the inputs, with ``labels=`` the targets' ``.npy`` or IDX file;
 - CSV (``.csv``) or TSV (``.tsv``) with a header line and a named ``target=`` column, read
   with the standard library's ``csv`` (every other column a number); ``.parquet`` through
   pandas and pyarrow (the ``parquet`` extra);
@@ -16,9 +16,10 @@ book's toy sets).
 Class labels (strings, or integers) become indices ``0..C-1`` in sorted order, named by
 ``Description.class_names``; without a validation set a seeded, stratified ``val_split`` of
 the training rows is held out; ``scale`` ("standard", "minmax", "none") is fitted on the
-training rows only and kept in the description (``Scaler``), which ``read_inputs`` applies
-to raw inputs at prediction. The task is inferred (integer or string labels:
-classification; float targets: regression) unless ``task=`` says.
+training rows only and kept in the description (``Scaler``), which ``prepare_inputs``
+applies to raw inputs at prediction (``read_inputs`` for a file). The task is inferred
+(integer or string labels: classification; float targets: regression) unless ``task=``
+says.
 
 Bad input raises ``DataError`` (a ``ValueError``) naming the file and what was wrong (line
 and column of a CSV cell); a wrong combination of arguments raises ``DataUsageError``.

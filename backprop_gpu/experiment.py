@@ -1197,7 +1197,7 @@ def _check_same_files(
         # where the run last read it (its recorded place): changed in place, not re-pointed
         if os.path.abspath(read) == os.path.abspath(places.get(key, given)):
             raise RunError(
-                f"{given} has changed since the run in {run_dir} started (its SHA-256 differs "
+                f"{read} has changed since the run in {run_dir} started (its SHA-256 differs "
                 "from config.json's data_files); the run continues only on the data it began "
                 "with: put that file back, or start a new run"
             )

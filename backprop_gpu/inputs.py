@@ -2,7 +2,7 @@
 the casting, the labels, and the copy or the stream.
 
 Data come in as host arrays (NumPy, lists, memory-mapped files) or arrays already on the
-model's device. Each call checks them once, on the host where they live there (shape,
+model's device. Each call checks them once, on the host when they are host data (shape,
 NaN/Inf and labels against the model's classes, in blocks for a file), and places them
 (``place``): copied to the device once (``DeviceData``), or left on the host and streamed a
 batch at a time (``HostData``, through the backend's ``Transfer``). The trainer and

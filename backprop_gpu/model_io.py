@@ -4,7 +4,9 @@ rebuilt from one.
 
 - ``save``: the architecture, loss, accuracy and optimizer as ``{"class", "config"}`` specs
   (the registry's names), the epoch count, and every parameter and optimizer state as a
-  host array named by ``state.walk`` (``layers.0.weights``, ``optimizer.0.weight_momentums``).
+  host array named by ``state.walk`` (``layers.0.weights``, ``optimizer.0.weight_momentums``),
+  and ``extra``: JSON metadata the caller adds (a run folder's callback states and data
+  description), given back as ``Model.saved_extra``.
 - ``load``: the metadata's values checked (``check_model_meta``), each layer built around its
   saved parameters, then every array checked against its slot before any is assigned.
 - ``save_parameters`` / ``load_parameters``: the parameters alone, into an existing model.
