@@ -372,3 +372,16 @@ def test_a_checkpoint_with_an_unknown_policy_is_refused(tmp_path: Path) -> None:
     model.save(tmp_path / "bad.npz")
     with pytest.raises(bg.CheckpointError, match="bad.npz: precision must be one of"):
         bg.Model.load(tmp_path / "bad.npz")
+
+
+def test_a_checkpoint_with_a_bad_loss_scaler_state_is_refused(tmp_path: Path) -> None:
+    model = digits_model(precision="mixed16")
+    scaler = precisions.loss_scaler(model)
+    assert scaler is not None
+    scaler.clean_steps = -3  # (as a damaged file would hold it)
+    model.save(tmp_path / "bad.npz")
+    with pytest.raises(bg.CheckpointError, match="loss_scaler is not a loss scaler's state"):
+        bg.Model.load(tmp_path / "bad.npz")
+    plain = digits_model()
+    plain.save(tmp_path / "plain.npz")
+    assert bg.Model.load(tmp_path / "plain.npz")._mixed is None
