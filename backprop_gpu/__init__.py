@@ -38,6 +38,7 @@ from .losses import (
 from .metrics import Accuracy, BinaryAccuracy, RegressionAccuracy
 from .model import Model
 from .optimizers import SGD, Adagrad, Adam, AdamW, RMSprop
+from .precisions import LossScaler, get_precision, precision, set_precision
 from .registry import register
 from .schedules import (
     CosineDecay,
@@ -73,6 +74,7 @@ __all__ = [
     "LambdaCallback",
     "Layer",
     "Linear",
+    "LossScaler",
     "MeanAbsoluteError",
     "MeanSquaredError",
     "Model",
@@ -93,8 +95,11 @@ __all__ = [
     "asarray",
     "check_finite",
     "get_backend",
+    "get_precision",
+    "precision",
     "register",
     "set_backend",
+    "set_precision",
     "to_numpy",
     "use_backend",
 ]

@@ -296,11 +296,13 @@ def _raise_if_bad_labels(y: np.ndarray, n_classes: int, where: str, when: str = 
 
 
 def dtype_kind(dtype: Any) -> str:
-    """NumPy's one-letter kind ("f", "i", "u", "b", ...) for any backend's dtype."""
+    """NumPy's one-letter kind ("f", "i", "u", "b", ...) for any backend's dtype ("f" for
+    ml_dtypes' bfloat16 too, which NumPy files as "V")."""
     try:
-        return str(np.dtype(dtype).kind)
+        kind = str(np.dtype(dtype).kind)
     except TypeError:
         return str(np.dtype(dtype_name(dtype)).kind)
+    return "f" if kind == "V" and np.dtype(dtype).name == "bfloat16" else kind
 
 
 def unchecked_labels(backend: Backend, y_true: Any, where: str) -> Any:

@@ -254,3 +254,17 @@ def _writable(a: Any, backend: Backend) -> bool:
     if isinstance(a, np.ndarray):
         return bool(a.flags.writeable)
     return bool(backend.device_of(a) == backend.device)
+
+
+def pack(
+    layers: Sequence[Any], optimizer: Any, flat: FlatParameters | None
+) -> FlatParameters | None:
+    """The ``FlatParameters`` of a Model's trainable ``layers`` and ``optimizer``'s states: one
+    per dtype, the layers' arrays views into them, so an optimizer step is one call per dtype.
+    ``flat`` (the current one) when it holds them already; None when arrays cannot go there
+    (not plain writable arrays of the backend: they stay as they are, so the optimizer's
+    checks name them)."""
+    kinds = optimizer.state_kinds if optimizer is not None else ()
+    if flat is not None and flat.covers(layers) and flat.intact(kinds):
+        return flat
+    return FlatParameters(layers, kinds) if FlatParameters.packable(layers) else None

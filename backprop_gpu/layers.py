@@ -194,7 +194,7 @@ class Dense(Layer):
         return self._out("dbiases", 1, self.n_neurons)
 
     def _backward(self, dvalues: Any, dbiases: Any, need_dinputs: bool) -> Any:
-        xp, ops = self.backend.xp, self.backend.ops
+        ops = self.backend.ops
         # the last step's gradients are spent (applied): let them go before the new ones are
         # made, so a hand-written loop does not hold both at its peak (a caller keeping one
         # keeps it unchanged, unless it is a view of a Model's flat gradient buffer)
@@ -210,6 +210,17 @@ class Dense(Layer):
             dweights = self._out("dweights", self.n_inputs, self.n_neurons)
             self.dweights = ops.matmul(self.inputs.T, dvalues, dweights)
             self.dbiases = dbiases
+        self.add_regularization_gradients()
+        self.dinputs = None
+        if need_dinputs:
+            dinputs = self._out("dinputs", dvalues.shape[0], self.n_inputs)
+            self.dinputs = ops.matmul(dvalues, self.weights.T, dinputs)
+        return self.dinputs
+
+    def add_regularization_gradients(self) -> None:
+        """Add the L1/L2 penalties' gradients (``lambda * sign(w)``, ``2 * lambda * w``) to
+        ``dweights`` and ``dbiases``, in place."""
+        xp = self.backend.xp
         for grad, param, l1, l2 in (
             (self.dweights, self.weights, self.weight_regularizer_l1, self.weight_regularizer_l2),
             (self.dbiases, self.biases, self.bias_regularizer_l1, self.bias_regularizer_l2),
@@ -218,11 +229,6 @@ class Dense(Layer):
                 grad += l1 * xp.sign(param)
             if l2:
                 grad += 2 * l2 * param
-        self.dinputs = None
-        if need_dinputs:
-            dinputs = self._out("dinputs", dvalues.shape[0], self.n_inputs)
-            self.dinputs = ops.matmul(dvalues, self.weights.T, dinputs)
-        return self.dinputs
 
     def regularization_loss(self) -> Any:
         """``l1 * sum(|w|) + l2 * sum(w**2)`` over weights and biases (0.0 when all are off)."""
@@ -310,10 +316,12 @@ class Dropout(Layer):
             self.output = self.inputs
             return self.output
         xp = self.backend.xp
+        dtype = self.inputs.dtype  # (float16/bfloat16 inputs: float32 uniforms)
+        if dtype_name(dtype) not in ("float32", "float64"):
+            dtype = xp.float32
         uniforms = self.backend.ops.uniform(
-            self.mask_seed, (self.epoch, self.draws), tuple(self.inputs.shape),
-            self.inputs.dtype, self.rows,
-        )  # fmt: skip
+            self.mask_seed, (self.epoch, self.draws), tuple(self.inputs.shape), dtype, self.rows
+        )
         self.draws += 1
         keep = uniforms >= self.rate
         self.mask = xp.astype(keep, self.inputs.dtype) / (1 - self.rate)

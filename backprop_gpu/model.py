@@ -20,11 +20,11 @@ import os
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from . import inputs, model_io
+from . import inputs, model_io, precisions
 from ._guards import PassGuard, on_its_gpu, one_pass_at_a_time
 from .activations import ReLU, Softmax
 from .backend import Backend, host_values
-from .flat import FlatParameters
+from .flat import FlatParameters, pack
 from .layers import Dense
 from .losses import (
     CLASS_LOSSES,
@@ -54,7 +54,7 @@ class Model:
     thread per model for those.
     """
 
-    def __init__(self, layers: Iterable[Any] = ()) -> None:
+    def __init__(self, layers: Iterable[Any] = (), *, precision: str | None = None) -> None:
         self._guard = PassGuard()
         self.layers: list[Any] = []
         self.loss: Loss | None = None
@@ -64,6 +64,8 @@ class Model:
         self._finalized = False
         self._flat: FlatParameters | None = None
         self.saved_extra: dict[str, Any] = {}  # what Model.load found in save(extra=...)
+        self.precision = precisions.chosen(precision, "Model: precision")  # (precisions.py)
+        self._mixed: precisions.Mixed | None = None
         for layer in layers:
             self.add(layer)
 
@@ -78,11 +80,11 @@ class Model:
         self._finalized = False
         return self
 
-    def set(
-        self, *, loss: Loss | None = None, optimizer: Optimizer | None = None, accuracy: Any = None
-    ) -> Model:
-        """Set any of the loss, optimizer and accuracy (the others are kept). Everything is
-        checked before anything changes."""
+    def set(self, *, loss: Loss | None = None, optimizer: Optimizer | None = None,
+            accuracy: Any = None, precision: str | None = None) -> Model:  # fmt: skip
+        """Set any of the loss, optimizer, accuracy and precision policy (the others are
+        kept). Everything is checked before anything changes."""
+        precision = precisions.chosen(precision, "Model.set: precision", self.precision)
         if loss is not None and not isinstance(loss, Loss):
             raise TypeError(f"Model.set: loss must be a backprop_gpu Loss, got {loss!r}")
         if optimizer is not None and not isinstance(optimizer, Optimizer):
@@ -92,6 +94,7 @@ class Model:
         self.loss = loss if loss is not None else self.loss
         self.optimizer = optimizer if optimizer is not None else self.optimizer
         self.accuracy = accuracy if accuracy is not None else self.accuracy
+        self.precision = precision
         self._finalized = False
         return self
 
@@ -127,6 +130,7 @@ class Model:
             self._fused.backend = self._fused.activation.backend = self.backend
         self._stages = _stages(self.layers[:-1] if fused else self.layers)
         self._pack()
+        self._mixed = precisions.for_model(self)
         if self.accuracy is None and isinstance(self.loss, CLASS_LOSSES):
             self.accuracy = Accuracy()  # the obvious one; regression must choose its own
         elif self.accuracy is None and isinstance(self.loss, BinaryCrossEntropy):
@@ -135,17 +139,8 @@ class Model:
         return self
 
     def _pack(self) -> None:
-        """Put the trainable layers' parameters, gradients and optimizer states in flat
-        buffers (``flat.FlatParameters``: one per dtype, the layers' arrays views into them,
-        so an optimizer step is one call per dtype), unless they are there already. Arrays
-        that cannot go there (not plain writable arrays of the backend) stay as they are, so
-        the optimizer's checks name them."""
-        layers = self.trainable_layers
-        kinds = self.optimizer.state_kinds if self.optimizer is not None else ()
-        flat = self._flat
-        if flat is not None and flat.covers(layers) and flat.intact(kinds):
-            return
-        self._flat = FlatParameters(layers, kinds) if FlatParameters.packable(layers) else None
+        """The parameters, gradients and optimizer states in flat buffers (``flat.pack``)."""
+        self._flat = pack(self.trainable_layers, self.optimizer, self._flat)
 
     def _ready(self, what: str, *, train: bool = False) -> None:
         if not self._finalized:
@@ -195,9 +190,11 @@ class Model:
         loss and gradient in one): the same values as ``forward``, ``loss.forward`` and
         ``backward``. Returns (data loss, the network's output)."""
         assert self.loss is not None
-        X = Xb
+        mixed = self._mixed  # (a mixed policy: the layers in its dtype, the loss in float32)
+        X = Xb if mixed is None else mixed.cast(Xb)
         for stage in self._stages:
             X = stage[0].forward_relu(X, stage[1]) if len(stage) == 2 else stage[0].forward(X)
+        X = X if mixed is None else mixed.to_float32(X)
         if self._fused is not None:  # the Softmax layer, which the fused backward skips
             output = self.layers[-1].forward(X, training=True)
             data_loss = self.loss.forward(output, yb)
@@ -211,6 +208,7 @@ class Model:
             output = X
             data_loss = self.loss.forward(output, yb)
             dvalues = self.loss.backward(output, yb)
+        dvalues = dvalues if mixed is None else mixed.scaled(dvalues)
         last = len(self._stages) - 1
         for i, stage in enumerate(reversed(self._stages)):
             layer, first = stage[0], i == last
@@ -221,6 +219,11 @@ class Model:
             else:
                 dvalues = layer.backward(dvalues)
         return data_loss, output
+
+    def _infer(self, X: Any) -> Any:
+        """``forward`` in inference mode, in the precision policy's compute dtype."""
+        mixed = self._mixed
+        return self.forward(X, training=False) if mixed is None else mixed.infer(self, X)
 
     def _predictions(self, output: Any) -> Any:
         """What the network predicts: probabilities when the loss applies the softmax."""
@@ -304,7 +307,7 @@ class Model:
         lo, hi = rows if rows is not None else (0, n)
         ranges = [(start, min(start + size, hi)) for start in range(lo, hi, size)]
         for Xb, yb in data.batches(None, ranges):
-            output = self.forward(Xb, training=False)
+            output = self._infer(Xb)
             loss = self.loss.forward(output, yb)
             accuracy = batch_accuracy(self.accuracy, self.loss, output, yb)
             sums = [s + v * Xb.shape[0] for s, v in zip(sums, (loss, accuracy), strict=True)]
@@ -323,7 +326,7 @@ class Model:
         n = X_dev.shape[0]
         size = inputs.batch_size(batch_size, n, "Model.predict")
         outs = [
-            self._predictions(self.forward(X_dev[s : min(s + size, n), ...], training=False))
+            self._predictions(self._infer(X_dev[s : min(s + size, n), ...]))
             for s in range(0, n, size)
         ]
         return outs[0] if len(outs) == 1 else self.backend.xp.concat(outs, axis=0)
@@ -338,17 +341,15 @@ class Model:
     @one_pass_at_a_time
     def load_parameters(self, path: str | os.PathLike[str]) -> None:
         """Load parameters saved by ``save_parameters`` or ``save`` (from any backend) into
-        this model's layers. Everything is checked first: on any mismatch the model is left
-        unchanged and ``CheckpointError`` names the problem."""
+        this model's layers, all checked first (``CheckpointError`` names a mismatch)."""
         model_io.load_parameters(self, path)
 
     @one_pass_at_a_time
     def save(self, path: str | os.PathLike[str], *, extra: dict[str, Any] | None = None) -> None:
-        """Write the whole model to one .npz, atomically: architecture, loss, accuracy and
-        optimizer as JSON, parameters and optimizer state as arrays, and the epoch count, so
-        ``Model.load`` can resume training exactly. ``extra``: JSON-able data kept beside
-        (``ModelCheckpoint`` stores its callbacks' states there), ``saved_extra`` after a
-        ``load``."""
+        """Write the whole model to one .npz, atomically: architecture, loss, accuracy,
+        optimizer and precision policy as JSON, parameters and optimizer state as arrays, the
+        epoch count, so ``Model.load`` can resume training exactly. ``extra``: JSON-able data
+        kept beside (``ModelCheckpoint``'s callback states), ``saved_extra`` after ``load``."""
         self._ready("save")
         model_io.save(self, path, extra)
 

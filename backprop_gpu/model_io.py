@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from . import checkpoint, registry
+from . import checkpoint, precisions, registry
 from .backend import to_numpy
 from .checkpoint import CheckpointError
 from .flat import assign
@@ -46,7 +46,11 @@ def save(model: Model, path: str | os.PathLike[str], extra: dict[str, Any] | Non
         "epochs_trained": model.epochs_trained,
         "optimizer": None,
         "extra": extra or {},
+        "precision": model.precision,
     }
+    scaler = model._mixed.scaler if model._mixed is not None else None
+    if scaler is not None:
+        meta["loss_scaler"] = scaler.get_state()
     if model.optimizer is not None:
         opt = model.optimizer
         meta["optimizer"] = _spec(opt) | {
@@ -90,7 +94,7 @@ def load(model_class: type[ModelT], path: str | os.PathLike[str]) -> ModelT:
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{where}: {e}") from e
     try:
-        model = model_class(layers)
+        model = model_class(layers, precision=meta.get("precision", "float32"))
         accuracy = meta["accuracy"]
         model.set(
             loss=registry.build(meta["loss"], "loss"),
@@ -106,6 +110,9 @@ def load(model_class: type[ModelT], path: str | os.PathLike[str]) -> ModelT:
             # (a ReduceLROnPlateau may have lowered the base rate since construction)
             opt.learning_rate = float(opt_meta.get("base_learning_rate", opt.learning_rate))
         model.finalize()
+        if meta.get("loss_scaler") is not None and model._mixed is not None:
+            assert model._mixed.scaler is not None
+            model._mixed.scaler.set_state(meta["loss_scaler"])
         model.epochs_trained = int(meta["epochs_trained"])
         model.saved_extra = dict(meta.get("extra") or {})
     except (KeyError, TypeError, ValueError) as e:
@@ -149,6 +156,21 @@ def check_model_meta(meta: dict[str, Any], path: str | os.PathLike[str]) -> None
     if need(meta, "accuracy", "accuracy") is not None:
         spec(meta["accuracy"], "accuracy")
     count(meta, "epochs_trained", "epochs_trained")
+    if "precision" in meta:
+        try:
+            precisions.check(meta["precision"], "precision")
+        except ValueError as e:
+            raise CheckpointError(f"{path}: {e}") from None
+    scaler = meta.get("loss_scaler")
+    if scaler is not None and meta.get("precision") != "mixed16":
+        fail("loss_scaler", "absent unless precision is mixed16", scaler)
+    if scaler is not None:
+        try:
+            precisions.LossScaler().set_state(scaler)
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(
+                f"{path}: loss_scaler is not a loss scaler's state: {e!r}"
+            ) from None
     optimizer = need(meta, "optimizer", "optimizer")
     if optimizer is not None:
         spec(optimizer, "optimizer")

@@ -168,6 +168,11 @@ class Trainer:
             lambda: self._inputs(X, y, epochs, batch_size, validation_data, data_on_device)
         )
         model._pack()  # (again, if a parameter or state was replaced since)
+        if model._mixed is not None and type(strategy) is not Local:
+            raise ValueError(
+                f"Model.train: precision {model.precision!r} does not train distributed yet; "
+                "train it in one process, or use precision='float32'"
+            )
         self.slots = list(walk(model.layers, model.optimizer))  # (the state's arrays, by name)
         deciding = [_settings(cb) for cb in self.callbacks if not cb.writes]  # (on every rank)
         settings = {"epochs": epochs, "batch_size": size, "shuffle": shuffle, "seed": seed,
@@ -345,11 +350,18 @@ class Trainer:
             for layer in model.trainable_layers:
                 for name in layer.params:
                     setattr(layer, "d" + name, None)  # zeros in the allreduce
-        else:
+        elif model._mixed is None:
             data_loss, output = self._pass(model, Xb, yb)
             acc = batch_accuracy(model.accuracy, model.loss, output, yb, hits_ok=True)
+        else:  # a mixed policy: the pass on compute-dtype copies, float32 gradients after it
+            with model._mixed.computing(model, training=True):
+                data_loss, output = self._pass(model, Xb, yb)
+            model._mixed.master_gradients(model)
+            acc = batch_accuracy(model.accuracy, model.loss, output, yb, hits_ok=True)
         self.strategy.reduce_gradients(model.trainable_layers, share)
-        model.optimizer.step(model.trainable_layers)
+        # (mixed16: a step whose gradients overflowed is skipped, the loss scale halved)
+        if model._mixed is None or model._mixed.apply(model):
+            model.optimizer.step(model.trainable_layers)
         return data_loss, reg_loss, acc
 
     def _pass(self, model: Any, Xb: Any, yb: Any) -> tuple[Any, Any]:
