@@ -14,7 +14,7 @@ import backprop_gpu as bg
 from backprop_gpu.datasets import load_digits
 
 
-def build(seed: int) -> bg.Model:
+def build(seed: int, precision: str = "float32") -> bg.Model:
     model = bg.Model(
         [
             bg.Dense(64, 256, init="he", seed=seed, weight_regularizer_l2=1e-4),
@@ -24,7 +24,8 @@ def build(seed: int) -> bg.Model:
             bg.ReLU(),
             bg.Dropout(0.2, seed=seed + 1),
             bg.Dense(128, 10, init="glorot", seed=seed + 2),
-        ]
+        ],
+        precision=precision,
     )
     model.set(
         loss=bg.SoftmaxCrossEntropy(),

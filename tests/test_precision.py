@@ -24,20 +24,14 @@ MIXED = ["mixed16", "mixed_bf16"]
 
 def digits_model(seed: int = 0, precision: str = "float32") -> bg.Model:
     """examples/train_digits.py's model (>= 0.97 test accuracy in float32 at 60 epochs)."""
-    model = bg.Model(
-        [
-            bg.Dense(64, 256, init="he", seed=seed, weight_regularizer_l2=1e-4),
-            bg.ReLU(),
-            bg.Dropout(0.2, seed=seed),
-            bg.Dense(256, 128, init="he", seed=seed + 1, weight_regularizer_l2=1e-4),
-            bg.ReLU(),
-            bg.Dropout(0.2, seed=seed + 1),
-            bg.Dense(128, 10, init="glorot", seed=seed + 2),
-        ],
-        precision=precision,
-    )
-    model.set(loss=bg.SoftmaxCrossEntropy(), optimizer=bg.Adam(0.001, decay=1e-4))
-    return model.finalize()
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "train_digits.py"
+    spec = importlib.util.spec_from_file_location("train_digits", path)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    return example.build(seed, precision)  # type: ignore[no-any-return]
 
 
 def host_params(model: bg.Model) -> list[np.ndarray]:
