@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, data, datasets, registry, run_folder, state
+from . import __version__, data, datasets, precisions, registry, run_folder, state
 from .activations import Linear
 from .backend import (
     BACKEND_NAMES,
@@ -163,6 +163,7 @@ class Config:
     clip_norm: float | None = None
     clip_value: float | None = None
     weight_decay: float | None = None
+    precision: str = "float32"  # the model's precision policy (precisions.POLICIES)
     data: str | None = None
     target: str | None = None
     labels: str | None = None
@@ -189,6 +190,7 @@ class Config:
             "activation": tuple(ACTIVATIONS),
             "optimizer": tuple(OPTIMIZERS),
             "backend": BACKENDS,
+            "precision": precisions.POLICIES,
         }
         for key, valid in choices.items():
             value = getattr(self, key)
@@ -339,6 +341,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "data": (str,), "target": (str,), "labels": (str,), "val_data": (str,),
     "val_labels": (str,), "val_split": (int, float), "scale": (str,), "task": (str,),
     "dataset": (str,), "activation": (str,), "optimizer": (str,), "backend": (str,),
+    "precision": (str,),
     "out": (str,), "lr": (int, float), "decay": (int, float), "momentum": (int, float),
     "l2": (int, float), "dropout": (int, float), "epochs": (int,), "batch_size": (int,),
     "samples": (int,), "seed": (int,), "schedule": (str,), "warmup": (int,),
@@ -498,7 +501,7 @@ def build_model(
         if n_train is None:
             raise ValueError(f"build_model: schedule {config.schedule!r} needs n_train")
         kwargs["schedule"] = build_schedule(config, steps_per_epoch(n_train, config.batch_size))
-    model = Model(layers)
+    model = Model(layers, precision=config.precision)
     if (task or task_of(config, None)) == "regression":
         model.add(Linear())
         model.set(loss=MeanSquaredError(), accuracy=RegressionAccuracy())

@@ -473,3 +473,50 @@ def test_schedule_and_early_stopping_under_distributed_equal_one_process(tmp_pat
         many, single = arrays(two / name), arrays(one / name)
         for key in single:
             np.testing.assert_allclose(many[key], single[key], rtol=1e-5, atol=1e-7, err_msg=key)
+
+
+# --- the precision policy ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", ["mixed16", "mixed_bf16"])
+def test_precision_is_recorded_and_resumes_exactly(tmp_path: Path, policy: str) -> None:
+    """--precision (a TOML key too) builds the model in that policy, config.json and the
+    checkpoints record it, and a run resumed half-way equals an uninterrupted one, bit for
+    bit (mixed16's loss scale included)."""
+    pytest.importorskip("ml_dtypes")
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    assert train(whole, "--epochs", "4", "--precision", policy) == 0
+    assert recorded(whole)["precision"] == policy
+    loaded = bg.Model.load(whole / "checkpoint.npz")
+    assert loaded.precision == policy
+    assert all(str(layer.weights.dtype) == "float32" for layer in loaded.trainable_layers)
+    assert train(part, "--epochs", "2", "--precision", policy) == 0
+    assert cli.main(["train", "--resume", "--out", str(part), "--epochs", "4", *QUIET]) == 0
+    assert_same_run(whole, part)
+    f32 = tmp_path / "f32"
+    assert train(f32, "--epochs", "4") == 0
+    assert rows(f32) != rows(whole)  # (the policy did change the computation)
+
+
+def test_float32_is_the_default_and_a_resume_keeps_the_policy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert train(out, "--epochs", "1") == 0
+    assert recorded(out)["precision"] == "float32"
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", "--out", str(out), "--epochs", "2", "--precision",
+                     "mixed16", *QUIET]) == 1  # fmt: skip
+    assert "precision='mixed16' is a different setting from the run's precision='float32'" in (
+        capsys.readouterr().err)  # fmt: skip
+
+
+def test_an_unknown_precision_exits_2_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        train(tmp_path / "run", "--precision", "fp8")
+    assert exit_info.value.code == 2
+    assert "--precision: invalid choice: 'fp8'" in capsys.readouterr().err
+    message = refused_config(tmp_path, 'precision = "fp8"', capsys)
+    assert "precision" in message and "fp8" in message and "mixed16" in message
