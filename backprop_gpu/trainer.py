@@ -350,13 +350,13 @@ class Trainer:
             for layer in model.trainable_layers:
                 for name in layer.params:
                     setattr(layer, "d" + name, None)  # zeros in the allreduce
-        elif model._mixed is None:
-            data_loss, output = self._pass(model, Xb, yb)
-            acc = batch_accuracy(model.accuracy, model.loss, output, yb, hits_ok=True)
-        else:  # a mixed policy: the pass on compute-dtype copies, float32 gradients after it
-            with model._mixed.computing(model, training=True):
+        else:
+            if model._mixed is None:
                 data_loss, output = self._pass(model, Xb, yb)
-            model._mixed.master_gradients(model)
+            else:  # a mixed policy: the pass on compute-dtype copies, float32 gradients after
+                with model._mixed.computing(model, training=True):
+                    data_loss, output = self._pass(model, Xb, yb)
+                model._mixed.master_gradients(model)
             acc = batch_accuracy(model.accuracy, model.loss, output, yb, hits_ok=True)
         self.strategy.reduce_gradients(model.trainable_layers, share)
         # (mixed16: a step whose gradients overflowed is skipped, the loss scale halved)
