@@ -65,7 +65,7 @@ class Model:
         self._flat: FlatParameters | None = None
         self.saved_extra: dict[str, Any] = {}  # what Model.load found in save(extra=...)
         self.precision = precisions.chosen(precision, "Model: precision")  # (precisions.py)
-        self._mixed: precisions.Mixed | None = None
+        self._policy: precisions.Passes | None = None
         for layer in layers:
             self.add(layer)
 
@@ -130,7 +130,7 @@ class Model:
             self._fused.backend = self._fused.activation.backend = self.backend
         self._stages = _stages(self.layers[:-1] if fused else self.layers)
         self._pack()
-        self._mixed = precisions.for_model(self)
+        self._policy = precisions.for_model(self)
         if self.accuracy is None and isinstance(self.loss, CLASS_LOSSES):
             self.accuracy = Accuracy()  # the obvious one; regression must choose its own
         elif self.accuracy is None and isinstance(self.loss, BinaryCrossEntropy):
@@ -190,7 +190,7 @@ class Model:
         loss and gradient in one): the same values as ``forward``, ``loss.forward`` and
         ``backward``. Returns (data loss, the network's output)."""
         assert self.loss is not None
-        mixed = self._mixed  # (a mixed policy: the layers in its dtype, the loss in float32)
+        mixed = self._policy  # (mixed: the layers in its dtype, the loss in float32; precisions)
         X = Xb if mixed is None else mixed.cast(Xb)
         for stage in self._stages:
             X = stage[0].forward_relu(X, stage[1]) if len(stage) == 2 else stage[0].forward(X)
@@ -222,8 +222,8 @@ class Model:
 
     def _infer(self, X: Any) -> Any:
         """``forward`` in inference mode, in the precision policy's compute dtype."""
-        mixed = self._mixed
-        return self.forward(X, training=False) if mixed is None else mixed.infer(self, X)
+        policy = self._policy
+        return self.forward(X, training=False) if policy is None else policy.infer(self, X)
 
     def _predictions(self, output: Any) -> Any:
         """What the network predicts: probabilities when the loss applies the softmax."""
@@ -306,11 +306,12 @@ class Model:
         n, sums = data.n, [0.0, 0.0]
         lo, hi = rows if rows is not None else (0, n)
         ranges = [(start, min(start + size, hi)) for start in range(lo, hi, size)]
-        for Xb, yb in data.batches(None, ranges):
-            output = self._infer(Xb)
-            loss = self.loss.forward(output, yb)
-            accuracy = batch_accuracy(self.accuracy, self.loss, output, yb)
-            sums = [s + v * Xb.shape[0] for s, v in zip(sums, (loss, accuracy), strict=True)]
+        with precisions.inference(self):  # (a mixed policy's 16-bit copies made once)
+            for Xb, yb in data.batches(None, ranges):
+                output = self._infer(Xb)
+                loss = self.loss.forward(output, yb)
+                accuracy = batch_accuracy(self.accuracy, self.loss, output, yb)
+                sums = [s + v * Xb.shape[0] for s, v in zip(sums, (loss, accuracy), strict=True)]
         loss_sum, acc_sum = list(host_values(self.backend, sums))
         if reduce is not None:
             loss_sum, acc_sum = reduce([loss_sum, acc_sum])
@@ -325,10 +326,9 @@ class Model:
         X_dev = inputs.prepare_x(self, X, "Model.predict", sync_ok=False)  # predict never waits
         n = X_dev.shape[0]
         size = inputs.batch_size(batch_size, n, "Model.predict")
-        outs = [
-            self._predictions(self._infer(X_dev[s : min(s + size, n), ...]))
-            for s in range(0, n, size)
-        ]
+        with precisions.inference(self):
+            outs = [self._predictions(self._infer(X_dev[s : min(s + size, n), ...]))
+                    for s in range(0, n, size)]  # fmt: skip
         return outs[0] if len(outs) == 1 else self.backend.xp.concat(outs, axis=0)
 
     # --- checkpoints (the file's contents: model_io) --------------------------------------

@@ -48,7 +48,7 @@ def save(model: Model, path: str | os.PathLike[str], extra: dict[str, Any] | Non
         "extra": extra or {},
         "precision": model.precision,
     }
-    scaler = model._mixed.scaler if model._mixed is not None else None
+    scaler = model._policy.scaler if model._policy is not None else None
     if scaler is not None:
         meta["loss_scaler"] = scaler.get_state()
     if model.optimizer is not None:
@@ -110,9 +110,9 @@ def load(model_class: type[ModelT], path: str | os.PathLike[str]) -> ModelT:
             # (a ReduceLROnPlateau may have lowered the base rate since construction)
             opt.learning_rate = float(opt_meta.get("base_learning_rate", opt.learning_rate))
         model.finalize()
-        if meta.get("loss_scaler") is not None and model._mixed is not None:
-            assert model._mixed.scaler is not None
-            model._mixed.scaler.set_state(meta["loss_scaler"])
+        if meta.get("loss_scaler") is not None and model._policy is not None:
+            assert model._policy.scaler is not None
+            model._policy.scaler.set_state(meta["loss_scaler"])
         model.epochs_trained = int(meta["epochs_trained"])
         model.saved_extra = dict(meta.get("extra") or {})
     except (KeyError, TypeError, ValueError) as e:

@@ -1,8 +1,12 @@
 """Precision policies: which dtype a model's passes compute in, chosen once per model.
 
 - ``"float32"`` (the default): everything in the layers' dtype, as without a policy.
-- ``"tf32"``: float32 storage and math here (TF32 tensor-core GEMMs on a GPU are not wired
-  up yet: on every backend this is float32, with a warning once).
+- ``"tf32"``: float32 storage; on CuPy, on a GPU of compute capability 8.0 or more (Ampere
+  and later), the matrix products of the model's passes run on TF32 tensor cores (inputs
+  rounded to a 10-bit mantissa, float32 accumulation), through CuPy's compute-type switch
+  (``cupy._core._routines_linalg.set_compute_type``, what ``CUPY_TF32=1`` sets for the whole
+  process), set for the passes and put back after. Elsewhere (NumPy, an older GPU) float32,
+  with a warning once saying why.
 - ``"mixed16"`` / ``"mixed_bf16"``: the parameters stay float32 (the master weights) and the
   optimizer updates them in float32; each training step makes float16 / bfloat16 copies of
   the weights once, runs the layers' forward and backward in that dtype, computes the loss
@@ -77,11 +81,9 @@ def precision(name: str) -> Iterator[None]:
 def compute_dtype(name: str, backend: Any, where: str) -> Any:
     """The dtype object ``backend`` computes policy ``name`` in (None: the layers' own), or
     ``ValueError`` saying why that backend cannot run it."""
-    if name == "tf32":
-        _warn_tf32(backend)
     if name not in _COMPUTE:
         return None
-    if backend.name == "numpy" and name == "mixed_bf16":
+    if backend.name in ("numpy", "cupy") and name == "mixed_bf16":
         try:
             import ml_dtypes
         except ImportError as e:
@@ -89,27 +91,101 @@ def compute_dtype(name: str, backend: Any, where: str) -> Any:
                 f"{where}: precision 'mixed_bf16' needs bfloat16 from the ml_dtypes package "
                 "(the bf16 extra: pip install 'backprop_gpu[bf16]')"
             ) from e
-        return ml_dtypes.bfloat16
-    if backend.name == "numpy" and name == "mixed16":
+        return np.dtype(ml_dtypes.bfloat16)  # (CuPy 14 takes it as NumPy does)
+    if backend.name in ("numpy", "cupy") and name == "mixed16":
         return backend.xp.float16
     why = {
         "array_api_strict": f"the array API has no {_COMPUTE[name]} dtype",
-    }.get(backend.name, "the GPU side of the mixed policies is not done yet")
+    }.get(backend.name, f"it has no {_COMPUTE[name]} support here")
     raise ValueError(
         f"{where}: precision {name!r} cannot run on the {backend.name} backend: {why}; it runs "
-        "on the numpy backend"
+        "on the numpy and cupy backends"
     )
 
 
-def _warn_tf32(backend: Any) -> None:
+def tf32_capable(backend: Any) -> str | None:
+    """None when ``backend`` runs TF32 GEMMs, else why not (for the warning)."""
+    if backend.name != "cupy":
+        return f"the {backend.name} backend has no TF32 (a GPU tensor-core format)"
+    capability = str(backend.device.compute_capability)  # CuPy's "86", "90", ...
+    if int(capability) < 80:
+        return (
+            f"GPU {backend.device.id} has compute capability {capability[:-1]}.{capability[-1]}"
+            ", and TF32 tensor cores need 8.0 (Ampere) or later"
+        )
+    return None
+
+
+def _warn_tf32(why: str) -> None:
     global _tf32_warned
     if not _tf32_warned:
         _tf32_warned = True
-        warnings.warn(
-            f"precision 'tf32' computes in float32 on the {backend.name} backend (TF32 GEMMs "
-            "are not wired up yet)",
-            stacklevel=4,
-        )
+        warnings.warn(f"precision 'tf32' computes in float32 here: {why}", stacklevel=4)
+
+
+class Passes:
+    """How a policy runs a model's passes; this base runs them as written (float32). The
+    trainer and the model call these around each step and each inference."""
+
+    name = "float32"
+    scaler: LossScaler | None = None
+
+    def cast(self, X: Any) -> Any:
+        """``X`` in the compute dtype."""
+        return X
+
+    def to_float32(self, X: Any) -> Any:
+        """The network's output in the master dtype, for the loss and softmax."""
+        return X
+
+    def scaled(self, dvalues: Any) -> Any:
+        """The loss gradient as the backward pass takes it."""
+        return dvalues
+
+    @contextlib.contextmanager
+    def computing(self, model: Any, training: bool = False, share: float = 1.0) -> Iterator[None]:
+        """The block runs the passes in the policy's arithmetic (``share``: this rank's part
+        of a distributed step's batch)."""
+        yield
+
+    def infer(self, model: Any, X: Any) -> Any:
+        """``model.forward(X, training=False)`` in the policy's arithmetic."""
+        with self.computing(model):
+            return model.forward(X, training=False)
+
+    def master_gradients(self, model: Any) -> None:
+        """The last backward's gradients as the optimizer takes them (here: as they are)."""
+
+    def apply(self, model: Any, reduced: bool = False) -> bool:
+        """Whether the step's update goes ahead."""
+        return True
+
+
+class TF32(Passes):
+    """``"tf32"`` on a GPU that has TF32 tensor cores: CuPy's float32 compute type set to
+    TF32 while the passes run (every float32 matmul inside, on any thread: CuPy's switch is
+    process-wide), and put back after, also on error; nested blocks set it once."""
+
+    name = "tf32"
+
+    def __init__(self, backend: Any, linalg: Any = None) -> None:
+        if linalg is None:  # CuPy's switch (CUPY_TF32=1 sets its starting value)
+            from cupy._core import _routines_linalg as linalg
+        self.backend, self._linalg, self._depth = backend, linalg, 0
+
+    @contextlib.contextmanager
+    def computing(self, model: Any, training: bool = False, share: float = 1.0) -> Iterator[None]:
+        linalg, float32 = self._linalg, np.float32
+        if self._depth == 0:
+            before = linalg.get_compute_type(float32)
+            linalg.set_compute_type(float32, linalg.COMPUTE_TYPE_TF32)
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                linalg.set_compute_type(float32, before)
 
 
 class LossScaler:
@@ -169,7 +245,7 @@ class LossScaler:
         self.growth_interval = int(state.get("growth_interval", self.growth_interval))
 
 
-class Mixed:
+class Mixed(Passes):
     """A model's mixed-precision passes (``Model.finalize`` makes one for a mixed policy)."""
 
     def __init__(self, name: str, backend: Any, where: str, master: Any = None) -> None:
@@ -179,6 +255,8 @@ class Mixed:
         # the master weights' dtype (float32, unless the layers were built in float64)
         self.float32 = backend.xp.float32 if master is None else master
         self.scaler = LossScaler() if name == "mixed16" else None
+        self._depth = 0  # (computing blocks open: an inner one finds the copies in place)
+        self._scale = 1.0  # the training block's: the loss scale times the rank's share
 
     def _cast(self, a: Any, dtype: Any) -> Any:
         return a if a.dtype == dtype else self.backend.xp.astype(a, dtype)
@@ -192,17 +270,26 @@ class Mixed:
         return self._cast(X, self.float32)
 
     def scaled(self, dvalues: Any) -> Any:
-        """The float32 loss gradient times the loss scale, in the compute dtype."""
-        if self.scaler is not None:
-            dvalues = dvalues * self.scaler.scale
+        """The float32 loss gradient times the loss scale (and, distributed, the rank's
+        share of the batch: the 16-bit gradients of a shard then have the whole batch's
+        magnitudes, and overflow where one process would), in the compute dtype."""
+        if self._scale != 1.0:
+            dvalues = dvalues * self._scale
         return self.cast(dvalues)
 
     @contextlib.contextmanager
-    def computing(self, model: Any, training: bool = False) -> Iterator[None]:
+    def computing(self, model: Any, training: bool = False, share: float = 1.0) -> Iterator[None]:
         """The trainable layers' parameters swapped for copies in the compute dtype (made
         once) while the block runs, then back to the float32 masters (the same arrays:
         the flat buffers stay in use). ``training``: the L1/L2 penalties are off inside
-        (``master_gradients`` adds their gradients in float32)."""
+        (``master_gradients`` adds their gradients in float32), and ``scaled`` scales by
+        the loss scale times ``share``. Inside an open block (an evaluate's batches:
+        ``inference``) it changes nothing."""
+        if training and self.scaler is not None:
+            self._scale = self.scaler.scale * share
+        if self._depth:
+            yield
+            return
         saved = []
         for layer in model.trainable_layers:
             kept = {name: getattr(layer, name) for name in layer.params}
@@ -219,8 +306,10 @@ class Mixed:
                             setattr(layer, attr, self.cast(kept[attr]))
                         else:
                             setattr(layer, attr, self.dtype if attr == "dtype" else 0.0)
+                self._depth += 1
                 yield
             finally:
+                self._depth = 0
                 for layer, kept in saved:
                     for attr, value in kept.items():
                         setattr(layer, attr, value)
@@ -248,7 +337,7 @@ class Mixed:
         """Each gradient of the last backward (compute dtype, scaled) as float32, divided by
         the scale, in the master gradient's place (the flat buffer's view where there is
         one), plus the L1/L2 penalties' gradients in float32."""
-        scale = self.scaler.scale if self.scaler is not None else 1.0
+        scale = self._scale
         for layer in model.trainable_layers:
             for name in layer.params:
                 grad = getattr(layer, "d" + name)
@@ -268,10 +357,12 @@ class Mixed:
             ):
                 layer.add_regularization_gradients()
 
-    def apply(self, model: Any) -> bool:
+    def apply(self, model: Any, reduced: bool = False) -> bool:
         """Whether the step's update goes ahead: always for bfloat16; for float16, when every
-        (unscaled, float32) gradient is finite (one read from the device a step), which the
-        loss scaler records."""
+        (unscaled, float32) gradient is finite (one read from the device a step, as
+        PyTorch's ``GradScaler.step``), which the loss scaler records. ``reduced``: the
+        gradients were summed over the ranks (in float32), so an overflow on any rank is
+        non-finite on all, and every rank decides alike with no message of its own."""
         if self.scaler is None:
             return True
         grads = [getattr(layer, "d" + name) for layer in model.trainable_layers
@@ -282,23 +373,36 @@ class Mixed:
         return self.scaler.update(bool(all(flags)))
 
 
-def for_model(model: Any, where: str = "Model.finalize") -> Mixed | None:
-    """The ``Mixed`` passes of ``model``'s policy (None for float32 and tf32); an existing
-    one of the same policy is kept, with its loss scaler's state."""
-    name = model.precision
-    dtype = compute_dtype(name, model.backend, where)
-    if dtype is None:
+def for_model(model: Any, where: str = "Model.finalize") -> Passes | None:
+    """The passes of ``model``'s policy: ``Mixed`` for mixed16 / mixed_bf16, ``TF32`` for tf32
+    on a GPU that has it; None for float32 (and tf32 elsewhere, with a warning once). An
+    existing one of the same policy is kept, with its loss scaler's state."""
+    name, backend, current = model.precision, model.backend, getattr(model, "_policy", None)
+    if name == "tf32":
+        why = tf32_capable(backend)
+        if why is not None:
+            _warn_tf32(why)
+            return None
+        kept = isinstance(current, TF32) and current.backend is backend
+        return current if kept else TF32(backend)
+    if compute_dtype(name, backend, where) is None:
         return None
-    current = getattr(model, "_mixed", None)
-    if (isinstance(current, Mixed) and current.name == name and current.backend is model.backend
+    if (isinstance(current, Mixed) and current.name == name and current.backend is backend
             and current.float32 == model.dtype):  # fmt: skip
         return current
-    return Mixed(name, model.backend, where, model.dtype)
+    return Mixed(name, backend, where, model.dtype)
+
+
+def inference(model: Any) -> Any:
+    """A block in which ``model``'s inference passes (an evaluate's or predict's batches)
+    find the policy's compute copies made once, not once a batch."""
+    policy = model._policy
+    return contextlib.nullcontext() if policy is None else policy.computing(model)
 
 
 def loss_scaler(model: Any) -> LossScaler | None:
     """The live ``LossScaler`` of a finalized ``mixed16`` model (None for other policies):
     set its ``growth_interval`` (N clean steps before the scale doubles, 2000 by default) or
     ``scale`` there, before training."""
-    mixed = getattr(model, "_mixed", None)
-    return mixed.scaler if isinstance(mixed, Mixed) else None
+    policy = getattr(model, "_policy", None)
+    return policy.scaler if isinstance(policy, Mixed) else None

@@ -168,11 +168,6 @@ class Trainer:
             lambda: self._inputs(X, y, epochs, batch_size, validation_data, data_on_device)
         )
         model._pack()  # (again, if a parameter or state was replaced since)
-        if model._mixed is not None and type(strategy) is not Local:
-            raise ValueError(
-                f"Model.train: precision {model.precision!r} does not train distributed yet; "
-                "train it in one process, or use precision='float32'"
-            )
         self.slots = list(walk(model.layers, model.optimizer))  # (the state's arrays, by name)
         deciding = [_settings(cb) for cb in self.callbacks if not cb.writes]  # (on every rank)
         settings = {"epochs": epochs, "batch_size": size, "shuffle": shuffle, "seed": seed,
@@ -351,16 +346,17 @@ class Trainer:
                 for name in layer.params:
                     setattr(layer, "d" + name, None)  # zeros in the allreduce
         else:
-            if model._mixed is None:
+            if model._policy is None:
                 data_loss, output = self._pass(model, Xb, yb)
-            else:  # a mixed policy: the pass on compute-dtype copies, float32 gradients after
-                with model._mixed.computing(model, training=True):
+            else:  # a policy's pass (mixed: on 16-bit copies, float32 gradients after)
+                with model._policy.computing(model, training=True, share=share):
                     data_loss, output = self._pass(model, Xb, yb)
-                model._mixed.master_gradients(model)
+                model._policy.master_gradients(model)
             acc = batch_accuracy(model.accuracy, model.loss, output, yb, hits_ok=True)
         self.strategy.reduce_gradients(model.trainable_layers, share)
-        # (mixed16: a step whose gradients overflowed is skipped, the loss scale halved)
-        if model._mixed is None or model._mixed.apply(model):
+        # (mixed16: a step whose gradients overflowed is skipped, the loss scale halved; the
+        # gradients are float32 and summed over the ranks already: every rank decides alike)
+        if model._policy is None or model._policy.apply(model, type(self.strategy) is not Local):
             model.optimizer.step(model.trainable_layers)
         return data_loss, reg_loss, acc
 

@@ -14,7 +14,10 @@ hand-written loop with DistributedOptimizer / alone), ``controls`` / ``controls-
 the global norm and weight decay, with MPI / alone: every rank writes where it stopped to
 OUT.rankR), ``stop-root`` (a callback on rank 0 only stops training after epoch 2: every rank
 writes its epoch count to OUT.rankR), ``disagree-callback`` (rank 1's EarlyStopping has another
-baseline).
+baseline), ``mixed16`` / ``mixed_bf16`` (and ``-single``: a float32 model in that precision
+policy, the default loss scaler: every rank writes its loss scaler's state and its optimizer's
+iterations to OUT.rankR), ``mixed16-overflow`` (the same from a loss scale of 2**30, so that
+the first steps overflow and are skipped; ``mixed16-overflow-single`` alone).
 Rank 0 saves the model to OUT after every epoch.
 """
 
@@ -72,6 +75,23 @@ def controls(X: np.ndarray, y: np.ndarray, val: tuple[Any, Any], out: str, dist:
         model.save(out)
 
 
+def mixed(X: np.ndarray, y: np.ndarray, val: tuple[Any, Any], out: str, policy: str,
+          dist: bool, overflow: bool) -> None:  # fmt: skip
+    model = bg.Model([bg.Dense(6, 16, seed=0, init="he"), bg.ReLU(), bg.Dropout(0.25, seed=5),
+                      bg.Dense(16, 4, seed=1)], precision=policy)  # fmt: skip
+    model.set(loss=bg.SoftmaxCrossEntropy(), optimizer=bg.Adam(0.01)).finalize()
+    scaler = bg.precisions.loss_scaler(model)
+    if overflow:
+        scaler.scale = 2.0**30
+    model.train(X, y, epochs=EPOCHS, batch_size=BATCH, validation_data=val, print_every=0,
+                seed=3, distributed=dist)  # fmt: skip
+    rank = 0 if not dist else __import__("mpi4py.MPI").MPI.COMM_WORLD.Get_rank()
+    state = scaler.get_state() if scaler is not None else None
+    Path(f"{out}.rank{rank}").write_text(f"{state} {model.optimizer.iterations}")
+    if rank == 0:
+        model.save(out)
+
+
 def hand_loop(X: np.ndarray, y: np.ndarray, out: str, distributed: bool) -> None:
     """The nnfs loop over the public API; distributed, each rank takes its rows of every
     batch and DistributedOptimizer sums the gradients."""
@@ -119,6 +139,11 @@ def main(mode: str, out: str) -> None:
     X_val, y_val = rng.standard_normal((9, 6)), rng.integers(0, 4, 9)
     if mode in ("controls", "controls-single"):
         controls(X, y, (X_val, y_val), out, dist=mode == "controls")
+        return
+    if mode.startswith("mixed"):
+        X, X_val = X.astype(np.float32), X_val.astype(np.float32)
+        mixed(X, y, (X_val, y_val), out, mode.split("-")[0], dist=not mode.endswith("-single"),
+              overflow="-overflow" in mode)  # fmt: skip
         return
     if mode in ("hand", "hand-single"):
         hand_loop(X, y, out, distributed=mode == "hand")

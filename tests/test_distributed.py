@@ -250,6 +250,60 @@ def test_ranks_with_global_batch_equal_one_process(ranks: int, mode: str, tmp_pa
 
 
 @needs_mpi
+@pytest.mark.parametrize("policy", ["mixed16", "mixed_bf16"])
+def test_mixed_precision_on_two_ranks_equals_one_process(policy: str, tmp_path: Path) -> None:
+    """A mixed policy trains data-parallel: each rank computes its shard in the 16-bit dtype,
+    the float32 (unscaled) gradients are summed over the ranks, and the update is float32.
+    Two ranks end with one process's parameters up to the 16-bit roundings of a half batch's
+    products (rtol 2e-2, atol 2e-3; master weights float32), the same loss scaler state and
+    iterations (24 steps, none skipped at the default scale)."""
+    pytest.importorskip("ml_dtypes")
+    single = subprocess.run([sys.executable, JOB, f"{policy}-single", str(tmp_path / "one.npz")],
+                            capture_output=True, text=True)  # fmt: skip
+    assert single.returncode == 0, single.stderr
+    result = mpirun(2, sys.executable, JOB, policy, str(tmp_path / "many.npz"))
+    assert result.returncode == 0, result.stderr
+    decided = (tmp_path / "one.npz.rank0").read_text()
+    expected = (
+        "None 24"
+        if policy == "mixed_bf16"
+        else ("{'scale': 32768.0, 'clean_steps': 24, 'skipped': 0, 'growth_interval': 2000} 24")
+    )
+    assert decided == expected
+    for rank in range(2):
+        assert (tmp_path / f"many.npz.rank{rank}").read_text() == decided, rank
+    one, many = arrays(tmp_path / "one.npz"), arrays(tmp_path / "many.npz")
+    assert one.keys() == many.keys()
+    for key in one:
+        assert many[key].dtype == np.float32, key
+        np.testing.assert_allclose(many[key], one[key], rtol=2e-2, atol=2e-3, err_msg=key)
+
+
+@needs_mpi
+def test_mixed16_ranks_skip_the_steps_one_process_skips(tmp_path: Path) -> None:
+    """From a loss scale of 2**30 the first steps overflow in float16. Each rank scales its
+    shard's loss gradient by the loss scale times its share of the batch, so its 16-bit
+    gradients have the whole batch's magnitudes (a row overflows where it would in one
+    process), and the scaler decides on the gradients summed over the ranks (an overflow on
+    any rank is inf or NaN in the sum): both ranks skip the steps one process skips, and end
+    with its scaler state, iterations and (up to 16-bit roundings) parameters."""
+    pytest.importorskip("ml_dtypes")
+    single = subprocess.run([sys.executable, JOB, "mixed16-overflow-single",
+                             str(tmp_path / "one.npz")], capture_output=True, text=True)  # fmt: skip
+    assert single.returncode == 0, single.stderr
+    result = mpirun(2, sys.executable, JOB, "mixed16-overflow", str(tmp_path / "many.npz"))
+    assert result.returncode == 0, result.stderr
+    decided = (tmp_path / "one.npz.rank0").read_text()
+    skipped = int(decided.split("'skipped': ")[1].split(",")[0])
+    assert 10 <= skipped < 24 and decided.endswith(f" {24 - skipped}")  # 2**30 to 2**16 or so
+    for rank in range(2):
+        assert (tmp_path / f"many.npz.rank{rank}").read_text() == decided, rank
+    one, many = arrays(tmp_path / "one.npz"), arrays(tmp_path / "many.npz")
+    for key in one:
+        np.testing.assert_allclose(many[key], one[key], rtol=2e-2, atol=2e-3, err_msg=key)
+
+
+@needs_mpi
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_early_stopping_plateau_and_clipping_act_alike_on_ranks(ranks: int, tmp_path: Path) -> None:
     """EarlyStopping (restoring the best weights) and ReduceLROnPlateau over a step schedule
