@@ -41,7 +41,10 @@ bfloat16's subnormals are float32's: they survive because nothing is compiled wi
 ``-ftz=true`` (NVRTC's default, and CuPy's). The column sums accumulate in float and round
 once at the end, as CuPy's ``sum`` of float16/bfloat16 does (a float accumulator), in the
 kernel's order; NumPy's axis-0 sum rounds to the 16-bit type after every row instead
-(``half_sum_tolerance`` bounds both differences).
+(``half_sum_tolerance`` bounds both differences). The rest of a mixed step has no kernel
+to vary: ReLU alone and the bias gradient are CuPy's own ``maximum`` and ``sum``, Dropout's
+mask is CuPy arithmetic on float32 uniforms (the Philox kernel), and the softmax, the loss
+and the optimizer updates run in float32.
 """
 
 from __future__ import annotations
