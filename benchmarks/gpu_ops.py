@@ -12,7 +12,9 @@ memsets/copies, host<->device transfers. Printed per step (the first step, which
 the optimizer state, and the steady one after it) against the target of at most 8 GEMMs and
 10 other operations a step for a 3-layer MLP, and per epoch the operations outside the
 steps (the shuffle order's copy and the snapshot at the start; the metrics read and the
-finiteness checks at the end). ``--verbose`` lists which layer and op issued what.
+finiteness checks at the end). ``--verbose`` lists which layer and op issued what. Then,
+for the ops a mixed-precision step runs on float16/bfloat16 arrays, the device operations of
+one call with ``CupyOps``' 16-bit kernel and with the reference ops (``half_op_counts``).
 
 The counts depend on the operations, not on the array sizes (checked: ``--check-sizes``
 counts each model again at a quarter of its widths and batch and requires equal counts).
@@ -46,6 +48,8 @@ from benchmarks.trace import (
 )
 
 TARGET_GEMMS = 8  # a 3-layer MLP: 3 forward products, 3 weight gradients, 2 input gradients
+# the ops of a mixed step that have float16/bfloat16 kernels (cuda_source.HALF_KERNELS)
+HALF_OPS = ("bias_relu", "relu_backward", "relu_backward_bias_gradient", "take_batch", "unscale")
 TARGET_OTHERS = 10
 CASES = (((784, 1024, 1024, 10), 512), ((2, 64, 3), 300))
 OPTIMIZERS = ("sgd_momentum", "adam")
@@ -156,6 +160,43 @@ def report(c: Count, verbose: bool) -> list[str]:
     return lines
 
 
+def half_op_counts(
+    dtype: Any = np.float16, backend: EmulatedCupyBackend | None = None
+) -> dict[str, tuple[int, int]]:
+    """For each op of ``HALF_OPS``, the device operations of one call on ``dtype`` arrays
+    (float16, or ml_dtypes.bfloat16) on the CuPy path: (with CupyOps' kernel, with the
+    reference ops). The arrays are a (64, 32) layer's activations and gradients, its biases,
+    a batch of 16 rows gathered from them, and (``unscale``) the float32 master gradient and
+    the step's finiteness flag."""
+    backend = EmulatedCupyBackend() if backend is None else backend
+    rng = np.random.default_rng(0)
+    with backend.xp.paused():  # (the copies to the device are not what is counted)
+        z, d, grad = (backend.asarray(rng.standard_normal((64, 32)).astype(dtype)) for _ in "zdg")
+        biases = backend.asarray(rng.standard_normal((1, 32)).astype(dtype))
+        master = backend.asarray(np.zeros((64, 32), np.float32))
+        flag = backend.asarray(np.zeros(1, np.int32))
+        y, rows = (
+            backend.asarray(rng.integers(0, 10, 64)),
+            backend.asarray(rng.permutation(64)[:16]),
+        )
+    calls = {
+        "bias_relu": lambda ops: ops.bias_relu(z, biases),
+        "relu_backward": lambda ops: ops.relu_backward(d, z),
+        "relu_backward_bias_gradient": lambda ops: ops.relu_backward_bias_gradient(d, z),
+        "take_batch": lambda ops: ops.take_batch(z, y, rows),
+        "unscale": lambda ops: ops.unscale(grad, master, 1024.0, flag),
+    }
+    counts = {}
+    for name in HALF_OPS:
+        totals = []
+        for ops in (backend.ops, backend.with_reference_ops().ops):
+            start = len(backend.events)
+            calls[name](ops)
+            totals.append(tally(backend.events[start:])["total"])
+        counts[name] = (totals[0], totals[1])
+    return counts
+
+
 def same_counts(a: Count, b: Count) -> bool:
     """Whether two runs issued the same operations in every segment, from the same sites
     (the layers' sizes in the sites' names aside)."""
@@ -192,6 +233,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     failed |= not same
                     print(f"  the same operations at sizes {list(small)} batch {other.batch}: "
                           f"{'yes' if same else 'NO'}")  # fmt: skip
+    print("\nThe 16-bit ops of a mixed step, device operations of one call (float16; bfloat16")
+    print("the same; unscale: once a gradient):")
+    print(f"{'':34}{'kernel':>12}{'reference':>12}")
+    for name, (kernel, reference) in half_op_counts().items():
+        print(f"  {name:32}{kernel:>12}{reference:>12}")
     return 1 if failed else 0
 
 

@@ -195,7 +195,13 @@ def _adam(
     w -= lr * (m / correction_1) / (np.sqrt(cache / correction_2) + epsilon)
 
 
-# Every CUDA kernel of cuda_source.KERNEL_NAMES, by name without its "_f32"/"_f64" suffix.
+def _unscale(ops: Ops, g: Any, out: Any, scale: Any, divide: Any, nonfinite: Any) -> None:
+    """The reference's cast, division by the kernel's float32 scale (a Python float holds it
+    exactly) and finiteness flag."""
+    ops.unscale(g, out, float(scale) if divide else 1.0, nonfinite)
+
+
+# Every CUDA kernel of cuda_source.KERNEL_NAMES, by name without its dtype suffix ("_f32").
 # A new kernel needs its entry here: what it computes, as the reference Ops method it replaces.
 KERNELS: dict[str, Kernel] = {
     "relu_backward": Kernel(
@@ -211,6 +217,7 @@ KERNELS: dict[str, Kernel] = {
     "softmax_ce_rows": Kernel(_softmax_ce_rows, ordered=_softmax_ce_rows_ordered),
     "softmax_ce_reduce": Kernel(_softmax_ce_reduce, ordered=_softmax_ce_reduce_ordered),
     "take_batch": Kernel(_take_batch),
+    "unscale": Kernel(_unscale),
     "sgd": Kernel(_sgd, Twin(cuda_source.sgd_element, reads=(0, 1, 2), writes=(0,))),
     "sgd_momentum": Kernel(
         _sgd_momentum,

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import backprop_gpu as bg
-from backprop_gpu.backend import cuda_source
+from backprop_gpu.backend import Ops, cuda_source
+from backprop_gpu.backend.numpy_backend import NumpyBackend
 from backprop_gpu.backend.strict_backend import StrictBackend
 from benchmarks import gpu_ops
 from benchmarks.trace import (
@@ -24,6 +25,8 @@ from benchmarks.trace import (
     kernel_entry,
     tally,
 )
+
+from .conftest import gpu_only
 
 
 def counted(backend: EmulatedCupyBackend, action: Callable[[], Any]) -> dict[str, int]:
@@ -87,9 +90,15 @@ def test_a_kernel_launch_is_one_operation(emulated: EmulatedCupyBackend) -> None
     out = counted(emulated, lambda: emulated.ops.relu_backward(d, x))
     assert out == {"kernel": 1, "total": 1}  # (empty_like is free: CuPy's pool)
     assert [e.op for e in emulated.events[-1:]] == ["relu_backward_f32"]  # type: ignore[union-attr]
-    # float16 has no kernel: CupyOps falls back to the reference (>, astype, *)
+    # float16 has its kernel too (a mixed step's); mixed dtypes fall back to the reference
+    # (>, astype, *)
     d16, x16 = arrays(emulated, (5, 4), (5, 4), dtype=np.float16)
     assert counted(emulated, lambda: emulated.ops.relu_backward(d16, x16)) == {
+        "kernel": 1,
+        "total": 1,
+    }
+    assert [e.op for e in emulated.events[-1:]] == ["relu_backward_f16"]  # type: ignore[union-attr]
+    assert counted(emulated, lambda: emulated.ops.relu_backward(d16, x)) == {
         "cupy": 3,
         "total": 3,
     }
@@ -188,6 +197,9 @@ def test_the_benchmark_prints_what_it_counts(capsys: pytest.CaptureFixture[str])
     out = capsys.readouterr().out
     checks = re.findall(r"the same operations at sizes .*: (\w+)\n", out)
     assert checks == ["yes"] * 8  # 2 models x 2 optimizers x shuffled or not
+    half = out.split("The 16-bit ops of a mixed step", 1)[1]
+    for name, (kernel, reference) in gpu_ops.half_op_counts().items():
+        assert re.search(rf"\n  {name} +{kernel} +{reference}\n", half), name
     for sizes, batch in gpu_ops.CASES:
         for optimizer in gpu_ops.OPTIMIZERS:
             c = gpu_ops.count(sizes, batch, optimizer, shuffle=True, steps=2)
@@ -267,3 +279,240 @@ def test_what_clipping_and_weight_decay_add_to_a_step(
     got = gpu_ops.count((784, 1024, 1024, 10), 512, base, shuffle=False, steps=2).step(-1)
     added = {k: got[k] - plain[k] for k in got if got[k] != plain[k] and k != "total"}
     assert added == extra
+
+
+# --- the 16-bit kernels of a mixed step -----------------------------------------------------
+
+HALF = ["float16", "bfloat16"]
+
+
+def _dtype(name: str) -> np.dtype:
+    """The NumPy dtype of a 16-bit name; bfloat16 is ml_dtypes' (CuPy 14's bfloat16)."""
+    if name == "bfloat16":
+        return np.dtype(pytest.importorskip("ml_dtypes").bfloat16)
+    return np.dtype(name)
+
+
+@pytest.mark.parametrize("name", HALF)
+def test_each_16_bit_op_of_a_mixed_step_is_one_kernel(name: str) -> None:
+    """On the CuPy path a float16/bfloat16 bias + ReLU, ReLU backward (with or without the
+    bias sums), batch gather and unscale are one launch each, of their "_f16"/"_bf16"
+    kernel; the reference issues 2, 3, 4, 2 and 9 device operations (unscale: cast,
+    division, copy, isfinite, not, any, cast, maximum, copy)."""
+    dtype = _dtype(name)
+    counts = gpu_ops.half_op_counts(dtype)
+    assert counts == {"bias_relu": (1, 2), "relu_backward": (1, 3),
+                      "relu_backward_bias_gradient": (1, 4), "take_batch": (1, 2),
+                      "unscale": (1, 9)}  # fmt: skip
+    emulated = EmulatedCupyBackend()
+    gpu_ops.half_op_counts(dtype, emulated)
+    suffix = cuda_source.SUFFIX[dtype.name]
+    launched = [e.op for e in emulated.events if e.kind == "kernel"]
+    assert launched == [f"{op}_{suffix}" for op in gpu_ops.HALF_OPS]
+    # a kernel without a 16-bit variant, and mixed dtypes, leave 16-bit arrays to the reference
+    w, g = arrays(emulated, (4, 3), (4, 3), dtype=dtype)
+    assert counted(emulated, lambda: emulated.ops.sgd(w, g, 0.1)).get("kernel", 0) == 0
+    (g32,) = arrays(emulated, (4, 3))
+    flag = emulated.asarray(np.zeros(1, np.int32))
+    assert "kernel" not in counted(emulated, lambda: emulated.ops.unscale(g32, g32, 2.0, flag))
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning", "ignore:overflow:RuntimeWarning")
+@pytest.mark.parametrize("name", HALF)
+def test_emulated_16_bit_kernels_with_their_twins_equal_the_reference(name: str) -> None:
+    """The emulated CuPy path running the kernels' twins (element by element for bias + ReLU
+    and ReLU backward, the column sums in the kernel's order in float32) against the
+    reference ops on NumPy, on 16-bit arrays with NaN, +-inf and zeros: the elementwise
+    results bit for bit, the column sums within ``half_sum_tolerance`` of NumPy's (which
+    rounds to the 16-bit type after every row) and equal to ``relu_backward_bias_gradient_twin``;
+    unscale bit for bit, its flag raised by the inf."""
+    dtype = _dtype(name)
+    rng = np.random.default_rng(2)
+    host = [rng.standard_normal((40, 9)).astype(dtype) for _ in range(3)]
+    host[0].reshape(-1)[:5] = [np.nan, np.inf, -np.inf, -0.0, 0.0]
+    host[1].reshape(-1)[-5:] = [np.nan, np.inf, -np.inf, -0.0, 0.0]
+    host[2].reshape(-1)[7] = np.inf
+    biases = rng.standard_normal((1, 9)).astype(dtype)
+    emulated = EmulatedCupyBackend(EmulatedCupy(twins=True))
+    with emulated.xp.paused():
+        z, d, grad = (emulated.asarray(a) for a in host)
+        b = emulated.asarray(biases)
+    ref = NumpyBackend(fast_ops=False).ops
+    got = bg.to_numpy(emulated.ops.bias_relu(z, b))
+    assert got.tobytes() == ref.bias_relu(host[0].copy(), biases).tobytes()
+    np.testing.assert_array_equal(
+        got.astype(np.float32), cuda_source.bias_relu_twin(host[0], biases).astype(np.float32)
+    )
+    relu = np.maximum(host[0], np.array(0, dtype))  # (the ReLU output as the mask, no -0.0)
+    with emulated.xp.paused():
+        out = emulated.asarray(relu)
+    got = bg.to_numpy(emulated.ops.relu_backward(d, out))
+    assert got.tobytes() == ref.relu_backward(host[1], relu).tobytes()
+    dinputs, dbiases = (bg.to_numpy(a) for a in emulated.ops.relu_backward_bias_gradient(d, out))
+    ref_dinputs, ref_dbiases = ref.relu_backward_bias_gradient(host[1], relu)
+    assert dinputs.tobytes() == ref_dinputs.tobytes()
+    twin = cuda_source.relu_backward_bias_gradient_twin(host[1], relu)[1]
+    assert dbiases.tobytes() == twin.tobytes()
+    finite = np.isfinite(ref_dbiases.astype(np.float32))
+    values = np.where(np.isfinite(ref_dinputs.astype(np.float32)), ref_dinputs, 0).astype(dtype)
+    bound = cuda_source.half_sum_tolerance(values, ref_dbiases, dtype)
+    diff = np.abs(dbiases.astype(np.float64) - ref_dbiases.astype(np.float64))
+    assert np.all((diff <= bound)[finite]) and finite.sum() >= 6
+    flag = emulated.asarray(np.zeros(1, np.int32))
+    master = emulated.asarray(np.zeros((40, 9), np.float32))
+    emulated.ops.unscale(grad, master, 512.0, flag)
+    want, bad = cuda_source.unscale_twin(host[2], 512.0)
+    assert bg.to_numpy(master).tobytes() == want.tobytes()
+    assert bad and bg.to_numpy(flag).tolist() == [1]
+
+
+def _half_edges(dtype: np.dtype, shape: tuple[int, int], flip: bool = False) -> np.ndarray:
+    """Normal draws in ``dtype`` with the 16-bit edge values first (reversed with ``flip``):
+    NaN, +-inf, -0.0, 0, the smallest subnormal (+-), the largest finite value (+-), 1 + eps."""
+    info = np.finfo(dtype)
+    a = np.random.default_rng(3).standard_normal(shape).astype(dtype)
+    edges = [np.nan, np.inf, -np.inf, -0.0, 0.0, float(info.smallest_subnormal),
+             -float(info.smallest_subnormal), float(info.max), -float(info.max),
+             1.0 + float(info.eps)]  # fmt: skip
+    flat = a.reshape(-1)
+    n = min(len(edges), flat.size)
+    flat[:n] = (edges[::-1] if flip else edges)[:n]
+    return a
+
+
+def _same_values(got: np.ndarray, want: np.ndarray) -> None:
+    """Equal values, NaN where NaN (the GPU's NaN is canonical, a NumPy twin's is not), and
+    the sign of every zero."""
+    a, b = got.astype(np.float32), want.astype(np.float32)
+    np.testing.assert_array_equal(a, b)
+    assert np.array_equal(np.signbit(a) & ~np.isnan(a), np.signbit(b) & ~np.isnan(b))
+
+
+@gpu_only
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning", "ignore:overflow:RuntimeWarning")
+@pytest.mark.parametrize("name", HALF)
+@pytest.mark.parametrize("shape", [(1, 1), (1, 40), (300, 1), (513, 70)])
+def test_16_bit_cuda_kernels_equal_the_reference(name: str, shape: tuple[int, int]) -> None:
+    """On a GPU, each 16-bit kernel against the reference ops on CuPy (CuPy's own float16 and
+    bfloat16 kernels, each operation in float and rounded once), with NaN, +-inf, -0.0 (and
+    -0.0 + -0.0), subnormals and sums that overflow: bias + ReLU, ReLU backward and the
+    fused dinputs, the batch gather and unscale (values and flag) bit for bit; the column
+    sums within ``half_sum_tolerance`` of CuPy's float32-accumulated sum. The kernels also
+    equal their NumPy twins, NaN payloads aside (the GPU's NaN is canonical): elementwise,
+    and the column sums in the kernel's order."""
+    dtype = _dtype(name)
+    with bg.use_backend("cupy") as backend:
+        fast, ref = backend.ops, backend.with_reference_ops().ops
+        assert type(fast) is not Ops
+        rows, cols = shape
+        z_host, d_host = _half_edges(dtype, shape), _half_edges(dtype, shape, flip=True)
+        b_host = _half_edges(dtype, (1, cols), flip=True)
+        z_host[0, 0], b_host[0, 0] = -0.0, -0.0  # -0.0 + -0.0: max(-0.0, 0) in float
+        if cols > 1:
+            z_host[0, -1] = b_host[0, -1] = np.finfo(dtype).max  # the sum overflows to inf
+        z, d, biases = (backend.asarray(a) for a in (z_host, d_host, b_host))
+        assert z.dtype == dtype  # (CuPy 14 holds bfloat16 as ml_dtypes' dtype)
+
+        got = fast.bias_relu(z.copy(), biases)
+        assert bg.to_numpy(got).tobytes() == bg.to_numpy(ref.bias_relu(z.copy(), biases)).tobytes()
+        _same_values(bg.to_numpy(got), cuda_source.bias_relu_twin(z_host, b_host))
+
+        out = ref.relu(z)  # a ReLU's output: the mask
+        out_host = bg.to_numpy(out)
+        got = fast.relu_backward(d, out)
+        assert bg.to_numpy(got).tobytes() == bg.to_numpy(ref.relu_backward(d, out)).tobytes()
+        _same_values(bg.to_numpy(got), cuda_source.relu_backward_twin(d_host, out_host))
+
+        dinputs, dbiases = fast.relu_backward_bias_gradient(d, out)
+        ref_dinputs, ref_dbiases = ref.relu_backward_bias_gradient(d, out)
+        assert bg.to_numpy(dinputs).tobytes() == bg.to_numpy(ref_dinputs).tobytes()
+        sums, ref_sums = bg.to_numpy(dbiases), bg.to_numpy(ref_dbiases)
+        assert sums.dtype == dtype and sums.shape == (1, cols)
+        _same_values(sums, cuda_source.relu_backward_bias_gradient_twin(d_host, out_host)[1])
+        wide = bg.to_numpy(ref_dinputs).astype(np.float32)
+        finite_in = np.where(np.isfinite(wide), wide, 0).astype(dtype)
+        bound = cuda_source.half_sum_tolerance(finite_in, ref_sums, np.float32)
+        ok = np.isfinite(ref_sums.astype(np.float32))
+        diff = np.abs(sums.astype(np.float64) - ref_sums.astype(np.float64))
+        assert np.all((diff <= bound)[ok])
+        np.testing.assert_array_equal(np.isnan(sums.astype(np.float32)),
+                                      np.isnan(ref_sums.astype(np.float32)))  # fmt: skip
+
+        y = backend.asarray(np.arange(rows, dtype=np.int64))
+        order = backend.asarray(np.random.default_rng(4).permutation(rows))
+        x_got, y_got = fast.take_batch(z, y, order)
+        x_ref, y_ref = ref.take_batch(z, y, order)
+        assert bg.to_numpy(x_got).tobytes() == bg.to_numpy(x_ref).tobytes()
+        assert bg.to_numpy(y_got).tolist() == bg.to_numpy(y_ref).tolist()
+
+        for scale in (1.0, 1024.0, 3.0):
+            runs = []
+            for ops in (fast, ref):
+                flag = backend.asarray(np.zeros(1, np.int32))
+                master = backend.asarray(np.full(shape, 7.0, np.float32))
+                ops.unscale(d, master, scale, flag)
+                runs.append((bg.to_numpy(master), bg.to_numpy(flag).tolist()))
+            assert runs[0][0].tobytes() == runs[1][0].tobytes() and runs[0][1] == runs[1][1]
+            want, bad = cuda_source.unscale_twin(d_host, scale)
+            _same_values(runs[0][0], want)
+            assert runs[0][1] == [int(bad)] and bad == (d_host.size > 1)  # (inf and NaN)
+        finite = backend.asarray(np.ones(shape, dtype))
+        flag = backend.asarray(np.array([1], np.int32))
+        fast.unscale(finite, master, 2.0, flag)
+        assert bg.to_numpy(flag).tolist() == [1]  # never reset by the kernel
+        flag = backend.asarray(np.zeros(1, np.int32))
+        fast.unscale(finite, master, 2.0, flag)
+        assert bg.to_numpy(flag).tolist() == [0] and np.all(bg.to_numpy(master) == 0.5)
+
+
+@gpu_only
+@pytest.mark.parametrize("rows", [1, 300, 4099])
+def test_bfloat16_rounding_of_pre_sm80_gpus_equals_cvt_rn(rows: int) -> None:
+    """The bfloat16 store that GPUs before sm_80 run (the bits rounded to nearest even in
+    integer arithmetic: ``-DBF16_ROUND_BITS`` compiles it here) against the module CupyOps
+    uses (``cvt.rn.bf16.f32`` on this GPU), on sums that round in every way: bias + ReLU of
+    values over many magnitudes (ties included: 1 + 2**-8) and float32 column sums of 4099
+    rows. Equal bits, NaN where NaN; and the sums equal ``relu_backward_bias_gradient_twin``."""
+    import cupy
+
+    dtype = _dtype("bfloat16")
+    rng = np.random.default_rng(5)
+    cols = 70
+    # sums of values of like magnitudes (many low bits to round) and of very unlike ones
+    scale = np.concatenate(
+        [
+            2.0 ** rng.integers(-12, 12, (rows, cols // 2)),
+            10.0 ** rng.integers(-30, 30, (rows, cols - cols // 2)),
+        ],
+        axis=1,
+    )
+    z_host = (rng.standard_normal((rows, cols)) * scale).astype(dtype)
+    z_host.reshape(-1)[:4] = [1.0, 1.0, np.nan, np.inf][: z_host.size]
+    b_host = rng.standard_normal((1, cols)).astype(dtype)
+    b_host[0, :4] = [2.0**-8, 3 * 2.0**-8, 1.0, -np.inf]  # ties; NaN; inf - inf
+    source, _ = cuda_source.module()
+    bits = cupy.RawModule(code=source, options=(*cuda_source.NVRTC_OPTIONS, "-DBF16_ROUND_BITS"))
+    with bg.use_backend("cupy") as backend:
+        fast = backend.ops
+        z, biases = backend.asarray(z_host), backend.asarray(b_host)
+        want = fast.bias_relu(z.copy(), biases)
+        got = z.copy()
+        n = got.size
+        blocks = max(1, min((n + 255) // 256, 4096))
+        bits.get_function("bias_relu_bf16")((blocks,), (256,), (got, biases, np.int64(cols),
+                                                                 np.int64(n)))  # fmt: skip
+        _same_values(bg.to_numpy(got), bg.to_numpy(want))
+        d_host = rng.standard_normal((rows, cols)).astype(dtype)
+        d, out = backend.asarray(d_host), backend.asarray(np.ones((rows, cols), dtype))
+        want_d, want_sums = fast.relu_backward_bias_gradient(d, out)
+        got_d, got_sums = cupy.empty_like(d), cupy.empty((1, cols), dtype)
+        grid = max(1, min(-(-cols // cuda_source.COL_TILE), 4096))
+        bits.get_function("relu_backward_bias_gradient_bf16")(
+            (grid,),
+            (cuda_source.COL_TILE, cuda_source.ROW_THREADS),
+            (d, out, got_d, got_sums, np.int64(rows), np.int64(cols)),
+        )
+        assert bg.to_numpy(got_d).tobytes() == bg.to_numpy(want_d).tobytes()
+        assert bg.to_numpy(got_sums).tobytes() == bg.to_numpy(want_sums).tobytes()
+        twin = cuda_source.relu_backward_bias_gradient_twin(d_host, np.ones((rows, cols), dtype))
+        assert bg.to_numpy(got_sums).tobytes() == twin[1].tobytes()  # (finite: no NaN payload)

@@ -34,9 +34,15 @@ def takes(function, *args) -> bool:  # type: ignore[no-untyped-def]
 # --- the CUDA source, compiled to PTX without a GPU -----------------------------------------
 
 
-def test_cuda_source_compiles_to_ptx() -> None:
-    """CI sets BACKPROP_GPU_REQUIRE_NVRTC=1 and installs CuPy and NVRTC, so this never skips
-    there; elsewhere it skips, saying what is missing."""
+# the 16-bit kernels that round computed values to their dtype (take_batch copies, unscale
+# writes float32)
+STORING = ("relu_backward", "bias_relu", "relu_backward_bias_gradient")
+
+
+def _ptx(arch: str, *options: str) -> tuple[str, tuple[str, ...]]:
+    """The module's PTX for ``arch`` (with its NVRTC options, as CupyOps compiles it, and
+    ``options``) and its kernel names; skips without CuPy and NVRTC (CI sets
+    BACKPROP_GPU_REQUIRE_NVRTC=1 and installs them, so it never skips there)."""
     required = os.environ.get("BACKPROP_GPU_REQUIRE_NVRTC") == "1"
     try:
         import cupy
@@ -49,10 +55,30 @@ def test_cuda_source_compiles_to_ptx() -> None:
             raise
         pytest.skip(f"needs CuPy and NVRTC (pip install cupy-cuda12x nvidia-cuda-nvrtc-cu12): {e}")
     try:
-        nvrtc.compileProgram(program, ["-arch=compute_90", *cuda_source.NVRTC_OPTIONS])
+        nvrtc.compileProgram(program, [f"-arch={arch}", *cuda_source.NVRTC_OPTIONS, *options])
     except Exception as e:
-        pytest.fail(f"the CUDA source does not compile: {e}\n{nvrtc.getProgramLog(program)}")
-    ptx = nvrtc.getPTX(program).decode()
+        pytest.fail(f"the CUDA source does not compile for {arch}: {e}\n"
+                    f"{nvrtc.getProgramLog(program)}")  # fmt: skip
+    return nvrtc.getPTX(program).decode(), names
+
+
+@pytest.mark.parametrize(
+    ("arch", "options"),
+    [
+        ("compute_70", ()),
+        ("compute_80", ()),
+        ("compute_90", ()),
+        ("compute_90", ("-DBF16_ROUND_BITS",)),
+    ],
+    ids=["sm_70", "sm_80", "sm_90", "sm_90-bf16-bits"],
+)
+def test_cuda_source_compiles_to_ptx(arch: str, options: tuple[str, ...]) -> None:
+    """Every kernel compiles, for Volta (sm_70), Ampere (sm_80) and Hopper (sm_90), with no
+    float operation that may be fused or flushed, and (16-bit kernels) no 16-bit
+    arithmetic and every conversion to a 16-bit type rounded to nearest. bfloat16 is stored
+    with ``cvt.rn.bf16.f32`` from sm_80, and by rounding its bits before (or anywhere with
+    ``-DBF16_ROUND_BITS``, how the GPU tests run Volta's path on a newer GPU)."""
+    ptx, names = _ptx(arch, *options)
     for name in names:
         assert f".entry {name}(" in ptx, name
     # --fmad=false: no multiply and add is contracted into one rounding (FFMA), so the kernels
@@ -75,7 +101,28 @@ def test_cuda_source_compiles_to_ptx() -> None:
         assert not loose, f"{name}: float arithmetic that ptxas may contract into FMA: {loose}"
         # IEEE division and square root (-prec-div=true -prec-sqrt=true), as CuPy's kernels
         assert not re.findall(r"\b(?:div|sqrt)\.(?:approx|full)", entry), name
+        # subnormals kept (no -ftz=true): bfloat16's subnormals are float32's (CUDA's expf
+        # has its own ex2.approx.ftz, on a range where it is exact enough: not the kernels')
+        assert libm or ".ftz" not in entry, name
+        # 16-bit values are computed in float: no f16/bf16 arithmetic, and every conversion
+        # to a 16-bit type rounds to nearest even (cvt.rn), once, from float
+        half = re.findall(r"\b(?:add|sub|mul|fma|div|min|max|neg|abs)(?:\.\w+)*\.b?f16(?:x2)?\b",
+                          entry)  # fmt: skip
+        assert not half, f"{name}: 16-bit arithmetic {half}"
+        to_half = re.findall(r"\bcvt(?:\.\w+)*\.b?f16\.\w+", entry)
+        assert all(re.fullmatch(r"cvt\.rn\.b?f16\.f32", c) for c in to_half), (name, to_half)
+        base, _, suffix = name.rpartition("_")
+        if base in STORING and suffix == "f16":
+            assert "cvt.rn.f16.f32" in to_half, name
+        if base in STORING and suffix == "bf16":
+            # cvt.rn.bf16.f32 needs sm_80; Volta rounds the bits (cuda_source.bfloat16_bits_rn)
+            assert ("cvt.rn.bf16.f32" in to_half) == (arch != "compute_70" and not options), name
+        if suffix in ("f32", "f64", "bf16"):
+            assert not re.search(r"\bcvt(?:\.\w+)*\.f16\b", entry), name  # (f16 stays in f16's)
+        if base == "unscale":  # the division in float32, the flag set by an atomic OR
+            assert re.search(r"\bdiv\.rn\.f32\b", entry) and "atom.global.or.b32" in entry, name
     assert re.search(r"\bdiv\.rn\.f32\b", ptx) and re.search(r"\bsqrt\.rn\.f32\b", ptx)
+    assert set(cuda_source.HALF_KERNELS) == {*STORING, "take_batch", "unscale"}
 
 
 # --- the twins: the kernels' per-element arithmetic, against the reference ---------------
@@ -198,16 +245,18 @@ def test_elementwise_twins_equal_the_reference_bit_for_bit(dtype: str) -> None:
             _same_bits(a, b)
 
 
-def _column_sums_in_kernel_order(values: np.ndarray) -> np.ndarray:
+def _column_sums_in_kernel_order(values: np.ndarray, accumulate: object = None) -> np.ndarray:
     """An independent loop: per column, thread t (0..ROW_THREADS-1) adds rows t, t + 8, ...
-    from 0 in the dtype, then the partial sums are added pairwise (half = 4, 2, 1)."""
+    from 0 in the dtype ``accumulate`` (default: the values'), then the partial sums are
+    added pairwise (half = 4, 2, 1); each sum stored in the values' dtype at the end."""
     rows, cols = values.shape
-    threads, dtype = cuda_source.ROW_THREADS, values.dtype.type
+    threads = cuda_source.ROW_THREADS
+    dtype = values.dtype.type if accumulate is None else np.dtype(accumulate).type  # type: ignore[call-overload]
     sums = np.empty((1, cols), values.dtype)
     for c in range(cols):
         partial = [dtype(0)] * threads
         for r in range(rows):
-            partial[r % threads] = dtype(partial[r % threads] + values[r, c])
+            partial[r % threads] = dtype(partial[r % threads] + dtype(values[r, c]))
         half = threads // 2
         while half:
             for t in range(half):
@@ -231,6 +280,167 @@ def test_column_sum_twin_is_the_kernels_order(dtype: str, shape: tuple[int, int]
     eps = float(np.finfo(dtype).eps)
     bound = shape[0] * eps * np.abs(ref_dinputs).sum(axis=0, keepdims=True)
     assert np.all(np.abs(dbiases.astype(np.float64) - ref_dbiases) <= bound)
+
+
+# --- the 16-bit kernels' twins: float16 and bfloat16 -----------------------------------------
+
+HALF_DTYPES = ["float16", "bfloat16"]
+
+
+def _half(name: str) -> np.dtype:
+    """The NumPy dtype of a 16-bit name (bfloat16: ml_dtypes', as CuPy 14 uses)."""
+    if name == "bfloat16":
+        return np.dtype(pytest.importorskip("ml_dtypes").bfloat16)
+    return np.dtype(name)
+
+
+def _half_edges(dtype: np.dtype) -> list[float]:
+    """Values where a 16-bit operation can go wrong: zeros of both signs, NaN, +-inf, the
+    largest finite value, the smallest subnormal and the largest one, 1 and its next value
+    up (the ties of z + bias round to even from there), and ordinary values."""
+    info = np.finfo(dtype)
+    tiny, big, eps = float(info.smallest_subnormal), float(info.max), float(info.eps)
+    largest_subnormal = float(info.smallest_normal) - tiny
+    return [0.0, -0.0, np.nan, np.inf, -np.inf, big, -big, tiny, -tiny, largest_subnormal,
+            1.0, 1.0 + eps, eps / 2, -1.5, 3.0, 1e-3]  # fmt: skip
+
+
+def _pairs(dtype: np.dtype, rows: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Two (rows + E*E / cols, cols) arrays holding every pair of ``_half_edges`` at the
+    same position (then normal draws), in ``dtype``."""
+    edges = np.array(_half_edges(dtype), np.float32)
+    a, b = np.repeat(edges, edges.size), np.tile(edges, edges.size)
+    extra = RNG.standard_normal((2, rows * a.size)).astype(np.float32)
+    first, second = (
+        np.concatenate([e, x]).reshape(-1, a.size) for e, x in zip((a, b), extra, strict=True)
+    )
+    return first.astype(dtype), second.astype(dtype)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # inf * 0, inf - inf
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")
+@pytest.mark.parametrize("name", [*HALF_DTYPES, "float32", "float64"])
+def test_array_twins_equal_the_reference_bit_for_bit(name: str) -> None:
+    """``relu_backward_twin`` and ``bias_relu_twin`` (each operation in float32, rounded once
+    to the 16-bit type; the dtype itself for float32/float64) against the reference ``Ops``
+    on NumPy, which computes in NumPy's float16 and ml_dtypes' bfloat16 loops, on every pair
+    of edge values: NaN, +-inf, -0.0, subnormals, z + bias overflowing to inf, ties. Bytes
+    compared (NaN payloads and zero signs too), with one stated exception: NumPy's float16
+    ``maximum(-0.0, 0)`` keeps -0.0 (its loop returns the first operand of equals), where
+    the kernel's ``max`` in float, as CuPy's own float16 maximum (and NumPy's for the other
+    dtypes), gives +0.0."""
+    dtype = _half(name)
+    ref = REFERENCE.ops
+    z, biases_rows = _pairs(dtype)
+    # bias_relu: each pair as (z, bias): biases are per column, so one row of z a bias row
+    for row in range(z.shape[0] if name in HALF_DTYPES else 1):
+        biases = biases_rows[row : row + 1]
+        got = cuda_source.bias_relu_twin(z, biases)
+        want = ref.bias_relu(z.copy(), biases.copy())
+        assert got.dtype == want.dtype == dtype
+        if name == "float16":
+            both_negative_zero = (np.signbit(z) & (z == 0)) & (np.signbit(biases) & (biases == 0))
+            assert both_negative_zero.any() or row > 0  # (row 0 holds every pair of edges)
+            assert np.all(np.signbit(want[both_negative_zero]))  # NumPy's -0.0 ...
+            assert not np.any(np.signbit(got[both_negative_zero]))  # ... the kernel's +0.0
+            want[both_negative_zero] = 0.0
+        _same_bits(got, want)
+    d, x = _pairs(dtype)
+    _same_bits(cuda_source.relu_backward_twin(d, x), ref.relu_backward(d, x))
+    if name in HALF_DTYPES:  # the edges that matter were there
+        info = np.finfo(dtype)
+        total = cuda_source.bias_relu_twin(np.array([[float(info.max)]], dtype),
+                                           np.array([[float(info.max)]], dtype))  # fmt: skip
+        assert np.isposinf(total).all()  # max + max overflows to inf, then ReLU keeps it
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # max + ulp/2: inf, on purpose
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # inf * 0
+@pytest.mark.parametrize("name", HALF_DTYPES)
+def test_half_twin_known_values(name: str) -> None:
+    """Hand-derived 16-bit results: 1 + eps/2 is a tie and rounds to even (1); 1 + eps +
+    eps/2 too, to 1 + 2 eps; max + ulp/2 rounds to inf (max's last bit is odd), max + ulp/2
+    less a bit stays max; subnormals add exactly; a negative sum gives 0."""
+    dtype = _half(name)
+    info = np.finfo(dtype)
+    eps, big, tiny = float(info.eps), float(info.max), float(info.smallest_subnormal)
+    half_ulp = big * eps / (2 * (2 - eps))  # (max = (2 - eps) 2**e: its ulp is eps 2**e)
+    z = np.array([[1.0, 1.0 + eps, big, big, tiny, 3 * tiny, -2.0]], dtype)
+    b = np.array([[eps / 2, eps / 2, half_ulp, half_ulp * (1 - eps), tiny, -tiny, 1.0]], dtype)
+    assert float(b[0, 3]) < half_ulp  # (the 16-bit number just below the tie)
+    want = [1.0, 1.0 + 2 * eps, np.inf, big, 2 * tiny, 2 * tiny, 0.0]
+    got = cuda_source.bias_relu_twin(z, b)
+    assert got.astype(np.float64).tolist() == [want]
+    d = np.array([[np.inf, np.inf, -3.0, 2.5, -tiny]], dtype)
+    x = np.array([[0.0, 1.0, 2.0, -0.0, tiny]], dtype)
+    dx = cuda_source.relu_backward_twin(d, x).astype(np.float64)
+    assert np.isnan(dx[0, 0]) and dx[0, 1:].tolist() == [np.inf, -3.0, 0.0, -tiny]
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # ml_dtypes' cast of NaN
+def test_bfloat16_store_before_sm80_rounds_as_cvt_rn() -> None:
+    """``bfloat16_bits_rn``, the twin of the kernels' bfloat16 store on GPUs before sm_80
+    (integer rounding on the bits), against ml_dtypes' cast (round to nearest even, as
+    ``cvt.rn.bf16.f32``) on every float32 exponent and mantissa top with the low halves
+    that decide the rounding: 0, 1, just below, at and above the tie, the largest; so every
+    tie, every carry into the exponent and every overflow to inf. NaN gives 0x7fff."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    high = np.arange(1 << 16, dtype=np.uint32) << 16
+    low = np.array([0, 1, 0x7FFF, 0x8000, 0x8001, 0xFFFF], np.uint32)
+    bits = (high[:, None] | low[None, :]).reshape(-1)
+    values = bits.view(np.float32)
+    got = cuda_source.bfloat16_bits_rn(values)
+    want = values.astype(ml_dtypes.bfloat16).view(np.uint16)
+    nan = np.isnan(values)
+    # NaN: exponent all ones and a mantissa not 0 (of the 2 * 128 such tops, the 2 of
+    # infinity are NaN only with a low half not 0: 5 of the 6)
+    assert nan.sum() == 2 * (127 * 6 + 5)
+    np.testing.assert_array_equal(got[~nan], want[~nan])
+    assert np.all(got[nan] == 0x7FFF)
+    largest = np.array([np.finfo(np.float32).max, -np.finfo(np.float32).max], np.float32)
+    assert cuda_source.bfloat16_bits_rn(largest).tolist() == [0x7F80, 0xFF80]  # +-inf
+
+
+@pytest.mark.parametrize("name", HALF_DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (1, 40), (37, 1), (300, 70), (0, 3), (3000, 5)])
+def test_half_column_sum_twin(name: str, shape: tuple[int, int]) -> None:
+    """``relu_backward_bias_gradient_twin`` on 16-bit arrays: dinputs bit for bit the
+    reference; the column sums bit for bit a plain loop in the kernel's order accumulating
+    in float32 and rounding once; within ``half_sum_tolerance`` of NumPy's reference (which
+    rounds to the 16-bit type after every row) and of a float32-accumulated sum (CuPy's
+    ``sum``, in NumPy's order)."""
+    dtype = _half(name)
+    d = RNG.standard_normal(shape).astype(dtype)
+    output = np.maximum(RNG.standard_normal(shape), 0).astype(dtype)
+    dinputs, dbiases = cuda_source.relu_backward_bias_gradient_twin(d, output)
+    ref_dinputs, ref_dbiases = REFERENCE.ops.relu_backward_bias_gradient(d, output)
+    _same_bits(dinputs, ref_dinputs)
+    _same_bits(dbiases, _column_sums_in_kernel_order(ref_dinputs, np.float32))
+    assert dbiases.dtype == dtype and dbiases.shape == (1, shape[1])
+    bound = cuda_source.half_sum_tolerance(ref_dinputs, ref_dbiases, dtype)
+    assert np.all(np.abs(dbiases.astype(np.float64) - ref_dbiases.astype(np.float64)) <= bound)
+    cupy_like = ref_dinputs.astype(np.float32).sum(axis=0, keepdims=True).astype(dtype)
+    bound = cuda_source.half_sum_tolerance(ref_dinputs, cupy_like, np.float32)
+    assert np.all(np.abs(dbiases.astype(np.float64) - cupy_like.astype(np.float64)) <= bound)
+
+
+@pytest.mark.parametrize("name", HALF_DTYPES)
+def test_half_column_sums_accumulate_in_float32(name: str) -> None:
+    """4096 ones: in float32 the sum is exact, 4096; NumPy's 16-bit axis-0 sum stops where
+    adding 1 is a tie that rounds back down (float16: 2048; bfloat16: 256), which the
+    tolerance for NumPy's reference covers. A NaN or inf in a column: NaN or inf there."""
+    dtype = _half(name)
+    ones = np.ones((4096, 2), dtype)
+    _, sums = cuda_source.relu_backward_bias_gradient_twin(ones, ones)
+    assert sums.astype(np.float64).tolist() == [[4096.0, 4096.0]]
+    ref = REFERENCE.ops.bias_gradient(ones)
+    assert ref.astype(np.float64).tolist() == [[2048.0] * 2 if name == "float16" else [256.0] * 2]
+    assert np.all(np.abs(sums.astype(np.float64) - ref.astype(np.float64))
+                  <= cuda_source.half_sum_tolerance(ones, ref, dtype))  # fmt: skip
+    special = np.ones((20, 3), dtype)
+    special[5, 0], special[7, 1] = np.nan, np.inf
+    _, sums = cuda_source.relu_backward_bias_gradient_twin(special, special)
+    assert np.isnan(float(sums[0, 0])) and np.isposinf(float(sums[0, 1])) and sums[0, 2] == 20
 
 
 def _softmax_twins(logits: np.ndarray, y: np.ndarray, eps: float = 1e-7):  # type: ignore[no-untyped-def]

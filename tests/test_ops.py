@@ -216,3 +216,154 @@ def test_clip_grad_norm_known_answer(backend: bg.Backend, dtype: str) -> None:
         np.testing.assert_allclose(bg.to_numpy(a), np.array([3, 4]) * factor, rtol=rtol)
         np.testing.assert_allclose(bg.to_numpy(b), [[12 * factor]], rtol=rtol)
         assert bg.to_numpy(a).dtype == dtype
+
+
+# --- mixed precision: the 16-bit ops and the hand-off to float32 ------------------------------
+
+HALF = ["float16", "bfloat16"]
+
+
+def _dtype(name: str) -> np.dtype:
+    """The NumPy dtype of ``name``; bfloat16 is ml_dtypes' (as CuPy 14's)."""
+    if name == "bfloat16":
+        return np.dtype(pytest.importorskip("ml_dtypes").bfloat16)
+    return np.dtype(name)
+
+
+def _needs_16_bits(backend: bg.Backend, name: str) -> None:
+    if backend.name == "array_api_strict" and name in HALF:
+        pytest.skip(f"the array API has no {name} (the mixed policies run on numpy and cupy)")
+
+
+@pytest.mark.parametrize("grad_dtype", [*HALF, "float32"])
+def test_unscale_known_values(backend: bg.Backend, grad_dtype: str) -> None:
+    """``Ops.unscale`` on hand-derived values: a power-of-two scale divides exactly (the
+    16-bit subnormals and largest values included), 3.0 rounds each quotient once in float32
+    (1 / 3 is 0x3EAAAAAB), 1.0 is the cast alone (-0.0 kept); ``nonfinite`` becomes 1 on
+    inf, NaN, or a finite gradient whose quotient overflows float32, and is never reset to
+    0 by a later finite gradient; an empty gradient changes nothing; a float64 ``out`` (the
+    master of a float64 model) divides in float64."""
+    _needs_16_bits(backend, grad_dtype)
+    dtype = _dtype(grad_dtype)
+    info = np.finfo(dtype)
+    tiny, big = float(info.smallest_subnormal), float(info.max)
+    values = np.array([1.0, -2.5, 0.0, -0.0, 3.0, tiny, big, -0.375])
+    grad = backend.asarray(values.astype(dtype))
+    flag = backend.asarray(np.zeros(1, np.int32))
+    out = backend.asarray(np.full(values.shape, 7.0, np.float32))
+
+    def run(g: object, scale: float, into: object = None) -> np.ndarray:
+        target = out if into is None else into
+        backend.ops.unscale(g, target, scale, flag)
+        return bg.to_numpy(target)
+
+    got = run(grad, 1024.0)
+    want = np.array([2**-10, -2.5 * 2**-10, 0.0, -0.0, 3 * 2**-10, tiny * 2**-10, big * 2**-10,
+                     -0.375 * 2**-10], np.float32)  # fmt: skip
+    assert got.dtype == np.float32 and got.tobytes() == want.tobytes()
+    got = run(grad, 3.0)
+    assert got[0].view(np.uint32) == 0x3EAAAAAB  # float32(1 / 3), rounded to nearest
+    assert (
+        got.tobytes() == (values.astype(dtype).astype(np.float64) / 3).astype(np.float32).tobytes()
+    )
+    got = run(grad, 1.0)
+    assert got.tobytes() == values.astype(dtype).astype(np.float32).tobytes()
+    assert np.signbit(got[3]) and got[6] == big
+    assert bg.to_numpy(flag).tolist() == [0]  # all finite so far
+    wide = backend.asarray(np.zeros(values.shape, np.float64))
+    got = run(grad, 3.0, wide)
+    assert got.dtype == np.float64
+    assert got.tolist() == (values.astype(dtype).astype(np.float64) / 3).tolist()
+
+    cases = [
+        (np.array([1.0, np.inf, 2.0]), 1024.0, 1),
+        (np.array([0.5, 0.25, 4.0]), 1024.0, 1),  # finite: the flag stays 1 (never reset)
+        (np.array([1.0, np.nan, 2.0]), 1.0, 1),
+        (np.array([big, 1.0, -1.0]), 1e-35, 1),  # big / 1e-35 overflows float32
+        (np.array([], np.float64), 8.0, 0),  # nothing to check
+        (np.array([-big, 6.0, tiny]), 2.0, 0),
+    ]
+    for i, (host, scale, expected) in enumerate(cases):
+        if i >= 2:
+            flag = backend.asarray(np.zeros(1, np.int32))  # (the caller's once-a-step zeroing)
+        g = backend.asarray(host.astype(dtype))
+        dest = backend.asarray(np.empty(host.shape, np.float32))
+        with np.errstate(over="ignore"):
+            got = run(g, scale, dest)
+            want = host.astype(dtype).astype(np.float32) / np.float32(scale)
+        np.testing.assert_array_equal(got, want)
+        assert bg.to_numpy(flag).tolist() == [expected], (i, host, scale)
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+@pytest.mark.parametrize("name", HALF)
+@pytest.mark.parametrize(
+    "op",
+    [
+        "bias_relu",
+        "relu_backward",
+        "relu_backward_bias_gradient",
+        "bias_gradient",
+        "take_batch",
+        "add_bias",
+        "relu",
+        "unscale",
+    ],
+)
+def test_16_bit_ops_equal_the_reference_on_their_backend(
+    backend: bg.Backend, name: str, op: str
+) -> None:
+    """The ops a mixed step runs in float16/bfloat16 (CUDA kernels on CuPy; on NumPy the C
+    extension declines 16-bit arrays, so the reference runs) against the reference ops on
+    the same backend, with NaN, +-inf, -0.0, subnormals and values whose sum overflows:
+    bit for bit, except CuPy's column sums, within ``cuda_source.half_sum_tolerance`` of
+    CuPy's float32-accumulated sum."""
+    from backprop_gpu.backend import cuda_source
+
+    _needs_16_bits(backend, name)
+    dtype = _dtype(name)
+    info = np.finfo(dtype)
+
+    def special(*shape: int) -> np.ndarray:
+        a = RNG.standard_normal(shape).astype(dtype)
+        a.reshape(-1)[:8] = [np.nan, np.inf, -np.inf, -0.0, 0.0, float(info.smallest_subnormal),
+                             float(info.max), -float(info.max)]  # fmt: skip
+        return a
+
+    n, c = 37, 11
+    z, d, biases = special(n, c), special(n, c)[::-1].copy(), special(1, c)[:, ::-1].copy()
+    relu_out = np.maximum(special(n, c), np.array(0, dtype))
+    args = {
+        "bias_relu": (z, biases),
+        "relu_backward": (d, z),
+        "relu_backward_bias_gradient": (d, relu_out),
+        "bias_gradient": (RNG.standard_normal((300, c)).astype(dtype),),
+        "take_batch": (z, RNG.integers(0, 5, n), RNG.permutation(n)[:20]),
+        "add_bias": (z, biases),
+        "relu": (z,),
+    }
+    if op == "unscale":
+        runs = []
+        for ops in (backend.ops, backend.with_reference_ops().ops):
+            flag = backend.asarray(np.zeros(1, np.int32))
+            out = backend.asarray(np.empty((n, c), np.float32))
+            ops.unscale(backend.asarray(z), out, 1024.0, flag)
+            runs.append((bg.to_numpy(out).tobytes(), bg.to_numpy(flag).tolist()))
+        assert runs[0] == runs[1] and runs[0][1] == [1]  # (z holds inf and NaN)
+        return
+    fast = _call(backend.ops, op, tuple(a.copy() for a in args[op]))
+    ref = _call(backend.with_reference_ops().ops, op, args[op])
+    assert len(fast) == len(ref)
+    for i, (a, b) in enumerate(zip(fast, ref, strict=True)):
+        a, b = np.asarray(a), np.asarray(b)
+        assert a.dtype == b.dtype and a.shape == b.shape, (op, i)
+        sums = op == "relu_backward_bias_gradient" and i == 1
+        if backend.name == "cupy" and sums:
+            np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+            finite = np.isfinite(b.astype(np.float32))
+            dinputs = np.nan_to_num(fast[0].astype(np.float32), nan=0, posinf=0, neginf=0)
+            bound = cuda_source.half_sum_tolerance(dinputs.astype(dtype), b, np.float32)
+            diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
+            assert np.all((diff <= bound)[finite]), (op, i)
+        else:
+            assert a.tobytes() == b.tobytes(), (op, i)

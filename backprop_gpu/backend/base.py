@@ -119,7 +119,7 @@ class Backend:
                     f"{self.device!r}; move it explicitly (bg.to_numpy, then bg.asarray)"
                 )
             if dtype is not None and a.dtype != dtype:
-                if getattr(a.dtype, "kind", "f") not in "biuf":  # NumPy or CuPy: a numpy dtype
+                if not _numbers(a.dtype):
                     raise TypeError(f"{what} must hold numbers, got dtype {a.dtype}")
                 a = self.xp.astype(a, dtype)
             return a
@@ -131,7 +131,7 @@ class Backend:
                 f"under bg.use_backend({other!r})"
             )
         host = host_array(a, what)
-        if host.dtype.kind not in "biuf":
+        if not _numbers(host.dtype):
             raise TypeError(f"{what} must hold numbers, got dtype {host.dtype}")
         return self.from_host(host, dtype)
 
@@ -296,6 +296,14 @@ def to_numpy(a: Any) -> np.ndarray:
 
         return np.asarray(a.to_device(array_api_strict.Device("CPU_DEVICE")))
     return np.array(a, copy=True)  # a copy on NumPy too, so every backend behaves alike
+
+
+def _numbers(dtype: Any) -> bool:
+    """Whether arrays of ``dtype`` hold numbers: booleans, integers, floats (NumPy's and
+    CuPy's dtypes are NumPy's), and ml_dtypes' bfloat16 (a "V" kind to NumPy, a float to the
+    mixed policies and to CuPy 14)."""
+    kind = getattr(dtype, "kind", "f")  # (array-api-strict's dtypes: numbers only)
+    return kind in "biuf" or (kind == "V" and dtype_name(dtype) == "bfloat16")
 
 
 def host_array(a: Any, what: str = "array") -> np.ndarray:

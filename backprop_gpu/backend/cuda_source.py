@@ -22,6 +22,29 @@ to the array's dtype, and the kernel rounds every operation once in the same ord
 The reductions (column sums, softmax row sums, the mean loss) add in a fixed order, stated
 with each kernel, which is not CuPy's: they differ from the reference by the rounding of a
 sum, and the softmax also by ``exp``'s rounding (tolerances in ``softmax_tolerances``).
+
+float16 and bfloat16 (the mixed policies' compute dtypes, ``backprop_gpu/precisions.py``):
+the kernels a mixed step runs on 16-bit arrays (``HALF_KERNELS``: the ReLU's backward, bias +
+ReLU, ReLU backward + bias sums, the batch gather, and ``unscale``, the hand-off of a 16-bit
+gradient to its float32 master) have "_f16" and "_bf16" variants. They need no CUDA header
+(NVRTC has none here): an element is a 16-bit pattern (``float16_bits``, ``bfloat16_bits``),
+widened to float exactly, every operation is done in float (``.rn``, as for float32), and
+each stored result is rounded once to the 16-bit type, to nearest even (``cvt.rn.f16.f32``;
+``cvt.rn.bf16.f32`` from sm_80, and below that the same rounding in integer arithmetic, as
+cuda_bf16.h does). That is CuPy's own float16/bfloat16 arithmetic (``cupy/float16.cuh``,
+``cupy/bfloat16.cuh``: an operand converts to float, the float result converts back with
+``__float2half_rn`` / ``__float2bfloat16_rn``), and NumPy's and ml_dtypes': float32 holds the
+exact sum, difference and product of two 16-bit values or rounds them innocuously (24 >= 2 *
+11 + 2 bits), so the elementwise kernels equal the reference bit for bit on CuPy, and their
+twins (``relu_backward_twin``, ``bias_relu_twin``, ``unscale_twin``) equal it on NumPy.
+bfloat16's subnormals are float32's: they survive because nothing is compiled with
+``-ftz=true`` (NVRTC's default, and CuPy's). The column sums accumulate in float and round
+once at the end, as CuPy's ``sum`` of float16/bfloat16 does (a float accumulator), in the
+kernel's order; NumPy's axis-0 sum rounds to the 16-bit type after every row instead
+(``half_sum_tolerance`` bounds both differences). The rest of a mixed step has no kernel
+to vary: ReLU alone and the bias gradient are CuPy's own ``maximum`` and ``sum``, Dropout's
+mask is CuPy arithmetic on float32 uniforms (the Philox kernel), and the softmax, the loss
+and the optimizer updates run in float32.
 """
 
 from __future__ import annotations
@@ -107,6 +130,62 @@ def optimizer_scalars(dtype: Any, **scalars: float) -> dict[str, Any]:
     return {name: cast(value) for name, value in scalars.items()}
 
 
+# --- the array twins: every dtype, float16 and bfloat16 included -------------------------
+
+HALF = ("float16", "bfloat16")  # the 16-bit dtypes, computed in float32
+
+
+def compute_dtype(dtype: Any) -> np.dtype:
+    """The dtype a kernel computes in for ``dtype`` arrays: float32 for float16 and bfloat16
+    (``Num<T>::C`` in the CUDA source), the dtype itself for float32 and float64."""
+    dtype = np.dtype(dtype)
+    return np.dtype(np.float32) if dtype.name in HALF else dtype
+
+
+def narrow(values: np.ndarray, dtype: Any) -> np.ndarray:
+    """Values in the compute dtype stored as ``dtype`` arrays: rounded once, to nearest even
+    (the kernels' ``Num<T>::store``; NumPy's and ml_dtypes' casts round the same way). NaN
+    payloads aside: a GPU's conversions give the canonical NaN, on both sides of a test."""
+    return values.astype(dtype)
+
+
+def bfloat16_bits_rn(values: np.ndarray) -> np.ndarray:
+    """The bfloat16 store of a GPU before sm_80 (no ``cvt.rn.bf16.f32``), in NumPy: float32
+    ``values`` rounded to nearest even on their bits, ``(u + 0x7fff + ((u >> 16) & 1)) >> 16``
+    (a carry out of the mantissa steps the exponent, up to infinity), NaN as 0x7fff; the bit
+    patterns as uint16."""
+    u = np.ascontiguousarray(values, np.float32).view(np.uint32).astype(np.uint64)
+    rounded = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    return np.where(np.isnan(values), np.uint16(0x7FFF), rounded)
+
+
+def relu_backward_twin(dvalues: np.ndarray, inputs: np.ndarray) -> np.ndarray:
+    """``relu_backward``'s kernel on whole arrays: ``d * (x > 0 ? 1 : 0)`` in the compute
+    dtype, stored in ``dvalues``' dtype."""
+    c = compute_dtype(dvalues.dtype)
+    mask = (inputs.astype(c) > 0).astype(c)
+    return narrow(dvalues.astype(c) * mask, dvalues.dtype)
+
+
+def bias_relu_twin(z: np.ndarray, biases: np.ndarray) -> np.ndarray:
+    """``bias_relu``'s kernel on whole arrays: ``z + biases`` stored in the dtype (the
+    reference's ``z += biases``), then ``relu_element`` of it (NaN stays NaN, otherwise
+    ``max(s, 0)``: +0.0 for a zero of either sign), stored again (exactly)."""
+    c = compute_dtype(z.dtype)
+    total = narrow(z.astype(c) + biases.reshape(1, -1).astype(c), z.dtype).astype(c)
+    relu = np.where(np.isnan(total) | (total > 0), total, c.type(0))
+    return narrow(relu, z.dtype)
+
+
+def unscale_twin(grad: np.ndarray, scale: float) -> tuple[np.ndarray, bool]:
+    """``unscale``'s kernel: (``float32(grad) / float32(scale)``, or the cast alone when
+    ``scale`` is 1.0, and whether any of it is not finite)."""
+    out = grad.astype(np.float32)  # (exact from float16 and bfloat16)
+    if scale != 1.0:
+        out = out / np.float32(scale)
+    return out, not bool(np.isfinite(out).all())
+
+
 # --- the reductions' twins (NumPy, in the kernels' order) ---------------------------------
 
 
@@ -139,9 +218,35 @@ def relu_backward_bias_gradient_twin(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``relu_backward_bias_gradient``'s kernel in NumPy: (dinputs (N, C), column sums (1, C))
     with each column summed as the kernel does (ROW_THREADS strided partial sums, then
-    pairwise)."""
-    dinputs = dvalues * (output > 0).astype(dvalues.dtype)
-    return dinputs, _tree(_strided_sums(dinputs, ROW_THREADS))[None, :]
+    pairwise), in the compute dtype (float32 for float16 and bfloat16: the stored dinputs
+    widened, the sums rounded to the dtype once, at the end)."""
+    dinputs = relu_backward_twin(dvalues, output)
+    sums = _tree(_strided_sums(dinputs.astype(compute_dtype(dinputs.dtype)), ROW_THREADS))
+    return dinputs, narrow(sums, dinputs.dtype)[None, :]
+
+
+def half_sum_tolerance(values: np.ndarray, reference: np.ndarray, accumulate: Any) -> np.ndarray:
+    """How far the 16-bit column sums of ``relu_backward_bias_gradient``'s kernel may be from
+    a reference's, ``reference`` (1, C), for the (N, C) 16-bit ``values`` they sum, when the
+    reference adds them in the dtype ``accumulate`` (float32: CuPy's ``sum``, which rounds to
+    the 16-bit type once at the end as the kernel does; the 16-bit dtype itself: NumPy's
+    axis-0 sum, rounded after each row). The kernel's float32 sum is within (N - 1) eps32
+    sum(|column|) of the exact one and the reference's within (N - 1) eps_acc sum(|column|)
+    (Higham's bound with eps for the unit roundoff eps / 2: a factor 2 spare, which also
+    covers the second-order terms); the two roundings to the 16-bit type at the end (one
+    where the reference accumulates in it) add at most eps16 (|reference| + that error);
+    roundings to subnormals at most half the smallest subnormal each, (N + 1) of them.
+    Absolute bounds, (1, C)."""
+    n = values.shape[0]
+    wide = np.abs(values.astype(np.float64)).sum(axis=0, keepdims=True)
+    eps32 = float(np.finfo(np.float32).eps)
+    eps_acc, info = float(np.finfo(accumulate).eps), np.finfo(values.dtype)
+    err: np.ndarray = max(n - 1, 0) * (eps32 + eps_acc) * wide
+    ref = np.abs(reference.astype(np.float64))
+    bound: np.ndarray = (
+        err + float(info.eps) * (ref + err) + (n + 1) * float(info.smallest_subnormal)
+    )
+    return bound
 
 
 def softmax_ce_rows_twin(
@@ -223,45 +328,114 @@ _TEMPLATES = r"""
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (n);     \
          i += (long long)blockDim.x * gridDim.x)
 
+// --- element types ------------------------------------------------------------------
+// Num<T>: how a kernel reads and writes T arrays. T = float, double: as they are. The 16-bit
+// types are their bit patterns (no cuda_fp16.h / cuda_bf16.h needed), computed in C = float:
+// load widens exactly, store rounds once to nearest even, with the instructions those
+// headers use on each architecture (CuPy's float16/bfloat16 classes: operator float(), and
+// back through __float2half_rn / __float2bfloat16_rn), so even a NaN's bits are CuPy's.
+struct float16_bits { unsigned short bits; };
+struct bfloat16_bits { unsigned short bits; };
+static_assert(sizeof(float16_bits) == 2 && sizeof(bfloat16_bits) == 2, "16-bit elements");
+
+template <typename T>
+struct Num {
+    typedef T C;
+    static __device__ T load(T x) { return x; }
+    static __device__ T store(C x) { return x; }
+};
+
+template <>
+struct Num<float16_bits> {
+    typedef float C;
+    static __device__ float load(float16_bits x) {
+        float f;
+        asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x.bits));
+        return f;
+    }
+    static __device__ float16_bits store(float f) {
+        float16_bits x;
+        asm("cvt.rn.f16.f32 %0, %1;" : "=h"(x.bits) : "f"(f));
+        return x;
+    }
+};
+
+template <>
+struct Num<bfloat16_bits> {
+    typedef float C;
+    static __device__ float load(bfloat16_bits x) {  // (exact: bfloat16 is float's top half)
+#if __CUDA_ARCH__ >= 900  // (as cuda_bf16.h: so a NaN's bits are CuPy's too)
+        float f;
+        asm("cvt.f32.bf16 %0, %1;" : "=f"(f) : "h"(x.bits));
+        return f;
+#else
+        return __uint_as_float((unsigned int)x.bits << 16);
+#endif
+    }
+    static __device__ bfloat16_bits store(float f) {
+        bfloat16_bits x;
+#if __CUDA_ARCH__ >= 800 && !defined(BF16_ROUND_BITS)
+        asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(x.bits) : "f"(f));
+#else  // cvt to bf16 needs sm_80: below, the same rounding on the bits (NaN as 0x7fff, as
+       // cuda_bf16.h); -DBF16_ROUND_BITS takes this path anywhere (the GPU tests run it)
+        unsigned int u = __float_as_uint(f);
+        x.bits = isnan(f) ? (unsigned short)0x7fff
+                          : (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+#endif
+        return x;
+    }
+};
+
 // --- ReLU -----------------------------------------------------------------------------
 
 template <typename T>
 __device__ void relu_backward(const T* d, const T* x, T* out, long long n) {
-    GRID_STRIDE(i, n) out[i] = d[i] * (x[i] > T(0) ? T(1) : T(0));
+    typedef Num<T> N;
+    typedef typename N::C C;
+    GRID_STRIDE(i, n) out[i] = N::store(N::load(d[i]) * (N::load(x[i]) > C(0) ? C(1) : C(0)));
 }
 
-// CuPy's maximum(x, 0): NaN stays NaN (as CuPy's own NAN), else max(x, 0).
-template <typename T>
-__device__ T relu_value(T x) {
-    return isnan(x) ? T(NAN) : T(max(x, T(0)));
+// CuPy's maximum(x, 0) (for float16 and bfloat16 too, on the value widened to float): NaN
+// stays NaN (as CuPy's own NAN), else max(x, 0).
+template <typename C>
+__device__ C relu_value(C x) {
+    return isnan(x) ? C(NAN) : C(max(x, C(0)));
 }
 
-// z = max(z + biases, 0) in place: z (rows, cols), biases (cols,)
+// z = max(z + biases, 0) in place: z (rows, cols), biases (cols,); the sum stored in T
+// first, as the reference's z += biases
 template <typename T>
 __device__ void bias_relu(T* z, const T* biases, long long cols, long long n) {
-    GRID_STRIDE(i, n) z[i] = relu_value<T>(z[i] + biases[i % cols]);
+    typedef Num<T> N;
+    GRID_STRIDE(i, n) {
+        T total = N::store(N::load(z[i]) + N::load(biases[i % cols]));
+        z[i] = N::store(relu_value(N::load(total)));
+    }
 }
 
 // dinputs = d * (output > 0) and the column sums of dinputs, deterministic: block
 // (COL_TILE, ROW_THREADS) takes COL_TILE columns; thread (tx, ty) adds rows ty, ty +
 // ROW_THREADS, ... of column tx in increasing order, starting from 0; then the ROW_THREADS
 // partial sums of a column are added pairwise, p[ty] += p[ty + half] for half = 4, 2, 1.
+// The sums are in C (float for the 16-bit types), stored in T once, at the end.
 #define COL_TILE 32
 #define ROW_THREADS 8
 template <typename T>
 __device__ void relu_backward_bias_gradient(const T* d, const T* out, T* dinputs,
                                             T* dbiases, long long rows, long long cols) {
-    __shared__ T partial[ROW_THREADS][COL_TILE + 1];
+    typedef Num<T> N;
+    typedef typename N::C C;
+    __shared__ C partial[ROW_THREADS][COL_TILE + 1];
     long long tiles = (cols + COL_TILE - 1) / COL_TILE;
     for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
         long long c = tile * COL_TILE + threadIdx.x;
-        T acc = T(0);
+        C acc = C(0);
         if (c < cols) {
             for (long long r = threadIdx.y; r < rows; r += ROW_THREADS) {
                 long long i = r * cols + c;
-                T v = d[i] * (out[i] > T(0) ? T(1) : T(0));
+                T v = N::store(N::load(d[i]) * (N::load(out[i]) > C(0) ? C(1) : C(0)));
                 dinputs[i] = v;
-                acc = acc + v;
+                acc = acc + N::load(v);
             }
         }
         partial[threadIdx.y][threadIdx.x] = acc;
@@ -272,9 +446,27 @@ __device__ void relu_backward_bias_gradient(const T* d, const T* out, T* dinputs
                     partial[threadIdx.y][threadIdx.x] + partial[threadIdx.y + half][threadIdx.x];
             __syncthreads();
         }
-        if (threadIdx.y == 0 && c < cols) dbiases[c] = partial[0][threadIdx.x];
+        if (threadIdx.y == 0 && c < cols) dbiases[c] = N::store(partial[0][threadIdx.x]);
         __syncthreads();  // (partial is reused by the next tile)
     }
+}
+
+// --- the mixed step's hand-off: a 16-bit gradient to its float32 master ------------------
+
+// out = float(g) / scale (divide != 0) or float(g), the reference's astype then "/ scale"
+// (scale already float32, as CuPy casts a Python float); nonfinite[0] = 1 when any result is
+// not finite, one atomic a block at most (never reset here: the caller zeroes it).
+template <typename T>
+__device__ void unscale(const T* g, float* out, float scale, int divide, int* nonfinite,
+                        long long n) {
+    int bad = 0;
+    GRID_STRIDE(i, n) {
+        float v = Num<T>::load(g[i]);
+        if (divide) v = v / scale;
+        out[i] = v;
+        bad |= !isfinite(v);
+    }
+    if (__syncthreads_or(bad) && threadIdx.x == 0) atomicOr(nonfinite, 1);
 }
 
 // --- softmax cross-entropy --------------------------------------------------------------
@@ -434,37 +626,56 @@ __device__ void take_batch(const T* x, const long long* y, const long long* idx,
 }
 """
 
-# The exported kernels: each template above, instantiated for float32 ("_f32") and float64
-# ("_f64"); T in a signature is the element type.
-_ENTRIES = {
-    "relu_backward": "const T* d, const T* x, T* out, long long n",
-    "bias_relu": "T* z, const T* biases, long long cols, long long n",
+# The exported kernels: each template above instantiated for the dtypes it serves, "_f32"
+# (float32), "_f64" (float64), "_f16" (float16), "_bf16" (bfloat16); T in a signature is the
+# element type. The 16-bit variants are those a mixed step runs (precisions.py): its layers
+# in float16/bfloat16, its loss and softmax, and the optimizer's float32 masters, in float32.
+WIDE, HALF_SUFFIXES = ("f32", "f64"), ("f16", "bf16")
+ALL = WIDE + HALF_SUFFIXES
+_ENTRIES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "relu_backward": ("const T* d, const T* x, T* out, long long n", ALL),
+    "bias_relu": ("T* z, const T* biases, long long cols, long long n", ALL),
     "relu_backward_bias_gradient": (
-        "const T* d, const T* out, T* dinputs, T* dbiases, long long rows, long long cols"
+        "const T* d, const T* out, T* dinputs, T* dbiases, long long rows, long long cols",
+        ALL,
     ),
     "softmax_ce_rows": (
         "const T* logits, const long long* y, T* p, T* dinputs, T* logp, int* hit, T lo, T hi,"
-        " T n_rows, int grad, long long rows, long long cols"
+        " T n_rows, int grad, long long rows, long long cols",
+        WIDE,
     ),
     "softmax_ce_reduce": (
         "const T* logp, const int* hit, T* loss, float* correct, long long* errors, T n_rows,"
-        " long long rows"
+        " long long rows",
+        WIDE,
     ),
     "take_batch": (
         "const T* x, const long long* y, const long long* idx, T* xo, long long* yo,"
-        " long long rows, long long cols, long long n"
+        " long long rows, long long cols, long long n",
+        ALL,
     ),
-    "sgd": "T* w, const T* g, T lr, long long n",
-    "sgd_momentum": "T* w, T* v, const T* g, T lr, T momentum, int nesterov, long long n",
-    "adagrad": "T* w, T* cache, const T* g, T lr, T epsilon, long long n",
-    "rmsprop": "T* w, T* cache, const T* g, T lr, T rho, T one_minus_rho, T epsilon, long long n",
+    "unscale": (
+        "const T* g, float* out, float scale, int divide, int* nonfinite, long long n",
+        HALF_SUFFIXES,
+    ),
+    "sgd": ("T* w, const T* g, T lr, long long n", WIDE),
+    "sgd_momentum": ("T* w, T* v, const T* g, T lr, T momentum, int nesterov, long long n", WIDE),
+    "adagrad": ("T* w, T* cache, const T* g, T lr, T epsilon, long long n", WIDE),
+    "rmsprop": (
+        "T* w, T* cache, const T* g, T lr, T rho, T one_minus_rho, T epsilon, long long n",
+        WIDE,
+    ),
     "adam": (
         "T* w, T* m, T* cache, const T* g, T lr, T beta_1, T one_minus_beta_1, T beta_2,"
-        " T one_minus_beta_2, T correction_1, T correction_2, T epsilon, long long n"
+        " T one_minus_beta_2, T correction_1, T correction_2, T epsilon, long long n",
+        WIDE,
     ),
 }
-SUFFIX = {"float32": "f32", "float64": "f64"}
-_C_TYPES = {"f32": "float", "f64": "double"}
+SUFFIX = {"float32": "f32", "float64": "f64", "float16": "f16", "bfloat16": "bf16"}
+_C_TYPES = {"f32": "float", "f64": "double", "f16": "float16_bits", "bf16": "bfloat16_bits"}
+# each kernel's suffixes ("bias_relu" -> ("f32", "f64", "f16", "bf16")); those with 16-bit ones
+SUFFIXES = {name: suffixes for name, (_, suffixes) in _ENTRIES.items()}
+HALF_KERNELS = tuple(name for name, suffixes in SUFFIXES.items() if "f16" in suffixes)
 
 
 def _entry(name: str, params: str, suffix: str) -> str:
@@ -477,10 +688,10 @@ def _entry(name: str, params: str, suffix: str) -> str:
 CUDA_SOURCE = (
     _TEMPLATES
     + 'extern "C" {\n'
-    + "\n".join(_entry(n, p, s) for n, p in _ENTRIES.items() for s in _C_TYPES)
+    + "\n".join(_entry(n, p, s) for n, (p, suffixes) in _ENTRIES.items() for s in suffixes)
     + "\n}\n"
 )
-KERNEL_NAMES = tuple(f"{name}_{suffix}" for name in _ENTRIES for suffix in _C_TYPES)
+KERNEL_NAMES = tuple(f"{n}_{s}" for n, (_, suffixes) in _ENTRIES.items() for s in suffixes)
 
 
 def module() -> tuple[str, tuple[str, ...]]:

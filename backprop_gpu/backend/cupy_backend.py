@@ -41,7 +41,8 @@ def _python_scalars(*values: Any) -> bool:
 
 class CupyOps(Ops):
     """The reference ops with fused CUDA kernels where they apply (float32/float64,
-    C-contiguous arrays); anything else runs the reference.
+    C-contiguous arrays; float16 and bfloat16 too for the kernels of a mixed step,
+    ``cuda_source.HALF_KERNELS``); anything else runs the reference.
 
     ``label_errors`` is a 1-element int64 device array (made at the first softmax
     cross-entropy kernel on this ops object): each ``softmax_cross_entropy*`` kernel adds the
@@ -59,16 +60,19 @@ class CupyOps(Ops):
         super().__init__(backend)
         self.label_errors: Any = None
 
-    def _fits(self, *arrays: Any) -> str | None:
-        """The kernels' dtype suffix ("f32", "f64") when every array can go to a kernel: the
-        first array's dtype float32 or float64, the others' the same, all C-contiguous."""
+    def _fits(self, kernel: str, *arrays: Any) -> str | None:
+        """The name of ``kernel``'s variant for these arrays ("bias_relu_f32", "bias_relu_f16")
+        when every array can go to it: the first array's dtype one the kernel is built for
+        (``cuda_source.SUFFIXES``: float32 and float64; float16 and bfloat16 too for the
+        kernels of a mixed step; CuPy 14's bfloat16 is ``ml_dtypes.bfloat16``'s NumPy dtype),
+        the others' the same, all C-contiguous. None otherwise: the reference runs."""
         dtype = arrays[0].dtype
         suffix = cuda_source.SUFFIX.get(dtype_name(dtype))
-        if suffix is None:
+        if suffix is None or suffix not in cuda_source.SUFFIXES[kernel]:
             return None
         if not all(a.dtype == dtype and a.flags.c_contiguous for a in arrays):
             return None
-        return suffix
+        return f"{kernel}_{suffix}"
 
     def _run(self, name: str, grid: int, block: tuple[int, ...], *args: Any) -> None:
         _function(self.backend.device.id, name)((grid,), block, args)
@@ -86,12 +90,12 @@ class CupyOps(Ops):
     def take_batch(
         self, X: Any, y: Any, indices: Any, out: tuple[Any, Any] | None = None
     ) -> tuple[Any, Any]:
-        """One kernel for both gathers (float X (N, F), int64 labels y (N,), int64 indices);
-        other arrays: the two takes."""
+        """One kernel for both gathers (float X (N, F), any of the four float dtypes; int64
+        labels y (N,), int64 indices); other arrays: the two takes."""
         xp = self.xp
-        suffix = self._fits(X)
+        kernel = self._fits("take_batch", X)
         if (
-            suffix is None or X.ndim != 2 or y.ndim != 1 or y.dtype != xp.int64
+            kernel is None or X.ndim != 2 or y.ndim != 1 or y.dtype != xp.int64
             or indices.dtype != xp.int64
             or not (y.flags.c_contiguous and indices.flags.c_contiguous)
         ):  # fmt: skip
@@ -101,7 +105,7 @@ class CupyOps(Ops):
             out = (xp.empty((rows, cols), X.dtype), xp.empty((rows,), xp.int64))
         x_out, y_out = out
         self._launch(
-            f"take_batch_{suffix}", rows * cols + rows,
+            kernel, rows * cols + rows,
             X, y, indices, x_out, y_out, np.int64(rows), np.int64(cols),
         )  # fmt: skip
         return x_out, y_out
@@ -125,19 +129,20 @@ class CupyOps(Ops):
 
     def bias_relu(self, z: Any, biases: Any) -> Any:
         """One kernel, in place on ``z``: ``max(z + biases, 0)`` with CuPy's ``maximum``
-        rules (NaN stays NaN). Bit for bit the reference."""
-        suffix = self._fits(z, biases)
-        if suffix is None or z.ndim != 2 or biases.size != z.shape[1]:
+        rules (NaN stays NaN), the sum rounded to the dtype first, as the reference's. Bit for
+        bit the reference (float16/bfloat16: each step in float, rounded once, as CuPy's)."""
+        kernel = self._fits("bias_relu", z, biases)
+        if kernel is None or z.ndim != 2 or biases.size != z.shape[1]:
             return super().bias_relu(z, biases)
-        self._launch(f"bias_relu_{suffix}", z.size, z, biases, np.int64(z.shape[1]))
+        self._launch(kernel, z.size, z, biases, np.int64(z.shape[1]))
         return z
 
     def relu_backward(self, dvalues: Any, inputs: Any) -> Any:
-        suffix = self._fits(dvalues, inputs)
-        if suffix is None or dvalues.shape != inputs.shape:
+        kernel = self._fits("relu_backward", dvalues, inputs)
+        if kernel is None or dvalues.shape != inputs.shape:
             return super().relu_backward(dvalues, inputs)
         out = self.xp.empty_like(dvalues)
-        self._launch(f"relu_backward_{suffix}", out.size, dvalues, inputs, out)
+        self._launch(kernel, out.size, dvalues, inputs, out)
         return out
 
     def relu_backward_bias_gradient(
@@ -149,11 +154,14 @@ class CupyOps(Ops):
         increasing order starting from 0, then the 8 partial sums are added pairwise (p[k] +=
         p[k + 4], then + p[k + 2], then + p[k + 1]). That is not CuPy's order: the sums differ
         from the reference by a sum's rounding, at most (N - 1) eps sum(|column|) (Higham);
-        ``cuda_source.relu_backward_bias_gradient_twin`` is this order in NumPy. ``out``: as
-        the reference's (the kernel writes into it)."""
-        suffix = self._fits(dvalues, output, *(out or ()))
+        ``cuda_source.relu_backward_bias_gradient_twin`` is this order in NumPy. float16 and
+        bfloat16: the sums accumulate in float32 and round once, as CuPy's ``sum`` does, so
+        they differ from it by a float32 sum's rounding and at most one 16-bit rounding
+        (``cuda_source.half_sum_tolerance``). ``out``: as the reference's (the kernel writes
+        into it)."""
+        kernel = self._fits("relu_backward_bias_gradient", dvalues, output, *(out or ()))
         if (
-            suffix is None or dvalues.ndim != 2 or dvalues.shape != output.shape
+            kernel is None or dvalues.ndim != 2 or dvalues.shape != output.shape
             or (out is not None and (out[0].shape != dvalues.shape
                                      or out[1].shape != (1, dvalues.shape[1])))
         ):  # fmt: skip
@@ -167,8 +175,8 @@ class CupyOps(Ops):
         if cols:
             grid = _blocks(cols, cuda_source.COL_TILE)
             block = (cuda_source.COL_TILE, cuda_source.ROW_THREADS)
-            self._run(f"relu_backward_bias_gradient_{suffix}", grid, block, dvalues, output,
-                      dinputs, dbiases, np.int64(rows), np.int64(cols))  # fmt: skip
+            self._run(kernel, grid, block, dvalues, output, dinputs, dbiases, np.int64(rows),
+                      np.int64(cols))  # fmt: skip
         return dinputs, dbiases
 
     # --- softmax cross-entropy -------------------------------------------------------
@@ -177,9 +185,9 @@ class CupyOps(Ops):
         """The two kernels (rows, then one reduction): (p, loss, correct, dinputs or None),
         or None where they do not apply (the caller then runs the reference)."""
         xp = self.xp
-        suffix = self._fits(logits)
+        rows_kernel = self._fits("softmax_ce_rows", logits)
         if (
-            suffix is None or logits.ndim != 2 or 0 in logits.shape or not _python_scalars(eps)
+            rows_kernel is None or logits.ndim != 2 or 0 in logits.shape or not _python_scalars(eps)
             or y.ndim != 1 or y.shape[0] != logits.shape[0] or dtype_name(y.dtype) != "int64"
             or not y.flags.c_contiguous
         ):  # fmt: skip
@@ -194,10 +202,11 @@ class CupyOps(Ops):
         logp, hit = xp.empty(rows, dtype=logits.dtype), xp.empty(rows, dtype=xp.int32)
         loss, correct = xp.empty((), dtype=logits.dtype), xp.empty((), dtype=xp.float32)
         n_rows = scalar(rows)  # the reference's "/ N": a Python int, cast as CuPy casts it
-        self._run(f"softmax_ce_rows_{suffix}", _blocks(rows, _THREADS), (_THREADS,), logits, y,
+        self._run(rows_kernel, _blocks(rows, _THREADS), (_THREADS,), logits, y,
                   p, dinputs, logp, hit, scalar(eps), scalar(1 - eps), n_rows, np.int32(grad),
                   np.int64(rows), np.int64(cols))  # fmt: skip
-        self._run(f"softmax_ce_reduce_{suffix}", 1, (cuda_source.REDUCE_THREADS,), logp, hit,
+        reduce_kernel = rows_kernel.replace("softmax_ce_rows", "softmax_ce_reduce")
+        self._run(reduce_kernel, 1, (cuda_source.REDUCE_THREADS,), logp, hit,
                   loss, correct, self.label_errors, n_rows, np.int64(rows))  # fmt: skip
         return p, loss, correct, dinputs if grad else None
 
@@ -228,6 +237,25 @@ class CupyOps(Ops):
         p, loss, correct, dinputs = fused
         return p, loss, correct, dinputs
 
+    # --- mixed precision ------------------------------------------------------------
+
+    def unscale(self, grad: Any, out: Any, scale: float, nonfinite: Any) -> None:
+        """One kernel a gradient (the reference's cast, division, copy and finiteness flag
+        are nine device operations): a float16 or bfloat16 ``grad`` widened to the float32
+        ``out`` and divided by ``scale`` (rounded to float32 first, as CuPy casts the Python
+        float), bit for bit the reference; ``nonfinite[0] = 1`` (one atomic OR a block at
+        most) when a result is not finite. Other dtypes, layouts or shapes, or a ``scale``
+        that is not a Python number: the reference."""
+        kernel = self._fits("unscale", grad)
+        if (
+            kernel is None or dtype_name(out.dtype) != "float32" or out.shape != grad.shape
+            or not out.flags.c_contiguous or dtype_name(nonfinite.dtype) != "int32"
+            or nonfinite.shape != (1,) or not _python_scalars(scale)
+        ):  # fmt: skip
+            return super().unscale(grad, out, scale, nonfinite)
+        self._launch(kernel, grad.size, grad, out, np.float32(scale), np.int32(scale != 1.0),
+                     nonfinite)  # fmt: skip
+
     def clip_grad_value(self, grad: Any, clip_value: float) -> None:
         # in place: one CuPy kernel (the reference's clip and copy back are two)
         self.xp.clip(grad, -clip_value, clip_value, out=grad)
@@ -235,57 +263,56 @@ class CupyOps(Ops):
     # --- optimizer updates: one kernel each, bit for bit the reference on CuPy --------
 
     def sgd(self, param: Any, grad: Any, lr: float) -> None:
-        suffix = self._fits(param, grad)
-        if suffix is None or param.shape != grad.shape or not _python_scalars(lr):
+        kernel = self._fits("sgd", param, grad)
+        if kernel is None or param.shape != grad.shape or not _python_scalars(lr):
             return super().sgd(param, grad, lr)
-        self._launch(f"sgd_{suffix}", param.size, param, grad, self._scalar(param)(lr))
+        self._launch(kernel, param.size, param, grad, self._scalar(param)(lr))
 
     def sgd_momentum(
         self, param: Any, velocity: Any, grad: Any, lr: float, momentum: float, nesterov: bool
     ) -> None:
-        suffix = self._fits(param, velocity, grad)
+        kernel = self._fits("sgd_momentum", param, velocity, grad)
         if (
-            suffix is None or not param.shape == velocity.shape == grad.shape
+            kernel is None or not param.shape == velocity.shape == grad.shape
             or not _python_scalars(lr, momentum)
         ):  # fmt: skip
             return super().sgd_momentum(param, velocity, grad, lr, momentum, nesterov)
         scalar = self._scalar(param)
         self._launch(
-            f"sgd_momentum_{suffix}", param.size,
+            kernel, param.size,
             param, velocity, grad, scalar(lr), scalar(momentum), np.int32(nesterov),
         )  # fmt: skip
 
     def adagrad(self, param: Any, cache: Any, grad: Any, lr: float, epsilon: float) -> None:
-        suffix = self._fits(param, cache, grad)
+        kernel = self._fits("adagrad", param, cache, grad)
         if (
-            suffix is None or not param.shape == cache.shape == grad.shape
+            kernel is None or not param.shape == cache.shape == grad.shape
             or not _python_scalars(lr, epsilon)
         ):  # fmt: skip
             return super().adagrad(param, cache, grad, lr, epsilon)
         scalar = self._scalar(param)
-        self._launch(f"adagrad_{suffix}", param.size, param, cache, grad, scalar(lr),
-                     scalar(epsilon))  # fmt: skip
+        self._launch(kernel, param.size, param, cache, grad, scalar(lr), scalar(epsilon))
 
     def rmsprop(
         self, param: Any, cache: Any, grad: Any, lr: float, rho: float, epsilon: float
     ) -> None:
-        suffix = self._fits(param, cache, grad)
+        kernel = self._fits("rmsprop", param, cache, grad)
         if (
-            suffix is None or not param.shape == cache.shape == grad.shape
+            kernel is None or not param.shape == cache.shape == grad.shape
             or not _python_scalars(lr, rho, epsilon)
         ):  # fmt: skip
             return super().rmsprop(param, cache, grad, lr, rho, epsilon)
         scalar = self._scalar(param)
-        self._launch(f"rmsprop_{suffix}", param.size, param, cache, grad, scalar(lr),
-                     scalar(rho), scalar(1 - rho), scalar(epsilon))  # fmt: skip
+        self._launch(kernel, param.size, param, cache, grad, scalar(lr), scalar(rho),
+                     scalar(1 - rho), scalar(epsilon))  # fmt: skip
 
     def adam(
         self, param: Any, momentums: Any, cache: Any, grad: Any, *, lr: float, beta_1: float,
         beta_2: float, epsilon: float, t: int,
     ) -> None:  # fmt: skip
-        suffix = self._fits(param, momentums, cache, grad)
+        kernel = self._fits("adam", param, momentums, cache, grad)
         if (
-            suffix is None or not param.shape == momentums.shape == cache.shape == grad.shape
+            kernel is None or not param.shape == momentums.shape == cache.shape == grad.shape
             or not _python_scalars(lr, beta_1, beta_2, epsilon, t)
         ):  # fmt: skip
             return super().adam(param, momentums, cache, grad, lr=lr, beta_1=beta_1,
@@ -293,7 +320,7 @@ class CupyOps(Ops):
         scalar = self._scalar(param)
         # (each as the reference's Python expression, then rounded once, as CuPy does)
         self._launch(
-            f"adam_{suffix}", param.size, param, momentums, cache, grad, scalar(lr),
+            kernel, param.size, param, momentums, cache, grad, scalar(lr),
             scalar(beta_1), scalar(1 - beta_1), scalar(beta_2), scalar(1 - beta_2),
             scalar(1 - beta_1**t), scalar(1 - beta_2**t), scalar(epsilon),
         )  # fmt: skip
@@ -391,7 +418,8 @@ class CupyBackend(Backend):
             return CupyTransfer(self, rows, columns)
 
     def from_host(self, host: np.ndarray, dtype: Any = None) -> Any:
-        dtype = getattr(self.xp, host.dtype.name) if dtype is None else dtype
+        if dtype is None:  # (native byte order; bfloat16 is ml_dtypes' dtype, not a cupy name)
+            dtype = host.dtype if host.dtype.kind == "V" else getattr(self.xp, host.dtype.name)
         with self.on_device():
             return self.xp.asarray(host, dtype=dtype)
 

@@ -251,6 +251,25 @@ class Ops:
         its Adam step)."""
         param *= 1 - lr * weight_decay
 
+    # --- mixed precision -----------------------------------------------------------------
+
+    def unscale(self, grad: Any, out: Any, scale: float, nonfinite: Any) -> None:
+        """A mixed step's hand-off of a gradient to its master's dtype, in place: ``out[...] =
+        astype(grad, out.dtype) / scale``, the division in ``out``'s dtype (``scale`` a Python
+        float, a "weak" scalar: CuPy 14 and NumPy 2 cast it to that dtype; when it is 1.0,
+        just the cast). ``grad`` (a float16, bfloat16 or any float array) and ``out`` have
+        the same shape. ``nonfinite``, a device int32 array of shape (1,), is set to 1 when
+        any element of the result is NaN or infinite and is left as it is otherwise (never
+        reset to 0 here: the caller zeroes it once a step and reads it once); nothing is
+        read to the host."""
+        xp = self.xp
+        value = xp.astype(grad, out.dtype)
+        if scale != 1.0:
+            value = value / scale
+        out[...] = value
+        bad = xp.any(~xp.isfinite(out))  # (0-d, on the device)
+        nonfinite[...] = xp.maximum(nonfinite, xp.astype(bad, nonfinite.dtype))
+
     # --- checks --------------------------------------------------------------------------
 
     def checked_labels(self, y: Any, n_classes: int) -> tuple[Any, Any]:
