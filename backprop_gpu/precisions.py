@@ -170,7 +170,9 @@ class TF32(Passes):
 
     def __init__(self, backend: Any, linalg: Any = None) -> None:
         if linalg is None:  # CuPy's switch (CUPY_TF32=1 sets its starting value)
-            from cupy._core import _routines_linalg as linalg
+            from cupy._core import _routines_linalg
+
+            linalg = _routines_linalg
         self.backend, self._linalg, self._depth = backend, linalg, 0
 
     @contextlib.contextmanager
@@ -257,6 +259,7 @@ class Mixed(Passes):
         self.scaler = LossScaler() if name == "mixed16" else None
         self._depth = 0  # (computing blocks open: an inner one finds the copies in place)
         self._scale = 1.0  # the training block's: the loss scale times the rank's share
+        self._nonfinite: Any = None  # the step's device flag: a gradient was not finite
 
     def _cast(self, a: Any, dtype: Any) -> Any:
         return a if a.dtype == dtype else self.backend.xp.astype(a, dtype)
@@ -336,41 +339,48 @@ class Mixed(Passes):
     def master_gradients(self, model: Any) -> None:
         """Each gradient of the last backward (compute dtype, scaled) as float32, divided by
         the scale, in the master gradient's place (the flat buffer's view where there is
-        one), plus the L1/L2 penalties' gradients in float32."""
-        scale = self._scale
-        for layer in model.trainable_layers:
-            for name in layer.params:
-                grad = getattr(layer, "d" + name)
-                if grad is None:
-                    continue
-                grad32 = self.to_float32(grad)
-                if scale != 1.0:
-                    grad32 = grad32 / scale
-                views = getattr(layer, "_flat_views", None)
-                view = views.get("d" + name) if views else None
-                if view is not None and view.dtype == grad32.dtype:
-                    view[...] = grad32
-                    grad32 = view
-                setattr(layer, "d" + name, grad32)
-            if any(getattr(layer, r, 0) for r in _REGULARIZERS) and hasattr(
-                layer, "add_regularization_gradients"
-            ):
-                layer.add_regularization_gradients()
+        one), plus the L1/L2 penalties' gradients in float32. One ``ops.unscale`` each (one
+        kernel on CuPy), which also marks the step's device flag when a result is not
+        finite: ``apply`` reads it once."""
+        scale, xp, ops = self._scale, self.backend.xp, self.backend.ops
+        if self._nonfinite is None:
+            self._nonfinite = self.backend.from_host(np.zeros(1, np.int32))
+        self._nonfinite[...] = 0
+        with self._quiet():
+            for layer in model.trainable_layers:
+                views = getattr(layer, "_flat_views", None) or {}
+                for name in layer.params:
+                    grad = getattr(layer, "d" + name)
+                    if grad is None:
+                        continue
+                    out = views.get("d" + name)
+                    if out is None or out.dtype != self.float32 or out.shape != grad.shape:
+                        out = xp.empty(grad.shape, dtype=self.float32)
+                    ops.unscale(grad, out, scale, self._nonfinite)
+                    setattr(layer, "d" + name, out)
+                if any(getattr(layer, r, 0) for r in _REGULARIZERS) and hasattr(
+                    layer, "add_regularization_gradients"
+                ):
+                    layer.add_regularization_gradients()
 
     def apply(self, model: Any, reduced: bool = False) -> bool:
         """Whether the step's update goes ahead: always for bfloat16; for float16, when every
         (unscaled, float32) gradient is finite (one read from the device a step, as
         PyTorch's ``GradScaler.step``), which the loss scaler records. ``reduced``: the
         gradients were summed over the ranks (in float32), so an overflow on any rank is
-        non-finite on all, and every rank decides alike with no message of its own."""
+        non-finite on all: the check is of the sums, and every rank decides alike with no
+        message of its own."""
         if self.scaler is None:
             return True
-        grads = [getattr(layer, "d" + name) for layer in model.trainable_layers
-                 for name in layer.params]  # fmt: skip
-        grads = [g for g in grads if g is not None]
-        with self._quiet():
-            flags = host_values(self.backend, self.backend.ops.finite_flags(grads))
-        return self.scaler.update(bool(all(flags)))
+        if reduced or self._nonfinite is None:
+            grads = [getattr(layer, "d" + name) for layer in model.trainable_layers
+                     for name in layer.params]  # fmt: skip
+            grads = [g for g in grads if g is not None]
+            with self._quiet():
+                flags = host_values(self.backend, self.backend.ops.finite_flags(grads))
+            return self.scaler.update(bool(all(flags)))
+        (flag,) = host_values(self.backend, [self._nonfinite[0]])
+        return self.scaler.update(not int(flag))
 
 
 def for_model(model: Any, where: str = "Model.finalize") -> Passes | None:

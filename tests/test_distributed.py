@@ -288,8 +288,9 @@ def test_mixed16_ranks_skip_the_steps_one_process_skips(tmp_path: Path) -> None:
     any rank is inf or NaN in the sum): both ranks skip the steps one process skips, and end
     with its scaler state, iterations and (up to 16-bit roundings) parameters."""
     pytest.importorskip("ml_dtypes")
-    single = subprocess.run([sys.executable, JOB, "mixed16-overflow-single",
-                             str(tmp_path / "one.npz")], capture_output=True, text=True)  # fmt: skip
+    one = str(tmp_path / "one.npz")
+    single = subprocess.run([sys.executable, JOB, "mixed16-overflow-single", one],
+                            capture_output=True, text=True)  # fmt: skip
     assert single.returncode == 0, single.stderr
     result = mpirun(2, sys.executable, JOB, "mixed16-overflow", str(tmp_path / "many.npz"))
     assert result.returncode == 0, result.stderr
