@@ -20,7 +20,7 @@
 #   tests-kernels     pytest -m gpu tests/test_kernels.py: every CUDA kernel against the
 #                     reference math (the tests own that comparison)
 #   tests-gpu         the rest of pytest -m gpu with BACKPROP_GPU_REQUIRE_GPU=1 (nox tests_gpu)
-#   bench-gpu*        benchmarks/gpu.py at 784-1024-1024-10 @ 4096 (also CUPY_TF32=1), 2-64-3
+#   bench-gpu*        benchmarks/gpu.py at 784-1024-1024-10 @ 4096 (every precision policy), 2-64-3
 #   streaming-gpu     benchmarks/streaming.py --gpu-only: streamed vs on-device step time
 #   timing-fp32/tf32  Model.train and one step timed with CUDA events at four sizes
 #   timing-kernels-off  the step again with BACKPROP_GPU_KERNELS=0 (the plain reference math)
@@ -57,6 +57,14 @@ prepare() { # build/gpu-check/ in the checkout this script belongs to (or the cu
         echo "gpu-check --prepare: could not download array-api-strict's wheel (no PyPI?);" \
             "without it the run deselects the one test that needs it" >&2
         return 1
+    fi
+    # ml_dtypes: bfloat16 for the mixed_bf16 tests and benchmark rows (compiled: the wheel of
+    # the GPU machine's Python 3.12 on x86-64 Linux)
+    if ! "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+        --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        -d "$dest/wheels" 'ml_dtypes>=0.5'; then
+        echo "gpu-check --prepare: could not download ml_dtypes' wheel; mixed_bf16 and the" \
+            "precision tests skip without it" >&2
     fi
     echo "gpu-check --prepare: $dest ready:" && ls "$dest" "$dest/wheels"
 }
@@ -181,6 +189,19 @@ if ! "$PY" -c "import array_api_strict" 2>/dev/null; then
         done
     done
 fi
+if ! "$PY" -c "import ml_dtypes" 2>/dev/null; then  # (bfloat16: the precision tests need it)
+    for d in "${WHEEL_DIRS[@]}"; do
+        [ -n "$d" ] && [ -d "$d" ] || continue
+        for w in "$d"/ml_dtypes-*.whl; do
+            [ -f "$w" ] && "$PY" -m pip install --no-deps --no-index "$w" >>"$OUT/wheels.log" 2>&1 && break 2
+        done
+    done
+fi
+if "$PY" -c "import ml_dtypes" 2>/dev/null; then
+    note "OK    wheels: ml_dtypes $("$PY" -c 'import ml_dtypes as m; print(m.__version__)')"
+else
+    note "NOTE  wheels: no ml_dtypes (benchmarks/gpu_check.sh --prepare brings it): the precision tests skip"
+fi
 DESELECT=()
 if "$PY" -c "import array_api_strict" 2>/dev/null; then
     note "OK    wheels: array-api-strict $("$PY" -c 'import array_api_strict as a; print(a.__version__)')"
@@ -203,13 +224,13 @@ phase tests-gpu 240 60 env BACKPROP_GPU_REQUIRE_GPU=1 "${PYTEST[@]}" -m gpu --du
 pytest_line tests-gpu
 
 # --- benchmarks and timings ---------------------------------------------------------------
-GPU_CHECK_TAIL=3 phase bench-gpu 90 20 "$PY" benchmarks/gpu.py
+GPU_CHECK_TAIL=7 phase bench-gpu 120 20 "$PY" benchmarks/gpu.py  # every precision policy
 GPU_CHECK_TAIL=6 phase timing-fp32 120 30 "$PY" "${CHECK[@]}" timing --json "$OUT/timing-fp32.json"
 GPU_CHECK_TAIL=6 phase timing-tf32 90 30 env CUPY_TF32=1 "$PY" "${CHECK[@]}" timing --json "$OUT/timing-tf32.json"
 GPU_CHECK_TAIL=3 phase timing-kernels-off 60 20 env BACKPROP_GPU_KERNELS=0 "$PY" "${CHECK[@]}" timing \
     --step-only --json "$OUT/timing-kernels-off.json"
-GPU_CHECK_TAIL=3 phase bench-gpu-tf32 60 15 env CUPY_TF32=1 "$PY" benchmarks/gpu.py
-GPU_CHECK_TAIL=3 phase bench-gpu-small 60 15 "$PY" benchmarks/gpu.py --sizes 2,64,3 --batch 300 --steps 500
+GPU_CHECK_TAIL=3 phase bench-gpu-small 60 15 "$PY" benchmarks/gpu.py --sizes 2,64,3 --batch 300 --steps 100 \
+    --policies float32,mixed16
 GPU_CHECK_TAIL=2 phase streaming-gpu 60 15 "$PY" -m benchmarks.streaming --gpu-only --rounds 3
 GPU_CHECK_TAIL=4 phase graph 60 20 "$PY" "${CHECK[@]}" timing --graph --json "$OUT/timing-graph.json" \
     --cases 784-1024-1024-10@4096,2-64-3@300
