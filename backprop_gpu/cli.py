@@ -103,8 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     add("--weight-decay", type=float, metavar="X", help="sgd: L2 in the gradient (torch's); "
         "adamw: decoupled (default: the optimizer's, adamw 0.01, sgd 0)")  # fmt: skip
     add("--precision", choices=precisions.POLICIES, help="the precision policy: float32, or "
-        "mixed16 / mixed_bf16 (float32 master weights, 16-bit compute; NumPy only for now), "
-        f"tf32 (float32 here) (default: {D.precision})")  # fmt: skip
+        "mixed16 / mixed_bf16 (float32 master weights, 16-bit compute), tf32 (TF32 tensor-core "
+        f"matmuls on a GPU that has them) (default: {D.precision})")  # fmt: skip
     add("--epochs", type=int, help=f"(default: {D.epochs})")
     add("--batch-size", type=int, dest="batch_size", help=f"(default: {D.batch_size})")
     add("--samples", type=int, help=f"samples for generated data sets (default: {D.samples})")
