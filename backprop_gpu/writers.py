@@ -20,12 +20,13 @@ calls it with the committed epochs): each store ends up holding every epoch once
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -251,6 +252,7 @@ class MLflowWriter(MetricWriter):
         self.params = dict(params or {})
         self.run_id: str | None = None
         self._client: Any = None
+        self._uri = ""
 
     def _recorded(self) -> dict[str, Any] | None:
         path = self.run_dir / RECORD
@@ -285,20 +287,35 @@ class MLflowWriter(MetricWriter):
         return (self.run_dir.absolute() / "mlruns").as_uri()
 
     def where(self) -> str:
-        return f"MLflow (the store {self.store_uri()})"
+        return f"MLflow (mlflow ui --backend-store-uri {self.store_uri()})"
 
     def open(self, start: int) -> None:
-        from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
-        uri = self.store_uri()
+        self._uri = uri = self.store_uri()
         if uri.startswith("file:"):
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        client = MlflowClient(uri)
+        with self._errors():
+            self._client, self.run_id = self._start(MlflowClient(uri), uri)
+
+    def _start(self, client: Any, uri: str) -> tuple[Any, str]:
+        """The client and the id of the run this writer logs to: the one mlflow.json
+        records, marked running again, or a new one (with the params), then recorded."""
+        from mlflow.entities import Param
+        from mlflow.exceptions import MlflowException
+
         record = self._recorded()
         if record is not None:
             run_id = record["run_id"]
-            client.get_run(run_id)  # (raises if the store lacks it)
+            try:
+                client.get_run(run_id)
+            except Exception as e:  # (MlflowException; a file store's folder gone: Exception)
+                why = e.message if isinstance(e, MlflowException) else str(e)
+                raise RuntimeError(
+                    f"{self.run_dir / RECORD} records the MLflow run {run_id}, which the store "
+                    f"{uri} does not hold ({why}); to log this run folder to a new MLflow "
+                    f"run, remove {self.run_dir / RECORD}"
+                ) from None
             client.update_run(run_id, status="RUNNING")
         else:
             name = self.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or (
@@ -320,22 +337,34 @@ class MLflowWriter(MetricWriter):
                       "experiment_id": experiment_id, "run_id": run_id}  # fmt: skip
             text = (json.dumps(record, indent=2) + "\n").encode()
             atomic_write(self.run_dir / RECORD, lambda f: f.write(text))
-        self._client, self.run_id = client, run_id
+        return client, run_id
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """The store's errors (a server down, a store that refuses) as a ``RuntimeError``
+        naming it, in one line."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            yield
+        except MlflowException as e:
+            raise RuntimeError(f"MLflow, the store {self._uri}: {e.message}") from e
 
     def log(self, step: int, values: Mapping[str, float]) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         metrics = [Metric(key, value, now, step) for key, value in values.items()]
-        self._client.log_batch(self.run_id, metrics=metrics)
+        with self._errors():
+            self._client.log_batch(self.run_id, metrics=metrics)
 
     def logged(self, start: int) -> set[tuple[str, int]]:
         self.ensure_open(start)
-        run = self._client.get_run(self.run_id)
         found: set[tuple[str, int]] = set()
-        for key in run.data.metrics:
-            for metric in self._client.get_metric_history(self.run_id, key):
-                found.add((key, int(metric.step)))
+        with self._errors():
+            for key in self._client.get_run(self.run_id).data.metrics:
+                for metric in self._client.get_metric_history(self.run_id, key):
+                    found.add((key, int(metric.step)))
         return found
 
     def close(self) -> None:
@@ -351,7 +380,8 @@ class MLflowWriter(MetricWriter):
             status = "FAILED"
         client, self._client, self._open = self._client, None, False
         try:
-            client.set_terminated(self.run_id, status=status)
+            with self._errors():
+                client.set_terminated(self.run_id, status=status)
         except Exception:
             if error is None:
                 raise

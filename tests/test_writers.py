@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,8 @@ import pytest
 import backprop_gpu as bg
 from backprop_gpu import cli, datasets, experiment, writers
 from backprop_gpu.experiment import Config, ConfigError, RunInterrupted
+
+from .test_distributed import mpirun, needs_mpi
 
 EventAccumulator = pytest.importorskip(
     "tensorboard.backend.event_processing.event_accumulator"
@@ -187,6 +191,30 @@ def test_mlflow_writer_to_a_given_store_and_experiment(tmp_path: Path) -> None:
         writers.MLflowWriter(folder, (tmp_path / "other").as_uri()).store_uri()
 
 
+def test_a_resume_whose_mlflow_run_is_gone_says_how_to_start_a_new_one(tmp_path: Path) -> None:
+    """(In new processes, as a user runs them: MLflow keeps a store it has opened.)"""
+    out = tmp_path / "run"
+    resume = [sys.executable, "-m", "backprop_gpu", "train", "--resume", "--out", str(out),
+              "--epochs", "2", "--quiet"]  # fmt: skip
+    train(out, 1, ("mlflow",))
+    run_id = mlflow_run(out)[1]
+    shutil.rmtree(out / "mlruns")
+    refused = subprocess.run(resume, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 1
+    lines = [line for line in refused.stderr.splitlines() if "warning: auto" not in line]
+    assert len(lines) == 1 and lines[0].startswith(
+        f"backprop-gpu: {out / 'mlflow.json'} records the MLflow run {run_id}, which the "
+        f"store {(out / 'mlruns').absolute().as_uri()} does not hold ("
+    )  # fmt: skip
+    assert lines[0].endswith(f"; to log this run folder to a new MLflow run, remove "
+                             f"{out / 'mlflow.json'}")  # fmt: skip
+    assert [int(r["epoch"]) for r in csv_rows(out)] == [1]  # (refused before training)
+    (out / "mlflow.json").unlink()
+    done = subprocess.run(resume, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert_mlflow_holds(out, csv_rows(out))  # a new run, caught up: epochs 1 and 2
+
+
 # --- a stop between the commit and the write ---------------------------------------------
 
 
@@ -293,3 +321,25 @@ def test_a_missing_package_names_its_extra_before_anything_is_written(
     assert cli.main(args) == 1
     assert install in capsys.readouterr().err
     assert not out.exists()  # nothing was written
+
+
+@needs_mpi
+def test_distributed_rank_0_alone_writes_every_epoch(tmp_path: Path) -> None:
+    """Under ``mpiexec -n 2 ... --distributed`` the writers run on rank 0 only: one event
+    file and one MLflow run a training, every epoch once, a resume included."""
+    out = tmp_path / "run"
+    train_args = ["-m", "backprop_gpu", "train", "--samples", "150", "--hidden", "8",
+                  "--batch-size", "32", "--distributed", "--out", str(out), "--no-plots",
+                  "--quiet"]  # fmt: skip
+    first = mpirun(2, sys.executable, *train_args, "--epochs", "2", "--log", "tensorboard,mlflow")
+    assert first.returncode == 0, first.stderr
+    again = mpirun(2, sys.executable, *train_args, "--epochs", "4", "--resume")
+    assert again.returncode == 0, again.stderr
+    rows = csv_rows(out)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert len(list((out / "tensorboard").iterdir())) == 2
+    assert_tensorboard_holds(out / "tensorboard", rows)
+    assert_mlflow_holds(out, rows)
+    client, run_id = mlflow_run(out)
+    experiment_id = client.get_run(run_id).info.experiment_id
+    assert len(client.search_runs([experiment_id])) == 1
