@@ -94,6 +94,7 @@ class MetricWriter(Callback):
         raise NotImplementedError
 
     def ensure_open(self, start: int) -> None:
+        """``open(start)`` unless the writer is open already."""
         if not self._open:
             self.open(start)
             self._open = True
