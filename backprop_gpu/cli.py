@@ -1,4 +1,4 @@
-"""The ``backprop-gpu`` command: ``info``, ``train``, ``evaluate``, ``predict``.
+"""The ``backprop-gpu`` command: ``info``, ``train``, ``evaluate``, ``predict``, ``compare``.
 
 Exit codes: 0 ok, 2 usage errors (unknown flags, shown with their command's usage and the
 closest real flag; unknown names, malformed values, bad config files), 1 failures (a run
@@ -11,7 +11,9 @@ large for the memory; ``info`` when
 BACKPROP_GPU_BACKEND names no backend a run takes, or one that cannot run here), 130 after
 Ctrl-C and 143 after SIGTERM (both stop a run cleanly; ``--resume`` continues it), 141 when
 the reader of the output goes away (``predict ... | head -1``: quietly, as SIGPIPE). Errors
-and warnings are one line on stderr, ``backprop-gpu: ...``.
+and warnings are one line on stderr, ``backprop-gpu: ...``. ``compare`` exits with 2 for a
+path that is no run or sweep folder and for a run without metrics yet (1 when it cannot write
+its files, or matplotlib is missing for ``--output``).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from . import data, experiment, precisions
+from . import compare as comparing
+from . import data, experiment, precisions, writers
 from .backend import ENV_VAR, BackendUnavailableError
 from .checkpoint import CheckpointError, atomic_write
 from .experiment import Config, ConfigError, RunError, RunInterrupted
@@ -116,6 +119,10 @@ def _parser() -> argparse.ArgumentParser:
     add("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     add("--quiet", action="store_true", help="no progress output")
     add("--no-plots", action="store_true", help="skip the PNG plots")
+    add("--log", metavar="WRITERS", help="also log each epoch's metrics to "
+        f"{' and/or '.join(writers.WRITERS)} (comma-separated): event files in "
+        "RUN_DIR/tensorboard, an MLflow run in RUN_DIR/mlruns or $MLFLOW_TRACKING_URI; "
+        "extras tensorboard, mlflow")  # fmt: skip
     add(
         "--distributed",
         action="store_true",
@@ -142,6 +149,18 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", type=Path, metavar="FILE.npy", help="save outputs here")
     predict.add_argument("--force", action="store_true", help="overwrite an existing --output")
     predict.add_argument("--last", action="store_true", help="checkpoint.npz, not best.npz")
+
+    compare = commands.add_parser(
+        "compare",
+        help="compare runs: the settings that differ, the best metrics, their curves",
+        description="A table of the runs (a sweep folder: the run folders in it), sorted by "
+        "the best validation loss: the settings whose values differ, the best value of each "
+        "validation metric, the epoch of the lowest val_loss and the epochs trained.",
+    )
+    compare.add_argument("paths", nargs="+", type=Path, metavar="RUN_OR_SWEEP")
+    compare.add_argument("--output", type=Path, metavar="FILE.png", help="overlay the runs' "
+                         "loss and accuracy curves in this image (the plot extra)")  # fmt: skip
+    compare.add_argument("--csv", type=Path, metavar="FILE", help="write the table as CSV")
     return parser
 
 
@@ -282,6 +301,24 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
             f"nothing to do: {summary['run']} already has {_epochs(total)}{made} (--epochs is "
             f"the total to reach); to train more: {more}"
         )
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    found, skipped = comparing.find_runs(args.paths)
+    for run in skipped:
+        _say(f"backprop-gpu: note: left out {run}: no metrics yet")
+    for path, flag in ((args.output, "--output"), (args.csv, "--csv")):
+        if path is not None and path.is_dir():  # (checked first: a refusal costs nothing)
+            raise comparing.CompareError(f"{flag} {path}: is a folder; name a file in it")
+    table = comparing.Table.of([comparing.load_run(path) for path in found])
+    print(table.text())
+    if args.csv is not None:
+        table.write_csv(args.csv)
+        print(f"wrote {args.csv}")
+    if args.output is not None:
+        comparing.plot_runs([run.path for run in table.runs], args.output)
+        print(f"wrote {args.output}")
     return 0
 
 
@@ -468,8 +505,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[s
                 found = experiment.evaluate(args.run_dir, best=not args.last, paths=paths)
                 print(json.dumps(found))
                 return 0
+            if args.command == "compare":
+                return _compare(args)
             return _predict(args)
-    except (ConfigError, data.DataUsageError) as e:
+    except (ConfigError, data.DataUsageError, comparing.CompareError) as e:
         parser.exit(2, f"backprop-gpu: error: {e}\n")
     except BrokenPipeError:  # (predict ... | head -1: the reader is gone)
         return _pipe_closed()

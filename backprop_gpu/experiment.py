@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, data, datasets, precisions, registry, run_folder, state
+from . import __version__, data, datasets, precisions, registry, run_folder, state, writers
 from .activations import Linear
 from .backend import (
     BACKEND_NAMES,
@@ -139,7 +139,10 @@ class Config:
     see :mod:`backprop_gpu.data`) with ``target`` (a table's label column) or ``labels`` (the
     targets' file of an .npy or IDX file), ``val_data`` (and ``val_labels``) or ``val_split``
     (the fraction held out, default 0.2), ``scale`` (``SCALES``, fitted on the training rows)
-    and ``task`` (``TASKS``; None: inferred, and recorded once known)."""
+    and ``task`` (``TASKS``; None: inferred, and recorded once known).
+
+    ``log``: metric writers beside metrics.csv (``writers.WRITERS``: "tensorboard", "mlflow";
+    a comma-separated string or a list), each an optional extra (:mod:`backprop_gpu.writers`)."""
 
     dataset: str | None = None  # None: "spiral", unless data names files
     hidden: tuple[int, ...] = (64, 64)
@@ -172,6 +175,7 @@ class Config:
     val_split: float | None = None
     scale: str = "none"
     task: str | None = None
+    log: tuple[str, ...] = ()  # metric writers (writers.WRITERS), beside metrics.csv
     # the environment variable, as everywhere in backprop_gpu; --backend / the file override it
     backend: str = dataclasses.field(
         default_factory=lambda: os.environ.get("BACKPROP_GPU_BACKEND", "").strip().lower() or "auto"
@@ -181,6 +185,7 @@ class Config:
     def __post_init__(self) -> None:
         if self.dataset is None and self.data is None:
             self.dataset = "spiral"
+        self.log = parse_log(self.log)
         self.validate()
 
     def validate(self) -> None:
@@ -223,6 +228,11 @@ class Config:
                 raise ConfigError(f"{key}: must be < 1, got {getattr(self, key)}")
         if self.seed < 0:
             raise ConfigError(f"seed: must be an integer >= 0, got {self.seed}")
+        for name in self.log:
+            if name not in writers.WRITERS:
+                raise ConfigError(
+                    f"log: unknown writer {name!r}; valid: {', '.join(writers.WRITERS)}"
+                )
         if self.momentum and self.optimizer != "sgd":
             raise ConfigError(
                 f"momentum: only the sgd optimizer has momentum, not {self.optimizer}"
@@ -334,7 +344,7 @@ class Config:
         return cls(**kwargs)
 
     def as_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "hidden": list(self.hidden)}
+        return {**dataclasses.asdict(self), "hidden": list(self.hidden), "log": list(self.log)}
 
 
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -371,9 +381,26 @@ def parse_hidden(value: Any) -> tuple[int, ...]:
     raise ConfigError(f"hidden: expected layer sizes such as [64, 64] or '64,64'; got {value!r}")
 
 
+def parse_log(value: Any) -> tuple[str, ...]:
+    """``"tensorboard,mlflow"`` or ``["tensorboard", "mlflow"]`` -> ``("tensorboard",
+    "mlflow")`` (names lower-cased, each once; ``""`` or ``[]``: none). The names are checked
+    by ``Config.validate``."""
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(
+            f"log: expected writer names such as 'tensorboard,mlflow' or ['tensorboard'], got "
+            f"{value!r}"
+        )
+    names = [v.strip().lower() for v in value]
+    return tuple(dict.fromkeys(name for name in names if name))
+
+
 def _coerce(key: str, value: Any, where: str) -> Any:
     if key == "hidden":
         return parse_hidden(value)
+    if key == "log":
+        return parse_log(value)
     if value is None and key in _OPTIONAL:
         return None
     types = _TYPES[key]
@@ -750,6 +777,7 @@ def _execute(
     name = dist.local_backend(config.backend) if dist is not None else config.backend
     interrupts = run_folder.Interrupts()
     try:
+        on_root(dist, lambda: _require_writers(config.log))  # (before anything is written)
         with interrupts.installed(), use_backend(name) as backend, contextlib.ExitStack() as held:
 
             def load() -> tuple[Any, ...]:
@@ -849,19 +877,32 @@ def _execute(
             timing = _EpochTimes(history)  # every rank: the rows with their seconds
             callbacks: list[Any] = [timing, *deciding]
             folder = None
+            logs: list[writers.MetricWriter] = []  # (rank 0's: --log's writers)
             if root:
                 best = math.inf if best_row is None else best_row["val_loss"]
                 extra = None if described is None else {"data": described.as_dict()}
                 folder = run_folder.RunFolderLog(out, interrupts, best, extra)
                 callbacks.append(folder)
+                # after the folder's record: a writer logs only epochs already committed
+                logs = writers.for_run(config.log, out, config.as_dict())
+                callbacks.extend(logs)
+                if logs and remaining and report is not None:
+                    report(f"logging metrics to {', '.join(w.where() for w in logs)}")
                 if progress and _tqdm_available():
                     callbacks.append(ProgressBar())
                 elif report is not None:
                     say, total = report, config.epochs
                     show = LambdaCallback(on_epoch_end=lambda epoch, row: say(_line(row, total)))
                     callbacks.append(show)
+
+            def catch_up() -> None:
+                """Epochs committed but not logged (a stop between the two): logged now."""
+                for writer in logs:
+                    writer.catch_up(history)
+
             started = time.perf_counter()
             try:
+                on_root(dist, catch_up)
                 if remaining:
                     model.train(
                         X, y, epochs=remaining, batch_size=config.batch_size,
@@ -869,6 +910,8 @@ def _execute(
                         callbacks=callbacks, distributed=dist or False,
                     )  # fmt: skip
             finally:
+                for writer in logs:  # (closed by train too; here also when it did not train)
+                    writer.close()
                 if folder is not None:
                     folder.close()
                     if folder.committed is not None:
@@ -904,6 +947,13 @@ def _execute(
         raise
     except KeyboardInterrupt as e:
         raise RunInterrupted(out, committed, interrupts.signum or signal.SIGINT) from e
+
+
+def _require_writers(names: tuple[str, ...]) -> None:
+    """The packages of the metric writers ``names`` (``Config.log``): an ``ImportError``
+    naming the extra to install for one that is missing."""
+    for name in names:
+        writers.require(name)
 
 
 def set_states(callbacks: list[Callback], saved: Mapping[str, Any]) -> None:
