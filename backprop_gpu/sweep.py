@@ -572,8 +572,9 @@ def check_settings(base: Mapping[str, Any], child: Child) -> None:
 
 
 def check_space(base: Mapping[str, Any], spec: Spec) -> None:
-    """For an Optuna study, whose draws come later: refuse a distribution whose edges (or
-    choices) are no valid setting, naming it."""
+    """Refuse a distribution whose edges (or choices) are no valid setting, naming it: a
+    draw may come as near to either as a run can tell apart (and an Optuna study draws
+    later, as it goes)."""
     for key, distribution in spec.random.items():
         for value in distribution.extremes():
             try:
@@ -1249,9 +1250,8 @@ def sweep(
                 f"--max-runs: the sweep has {spec.size()} children, more than {max_runs}; "
                 "sweep fewer settings or raise --max-runs"
             )
+        check_space(base, spec)  # (the edges: a draw may come near either)
         children = plan(base, spec) if spec.method != "optuna" else []
-        if spec.method == "optuna":
-            check_space(base, spec)
         path = Path(out) if out is not None else default_out()
         make_folder(path)
         folder = SweepFolder(path, base, spec, children, plots)
