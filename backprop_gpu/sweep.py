@@ -1122,16 +1122,23 @@ def quiet_optuna() -> Iterator[Any]:
 
 
 def open_study(folder: SweepFolder) -> Any:
-    """The sweep's Optuna study (made on the first call): TPE seeded by ``spec.seed``, the
-    spec's pruner, its journal in the sweep folder."""
+    """The sweep's Optuna study (made on the first call): TPE seeded by ``spec.seed`` (a
+    resumed sweep's by the seed and the trials asked before, so that it does not draw its
+    first trials again), the spec's pruner, its journal in the sweep folder."""
     optuna = _import_optuna()
     spec = folder.spec
+    asked = len(folder.children)
+    seed = (
+        spec.seed
+        if not asked
+        else int(np.random.SeedSequence([spec.seed, asked]).generate_state(1)[0])
+    )
     return optuna.create_study(
         storage=_storage(folder.path),
         study_name=STUDY,
         load_if_exists=True,
         direction="minimize" if spec.goal == "min" else "maximize",
-        sampler=optuna.samplers.TPESampler(seed=spec.seed),
+        sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=make_pruner(spec, folder.base),
     )
 
@@ -1453,14 +1460,19 @@ class OptunaPruning(Callback):
         self.metric = metric
         self.pruned_at: int | None = None
 
+    def report(self, rows: Sequence[Mapping[str, float]]) -> None:
+        """Report these epochs' rows (one a resumed child had committed but not reported,
+        stopped between the two, is reported so; a step reported already is ignored)."""
+        with warnings.catch_warnings():  # (Optuna warns of a step reported twice)
+            warnings.simplefilter("ignore")
+            for row in rows:
+                self.trial.report(float(row[self.metric]), int(row["epoch"]))
+
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         assert logs is not None
-        step = int(logs["epoch"])
-        with warnings.catch_warnings():  # (a resumed child reports its epochs again: ignored)
-            warnings.simplefilter("ignore")
-            self.trial.report(float(logs[self.metric]), step)
+        self.report([logs])
         if self.trial.should_prune():
-            self.pruned_at = step
+            self.pruned_at = int(logs["epoch"])
             self.trainer.stop_training = True
 
 
@@ -1494,6 +1506,8 @@ def work(sweep_dir: Path, index: int, backend: str | None) -> int:
                 stack.enter_context(quiet_optuna())
                 study = open_study(folder)
                 pruning = OptunaPruning(_trial(study, child), folder.spec.metric)
+                if folder.run_dir(child).is_dir():  # (resumed: its epochs so far)
+                    pruning.report(run_folder.read_metrics(folder.run_dir(child)))
             _train_child(folder, child, backend, [] if pruning is None else [pruning])
             return 0 if pruning is None else _tell(study, folder, child, pruning)
     except RunInterrupted as e:

@@ -384,6 +384,22 @@ def test_pruning_stops_a_child_early(studies: tuple[Path, Path]) -> None:
     assert {line["status"] for line in lines} == {"done", "pruned"}
 
 
+@needs_optuna
+def test_a_resumed_child_reports_the_epochs_it_had_committed(tmp_path: Path) -> None:
+    import optuna
+
+    out = tmp_path / "r"
+    experiment.run({**QUICK, "epochs": 3, "out": str(out)}, report=None, plots=False)
+    with sweep.quiet_optuna():
+        study = optuna.create_study()
+        trial = study.ask()
+        pruning = sweep.OptunaPruning(trial, "val_loss")
+        pruning.report(run_folder.read_metrics(out)[:2])  # (as a stopped child reported)
+        pruning.report(run_folder.read_metrics(out))  # (resumed: every committed epoch)
+        found = study.trials[0].intermediate_values
+    assert found == {row["epoch"]: row["val_loss"] for row in run_folder.read_metrics(out)}
+
+
 # --- what runs where -------------------------------------------------------------------------
 
 
