@@ -159,8 +159,8 @@ def test_a_parallel_sweep_equals_its_children_run_one_by_one(tmp_path: Path) -> 
     assert results["counts"]["done"] == 4
     table = (folder / "results.md").read_text()
     assert f"| 1 | lr={order[0]} | 2 | {means[order[0]]:.4f} ± {stds[order[0]]:.4f} |" in table
-    index = {(lr, s): i for i, (lr, s) in enumerate(itertools.product((0.01, 0.05), (0, 1)))}
-    assert sweep.best_runs(results, 2) == [folder / names[index[p]] for p in expected[:2]]
+    place = {(lr, s): i for i, (lr, s) in enumerate(itertools.product((0.01, 0.05), (0, 1)))}
+    assert sweep.best_runs(results, 2) == [folder / names[place[p]] for p in expected[:2]]
 
 
 def test_a_failing_child_does_not_stop_the_sweep(tmp_path: Path) -> None:
@@ -365,7 +365,7 @@ def test_pruning_stops_a_child_early(studies: tuple[Path, Path]) -> None:
         if not done:  # startup_trials = 1
             return False
         best = min(r["val_loss"] for r in history[number][:step])
-        return best > float(np.median([h[step - 1]["val_loss"] for h in done]))
+        return bool(best > float(np.median([h[step - 1]["val_loss"] for h in done])))
 
     for child in children:
         trial, epochs = child["trial"], len(history[child["trial"]])
@@ -597,7 +597,8 @@ def test_run_callbacks_see_committed_epochs_and_may_stop_the_run(tmp_path: Path)
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             assert logs is not None
             saved = checkpoint.load(out / "checkpoint.npz")[1]["epochs_trained"]
-            seen.append((logs["epoch"], [r["epoch"] for r in run_folder.read_metrics(out)], saved))
+            epochs = [int(r["epoch"]) for r in run_folder.read_metrics(out)]
+            seen.append((logs["epoch"], epochs, saved))
             if logs["epoch"] == 3:
                 self.trainer.stop_training = True
 
