@@ -1,4 +1,5 @@
-"""The ``backprop-gpu`` command: ``info``, ``train``, ``evaluate``, ``predict``, ``compare``.
+"""The ``backprop-gpu`` command: ``info``, ``train``, ``evaluate``, ``predict``, ``compare``,
+``sweep``.
 
 Exit codes: 0 ok, 2 usage errors (unknown flags, shown with their command's usage and the
 closest real flag; unknown names, malformed values, bad config files), 1 failures (a run
@@ -39,6 +40,7 @@ from . import data, experiment, precisions, writers
 from .backend import ENV_VAR, BackendUnavailableError
 from .checkpoint import CheckpointError, atomic_write
 from .experiment import Config, ConfigError, RunError, RunInterrupted
+from .sweep import MAX_RUNS, SweepInterrupted
 
 D = Config(backend="auto")  # the defaults, shown in --help (not read from the environment)
 
@@ -161,6 +163,28 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--output", type=Path, metavar="FILE.png", help="overlay the runs' "
                          "loss and accuracy curves in this image (the plot extra)")  # fmt: skip
     compare.add_argument("--csv", type=Path, metavar="FILE", help="write the table as CSV")
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="many runs from one settings file (a grid, random draws or an Optuna study), in "
+        "parallel, ranked in one folder",
+        description="Run every child of the sweep in --config (train's keys, and a [sweep] table: "
+        "grid, random, repeats, metric, goal, method, trials, seed, pruner) as a run folder in "
+        "--out, --parallel at a time, and rank them in results.csv and results.md.",
+    )
+    add = sweep.add_argument
+    add("--config", type=Path, metavar="FILE.toml", help="the run settings and the [sweep] table "
+        "(with --resume: optional, and then the sweep's own)")  # fmt: skip
+    add("--out", metavar="SWEEP_DIR", help="the sweep's folder (default: runs/sweep-<date>-<time>)")
+    add("--parallel", type=int, metavar="N", help="children at a time, each in its own "
+        "process with cores / N BLAS threads (default: one per GPU when there are several, "
+        "else 1)")  # fmt: skip
+    add("--max-runs", type=int, default=MAX_RUNS, metavar="N", help="refuse a sweep of more "
+        f"children (default: {MAX_RUNS})")  # fmt: skip
+    add("--resume", action="store_true", help="continue the sweep in --out: its finished "
+        "children are kept, the others run (from their checkpoints)")  # fmt: skip
+    add("--quiet", action="store_true", help="no progress output")
+    add("--no-plots", action="store_true", help="the children make no PNG plots")
     return parser
 
 
@@ -322,6 +346,62 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
+    """``backprop-gpu sweep``: 0 when every child finished (done or pruned), 1 when one
+    failed or was interrupted (after all the others ran)."""
+    if args.config is None and not args.resume:
+        raise ConfigError("sweep needs --config FILE.toml, the run settings and a [sweep] table")
+    values = None
+    if args.config is not None:
+        values = _sweep_paths(args.config, _read_toml(args.config))
+    results = experiment.sweep(
+        values, out=args.out, parallel=args.parallel, resume=args.resume,
+        max_runs=args.max_runs, plots=not args.no_plots,
+        report=None if args.quiet else print, command=["backprop-gpu", *argv],
+    )  # fmt: skip
+    counts = results["counts"]
+    unfinished = counts["failed"] + counts["interrupted"]
+    if unfinished:
+        which = " and ".join(f"{counts[s]} {s}" for s in ("failed", "interrupted") if counts[s])
+        _say(
+            f"backprop-gpu: {which} of {results['total']} children (their errors: "
+            f"{results['sweep']}/results.md); backprop-gpu sweep --resume --out "
+            f"{results['sweep']} runs them again"
+        )
+        return 1
+    return 0
+
+
+def _sweep_paths(toml: Path, values: dict[str, Any]) -> dict[str, Any]:
+    """The data paths among a sweep's grid values and choices resolved against the TOML
+    file's folder, as its run settings' are (``_read_toml``)."""
+    table = values.get("sweep")
+    if not isinstance(table, dict):
+        return values
+
+    def resolved(key: str, value: Any) -> Any:
+        key = key.replace("-", "_")
+        if (
+            key in experiment.DATA_PATHS
+            and isinstance(value, str)
+            and not Path(value).is_absolute()
+        ):
+            return str(toml.parent / value)
+        return value
+
+    grid = table.get("grid")
+    if isinstance(grid, dict):
+        for key, options in grid.items():
+            if isinstance(options, list):
+                grid[key] = [resolved(key, value) for value in options]
+    space = table.get("random")
+    if isinstance(space, dict):
+        for key, distribution in space.items():
+            if isinstance(distribution, dict) and isinstance(distribution.get("values"), list):
+                distribution["values"] = [resolved(key, v) for v in distribution["values"]]
+    return values
+
+
 def _epochs(count: int) -> str:
     """``"1 epoch"``, ``"3 epochs"``."""
     return f"{count} epoch{'' if count == 1 else 's'}"
@@ -428,8 +508,16 @@ def _say(message: str) -> None:
 def _interrupted(e: KeyboardInterrupt, args: argparse.Namespace) -> int:
     """The message after Ctrl-C or SIGTERM, naming the folder to resume (and the output flags
     given, which are not settings, so the folder does not keep them); 128 + the signal."""
-    signum = e.signum if isinstance(e, RunInterrupted) else signal.SIGINT
+    signum = e.signum if isinstance(e, RunInterrupted | SweepInterrupted) else signal.SIGINT
     message = f"backprop-gpu: interrupted ({signal.Signals(signum).name})"
+    if isinstance(e, SweepInterrupted):
+        counts = e.results["counts"]
+        quiet = " --quiet" if getattr(args, "quiet", False) else ""
+        message += (
+            f"; {e.sweep_dir} keeps its {counts['done'] + counts['pruned']} finished children "
+            f"and the checkpoints of {counts['interrupted']} stopped ones: continue with "
+            f"backprop-gpu sweep --resume --out {e.sweep_dir}{quiet}"
+        )
     if isinstance(e, RunInterrupted):
         flags = [f for f in ("quiet", "no_plots") if getattr(args, f, False)]
         again = "".join(f" --{f.replace('_', '-')}" for f in flags)
@@ -500,6 +588,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[s
                 return _info(args)
             if args.command == "train":
                 return _train(args, argv)
+            if args.command == "sweep":
+                return _sweep(args, argv)
             if args.command == "evaluate":
                 paths = {key: getattr(args, key) for key in experiment.DATA_PATHS}
                 found = experiment.evaluate(args.run_dir, best=not args.last, paths=paths)

@@ -390,5 +390,7 @@ def plot_runs(
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="small")
     figure.tight_layout()
-    figure.savefig(path)
+    image = io.BytesIO()
+    figure.savefig(image, format="png")
+    atomic_write(path, lambda f: f.write(image.getvalue()))  # (never a half-written PNG)
     return path

@@ -42,7 +42,7 @@ import platform
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -611,6 +611,7 @@ def run(
     plots: bool = True,
     command: list[str] | None = None,
     distributed: bool = False,
+    callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
     """Train as ``config`` says (a ``Config`` or a dict of its keys), record the run in its
     folder (``config.out``, else a new ``runs/<dataset>-<time>``) and return the summary.
@@ -621,6 +622,11 @@ def run(
 
     ``distributed=True``: data-parallel over MPI (started under ``mpiexec``); every rank
     trains, rank 0 alone names, writes and reports the run folder.
+
+    ``callbacks``: more callbacks for the fit loop, called after the run folder's record of
+    each epoch (so an epoch they see is already in metrics.csv and the checkpoint); one may
+    end the run early by setting ``self.trainer.stop_training = True`` (the run then ends as
+    a finished one, with its plots and summary.json). Their state is not in the checkpoint.
 
     Ctrl-C and SIGTERM stop the run cleanly, alike: an epoch's commit is finished first, then
     ``RunInterrupted`` (a ``KeyboardInterrupt``, with ``run_dir``, ``epochs`` and ``signum``)
@@ -647,7 +653,8 @@ def run(
     out = on_root(dist, prepare)
     config = dataclasses.replace(config.resolved(), out=str(out))  # config.json: values used
     try:
-        return _execute(config, False, report, progress, plots, command, dist)
+        return _execute(config, False, report, progress, plots, command, dist,
+                        callbacks=callbacks)  # fmt: skip
     except BaseException:
         if root:  # failed before recording anything: leave no empty folder
             run_folder.discard_if_unused(out)
@@ -663,6 +670,7 @@ def resume(
     plots: bool = True,
     command: list[str] | None = None,
     distributed: bool = False,
+    callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
     """Continue the run in ``run_dir`` from its checkpoint, with its saved settings, up to
     ``epochs`` epochs in all (``overrides={"epochs": N}`` raises the target; any other setting
@@ -675,11 +683,35 @@ def resume(
     (the summary has ``epochs_run`` 0); if it was stopped after its last epoch, before its
     end was recorded (no summary.json), its plots and summary.json are made now, else the
     folder is left as it is. ``distributed=True`` as in ``run`` (only rank 0 reads the
-    folder)."""
+    folder); ``callbacks`` as in ``run``."""
     run_dir = Path(run_dir)
     dist = Context() if distributed else None
     config, paths = on_root(dist, lambda: _resumed_config(run_dir, overrides))
-    return _execute(config, True, report, progress, plots, command, dist, paths)
+    return _execute(config, True, report, progress, plots, command, dist, paths, callbacks)
+
+
+def sweep(
+    config: Mapping[str, Any] | None = None,
+    *,
+    out: str | os.PathLike[str] | None = None,
+    parallel: int | None = None,
+    resume: bool = False,
+    max_runs: int = 1000,
+    plots: bool = True,
+    report: Callable[[str], None] | None = print,
+    command: list[str] | None = None,
+) -> dict[str, Any]:
+    """A sweep, as ``backprop-gpu sweep`` runs it: ``config`` holds the run settings and a
+    ``"sweep"`` table (``grid``, ``random``, ``repeats``, ``method``, ``metric``, ``goal``,
+    ...: the TOML file's contents, ``tomllib.load`` of it), each child a run folder in
+    ``out``, ``parallel`` worker processes at a time; ``resume=True`` continues the sweep in
+    ``out``. Returns the results: ``children`` (each child's settings, status and best
+    epoch's metrics, best first), ``groups`` (repeats: mean and std over the seeds),
+    ``best``, ``counts``. See :mod:`backprop_gpu.sweep`."""
+    from . import sweep as sweeps  # (not at import: the workers run that module as __main__)
+
+    return sweeps.sweep(config, out=out, parallel=parallel, resume=resume, max_runs=max_runs,
+                        plots=plots, report=report, command=command)  # fmt: skip
 
 
 def _resumed_config(
@@ -766,6 +798,7 @@ def _execute(
     command: list[str] | None,
     dist: Context | None = None,
     paths: Mapping[str, str] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
     called = time.perf_counter()
     out = Path(str(config.out))
@@ -875,25 +908,26 @@ def _execute(
                 report(data.summary(described, y, len(X_val), inferred=inferred))
             best_row = run_folder.best_row(history)
             timing = _EpochTimes(history)  # every rank: the rows with their seconds
-            callbacks: list[Any] = [timing, *deciding]
+            loop: list[Any] = [timing, *deciding]
             folder = None
             logs: list[writers.MetricWriter] = []  # (rank 0's: --log's writers)
             if root:
                 best = math.inf if best_row is None else best_row["val_loss"]
                 extra = None if described is None else {"data": described.as_dict()}
                 folder = run_folder.RunFolderLog(out, interrupts, best, extra)
-                callbacks.append(folder)
+                loop.append(folder)
                 # after the folder's record: a writer logs only epochs already committed
                 logs = writers.for_run(config.log, out, config.as_dict())
-                callbacks.extend(logs)
+                loop.extend(logs)
                 if logs and remaining and report is not None:
                     report(f"logging metrics to {', '.join(w.where() for w in logs)}")
                 if progress and _tqdm_available():
-                    callbacks.append(ProgressBar())
+                    loop.append(ProgressBar())
                 elif report is not None:
                     say, total = report, config.epochs
                     show = LambdaCallback(on_epoch_end=lambda epoch, row: say(_line(row, total)))
-                    callbacks.append(show)
+                    loop.append(show)
+            loop += callbacks  # the caller's, after the folder's: they see a committed epoch
 
             def catch_up() -> None:
                 """Epochs committed but not logged (a stop between the two): logged now."""
@@ -907,7 +941,7 @@ def _execute(
                     model.train(
                         X, y, epochs=remaining, batch_size=config.batch_size,
                         validation_data=(X_val, y_val), print_every=0, seed=config.seed,
-                        callbacks=callbacks, distributed=dist or False,
+                        callbacks=loop, distributed=dist or False,
                     )  # fmt: skip
             finally:
                 for writer in logs:  # (closed by train too; here also when it did not train)
