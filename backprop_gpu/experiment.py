@@ -1,7 +1,7 @@
 """Scripted experiments: one function, ``run(config)``, trains a model on a built-in data set
 or on the user's files (``Config.data``, read by :mod:`backprop_gpu.data`) and records the
-run in a folder, so a sweep is a Python loop or a shell loop over the
-``backprop-gpu`` command, which calls this.
+run in a folder; ``sweep(config)`` runs many of them (:mod:`backprop_gpu.sweep`), and the
+``backprop-gpu`` command calls both.
 
 A run folder holds:
 

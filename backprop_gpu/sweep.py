@@ -722,12 +722,11 @@ def child_result(folder: SweepFolder, child: Child) -> dict[str, Any]:
 def rank(
     results: list[dict[str, Any]], spec: Spec
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The children's results sorted by the goal (those with no metrics last), each ranked,
-    and, for repeats, each group's mean and standard deviation over its seeds, sorted by the
-    mean (the children then sorted by their group's place first)."""
+    """The children's results sorted by the goal, each by its own best value (those with no
+    metrics last), each ranked, and, for repeats, each group's mean and standard deviation
+    over its seeds, sorted by the mean (ranked apart)."""
     sign = 1.0 if spec.goal == "min" else -1.0
     groups: list[dict[str, Any]] = []
-    place: dict[str, int] = {}
     if spec.repeats is not None:
         groups = [
             _aggregate(name, [r for r in results if r["group"] == name])
@@ -736,11 +735,9 @@ def rank(
         groups.sort(key=lambda g: (g["value_mean"] is None, sign * (g["value_mean"] or 0.0)))
         for i, group in enumerate(groups):
             group["rank"] = i + 1 if group["value_mean"] is not None else None
-            place[group["group"]] = i
     ordered = sorted(
         results,
         key=lambda r: (
-            place.get(r["group"], 0),
             r["value"] is None,
             sign * (r["value"] or 0.0),
             r["index"],

@@ -47,14 +47,18 @@ def test_readme_training_controls_run(tmp_path: object, monkeypatch: object) -> 
 
 def test_readme_sweep_runs(tmp_path: object, monkeypatch: object) -> None:
     (block,) = [b for b in re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-                if "for lr in (0.01, 0.02):" in b]  # fmt: skip
+                if "experiment.sweep(" in b]  # fmt: skip
     monkeypatch.chdir(tmp_path)  # type: ignore[attr-defined]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         exec(compile(block, str(README), "exec"), {})
-    lines = out.getvalue().splitlines()
-    assert [line.split()[0] for line in lines] == ["0.01", "0.02"]
-    assert all(0.3 < float(line.split()[1]) <= 1 for line in lines)
+    run, *children = out.getvalue().splitlines()
+    assert 0.3 < float(run.split()[0]) <= 1 and Path(run.split()[1]).is_dir()
+    assert sorted(line.split()[0] for line in children) == ["0.01", "0.02"]
+    for line in children:  # each child's best epoch, in its run folder in the sweep's
+        _, accuracy, where = line.split()
+        assert 0.3 < float(accuracy) <= 1
+        assert Path(where).parent.name == "lr-sweep" and (Path(where) / "metrics.csv").is_file()
 
 
 def test_readme_streaming_section_runs(tmp_path: object, monkeypatch: object) -> None:
