@@ -181,22 +181,20 @@ fi
 
 # --- wheels: array-api-strict (needed by one cupy test; the GPU machine has no internet) ----
 WHEEL_DIRS=("${GPU_CHECK_WHEELS:-}" "$HERE/wheels" build/gpu-check/wheels gpu-check/wheels shared/gpu/wheels shared/wheels)
-if ! "$PY" -c "import array_api_strict" 2>/dev/null; then
+# carried_wheel MODULE WHEEL_PREFIX: install MODULE from the first carried wheel, unless present
+carried_wheel() {
+    "$PY" -c "import $1" 2>/dev/null && return 0
+    local d w
     for d in "${WHEEL_DIRS[@]}"; do
         [ -n "$d" ] && [ -d "$d" ] || continue
-        for w in "$d"/array_api_strict-*.whl; do
-            [ -f "$w" ] && "$PY" -m pip install --no-deps --no-index "$w" >>"$OUT/wheels.log" 2>&1 && break 2
+        for w in "$d"/"$2"-*.whl; do
+            [ -f "$w" ] && "$PY" -m pip install --no-deps --no-index "$w" >>"$OUT/wheels.log" 2>&1 && return 0
         done
     done
-fi
-if ! "$PY" -c "import ml_dtypes" 2>/dev/null; then  # (bfloat16: the precision tests need it)
-    for d in "${WHEEL_DIRS[@]}"; do
-        [ -n "$d" ] && [ -d "$d" ] || continue
-        for w in "$d"/ml_dtypes-*.whl; do
-            [ -f "$w" ] && "$PY" -m pip install --no-deps --no-index "$w" >>"$OUT/wheels.log" 2>&1 && break 2
-        done
-    done
-fi
+    return 1
+}
+carried_wheel array_api_strict array_api_strict || true
+carried_wheel ml_dtypes ml_dtypes || true  # (bfloat16: the precision tests need it)
 if "$PY" -c "import ml_dtypes" 2>/dev/null; then
     note "OK    wheels: ml_dtypes $("$PY" -c 'import ml_dtypes as m; print(m.__version__)')"
 else
