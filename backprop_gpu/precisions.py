@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+import threading
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -41,7 +42,7 @@ _COMPUTE = {"mixed16": "float16", "mixed_bf16": "bfloat16"}
 _default: contextvars.ContextVar[str] = contextvars.ContextVar("precision", default="float32")
 _REGULARIZERS = ("weight_regularizer_l1", "weight_regularizer_l2", "bias_regularizer_l1",
                  "bias_regularizer_l2")  # fmt: skip
-_tf32_warned = False
+_tf32_warned: set[str] = set()  # the reasons already given
 
 
 def check(name: Any, where: str = "precision") -> str:
@@ -91,6 +92,11 @@ def compute_dtype(name: str, backend: Any, where: str) -> Any:
                 f"{where}: precision 'mixed_bf16' needs bfloat16 from the ml_dtypes package "
                 "(the bf16 extra: pip install 'backprop_gpu[bf16]')"
             ) from e
+        on_gpu = backend.name == "cupy"
+        why = _before_ampere(backend, "bfloat16 matrix products") if on_gpu else None
+        if why is not None:
+            raise ValueError(f"{where}: precision 'mixed_bf16' cannot run here: {why}; "
+                             "use mixed16")  # fmt: skip
         return np.dtype(ml_dtypes.bfloat16)  # (CuPy 14 takes it as NumPy does)
     if backend.name in ("numpy", "cupy") and name == "mixed16":
         return backend.xp.float16
@@ -103,23 +109,41 @@ def compute_dtype(name: str, backend: Any, where: str) -> Any:
     )
 
 
-def tf32_capable(backend: Any) -> str | None:
-    """None when ``backend`` runs TF32 GEMMs, else why not (for the warning)."""
-    if backend.name != "cupy":
-        return f"the {backend.name} backend has no TF32 (a GPU tensor-core format)"
+def _before_ampere(backend: Any, what: str) -> str | None:
+    """Why ``backend``'s GPU cannot run ``what`` (it needs compute capability 8.0), or None."""
     capability = str(backend.device.compute_capability)  # CuPy's "86", "90", ...
     if int(capability) < 80:
         return (
             f"GPU {backend.device.id} has compute capability {capability[:-1]}.{capability[-1]}"
-            ", and TF32 tensor cores need 8.0 (Ampere) or later"
+            f", and {what} need 8.0 (Ampere) or later"
         )
     return None
 
 
+def tf32_capable(backend: Any, dtype: Any = np.float32) -> str | None:
+    """None when ``backend`` runs TF32 GEMMs for a model of ``dtype``, else why not (for the
+    warning)."""
+    if backend.name != "cupy":
+        return f"the {backend.name} backend has no TF32 (a GPU tensor-core format)"
+    if np.dtype(dtype) != np.float32:
+        return f"the model computes in {np.dtype(dtype).name}, and TF32 stands in for float32"
+    why = _before_ampere(backend, "TF32 tensor cores")
+    if why is not None:
+        return why
+    try:
+        from cupy._core import _routines_linalg
+
+        _routines_linalg.set_compute_type  # noqa: B018  (CuPy's switch: not a documented API)
+        _routines_linalg.COMPUTE_TYPE_TF32  # noqa: B018
+    except (ImportError, AttributeError):
+        return "this CuPy has no compute-type switch (cupy._core._routines_linalg)"
+    return None
+
+
 def _warn_tf32(why: str) -> None:
-    global _tf32_warned
-    if not _tf32_warned:
-        _tf32_warned = True
+    """The warning that tf32 runs in float32, once per reason."""
+    if why not in _tf32_warned:
+        _tf32_warned.add(why)
         warnings.warn(f"precision 'tf32' computes in float32 here: {why}", stacklevel=4)
 
 
@@ -163,31 +187,38 @@ class Passes:
 
 class TF32(Passes):
     """``"tf32"`` on a GPU that has TF32 tensor cores: CuPy's float32 compute type set to
-    TF32 while the passes run (every float32 matmul inside, on any thread: CuPy's switch is
-    process-wide), and put back after, also on error; nested blocks set it once."""
+    TF32 while the passes run, and put back after, also on error. CuPy's switch is
+    process-wide: while any tf32 pass runs (in any thread, of any model) every float32
+    matmul of the process uses TF32. The blocks open in the process are counted (under a
+    lock): the first sets TF32, the last puts back what was there before the first."""
 
     name = "tf32"
+    _lock = threading.Lock()
+    _open = 0  # tf32 blocks open in the process
+    _before: Any = None  # the compute type before the first
 
     def __init__(self, backend: Any, linalg: Any = None) -> None:
         if linalg is None:  # CuPy's switch (CUPY_TF32=1 sets its starting value)
             from cupy._core import _routines_linalg
 
             linalg = _routines_linalg
-        self.backend, self._linalg, self._depth = backend, linalg, 0
+        self.backend, self._linalg = backend, linalg
 
     @contextlib.contextmanager
     def computing(self, model: Any, training: bool = False, share: float = 1.0) -> Iterator[None]:
-        linalg, float32 = self._linalg, np.float32
-        if self._depth == 0:
-            before = linalg.get_compute_type(float32)
-            linalg.set_compute_type(float32, linalg.COMPUTE_TYPE_TF32)
-        self._depth += 1
+        linalg, float32, cls = self._linalg, np.float32, TF32
+        with cls._lock:
+            if cls._open == 0:
+                cls._before = linalg.get_compute_type(float32)
+                linalg.set_compute_type(float32, linalg.COMPUTE_TYPE_TF32)
+            cls._open += 1
         try:
             yield
         finally:
-            self._depth -= 1
-            if self._depth == 0:
-                linalg.set_compute_type(float32, before)
+            with cls._lock:
+                cls._open -= 1
+                if cls._open == 0:
+                    linalg.set_compute_type(float32, cls._before)
 
 
 class LossScaler:
@@ -274,8 +305,9 @@ class Mixed(Passes):
 
     def scaled(self, dvalues: Any) -> Any:
         """The float32 loss gradient times the loss scale (and, distributed, the rank's
-        share of the batch: the 16-bit gradients of a shard then have the whole batch's
-        magnitudes, and overflow where one process would), in the compute dtype."""
+        share of the batch: each row's 16-bit gradients then have one process's magnitudes;
+        the weight and bias gradients, sums over the shard's rows only, are smaller), in the
+        compute dtype."""
         if self._scale != 1.0:
             dvalues = dvalues * self._scale
         return self.cast(dvalues)
@@ -389,7 +421,7 @@ def for_model(model: Any, where: str = "Model.finalize") -> Passes | None:
     existing one of the same policy is kept, with its loss scaler's state."""
     name, backend, current = model.precision, model.backend, getattr(model, "_policy", None)
     if name == "tf32":
-        why = tf32_capable(backend)
+        why = tf32_capable(backend, model.dtype)
         if why is not None:
             _warn_tf32(why)
             return None

@@ -19,6 +19,7 @@ elsewhere it exits with status 2 and says why.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -58,8 +59,11 @@ def timed(cupy: Any, fn: Callable[[], Any], repeats: int) -> float:
 
 
 def gemm_dtype(cupy: Any, policy: str) -> Any:
-    return {"mixed16": cupy.float16, "mixed_bf16": precisions.compute_dtype(
-        "mixed_bf16", bg.get_backend(), "benchmarks.gpu")}.get(policy, cupy.float32)  # fmt: skip
+    """The dtype of the policy's matrix products (bfloat16 only asked for when needed: it
+    needs ml_dtypes)."""
+    if policy == "mixed_bf16":
+        return precisions.compute_dtype("mixed_bf16", bg.get_backend(), "benchmarks.gpu")
+    return cupy.float16 if policy == "mixed16" else cupy.float32
 
 
 def build(sizes: list[int], policy: str) -> bg.Model:
@@ -122,6 +126,11 @@ def main() -> int:
         print(f"benchmarks.gpu: no GPU to measure: {e}", file=sys.stderr)
         return 2
     cupy = backend.xp
+    if os.environ.get("CUPY_TF32", "0") != "0":  # (else the float32 row would be TF32 too)
+        from cupy._core import _routines_linalg as linalg
+
+        linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_DEFAULT)
+        print("note: CUPY_TF32 is set; float32 is set back to float32 here (tf32 is its row)")
     sizes = [int(s) for s in args.sizes.split(",")]
     policies = [precisions.check(p, "--policies") for p in args.policies.split(",")]
     rows = args.batch * args.steps

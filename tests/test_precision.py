@@ -104,7 +104,7 @@ def test_tf32_on_numpy_is_float32_with_a_warning_once(backend: bg.Backend) -> No
     X = np.random.default_rng(0).random((40, 3)).astype(np.float32)
     y = np.arange(40) % 2
     models = []
-    precisions._tf32_warned = False
+    precisions._tf32_warned.clear()
     for name in ("float32", "tf32", "tf32"):
         model = bg.Model([bg.Dense(3, 4, seed=0), bg.ReLU(), bg.Dense(4, 2, seed=1)])
         model.set(precision=name, loss=bg.SoftmaxCrossEntropy(), optimizer=bg.SGD(0.5))
@@ -185,13 +185,59 @@ class FakeCupy:
         self.device = FakeDevice(capability)
 
 
-def test_tf32_needs_a_gpu_of_compute_capability_8() -> None:
+def test_tf32_needs_a_gpu_of_compute_capability_8_and_a_float32_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     assert precisions.tf32_capable(FakeCupy("80")) is None
     assert precisions.tf32_capable(FakeCupy("90")) is None
     assert precisions.tf32_capable(FakeCupy("75")) == (
         "GPU 0 has compute capability 7.5, and TF32 tensor cores need 8.0 (Ampere) or later"
     )
+    assert precisions.tf32_capable(FakeCupy("90"), np.float64) == (
+        "the model computes in float64, and TF32 stands in for float32"
+    )
     assert "numpy backend has no TF32" in str(precisions.tf32_capable(bg.get_backend()))
+    # a CuPy whose private switch moved: float32 with that reason, not an ImportError
+    from cupy._core import _routines_linalg
+
+    monkeypatch.delattr(_routines_linalg, "set_compute_type")
+    assert precisions.tf32_capable(FakeCupy("90")) == (
+        "this CuPy has no compute-type switch (cupy._core._routines_linalg)"
+    )
+
+
+def test_the_tf32_warning_is_given_once_per_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    precisions._tf32_warned.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for why in ("reason a", "reason a", "reason b"):
+            precisions._warn_tf32(why)
+    assert [str(w.message) for w in caught] == [
+        "precision 'tf32' computes in float32 here: reason a",
+        "precision 'tf32' computes in float32 here: reason b",
+    ]
+
+
+def test_interleaved_tf32_passes_keep_tf32_until_the_last_ends_then_put_float32_back() -> None:
+    """CuPy's switch is process-wide: two models' tf32 blocks that overlap (two threads)
+    keep TF32 on until the last one ends, which puts back the type from before the first."""
+    linalg = FakeLinalg()
+    a = precisions.TF32(bg.get_backend(), linalg)
+    b = precisions.TF32(bg.get_backend(), linalg)
+    first, second = a.computing(None), b.computing(None)
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert linalg.current == linalg.COMPUTE_TYPE_TF32  # (b still runs)
+    second.__exit__(None, None, None)
+    assert linalg.current == linalg.COMPUTE_TYPE_DEFAULT and linalg.calls == [7, 1]
+
+
+def test_mixed_bf16_is_refused_on_a_gpu_before_ampere() -> None:
+    with pytest.raises(ValueError, match=r"'mixed_bf16' cannot run here: GPU 0 has compute "
+                       r"capability 7\.5, and bfloat16 matrix products need 8\.0"):  # fmt: skip
+        precisions.compute_dtype("mixed_bf16", FakeCupy("75"), "Model.finalize")
+    assert precisions.compute_dtype("mixed_bf16", FakeCupy("80"), "x") == ml_dtypes.bfloat16
 
 
 def test_evaluate_and_predict_cast_the_weights_once_not_once_a_batch(
@@ -505,7 +551,7 @@ def test_tf32_on_cupy_sets_tf32_gemms_where_the_gpu_has_them() -> None:
     from cupy._core import _routines_linalg as linalg
 
     with bg.use_backend("cupy") as backend:
-        precisions._tf32_warned = False
+        precisions._tf32_warned.clear()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             model = digits_model(precision="tf32")
@@ -525,3 +571,34 @@ def test_tf32_on_cupy_sets_tf32_gemms_where_the_gpu_has_them() -> None:
         assert linalg.get_compute_type(np.float32) == before
         error = lambda r: float(np.abs(r - exact).max() / np.abs(exact).max())  # noqa: E731
         assert error(plain) < 1e-5 < error(fast) < 1e-2  # TF32: a 10-bit mantissa's rounding
+
+
+@gpu_only
+def test_mixed16_on_cupy_skips_overflowing_steps_and_resumes_exactly(tmp_path: Path) -> None:
+    """On CuPy the loss scaler's decision comes from the unscale kernels' one device flag:
+    from a scale of 2**30 the first steps overflow and are skipped (no update, no
+    iteration), and a checkpoint taken midway resumes to the uninterrupted run's bits."""
+    X, y, _, _ = load_digits()
+    X, y = X[:400], y[:400]
+    with bg.use_backend("cupy"):
+
+        def model() -> bg.Model:
+            m = digits_model(precision="mixed16")
+            scaler = precisions.loss_scaler(m)
+            assert scaler is not None
+            scaler.scale, scaler.growth_interval = 2.0**30, 7
+            return m
+
+        whole = model()
+        whole.train(X, y, epochs=4, batch_size=32, print_every=0, seed=3)
+        scaler = precisions.loss_scaler(whole)
+        assert scaler is not None and scaler.skipped >= 10  # 2**30 down to 2**16 or less
+        assert whole.optimizer.iterations == 4 * 13 - scaler.skipped
+        first = model()
+        first.train(X, y, epochs=2, batch_size=32, print_every=0, seed=3)
+        first.save(tmp_path / "run.npz")
+        resumed = bg.Model.load(tmp_path / "run.npz")
+        resumed.train(X, y, epochs=2, batch_size=32, print_every=0, seed=3)
+        for a, b in zip(host_params(whole), host_params(resumed), strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert precisions.loss_scaler(resumed).get_state() == scaler.get_state()  # type: ignore[union-attr]
