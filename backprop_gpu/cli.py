@@ -163,6 +163,9 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--output", type=Path, metavar="FILE.png", help="overlay the runs' "
                          "loss and accuracy curves in this image (the plot extra)")  # fmt: skip
     compare.add_argument("--csv", type=Path, metavar="FILE", help="write the table as CSV")
+    compare.add_argument("--sort", metavar="METRIC", help="rank by this validation metric's "
+                         "best value, e.g. val_accuracy (default: a sweep's own metric, else "
+                         "val_loss)")  # fmt: skip
 
     sweep = commands.add_parser(
         "sweep",
@@ -180,11 +183,12 @@ def _parser() -> argparse.ArgumentParser:
         "process with cores / N BLAS threads (default: one per GPU when there are several, "
         "else 1)")  # fmt: skip
     add("--max-runs", type=int, default=MAX_RUNS, metavar="N", help="refuse a sweep of more "
-        f"children (default: {MAX_RUNS})")  # fmt: skip
+        f"children (default: {MAX_RUNS}; not checked again on --resume)")  # fmt: skip
     add("--resume", action="store_true", help="continue the sweep in --out: its finished "
         "children are kept, the others run (from their checkpoints)")  # fmt: skip
     add("--quiet", action="store_true", help="no progress output")
-    add("--no-plots", action="store_true", help="the children make no PNG plots")
+    add("--no-plots", action="store_true", help="the children make no PNG plots, nor the sweep "
+        "its compare.png (on --resume: as the sweep started)")  # fmt: skip
     return parser
 
 
@@ -335,7 +339,8 @@ def _compare(args: argparse.Namespace) -> int:
     for path, flag in ((args.output, "--output"), (args.csv, "--csv")):
         if path is not None and path.is_dir():  # (checked first: a refusal costs nothing)
             raise comparing.CompareError(f"{flag} {path}: is a folder; name a file in it")
-    table = comparing.Table.of([comparing.load_run(path) for path in found])
+    by = args.sort if args.sort is not None else comparing.sweep_metric(args.paths)
+    table = comparing.Table.of([comparing.load_run(path) for path in found], by)
     print(table.text())
     if args.csv is not None:
         table.write_csv(args.csv)

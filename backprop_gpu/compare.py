@@ -255,12 +255,17 @@ class Table:
     runs: list[Run]
 
     @classmethod
-    def of(cls, runs: Sequence[Run]) -> Table:
-        """The comparison of ``runs``: a row each, sorted by the best validation loss (the
-        first metric column's best, the lowest first; a run without it last)."""
+    def of(cls, runs: Sequence[Run], by: str | None = None) -> Table:
+        """The comparison of ``runs``: a row each, sorted by the best value of the metric
+        ``by`` (default: the first metric column, the validation loss; losses lowest first,
+        accuracies highest first; a run without it last)."""
         settings = differing_settings(runs)
         metrics = metric_columns(runs)
-        by = metrics[0] if metrics else None
+        if by is not None and by not in metrics:
+            raise CompareError(
+                f"--sort {by}: not a validation metric of these runs ({', '.join(metrics)})"
+            )
+        by = by if by is not None else (metrics[0] if metrics else None)
 
         def order(run: Run) -> float:
             value = None if by is None else run.best(by)
@@ -394,3 +399,16 @@ def plot_runs(
     figure.savefig(image, format="png")
     atomic_write(path, lambda f: f.write(image.getvalue()))  # (never a half-written PNG)
     return path
+
+
+def sweep_metric(paths: Sequence[str | os.PathLike[str]]) -> str | None:
+    """The validation metric a sweep ranks its children by (its ``sweep.json``), when
+    ``paths`` is one sweep folder; else None."""
+    if len(paths) != 1:
+        return None
+    try:
+        manifest = json.loads((Path(paths[0]) / "sweep.json").read_text())
+        metric = manifest["sweep"]["metric"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return metric if isinstance(metric, str) and metric.startswith("val_") else None

@@ -473,8 +473,33 @@ def split(values: Mapping[str, Any]) -> tuple[dict[str, Any], Spec]:
     for key in experiment.DATA_PATHS:
         if isinstance(values.get(key), str):
             values[key] = os.path.abspath(values[key])
+    table = _absolute_paths(table)
     values.setdefault("backend", Config(dataset="spiral").backend)  # (the environment's)
     return values, parse_spec(table, values)
+
+
+def _absolute_paths(table: Any) -> Any:
+    """The ``[sweep]`` table with the data paths among its grid values and choices made
+    absolute (as the run settings' are), so a resume from another folder finds them."""
+    if not isinstance(table, dict):
+        return table
+    table = dict(table)
+
+    def absolute(key: str, value: Any) -> Any:
+        wanted = key.replace("-", "_") in experiment.DATA_PATHS and isinstance(value, str)
+        return os.path.abspath(value) if wanted else value
+
+    if isinstance(table.get("grid"), dict):
+        table["grid"] = {key: [absolute(key, v) for v in options] if isinstance(options, list)
+                         else options for key, options in table["grid"].items()}  # fmt: skip
+    if isinstance(table.get("random"), dict):
+        space = {}
+        for key, d in table["random"].items():
+            if isinstance(d, dict) and isinstance(d.get("values"), list):
+                d = {**d, "values": [absolute(key, v) for v in d["values"]]}
+            space[key] = d
+        table["random"] = space
+    return table
 
 
 # --- the children --------------------------------------------------------------------------
@@ -576,12 +601,19 @@ def check_space(base: Mapping[str, Any], spec: Spec) -> None:
     """Refuse a distribution whose edges (or choices) are no valid setting, naming it: a
     draw may come as near to either as a run can tell apart (and an Optuna study draws
     later, as it goes)."""
+    combos = [dict(zip(spec.grid, values, strict=True))
+              for values in itertools.product(*spec.grid.values())]  # fmt: skip
     for key, distribution in spec.random.items():
         for value in distribution.extremes():
-            try:
-                Config.from_mapping({**base, key: value}, where="[sweep]")
-            except ConfigError as e:
-                raise ConfigError(f"[sweep.random] {key}: the value {value!r}: {e}") from None
+            errors = []  # (valid with one grid combination at least: with another it may not)
+            for combo in combos:
+                try:
+                    Config.from_mapping({**base, **combo, key: value}, where="[sweep]")
+                    break
+                except ConfigError as e:
+                    errors.append(e)
+            else:
+                raise ConfigError(f"[sweep.random] {key}: the value {value!r}: {errors[0]}")
 
 
 # --- the sweep folder ----------------------------------------------------------------------
@@ -968,12 +1000,18 @@ def threads_per_child(parallel: int) -> int:
     return max(1, cores() // parallel)
 
 
-def worker_env(threads: int) -> dict[str, str]:
+def worker_env(threads: int, sweep_dir: Path | None = None) -> dict[str, str]:
     """A worker's environment: this one, with its BLAS threads, this package first on the
-    path (the workers run the parent's code) and the parent's process id."""
+    path (the workers run the parent's code) and the parent's process id; with
+    ``sweep_dir``, unless set already, MLflow's store in ``sweep_dir/mlruns`` and its
+    experiment named after the sweep (``--log mlflow``: every child a run of one experiment,
+    side by side in ``mlflow ui``)."""
     path = os.pathsep.join(p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "PYTHONPATH": path, PARENT_VAR: str(os.getpid())}
     env |= {name: str(threads) for name in THREAD_VARS}
+    if sweep_dir is not None:
+        env.setdefault("MLFLOW_TRACKING_URI", (sweep_dir.absolute() / "mlruns").as_uri())
+        env.setdefault("MLFLOW_EXPERIMENT_NAME", sweep_dir.absolute().name)
     return env
 
 
@@ -1051,19 +1089,22 @@ def outcome(returncode: int, log: Path, stopping: bool) -> tuple[str, str | None
     if returncode == EXIT_PRUNED:
         return "pruned", None
     stopped = {128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM}
-    if stopping or returncode in stopped:
-        return "interrupted", None
+    if returncode in stopped or (stopping and returncode == -signal.SIGKILL):
+        return "interrupted", None  # (any other failure, even during a stop, is a failure)
     if returncode < 0:
         return "failed", f"killed by {signal.Signals(-returncode).name}"
     return "failed", last_error(log) or f"exit status {returncode}"
 
 
 def last_error(log: Path) -> str | None:
-    """The error line a worker writes last (``error: ...``), else its log's last line."""
+    """The error line a worker writes last (``error: ...``), else its log's last line, of
+    the log's last attempt (a retried child's log holds each, after a ``--- `` header)."""
     try:
         lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
         return None
+    starts = [i for i, line in enumerate(lines) if line.startswith("--- ")]
+    lines = lines[starts[-1] + 1 :] if starts else lines
     errors = [line for line in lines if line.startswith("error: ")]
     found = errors[-1].removeprefix("error: ") if errors else (lines[-1] if lines else None)
     return None if found is None else found[:500]
@@ -1257,6 +1298,8 @@ def sweep(
     Ctrl-C or SIGTERM stops every child cleanly, then raises ``SweepInterrupted``."""
     if parallel is not None and (isinstance(parallel, bool) or parallel < 1):
         raise ConfigError(f"--parallel: must be an integer >= 1, got {parallel!r}")
+    if isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 1:
+        raise ConfigError(f"--max-runs: must be an integer >= 1, got {max_runs!r}")
     if resume:
         if out is None:
             raise ConfigError("--resume needs --out SWEEP_DIR, the sweep to continue")
@@ -1327,7 +1370,7 @@ def _run(
         if report is not None:
             report(_opening(folder, parallel, threads, gpus))
         started = time.perf_counter()
-        pool = Pool(parallel, worker_env(threads))
+        pool = Pool(parallel, worker_env(threads, folder.path))
         drive(folder, source, pool, slot_backends(parallel, gpus), cache, report)
         results = results_of(folder, cache)
         plotted = comparison_plot(folder, results)

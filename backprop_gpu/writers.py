@@ -322,7 +322,16 @@ class MLflowWriter(MetricWriter):
             name = self.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or (
                 DEFAULT_EXPERIMENT)  # fmt: skip
             found = client.get_experiment_by_name(name)
-            experiment_id = found.experiment_id if found else client.create_experiment(name)
+            if found is not None:
+                experiment_id = found.experiment_id
+            else:
+                try:
+                    experiment_id = client.create_experiment(name)
+                except MlflowException:  # (made meanwhile by another process: a sweep's child)
+                    found = client.get_experiment_by_name(name)
+                    if found is None:
+                        raise
+                    experiment_id = found.experiment_id
             run = client.create_run(
                 experiment_id,
                 run_name=self.run_name or self.run_dir.absolute().name,

@@ -6,7 +6,7 @@ goes first, so machine noise hits both), each in a fresh folder; the wall time o
 command (worker start-up included). With ``--parallel N`` each child gets cores // N BLAS
 threads, so one by one a child has all the cores.
 
-    python -m benchmarks.sweep              # about 1 min on 2 cores; target ratio <= 0.65
+    python -m benchmarks.sweep              # about 30 s on 2 cores; target ratio <= 0.65
     python -m benchmarks.sweep --rounds 3 --epochs 150 --json sweep.json
 
 The ratio printed is the parallel sweep's time over the one-by-one sweep's (the best round's

@@ -222,3 +222,27 @@ def test_the_csv_of_settings_that_differ_in_kind(runs: dict[str, Path], tmp_path
     rows = list(csv.reader(io.StringIO(table.csv_text())))
     by_run = {row[0]: row[1:3] for row in rows[1:]}
     assert by_run == {str(runs["d"]): ["", "float32"], str(old): ["cosine", ""]}
+
+
+def test_sort_ranks_by_another_metric_and_a_sweep_by_its_own(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    loaded = compare.load_runs([runs["a"], runs["b"], runs["c"]])
+    table = compare.Table.of(loaded, "val_accuracy")
+    best = {str(runs[n]): float(best_by_hand(runs[n])[1]) for n in "abc"}
+    # highest first; ties keep the order given (a, b, c)
+    expected = sorted((str(runs[n]) for n in "abc"), key=lambda r: -best[r])
+    assert [row[0] for row in table.rows] == expected
+    assert [row[table.columns.index("best_epoch")] for row in table.rows] == [
+        next(int(r["epoch"]) for r in csv_rows(Path(run))
+             if float(r["val_accuracy"]) == best[run]) for run in expected
+    ]  # fmt: skip
+    with pytest.raises(compare.CompareError, match="--sort loss: not a validation metric"):
+        compare.Table.of(loaded, "loss")
+    sweep_dir = tmp_path / "s"
+    sweep_dir.mkdir()
+    (sweep_dir / "sweep.json").write_text(json.dumps({"sweep": {"metric": "val_accuracy"}}))
+    assert compare.sweep_metric([sweep_dir]) == "val_accuracy"
+    assert compare.sweep_metric([sweep_dir, sweep_dir]) is None
+    (sweep_dir / "sweep.json").write_text(json.dumps({"sweep": {"metric": "loss"}}))
+    assert compare.sweep_metric([sweep_dir]) is None  # (not a column compare ranks by)

@@ -653,3 +653,63 @@ def test_the_comparison_plot_overlays_the_best_finished_children(
     assert results["plot"] == str(tmp_path / "s" / "compare.png")
     none = experiment.sweep(config, out=tmp_path / "t", parallel=1, report=None, plots=False)
     assert "plot" not in none and not (tmp_path / "t" / "compare.png").exists()
+
+
+# --- review fixes ------------------------------------------------------------------------------
+
+
+def test_a_distribution_valid_with_some_grid_combination_is_accepted(tmp_path: Path) -> None:
+    """The edges of a distribution are checked with the grid's settings: a warmup is valid
+    with the grid's cosine schedule (not with the base, which has none), and a distribution
+    valid with no combination is still refused."""
+    base, spec = sweep.split({**QUICK, "sweep": {
+        "method": "random", "trials": 2, "grid": {"schedule": ["cosine", "onecycle"]},
+        "random": {"warmup": {"distribution": "int", "low": 1, "high": 3}}}})  # fmt: skip
+    sweep.check_space(base, spec)
+    base, spec = sweep.split({**QUICK, "sweep": {
+        "method": "random", "trials": 2, "grid": {"schedule": ["step", "exponential"]},
+        "random": {"warmup": {"distribution": "int", "low": 1, "high": 3}}}})  # fmt: skip
+    with pytest.raises(experiment.ConfigError, match=r"\[sweep.random\] warmup: the value 1"):
+        sweep.check_space(base, spec)
+
+
+def test_grid_and_choice_data_paths_are_made_absolute(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.chdir(tmp_path)
+    _, spec = sweep.split({**QUICK, "target": "label", "sweep": {
+        "grid": {"data": ["a.csv", "/abs/b.csv"]},
+        "random": {"val_data": {"distribution": "choice", "values": ["v.csv"]}},
+        "method": "random", "trials": 1}})  # fmt: skip
+    assert spec.grid["data"] == [str(tmp_path / "a.csv"), "/abs/b.csv"]
+    assert spec.random["val_data"].as_dict()["values"] == [str(tmp_path / "v.csv")]
+
+
+def test_a_failure_during_a_stop_stays_a_failure_with_its_last_attempts_error(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "child.log"
+    log.write_text("--- 2026-12-02T10:00:00: first\nerror: the first attempt's error\n"
+                   "--- 2026-12-02T11:00:00: again\nTraceback...\n"
+                   "ValueError: this one\n")  # fmt: skip
+    assert sweep.outcome(1, log, stopping=True) == ("failed", "ValueError: this one")
+    assert sweep.outcome(130, log, stopping=True) == ("interrupted", None)
+    assert sweep.outcome(-signal.SIGKILL, log, stopping=True) == ("interrupted", None)
+    assert sweep.outcome(-signal.SIGKILL, log, stopping=False) == ("failed", "killed by SIGKILL")
+    assert sweep.outcome(0, log, stopping=True) == ("done", None)
+
+
+@pytest.mark.parametrize("bad", [0, -3, True])
+def test_max_runs_must_be_at_least_one(bad: Any, tmp_path: Path) -> None:
+    with pytest.raises(
+        experiment.ConfigError, match=rf"--max-runs: must be an integer >= 1, got {bad!r}"
+    ):
+        experiment.sweep({**QUICK, "sweep": {"grid": {"lr": [0.1]}}}, out=tmp_path / "s",
+                         max_runs=bad, report=None)  # fmt: skip
+    assert not (tmp_path / "s").exists()
+
+
+def test_the_children_share_one_mlflow_store_named_after_the_sweep(tmp_path: Path) -> None:
+    env = sweep.worker_env(1, tmp_path / "my-sweep")
+    if "MLFLOW_TRACKING_URI" not in os.environ:
+        assert env["MLFLOW_TRACKING_URI"] == (tmp_path / "my-sweep" / "mlruns").as_uri()
+    if "MLFLOW_EXPERIMENT_NAME" not in os.environ:
+        assert env["MLFLOW_EXPERIMENT_NAME"] == "my-sweep"
