@@ -365,6 +365,16 @@ def plot_runs(
     path = Path(path)
     if path.is_dir():
         raise CompareError(f"{path}: a folder; name a file in it, such as {path / 'compare.png'}")
+    figure = comparison_figure(runs, labels)
+    image = io.BytesIO()
+    figure.savefig(image, format="png")
+    atomic_write(path, lambda f: f.write(image.getvalue()))  # (never a half-written PNG)
+    return path
+
+
+def comparison_figure(runs: Sequence[Run], labels: Sequence[str]) -> Any:
+    """``plot_runs``' matplotlib Figure: axes 0 loss, axes 1 accuracy; per run, its
+    validation curve (solid, labelled) then its training curve (dashed)."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -395,10 +405,7 @@ def plot_runs(
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="small")
     figure.tight_layout()
-    image = io.BytesIO()
-    figure.savefig(image, format="png")
-    atomic_write(path, lambda f: f.write(image.getvalue()))  # (never a half-written PNG)
-    return path
+    return figure
 
 
 def sweep_metric(paths: Sequence[str | os.PathLike[str]]) -> str | None:

@@ -246,3 +246,22 @@ def test_sort_ranks_by_another_metric_and_a_sweep_by_its_own(
     assert compare.sweep_metric([sweep_dir, sweep_dir]) is None
     (sweep_dir / "sweep.json").write_text(json.dumps({"sweep": {"metric": "loss"}}))
     assert compare.sweep_metric([sweep_dir]) is None  # (not a column compare ranks by)
+
+
+def test_the_plot_draws_each_runs_curves_from_its_metrics(runs: dict[str, Path]) -> None:
+    pytest.importorskip("matplotlib")
+    loaded = compare.load_runs([runs["a"], runs["b"]])
+    figure = compare.comparison_figure(loaded, ["first", "second"])
+    loss_axes, accuracy_axes = figure.axes
+    for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+        lines = axes.get_lines()
+        assert len(lines) == 4  # per run: validation (solid), training (dashed)
+        for i, name in enumerate("ab"):
+            rows = csv_rows(runs[name])
+            val, train = lines[2 * i], lines[2 * i + 1]
+            assert list(val.get_xdata()) == [int(r["epoch"]) for r in rows]
+            assert list(val.get_ydata()) == [float(r[f"val_{metric}"]) for r in rows]
+            assert list(train.get_ydata()) == [float(r[metric]) for r in rows]
+            assert val.get_linestyle() == "-" and train.get_linestyle() == "--"
+            assert val.get_color() == train.get_color()
+    assert [t.get_text() for t in loss_axes.get_legend().get_texts()] == ["first", "second"]
