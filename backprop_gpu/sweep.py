@@ -1156,12 +1156,30 @@ def make_pruner(spec: Spec, base: Mapping[str, Any]) -> Any:
             n_warmup_steps=spec.warmup_epochs or 0,
         )
     if spec.pruner == "hyperband":
-        epochs = spec.random.get("epochs")
-        most = max(epochs.extremes()) if epochs is not None else Config.from_mapping(base).epochs
         return optuna.pruners.HyperbandPruner(
-            min_resource=max(spec.warmup_epochs or 1, 1), max_resource=int(most)
+            min_resource=max(spec.warmup_epochs or 1, 1), max_resource=most_epochs(spec, base)
         )
     return optuna.pruners.NopPruner()
+
+
+def most_epochs(spec: Spec, base: Mapping[str, Any]) -> int:
+    """The most epochs a child of the sweep can train (the top of a swept ``epochs``)."""
+    epochs = spec.random.get("epochs")
+    most = max(epochs.extremes()) if epochs is not None else Config.from_mapping(base).epochs
+    return int(most)
+
+
+def check_pruner(spec: Spec, base: Mapping[str, Any]) -> None:
+    """Refuse a pruner that could never prune: ``warmup_epochs`` not below the most epochs
+    a child trains (Optuna would silently stop nothing)."""
+    if spec.method != "optuna" or spec.pruner in (None, "none") or not spec.warmup_epochs:
+        return
+    most = most_epochs(spec, base)
+    if spec.warmup_epochs >= most:
+        raise ConfigError(
+            f"[sweep] warmup_epochs: {spec.warmup_epochs} is not below the most epochs a child "
+            f"trains ({most}); the {spec.pruner} pruner would prune nothing"
+        )
 
 
 @contextlib.contextmanager
@@ -1315,6 +1333,7 @@ def sweep(
                 "sweep fewer settings or raise --max-runs"
             )
         check_space(base, spec)  # (the edges: a draw may come near either)
+        check_pruner(spec, base)
         children = plan(base, spec) if spec.method != "optuna" else []
         path = Path(out) if out is not None else default_out()
         make_folder(path)

@@ -336,3 +336,18 @@ def test_an_interrupted_optuna_sweep_resumed_runs_each_trial_once(tmp_path: Path
         assert trial.values == [min(values.values())]
         assert child["overrides"] == {"lr": trial.params["lr"]}
     assert len(manifest(folder)["resumed"]) == 1
+
+
+@pytest.mark.parametrize("pruner", ["median", "hyperband"])
+def test_a_pruner_that_could_never_prune_is_refused(pruner: str, tmp_path: Path) -> None:
+    pytest.importorskip("optuna")
+    lr = {"distribution": "loguniform", "low": 1e-3, "high": 1e-1}
+    table = {"method": "optuna", "trials": 2, "seed": 0, "pruner": pruner,
+             "warmup_epochs": 10, "random": {"lr": lr}}  # fmt: skip
+    config = {"dataset": "spiral", "samples": 60, "hidden": [4], "epochs": 10,
+              "backend": "numpy", "sweep": table}  # fmt: skip
+    why = (f"warmup_epochs: 10 is not below the most epochs a child trains \\(10\\); "
+           f"the {pruner} pruner would prune nothing")  # fmt: skip
+    with pytest.raises(ConfigError, match=why):
+        experiment.sweep(config, out=tmp_path / "s", report=None)
+    assert not (tmp_path / "s").exists()
