@@ -20,6 +20,7 @@ calls it with the committed epochs): each store ends up holding every epoch once
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
 import os
@@ -64,9 +65,10 @@ def scalars(row: Mapping[str, Any]) -> dict[str, float]:
     return {key: float(value) for key, value in row.items() if key != "epoch"}
 
 
-class MetricWriter(Callback):
-    """Shared by the writers: ``on_epoch_end`` logs the row at step ``epoch + 1``; ``open``,
-    ``log`` and ``logged`` are each writer's."""
+class MetricWriter(Callback, abc.ABC):
+    """Shared by the writers: ``on_epoch_end`` logs the row at step ``epoch + 1``; ``log``,
+    ``logged`` and ``where`` are each writer's (abstract), ``open`` where it has a store to
+    open."""
 
     writes = True
     name = ""  # the WRITERS name
@@ -80,18 +82,18 @@ class MetricWriter(Callback):
     def open(self, start: int) -> None:
         """Open the store before the first row (``start``: the epochs the model has trained)."""
 
+    @abc.abstractmethod
     def log(self, step: int, values: Mapping[str, float]) -> None:
         """Write ``values`` at ``step`` (the epoch)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def logged(self, start: int) -> set[tuple[str, int]]:
         """The (key, step) pairs the store already holds (``start`` as ``open``'s, if it
         must be opened to be read)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def where(self) -> str:
         """Where the writer logs, for people."""
-        raise NotImplementedError
 
     def ensure_open(self, start: int) -> None:
         """``open(start)`` unless the writer is open already."""
