@@ -288,7 +288,7 @@ class Mixed(Passes):
         # the master weights' dtype (float32, unless the layers were built in float64)
         self.float32 = backend.xp.float32 if master is None else master
         self.scaler = LossScaler() if name == "mixed16" else None
-        self._depth = 0  # (computing blocks open: an inner one finds the copies in place)
+        self._active = False  # a computing block is open: an inner one finds the copies there
         self._scale = 1.0  # the training block's: the loss scale times the rank's share
         self._nonfinite: Any = None  # the step's device flag: a gradient was not finite
 
@@ -322,7 +322,7 @@ class Mixed(Passes):
         ``inference``) it changes nothing."""
         if training and self.scaler is not None:
             self._scale = self.scaler.scale * share
-        if self._depth:
+        if self._active:
             yield
             return
         saved = []
@@ -341,10 +341,10 @@ class Mixed(Passes):
                             setattr(layer, attr, self.cast(kept[attr]))
                         else:
                             setattr(layer, attr, self.dtype if attr == "dtype" else 0.0)
-                self._depth += 1
+                self._active = True
                 yield
             finally:
-                self._depth = 0
+                self._active = False
                 for layer, kept in saved:
                     for attr, value in kept.items():
                         setattr(layer, attr, value)
